@@ -1,0 +1,207 @@
+"""Drop-in replacements for the seed document's optimizer classes.
+
+``mini_SGD``, ``Momentum``, ``RMSprop`` and ``Adam`` take exactly the seed's constructor
+arguments (plus a keyword-only ``backend``) and offer ``update(params, grads)`` over dicts of
+arrays. They update the caller's arrays **in place**, as the seed does (its network layers
+hold references to them), and in float64 with the seed's settings the results are bitwise
+equal to the seed's classes.
+
+When the dict values are views that exactly tile one flat parameter arena and one flat
+gradient arena in the same layout (a :class:`fastopt.FlatParams`), the update is one fused
+call over the arenas; otherwise it is one fused call per array. In both cases every array is
+validated before the first one is written.
+"""
+import numpy as np
+
+from ._core import prepare_step
+from . import registry
+
+__all__ = ["mini_SGD", "Momentum", "RMSprop", "Adam"]
+
+
+def _arena_of(views):
+    """If ``views`` (name -> array) tile one 1-D C-contiguous base array exactly and without
+    gaps, return ``(base, {name: offset})``; else ``None``."""
+    base = None
+    spans = []
+    for name, a in views.items():
+        if not isinstance(a, np.ndarray) or not a.flags.c_contiguous:
+            return None
+        b = a.base
+        if b is None or not isinstance(b, np.ndarray) or b.ndim != 1 \
+                or not b.flags.c_contiguous:
+            return None
+        if base is None:
+            base = b
+        elif b is not base:
+            return None
+        off = (a.__array_interface__["data"][0] - b.__array_interface__["data"][0])
+        if off % b.itemsize:
+            return None
+        spans.append((off // b.itemsize, a.size, name))
+    spans.sort()
+    pos = 0
+    for start, size, _ in spans:
+        if start != pos:
+            return None
+        pos += size
+    if pos != base.size:
+        return None
+    return base, {name: start for start, _, name in spans}
+
+
+class _SeedOptimizer:
+    _spec_name = ""
+
+    def __init__(self, backend=None):
+        self.backend = backend
+        self._spec = registry.get(self._spec_name)
+        self._flat = None      # Buffers over the arenas (fused mode)
+        self._per_key = None   # name -> Buffers (per-array mode, or views of the flat state)
+        self._layout = None
+
+    # hyperparameters for the fastopt step, from the seed's attributes
+    def _hyper(self):
+        raise NotImplementedError
+
+    def _zeros(self, param, grad):
+        return self._spec.buffers_cls.zeros(param, grad, **self._spec.zeros_kwargs(
+            self._spec.validate(self._hyper())))
+
+    def _init_state(self, params, grads):
+        if set(params) != set(grads):
+            raise KeyError(f"params and grads have different keys: "
+                           f"{sorted(set(params) ^ set(grads))}")
+        p_arena, g_arena = _arena_of(params), _arena_of(grads)
+        if p_arena and g_arena and p_arena[1] == g_arena[1]:
+            self._flat = self._zeros(p_arena[0], g_arena[0])
+            self._layout = p_arena[1]
+            state = {f: getattr(self._flat, f) for f in self._flat.state_fields
+                     if getattr(self._flat, f) is not None}
+            self._per_key = {}
+            for name, p in params.items():
+                off = self._layout[name]
+                views = {f: a[off:off + p.size].reshape(p.shape) for f, a in state.items()}
+                self._per_key[name] = self._spec.buffers_cls(p, grads[name], **views)
+        else:
+            self._per_key = {k: self._zeros(params[k], grads[k]) for k in params}
+
+    def update(self, params, grads):
+        """Update every array in ``params`` in place from ``grads`` (dicts of arrays)."""
+        if not isinstance(params, dict) or not isinstance(grads, dict):
+            raise TypeError("update(params, grads) takes two dicts of arrays")
+        if not params and not grads:
+            return
+        if self._per_key is None:
+            self._init_state(params, grads)
+        if set(params) != set(self._per_key) or set(grads) != set(self._per_key):
+            raise KeyError(f"update() got keys {sorted(params)} / {sorted(grads)} but the "
+                           f"optimizer state was built for {sorted(self._per_key)}")
+        hyper = self._hyper()
+        if self._flat is not None:
+            p_arena, g_arena = _arena_of(params), _arena_of(grads)
+            if (p_arena and g_arena and p_arena[0] is self._flat.param
+                    and g_arena[1] == self._layout):
+                self._flat.grad = g_arena[0]
+                prepare_step(self._spec, self._flat, self.backend, hyper)()
+                for b in self._per_key.values():
+                    b.step = self._flat.step
+                return
+        runs = []
+        for name, b in self._per_key.items():
+            if params[name] is not b.param:
+                raise ValueError(f"params[{name!r}] is not the array this optimizer was "
+                                 f"built for; the seed's optimizers update the same arrays "
+                                 f"in place every step")
+            b.grad = grads[name]
+            runs.append(prepare_step(self._spec, b, self.backend, hyper))
+        for run in runs:
+            run()
+        if self._flat is not None:
+            self._flat.step = next(iter(self._per_key.values())).step
+
+    def _state_dict(self, field):
+        if self._per_key is None:
+            return None
+        return {k: getattr(b, field) for k, b in self._per_key.items()}
+
+
+class mini_SGD(_SeedOptimizer):
+    """The seed's mini-batch SGD: ``p -= lr * g`` (:func:`fastopt.sgd_step`)."""
+    _spec_name = "sgd"
+
+    def __init__(self, lr=0.01, *, backend=None):
+        super().__init__(backend)
+        self.lr = lr
+
+    def _hyper(self):
+        return dict(self._spec.defaults, lr=self.lr)
+
+
+class Momentum(_SeedOptimizer):
+    """The seed's Momentum: ``v = momentum * v - lr * g; p += v``
+    (:func:`fastopt.momentum_step`). ``self.v`` is a dict of the velocity arrays."""
+    _spec_name = "momentum"
+
+    def __init__(self, lr=0.01, momentum=0.9, *, backend=None):
+        super().__init__(backend)
+        self.lr = lr
+        self.momentum = momentum
+
+    def _hyper(self):
+        return dict(lr=self.lr, momentum=self.momentum)
+
+    @property
+    def v(self):
+        return self._state_dict("velocity")
+
+
+class RMSprop(_SeedOptimizer):
+    """The seed's RMSprop: ``h = decay_rate * h + (1 - decay_rate) * g**2;
+    p -= lr * g / (sqrt(h) + epsilon)`` (:func:`fastopt.rmsprop_step`). ``self.h`` is a dict
+    of the squared-gradient averages."""
+    _spec_name = "rmsprop"
+
+    def __init__(self, lr=0.01, decay_rate=0.99, epsilon=1e-8, *, backend=None):
+        super().__init__(backend)
+        self.lr = lr
+        self.decay_rate = decay_rate
+        self.epsilon = epsilon
+
+    def _hyper(self):
+        return dict(self._spec.defaults, lr=self.lr, alpha=self.decay_rate, eps=self.epsilon)
+
+    @property
+    def h(self):
+        return self._state_dict("square_avg") or {}
+
+
+class Adam(_SeedOptimizer):
+    """The seed's Adam, including its epsilon-hat form with eps = 1e-7
+    (:func:`fastopt.adam_step` with ``eps_hat=True``). ``self.iter`` counts steps;
+    ``self.m`` and ``self.v`` are dicts of the moment arrays."""
+    _spec_name = "adam"
+
+    def __init__(self, lr=0.01, beta1=0.9, beta2=0.999, *, backend=None):
+        super().__init__(backend)
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+
+    def _hyper(self):
+        return dict(self._spec.defaults, lr=self.lr, beta1=self.beta1, beta2=self.beta2,
+                    eps=1e-7, eps_hat=True)
+
+    @property
+    def iter(self):
+        if self._per_key is None:
+            return 0
+        return next(iter(self._per_key.values())).step
+
+    @property
+    def m(self):
+        return self._state_dict("exp_avg")
+
+    @property
+    def v(self):
+        return self._state_dict("exp_avg_sq")

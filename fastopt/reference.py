@@ -1,0 +1,110 @@
+"""The NumPy reference path (``backend="numpy"``).
+
+Written straight from the formulas in the README and the step functions' docstrings, with
+whole-array NumPy expressions and independently of ``kernels.elementwise``, so that comparing
+the two catches a wrong formula on either side. It follows the same two conventions as the
+kernels, which makes the Numba CPU path bitwise equal to it:
+
+* a scalar derived from hyperparameters (``1 - beta1``, ``lr / (1 - beta1**t)``...) is computed
+  in Python floats (float64) and rounded once to the buffer dtype;
+* every array expression is evaluated in the buffer dtype (NumPy keeps float32 arrays times
+  float32 scalars in float32), in the order the formula is written.
+
+Each function updates ``arrays`` (``{"param": p, "grad": g, <state>: ...}``) in place.
+It allocates temporaries; it is the readable path, not the fast one. Like the kernels, it
+does not warn about NaN/inf arising from the data (they propagate, as in torch).
+"""
+import functools
+import math
+
+import numpy as np
+
+
+def _quiet(fn):
+    @functools.wraps(fn)
+    def wrapper(*args):
+        with np.errstate(all="ignore"):
+            return fn(*args)
+    return wrapper
+
+
+@_quiet
+def adam(arrays, hp, t, st):
+    p, g = arrays["param"], arrays["grad"]
+    m, v = arrays["exp_avg"], arrays["exp_avg_sq"]
+    lr, b1, b2, eps, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["eps"], hp["weight_decay"]
+    if hp["maximize"]:
+        g = -g
+    if wd != 0.0:
+        if hp["decoupled_weight_decay"]:
+            p *= st(1.0 - lr * wd)
+        else:
+            g = g + st(wd) * p
+    if hp["eps_hat"]:
+        m += st(1.0 - b1) * (g - m)
+        v += st(1.0 - b2) * (g * g - v)
+    else:
+        m[...] = st(b1) * m + st(1.0 - b1) * g
+        v[...] = st(b2) * v + st(1.0 - b2) * (g * g)
+    s = v
+    if hp["amsgrad"]:
+        s = arrays["max_exp_avg_sq"]
+        np.maximum(s, v, out=s)
+    bias1 = 1.0 - b1 ** t
+    bias2_sqrt = math.sqrt(1.0 - b2 ** t)
+    if hp["eps_hat"]:
+        p -= st(lr * bias2_sqrt / bias1) * m / (np.sqrt(s) + st(eps))
+    else:
+        p -= st(lr / bias1) * (m / (np.sqrt(s) / st(bias2_sqrt) + st(eps)))
+
+
+@_quiet
+def rmsprop(arrays, hp, t, st):
+    p, g, sq = arrays["param"], arrays["grad"], arrays["square_avg"]
+    lr, alpha, eps, wd, mom = (hp["lr"], hp["alpha"], hp["eps"], hp["weight_decay"],
+                               hp["momentum"])
+    if hp["maximize"]:
+        g = -g
+    if wd != 0.0:
+        g = g + st(wd) * p
+    sq[...] = st(alpha) * sq + st(1.0 - alpha) * (g * g)
+    if hp["centered"]:
+        ga = arrays["grad_avg"]
+        ga += st(1.0 - alpha) * (g - ga)
+        avg = np.sqrt(sq - ga * ga) + st(eps)
+    else:
+        avg = np.sqrt(sq) + st(eps)
+    if mom > 0:
+        buf = arrays["momentum_buffer"]
+        buf[...] = st(mom) * buf + g / avg
+        p -= st(lr) * buf
+    else:
+        p -= st(lr) * g / avg
+
+
+@_quiet
+def momentum(arrays, hp, t, st):
+    p, g, vel = arrays["param"], arrays["grad"], arrays["velocity"]
+    vel[...] = st(hp["momentum"]) * vel - st(hp["lr"]) * g
+    p += vel
+
+
+@_quiet
+def sgd(arrays, hp, t, st):
+    p, g = arrays["param"], arrays["grad"]
+    lr, mom, damp, wd = hp["lr"], hp["momentum"], hp["dampening"], hp["weight_decay"]
+    if hp["maximize"]:
+        g = -g
+    if wd != 0.0:
+        g = g + st(wd) * p
+    if mom > 0:
+        buf = arrays["momentum_buffer"]
+        if t == 1:
+            buf[...] = g
+        else:
+            buf[...] = st(mom) * buf + st(1.0 - damp) * g
+        if hp["nesterov"]:
+            g = g + st(mom) * buf
+        else:
+            g = buf
+    p -= st(lr) * g

@@ -1,0 +1,131 @@
+"""RMSprop: buffers, the public step function and the kernel plumbing."""
+from .kernels import cpu as _kernels
+
+from ._core import Buffers, run_step
+from ._spec import BadInput, Hyper, OptimizerSpec
+from . import reference as _reference
+
+
+class RMSpropBuffers(Buffers):
+    """Parameter, gradient and RMSprop state: ``square_avg``; ``grad_avg`` when centered;
+    ``momentum_buffer`` when momentum > 0."""
+
+    optimizer = "rmsprop"
+    state_fields = ("square_avg", "grad_avg", "momentum_buffer")
+
+    @classmethod
+    def zeros(cls, param, grad, centered=False, momentum=0.0):
+        """Zeroed state for ``param``/``grad`` (which are kept, not copied)."""
+        fields = (["square_avg"] + (["grad_avg"] if centered else [])
+                  + (["momentum_buffer"] if momentum > 0 else []))
+        return cls._allocate(param, grad, fields)
+
+
+def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, maximize=False, backend=None):
+    r"""One fused, in-place RMSprop step over ``buffers`` (an :class:`RMSpropBuffers`).
+
+    With ``g`` the gradient (negated when ``maximize``)::
+
+        g   = g + weight_decay * p                   # if weight_decay
+        sq  = alpha * sq + (1 - alpha) * (g * g)
+        ga  = ga + (1 - alpha) * (g - ga)            # if centered
+        avg = sqrt(sq - ga * ga) + eps   if centered  else  sqrt(sq) + eps
+        buf = momentum * buf + g / avg;  p = p - lr * buf     # if momentum > 0
+        p   = p - lr * g / avg                                # otherwise
+
+    This is ``torch.optim.RMSprop`` (which also adds ``eps`` outside the square root). The
+    momentum-free step is evaluated as ``(lr * g) / avg``, the seed document's order, so that
+    non-centered RMSprop without momentum equals the seed's ``RMSprop.update`` (its
+    ``decay_rate`` is ``alpha``, its ``epsilon`` is ``eps``) bit for bit in float64; torch
+    evaluates ``lr * (g / avg)``, which can differ in the last bit. NaN or inf in the
+    gradient propagates, as in torch.
+
+    Args:
+        buffers: :class:`RMSpropBuffers`; ``centered`` needs ``grad_avg`` and
+            ``momentum > 0`` needs ``momentum_buffer``.
+        lr: step size, finite and >= 0.
+        alpha: smoothing constant, in [0, 1).
+        eps: added to the denominator, finite and > 0.
+        weight_decay: L2 penalty, >= 0.
+        momentum: >= 0.
+        centered: normalize by the estimated variance instead of the second moment.
+        maximize: ascend instead of descend.
+        backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
+
+    Returns:
+        ``buffers``, updated in place, with ``buffers.step`` incremented.
+
+    Example:
+        >>> import numpy as np, fastopt
+        >>> p = np.ones(3); g = np.full(3, 0.1)
+        >>> _ = fastopt.rmsprop_step(fastopt.RMSpropBuffers.zeros(p, g), lr=0.01)
+        >>> p.round(6)
+        array([0.9, 0.9, 0.9])
+
+    Reference: Hinton, Lecture 6e of "Neural Networks for Machine Learning" (2012).
+    """
+    return run_step(SPEC, buffers, backend, dict(
+        lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+        centered=centered, maximize=maximize))
+
+
+def _state_for(hp):
+    return (("square_avg",) + (("grad_avg",) if hp["centered"] else ())
+            + (("momentum_buffer",) if hp["momentum"] > 0 else ()))
+
+
+def _zeros_kwargs(hp):
+    kw = {}
+    if hp["centered"]:
+        kw["centered"] = True
+    if hp["momentum"] > 0:
+        kw["momentum"] = hp["momentum"]
+    return kw
+
+
+def _options(hp, t):
+    return dict(maximize=hp["maximize"], l2=hp["weight_decay"] != 0.0,
+                centered=hp["centered"], use_momentum=hp["momentum"] > 0)
+
+
+def _scalars(hp, t, st):
+    return (st(hp["lr"]), st(hp["alpha"]), st(1.0 - hp["alpha"]), st(hp["eps"]),
+            st(hp["weight_decay"]), st(hp["momentum"]))
+
+
+def _torch(hp):
+    return ("RMSprop", dict(lr=hp["lr"], alpha=hp["alpha"], eps=hp["eps"],
+                            weight_decay=hp["weight_decay"], momentum=hp["momentum"],
+                            centered=hp["centered"], maximize=hp["maximize"]))
+
+
+SPEC = OptimizerSpec(
+    name="rmsprop",
+    step_name="rmsprop_step",
+    buffers_cls=RMSpropBuffers,
+    hypers=(
+        Hyper("lr", 1e-2, "step size", low=0.0),
+        Hyper("alpha", 0.99, "smoothing constant", low=0.0, high=1.0, high_open=True),
+        Hyper("eps", 1e-8, "denominator term", low=0.0, low_open=True),
+        Hyper("weight_decay", 0.0, "L2 penalty", low=0.0),
+        Hyper("momentum", 0.0, "momentum factor", low=0.0),
+        Hyper("centered", False, "centered variant", kind="flag"),
+        Hyper("maximize", False, "ascend", kind="flag"),
+    ),
+    state_for=_state_for,
+    zeros_kwargs=_zeros_kwargs,
+    kernel_family=_kernels.rmsprop_kernel,
+    kernel_arrays=("param", "grad", "square_avg", "grad_avg", "momentum_buffer"),
+    scalars=_scalars,
+    options=_options,
+    reference=_reference.rmsprop,
+    option_grid=dict(weight_decay=[0.0, 0.01], momentum=[0.0, 0.9], centered=[False, True],
+                     maximize=[False, True]),
+    bad_inputs=(
+        BadInput(dict(centered=True), ValueError, "grad_avg"),
+        BadInput(dict(momentum=0.9), ValueError, "momentum_buffer"),
+    ),
+    tuned=dict(lr=0.0005, momentum=0.9),
+    torch_kwargs=_torch,
+)

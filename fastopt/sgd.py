@@ -1,0 +1,118 @@
+"""SGD with torch.optim.SGD semantics: buffers, step function and kernel plumbing."""
+from .kernels import cpu as _kernels
+
+from ._core import Buffers, run_step
+from ._spec import BadInput, Hyper, OptimizerSpec
+from . import reference as _reference
+
+
+class SGDBuffers(Buffers):
+    """Parameter, gradient and, when momentum > 0, the ``momentum_buffer``."""
+
+    optimizer = "sgd"
+    state_fields = ("momentum_buffer",)
+
+    @classmethod
+    def zeros(cls, param, grad, momentum=0.0):
+        """Buffers for ``param``/``grad`` (kept, not copied); a zeroed momentum buffer when
+        ``momentum > 0`` (the first step overwrites it with the gradient, as in torch)."""
+        return cls._allocate(param, grad, ["momentum_buffer"] if momentum > 0 else [])
+
+
+def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+             nesterov=False, maximize=False, backend=None):
+    r"""One fused, in-place SGD step over an :class:`SGDBuffers` (``torch.optim.SGD``)::
+
+        g   = -g if maximize
+        g   = g + weight_decay * p                           # if weight_decay
+        buf = g                          on the first step    # if momentum > 0
+        buf = momentum * buf + (1 - dampening) * g   later
+        g   = g + momentum * buf   if nesterov   else   buf
+        p   = p - lr * g
+
+    "First step" means ``buffers.step == 0``. Plain SGD (``momentum=0``) is the seed's
+    ``mini_SGD.update`` (``p -= lr * g``), bitwise equal in float64.
+
+    Args:
+        buffers: :class:`SGDBuffers`; ``momentum > 0`` needs ``momentum_buffer``.
+        lr: step size, finite and >= 0.
+        momentum: >= 0.
+        dampening: in [0, 1].
+        weight_decay: L2 penalty, >= 0.
+        nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
+        maximize: ascend instead of descend.
+        backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
+
+    Returns:
+        ``buffers``, updated in place, with ``buffers.step`` incremented.
+
+    Example:
+        >>> import numpy as np, fastopt
+        >>> p = np.ones(2); g = np.array([1.0, -2.0])
+        >>> _ = fastopt.sgd_step(fastopt.SGDBuffers.zeros(p, g), lr=0.5)
+        >>> p
+        array([0.5, 2. ])
+
+    Reference: Sutskever et al., "On the importance of initialization and momentum in deep
+    learning" (2013), for the momentum and Nesterov forms used by torch.
+    """
+    return run_step(SPEC, buffers, backend, dict(
+        lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+        nesterov=nesterov, maximize=maximize))
+
+
+def _cross_check(hp):
+    if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
+        raise ValueError("nesterov=True requires momentum > 0 and dampening == 0 "
+                         f"(got momentum={hp['momentum']!r}, dampening={hp['dampening']!r})")
+
+
+def _options(hp, t):
+    use_momentum = hp["momentum"] > 0
+    return dict(maximize=hp["maximize"], l2=hp["weight_decay"] != 0.0,
+                use_momentum=use_momentum, first=use_momentum and t == 1,
+                nesterov=hp["nesterov"])
+
+
+def _scalars(hp, t, st):
+    return (st(hp["lr"]), st(hp["weight_decay"]), st(hp["momentum"]),
+            st(1.0 - hp["dampening"]))
+
+
+def _torch(hp):
+    return ("SGD", dict(lr=hp["lr"], momentum=hp["momentum"], dampening=hp["dampening"],
+                        weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
+                        maximize=hp["maximize"]))
+
+
+SPEC = OptimizerSpec(
+    name="sgd",
+    step_name="sgd_step",
+    buffers_cls=SGDBuffers,
+    hypers=(
+        Hyper("lr", 1e-3, "step size", low=0.0),
+        Hyper("momentum", 0.0, "momentum factor", low=0.0),
+        Hyper("dampening", 0.0, "momentum dampening", low=0.0, high=1.0),
+        Hyper("weight_decay", 0.0, "L2 penalty", low=0.0),
+        Hyper("nesterov", False, "Nesterov momentum", kind="flag"),
+        Hyper("maximize", False, "ascend", kind="flag"),
+    ),
+    state_for=lambda hp: ("momentum_buffer",) if hp["momentum"] > 0 else (),
+    zeros_kwargs=lambda hp: {"momentum": hp["momentum"]} if hp["momentum"] > 0 else {},
+    kernel_family=_kernels.sgd_kernel,
+    kernel_arrays=("param", "grad", "momentum_buffer"),
+    scalars=_scalars,
+    options=_options,
+    reference=_reference.sgd,
+    cross_check=_cross_check,
+    option_grid=dict(momentum=[0.0, 0.9], dampening=[0.0, 0.5], weight_decay=[0.0, 0.01],
+                     nesterov=[False, True], maximize=[False, True]),
+    bad_inputs=(
+        BadInput(dict(momentum=0.9), ValueError, "momentum_buffer"),
+        BadInput(dict(nesterov=True), ValueError, "nesterov=True requires momentum > 0"),
+        BadInput(dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError,
+                 "dampening == 0", state=dict(momentum=0.9)),
+    ),
+    tuned=dict(lr=0.001, momentum=0.9),
+    torch_kwargs=_torch,
+)

@@ -1,0 +1,84 @@
+"""Shared test helpers (registry-driven)."""
+import numpy as np
+
+import fastopt
+from fastopt import registry
+
+SPECS = list(registry.REGISTRY.values())
+DTYPES = [np.float32, np.float64]
+
+
+def full_kwargs(spec, **options):
+    kw = dict(spec.defaults)
+    kw.update(options)
+    return kw
+
+
+def make_buffers(spec, n, dtype, kwargs, seed=0, shape=None):
+    """Random param, zero state allocated for ``kwargs``; grad filled by ``new_grad``."""
+    rng = np.random.default_rng(seed)
+    shape = (n,) if shape is None else shape
+    p = rng.standard_normal(shape).astype(dtype)
+    g = np.zeros(shape, dtype)
+    hp = spec.validate(full_kwargs(spec, **kwargs))
+    return spec.buffers_cls.zeros(p, g, **spec.zeros_kwargs(hp))
+
+
+def new_grad(buffers, rng):
+    g = buffers.grad
+    g[...] = rng.standard_normal(g.shape).astype(g.dtype)
+    if g.size > 3:
+        g.reshape(-1)[::7] = 0  # exact zeros exercise the sqrt(0) + eps paths
+
+
+def clone(buffers):
+    arrays = {n: a.copy() for n, a in buffers.arrays().items()}
+    p, g = arrays.pop("param"), arrays.pop("grad")
+    return type(buffers)(p, g, step=buffers.step, **arrays)
+
+
+def bits(a):
+    a = np.ascontiguousarray(a)
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def assert_bitwise(a, b, what=""):
+    if not np.array_equal(bits(a), bits(b)):
+        diff = np.flatnonzero(bits(a).ravel() != bits(b).ravel())
+        i = diff[0]
+        raise AssertionError(f"{what}: {diff.size} elements differ, first at {i}: "
+                             f"{a.ravel()[i]!r} != {b.ravel()[i]!r}")
+
+
+def assert_buffers_bitwise(x, y, what=""):
+    assert x.step == y.step, what
+    ax, ay = x.arrays(), y.arrays()
+    assert ax.keys() == ay.keys()
+    for k in ax:
+        if k != "grad":
+            assert_bitwise(ax[k], ay[k], f"{what} {k}")
+
+
+def snapshot(buffers):
+    return {k: (a.copy(), a.dtype, a.shape) for k, a in buffers.arrays().items()}, buffers.step
+
+
+def assert_unchanged(buffers, snap):
+    arrays, step = snap
+    assert buffers.step == step
+    now = buffers.arrays()
+    assert now.keys() == arrays.keys()
+    for k, (a, dt, shape) in arrays.items():
+        assert now[k].dtype == dt and now[k].shape == shape
+        assert a.tobytes() == now[k].tobytes(), f"{k} changed"
+
+
+def step_fn(spec):
+    return registry.step_function(spec)
+
+
+def spec_id(spec):
+    return spec.name
+
+
+__all__ = ["fastopt"]

@@ -1,0 +1,308 @@
+"""API behaviour: FlatParams, config, checkpoints, convergence, dtype, compilation."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import config, registry
+from helpers import (DTYPES, SPECS, assert_buffers_bitwise, assert_unchanged, clone,
+                     full_kwargs, make_buffers, new_grad, snapshot, step_fn)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ convergence
+def _rosenbrock_grad(x, g):
+    g[0] = -2 * (1 - x[0]) - 400 * x[0] * (x[1] - x[0] ** 2)
+    g[1] = 200 * (x[1] - x[0] ** 2)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_converges_on_rosenbrock(spec):
+    x, g = np.array([-1.2, 1.0]), np.zeros(2)
+    kw = full_kwargs(spec, **spec.tuned)
+    b = spec.buffers_cls.zeros(x, g, **spec.zeros_kwargs(spec.validate(kw)))
+    for _ in range(20000):
+        _rosenbrock_grad(x, g)
+        step_fn(spec)(b, **kw)
+    np.testing.assert_allclose(x, [1.0, 1.0], atol=5e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_converges_on_quadratic_and_keeps_dtype(spec, dtype):
+    a = np.linspace(0.5, 2.0, 50).astype(dtype)
+    x = np.ones(50, dtype)
+    g = np.zeros(50, dtype)
+    kw = full_kwargs(spec, **spec.tuned)
+    b = spec.buffers_cls.zeros(x, g, **spec.zeros_kwargs(spec.validate(kw)))
+    f0 = 0.5 * float(np.sum(a * x * x))
+    for _ in range(3000):
+        np.multiply(a, x, out=g)
+        step_fn(spec)(b, **kw)
+    assert 0.5 * float(np.sum(a * x * x)) < 1e-3 * f0
+    for arr in b.arrays().values():
+        assert arr.dtype == dtype
+    assert b.step == 3000
+
+
+# ------------------------------------------------------------------ API details
+def test_backend_none_chooses_cpu_and_equals_explicit():
+    spec = registry.get("adam")
+    a = make_buffers(spec, 100, np.float32, {})
+    b = clone(a)
+    rng = np.random.default_rng(0)
+    new_grad(a, rng)
+    b.grad[...] = a.grad
+    fastopt.adam_step(a)
+    fastopt.adam_step(b, backend="cpu")
+    assert_buffers_bitwise(a, b)
+
+
+def test_step_returns_buffers_and_counts():
+    p, g = np.zeros(5), np.ones(5)
+    b = fastopt.SGDBuffers.zeros(p, g)
+    assert fastopt.sgd_step(b, lr=0.5) is b
+    assert b.step == 1
+    np.testing.assert_array_equal(p, -0.5)
+
+
+def test_only_needed_state_is_allocated():
+    p, g = np.zeros(3), np.zeros(3)
+    assert fastopt.AdamBuffers.zeros(p, g).max_exp_avg_sq is None
+    assert fastopt.AdamBuffers.zeros(p, g, amsgrad=True).max_exp_avg_sq.shape == (3,)
+    r = fastopt.RMSpropBuffers.zeros(p, g)
+    assert r.grad_avg is None and r.momentum_buffer is None
+    r = fastopt.RMSpropBuffers.zeros(p, g, centered=True, momentum=0.9)
+    assert r.grad_avg is not None and r.momentum_buffer is not None
+    assert fastopt.SGDBuffers.zeros(p, g).momentum_buffer is None
+    assert fastopt.SGDBuffers.zeros(p, g, momentum=0.9).momentum_buffer is not None
+    assert fastopt.MomentumBuffers.zeros(p, g).velocity is not None
+
+
+def test_buffers_keep_callers_arrays():
+    p, g = np.ones(4, np.float32), np.ones(4, np.float32)
+    b = fastopt.MomentumBuffers.zeros(p, g)
+    assert b.param is p and b.grad is g
+    fastopt.momentum_step(b)
+    assert p[0] != 1.0
+
+
+def test_read_only_grad_is_accepted():
+    p, g = np.ones(4), np.ones(4)
+    g.setflags(write=False)
+    fastopt.sgd_step(fastopt.SGDBuffers.zeros(p, g), lr=1.0)
+    np.testing.assert_array_equal(p, 0.0)
+
+
+def test_hyperparameters_are_cast_before_the_kernel(monkeypatch):
+    """The kernel sees only scalars of the buffer dtype."""
+    spec = registry.get("adam")
+    seen = []
+    family = spec.kernel_family
+    real_get = family.get
+
+    def spy_get(parallel, **opts):
+        kernel = real_get(parallel, **opts)
+
+        def call(*args):
+            seen.extend(args)
+            return kernel(*args)
+        return call
+    monkeypatch.setattr(family, "get", spy_get)
+    for dtype in DTYPES:
+        seen.clear()
+        b = make_buffers(spec, 10, dtype, {})
+        fastopt.adam_step(b, lr=1e-3, weight_decay=0.1)
+        scalars = [s for s in seen if not isinstance(s, np.ndarray)]
+        assert scalars and all(type(s) is np.dtype(dtype).type for s in scalars)
+
+
+# ------------------------------------------------------------------ FlatParams
+def test_flat_params_views_are_zero_copy():
+    fp = fastopt.FlatParams({"W": (3, 4), "b": 4, "c": ()}, dtype=np.float64)
+    assert fp.size == 17 and fp.param.shape == (17,)
+    fp.params["W"][1, 2] = 7.0
+    assert fp.param[6] == 7.0
+    fp.grads["b"][:] = 2.0
+    np.testing.assert_array_equal(fp.grad[12:16], 2.0)
+    assert np.shares_memory(fp.params["c"], fp.param)
+    assert fp.covers(fp.params, fp.grads)
+    assert not fp.covers({k: v.copy() for k, v in fp.params.items()}, fp.grads)
+
+
+def test_flat_params_from_arrays_and_fused_step():
+    rng = np.random.default_rng(0)
+    arrays = {"W1": rng.standard_normal((5, 3)).astype(np.float32),
+              "b1": rng.standard_normal(3).astype(np.float32)}
+    fp = fastopt.FlatParams(arrays)
+    assert fp.dtype == np.float32
+    np.testing.assert_array_equal(fp.params["W1"], arrays["W1"])
+    b = fastopt.AdamBuffers.zeros(fp.param, fp.grad)
+    fp.grads["W1"][...] = 1.0
+    fastopt.adam_step(b, lr=0.1)
+    assert np.all(fp.params["W1"] < arrays["W1"])
+    np.testing.assert_array_equal(fp.params["b1"], arrays["b1"])  # zero grad, no change
+
+
+@pytest.mark.parametrize("bad,err", [({}, TypeError), ({"a": (2, -1)}, ValueError),
+                                     ({1: (2,)}, TypeError)])
+def test_flat_params_rejects(bad, err):
+    with pytest.raises(err):
+        fastopt.FlatParams(bad)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastopt.FlatParams({"a": 3}, dtype=np.int32)
+
+
+# ------------------------------------------------------------------ config
+def test_config_reset_and_environment(monkeypatch):
+    monkeypatch.setattr(config, "PARALLEL_THRESHOLD", 5)
+    monkeypatch.setenv("FASTOPT_PARALLEL_THRESHOLD", "1234")
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 1234
+    monkeypatch.setenv("FASTOPT_PARALLEL_THRESHOLD", "many")
+    with pytest.raises(ValueError, match="FASTOPT_PARALLEL_THRESHOLD"):
+        config.reset()
+    monkeypatch.delenv("FASTOPT_PARALLEL_THRESHOLD")
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 32768
+    assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK"}
+
+
+# ------------------------------------------------------------------ checkpoints
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_checkpoint_resume_is_bitwise(spec, tmp_path):
+    combo = spec.option_combinations()[-1]
+    kw = full_kwargs(spec, **combo)
+    straight = make_buffers(spec, 257, np.float32, combo)
+    resumed = clone(straight)
+    rng1, rng2 = np.random.default_rng(9), np.random.default_rng(9)
+    for _ in range(5):
+        new_grad(straight, rng1)
+        new_grad(resumed, rng2)
+        step_fn(spec)(straight, **kw)
+        step_fn(spec)(resumed, **kw)
+    path = tmp_path / "opt.ckpt"
+    fastopt.save_checkpoint(path, resumed)
+    fresh = fastopt.load_checkpoint(path)            # new arrays
+    target = make_buffers(spec, 257, np.float32, combo, seed=77)
+    fastopt.load_checkpoint(path, target)             # in place
+    for other in (fresh, target):
+        assert other.step == 5
+        assert_buffers_bitwise(other, resumed)
+    for _ in range(5):
+        new_grad(straight, rng1)
+        g = rng2.standard_normal(257).astype(np.float32)
+        g[::7] = 0
+        target.grad[...] = g
+        step_fn(spec)(straight, **kw)
+        step_fn(spec)(target, **kw)
+    assert_buffers_bitwise(straight, target)
+
+
+def _saved(tmp_path, **state):
+    spec = registry.get("adam")
+    b = make_buffers(spec, 64, np.float64, state)
+    fastopt.adam_step(b)
+    path = tmp_path / "a.ckpt"
+    fastopt.save_checkpoint(path, b)
+    return path, b
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "magic", "empty"])
+def test_checkpoint_rejects_damaged_files(tmp_path, damage):
+    path, b = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[:len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 2] ^= 0x10
+    elif damage == "magic":
+        data[0:4] = b"NOPE"
+    else:
+        data = b""
+    path.write_bytes(bytes(data))
+    target = make_buffers(registry.get("adam"), 64, np.float64, {}, seed=5)
+    snap = snapshot(target)
+    with pytest.raises(fastopt.CheckpointError, match=str(path.name)):
+        fastopt.load_checkpoint(path, target)
+    assert_unchanged(target, snap)
+
+
+@pytest.mark.parametrize("mismatch", ["dtype", "shape", "optimizer", "state"])
+def test_checkpoint_rejects_mismatched_target(tmp_path, mismatch):
+    path, _ = _saved(tmp_path)
+    if mismatch == "dtype":
+        target = make_buffers(registry.get("adam"), 64, np.float32, {})
+    elif mismatch == "shape":
+        target = make_buffers(registry.get("adam"), 65, np.float64, {})
+    elif mismatch == "optimizer":
+        target = make_buffers(registry.get("rmsprop"), 64, np.float64, {})
+    else:
+        target = make_buffers(registry.get("adam"), 64, np.float64, {"amsgrad": True})
+    snap = snapshot(target)
+    with pytest.raises(fastopt.CheckpointError):
+        fastopt.load_checkpoint(path, target)
+    assert_unchanged(target, snap)
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path, b = _saved(tmp_path)
+    good = path.read_bytes()
+    import fastopt.checkpoint as ck
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+    monkeypatch.setattr(ck.os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        fastopt.save_checkpoint(path, b)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+def test_missing_checkpoint():
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fastopt.load_checkpoint("/nonexistent/x.ckpt")
+
+
+# ------------------------------------------------------------------ compilation
+def test_import_compiles_nothing():
+    code = ("import fastopt, numba.core.registry as r, sys;"
+            "from fastopt import registry;"
+            "fams=[s.kernel_family for s in registry.REGISTRY.values()];"
+            "assert all(not f._cache for f in fams), 'compiled at import';"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_no_recompilation_on_later_calls(spec):
+    b = make_buffers(spec, 10, np.float64, {})
+    kw = full_kwargs(spec)
+    step_fn(spec)(b, **kw)
+    step_fn(spec)(b, **kw)
+    hp = spec.validate(kw)
+    kernel = spec.kernel_family.get(False, **spec.options(hp, 3))
+    n_before = len(kernel.signatures)
+    for lr in (0.1, 0.2, 0.3):
+        step_fn(spec)(b, **dict(kw, lr=lr))
+    assert n_before >= 1 and len(kernel.signatures) == n_before
+
+
+def test_kernels_use_numpy_error_model_and_no_fastmath():
+    from fastopt.kernels import decorators
+    assert decorators.KERNEL_OPTIONS["error_model"] == "numpy"
+    assert decorators.KERNEL_OPTIONS["fastmath"] is False
+    assert decorators.KERNEL_OPTIONS["cache"] is True
+    spec = registry.get("momentum")
+    b = make_buffers(spec, 10, np.float32, {})
+    fastopt.momentum_step(b)
+    kernel = spec.kernel_family.get(False)
+    assert kernel.targetoptions["error_model"] == "numpy"
+    assert not kernel.targetoptions.get("fastmath")

@@ -1,0 +1,43 @@
+"""fastopt vs torch.optim over 200 steps (skipped when torch is not installed)."""
+import numpy as np
+import pytest
+
+from helpers import DTYPES, SPECS, full_kwargs, make_buffers, step_fn
+
+torch = pytest.importorskip("torch")
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-6), np.float64: dict(rtol=1e-11, atol=1e-14)}
+
+CASES = [(spec, combo) for spec in SPECS for combo in spec.option_combinations()
+         if spec.torch_kwargs(spec.validate(full_kwargs(spec, **combo))) is not None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("spec,combo", CASES,
+                         ids=[f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items())
+                              for s, c in CASES])
+def test_matches_torch(spec, combo, dtype):
+    kwargs = full_kwargs(spec, **combo)
+    if "lr" in kwargs:
+        kwargs["lr"] = 1e-3 if spec.name != "sgd" else 1e-2
+    hp = spec.validate(kwargs)
+    cls_name, tkw = spec.torch_kwargs(hp)
+    n = 1000
+    ours = make_buffers(spec, n, dtype, kwargs, seed=3)
+    tp = torch.nn.Parameter(torch.from_numpy(ours.param.copy()))
+    topt = getattr(torch.optim, cls_name)([tp], **tkw)
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        g = rng.standard_normal(n).astype(dtype)
+        ours.grad[...] = g
+        tp.grad = torch.from_numpy(g.copy())
+        step_fn(spec)(ours, **kwargs)
+        topt.step()
+    theirs = tp.detach().numpy()
+    np.testing.assert_allclose(ours.param, theirs, **TOL[dtype])
+    assert ours.param.dtype == theirs.dtype
+    # the state too, under torch's names
+    state = topt.state[tp]
+    for name in spec.buffers_cls.state_fields:
+        if getattr(ours, name) is not None and name in state:
+            np.testing.assert_allclose(getattr(ours, name), state[name].numpy(), **TOL[dtype])

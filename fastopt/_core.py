@@ -186,6 +186,41 @@ def choose_backend(backend, arrays):
     return backend
 
 
+def _layout_key(arrays):
+    """Identity and metadata of a group of host arrays; equal keys mean an earlier
+    validation of the same group still holds."""
+    return tuple((id(a), a.shape, a.strides, a.dtype, a.flags.writeable)
+                 for a in arrays.values())
+
+
+class _Plan:
+    """A validated array group, cached on the buffers while its arrays stay the same."""
+    __slots__ = ("key", "arrays", "dtype", "scalar_type", "flat")
+
+    def __init__(self, key, arrays, dtype):
+        self.key = key
+        self.arrays = arrays          # keeps the arrays alive, so their ids stay unique
+        self.dtype = dtype
+        self.scalar_type = np.dtype(dtype).type
+        self.flat = {}                # per spec: flat kernel views, built on first use
+
+
+def plan_for(buffers, arrays):
+    """Validate ``arrays`` (or reuse the validation cached on ``buffers``)."""
+    plan = buffers.__dict__.get("_plan")
+    if all(isinstance(a, np.ndarray) for a in arrays.values()):
+        key = _layout_key(arrays)
+        if plan is not None and plan.key == key:
+            return plan
+    else:
+        key = None
+    dtype = check_group(arrays, type(buffers).__name__)
+    plan = _Plan(key, arrays, dtype)
+    if key is not None:
+        buffers.__dict__["_plan"] = plan
+    return plan
+
+
 def prepare_step(spec, buffers, backend, hyper):
     """Validate everything for one step of ``spec``; return a no-argument callable that
     performs it. Nothing is written until the callable runs."""
@@ -193,19 +228,16 @@ def prepare_step(spec, buffers, backend, hyper):
         raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
                         f"{type(buffers).__name__}; create them with "
                         f"fastopt.{spec.buffers_cls.__name__}.zeros(param, grad)")
-    hp = spec.validate(hyper)
-    fields = spec.required_state(hp)
+    hp, fields = spec.validate_cached(hyper)
     for f in fields:
         if getattr(buffers, f) is None:
             raise ValueError(spec.missing_state_message(f, hp))
-    arrays = buffers.arrays(fields)
-    dtype = check_group(arrays, type(buffers).__name__)
-    impl = spec.implementation(choose_backend(backend, arrays))
+    plan = plan_for(buffers, buffers.arrays(fields))
+    impl = spec.implementation(choose_backend(backend, plan.arrays))
     t = buffers.step + 1
-    scalar_type = np.dtype(dtype).type
 
     def run():
-        impl(arrays, hp, t, scalar_type)
+        impl(plan, hp, t)
         buffers.step = t
         return buffers
     return run

@@ -86,6 +86,23 @@ class OptimizerSpec:
             self.cross_check(hp)
         return hp
 
+    def validate_cached(self, hyper):
+        """``(validated hp, required state fields)``, memoized on the exact argument values
+        and types (validation costs microseconds; a training loop repeats the same call)."""
+        try:
+            key = tuple((type(v), v) for v in hyper.values())
+            hit = _VALIDATED.get((self.name, key))
+        except TypeError:  # an unhashable argument: validate() will reject it
+            key, hit = None, None
+        if hit is None:
+            hp = self.validate(hyper)
+            hit = (hp, self.required_state(hp))
+            if key is not None:
+                if len(_VALIDATED) > 1024:
+                    _VALIDATED.clear()
+                _VALIDATED[(self.name, key)] = hit
+        return hit
+
     def required_state(self, hp):
         return tuple(self.state_for(hp))
 
@@ -98,27 +115,35 @@ class OptimizerSpec:
 
     # -------------------------------------------------------------- execution
     def implementation(self, backend):
+        """A callable ``(plan, hp, t)`` running one step on the validated arrays."""
         if backend == "numpy":
-            return self.reference
+            return self._numpy
         if backend == "cpu":
             return self._cpu
         from ._cuda_backend import cuda_implementation
         return cuda_implementation(self)
 
-    def flat_kernel_arrays(self, arrays, hp, t, scalar_type):
+    def flat_kernel_arrays(self, plan):
         """The kernel's array arguments as flat views; placeholders for unused state."""
-        placeholder = _placeholder(scalar_type)
-        return tuple(arrays[n].reshape(-1) if n in arrays else placeholder
-                     for n in self.kernel_arrays)
+        args = plan.flat.get(self.name)
+        if args is None:
+            placeholder = _placeholder(plan.scalar_type)
+            args = plan.flat[self.name] = tuple(
+                plan.arrays[n].reshape(-1) if n in plan.arrays else placeholder
+                for n in self.kernel_arrays)
+        return args
 
-    def _cpu(self, arrays, hp, t, scalar_type):
-        args = self.flat_kernel_arrays(arrays, hp, t, scalar_type)
+    def _numpy(self, plan, hp, t):
+        self.reference(plan.arrays, hp, t, plan.scalar_type)
+
+    def _cpu(self, plan, hp, t):
+        args = self.flat_kernel_arrays(plan)
         n = args[0].shape[0]
         if n == 0:
             return
         parallel = n >= config.PARALLEL_THRESHOLD
         kernel = self.kernel_family.get(parallel, **self.options(hp, t))
-        kernel(*args, *self.scalars(hp, t, scalar_type))
+        kernel(*args, *self.scalars(hp, t, plan.scalar_type))
 
     # -------------------------------------------------------------- test helpers
     def option_combinations(self):
@@ -137,6 +162,7 @@ class OptimizerSpec:
 
 
 _PLACEHOLDERS = {}
+_VALIDATED = {}
 
 
 def _placeholder(scalar_type):

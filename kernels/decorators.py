@@ -49,6 +49,7 @@ class KernelFamily:
         self.factory = factory
         self.option_names = tuple(option_names)
         self._cache = {}
+        self._fast = {}   # exact call arguments -> dispatcher, skips normalization
         self._lock = threading.Lock()
 
     def python_kernel(self, **options):
@@ -61,6 +62,9 @@ class KernelFamily:
         return {k: bool(options[k]) for k in self.option_names}
 
     def get(self, parallel, **options):
+        fn = self._fast.get((parallel,) + tuple(options.items()))
+        if fn is not None:
+            return fn
         key = tuple(self._key(options).items()) + (("parallel", bool(parallel)),)
         fn = self._cache.get(key)
         if fn is None:
@@ -71,6 +75,7 @@ class KernelFamily:
                     suffix = "_parallel" if parallel else "_serial"
                     fn = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(renamed(body, suffix))
                     self._cache[key] = fn
+        self._fast[(parallel,) + tuple(options.items())] = fn
         return fn
 
     def __repr__(self):

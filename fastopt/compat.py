@@ -59,6 +59,7 @@ class _SeedOptimizer:
         self._flat = None      # Buffers over the arenas (fused mode)
         self._per_key = None   # name -> Buffers (per-array mode, or views of the flat state)
         self._layout = None
+        self._fused_key = None
 
     # hyperparameters for the fastopt step, from the seed's attributes
     def _hyper(self):
@@ -98,15 +99,11 @@ class _SeedOptimizer:
             raise KeyError(f"update() got keys {sorted(params)} / {sorted(grads)} but the "
                            f"optimizer state was built for {sorted(self._per_key)}")
         hyper = self._hyper()
-        if self._flat is not None:
-            p_arena, g_arena = _arena_of(params), _arena_of(grads)
-            if (p_arena and g_arena and p_arena[0] is self._flat.param
-                    and g_arena[1] == self._layout):
-                self._flat.grad = g_arena[0]
-                prepare_step(self._spec, self._flat, self.backend, hyper)()
-                for b in self._per_key.values():
-                    b.step = self._flat.step
-                return
+        if self._flat is not None and self._arena_matches(params, grads):
+            prepare_step(self._spec, self._flat, self.backend, hyper)()
+            for b in self._per_key.values():
+                b.step = self._flat.step
+            return
         runs = []
         for name, b in self._per_key.items():
             if params[name] is not b.param:
@@ -119,6 +116,22 @@ class _SeedOptimizer:
             run()
         if self._flat is not None:
             self._flat.step = next(iter(self._per_key.values())).step
+
+    def _arena_matches(self, params, grads):
+        """Whether ``params``/``grads`` still tile this optimizer's flat arenas. The answer
+        is remembered for the exact same array objects (a training loop passes the same
+        views every step), so the layout is analysed once, not per step."""
+        key = tuple(map(id, params.values())) + tuple(map(id, grads.values()))
+        if self._fused_key is not None and self._fused_key[0] == key:
+            return True
+        p_arena, g_arena = _arena_of(params), _arena_of(grads)
+        if not (p_arena and g_arena and p_arena[0] is self._flat.param
+                and g_arena[1] == self._layout):
+            return False
+        self._flat.grad = g_arena[0]
+        # keep the arrays alive so that their ids cannot be reused by other objects
+        self._fused_key = (key, tuple(params.values()), tuple(grads.values()))
+        return True
 
     def _state_dict(self, field):
         if self._per_key is None:

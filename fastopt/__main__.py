@@ -1,0 +1,143 @@
+"""Command line: ``python -m fastopt {compare,download-mnist} ...``."""
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # one line, no usage dump and no traceback
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
+
+
+def _lr(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r} must be finite and >= 0")
+    return v
+
+
+def _optimizer_list(text):
+    from .experiment import OPTIMIZERS
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    lookup = {k.lower(): k for k in OPTIMIZERS}
+    lookup["mini_sgd"] = "SGD"
+    out = []
+    for n in names:
+        if n.lower() not in lookup:
+            raise argparse.ArgumentTypeError(
+                f"unknown optimizer {n!r}; choose from {','.join(OPTIMIZERS)}")
+        if lookup[n.lower()] not in out:
+            out.append(lookup[n.lower()])
+    if not out:
+        raise argparse.ArgumentTypeError("no optimizer given")
+    return out
+
+
+def _cmd_compare(args):
+    from .datasets import MNISTError, load_mnist
+    from .experiment import run_compare, write_outputs
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data, source = load_mnist(root=args.data_dir, download=not args.no_download,
+                                      return_source=True)
+    except (MNISTError, OSError) as e:
+        print(f"fastopt compare: error: {e}", file=sys.stderr)
+        return 1
+    for w in caught:
+        print(f"warning: {w.message}", file=sys.stderr)
+    print(f"data: {source}; {len(data[0][0]):,} training / {len(data[1][0]):,} test images")
+    print(f"settings: iters={args.iters} batch={args.batch_size} lr={args.lr} "
+          f"optimizers={','.join(args.optimizers)} backend={args.backend} dtype={args.dtype} "
+          f"seed={args.seed}")
+    result = run_compare(data, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                         optimizers=args.optimizers, backend=args.backend,
+                         dtype=np.dtype(args.dtype), seed=args.seed)
+    result["data_source"] = source
+    print("========== result ==========")
+    width = max(len(k) for k in result["test_accuracy"])
+    print(f"{'optimizer':<{width}}  final smoothed loss  test accuracy  "
+          f"model (fwd+bwd) s  optimizer s  optimizer share")
+    tm = result["timing_s"]
+    for k in result["test_accuracy"]:
+        share = tm["optimizer"][k] / max(tm["optimizer"][k] + tm["model"][k], 1e-12)
+        print(f"{k:<{width}}  {result['final_smoothed_loss'][k]:19.4f}  "
+              f"{result['test_accuracy'][k]:13.4f}  {tm['model'][k]:17.3f}  "
+              f"{tm['optimizer'][k]:11.3f}  {share:14.1%}")
+    print(f"wall time {tm['wall']:.2f} s: model {tm['model_total']:.2f} s, optimizer "
+          f"{tm['optimizer_total']:.2f} s ({tm['optimizer_total'] / tm['wall']:.1%}); "
+          f"kernel load/compile before the run {tm['warmup']:.2f} s")
+    if "SAMPLE" in source:
+        print("note: this ran on the embedded MNIST sample, not the full data set")
+    for p in write_outputs(result, args.out):
+        print(f"wrote {p}")
+    return 0
+
+
+def _cmd_download(args):
+    from .datasets.mnist import download_mnist
+    try:
+        d = download_mnist(args.dir, show_progress=None)
+    except OSError as e:
+        print(f"fastopt download-mnist: error: {e}", file=sys.stderr)
+        return 1
+    print(f"MNIST verified in {d}")
+    return 0
+
+
+def build_parser():
+    ap = _Parser(prog="python -m fastopt", description="fastopt command line")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("compare", help="the seed's experiment: SGD, Momentum, RMSprop, Adam "
+                                       "training the 784-100-100-100-100-10 MLP on MNIST")
+    c.add_argument("--iters", type=_positive_int, default=2000)
+    c.add_argument("--batch-size", type=_positive_int, default=128)
+    c.add_argument("--lr", type=_lr, default=0.01, help="learning rate of every optimizer")
+    c.add_argument("--optimizers", type=_optimizer_list, default=["SGD", "Momentum",
+                                                                   "RMSprop", "Adam"],
+                   help="comma-separated subset of SGD,Momentum,RMSprop,Adam")
+    c.add_argument("--backend", choices=["numpy", "cpu"], default="cpu")
+    c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--data-dir", default=None,
+                   help="directory with the four MNIST IDX files (default: search, "
+                        "download, then the embedded sample)")
+    c.add_argument("--no-download", action="store_true", help="never download")
+    c.add_argument("--out", default="results/compare", help="output directory")
+    c.set_defaults(func=_cmd_compare)
+
+    d = sub.add_parser("download-mnist", help="download and verify MNIST into the cache")
+    d.add_argument("--dir", default=None, help="target directory (default: the cache)")
+    d.set_defaults(func=_cmd_download)
+    return ap
+
+
+def main(argv=None):
+    # BLAS (matmul) and Numba's OpenMP pool both spin-wait for work by default; on a
+    # few-core machine the two pools then fight for the cores and a training iteration gets
+    # several times slower (README, "Threads"). Must be set before the pool starts.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

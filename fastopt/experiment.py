@@ -1,0 +1,158 @@
+"""The seed document's experiment: four optimizers training the same MLP on MNIST.
+
+Each optimizer trains its own copy of one identically initialized network on the same
+sequence of minibatches (drawn with replacement, as the seed's ``np.random.choice``). As in
+the seed, the recorded loss of an iteration is the minibatch loss *after* that iteration's
+update. The optimizers are :mod:`fastopt.compat`'s drop-ins for the seed's classes, stepping
+each network's flat arena with one fused call.
+"""
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import compat
+from ._progress import progress
+from .mlp import MLP, SEED_SIZES
+
+OPTIMIZERS = {"SGD": compat.mini_SGD, "Momentum": compat.Momentum,
+              "RMSprop": compat.RMSprop, "Adam": compat.Adam}
+MARKERS = {"SGD": "v", "Momentum": "p", "RMSprop": "o", "Adam": "s"}
+
+
+def smooth_curve(x):
+    """The seed's smoothing (deep-learning-from-scratch ``common.util.smooth_curve``):
+    a Kaiser window of length 11, beta 2, with mirrored ends."""
+    x = np.asarray(x, dtype=np.float64)
+    window_len = 11
+    if len(x) < window_len:
+        return x.copy()
+    s = np.r_[x[window_len - 1:0:-1], x, x[-1:-window_len:-1]]
+    w = np.kaiser(window_len, 2)
+    y = np.convolve(w / w.sum(), s, mode="valid")
+    return y[5:len(y) - 5]
+
+
+def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTIMIZERS),
+                backend=None, dtype=np.float32, seed=0, report_every=100, out=None,
+                show_progress=None):
+    """Train one network per optimizer; return a dict of losses, accuracies and timings."""
+    out = sys.stdout if out is None else out
+    (x_train, t_train), (x_test, t_test) = data
+    dtype = np.dtype(dtype)
+    x_train = np.ascontiguousarray(x_train, dtype=dtype)
+    x_test = np.ascontiguousarray(x_test, dtype=dtype)
+    base = MLP(SEED_SIZES, dtype=dtype, seed=seed)
+    nets = {k: base.copy() for k in optimizers}
+    opts = {k: OPTIMIZERS[k](lr=lr, backend=backend) for k in optimizers}
+    losses = {k: np.empty(iters) for k in optimizers}
+    t_model = {k: 0.0 for k in optimizers}
+    t_opt = {k: 0.0 for k in optimizers}
+    batch_rng = np.random.default_rng(seed + 1)
+    # first calls load (or compile) the kernels: do them on throwaway copies, outside the
+    # timed loop, and report that time separately
+    t0 = time.perf_counter()
+    for k in optimizers:
+        scratch = base.copy()
+        scratch.gradient(x_train[:batch_size], t_train[:batch_size])
+        OPTIMIZERS[k](lr=lr, backend=backend).update(scratch.params, scratch.grads)
+    warmup = time.perf_counter() - t0
+    bar = progress(iters, desc="compare", unit="it", enabled=show_progress)
+    wall0 = time.perf_counter()
+    try:
+        for it in range(iters):
+            mask = batch_rng.choice(len(x_train), batch_size)
+            x, t = x_train[mask], t_train[mask]
+            for k in optimizers:
+                net = nets[k]
+                t0 = time.perf_counter()
+                net.gradient(x, t)
+                t1 = time.perf_counter()
+                opts[k].update(net.params, net.grads)
+                t2 = time.perf_counter()
+                losses[k][it] = net.loss(x, t)
+                t3 = time.perf_counter()
+                t_model[k] += (t1 - t0) + (t3 - t2)
+                t_opt[k] += t2 - t1
+            if report_every and it % report_every == 0:
+                if hasattr(bar, "clear"):
+                    bar.clear()
+                print(f"========== iteration: {it} ==========", file=out)
+                for k in optimizers:
+                    print(f"{k}:{float(losses[k][it])!r}", file=out)
+                out.flush()
+            bar.update(1)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - wall0
+    accuracy = {k: nets[k].accuracy(x_test, t_test) for k in optimizers}
+    return {
+        "losses": {k: v.tolist() for k, v in losses.items()},
+        "final_smoothed_loss": {k: float(smooth_curve(v)[-1]) for k, v in losses.items()},
+        "test_accuracy": accuracy,
+        "timing_s": {"wall": wall, "warmup": warmup, "model": t_model, "optimizer": t_opt,
+                     "model_total": sum(t_model.values()),
+                     "optimizer_total": sum(t_opt.values())},
+        "settings": {"iters": iters, "batch_size": batch_size, "lr": lr,
+                     "optimizers": list(optimizers), "backend": backend or "auto",
+                     "dtype": dtype.name, "seed": seed, "sizes": list(SEED_SIZES),
+                     "train_size": len(x_train), "test_size": len(x_test)},
+    }
+
+
+def write_outputs(result, out_dir):
+    """Write ``losses.json``, ``losses.csv`` and ``loss.png`` (if matplotlib is installed)
+    into ``out_dir``; returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    jp = os.path.join(out_dir, "losses.json")
+    with open(jp + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(jp + ".tmp", jp)
+    paths.append(jp)
+    cp = os.path.join(out_dir, "losses.csv")
+    names = list(result["losses"])
+    with open(cp + ".tmp", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["iteration"] + names)
+        for i, row in enumerate(zip(*(result["losses"][k] for k in names))):
+            w.writerow([i] + [repr(v) for v in row])
+    os.replace(cp + ".tmp", cp)
+    paths.append(cp)
+    png = plot_losses(result, os.path.join(out_dir, "loss.png"))
+    if png:
+        paths.append(png)
+    return paths
+
+
+def plot_losses(result, path):
+    """The seed's figure: smoothed loss per optimizer, markers every 100 iterations."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'fastopt[plot]')",
+              file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, v in result["losses"].items():
+        x = np.arange(len(v))
+        ax.plot(x, smooth_curve(v), marker=MARKERS.get(k, "."), markevery=100, label=k)
+    s = result["settings"]
+    ax.set_xlabel("Iterations")
+    ax.set_ylabel("Loss")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title("Comparison of Optimizers on MNIST")
+    ax.text(0.99, 0.02, f"{s['dtype']}, batch {s['batch_size']}, lr {s['lr']}, "
+            f"{s['train_size']:,} training images", transform=ax.transAxes, ha="right",
+            fontsize=8, color="gray")
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=110)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+    return path

@@ -1,0 +1,159 @@
+"""The seed's MLP on a flat arena, and the compare experiment / CLI."""
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt.__main__ import main
+from fastopt.experiment import run_compare, smooth_curve
+from fastopt.mlp import MLP, SEED_SIZES
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _data(n_train=300, n_test=100, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n_train + n_test, 784), dtype=np.float32)
+    t = rng.integers(0, 10, n_train + n_test)
+    return (x[:n_train], t[:n_train]), (x[n_train:], t[n_train:])
+
+
+def test_seed_network_shapes_and_he_init():
+    net = MLP()
+    assert net.flat.size == 109_810
+    assert [net.params[f"W{i}"].shape for i in range(1, 6)] == \
+        [(784, 100), (100, 100), (100, 100), (100, 100), (100, 10)]
+    assert net.flat.param.dtype == np.float32
+    assert abs(net.params["W1"].std() - np.sqrt(2 / 784)) < 0.002
+    assert abs(net.params["W2"].std() - np.sqrt(2 / 100)) < 0.01
+    assert not net.params["b3"].any()
+
+
+def test_gradient_matches_numerical_differentiation():
+    net = MLP((12, 7, 6, 4), dtype=np.float64, seed=3)
+    rng = np.random.default_rng(1)
+    x, t = rng.standard_normal((5, 12)), rng.integers(0, 4, 5)
+    net.gradient(x, t)
+    analytic = net.flat.grad.copy()
+    numeric = np.empty_like(analytic)
+    h = 1e-6
+    p = net.flat.param
+
+    def exact_loss():
+        # the seed's loss adds 1e-7 inside the log; the backward pass (like the seed's) is
+        # the gradient of the exact cross-entropy, so differentiate that
+        y = net.predict(x)
+        return -np.mean(np.log(y[np.arange(len(t)), t]))
+    for i in range(p.size):
+        old = p[i]
+        p[i] = old + h
+        fp = exact_loss()
+        p[i] = old - h
+        fm = exact_loss()
+        p[i] = old
+        numeric[i] = (fp - fm) / (2 * h)
+    err = np.abs(analytic - numeric) / np.maximum(1e-8, np.abs(analytic) + np.abs(numeric))
+    assert err.max() < 1e-6, err.max()
+
+
+def test_training_step_allocates_nothing_parameter_sized():
+    net = MLP()
+    x = np.random.default_rng(0).random((16, 784), dtype=np.float32)
+    t = np.arange(16) % 10
+    buffers = fastopt.AdamBuffers.zeros(net.flat.param, net.flat.grad)
+    grad_before = net.flat.grad
+    for _ in range(2):  # warm up workspaces and kernels
+        net.gradient(x, t)
+        fastopt.adam_step(buffers)
+    tracemalloc.start()
+    net.gradient(x, t)
+    fastopt.adam_step(buffers)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert net.flat.grad is grad_before
+    assert peak < net.flat.param.nbytes / 4, peak  # far below one parameter-sized array
+
+
+def test_smooth_curve_matches_the_seed_definition():
+    x = np.random.default_rng(0).random(50)
+    window_len = 11
+    s = np.r_[x[window_len - 1:0:-1], x, x[-1:-window_len:-1]]
+    w = np.kaiser(window_len, 2)
+    y = np.convolve(w / w.sum(), s, mode="valid")
+    np.testing.assert_array_equal(smooth_curve(x), y[5:len(y) - 5])
+    assert len(smooth_curve(x)) == 50
+
+
+def test_compare_backends_are_bitwise_identical_and_deterministic():
+    data = _data()
+    kw = dict(iters=25, batch_size=32, report_every=0, out=open(os.devnull, "w"))
+    a = run_compare(data, backend="numpy", **kw)
+    b = run_compare(data, backend="cpu", **kw)
+    c = run_compare(data, backend="cpu", **kw)
+    d = run_compare(data, backend="cpu", seed=1, **kw)
+    for k in a["losses"]:
+        assert a["losses"][k] == b["losses"][k] == c["losses"][k]
+        assert a["losses"][k] != d["losses"][k]
+    assert a["test_accuracy"] == b["test_accuracy"]
+    assert set(a["losses"]) == {"SGD", "Momentum", "RMSprop", "Adam"}
+
+
+def test_compare_float64_uses_float64_arenas():
+    res = run_compare(_data(), iters=3, batch_size=8, optimizers=["Adam"], dtype=np.float64,
+                      report_every=1, out=open(os.devnull, "w"))
+    assert res["settings"]["dtype"] == "float64"
+
+
+def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("FASTOPT_MNIST_MIRRORS", "http://127.0.0.1:9/")
+    monkeypatch.delenv("FASTOPT_DATA", raising=False)
+    out = tmp_path / "out"
+    rc = main(["compare", "--iters", "101", "--batch-size", "16", "--optimizers",
+               "sgd,Adam", "--out", str(out), "--dtype", "float64"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "========== iteration: 0 ==========" in text
+    assert "========== iteration: 100 ==========" in text
+    assert "\nSGD:" in text and "\nAdam:" in text and "RMSprop:" not in text
+    assert "embedded MNIST sample" in text
+    result = json.loads((out / "losses.json").read_text())
+    assert set(result["losses"]) == {"SGD", "Adam"} and len(result["losses"]["SGD"]) == 101
+    assert result["settings"]["dtype"] == "float64"
+    rows = (out / "losses.csv").read_text().splitlines()
+    assert rows[0] == "iteration,SGD,Adam" and len(rows) == 102
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["compare", "--iters", "0"], "must be > 0"),
+    (["compare", "--lr", "nan"], "finite"),
+    (["compare", "--optimizers", "adagrad"], "unknown optimizer 'adagrad'"),
+    (["compare", "--backend", "gpu"], "invalid choice"),
+    (["compare", "--dtype", "float16"], "invalid choice"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_bad_options_one_line(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert msg in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_bad_data_dir_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "fastopt", "compare", "--iters", "1",
+                          "--data-dir", str(tmp_path / "missing"), "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_seed_sizes():
+    assert SEED_SIZES == (784, 100, 100, 100, 100, 10)

@@ -102,6 +102,35 @@ def _cmd_download(args):
     return 0
 
 
+def _cmd_bench(args):
+    import json
+    import platform
+
+    import numba
+
+    from . import benchmarks as B
+    rows = B.run_bench(quick=args.quick)
+    print(B.format_table(rows))
+    os.makedirs(args.out, exist_ok=True)
+    meta = {"machine": platform.machine(), "processor": platform.processor(),
+            "cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "numba": numba.__version__, "quick": args.quick}
+    try:
+        import torch
+        meta["torch"] = torch.__version__
+    except ImportError:
+        pass
+    path = os.path.join(args.out, "bench.json")
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print(f"wrote {path}")
+    png = B.plot_bench(rows, os.path.join(args.out, "bench.png"))
+    if png:
+        print(f"wrote {png}")
+    return 0
+
+
 def build_parser():
     ap = _Parser(prog="python -m fastopt", description="fastopt command line")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -123,6 +152,12 @@ def build_parser():
     c.add_argument("--no-download", action="store_true", help="never download")
     c.add_argument("--out", default="results/compare", help="output directory")
     c.set_defaults(func=_cmd_compare)
+
+    b = sub.add_parser("bench", help="time every optimizer and implementation "
+                                     "(checked against the reference first)")
+    b.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
+    b.add_argument("--out", default="results/bench", help="output directory")
+    b.set_defaults(func=_cmd_bench)
 
     d = sub.add_parser("download-mnist", help="download and verify MNIST into the cache")
     d.add_argument("--dir", default=None, help="target directory (default: the cache)")

@@ -43,3 +43,8 @@ def to_device(buffers):
 
 def to_host(buffers):
     return buffers
+
+
+def make_cuda_runner(workload, fastopt_runner):
+    from .benchmarks import Unavailable
+    raise Unavailable("no CUDA backend in this build")

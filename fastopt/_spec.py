@@ -74,6 +74,7 @@ class OptimizerSpec:
     bad_inputs: tuple = ()
     torch_kwargs: object = None  # hp -> (torch class name, kwargs) or None if no peer
     tuned: dict = dataclasses.field(default_factory=dict)  # settings that solve Rosenbrock
+    seed: tuple = None         # (class name in fastopt.seed, equivalent step kwargs)
 
     # -------------------------------------------------------------- validation
     @property

@@ -138,6 +138,7 @@ SPEC = OptimizerSpec(
     bad_inputs=(
         BadInput(dict(amsgrad=True), ValueError, "max_exp_avg_sq"),
     ),
+    seed=("Adam", dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-7, eps_hat=True)),
     tuned=dict(lr=0.01),
     torch_kwargs=_torch,
 )

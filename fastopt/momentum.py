@@ -68,6 +68,7 @@ SPEC = OptimizerSpec(
     options=lambda hp, t: {},
     reference=_reference.momentum,
     option_grid=dict(momentum=[0.0, 0.9]),
+    seed=("Momentum", dict(lr=0.01, momentum=0.9)),
     tuned=dict(lr=0.001, momentum=0.9),
     torch_kwargs=lambda hp: None,
 )

@@ -126,6 +126,7 @@ SPEC = OptimizerSpec(
         BadInput(dict(centered=True), ValueError, "grad_avg"),
         BadInput(dict(momentum=0.9), ValueError, "momentum_buffer"),
     ),
+    seed=("RMSprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
     tuned=dict(lr=0.0005, momentum=0.9),
     torch_kwargs=_torch,
 )

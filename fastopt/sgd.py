@@ -113,6 +113,7 @@ SPEC = OptimizerSpec(
         BadInput(dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError,
                  "dampening == 0", state=dict(momentum=0.9)),
     ),
+    seed=("mini_SGD", dict(lr=0.01)),
     tuned=dict(lr=0.001, momentum=0.9),
     torch_kwargs=_torch,
 )

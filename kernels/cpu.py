@@ -76,14 +76,19 @@ def sgd_kernel(maximize, l2, use_momentum, first, nesterov):
     return sgd
 
 
-@kernel_family()
-def traffic_kernel():
-    def traffic(a, b, c, d, s):
-        """Roofline probe: reads ``a, b, c, d`` and writes ``a, c, d`` (Adam's traffic)
-        with trivial arithmetic; the benchmarks use it as the attainable speed."""
+@kernel_family("with_c", "with_d", "with_e")
+def traffic_kernel(with_c, with_d, with_e):
+    def traffic(a, b, c, d, e, s):
+        """Roofline probe: reads ``a``, ``b`` and the enabled ``c, d, e``, writes ``a`` and the
+        enabled ``c, d, e`` (an optimizer's traffic: the gradient is only read), with trivial
+        arithmetic. The benchmarks use it as the machine's attainable speed."""
         for i in prange(a.shape[0]):
             x = b[i]
             a[i] = a[i] + x * s
-            c[i] = c[i] + x
-            d[i] = d[i] + x
+            if with_c:
+                c[i] = c[i] + x
+            if with_d:
+                d[i] = d[i] + x
+            if with_e:
+                e[i] = e[i] + x
     return traffic

@@ -5,7 +5,7 @@ import pytest
 import fastopt
 from fastopt import compat, registry
 from helpers import assert_bitwise, step_fn
-from seed_optimizers import SEED_CLASSES, SEED_EQUIVALENT
+from fastopt.seed import SEED_CLASSES
 
 SIZES = [784, 100, 100, 100, 100, 10]
 SHAPES = {}
@@ -59,11 +59,17 @@ def test_compat_class_equals_seed(name, backend, layout):
         assert_bitwise(params[k], expected[k], f"{name} {k}")
 
 
-@pytest.mark.parametrize("name", list(SEED_CLASSES))
-def test_step_function_on_flat_arena_equals_seed(name):
+SEEDED = [s for s in registry.REGISTRY.values() if s.seed]
+
+
+def test_every_seed_class_has_a_registered_equivalent():
+    assert sorted(s.seed[0] for s in SEEDED) == sorted(SEED_CLASSES)
+
+
+@pytest.mark.parametrize("spec", SEEDED, ids=lambda s: s.name)
+def test_step_function_on_flat_arena_equals_seed(spec):
+    name, kwargs = spec.seed
     expected = _seed_run(name, 50)
-    opt_name, kwargs = SEED_EQUIVALENT[name]
-    spec = registry.get(opt_name)
     arena = fastopt.FlatParams(_initial())
     buffers = spec.buffers_cls.zeros(arena.param, arena.grad)
     rng = np.random.default_rng(1)

@@ -1,5 +1,6 @@
-"""The seed document's optimizer classes, transcribed verbatim from
-../shared/seed/000_a4cb20ca55d8c135.txt (section 1-1). Used only as the parity oracle."""
+"""The seed document's optimizer classes, transcribed verbatim (section 1-1 of the seed,
+"Optimizer class definition"). They are the oracle of the seed-parity tests and the baseline of
+the benchmarks; use :mod:`fastopt.compat` for the fast drop-in versions."""
 import numpy as np
 
 
@@ -80,11 +81,3 @@ class Adam:
 
 
 SEED_CLASSES = {"mini_SGD": mini_SGD, "Momentum": Momentum, "RMSprop": RMSprop, "Adam": Adam}
-
-# fastopt step function and keyword arguments equivalent to each seed class with its defaults
-SEED_EQUIVALENT = {
-    "mini_SGD": ("sgd", dict(lr=0.01)),
-    "Momentum": ("momentum", dict(lr=0.01, momentum=0.9)),
-    "RMSprop": ("rmsprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
-    "Adam": ("adam", dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-7, eps_hat=True)),
-}

@@ -1,0 +1,73 @@
+"""Every optimizer x size x implementation, checked against the reference, then timed.
+
+Groups are ``optimizer|size``; ``extra_info`` records the bytes moved per element, GB/s and
+the fraction of the traffic-equal kernel's speed (the machine's attainable roofline for that
+traffic, measured in this session). JIT compilation happens in the correctness check, before
+the timed rounds.
+"""
+import numpy as np
+import pytest
+
+from fastopt import benchmarks as B
+from fastopt import registry
+
+SPECS = list(registry.REGISTRY.values())
+
+
+def _sizes():
+    out = []
+    for n in B.SIZES:
+        marks = [pytest.mark.slow] if n >= 10_000_000 else []
+        out.append(pytest.param(n, marks=marks, id=str(n)))
+    return out
+
+
+def _roofline(cache, w):
+    key = (w.arrays_used(), w.n, w.dtype)
+    if key not in cache:
+        cache[key] = B.time_call(B.traffic_runner(w, parallel=True), min_time=0.1)
+    return cache[key]
+
+
+@pytest.mark.parametrize("impl", B.IMPLEMENTATIONS)
+@pytest.mark.parametrize("n", _sizes())
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_step(benchmark, spec, n, impl, roofline_cache):
+    dtype = np.float32
+    w = B.Workload(spec, n, dtype)
+    try:
+        runner = B.make_runner(impl, w)
+    except B.Unavailable as e:
+        pytest.skip(str(e))
+    B.check_runner(runner)
+    benchmark.group = w.name
+    benchmark.name = impl
+    benchmark(runner.step)
+    stats = getattr(benchmark, "stats", None)
+    if stats is not None and stats.stats.median:
+        t = stats.stats.median
+        gbs = w.bytes_per_element() * n / t / 1e9
+        benchmark.extra_info.update(
+            bytes_per_element=w.bytes_per_element(), gb_per_s=round(gbs, 3),
+            roofline_fraction=round(_roofline(roofline_cache, w) / t, 4), dtype="float32")
+
+
+@pytest.mark.parametrize("impl", ["seed", "numpy", "cpu-serial", "cpu-parallel"])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_mlp_step_float64(benchmark, spec, impl):
+    """The seed's own setting: float64, the MLP's ten tensors (seed) vs one flat arena."""
+    w = B.Workload(spec, B.MLP_SIZE, np.float64)
+    runner = B.make_runner(impl, w)
+    B.check_runner(runner)
+    benchmark.group = f"{spec.name}|mlp|float64"
+    benchmark.name = impl
+    benchmark(runner.step)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_traffic_kernel(benchmark, spec):
+    """The roofline probe itself, at 1e6 elements, for the report."""
+    w = B.Workload(spec, 1_000_000, np.float32)
+    benchmark.group = f"{spec.name}|1000000"
+    benchmark.name = "traffic-equal"
+    benchmark(B.traffic_runner(w))

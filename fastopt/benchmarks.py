@@ -1,0 +1,363 @@
+"""Benchmark workloads shared by the pytest-benchmark suites (``bench/``) and
+``python -m fastopt bench``.
+
+A :class:`Workload` is one optimizer x size x dtype: an initial parameter vector, a few fixed
+gradients, and the tensor shapes (the MNIST MLP's ten tensors at its size, one tensor
+otherwise). :func:`make_runner` builds one implementation of it (the seed's classes on a dict
+of arrays, fastopt's NumPy reference, fastopt CPU serial / parallel, CUDA, torch.optim
+for-loop / foreach / fused); every runner can ``step()`` and report its ``params()`` so that
+each benchmark first checks its own result against the reference, then times.
+"""
+import dataclasses
+import time
+
+import numpy as np
+
+from . import config, registry
+from .kernels import cpu as _cpu_kernels
+from .mlp import SEED_SIZES
+
+MLP_SHAPES = []
+for _i in range(len(SEED_SIZES) - 1):
+    MLP_SHAPES += [(SEED_SIZES[_i], SEED_SIZES[_i + 1]), (SEED_SIZES[_i + 1],)]
+MLP_SIZE = int(sum(np.prod(s) for s in MLP_SHAPES))          # 109,810
+
+SIZES = (1_000, 100_000, MLP_SIZE, 1_000_000, 10_000_000)
+IMPLEMENTATIONS = ("seed", "numpy", "cpu-serial", "cpu-parallel", "cuda",
+                   "torch-forloop", "torch-foreach", "torch-fused")
+CHECK_STEPS = 3
+
+
+class Unavailable(Exception):
+    """This implementation cannot run this workload here (the reason says why)."""
+
+
+@dataclasses.dataclass
+class Workload:
+    spec: object
+    n: int
+    dtype: type
+    seed: int = 0
+
+    def __post_init__(self):
+        rng = np.random.default_rng(self.seed)
+        self.dtype = np.dtype(self.dtype).type
+        self.param0 = rng.standard_normal(self.n).astype(self.dtype)
+        self.grads = [rng.standard_normal(self.n).astype(self.dtype) for _ in range(2)]
+        self.shapes = MLP_SHAPES if self.n == MLP_SIZE else [(self.n,)]
+        # fastopt / torch settings: the spec's defaults with the seed's learning rate
+        self.kwargs = dict(self.spec.defaults, lr=self.spec.seed[1]["lr"])
+        self.hp = self.spec.validate(self.kwargs)
+
+    @property
+    def name(self):
+        return f"{self.spec.name}|{self.n}"
+
+    def arrays_used(self):
+        return 2 + len(self.spec.required_state(self.hp))
+
+    def bytes_per_element(self):
+        """Memory traffic of one step per element: every array read once, every array but
+        the gradient written once."""
+        return (2 * self.arrays_used() - 1) * np.dtype(self.dtype).itemsize
+
+    def split(self, flat):
+        out, off = [], 0
+        for s in self.shapes:
+            k = int(np.prod(s))
+            out.append(flat[off:off + k].reshape(s))
+            off += k
+        return out
+
+
+class Runner:
+    """One implementation of a workload. ``set_grad(g)`` puts a flat gradient in place
+    (outside the timed call), ``step()`` runs one optimizer step (the timed call; the
+    gradient stays fixed between timed steps, the state evolves), ``params()`` returns the
+    current parameters as one flat NumPy array."""
+
+    name = ""
+    exact = False       # bitwise equal to the reference
+
+    def __init__(self, w):
+        self.w = w
+
+
+class _FastoptRunner(Runner):
+    def __init__(self, w, backend, parallel=None, kwargs=None):
+        super().__init__(w)
+        self.kwargs = dict(w.kwargs if kwargs is None else kwargs, backend=backend)
+        self.parallel = parallel
+        self.fn = registry.step_function(w.spec)
+        p = w.param0.copy()
+        self.g = np.empty_like(p)
+        hp = w.spec.validate({k: v for k, v in self.kwargs.items() if k != "backend"})
+        self.b = w.spec.buffers_cls.zeros(p, self.g, **w.spec.zeros_kwargs(hp))
+        self.exact = True
+        self.set_grad(w.grads[0])
+
+    def set_grad(self, g):
+        self.g[...] = g
+
+    def step(self):
+        if self.parallel is None:
+            self.fn(self.b, **self.kwargs)
+            return
+        saved = config.PARALLEL_THRESHOLD
+        config.PARALLEL_THRESHOLD = 0 if self.parallel else 1 << 62
+        try:
+            self.fn(self.b, **self.kwargs)
+        finally:
+            config.PARALLEL_THRESHOLD = saved
+
+    def params(self):
+        return np.asarray(self.b.param).copy()
+
+
+class _SeedRunner(Runner):
+    def __init__(self, w):
+        super().__init__(w)
+        from .seed import SEED_CLASSES
+        if w.spec.seed is None:
+            raise Unavailable("no seed class")
+        name, self.equivalent = w.spec.seed
+        self.opt = SEED_CLASSES[name]()
+        flat = w.param0.copy()
+        self.keys = [f"t{i}" for i in range(len(w.shapes))]
+        self.p = {k: a.copy() for k, a in zip(self.keys, w.split(flat))}
+        self.exact = np.dtype(w.dtype) == np.float64
+        self.set_grad(w.grads[0])
+
+    def set_grad(self, g):
+        self.grads = {k: a.copy() for k, a in zip(self.keys, self.w.split(g))}
+
+    def step(self):
+        self.opt.update(self.p, self.grads)
+
+    def params(self):
+        return np.concatenate([self.p[k].ravel() for k in self.keys])
+
+
+class _TorchRunner(Runner):
+    def __init__(self, w, mode):
+        super().__init__(w)
+        try:
+            import torch
+        except ImportError:
+            raise Unavailable("torch is not installed") from None
+        peer = w.spec.torch_kwargs(w.hp)
+        if peer is None:
+            raise Unavailable(f"torch.optim has no {w.spec.name} with this formula")
+        cls_name, kw = peer
+        import numba
+        torch.set_num_threads(numba.get_num_threads())
+        self.torch = torch
+        self.ps = [torch.nn.Parameter(torch.from_numpy(a.copy()))
+                   for a in w.split(w.param0.copy())]
+        flag = {"forloop": dict(foreach=False), "foreach": dict(foreach=True),
+                "fused": dict(fused=True)}[mode]
+        try:
+            self.opt = getattr(torch.optim, cls_name)(self.ps, **kw, **flag)
+        except (RuntimeError, TypeError, ValueError) as e:
+            raise Unavailable(f"torch.optim.{cls_name}({mode}): {e}") from None
+        self.tg = [torch.from_numpy(np.empty(s, w.dtype)) for s in w.shapes]
+        for p, g in zip(self.ps, self.tg):
+            p.grad = g
+        self.set_grad(w.grads[0])
+
+    def set_grad(self, g):
+        for t, a in zip(self.tg, self.w.split(g)):
+            t.numpy()[...] = a
+
+    def step(self):
+        self.opt.step()
+
+    def params(self):
+        return np.concatenate([p.detach().numpy().ravel() for p in self.ps])
+
+
+def make_runner(impl, w):
+    """Build ``impl`` for workload ``w``; raises :class:`Unavailable` with a reason."""
+    if impl == "seed":
+        return _SeedRunner(w)
+    if impl == "numpy":
+        return _FastoptRunner(w, "numpy")
+    if impl == "cpu-serial":
+        return _FastoptRunner(w, "cpu", parallel=False)
+    if impl == "cpu-parallel":
+        return _FastoptRunner(w, "cpu", parallel=True)
+    if impl == "cuda":
+        from ._cuda_backend import make_cuda_runner
+        return make_cuda_runner(w, _FastoptRunner)
+    if impl.startswith("torch-"):
+        return _TorchRunner(w, impl.split("-", 1)[1])
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def check_runner(runner, steps=CHECK_STEPS):
+    """Run ``steps`` steps of ``runner`` and of the NumPy reference (with the settings
+    the runner claims to implement) from the same start; raise AssertionError on mismatch.
+    Bitwise for fastopt's kernels (and the seed in float64), a tolerance otherwise."""
+    w = runner.w
+    kwargs = runner.equivalent if isinstance(runner, _SeedRunner) else w.kwargs
+    ref = _FastoptRunner(w, "numpy", kwargs=dict(w.spec.defaults, **kwargs))
+    for i in range(steps):
+        g = w.grads[i % len(w.grads)]
+        runner.set_grad(g)
+        ref.set_grad(g)
+        runner.step()
+        ref.step()
+    got, want = runner.params(), ref.params()
+    if runner.exact:
+        if not np.array_equal(got.view(np.uint8), want.view(np.uint8)):
+            raise AssertionError(f"{w.name} {type(runner).__name__}: not bitwise equal to "
+                                 f"the reference")
+    else:
+        tol = dict(rtol=1e-4, atol=1e-6) if w.dtype == np.float32 else dict(rtol=1e-10,
+                                                                              atol=1e-12)
+        np.testing.assert_allclose(got, want, **tol, err_msg=f"{w.name} {runner.name}")
+
+
+# ---------------------------------------------------------------- roofline
+def traffic_runner(w, parallel=True):
+    """A traffic-equal kernel call for ``w``: the same number of arrays read and written
+    as the optimizer (see :meth:`Workload.bytes_per_element`), trivial arithmetic."""
+    n_arrays = w.arrays_used()
+    arrays = [w.param0.copy(), w.grads[0].copy()] + [np.zeros(w.n, w.dtype)
+                                                     for _ in range(max(0, n_arrays - 2))]
+    placeholder = np.empty(0, w.dtype)
+    while len(arrays) < 5:
+        arrays.append(placeholder)
+    kernel = _cpu_kernels.traffic_kernel.get(parallel, with_c=n_arrays > 2,
+                                             with_d=n_arrays > 3, with_e=n_arrays > 4)
+    s = w.dtype(0.0)
+
+    def run():
+        kernel(*arrays, s)
+    run()
+    return run
+
+
+def time_call(fn, min_time=0.2, min_rounds=5, max_rounds=10_000):
+    """Median seconds per call over batches lasting >= ~min_time / 5 each."""
+    fn()
+    t0 = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - t0, 1e-7)
+    inner = max(1, int(min_time / 5 / once))
+    samples = []
+    start = time.perf_counter()
+    while len(samples) < min_rounds or (time.perf_counter() - start < min_time
+                                        and len(samples) * inner < max_rounds):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        samples.append((time.perf_counter() - t0) / inner)
+    return float(np.median(samples))
+
+
+# ---------------------------------------------------------------- python -m fastopt bench
+def _plan(quick):
+    """(spec, size, dtype) cases of the curated run."""
+    sizes = (1_000, MLP_SIZE, 1_000_000) if quick else SIZES
+    cases = [(spec, n, np.float32) for spec in registry.REGISTRY.values() for n in sizes]
+    cases += [(spec, MLP_SIZE, np.float64) for spec in registry.REGISTRY.values()]
+    return cases
+
+
+def run_bench(quick=False, impls=IMPLEMENTATIONS, show_progress=None, min_time=None):
+    """Check and time every implementation on the curated cases; returns a list of rows."""
+    from ._progress import progress
+    min_time = (0.05 if quick else 0.25) if min_time is None else min_time
+    cases = _plan(quick)
+    rows = []
+    bar = progress(len(cases) * len(impls), desc="bench", unit="case", enabled=show_progress)
+    try:
+        for spec, n, dtype in cases:
+            w = Workload(spec, n, dtype)
+            roof = time_call(traffic_runner(w, parallel=n >= config.PARALLEL_THRESHOLD),
+                             min_time=min_time)
+            base = dict(optimizer=spec.name, size=n, dtype=np.dtype(dtype).name,
+                        bytes_per_element=w.bytes_per_element(),
+                        traffic_equal_s=roof)
+            for impl in impls:
+                bar.set_postfix_str(f"{spec.name} {n} {np.dtype(dtype).name} {impl}")
+                row = dict(base, impl=impl)
+                try:
+                    runner = make_runner(impl, w)
+                    check_runner(runner)
+                    t = time_call(runner.step, min_time=min_time)
+                    row.update(status="ok", seconds=t,
+                               gb_per_s=w.bytes_per_element() * n / t / 1e9,
+                               roofline_fraction=roof / t)
+                except Unavailable as e:
+                    row.update(status="unavailable", reason=str(e))
+                rows.append(row)
+                bar.update(1)
+    finally:
+        bar.close()
+    _add_speedups(rows)
+    return rows
+
+
+def _add_speedups(rows):
+    index = {(r["optimizer"], r["size"], r["dtype"], r["impl"]): r for r in rows
+             if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        for peer in ("seed", "torch-fused", "numpy"):
+            other = index.get((r["optimizer"], r["size"], r["dtype"], peer))
+            if other is not None:
+                r[f"speedup_vs_{peer.replace('-', '_')}"] = other["seconds"] / r["seconds"]
+
+
+def format_table(rows):
+    lines = [f"{'optimizer':<9} {'size':>10} {'dtype':<7} {'implementation':<14} "
+             f"{'time':>10} {'GB/s':>7} {'roofline':>8} {'vs seed':>8} {'vs torch':>8}"]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        t = r["seconds"]
+        ts = f"{t * 1e6:8.1f}us" if t < 1e-2 else f"{t * 1e3:8.2f}ms"
+        vs_seed = r.get("speedup_vs_seed")
+        vs_torch = r.get("speedup_vs_torch_fused")
+        lines.append(
+            f"{r['optimizer']:<9} {r['size']:>10} {r['dtype']:<7} {r['impl']:<14} {ts:>10} "
+            f"{r['gb_per_s']:7.2f} {r['roofline_fraction']:8.2f} "
+            f"{(f'{vs_seed:7.1f}x' if vs_seed else '-'):>8} "
+            f"{(f'{vs_torch:7.2f}x' if vs_torch else '-'):>8}")
+    return "\n".join(lines)
+
+
+def plot_bench(rows, path):
+    """GB/s vs size per implementation (log x), one panel per optimizer, float32."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    names = list(dict.fromkeys(r["optimizer"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), sharey=True)
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names):
+        sel = [r for r in rows if r["optimizer"] == name and r["dtype"] == "float32"]
+        for impl in dict.fromkeys(r["impl"] for r in sel):
+            pts = sorted((r["size"], r["gb_per_s"]) for r in sel
+                         if r["impl"] == impl and r["status"] == "ok")
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=impl)
+        roof = sorted({(r["size"], r["bytes_per_element"] * r["size"] / r["traffic_equal_s"]
+                        / 1e9) for r in sel})
+        ax.plot(*zip(*roof), "k--", label="traffic-equal kernel")
+        ax.set_xscale("log")
+        ax.set_title(f"{name} (float32)")
+        ax.set_xlabel("parameters")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("GB/s (optimizer traffic)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -131,6 +131,22 @@ def _cmd_bench(args):
     return 0
 
 
+def _sizes(text):
+    try:
+        sizes = [int(float(s)) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of "
+                                         f"sizes") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def _cmd_profile(args):
+    from . import profile
+    return profile.main(args)
+
+
 def build_parser():
     ap = _Parser(prog="python -m fastopt", description="fastopt command line")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -158,6 +174,16 @@ def build_parser():
     b.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
     b.add_argument("--out", default="results/bench", help="output directory")
     b.set_defaults(func=_cmd_bench)
+
+    pr = sub.add_parser("profile", help="GPU-vs-CPU profile: NumPy reference, CPU kernels, "
+                                        "CUDA kernels (kernel-only and end-to-end)")
+    pr.add_argument("--sizes", type=_sizes, default=None,
+                    help="comma-separated, e.g. 1e4,1e6 (default 1e4..1e8 within memory)")
+    pr.add_argument("--optimizers", default=None,
+                    help="comma-separated subset of adam,rmsprop,momentum,sgd")
+    pr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    pr.add_argument("--out", default="results/profile", help="output directory")
+    pr.set_defaults(func=_cmd_profile)
 
     d = sub.add_parser("download-mnist", help="download and verify MNIST into the cache")
     d.add_argument("--dir", default=None, help="target directory (default: the cache)")

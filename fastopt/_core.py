@@ -23,7 +23,15 @@ BACKENDS = ("numpy", "cpu", "cuda")
 # ----------------------------------------------------------------------------- arrays
 
 def is_cuda_array(a):
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """A CUDA device array: ``__cuda_array_interface__`` (numba, CuPy, torch), or a
+    device array of Numba's CUDA simulator (``__cuda_ndarray__``)."""
+    return (not isinstance(a, np.ndarray)
+            and (hasattr(a, "__cuda_array_interface__") or hasattr(a, "__cuda_ndarray__")))
+
+
+def _device_interface(a):
+    from ._cuda_backend import interface
+    return interface(a)
 
 
 def _describe(a):
@@ -127,7 +135,8 @@ class Buffers:
 
     @property
     def dtype(self):
-        return np.dtype(self.param.dtype)
+        return np.dtype(self.param.dtype) if not is_cuda_array(self.param) else \
+            np.dtype(_device_interface(self.param)["typestr"])
 
     @property
     def size(self):

@@ -1,20 +1,53 @@
-"""CUDA dispatch (host side). Imports numba.cuda only when a CUDA path is asked for."""
+"""CUDA dispatch, host side. ``numba.cuda`` is imported only when a CUDA path is used, so
+``import fastopt`` works without numba-cuda or a GPU.
+
+Device arrays are numba device arrays or any object with ``__cuda_array_interface__`` (CuPy
+arrays, torch CUDA tensors); they are used in place, zero-copy.
+"""
 import numpy as np
 
+from . import config
+
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '
-                 '(and an NVIDIA GPU with a driver, or NUMBA_ENABLE_CUDASIM=1 for the simulator)')
+                 '(and an NVIDIA GPU with its driver, or NUMBA_ENABLE_CUDASIM=1 for the '
+                 'simulator)')
 
 
 class CudaUnavailableError(RuntimeError):
-    pass
+    """CUDA was asked for but numba-cuda or a GPU is missing."""
 
 
 def _cuda():
     try:
         from numba import cuda
-    except ImportError as e:  # pragma: no cover - depends on the environment
+    except ImportError as e:
         raise CudaUnavailableError(f"{_INSTALL_HINT} ({e})") from None
+    if not hasattr(cuda, "to_device"):  # numba without numba-cuda: the stub module
+        raise CudaUnavailableError(_INSTALL_HINT)
     return cuda
+
+
+def as_device_array(a):
+    """``a`` as a numba device array, zero-copy (numba device arrays pass through)."""
+    if hasattr(a, "copy_to_host") and hasattr(a, "reshape"):
+        return a
+    return _cuda().as_cuda_array(a)
+
+
+def _gpu():
+    """numba.cuda, checked to have a usable GPU (or the simulator)."""
+    cuda = _cuda()
+    if not simulator_active() and not cuda.is_available():
+        raise CudaUnavailableError("no CUDA GPU found (numba.cuda.is_available() is False); "
+                                   "use backend='cpu', or NUMBA_ENABLE_CUDASIM=1 to run the "
+                                   "CUDA kernels in Numba's simulator")
+    return cuda
+
+
+def _kernels():
+    _gpu()
+    from .kernels import cuda as kernels
+    return kernels
 
 
 def cuda_available():
@@ -25,26 +58,237 @@ def cuda_available():
         return False
 
 
+def simulator_active():
+    try:
+        from numba import config as nconfig
+        return bool(nconfig.ENABLE_CUDASIM)
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------ validation
+def interface(a):
+    """The ``__cuda_array_interface__`` of ``a`` (synthesized for simulator arrays), or
+    ``None`` for a host array."""
+    cai = getattr(a, "__cuda_array_interface__", None)
+    if cai is None and hasattr(a, "__cuda_ndarray__") and hasattr(a, "_ary"):
+        host = a._ary.__array_interface__     # Numba's CUDA simulator wraps a NumPy array
+        cai = {"typestr": host["typestr"], "shape": host["shape"],
+               "strides": host["strides"], "data": host["data"], "version": 3}
+    return cai
+
+
+def _interface(a, where):
+    cai = interface(a) if not isinstance(a, np.ndarray) else None
+    if cai is None:
+        raise TypeError(f"{where} is a host array but other buffers are on a CUDA device; "
+                        f"all arrays of one step must live on the same device (move them "
+                        f"with fastopt.to_device / fastopt.to_host)")
+    return cai
+
+
+def _device_id(a):
+    dev = getattr(a, "device", None)
+    for attr in ("index", "id"):          # torch.device.index, cupy Device.id
+        value = getattr(dev, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def check_device_group(named, owner):
-    raise CudaUnavailableError(f"{owner}: CUDA buffers are not supported yet. {_INSTALL_HINT}")
+    """Validate device arrays like ``_core.check_group`` does host arrays."""
+    items = list(named.items())
+    infos = []
+    for name, a in items:
+        where = f"{owner}.{name}"
+        cai = _interface(a, where)
+        dtype = np.dtype(cai["typestr"])
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64")
+        shape = tuple(cai["shape"])
+        strides = cai.get("strides")
+        if strides is not None:
+            expected = tuple(int(np.prod(shape[i + 1:])) * dtype.itemsize
+                             for i in range(len(shape)))
+            if any(s != e for s, e, d in zip(strides, expected, shape) if d > 1):
+                raise ValueError(f"{where} is not C-contiguous; fastopt updates buffers in "
+                                 f"place and never copies them")
+        ptr, readonly = cai["data"]
+        if readonly and name != "grad":
+            raise ValueError(f"{where} is read-only; fastopt updates it in place")
+        infos.append((name, dtype, shape, ptr, int(np.prod(shape)) * dtype.itemsize,
+                      _device_id(a)))
+    _, dtype0, shape0, _, _, dev0 = infos[0]
+    for name, dtype, shape, _, _, dev in infos[1:]:
+        if dtype != dtype0:
+            raise TypeError(f"{owner}.{name} has dtype {dtype} but {owner}.param has dtype "
+                            f"{dtype0}; all buffers must share one dtype")
+        if shape != shape0:
+            raise ValueError(f"{owner}.{name} has shape {shape} but {owner}.param has shape "
+                             f"{shape0}")
+        if dev is not None and dev0 is not None and dev != dev0:
+            raise ValueError(f"{owner}.{name} is on CUDA device {dev} but {owner}.param is on "
+                             f"device {dev0}; all buffers must be on one device")
+    for i in range(len(infos)):
+        for j in range(i + 1, len(infos)):
+            ni, _, _, pi, bi, _ = infos[i]
+            nj, _, _, pj, bj, _ = infos[j]
+            if bi and bj and pi < pj + bj and pj < pi + bi:
+                raise ValueError(f"{owner}.{ni} and {owner}.{nj} share memory; every buffer "
+                                 f"must be a separate array")
+    return dtype0
 
 
+# ------------------------------------------------------------------ allocation / moves
 def zeros_like(a):
-    raise CudaUnavailableError(_INSTALL_HINT)
+    """A zeroed array on the same device and of the same kind as ``a``."""
+    mod = type(a).__module__.split(".")[0]
+    if mod in ("torch", "cupy"):
+        import importlib
+        return importlib.import_module(mod).zeros_like(a)
+    cuda = _cuda()
+    out = cuda.device_array(a.shape, dtype=np.dtype(a.dtype))
+    flat = out.reshape(-1)
+    if flat.shape[0]:
+        blocks, threads = _kernels().launch_config(flat.shape[0],
+                                                   config.CUDA_THREADS_PER_BLOCK,
+                                                   config.CUDA_MAX_BLOCKS)
+        _kernels().fill_zero[blocks, threads](flat)
+    return out
 
 
-def cuda_implementation(spec):
-    raise CudaUnavailableError(_INSTALL_HINT)
+def _copy_buffers(buffers, move):
+    arrays = {n: move(a) for n, a in buffers.arrays().items()}
+    p, g = arrays.pop("param"), arrays.pop("grad")
+    return type(buffers)(p, g, step=buffers.step, **arrays)
 
 
 def to_device(buffers):
-    raise CudaUnavailableError(_INSTALL_HINT)
+    """New buffers whose arrays are numba device copies of ``buffers``' (host) arrays."""
+    cuda = _gpu()
+    return _copy_buffers(buffers, lambda a: cuda.to_device(np.ascontiguousarray(a)))
 
 
 def to_host(buffers):
-    return buffers
+    """New buffers whose arrays are NumPy copies of ``buffers``' (device) arrays."""
+    def move(a):
+        if isinstance(a, np.ndarray):
+            return a.copy()
+        if hasattr(a, "copy_to_host"):
+            return a.copy_to_host()
+        return as_device_array(a).copy_to_host()
+    return _copy_buffers(buffers, move)
+
+
+# ------------------------------------------------------------------ execution
+_PLACEHOLDERS = {}
+
+
+def _placeholder(cuda, dtype):
+    key = np.dtype(dtype)
+    if key not in _PLACEHOLDERS:
+        _PLACEHOLDERS[key] = cuda.device_array(0, dtype=key)
+    return _PLACEHOLDERS[key]
+
+
+def device_args(spec, plan):
+    """The kernel's array arguments as flat numba device views (zero-copy)."""
+    args = plan.flat.get(("cuda", spec.name))
+    if args is None:
+        cuda = _cuda()
+        ph = _placeholder(cuda, plan.dtype)
+        args = plan.flat[("cuda", spec.name)] = tuple(
+            as_device_array(plan.arrays[n]).reshape(-1) if n in plan.arrays else ph
+            for n in spec.kernel_arrays)
+    return args
+
+
+def cuda_implementation(spec):
+    kernels = _kernels()
+
+    def run(plan, hp, t):
+        args = device_args(spec, plan)
+        n = args[0].shape[0]
+        if n == 0:
+            return
+        kernel = kernels.get(spec.name, **spec.options(hp, t))
+        blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
+                                                config.CUDA_MAX_BLOCKS)
+        kernel[blocks, threads](*args, *spec.scalars(hp, t, plan.scalar_type))
+    return run
 
 
 def make_cuda_runner(workload, fastopt_runner):
+    """A benchmark runner on device copies of ``workload`` (see fastopt.benchmarks)."""
     from .benchmarks import Unavailable
-    raise Unavailable("no CUDA backend in this build")
+    if simulator_active():
+        raise Unavailable("the CUDA simulator is active: its timings mean nothing")
+    if not cuda_available():
+        raise Unavailable("no CUDA GPU found")
+    cuda = _cuda()
+    runner = fastopt_runner(workload, "cuda")
+    runner.b = to_device(runner.b)
+
+    def set_grad(g):
+        runner.b.grad.copy_to_device(np.ascontiguousarray(g))
+    runner.set_grad = set_grad
+    runner.params = lambda: runner.b.param.copy_to_host()
+    runner.exact = False
+
+    step = runner.step
+
+    def synced_step():
+        step()
+        cuda.synchronize()
+    runner.step = synced_step
+    return runner
+
+
+def peak_bandwidth_gbs():
+    """Theoretical peak memory bandwidth of the current device from its attributes
+    (2 transfers per memory clock x bus width), in GB/s."""
+    dev = _gpu().get_current_device()
+    return 2 * dev.MEMORY_CLOCK_RATE * 1e3 * dev.GLOBAL_MEMORY_BUS_WIDTH / 8 / 1e9
+
+
+def profile_workload(workload, repeats=20):
+    """Kernel-only (CUDA events) and end-to-end (host -> device, step, device -> host)
+    seconds of one step of ``workload`` on the current GPU."""
+    cuda = _gpu()
+    if simulator_active():
+        raise CudaUnavailableError("refusing to time under the CUDA simulator")
+    from .benchmarks import _FastoptRunner
+    host = _FastoptRunner(workload, "cuda").b
+    dev = to_device(host)
+    fn = registry_step(workload.spec)
+    kw = dict(workload.kwargs)
+    fn(dev, **kw)
+    cuda.synchronize()
+    start, stop = cuda.event(), cuda.event()
+    start.record()
+    for _ in range(repeats):
+        fn(dev, **kw)
+    stop.record()
+    stop.synchronize()
+    kernel_s = cuda.event_elapsed_time(start, stop) / 1e3 / repeats
+    names = list(host.arrays())
+    t0 = cuda.event()
+    t1 = cuda.event()
+    t0.record()
+    for _ in range(max(1, repeats // 4)):
+        for n in names:
+            getattr(dev, n).copy_to_device(getattr(host, n))
+        fn(dev, **kw)
+        for n in names:
+            if n != "grad":
+                getattr(dev, n).copy_to_host(getattr(host, n))
+    t1.record()
+    t1.synchronize()
+    e2e_s = cuda.event_elapsed_time(t0, t1) / 1e3 / max(1, repeats // 4)
+    return {"kernel_s": kernel_s, "end_to_end_s": e2e_s}
+
+
+def registry_step(spec):
+    from . import registry
+    return registry.step_function(spec)

@@ -182,6 +182,8 @@ def make_runner(impl, w):
         return _SeedRunner(w)
     if impl == "numpy":
         return _FastoptRunner(w, "numpy")
+    if impl == "cpu":
+        return _FastoptRunner(w, "cpu")       # serial or parallel as config decides
     if impl == "cpu-serial":
         return _FastoptRunner(w, "cpu", parallel=False)
     if impl == "cpu-parallel":

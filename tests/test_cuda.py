@@ -1,0 +1,148 @@
+"""CUDA without a GPU: the simulator suite (in a subprocess), PTX inspection, clear errors."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import registry
+from fastopt._cuda_backend import CudaUnavailableError, simulator_active
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPECS = list(registry.REGISTRY.values())
+
+
+def _numba_cuda():
+    try:
+        from numba import cuda
+    except ImportError:
+        return None
+    return cuda if hasattr(cuda, "to_device") else None
+
+
+needs_numba_cuda = pytest.mark.skipif(_numba_cuda() is None,
+                                      reason="numba-cuda is not installed")
+
+
+@needs_numba_cuda
+@pytest.mark.skipif(simulator_active(), reason="already inside the simulator")
+def test_simulator_suite():
+    """tests/cuda_sim under NUMBA_ENABLE_CUDASIM=1 with 32 threads per block: must pass
+    with nothing skipped."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", FASTOPT_CUDA_THREADS_PER_BLOCK="32")
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          "-o", "addopts=", "tests/cuda_sim"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=1800)
+    tail = "\n".join(res.stdout.splitlines()[-25:])
+    assert res.returncode == 0, tail + res.stderr[-3000:]
+    summary = res.stdout.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary), summary
+    assert "skipped" not in summary and "failed" not in summary, summary
+    print(summary)
+
+
+def _ptx_signature(spec, combo, dtype):
+    from numba import types
+    kw = dict(spec.defaults, **combo)
+    hp = spec.validate(kw)
+    nb = types.float32 if dtype == np.float32 else types.float64
+    arr = types.Array(nb, 1, "C")
+    n_scalars = len(spec.scalars(hp, 2, np.dtype(dtype).type))
+    return hp, (arr,) * len(spec.kernel_arrays) + (nb,) * n_scalars
+
+
+def _nvvm_available():
+    cuda = _numba_cuda()
+    if cuda is None or simulator_active():
+        return False
+    def probe():
+        pass
+    try:
+        cuda.compile_ptx(probe, (), cc=(8, 0))
+        return True
+    except Exception:
+        return False
+
+
+PTX_CASES = [(s, c) for s in SPECS for c in s.option_combinations()]
+
+
+@pytest.fixture
+def no_driver_device(monkeypatch):
+    """numba-cuda compiles device functions for the current device's compute capability,
+    which needs a driver; with no GPU, present a stand-in device of the target's cc."""
+    import numba.cuda.dispatcher as dispatcher
+
+    def use(cc):
+        class Device:
+            compute_capability = cc
+        monkeypatch.setattr(dispatcher, "get_current_device", lambda: Device())
+    return use
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("cc", [(7, 0), (7, 5), (8, 0), (9, 0)],
+                         ids=lambda c: f"sm{c[0]}{c[1]}")
+@pytest.mark.parametrize("spec,combo", PTX_CASES, ids=[
+    f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items()) for s, c in PTX_CASES])
+def test_float32_ptx_has_no_float64_arithmetic(spec, combo, cc, record_property,
+                                               no_driver_device):
+    from numba import cuda
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device(cc)
+    hp, sig = _ptx_signature(spec, combo, np.float32)
+    kernel = ck.python_kernel(spec.name, **spec.options(hp, 2))
+    try:
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=cc)
+    except Exception as e:
+        if cc == (7, 0) and "not supported" in str(e):
+            pytest.skip(f"this NVVM cannot target sm_70 ({e}); sm_75 is tested instead")
+        raise
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+    body = [line for line in ptx.splitlines()
+            if line.strip() and not line.strip().startswith(("//", ".", "}", "{", "$"))]
+    record_property("ptx_instructions", len(body))
+    assert any("sqrt" in line for line in ptx.splitlines()) or spec.name in ("sgd", "momentum")
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+def test_float64_scalar_would_be_caught(no_driver_device):
+    """The PTX check can fail: a float32 kernel given a float64 scalar promotes the math."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    spec = registry.get("momentum")
+    arr = types.Array(types.float32, 1, "C")
+    ptx, _ = cuda.compile_ptx(ck.python_kernel("momentum"),
+                              (arr, arr, arr, types.float64, types.float32), cc=(8, 0))
+    assert ".f64" in ptx
+    assert spec.name == "momentum"
+
+
+@pytest.mark.skipif(simulator_active() or fastopt.cuda_available(),
+                    reason="a CUDA device (or the simulator) is available")
+def test_clear_error_without_a_gpu():
+    b = fastopt.SGDBuffers.zeros(np.ones(3), np.ones(3))
+    with pytest.raises((CudaUnavailableError, ValueError)) as e:
+        fastopt.to_device(b)
+    assert "fastopt[cuda]" in str(e.value) or "no CUDA GPU" in str(e.value)
+
+
+def test_import_without_numba_cuda():
+    """fastopt imports and runs on the CPU when numba.cuda cannot be imported at all."""
+    code = ("import sys; sys.modules['numba.cuda'] = None\n"
+            "import numpy as np, fastopt\n"
+            "b = fastopt.SGDBuffers.zeros(np.ones(3), np.ones(3)); fastopt.sgd_step(b, lr=1)\n"
+            "assert not fastopt.cuda_available()\n"
+            "try:\n    fastopt.to_device(b)\nexcept RuntimeError as e:\n"
+            "    assert 'pip install \"fastopt[cuda]\"' in str(e), e\n    print('clear')\n")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "clear" in res.stdout

@@ -196,10 +196,15 @@ def choose_backend(backend, arrays):
 
 
 def _layout_key(arrays):
-    """Identity and metadata of a group of host arrays; equal keys mean an earlier
-    validation of the same group still holds."""
-    return tuple((id(a), a.shape, a.strides, a.dtype, a.flags.writeable)
-                 for a in arrays.values())
+    """Identity and metadata of a group of host arrays (``None`` if any is not a NumPy
+    array); equal keys mean an earlier validation of the same group still holds. Strides
+    are implied: a validated array is C-contiguous, and its shape is part of the key."""
+    key = []
+    for a in arrays.values():
+        if type(a) is not np.ndarray:
+            return None
+        key.append((id(a), a.shape, a.dtype, a.flags.writeable))
+    return key
 
 
 class _Plan:
@@ -217,12 +222,9 @@ class _Plan:
 def plan_for(buffers, arrays):
     """Validate ``arrays`` (or reuse the validation cached on ``buffers``)."""
     plan = buffers.__dict__.get("_plan")
-    if all(isinstance(a, np.ndarray) for a in arrays.values()):
-        key = _layout_key(arrays)
-        if plan is not None and plan.key == key:
-            return plan
-    else:
-        key = None
+    key = _layout_key(arrays)
+    if key is not None and plan is not None and plan.key == key:
+        return plan
     dtype = check_group(arrays, type(buffers).__name__)
     plan = _Plan(key, arrays, dtype)
     if key is not None:
@@ -237,7 +239,7 @@ def prepare_step(spec, buffers, backend, hyper):
         raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
                         f"{type(buffers).__name__}; create them with "
                         f"fastopt.{spec.buffers_cls.__name__}.zeros(param, grad)")
-    hp, fields = spec.validate_cached(hyper)
+    hp, fields, memo = spec.validate_cached(hyper)
     for f in fields:
         if getattr(buffers, f) is None:
             raise ValueError(spec.missing_state_message(f, hp))
@@ -246,7 +248,7 @@ def prepare_step(spec, buffers, backend, hyper):
     t = buffers.step + 1
 
     def run():
-        impl(plan, hp, t)
+        impl(plan, hp, t, memo)
         buffers.step = t
         return buffers
     return run

@@ -207,7 +207,7 @@ def device_args(spec, plan):
 def cuda_implementation(spec):
     kernels = _kernels()
 
-    def run(plan, hp, t):
+    def run(plan, hp, t, memo):
         args = device_args(spec, plan)
         n = args[0].shape[0]
         if n == 0:
@@ -215,7 +215,7 @@ def cuda_implementation(spec):
         kernel = kernels.get(spec.name, **spec.options(hp, t))
         blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
                                                 config.CUDA_MAX_BLOCKS)
-        kernel[blocks, threads](*args, *spec.scalars(hp, t, plan.scalar_type))
+        kernel[blocks, threads](*args, *spec.kernel_scalars(hp, t, plan.scalar_type))
     return run
 
 

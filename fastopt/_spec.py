@@ -66,8 +66,10 @@ class OptimizerSpec:
     zeros_kwargs: object       # hp -> kwargs for buffers_cls.zeros(param, grad, **kw)
     kernel_family: object      # kernels.cpu KernelFamily
     kernel_arrays: tuple       # array names in kernel order (param, grad, state...)
-    scalars: object            # (hp, t, scalar_type) -> tuple of dtype scalars
-    options: object            # (hp, t) -> dict of compile-time flags
+    scalars: object            # (hp, t) -> kernel scalars as Python floats (float64)
+    options: object            # (hp, t) -> dict of compile-time flags; may depend on t
+                               # only through t == 1
+
     reference: object          # (arrays, hp, t, scalar_type) -> None, NumPy in place
     cross_check: object = None # hp -> None, raises on an inconsistent combination
     option_grid: dict = dataclasses.field(default_factory=dict)  # name -> values to test
@@ -87,9 +89,23 @@ class OptimizerSpec:
             self.cross_check(hp)
         return hp
 
+    def kernel_scalars(self, hp, t, scalar_type):
+        """The kernel's scalar arguments, each computed in float64 and rounded once to the
+        buffer dtype (one array conversion: cheaper than one NumPy scalar per value)."""
+        return tuple(np.array(self.scalars(hp, t), dtype=scalar_type))
+
+    def kernel_for(self, kernels, hp, t, parallel):
+        """The compiled CPU kernel for these options, memoized per validated ``hp``."""
+        key = (parallel, t == 1)
+        kernel = kernels.get(key)
+        if kernel is None:
+            kernel = kernels[key] = self.kernel_family.get(parallel, **self.options(hp, t))
+        return kernel
+
     def validate_cached(self, hyper):
-        """``(validated hp, required state fields)``, memoized on the exact argument values
-        and types (validation costs microseconds; a training loop repeats the same call)."""
+        """``(validated hp, required state fields, kernel memo)``, memoized on the exact
+        argument values and types (validation costs microseconds; a training loop repeats the
+        same call)."""
         try:
             key = tuple((type(v), v) for v in hyper.values())
             hit = _VALIDATED.get((self.name, key))
@@ -97,7 +113,7 @@ class OptimizerSpec:
             key, hit = None, None
         if hit is None:
             hp = self.validate(hyper)
-            hit = (hp, self.required_state(hp))
+            hit = (hp, self.required_state(hp), {})
             if key is not None:
                 if len(_VALIDATED) > 1024:
                     _VALIDATED.clear()
@@ -116,7 +132,7 @@ class OptimizerSpec:
 
     # -------------------------------------------------------------- execution
     def implementation(self, backend):
-        """A callable ``(plan, hp, t)`` running one step on the validated arrays."""
+        """A callable ``(plan, hp, t, memo)`` running one step on the validated arrays."""
         if backend == "numpy":
             return self._numpy
         if backend == "cpu":
@@ -134,17 +150,16 @@ class OptimizerSpec:
                 for n in self.kernel_arrays)
         return args
 
-    def _numpy(self, plan, hp, t):
+    def _numpy(self, plan, hp, t, memo):
         self.reference(plan.arrays, hp, t, plan.scalar_type)
 
-    def _cpu(self, plan, hp, t):
+    def _cpu(self, plan, hp, t, memo):
         args = self.flat_kernel_arrays(plan)
         n = args[0].shape[0]
         if n == 0:
             return
-        parallel = n >= config.PARALLEL_THRESHOLD
-        kernel = self.kernel_family.get(parallel, **self.options(hp, t))
-        kernel(*args, *self.scalars(hp, t, plan.scalar_type))
+        kernel = self.kernel_for(memo, hp, t, n >= config.PARALLEL_THRESHOLD)
+        kernel(*args, *self.kernel_scalars(hp, t, plan.scalar_type))
 
     # -------------------------------------------------------------- test helpers
     def option_combinations(self):

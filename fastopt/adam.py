@@ -93,13 +93,12 @@ def _options(hp, t):
                 eps_hat=hp["eps_hat"])
 
 
-def _scalars(hp, t, st):
+def _scalars(hp, t):
     lr, b1, b2, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"]
     bc1 = 1.0 - b1 ** t
     bc2_sqrt = math.sqrt(1.0 - b2 ** t)
     step_size = lr * bc2_sqrt / bc1 if hp["eps_hat"] else lr / bc1
-    return (st(step_size), st(b1), st(1.0 - b1), st(b2), st(1.0 - b2), st(bc2_sqrt),
-            st(hp["eps"]), st(wd), st(1.0 - lr * wd))
+    return (step_size, b1, 1.0 - b1, b2, 1.0 - b2, bc2_sqrt, hp["eps"], wd, 1.0 - lr * wd)
 
 
 def _torch(hp):

@@ -64,7 +64,7 @@ SPEC = OptimizerSpec(
     zeros_kwargs=lambda hp: {},
     kernel_family=_kernels.momentum_kernel,
     kernel_arrays=("param", "grad", "velocity"),
-    scalars=lambda hp, t, st: (st(hp["lr"]), st(hp["momentum"])),
+    scalars=lambda hp, t: (hp["lr"], hp["momentum"]),
     options=lambda hp, t: {},
     reference=_reference.momentum,
     option_grid=dict(momentum=[0.0, 0.9]),

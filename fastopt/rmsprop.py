@@ -89,9 +89,9 @@ def _options(hp, t):
                 centered=hp["centered"], use_momentum=hp["momentum"] > 0)
 
 
-def _scalars(hp, t, st):
-    return (st(hp["lr"]), st(hp["alpha"]), st(1.0 - hp["alpha"]), st(hp["eps"]),
-            st(hp["weight_decay"]), st(hp["momentum"]))
+def _scalars(hp, t):
+    return (hp["lr"], hp["alpha"], 1.0 - hp["alpha"], hp["eps"], hp["weight_decay"],
+            hp["momentum"])
 
 
 def _torch(hp):

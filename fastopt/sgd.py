@@ -74,9 +74,8 @@ def _options(hp, t):
                 nesterov=hp["nesterov"])
 
 
-def _scalars(hp, t, st):
-    return (st(hp["lr"]), st(hp["weight_decay"]), st(hp["momentum"]),
-            st(1.0 - hp["dampening"]))
+def _scalars(hp, t):
+    return (hp["lr"], hp["weight_decay"], hp["momentum"], 1.0 - hp["dampening"])
 
 
 def _torch(hp):

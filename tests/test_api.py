@@ -98,27 +98,24 @@ def test_read_only_grad_is_accepted():
     np.testing.assert_array_equal(p, 0.0)
 
 
-def test_hyperparameters_are_cast_before_the_kernel(monkeypatch):
-    """The kernel sees only scalars of the buffer dtype."""
-    spec = registry.get("adam")
-    seen = []
-    family = spec.kernel_family
-    real_get = family.get
-
-    def spy_get(parallel, **opts):
-        kernel = real_get(parallel, **opts)
-
-        def call(*args):
-            seen.extend(args)
-            return kernel(*args)
-        return call
-    monkeypatch.setattr(family, "get", spy_get)
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_hyperparameters_are_cast_before_the_kernel(spec):
+    """Every compiled signature of a float32 kernel has only float32 scalars (a float64
+    scalar would promote the arithmetic and add a float64 signature)."""
+    import numba
+    kw = full_kwargs(spec, **spec.tuned)
+    hp = spec.validate(kw)
     for dtype in DTYPES:
-        seen.clear()
-        b = make_buffers(spec, 10, dtype, {})
-        fastopt.adam_step(b, lr=1e-3, weight_decay=0.1)
-        scalars = [s for s in seen if not isinstance(s, np.ndarray)]
-        assert scalars and all(type(s) is np.dtype(dtype).type for s in scalars)
+        b = make_buffers(spec, 10, dtype, spec.tuned)
+        step_fn(spec)(b, **kw)
+        step_fn(spec)(b, **kw)
+        scalars = spec.kernel_scalars(hp, 2, np.dtype(dtype).type)
+        assert all(type(s) is np.dtype(dtype).type for s in scalars)
+    kernel = spec.kernel_family.get(False, **spec.options(hp, 2))
+    for sig in kernel.signatures:
+        arrays = [a for a in sig if isinstance(a, numba.types.Array)]
+        scalars = [a for a in sig if not isinstance(a, numba.types.Array)]
+        assert {str(a.dtype) for a in arrays} == {str(s) for s in scalars}, sig
 
 
 # ------------------------------------------------------------------ FlatParams

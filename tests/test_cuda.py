@@ -50,7 +50,7 @@ def _ptx_signature(spec, combo, dtype):
     hp = spec.validate(kw)
     nb = types.float32 if dtype == np.float32 else types.float64
     arr = types.Array(nb, 1, "C")
-    n_scalars = len(spec.scalars(hp, 2, np.dtype(dtype).type))
+    n_scalars = len(spec.scalars(hp, 2))
     return hp, (arr,) * len(spec.kernel_arrays) + (nb,) * n_scalars
 
 

@@ -1,11 +1,17 @@
-"""pytest-benchmark suites. ``pytest --benchmark-only`` times them; plain ``pytest`` runs
-each once as a smoke test (``--benchmark-disable`` is in the default options)."""
+"""pytest-benchmark suites. ``pytest --benchmark-only`` (or ``--benchmark-enable``) times
+them; plain ``pytest`` runs each once as a smoke test, as if ``--benchmark-disable`` were given
+(it cannot sit in the default options: pytest-benchmark rejects it beside --benchmark-only)."""
 import numba
 import pytest
 
 
+@pytest.hookimpl(trylast=True)   # after pytest-benchmark created its session
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: the 1e7-element cases")
+    session = getattr(config, "_benchmarksession", None)
+    if session is not None and not (config.getoption("benchmark_only")
+                                    or config.getoption("benchmark_enable")):
+        session.disabled = True
 
 
 @pytest.fixture(scope="session")

@@ -320,8 +320,7 @@ def format_table(rows):
     for r in rows:
         if r["status"] != "ok":
             continue
-        t = r["seconds"]
-        ts = f"{t * 1e6:8.1f}us" if t < 1e-2 else f"{t * 1e3:8.2f}ms"
+        ts = format_seconds(r["seconds"])
         vs_seed = r.get("speedup_vs_seed")
         vs_torch = r.get("speedup_vs_torch_fused")
         lines.append(
@@ -332,8 +331,13 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def plot_bench(rows, path):
-    """GB/s vs size per implementation (log x), one panel per optimizer, float32."""
+def format_seconds(s):
+    return f"{s * 1e6:8.1f}us" if s < 1e-2 else f"{s * 1e3:8.2f}ms"
+
+
+def optimizer_panels(rows):
+    """``(plt, fig, axes, names)``: one log-x panel per optimizer in ``rows``, or ``None``
+    when matplotlib is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -343,6 +347,28 @@ def plot_bench(rows, path):
     names = list(dict.fromkeys(r["optimizer"] for r in rows))
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), sharey=True)
     axes = np.atleast_1d(axes)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("GB/s (optimizer traffic)")
+    return plt, fig, axes, names
+
+
+def save_panels(plt, fig, axes, path):
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_bench(rows, path):
+    """GB/s vs size per implementation (log x), one panel per optimizer, float32."""
+    panels = optimizer_panels(rows)
+    if panels is None:
+        return None
+    plt, fig, axes, names = panels
     for ax, name in zip(axes, names):
         sel = [r for r in rows if r["optimizer"] == name and r["dtype"] == "float32"]
         for impl in dict.fromkeys(r["impl"] for r in sel):
@@ -353,13 +379,5 @@ def plot_bench(rows, path):
         roof = sorted({(r["size"], r["bytes_per_element"] * r["size"] / r["traffic_equal_s"]
                         / 1e9) for r in sel})
         ax.plot(*zip(*roof), "k--", label="traffic-equal kernel")
-        ax.set_xscale("log")
         ax.set_title(f"{name} (float32)")
-        ax.set_xlabel("parameters")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("GB/s (optimizer traffic)")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_panels(plt, fig, axes, path)

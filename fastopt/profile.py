@@ -113,9 +113,7 @@ def format_table(rows, gpu):
     if gpu:
         head += f" {'cuda kernel':>11} {'GB/s':>7} {'of peak':>7} {'end-to-end':>10}"
     lines = [head]
-
-    def t(s):
-        return f"{s * 1e6:8.1f}us" if s < 1e-2 else f"{s * 1e3:8.2f}ms"
+    t = B.format_seconds
     for r in rows:
         line = (f"{r['optimizer']:<9} {r['size']:>10} {t(r['numpy_s']):>10} {t(r['cpu_s']):>10}"
                 f" {r['cpu_gbs']:9.1f} {r['cpu_fraction_of_traffic_equal']:13.2f}")
@@ -127,15 +125,10 @@ def format_table(rows, gpu):
 
 
 def plot(rows, path, gpu):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    panels = B.optimizer_panels(rows)
+    if panels is None:
         return None
-    names = list(dict.fromkeys(r["optimizer"] for r in rows))
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), sharey=True)
-    axes = np.atleast_1d(axes)
+    plt, fig, axes, names = panels
     series = [("numpy_gbs", "NumPy reference"), ("cpu_gbs", "CPU (Numba)"),
               ("cpu_traffic_equal_gbs", "CPU traffic-equal")]
     if gpu:
@@ -145,16 +138,8 @@ def plot(rows, path, gpu):
         sel = sorted((r for r in rows if r["optimizer"] == name), key=lambda r: r["size"])
         for key, label in series:
             ax.plot([r["size"] for r in sel], [r[key] for r in sel], marker="o", label=label)
-        ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(name)
-        ax.set_xlabel("parameters")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("GB/s (optimizer traffic)")
-    axes[-1].legend(fontsize=7)
     if not gpu:
         fig.suptitle("no CUDA GPU found: CPU only", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return B.save_panels(plt, fig, axes, path)

@@ -88,12 +88,16 @@ def _interface(a, where):
 
 
 def _device_id(a):
+    """The CUDA device ordinal holding ``a`` where the array type says (torch, CuPy, numba
+    device arrays), else ``None``."""
     dev = getattr(a, "device", None)
     for attr in ("index", "id"):          # torch.device.index, cupy Device.id
         value = getattr(dev, attr, None)
         if isinstance(value, int):
             return value
-    return None
+    context = getattr(getattr(a, "gpu_data", None), "context", None)   # numba
+    value = getattr(getattr(context, "device", None), "id", None)
+    return value if isinstance(value, int) else None
 
 
 def check_device_group(named, owner):

@@ -1,5 +1,7 @@
 """fastopt's Numba kernels (installed as ``fastopt.kernels``).
 
-``elementwise`` holds the per-element math, ``cpu`` the fused CPU kernels, ``cuda`` the GPU
-kernels (imported only on demand). Importing this package compiles nothing.
+``elementwise`` holds the per-element math and ``loops`` the kernel bodies, each written once;
+``cpu`` binds them to the CPU (``njit``, ``prange``), ``cuda`` to the GPU (``cuda.jit``,
+grid-stride loops; imported only on demand). ``decorators`` holds the compile machinery.
+Importing this package compiles nothing.
 """

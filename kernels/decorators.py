@@ -2,21 +2,22 @@
 
 * ``cpu_device``: compiles a per-element function from ``kernels.elementwise`` for use inside
   CPU kernels (always inlined, NumPy error model, no fastmath).
-* ``KernelFamily``: a kernel body is written once as a *factory* whose arguments are the
+* ``KernelFamily``: a kernel body (``kernels.loops``) is a *factory* whose arguments are the
   optimizer's boolean options (``maximize``, ``amsgrad``, ...). The factory returns a closure;
   Numba freezes closure variables as compile-time constants, so each option combination
   compiles to its own branch-free loop that LLVM can vectorize (runtime flags inside the loop
-  made the serial Adam kernel 5x slower). Each combination is compiled lazily, twice: a serial
+  made the serial Adam kernel 10x slower). Each combination is compiled lazily, twice: a serial
   function and a ``parallel=True`` one (``prange`` runs as ``range`` in the serial twin).
-  The twins are copies of the closure under different ``__qualname__`` so that Numba's on-disk
-  cache keeps them apart: its index is keyed by qualified name, bytecode, closure values and
-  signature, but not by the ``parallel`` flag.
+  The twins are copies of the closure (:func:`bind`) under different ``__qualname__`` so that
+  Numba's on-disk cache keeps them apart: its index is keyed by qualified name, bytecode,
+  closure values and signature, but not by the ``parallel`` flag.
 
 Every kernel uses ``error_model='numpy'`` (the Python error model's division checks block
 vectorization) and never ``fastmath`` (it reorders arithmetic and drops NaN handling, which
 would break bitwise equality with the NumPy reference). Nothing is compiled at import time:
 dispatchers compile on first call and are cached on disk (``cache=True``).
 """
+import inspect
 import threading
 import types
 
@@ -31,10 +32,13 @@ def cpu_device(fn):
     return njit(**DEVICE_OPTIONS)(fn)
 
 
-def renamed(fn, suffix):
-    """A copy of ``fn`` (code, globals, closure) whose qualified name ends in ``suffix``."""
-    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix,
-                              fn.__defaults__, fn.__closure__)
+def bind(fn, suffix="", **names):
+    """A copy of ``fn`` (code, closure) whose globals also hold ``names`` (a target's ``elem``
+    and ``loop``, see ``kernels.loops``) and whose qualified name ends in ``suffix``."""
+    scope = dict(fn.__globals__)
+    scope.update(names)
+    twin = types.FunctionType(fn.__code__, scope, fn.__name__ + suffix, fn.__defaults__,
+                              fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__module__ = fn.__module__
     twin.__doc__ = fn.__doc__
@@ -42,19 +46,21 @@ def renamed(fn, suffix):
 
 
 class KernelFamily:
-    """Lazily compiled kernels of one body, one per (option combination, parallel)."""
+    """Lazily compiled CPU kernels of one body, one per (option combination, parallel).
 
-    def __init__(self, factory, option_names):
+    ``factory(**options)`` returns the kernel body (a closure over the options); ``names``
+    are bound into its globals (see :func:`bind`). The option names are the factory's
+    parameters.
+    """
+
+    def __init__(self, factory, **names):
         self.name = factory.__name__
         self.factory = factory
-        self.option_names = tuple(option_names)
+        self.names = names
+        self.option_names = tuple(inspect.signature(factory).parameters)
         self._cache = {}
         self._fast = {}   # exact call arguments -> dispatcher, skips normalization
         self._lock = threading.Lock()
-
-    def python_kernel(self, **options):
-        """The uncompiled closure for these options (used by the CUDA target and tests)."""
-        return self.factory(**self._key(options))
 
     def _key(self, options):
         if set(options) != set(self.option_names):
@@ -73,7 +79,8 @@ class KernelFamily:
                 if fn is None:
                     body = self.factory(**dict(key[:-1]))
                     suffix = "_parallel" if parallel else "_serial"
-                    fn = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(renamed(body, suffix))
+                    fn = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
+                        bind(body, suffix, **self.names))
                     self._cache[key] = fn
         self._fast[(parallel,) + tuple(options.items())] = fn
         return fn
@@ -82,8 +89,6 @@ class KernelFamily:
         return f"<KernelFamily {self.name} options={self.option_names}>"
 
 
-def kernel_family(*option_names):
-    """Decorator: turn a factory ``f(**options) -> kernel`` into a :class:`KernelFamily`."""
-    def wrap(factory):
-        return KernelFamily(factory, option_names)
-    return wrap
+def kernel_family(factory):
+    """Decorator: a :class:`KernelFamily` of a self-contained body factory."""
+    return KernelFamily(factory)

@@ -1,4 +1,8 @@
 """Shared test helpers (registry-driven)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 import fastopt
@@ -77,8 +81,17 @@ def step_fn(spec):
     return registry.step_function(spec)
 
 
-def spec_id(spec):
-    return spec.name
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, expect):
+    """Run ``code`` in a fresh interpreter from the repository root; it must exit 0 and print
+    ``expect`` (proof that it reached the end)."""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert expect in res.stdout
+    return res
 
 
 __all__ = ["fastopt"]

@@ -1,17 +1,11 @@
 """API behaviour: FlatParams, config, checkpoints, convergence, dtype, compilation."""
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 import fastopt
 from fastopt import config, registry
 from helpers import (DTYPES, SPECS, assert_buffers_bitwise, assert_unchanged, clone,
-                     full_kwargs, make_buffers, new_grad, snapshot, step_fn)
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+                     full_kwargs, make_buffers, new_grad, run_python, snapshot, step_fn)
 
 
 # ------------------------------------------------------------------ convergence
@@ -267,15 +261,11 @@ def test_missing_checkpoint():
 
 # ------------------------------------------------------------------ compilation
 def test_import_compiles_nothing():
-    code = ("import fastopt, numba.core.registry as r, sys;"
-            "from fastopt import registry;"
-            "fams=[s.kernel_family for s in registry.REGISTRY.values()];"
-            "assert all(not f._cache for f in fams), 'compiled at import';"
-            "print('ok')")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert "ok" in out.stdout
+    run_python("import fastopt\n"
+               "from fastopt import registry\n"
+               "fams = [s.kernel_family for s in registry.REGISTRY.values()]\n"
+               "assert all(not f._cache for f in fams), 'compiled at import'\n"
+               "print('ok')", expect="ok")
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)

@@ -10,6 +10,7 @@ import pytest
 import fastopt
 from fastopt import registry
 from fastopt._cuda_backend import CudaUnavailableError, simulator_active
+from helpers import run_python
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPECS = list(registry.REGISTRY.values())
@@ -142,7 +143,4 @@ def test_import_without_numba_cuda():
             "assert not fastopt.cuda_available()\n"
             "try:\n    fastopt.to_device(b)\nexcept RuntimeError as e:\n"
             "    assert 'pip install \"fastopt[cuda]\"' in str(e), e\n    print('clear')\n")
-    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert "clear" in res.stdout
+    run_python(code, expect="clear")

@@ -55,7 +55,7 @@ def adam(arrays, hp, t, st):
     if hp["eps_hat"]:
         p -= st(lr * bias2_sqrt / bias1) * m / (np.sqrt(s) + st(eps))
     else:
-        p -= st(lr / bias1) * (m / (np.sqrt(s) / st(bias2_sqrt) + st(eps)))
+        p -= st(lr / bias1) * (m / (np.sqrt(s) * st(1.0 / bias2_sqrt) + st(eps)))
 
 
 @_quiet

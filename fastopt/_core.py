@@ -195,39 +195,43 @@ def choose_backend(backend, arrays):
     return backend
 
 
-def _layout_key(arrays):
-    """Identity and metadata of a group of host arrays (``None`` if any is not a NumPy
-    array); equal keys mean an earlier validation of the same group still holds. Strides
-    are implied: a validated array is C-contiguous, and its shape is part of the key."""
-    key = []
-    for a in arrays.values():
-        if type(a) is not np.ndarray:
-            return None
-        key.append((id(a), a.shape, a.dtype, a.flags.writeable))
-    return key
-
-
 class _Plan:
     """A validated array group, cached on the buffers while its arrays stay the same."""
-    __slots__ = ("key", "arrays", "dtype", "scalar_type", "flat")
+    __slots__ = ("fields", "layout", "arrays", "dtype", "scalar_type", "flat")
 
-    def __init__(self, key, arrays, dtype):
-        self.key = key
-        self.arrays = arrays          # keeps the arrays alive, so their ids stay unique
+    def __init__(self, fields, arrays, dtype):
+        self.fields = fields
+        self.arrays = arrays
+        # what validation depended on, per array; strides are implied: a validated array is
+        # C-contiguous, and its shape is recorded
+        self.layout = tuple((name, a, a.shape, a.dtype, a.flags.writeable)
+                            for name, a in arrays.items())
         self.dtype = dtype
         self.scalar_type = np.dtype(dtype).type
         self.flat = {}                # per spec: flat kernel views, built on first use
 
+    def holds_for(self, buffers, fields):
+        """Whether ``buffers`` still hold the very arrays this plan validated, unchanged
+        (an array's shape, dtype and writeable flag can be reassigned in place)."""
+        if fields != self.fields:
+            return False
+        for name, a, shape, dtype, writeable in self.layout:
+            if (getattr(buffers, name) is not a or a.shape != shape or a.dtype != dtype
+                    or a.flags.writeable != writeable):
+                return False
+        return True
 
-def plan_for(buffers, arrays):
-    """Validate ``arrays`` (or reuse the validation cached on ``buffers``)."""
+
+def plan_for(buffers, fields):
+    """Validate the arrays of ``buffers`` a step with state ``fields`` uses (or reuse the
+    validation cached on ``buffers``, for host arrays)."""
     plan = buffers.__dict__.get("_plan")
-    key = _layout_key(arrays)
-    if key is not None and plan is not None and plan.key == key:
+    if plan is not None and plan.holds_for(buffers, fields):
         return plan
+    arrays = buffers.arrays(fields)
     dtype = check_group(arrays, type(buffers).__name__)
-    plan = _Plan(key, arrays, dtype)
-    if key is not None:
+    plan = _Plan(fields, arrays, dtype)
+    if all(type(a) is np.ndarray for a in arrays.values()):
         buffers.__dict__["_plan"] = plan
     return plan
 
@@ -243,7 +247,7 @@ def prepare_step(spec, buffers, backend, hyper):
     for f in fields:
         if getattr(buffers, f) is None:
             raise ValueError(spec.missing_state_message(f, hp))
-    plan = plan_for(buffers, buffers.arrays(fields))
+    plan = plan_for(buffers, fields)
     impl = spec.implementation(choose_backend(backend, plan.arrays))
     t = buffers.step + 1
 

@@ -219,7 +219,8 @@ def cuda_implementation(spec):
         kernel = kernels.get(spec.name, **spec.options(hp, t))
         blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
                                                 config.CUDA_MAX_BLOCKS)
-        kernel[blocks, threads](*args, *spec.kernel_scalars(hp, t, plan.scalar_type))
+        # a tuple of scalars travels with the launch; an array would be copied to the device
+        kernel[blocks, threads](*args, tuple(spec.kernel_scalars(hp, t, plan.scalar_type)))
     return run
 
 

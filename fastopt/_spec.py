@@ -90,9 +90,9 @@ class OptimizerSpec:
         return hp
 
     def kernel_scalars(self, hp, t, scalar_type):
-        """The kernel's scalar arguments, each computed in float64 and rounded once to the
-        buffer dtype (one array conversion: cheaper than one NumPy scalar per value)."""
-        return tuple(np.array(self.scalars(hp, t), dtype=scalar_type))
+        """The kernel's scalars packed in one 1-D array of the buffer dtype (see
+        ``kernels.loops``), each computed in float64 and rounded once."""
+        return np.array(self.scalars(hp, t), dtype=scalar_type)
 
     def kernel_for(self, kernels, hp, t, parallel):
         """The compiled CPU kernel for these options, memoized per validated ``hp``."""
@@ -106,9 +106,11 @@ class OptimizerSpec:
         """``(validated hp, required state fields, kernel memo)``, memoized on the exact
         argument values and types (validation costs microseconds; a training loop repeats the
         same call)."""
+        values = tuple(hyper.values())
+        # the types are part of the key: 1 == 1.0 == True, but only some of them are valid
+        key = (self.name, values, tuple(map(type, values)))
         try:
-            key = tuple((type(v), v) for v in hyper.values())
-            hit = _VALIDATED.get((self.name, key))
+            hit = _VALIDATED.get(key)
         except TypeError:  # an unhashable argument: validate() will reject it
             key, hit = None, None
         if hit is None:
@@ -117,7 +119,7 @@ class OptimizerSpec:
             if key is not None:
                 if len(_VALIDATED) > 1024:
                     _VALIDATED.clear()
-                _VALIDATED[(self.name, key)] = hit
+                _VALIDATED[key] = hit
         return hit
 
     def required_state(self, hp):
@@ -159,7 +161,7 @@ class OptimizerSpec:
         if n == 0:
             return
         kernel = self.kernel_for(memo, hp, t, n >= config.PARALLEL_THRESHOLD)
-        kernel(*args, *self.kernel_scalars(hp, t, plan.scalar_type))
+        kernel(*args, self.kernel_scalars(hp, t, plan.scalar_type))
 
     # -------------------------------------------------------------- test helpers
     def option_combinations(self):

@@ -2,9 +2,10 @@
 per-element functions as the CPU kernels (``kernels.elementwise``) compiled with
 ``numba.cuda.jit(device=True)``, and a grid-stride loop over flat 1-D device buffers, in place.
 Boolean options are compile-time constants of each kernel, as on the CPU, so an unused state
-array is never touched and a zero-length device array stands in for it. Scalars must already
-have the buffer dtype: a float64 scalar would turn a float32 kernel's arithmetic into float64
-(the PTX tests check that no float64 instruction appears in any float32 kernel).
+array is never touched and a zero-length device array stands in for it. The scalars (one
+tuple, see ``kernels.loops``) must already have the buffer dtype: a float64 scalar would turn a
+float32 kernel's arithmetic into float64 (the PTX tests check that no float64 instruction
+appears in any float32 kernel).
 
 This module imports ``numba.cuda``; fastopt imports it only when a CUDA path is used.
 """

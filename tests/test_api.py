@@ -104,12 +104,13 @@ def test_hyperparameters_are_cast_before_the_kernel(spec):
         step_fn(spec)(b, **kw)
         step_fn(spec)(b, **kw)
         scalars = spec.kernel_scalars(hp, 2, np.dtype(dtype).type)
-        assert all(type(s) is np.dtype(dtype).type for s in scalars)
+        assert scalars.dtype == dtype and scalars.shape == (len(spec.scalars(hp, 2)),)
     kernel = spec.kernel_family.get(False, **spec.options(hp, 2))
+    assert kernel.signatures
     for sig in kernel.signatures:
-        arrays = [a for a in sig if isinstance(a, numba.types.Array)]
-        scalars = [a for a in sig if not isinstance(a, numba.types.Array)]
-        assert {str(a.dtype) for a in arrays} == {str(s) for s in scalars}, sig
+        # every argument, the packed scalars included, is an array of one dtype
+        assert all(isinstance(a, numba.types.Array) for a in sig), sig
+        assert len({str(a.dtype) for a in sig}) == 1, sig
 
 
 # ------------------------------------------------------------------ FlatParams

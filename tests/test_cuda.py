@@ -52,7 +52,7 @@ def _ptx_signature(spec, combo, dtype):
     nb = types.float32 if dtype == np.float32 else types.float64
     arr = types.Array(nb, 1, "C")
     n_scalars = len(spec.scalars(hp, 2))
-    return hp, (arr,) * len(spec.kernel_arrays) + (nb,) * n_scalars
+    return hp, (arr,) * len(spec.kernel_arrays) + (types.UniTuple(nb, n_scalars),)
 
 
 def _nvvm_available():
@@ -121,7 +121,8 @@ def test_float64_scalar_would_be_caught(no_driver_device):
     spec = registry.get("momentum")
     arr = types.Array(types.float32, 1, "C")
     ptx, _ = cuda.compile_ptx(ck.python_kernel("momentum"),
-                              (arr, arr, arr, types.float64, types.float32), cc=(8, 0))
+                              (arr, arr, arr, types.Tuple((types.float64, types.float32))),
+                              cc=(8, 0))
     assert ".f64" in ptx
     assert spec.name == "momentum"
 

@@ -4,6 +4,12 @@ them; plain ``pytest`` runs each once as a smoke test, as if ``--benchmark-disab
 import numba
 import pytest
 
+from fastopt import config
+
+# back-to-back steps: let OpenMP threads spin briefly between calls (fastopt.config.THREAD_WAIT);
+# set before any kernel or torch starts a pool
+config.set_thread_wait("bench")
+
 
 @pytest.hookimpl(trylast=True)   # after pytest-benchmark created its session
 def pytest_configure(config):

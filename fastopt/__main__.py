@@ -108,14 +108,15 @@ def _cmd_bench(args):
 
     import numba
 
-    from . import benchmarks as B
+    from . import benchmarks as B, config
     rows = B.run_bench(quick=args.quick)
     print(B.format_table(rows))
     os.makedirs(args.out, exist_ok=True)
     meta = {"machine": platform.machine(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads(),
             "python": platform.python_version(), "numpy": np.__version__,
-            "numba": numba.__version__, "quick": args.quick}
+            "numba": numba.__version__, "quick": args.quick,
+            "thread_wait": config.thread_wait()}
     try:
         import torch
         meta["torch"] = torch.__version__
@@ -192,11 +193,13 @@ def build_parser():
 
 
 def main(argv=None):
+    args = build_parser().parse_args(argv)
     # BLAS (matmul) and Numba's OpenMP pool both spin-wait for work by default; on a
     # few-core machine the two pools then fight for the cores and a training iteration gets
-    # several times slower (README, "Threads"). Must be set before the pool starts.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    args = build_parser().parse_args(argv)
+    # several times slower; timing back-to-back steps wants short spinning instead (README,
+    # "Threads"). Must be set before any pool starts.
+    from . import config
+    config.set_thread_wait("train" if args.func is _cmd_compare else "bench")
     return args.func(args)
 
 

@@ -16,6 +16,14 @@ attribute                      environment variable                default
 ``PARALLEL_THRESHOLD``: buffers with at least this many elements use the ``parallel=True``
 kernel; smaller ones use its serial twin, because launching Numba's thread pool costs
 microseconds that a small buffer cannot amortize.
+
+``THREAD_WAIT``: how the OpenMP thread pools (Numba's ``omp`` threading layer, torch) wait for
+work, per kind of run; applied by :func:`set_thread_wait` (``python -m fastopt`` does) unless
+the environment already chooses (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set). Measured on a
+2-core machine: training alternates BLAS matmuls and parallel steps, and is fastest with
+passive waiting (spinning threads steal the cores from BLAS); back-to-back optimizer steps pay
+~13 us of thread wake-up per parallel call with passive waiting, so the benchmarks let threads
+spin briefly (``GOMP_SPINCOUNT=1000``, tens of microseconds) instead. See the README, "Threads".
 """
 import os
 
@@ -28,6 +36,27 @@ _DEFAULTS = {
 PARALLEL_THRESHOLD = 32768
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 0
+
+
+THREAD_WAIT = {
+    "train": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "bench": {"GOMP_SPINCOUNT": "1000"},
+}
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def set_thread_wait(kind):
+    """Set the environment for the thread wait policy ``THREAD_WAIT[kind]`` unless one of
+    ``OMP_WAIT_POLICY`` / ``GOMP_SPINCOUNT`` is already set; returns the policy in effect.
+    Effective only before the first parallel kernel (or torch) starts an OpenMP pool."""
+    if not any(os.environ.get(v) for v in _WAIT_VARS):
+        os.environ.update(THREAD_WAIT[kind])
+    return thread_wait()
+
+
+def thread_wait():
+    """The wait-policy variables of the environment (``None`` where unset)."""
+    return {v: os.environ.get(v) for v in _WAIT_VARS}
 
 
 def _from_env(var, default):

@@ -164,6 +164,20 @@ def test_config_reset_and_environment(monkeypatch):
     assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK"}
 
 
+def test_thread_wait_policy_applies_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert config.set_thread_wait("train") == {"OMP_WAIT_POLICY": "PASSIVE",
+                                               "GOMP_SPINCOUNT": None}
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": None,
+                                               "GOMP_SPINCOUNT": "1000"}
+    monkeypatch.delenv("GOMP_SPINCOUNT")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # the user's choice wins
+    assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": "ACTIVE",
+                                               "GOMP_SPINCOUNT": None}
+
+
 # ------------------------------------------------------------------ checkpoints
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_checkpoint_resume_is_bitwise(spec, tmp_path):

@@ -156,7 +156,7 @@ def check_real(name, value, *, low=None, high=None, low_open=False, high_open=Fa
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
                         f"{value!r}")
-    x = float(value)
+    x = float(value) + 0.0      # -0.0 -> 0.0, so that values that compare equal act equal
     if math.isnan(x) or (math.isinf(x) and not allow_inf):
         raise ValueError(f"{name} must be finite, got {x!r}")
     bad = ((low is not None and (x < low or (low_open and x == low)))
@@ -236,9 +236,31 @@ def plan_for(buffers, fields):
     return plan
 
 
+class _Call:
+    """A validated call, cached on host buffers: a training loop repeats the same call, and
+    the next one can skip everything but the checks that its arguments are still these."""
+    __slots__ = ("spec", "backend", "values", "types", "plan", "hp", "memo", "impl")
+
+    def __init__(self, spec, backend, values, plan, hp, memo, impl):
+        self.spec, self.backend, self.values, self.plan = spec, backend, values, plan
+        self.types = tuple(map(type, values))
+        self.hp, self.memo, self.impl = hp, memo, impl
+
+
 def prepare_step(spec, buffers, backend, hyper):
     """Validate everything for one step of ``spec``; return a no-argument callable that
     performs it. Nothing is written until the callable runs."""
+    plan, hp, memo, impl = _validate(spec, buffers, backend, hyper)
+    t = buffers.step + 1
+
+    def run():
+        impl(plan, hp, t, memo)
+        buffers.step = t
+        return buffers
+    return run
+
+
+def _validate(spec, buffers, backend, hyper):
     if not isinstance(buffers, spec.buffers_cls):
         raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
                         f"{type(buffers).__name__}; create them with "
@@ -249,15 +271,25 @@ def prepare_step(spec, buffers, backend, hyper):
             raise ValueError(spec.missing_state_message(f, hp))
     plan = plan_for(buffers, fields)
     impl = spec.implementation(choose_backend(backend, plan.arrays))
-    t = buffers.step + 1
-
-    def run():
-        impl(plan, hp, t, memo)
-        buffers.step = t
-        return buffers
-    return run
+    if buffers.__dict__.get("_plan") is plan:      # host arrays: remember the whole call
+        buffers.__dict__["_call"] = _Call(spec, backend, tuple(hyper.values()), plan, hp,
+                                          memo, impl)
+    return plan, hp, memo, impl
 
 
 def run_step(spec, buffers, backend, hyper):
-    """Validate everything, then run one fused step of ``spec`` on ``buffers``."""
+    """Validate everything, then run one fused step of ``spec`` on ``buffers``.
+
+    A call identical to the previous one on the same buffers (same optimizer, backend,
+    hyperparameter values and types, and the buffers still holding the very arrays that were
+    validated, unchanged) reuses that validation."""
+    call = getattr(buffers, "_call", None)
+    if type(call) is _Call and call.spec is spec and call.backend == backend:
+        values = tuple(hyper.values())
+        if (call.values == values and call.types == tuple(map(type, values))
+                and call.plan.holds_for(buffers, call.plan.fields)):
+            t = buffers.step + 1
+            call.impl(call.plan, call.hp, t, call.memo)
+            buffers.step = t
+            return buffers
     return prepare_step(spec, buffers, backend, hyper)()

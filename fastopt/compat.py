@@ -13,7 +13,7 @@ validated before the first one is written.
 """
 import numpy as np
 
-from ._core import prepare_step
+from ._core import prepare_step, run_step
 from . import registry
 
 __all__ = ["mini_SGD", "Momentum", "RMSprop", "Adam"]
@@ -100,7 +100,7 @@ class _SeedOptimizer:
                            f"optimizer state was built for {sorted(self._per_key)}")
         hyper = self._hyper()
         if self._flat is not None and self._arena_matches(params, grads):
-            prepare_step(self._spec, self._flat, self.backend, hyper)()
+            run_step(self._spec, self._flat, self.backend, hyper)
             for b in self._per_key.values():
                 b.step = self._flat.step
             return

@@ -72,9 +72,15 @@ def _overlap(b, state):
     setattr(b, state, big[5:38])
 
 
+def _reassign(a, attr, value):
+    setattr(a, attr, value)
+
+
 def _corrupt_cases(spec):
     """(description, mutate(buffers), error, match): mutate breaks one array in place of
-    the attribute, never touching the original arrays' contents."""
+    the attribute, never touching the original arrays' contents. The buffers have just made
+    a step with the same arguments, so each case also checks that the validation cached by
+    that step notices the change."""
     state = spec.buffers_cls.state_fields[0]
     return [
         ("grad shape", lambda b: setattr(b, "grad", np.zeros(34, b.dtype)), ValueError,
@@ -94,6 +100,10 @@ def _corrupt_cases(spec):
          "read-only"),
         ("read-only param", lambda b: b.param.setflags(write=False), ValueError,
          "read-only"),
+        ("grad reshaped in place", lambda b: _reassign(b.grad, "shape", (3, 11)), ValueError,
+         "shape"),
+        ("grad dtype reassigned in place", lambda b: _reassign(b.grad, "dtype", np.int32),
+         TypeError, "int32"),
         ("grad aliases param", lambda b: setattr(b, "grad", b.param), ValueError,
          "share memory"),
         ("state overlaps grad", lambda b: setattr(b, state, b.grad), ValueError,

@@ -316,22 +316,32 @@ def _add_speedups(rows):
             other = index.get((r["optimizer"], r["size"], r["dtype"], peer))
             if other is not None:
                 r[f"speedup_vs_{peer.replace('-', '_')}"] = other["seconds"] / r["seconds"]
+        seed = index.get((r["optimizer"], r["size"], r["dtype"], "seed"))
+        if seed is not None:
+            # the speedup over the seed that moving the same bytes with no arithmetic reaches
+            r["seed_over_traffic_equal"] = seed["seconds"] / r["traffic_equal_s"]
 
 
 def format_table(rows):
     lines = [f"{'optimizer':<9} {'size':>10} {'dtype':<7} {'implementation':<14} "
-             f"{'time':>10} {'GB/s':>7} {'roofline':>8} {'vs seed':>8} {'vs torch':>8}"]
+             f"{'time':>10} {'GB/s':>7} {'roofline':>8} {'vs seed':>8} {'vs torch':>8} "
+             f"{'ceiling':>8}"]
     for r in rows:
         if r["status"] != "ok":
             continue
         ts = format_seconds(r["seconds"])
         vs_seed = r.get("speedup_vs_seed")
         vs_torch = r.get("speedup_vs_torch_fused")
+        ceiling = r.get("seed_over_traffic_equal")
         lines.append(
             f"{r['optimizer']:<9} {r['size']:>10} {r['dtype']:<7} {r['impl']:<14} {ts:>10} "
             f"{r['gb_per_s']:7.2f} {r['roofline_fraction']:8.2f} "
             f"{(f'{vs_seed:7.1f}x' if vs_seed else '-'):>8} "
-            f"{(f'{vs_torch:7.2f}x' if vs_torch else '-'):>8}")
+            f"{(f'{vs_torch:7.2f}x' if vs_torch else '-'):>8} "
+            f"{(f'{ceiling:7.1f}x' if ceiling else '-'):>8}")
+    lines.append("roofline: traffic-equal kernel time / this time; ceiling: seed time / "
+                 "traffic-equal kernel time, the 'vs seed' that a kernel moving the same bytes "
+                 "with no arithmetic would reach")
     return "\n".join(lines)
 
 
@@ -368,13 +378,17 @@ def save_panels(plt, fig, axes, path):
 
 
 def plot_bench(rows, path):
-    """GB/s vs size per implementation (log x), one panel per optimizer, float32."""
+    """GB/s vs size per implementation (log x), one panel per optimizer, float32 (``None``
+    when there is nothing to plot or no matplotlib)."""
+    rows = [r for r in rows if r["dtype"] == "float32"]
+    if not any(r["status"] == "ok" for r in rows):
+        return None
     panels = optimizer_panels(rows)
     if panels is None:
         return None
     plt, fig, axes, names = panels
     for ax, name in zip(axes, names):
-        sel = [r for r in rows if r["optimizer"] == name and r["dtype"] == "float32"]
+        sel = [r for r in rows if r["optimizer"] == name]
         for impl in dict.fromkeys(r["impl"] for r in sel):
             pts = sorted((r["size"], r["gb_per_s"]) for r in sel
                          if r["impl"] == impl and r["status"] == "ok")

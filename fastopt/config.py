@@ -55,8 +55,8 @@ def set_thread_wait(kind):
 
 
 def thread_wait():
-    """The wait-policy variables of the environment (``None`` where unset)."""
-    return {v: os.environ.get(v) for v in _WAIT_VARS}
+    """The wait-policy variables of the environment (``None`` where unset or empty)."""
+    return {v: os.environ.get(v) or None for v in _WAIT_VARS}
 
 
 def _from_env(var, default):

@@ -164,15 +164,21 @@ def test_config_reset_and_environment(monkeypatch):
     assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK"}
 
 
+def _no_wait_policy(monkeypatch):
+    """Empty (= unset) wait-policy variables, restored after the test (monkeypatch.delenv
+    of an absent variable would not undo what the code under test sets)."""
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.setenv(var, "")
+
+
 def test_thread_wait_policy_applies_unless_the_user_chose(monkeypatch):
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    _no_wait_policy(monkeypatch)
     assert config.set_thread_wait("train") == {"OMP_WAIT_POLICY": "PASSIVE",
                                                "GOMP_SPINCOUNT": None}
-    monkeypatch.delenv("OMP_WAIT_POLICY")
+    _no_wait_policy(monkeypatch)
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": None,
                                                "GOMP_SPINCOUNT": "1000"}
-    monkeypatch.delenv("GOMP_SPINCOUNT")
+    _no_wait_policy(monkeypatch)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # the user's choice wins
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": "ACTIVE",
                                                "GOMP_SPINCOUNT": None}

@@ -159,26 +159,39 @@ def test_config_reset_and_environment(monkeypatch):
     with pytest.raises(ValueError, match="FASTOPT_PARALLEL_THRESHOLD"):
         config.reset()
     monkeypatch.delenv("FASTOPT_PARALLEL_THRESHOLD")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")
     config.reset()
     assert config.PARALLEL_THRESHOLD == 32768
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 131072
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")
+    config.reset()
     assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK"}
 
 
-def _no_wait_policy(monkeypatch):
-    """Empty (= unset) wait-policy variables, restored after the test (monkeypatch.delenv
-    of an absent variable would not undo what the code under test sets)."""
+def _blank(monkeypatch):
     for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         monkeypatch.setenv(var, "")
+    config.reset()
 
 
-def test_thread_wait_policy_applies_unless_the_user_chose(monkeypatch):
-    _no_wait_policy(monkeypatch)
+def test_thread_wait_policy_applies_unless_the_user_chose(no_wait_policy):
+    monkeypatch = no_wait_policy
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 32768
     assert config.set_thread_wait("train") == {"OMP_WAIT_POLICY": "PASSIVE",
                                                "GOMP_SPINCOUNT": None}
-    _no_wait_policy(monkeypatch)
+    assert config.PARALLEL_THRESHOLD == 131072     # passive waiting: a higher default
+    _blank(monkeypatch)
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": None,
                                                "GOMP_SPINCOUNT": "1000"}
-    _no_wait_policy(monkeypatch)
+    assert config.PARALLEL_THRESHOLD == 32768
+    _blank(monkeypatch)
+    config.PARALLEL_THRESHOLD = 5000               # an explicit choice is kept
+    config.set_thread_wait("train")
+    assert config.PARALLEL_THRESHOLD == 5000
+    _blank(monkeypatch)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # the user's choice wins
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": "ACTIVE",
                                                "GOMP_SPINCOUNT": None}

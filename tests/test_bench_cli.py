@@ -8,9 +8,7 @@ from fastopt import benchmarks, registry
 from fastopt.__main__ import main
 
 
-def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch):
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
-        monkeypatch.setenv(var, "")          # unset; the CLI sets its policy, undone after
+def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_wait_policy):
     cases = [(registry.get("adam"), 1000, np.float32),
              (registry.get("sgd"), benchmarks.MLP_SIZE, np.float64)]
     monkeypatch.setattr(benchmarks, "_plan", lambda quick: cases)

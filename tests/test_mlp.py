@@ -109,9 +109,7 @@ def test_compare_float64_uses_float64_arenas():
     assert res["settings"]["dtype"] == "float64"
 
 
-def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch):
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
-        monkeypatch.setenv(var, "")          # unset; the CLI sets its policy, undone after
+def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch, no_wait_policy):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("FASTOPT_MNIST_MIRRORS", "http://127.0.0.1:9/")
     monkeypatch.delenv("FASTOPT_DATA", raising=False)
@@ -120,6 +118,7 @@ def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch):
                "sgd,Adam", "--out", str(out), "--dtype", "float64"])
     assert rc == 0
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"   # training waits passively
+    assert fastopt.config.PARALLEL_THRESHOLD == 131072   # and runs the MLP's step serially
     text = capsys.readouterr().out
     assert "========== iteration: 0 ==========" in text
     assert "========== iteration: 100 ==========" in text

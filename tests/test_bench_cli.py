@@ -1,5 +1,5 @@
 """``python -m fastopt bench``: runs, checks every implementation, writes table, JSON and plot
-(on two tiny cases, so that the default test run stays fast)."""
+(on small cases, so that the default test run stays fast)."""
 import json
 
 import numpy as np
@@ -9,8 +9,8 @@ from fastopt.__main__ import main
 
 
 def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_wait_policy):
-    cases = [(registry.get("adam"), 1000, np.float32),
-             (registry.get("sgd"), benchmarks.MLP_SIZE, np.float64)]
+    cases = [(spec, 1000, np.float32) for spec in registry.REGISTRY.values()]
+    cases.append((registry.get("adam"), benchmarks.MLP_SIZE, np.float64))   # the MLP's tensors
     monkeypatch.setattr(benchmarks, "_plan", lambda quick: cases)
     out = tmp_path / "out"
     assert main(["bench", "--quick", "--out", str(out)]) == 0
@@ -20,16 +20,19 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_
     result = json.loads((out / "bench.json").read_text())
     assert result["meta"]["thread_wait"] == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "1000"}
     rows = result["rows"]
-    ok = {(r["optimizer"], r["size"], r["impl"]) for r in rows if r["status"] == "ok"}
-    for name, n in (("adam", 1000), ("sgd", benchmarks.MLP_SIZE)):
+    ok = {(r["optimizer"], r["size"], r["dtype"], r["impl"]) for r in rows
+          if r["status"] == "ok"}
+    for spec, n, dtype in cases:
         for impl in ("seed", "numpy", "cpu-serial", "cpu-parallel"):
-            assert (name, n, impl) in ok, (name, n, impl)
+            assert (spec.name, n, np.dtype(dtype).name, impl) in ok, (spec.name, n, impl)
     for r in rows:
         if r["status"] != "ok":
             assert r["reason"]                      # every skipped implementation says why
             continue
         assert r["seconds"] > 0 and r["gb_per_s"] > 0 and r["roofline_fraction"] > 0
         assert r["speedup_vs_seed"] > 0 and r["seed_over_traffic_equal"] > 0
-        assert r["bytes_per_element"] == (2 * (2 + {"adam": 2, "sgd": 0}[r["optimizer"]]) - 1) \
-            * np.dtype(r["dtype"]).itemsize
+        spec = registry.get(r["optimizer"])
+        n_state = len(spec.required_state(spec.validate(spec.defaults)))
+        # every array read once, every array but the gradient written once
+        assert r["bytes_per_element"] == (2 * (2 + n_state) - 1) * np.dtype(r["dtype"]).itemsize
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -170,28 +170,24 @@ def test_config_reset_and_environment(monkeypatch):
     assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK"}
 
 
-def _blank(monkeypatch):
-    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
-        monkeypatch.setenv(var, "")
-    config.reset()
-
-
-def test_thread_wait_policy_applies_unless_the_user_chose(no_wait_policy):
-    monkeypatch = no_wait_policy
-    config.reset()
+def test_thread_wait_policy_applies_unless_the_user_chose(no_wait_policy, monkeypatch):
+    def blank():
+        no_wait_policy()
+        config.reset()
+    blank()
     assert config.PARALLEL_THRESHOLD == 32768
     assert config.set_thread_wait("train") == {"OMP_WAIT_POLICY": "PASSIVE",
                                                "GOMP_SPINCOUNT": None}
     assert config.PARALLEL_THRESHOLD == 131072     # passive waiting: a higher default
-    _blank(monkeypatch)
+    blank()
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": None,
                                                "GOMP_SPINCOUNT": "1000"}
     assert config.PARALLEL_THRESHOLD == 32768
-    _blank(monkeypatch)
+    blank()
     config.PARALLEL_THRESHOLD = 5000               # an explicit choice is kept
     config.set_thread_wait("train")
     assert config.PARALLEL_THRESHOLD == 5000
-    _blank(monkeypatch)
+    blank()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # the user's choice wins
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": "ACTIVE",
                                                "GOMP_SPINCOUNT": None}

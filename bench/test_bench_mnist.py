@@ -1,25 +1,25 @@
 """The MNIST workload: one full training iteration (forward + backward + step) per optimizer,
-with fastopt's fused step on the flat arena vs the seed's class on the same network's dict."""
+with fastopt's fused step on the flat arena vs the blog's class on the same network's dict."""
 import numpy as np
 import pytest
 
-from fastopt import compat, seed
+from fastopt import blog, compat
 from fastopt.experiment import OPTIMIZERS
 from fastopt.mlp import MLP
 
-SEED_OF = {"SGD": seed.mini_SGD, "Momentum": seed.Momentum, "RMSprop": seed.RMSprop,
-           "Adam": seed.Adam}
+BLOG_OF = {"SGD": blog.mini_SGD, "Momentum": blog.Momentum, "RMSprop": blog.RMSprop,
+           "Adam": blog.Adam}
 
 
-@pytest.mark.parametrize("impl", ["seed", "fastopt-numpy", "fastopt-cpu"])
+@pytest.mark.parametrize("impl", ["blog", "fastopt-numpy", "fastopt-cpu"])
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_training_iteration(benchmark, name, impl):
     rng = np.random.default_rng(0)
     x = rng.random((128, 784), dtype=np.float32)
     t = rng.integers(0, 10, 128)
     net = MLP(dtype=np.float32)
-    if impl == "seed":
-        opt = SEED_OF[name](lr=0.01)
+    if impl == "blog":
+        opt = BLOG_OF[name](lr=0.01)
     else:
         opt = OPTIMIZERS[name](lr=0.01, backend=impl.split("-")[1])
 
@@ -37,13 +37,13 @@ def test_training_iteration(benchmark, name, impl):
     benchmark(iteration)
 
 
-def test_seed_and_fastopt_iterations_agree():
-    """The benchmarked fastopt iteration computes what the seed's does (float64: bitwise)."""
+def test_blog_and_fastopt_iterations_agree():
+    """The benchmarked fastopt iteration computes what the blog's does (float64: bitwise)."""
     rng = np.random.default_rng(0)
     x = rng.random((32, 784))
     t = rng.integers(0, 10, 32)
     a, b = MLP(dtype=np.float64), MLP(dtype=np.float64)
-    oa, ob = seed.Adam(), compat.Adam()
+    oa, ob = blog.Adam(), compat.Adam()
     for _ in range(5):
         a.gradient(x, t)
         oa.update(a.params, a.grads)

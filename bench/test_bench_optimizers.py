@@ -23,9 +23,12 @@ def _sizes():
 
 
 def _roofline(cache, w):
+    """The faster of the serial and parallel traffic-equal kernels, timed interleaved."""
     key = (w.arrays_used(), w.n, w.dtype)
     if key not in cache:
-        cache[key] = B.time_call(B.traffic_runner(w, parallel=True), min_time=0.1)
+        cache[key] = min(B.time_interleaved([B.traffic_runner(w, parallel=False),
+                                             B.traffic_runner(w, parallel=True)],
+                                            min_time=0.1))
     return cache[key]
 
 
@@ -52,12 +55,15 @@ def test_step(benchmark, spec, n, impl, roofline_cache):
             roofline_fraction=round(_roofline(roofline_cache, w) / t, 4), dtype="float32")
 
 
-@pytest.mark.parametrize("impl", ["seed", "numpy", "cpu-serial", "cpu-parallel"])
+@pytest.mark.parametrize("impl", ["blog", "numpy", "cpu-serial", "cpu-parallel"])
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_mlp_step_float64(benchmark, spec, impl):
-    """The seed's own setting: float64, the MLP's ten tensors (seed) vs one flat arena."""
+    """The blog's own setting: float64, the MLP's ten tensors (blog) vs one flat arena."""
     w = B.Workload(spec, B.MLP_SIZE, np.float64)
-    runner = B.make_runner(impl, w)
+    try:
+        runner = B.make_runner(impl, w)
+    except B.Unavailable as e:
+        pytest.skip(str(e))
     B.check_runner(runner)
     benchmark.group = f"{spec.name}|mlp|float64"
     benchmark.name = impl

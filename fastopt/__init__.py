@@ -2,16 +2,18 @@
 
 Public API::
 
-    adam_step, rmsprop_step, momentum_step, sgd_step        one fused in-place step
-    AdamBuffers, RMSpropBuffers, MomentumBuffers, SGDBuffers parameter, gradient and state
+    adam_step, rmsprop_step, momentum_step, sgd_step, ...   one fused in-place step
+    AdamBuffers, RMSpropBuffers, ...                         parameter, gradient and state
     FlatParams                                               one arena, named views
     save_checkpoint, load_checkpoint                         atomic, checksummed
     to_device, to_host                                       move buffers to/from a GPU
-    fastopt.compat                                           the seed's classes, drop-in
+    fastopt.compat                                           the blog's classes, drop-in
     fastopt.config                                           tunables
     fastopt.registry.REGISTRY                                the optimizers, as data
 
-Importing fastopt compiles nothing; kernels compile on first use and are cached on disk.
+Every registered optimizer's step function and buffers class is exported here from the
+registry. Importing fastopt compiles nothing; kernels compile on first use and are cached on
+disk.
 """
 import importlib.util as _ilu
 import os as _os
@@ -39,10 +41,6 @@ _source_tree_kernels()
 
 from . import config  # noqa: E402
 from ._core import Buffers  # noqa: E402
-from .adam import AdamBuffers, adam_step  # noqa: E402
-from .rmsprop import RMSpropBuffers, rmsprop_step  # noqa: E402
-from .momentum import MomentumBuffers, momentum_step  # noqa: E402
-from .sgd import SGDBuffers, sgd_step  # noqa: E402
 from .flat import FlatParams  # noqa: E402
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from ._cuda_backend import cuda_available, to_device, to_host  # noqa: E402
@@ -50,9 +48,11 @@ from . import registry  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "adam_step", "rmsprop_step", "momentum_step", "sgd_step",
-    "AdamBuffers", "RMSpropBuffers", "MomentumBuffers", "SGDBuffers", "Buffers",
-    "FlatParams", "save_checkpoint", "load_checkpoint", "CheckpointError",
-    "to_device", "to_host", "cuda_available", "config", "registry",
-]
+__all__ = ["Buffers", "FlatParams", "save_checkpoint", "load_checkpoint", "CheckpointError",
+           "to_device", "to_host", "cuda_available", "config", "registry"]
+
+for _spec in registry.REGISTRY.values():
+    globals()[_spec.step_name] = _spec.step_fn
+    globals()[_spec.buffers_cls.__name__] = _spec.buffers_cls
+    __all__ += [_spec.step_name, _spec.buffers_cls.__name__]
+del _spec

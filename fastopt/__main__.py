@@ -23,6 +23,16 @@ def _positive_int(text):
     return v
 
 
+def _seed(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= v < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 2**63) (a random seed)")
+    return v
+
+
 def _lr(text):
     try:
         v = float(text)
@@ -53,6 +63,8 @@ def _optimizer_list(text):
 def _cmd_compare(args):
     from .datasets import MNISTError, load_mnist
     from .experiment import run_compare, write_outputs
+    if not _writable_dir(args.out, "compare"):
+        return 2
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -64,6 +76,10 @@ def _cmd_compare(args):
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     print(f"data: {source}; {len(data[0][0]):,} training / {len(data[1][0]):,} test images")
+    if args.batch_size > len(data[0][0]):
+        print(f"fastopt compare: error: --batch-size {args.batch_size} is larger than the "
+              f"{len(data[0][0]):,} training images", file=sys.stderr)
+        return 2
     print(f"settings: iters={args.iters} batch={args.batch_size} lr={args.lr} "
           f"optimizers={','.join(args.optimizers)} backend={args.backend} dtype={args.dtype} "
           f"seed={args.seed}")
@@ -71,6 +87,12 @@ def _cmd_compare(args):
                          optimizers=args.optimizers, backend=args.backend,
                          dtype=np.dtype(args.dtype), seed=args.seed)
     result["data_source"] = source
+    if result["interrupted"]:
+        paths = write_outputs(result, args.out) if result["completed_iters"] else []
+        print(f"interrupted after {result['completed_iters']} iterations"
+              + (f"; the losses so far are in {', '.join(paths)}" if paths else ""),
+              file=sys.stderr)
+        return 130
     print("========== result ==========")
     width = max(len(k) for k in result["test_accuracy"])
     print(f"{'optimizer':<{width}}  final smoothed loss  test accuracy  "
@@ -108,9 +130,25 @@ def _cmd_bench(args):
 
     import numba
 
-    from . import benchmarks as B, config
+    from . import benchmarks as B, config, trainloop
+    if not _writable_dir(args.out, "bench"):
+        return 2
     rows = B.run_bench(quick=args.quick)
     print(B.format_table(rows))
+    loops = default_rows = []
+    if not args.no_loops:
+        print("\nunder the default thread policy (a fresh process that sets nothing):")
+        default_rows = trainloop.default_policy_step_rows(
+            cases=(("adam", B.MLP_SIZE),) if args.quick else
+            (("adam", B.MLP_SIZE), ("adam", 10_000_000)),
+            min_time=0.05 if args.quick else 0.25)
+        print(B.format_table(default_rows))
+        print("\ntraining loops (batch 128, float32 Adam; each configuration in fresh "
+              "processes):")
+        loops = trainloop.measure(models=("mlp",) if args.quick else ("mlp", "large"),
+                                  repeats=1 if args.quick else 3,
+                                  iters=100 if args.quick else None)
+        print(trainloop.format_table(loops))
     os.makedirs(args.out, exist_ok=True)
     meta = {"machine": platform.machine(), "processor": platform.processor(),
             "cpu_count": os.cpu_count(), "numba_threads": numba.get_num_threads(),
@@ -124,12 +162,28 @@ def _cmd_bench(args):
         pass
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        json.dump({"meta": meta, "rows": rows, "default_policy_rows": default_rows,
+                   "training_loops": loops}, f, indent=1)
     print(f"wrote {path}")
     png = B.plot_bench(rows, os.path.join(args.out, "bench.png"))
     if png:
         print(f"wrote {png}")
     return 0
+
+
+def _writable_dir(path, command):
+    """Check before a long run that ``path`` is, or can be made, a writable directory."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        print(f"fastopt {command}: error: cannot use --out {path!r}: {e.strerror or e}",
+              file=sys.stderr)
+        return False
+    if not os.path.isdir(path) or not os.access(path, os.W_OK):
+        print(f"fastopt {command}: error: --out {path!r} is not a writable directory",
+              file=sys.stderr)
+        return False
+    return True
 
 
 def _sizes(text):
@@ -145,6 +199,8 @@ def _sizes(text):
 
 def _cmd_profile(args):
     from . import profile
+    if not _writable_dir(args.out, "profile"):
+        return 2
     return profile.main(args)
 
 
@@ -152,7 +208,7 @@ def build_parser():
     ap = _Parser(prog="python -m fastopt", description="fastopt command line")
     sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    c = sub.add_parser("compare", help="the seed's experiment: SGD, Momentum, RMSprop, Adam "
+    c = sub.add_parser("compare", help="the blog's experiment: SGD, Momentum, RMSprop, Adam "
                                        "training the 784-100-100-100-100-10 MLP on MNIST")
     c.add_argument("--iters", type=_positive_int, default=2000)
     c.add_argument("--batch-size", type=_positive_int, default=128)
@@ -162,7 +218,7 @@ def build_parser():
                    help="comma-separated subset of SGD,Momentum,RMSprop,Adam")
     c.add_argument("--backend", choices=["numpy", "cpu"], default="cpu")
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--seed", type=_seed, default=0, help="random seed (>= 0)")
     c.add_argument("--data-dir", default=None,
                    help="directory with the four MNIST IDX files (default: search, "
                         "download, then the embedded sample)")
@@ -174,6 +230,8 @@ def build_parser():
                                      "(checked against the reference first)")
     b.add_argument("--quick", action="store_true", help="fewer sizes, shorter timings (~1 min)")
     b.add_argument("--out", default="results/bench", help="output directory")
+    b.add_argument("--no-loops", action="store_true",
+                   help="skip the default-policy rows and the training-loop benchmark")
     b.set_defaults(func=_cmd_bench)
 
     pr = sub.add_parser("profile", help="GPU-vs-CPU profile: NumPy reference, CPU kernels, "
@@ -192,16 +250,61 @@ def build_parser():
     return ap
 
 
+class _SafeStdout:
+    """stdout that survives its reader going away (``python -m fastopt compare | head -1``):
+    the run goes on and writes its files; what it prints after that is dropped."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text):
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._drop()
+        return len(text)
+
+    def flush(self):
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._drop()
+
+    def _drop(self):
+        self.closed_by_reader = True
+        try:     # no "Exception ignored ... BrokenPipeError" when Python flushes at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    # BLAS (matmul) and Numba's OpenMP pool both spin-wait for work by default; on a
-    # few-core machine the two pools then fight for the cores and a training iteration gets
-    # several times slower; timing back-to-back steps wants short spinning instead (README,
+    # Training (compare) runs under fastopt's default wait policy, as a user's loop does
+    # (fastopt._threads); timing back-to-back steps wants short spinning instead (README,
     # "Threads"). Must be set before any pool starts.
-    from . import config
-    config.set_thread_wait("train" if args.func is _cmd_compare else "bench")
+    if args.func in (_cmd_bench, _cmd_profile):
+        from . import config
+        config.set_thread_wait("bench")
     return args.func(args)
 
 
+def _entry():
+    sys.stdout = _SafeStdout(sys.stdout)
+    try:
+        return main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_entry())

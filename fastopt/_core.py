@@ -1,23 +1,22 @@
-"""Shared machinery: buffer records, validation and the step driver.
+"""Validation and the buffer records, shared by every optimizer.
 
-Every public ``*_step`` function is a thin wrapper around :func:`run_step`, which
+* :func:`check_array` / :func:`check_group`: the arrays of one step (dtype, shape, layout,
+  writability, no overlap), host or device;
+* :func:`check_real` / :func:`check_flag` / :func:`check_step`: hyperparameters and the step
+  counter;
+* :class:`Buffers`: the base of the per-optimizer buffer records. Which state arrays an
+  optimizer has is declared once, in its spec (``fastopt._spec.StateField``), and attached to
+  its buffers class by the spec.
 
-1. checks the buffers' type, every hyperparameter and the arrays (dtype, shape, layout,
-   aliasing, that the state an option needs exists),
-2. chooses the backend (``None`` chooses, an explicit name always wins or raises),
-3. casts the hyperparameters to the buffer dtype and calls one fused kernel,
-4. increments ``buffers.step``.
-
-Nothing is written before step 3, so a call that raises leaves every array and ``.step``
-byte-identical.
+The step driver (``fastopt._step``) runs every check before anything is written.
 """
 import math
 import numbers
+import threading
 
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-BACKENDS = ("numpy", "cpu", "cuda")
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -32,6 +31,19 @@ def is_cuda_array(a):
 def _device_interface(a):
     from ._cuda_backend import interface
     return interface(a)
+
+
+def check_step(step, owner):
+    """The step counter: a non-negative Python int (``numpy`` integers are converted; floats,
+    bools and anything else are refused). Returns it as an int."""
+    if type(step) is int and step >= 0:
+        return step
+    if isinstance(step, (bool, np.bool_)) or not isinstance(step, numbers.Integral):
+        raise TypeError(f"{owner}.step must be a non-negative int, got "
+                        f"{type(step).__name__} {step!r}")
+    if step < 0:
+        raise ValueError(f"{owner}.step must be a non-negative int, got {step!r}")
+    return int(step)
 
 
 def _describe(a):
@@ -95,35 +107,58 @@ class Buffers:
 
     Attributes: ``param`` and ``grad`` (the caller's arrays, updated/read in place),
     ``step`` (number of completed steps) and the optimizer's state arrays (``None`` when the
-    options in use do not need them).
+    options in use do not need them). ``spec``, ``optimizer`` and ``state_fields`` are set on
+    each subclass by its :class:`~fastopt._spec.OptimizerSpec`.
     """
 
-    optimizer = ""          # registry name, set by subclasses
+    spec = None             # the optimizer's spec
+    optimizer = ""          # registry name
     state_fields = ()       # every state array this optimizer may have
 
     def __init__(self, param, grad, *, step=0, **state):
+        owner = type(self).__name__
         unknown = set(state) - set(self.state_fields)
         if unknown:
-            raise TypeError(f"{type(self).__name__} has no state field(s) "
-                            f"{sorted(unknown)}; its fields are {list(self.state_fields)}")
-        if isinstance(step, bool) or not isinstance(step, numbers.Integral) or step < 0:
-            raise ValueError(f"{type(self).__name__}.step must be a non-negative int, "
-                             f"got {step!r}")
+            raise TypeError(f"{owner} has no state field(s) {sorted(unknown)}; its fields "
+                            f"are {list(self.state_fields)}")
+        step = check_step(step, owner)
+        arrays = {"param": param, "grad": grad}
+        arrays.update((n, state[n]) for n in self.state_fields if state.get(n) is not None)
+        check_group(arrays, owner)
         self.param = param
         self.grad = grad
-        self.step = int(step)
+        self.step = step
         for name in self.state_fields:
             setattr(self, name, state.get(name))
-        check_group(self.arrays(), type(self).__name__)
+        # steps, saves and loads of one buffers object take turns (kernels release the GIL,
+        # so two threads stepping the same buffers would otherwise race on the elements and
+        # lose increments of .step)
+        self._lock = threading.Lock()
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        state.pop("_prepared", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @classmethod
-    def _allocate(cls, param, grad, fields):
+    def zeros(cls, param, grad, **options):
+        """Buffers for ``param``/``grad`` (kept, not copied) with the state that ``options``
+        need, at its initial value (zero unless the optimizer says otherwise). ``options``
+        are the hyperparameters that decide the state (e.g. ``amsgrad=True`` for Adam), checked
+        like a step checks them; ``cls.spec.zeros_options`` lists them."""
+        fields = cls.spec.allocation(options)
         check_group({"param": param, "grad": grad}, cls.__name__)
         if is_cuda_array(param):
-            from ._cuda_backend import zeros_like
+            from ._cuda_backend import full_like
         else:
-            zeros_like = np.zeros_like
-        return cls(param, grad, **{f: zeros_like(param) for f in fields})
+            def full_like(a, value):
+                return np.full_like(a, value)
+        return cls(param, grad, **{name: full_like(param, value) for name, value in fields})
 
     def arrays(self, fields=None):
         """``{name: array}`` for param, grad and the allocated state (or ``fields``)."""
@@ -150,14 +185,16 @@ class Buffers:
 
 # ----------------------------------------------------------------------------- scalars
 
-def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False,
-               allow_inf=False):
+def check_real(name, value, *, low=None, high=None, low_open=False, high_open=False):
     """Validate a real hyperparameter against an interval; returns it as a Python float."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} "
                         f"{value!r}")
-    x = float(value) + 0.0      # -0.0 -> 0.0, so that values that compare equal act equal
-    if math.isnan(x) or (math.isinf(x) and not allow_inf):
+    try:
+        x = float(value) + 0.0  # -0.0 -> 0.0, so that values that compare equal act equal
+    except OverflowError:       # 10**400, a huge Fraction
+        raise ValueError(f"{name} must be finite, got {value!r}") from None
+    if math.isnan(x) or math.isinf(x):
         raise ValueError(f"{name} must be finite, got {x!r}")
     bad = ((low is not None and (x < low or (low_open and x == low)))
            or (high is not None and (x > high or (high_open and x == high))))
@@ -173,121 +210,3 @@ def check_flag(name, value):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
-
-
-# ----------------------------------------------------------------------------- driver
-
-def choose_backend(backend, arrays):
-    """``None`` chooses from where the arrays live; an explicit backend wins or raises."""
-    on_device = is_cuda_array(arrays["param"])
-    if backend is None:
-        return "cuda" if on_device else "cpu"
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS} "
-                         f"or None (automatic)")
-    if on_device and backend != "cuda":
-        raise ValueError(f"backend={backend!r} needs host (NumPy) arrays but the buffers "
-                         f"are CUDA device arrays; use backend='cuda' or None, or copy "
-                         f"them to the host with fastopt.to_host(buffers)")
-    if backend == "cuda" and not on_device:
-        raise ValueError("backend='cuda' needs CUDA device arrays but the buffers are NumPy "
-                         "arrays; move them with fastopt.to_device(buffers) first")
-    return backend
-
-
-class _Plan:
-    """A validated array group, cached on the buffers while its arrays stay the same."""
-    __slots__ = ("fields", "layout", "arrays", "dtype", "scalar_type", "flat")
-
-    def __init__(self, fields, arrays, dtype):
-        self.fields = fields
-        self.arrays = arrays
-        # what validation depended on, per array; strides are implied: a validated array is
-        # C-contiguous, and its shape is recorded
-        self.layout = tuple((name, a, a.shape, a.dtype, a.flags.writeable)
-                            for name, a in arrays.items())
-        self.dtype = dtype
-        self.scalar_type = np.dtype(dtype).type
-        self.flat = {}                # per spec: flat kernel views, built on first use
-
-    def holds_for(self, buffers):
-        """Whether ``buffers`` still hold the very arrays this plan validated, unchanged
-        (an array's shape, dtype and writeable flag can be reassigned in place)."""
-        for name, a, shape, dtype, writeable in self.layout:
-            if (getattr(buffers, name) is not a or a.shape != shape or a.dtype != dtype
-                    or a.flags.writeable != writeable):
-                return False
-        return True
-
-
-def plan_for(buffers, fields):
-    """Validate the arrays of ``buffers`` a step with state ``fields`` uses (or reuse the
-    validation cached on ``buffers``, for host arrays)."""
-    plan = buffers.__dict__.get("_plan")
-    if plan is not None and plan.fields == fields and plan.holds_for(buffers):
-        return plan
-    arrays = buffers.arrays(fields)
-    dtype = check_group(arrays, type(buffers).__name__)
-    plan = _Plan(fields, arrays, dtype)
-    if all(type(a) is np.ndarray for a in arrays.values()):
-        buffers.__dict__["_plan"] = plan
-    return plan
-
-
-class _Call:
-    """A validated call, cached on host buffers: a training loop repeats the same call, and
-    the next one can skip everything but the checks that its arguments are still these."""
-    __slots__ = ("spec", "backend", "values", "types", "plan", "hp", "memo", "impl")
-
-    def __init__(self, spec, backend, values, plan, hp, memo, impl):
-        self.spec, self.backend, self.values, self.plan = spec, backend, values, plan
-        self.types = tuple(map(type, values))
-        self.hp, self.memo, self.impl = hp, memo, impl
-
-
-def prepare_step(spec, buffers, backend, hyper):
-    """Validate everything for one step of ``spec``; return a no-argument callable that
-    performs it. Nothing is written until the callable runs."""
-    plan, hp, memo, impl = _validate(spec, buffers, backend, hyper)
-    t = buffers.step + 1
-
-    def run():
-        impl(plan, hp, t, memo)
-        buffers.step = t
-        return buffers
-    return run
-
-
-def _validate(spec, buffers, backend, hyper):
-    if not isinstance(buffers, spec.buffers_cls):
-        raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
-                        f"{type(buffers).__name__}; create them with "
-                        f"fastopt.{spec.buffers_cls.__name__}.zeros(param, grad)")
-    hp, fields, memo = spec.validate_cached(hyper)
-    for f in fields:
-        if getattr(buffers, f) is None:
-            raise ValueError(spec.missing_state_message(f, hp))
-    plan = plan_for(buffers, fields)
-    impl = spec.implementation(choose_backend(backend, plan.arrays))
-    if buffers.__dict__.get("_plan") is plan:      # host arrays: remember the whole call
-        buffers.__dict__["_call"] = _Call(spec, backend, tuple(hyper.values()), plan, hp,
-                                          memo, impl)
-    return plan, hp, memo, impl
-
-
-def run_step(spec, buffers, backend, hyper):
-    """Validate everything, then run one fused step of ``spec`` on ``buffers``.
-
-    A call identical to the previous one on the same buffers (same optimizer, backend,
-    hyperparameter values and types, and the buffers still holding the very arrays that were
-    validated, unchanged) reuses that validation."""
-    call = getattr(buffers, "_call", None)
-    if type(call) is _Call and call.spec is spec and call.backend == backend:
-        values = tuple(hyper.values())
-        if (call.values == values and call.types == tuple(map(type, values))
-                and call.plan.holds_for(buffers)):
-            t = buffers.step + 1
-            call.impl(call.plan, call.hp, t, call.memo)
-            buffers.step = t
-            return buffers
-    return prepare_step(spec, buffers, backend, hyper)()

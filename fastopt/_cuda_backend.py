@@ -145,20 +145,20 @@ def check_device_group(named, owner):
 
 
 # ------------------------------------------------------------------ allocation / moves
-def zeros_like(a):
-    """A zeroed array on the same device and of the same kind as ``a``."""
+def full_like(a, value=0.0):
+    """An array on the same device and of the same kind as ``a``, filled with ``value``."""
     mod = type(a).__module__.split(".")[0]
     if mod in ("torch", "cupy"):
         import importlib
-        return importlib.import_module(mod).zeros_like(a)
+        return importlib.import_module(mod).full_like(a, value)
     cuda = _cuda()
     out = cuda.device_array(a.shape, dtype=np.dtype(a.dtype))
     flat = out.reshape(-1)
     if flat.shape[0]:
-        blocks, threads = _kernels().launch_config(flat.shape[0],
-                                                   config.CUDA_THREADS_PER_BLOCK,
-                                                   config.CUDA_MAX_BLOCKS)
-        _kernels().fill_zero[blocks, threads](flat)
+        kernels = _kernels()
+        blocks, threads = kernels.launch_config(flat.shape[0], config.CUDA_THREADS_PER_BLOCK,
+                                                config.CUDA_MAX_BLOCKS)
+        kernels.fill[blocks, threads](flat, np.dtype(a.dtype).type(value))
     return out
 
 
@@ -196,104 +196,26 @@ def _placeholder(cuda, dtype):
     return _PLACEHOLDERS[key]
 
 
-def device_args(spec, plan):
-    """The kernel's array arguments as flat numba device views (zero-copy)."""
-    args = plan.flat.get(("cuda", spec.name))
-    if args is None:
-        cuda = _cuda()
-        ph = _placeholder(cuda, plan.dtype)
-        args = plan.flat[("cuda", spec.name)] = tuple(
-            as_device_array(plan.arrays[n]).reshape(-1) if n in plan.arrays else ph
-            for n in spec.kernel_arrays)
-    return args
-
-
-def cuda_implementation(spec):
+def cuda_runner(spec, arrays, dtype, hp):
+    """``run(t)`` for one validated step on device arrays. The flat device views are made
+    once: the step driver re-validates when an array's pointer, shape or strides change."""
     kernels = _kernels()
+    cuda = _cuda()
+    ph = _placeholder(cuda, dtype)
+    args = tuple(as_device_array(arrays[n]).reshape(-1) if n in arrays else ph
+                 for n in spec.kernel.arrays)
+    n = args[0].shape[0]
+    st = np.dtype(dtype).type
+    compiled = {}
 
-    def run(plan, hp, t, memo):
-        args = device_args(spec, plan)
-        n = args[0].shape[0]
+    def run(t):
         if n == 0:
             return
-        kernel = kernels.get(spec.name, **spec.options(hp, t))
+        kernel = compiled.get(t == 1)
+        if kernel is None:
+            kernel = compiled[t == 1] = kernels.get(spec.kernel, **spec.options(hp, t))
         blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
                                                 config.CUDA_MAX_BLOCKS)
         # a tuple of scalars travels with the launch; an array would be copied to the device
-        kernel[blocks, threads](*args, tuple(spec.kernel_scalars(hp, t, plan.scalar_type)))
+        kernel[blocks, threads](*args, tuple(spec.kernel_scalars(hp, t, st)))
     return run
-
-
-def make_cuda_runner(workload, fastopt_runner):
-    """A benchmark runner on device copies of ``workload`` (see fastopt.benchmarks)."""
-    from .benchmarks import Unavailable
-    if simulator_active():
-        raise Unavailable("the CUDA simulator is active: its timings mean nothing")
-    if not cuda_available():
-        raise Unavailable("no CUDA GPU found")
-    cuda = _cuda()
-    runner = fastopt_runner(workload, "cuda")
-    runner.b = to_device(runner.b)
-
-    def set_grad(g):
-        runner.b.grad.copy_to_device(np.ascontiguousarray(g))
-    runner.set_grad = set_grad
-    runner.params = lambda: runner.b.param.copy_to_host()
-    runner.exact = False
-
-    step = runner.step
-
-    def synced_step():
-        step()
-        cuda.synchronize()
-    runner.step = synced_step
-    return runner
-
-
-def peak_bandwidth_gbs():
-    """Theoretical peak memory bandwidth of the current device from its attributes
-    (2 transfers per memory clock x bus width), in GB/s."""
-    dev = _gpu().get_current_device()
-    return 2 * dev.MEMORY_CLOCK_RATE * 1e3 * dev.GLOBAL_MEMORY_BUS_WIDTH / 8 / 1e9
-
-
-def profile_workload(workload, repeats=20):
-    """Kernel-only (CUDA events) and end-to-end (host -> device, step, device -> host)
-    seconds of one step of ``workload`` on the current GPU."""
-    cuda = _gpu()
-    if simulator_active():
-        raise CudaUnavailableError("refusing to time under the CUDA simulator")
-    from .benchmarks import _FastoptRunner
-    host = _FastoptRunner(workload, "cuda").b
-    dev = to_device(host)
-    fn = registry_step(workload.spec)
-    kw = dict(workload.kwargs)
-    fn(dev, **kw)
-    cuda.synchronize()
-    start, stop = cuda.event(), cuda.event()
-    start.record()
-    for _ in range(repeats):
-        fn(dev, **kw)
-    stop.record()
-    stop.synchronize()
-    kernel_s = cuda.event_elapsed_time(start, stop) / 1e3 / repeats
-    names = list(host.arrays())
-    t0 = cuda.event()
-    t1 = cuda.event()
-    t0.record()
-    for _ in range(max(1, repeats // 4)):
-        for n in names:
-            getattr(dev, n).copy_to_device(getattr(host, n))
-        fn(dev, **kw)
-        for n in names:
-            if n != "grad":
-                getattr(dev, n).copy_to_host(getattr(host, n))
-    t1.record()
-    t1.synchronize()
-    e2e_s = cuda.event_elapsed_time(t0, t1) / 1e3 / max(1, repeats // 4)
-    return {"kernel_s": kernel_s, "end_to_end_s": e2e_s}
-
-
-def registry_step(spec):
-    from . import registry
-    return registry.step_function(spec)

@@ -1,25 +1,17 @@
-"""Adam and AdamW: buffers, the public step function and the kernel plumbing."""
+"""Adam and AdamW: buffers, the public step function and the spec."""
 import math
 
-from .kernels import cpu as _kernels
+from .kernels import adam as _kernel
 
-from ._core import Buffers, run_step
-from ._spec import BadInput, Hyper, OptimizerSpec
+from ._core import Buffers
+from ._spec import Hyper, OptimizerSpec, StateField
+from ._step import run_step
 from . import reference as _reference
 
 
 class AdamBuffers(Buffers):
     """Parameter, gradient and Adam state: ``exp_avg`` (m), ``exp_avg_sq`` (v) and, for
-    AMSGrad, ``max_exp_avg_sq``."""
-
-    optimizer = "adam"
-    state_fields = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
-
-    @classmethod
-    def zeros(cls, param, grad, amsgrad=False):
-        """Zeroed state for ``param``/``grad`` (which are kept, not copied)."""
-        fields = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if amsgrad else [])
-        return cls._allocate(param, grad, fields)
+    AMSGrad, ``max_exp_avg_sq``. ``AdamBuffers.zeros(p, g, amsgrad=False)`` allocates it."""
 
 
 def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
@@ -41,14 +33,14 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
     in the last bit at most per step, well inside the torch-parity tolerances).
     This is ``torch.optim.Adam`` / ``AdamW`` (AdamW is ``decoupled_weight_decay=True``; note
     torch's AdamW defaults to ``weight_decay=0.01``, fastopt's to 0). With ``eps_hat=True``
-    the seed document's formula is used instead ("epsilon-hat": the bias correction is folded
+    the formula of the blog's (and the textbook's) ``Adam`` class is used instead ("epsilon-hat": the bias correction is folded
     into the step size and ``eps`` is added to ``sqrt(v)``, not to the corrected one)::
 
         m  = m + (1 - beta1) * (g - m)
         v  = v + (1 - beta2) * (g * g - v)
         p  = p - lr * sqrt(1 - beta2**t) / (1 - beta1**t) * m / (sqrt(s) + eps)
 
-    which, with ``eps=1e-7`` and float64 buffers, equals the seed's ``Adam.update`` bit for
+    which, with ``eps=1e-7`` and float64 buffers, equals the blog's ``Adam.update`` bit for
     bit. Scalars such as ``1 - beta1`` and the step size are computed in float64 and rounded
     once to the buffer dtype. NaN or inf in the gradient propagates into ``p`` and the state,
     as in torch.
@@ -62,7 +54,7 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
         decoupled_weight_decay: AdamW.
         amsgrad: use the running maximum of ``v`` (Reddi et al., 2018).
         maximize: ascend instead of descend.
-        eps_hat: the seed's formula (see above).
+        eps_hat: the blog's formula (see above).
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -85,10 +77,6 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
         eps_hat=eps_hat))
 
 
-def _state_for(hp):
-    return ("exp_avg", "exp_avg_sq") + (("max_exp_avg_sq",) if hp["amsgrad"] else ())
-
-
 def _options(hp, t):
     wd = hp["weight_decay"] != 0.0
     return dict(maximize=hp["maximize"], l2=wd and not hp["decoupled_weight_decay"],
@@ -101,17 +89,8 @@ def _scalars(hp, t):
     bc1 = 1.0 - b1 ** t
     bc2_sqrt = math.sqrt(1.0 - b2 ** t)
     step_size = lr * bc2_sqrt / bc1 if hp["eps_hat"] else lr / bc1
-    return (step_size, b1, 1.0 - b1, b2, 1.0 - b2, 1.0 / bc2_sqrt, hp["eps"], wd,
-            1.0 - lr * wd)
-
-
-def _torch(hp):
-    if hp["eps_hat"]:
-        return None
-    return ("AdamW" if hp["decoupled_weight_decay"] else "Adam",
-            dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
-                 weight_decay=hp["weight_decay"], amsgrad=hp["amsgrad"],
-                 maximize=hp["maximize"]))
+    return dict(step_size=step_size, beta1=b1, omb1=1.0 - b1, beta2=b2, omb2=1.0 - b2,
+                rbc2_sqrt=1.0 / bc2_sqrt, eps=hp["eps"], wd=wd, decay=1.0 - lr * wd)
 
 
 SPEC = OptimizerSpec(
@@ -119,29 +98,21 @@ SPEC = OptimizerSpec(
     step_name="adam_step",
     buffers_cls=AdamBuffers,
     hypers=(
-        Hyper("lr", 1e-3, "step size", low=0.0),
-        Hyper("beta1", 0.9, "first-moment decay", low=0.0, high=1.0, high_open=True),
-        Hyper("beta2", 0.999, "second-moment decay", low=0.0, high=1.0, high_open=True),
-        Hyper("eps", 1e-8, "denominator term", low=0.0, low_open=True),
-        Hyper("weight_decay", 0.0, "L2 or decoupled decay", low=0.0),
-        Hyper("decoupled_weight_decay", False, "AdamW", kind="flag"),
-        Hyper("amsgrad", False, "AMSGrad maximum", kind="flag"),
-        Hyper("maximize", False, "ascend", kind="flag"),
-        Hyper("eps_hat", False, "seed formula", kind="flag"),
+        Hyper("lr", 1e-3, low=0.0),
+        Hyper("beta1", 0.9, low=0.0, high=1.0, high_open=True),
+        Hyper("beta2", 0.999, low=0.0, high=1.0, high_open=True),
+        Hyper("eps", 1e-8, low=0.0, low_open=True),
+        Hyper("weight_decay", 0.0, low=0.0),
+        Hyper("decoupled_weight_decay", False, kind="flag"),
+        Hyper("amsgrad", False, kind="flag"),
+        Hyper("maximize", False, kind="flag"),
+        Hyper("eps_hat", False, kind="flag"),
     ),
-    state_for=_state_for,
-    zeros_kwargs=lambda hp: {"amsgrad": True} if hp["amsgrad"] else {},
-    kernel_family=_kernels.adam_kernel,
-    kernel_arrays=("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    state=(StateField("exp_avg"), StateField("exp_avg_sq"),
+           StateField("max_exp_avg_sq", when=lambda hp: hp["amsgrad"], options=("amsgrad",))),
+    kernel=_kernel.RECORD,
     scalars=_scalars,
     options=_options,
     reference=_reference.adam,
-    option_grid=dict(weight_decay=[0.0, 0.01], decoupled_weight_decay=[False, True],
-                     amsgrad=[False, True], maximize=[False, True], eps_hat=[False, True]),
-    bad_inputs=(
-        BadInput(dict(amsgrad=True), ValueError, "max_exp_avg_sq"),
-    ),
-    seed=("Adam", dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-7, eps_hat=True)),
-    tuned=dict(lr=0.01),
-    torch_kwargs=_torch,
+    step_fn=adam_step,
 )

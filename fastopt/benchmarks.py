@@ -3,7 +3,7 @@
 
 A :class:`Workload` is one optimizer x size x dtype: an initial parameter vector, a few fixed
 gradients, and the tensor shapes (the MNIST MLP's ten tensors at its size, one tensor
-otherwise). :func:`make_runner` builds one implementation of it (the seed's classes on a dict
+otherwise). :func:`make_runner` builds one implementation of it (the blog's classes on a dict
 of arrays, fastopt's NumPy reference, fastopt CPU serial / parallel, CUDA, torch.optim
 for-loop / foreach / fused); every runner can ``step()`` and report its ``params()`` so that
 each benchmark first checks its own result against the reference, then times.
@@ -13,17 +13,17 @@ import time
 
 import numpy as np
 
-from . import config, registry
+from . import _step, _threads, registry, testinfo
 from .kernels import cpu as _cpu_kernels
-from .mlp import SEED_SIZES
+from .mlp import BLOG_SIZES
 
 MLP_SHAPES = []
-for _i in range(len(SEED_SIZES) - 1):
-    MLP_SHAPES += [(SEED_SIZES[_i], SEED_SIZES[_i + 1]), (SEED_SIZES[_i + 1],)]
+for _i in range(len(BLOG_SIZES) - 1):
+    MLP_SHAPES += [(BLOG_SIZES[_i], BLOG_SIZES[_i + 1]), (BLOG_SIZES[_i + 1],)]
 MLP_SIZE = int(sum(np.prod(s) for s in MLP_SHAPES))          # 109,810
 
 SIZES = (1_000, 100_000, MLP_SIZE, 1_000_000, 10_000_000)
-IMPLEMENTATIONS = ("seed", "numpy", "cpu-serial", "cpu-parallel", "cuda",
+IMPLEMENTATIONS = ("blog", "numpy", "cpu-serial", "cpu-parallel", "cuda",
                    "torch-forloop", "torch-foreach", "torch-fused")
 CHECK_STEPS = 3
 
@@ -45,8 +45,9 @@ class Workload:
         self.param0 = rng.standard_normal(self.n).astype(self.dtype)
         self.grads = [rng.standard_normal(self.n).astype(self.dtype) for _ in range(2)]
         self.shapes = MLP_SHAPES if self.n == MLP_SIZE else [(self.n,)]
-        # fastopt / torch settings: the spec's defaults with the seed's learning rate
-        self.kwargs = dict(self.spec.defaults, lr=self.spec.seed[1]["lr"])
+        # fastopt / torch settings: the spec's defaults with the blog's learning rate (the
+        # spec's default where the blog has no such class)
+        self.kwargs = dict(self.spec.defaults, lr=testinfo.blog_lr(self.spec))
         self.hp = self.spec.validate(self.kwargs)
 
     @property
@@ -76,7 +77,6 @@ class Runner:
     gradient stays fixed between timed steps, the state evolves), ``params()`` returns the
     current parameters as one flat NumPy array."""
 
-    name = ""
     exact = False       # bitwise equal to the reference
 
     def __init__(self, w):
@@ -88,11 +88,10 @@ class _FastoptRunner(Runner):
         super().__init__(w)
         self.kwargs = dict(w.kwargs if kwargs is None else kwargs, backend=backend)
         self.parallel = parallel
-        self.fn = registry.step_function(w.spec)
         p = w.param0.copy()
         self.g = np.empty_like(p)
         hp = w.spec.validate({k: v for k, v in self.kwargs.items() if k != "backend"})
-        self.b = w.spec.buffers_cls.zeros(p, self.g, **w.spec.zeros_kwargs(hp))
+        self.b = w.spec.buffers_cls.zeros(p, self.g, **w.spec.state_options(hp))
         self.exact = True
         self.set_grad(w.grads[0])
 
@@ -100,28 +99,21 @@ class _FastoptRunner(Runner):
         self.g[...] = g
 
     def step(self):
-        if self.parallel is None:
-            self.fn(self.b, **self.kwargs)
-            return
-        saved = config.PARALLEL_THRESHOLD
-        config.PARALLEL_THRESHOLD = 0 if self.parallel else 1 << 62
-        try:
-            self.fn(self.b, **self.kwargs)
-        finally:
-            config.PARALLEL_THRESHOLD = saved
+        _step.step(self.w.spec, self.b, parallel=self.parallel, **self.kwargs)
 
     def params(self):
         return np.asarray(self.b.param).copy()
 
 
-class _SeedRunner(Runner):
+class _BlogRunner(Runner):
     def __init__(self, w):
         super().__init__(w)
-        from .seed import SEED_CLASSES
-        if w.spec.seed is None:
-            raise Unavailable("no seed class")
-        name, self.equivalent = w.spec.seed
-        self.opt = SEED_CLASSES[name]()
+        from .blog import BLOG_CLASSES
+        blog = testinfo.info(w.spec).blog
+        if blog is None:
+            raise Unavailable("the blog has no such class")
+        name, self.equivalent = blog
+        self.opt = BLOG_CLASSES[name]()
         flat = w.param0.copy()
         self.keys = [f"t{i}" for i in range(len(w.shapes))]
         self.p = {k: a.copy() for k, a in zip(self.keys, w.split(flat))}
@@ -145,11 +137,13 @@ class _TorchRunner(Runner):
             import torch
         except ImportError:
             raise Unavailable("torch is not installed") from None
-        peer = w.spec.torch_kwargs(w.hp)
+        torch_of = testinfo.info(w.spec).torch
+        peer = None if torch_of is None else torch_of(w.hp)
         if peer is None:
             raise Unavailable(f"torch.optim has no {w.spec.name} with this formula")
         cls_name, kw = peer
         import numba
+        _threads.ensure_pool()      # start Numba's pool as a user's first parallel step would
         torch.set_num_threads(numba.get_num_threads())
         self.torch = torch
         self.ps = [torch.nn.Parameter(torch.from_numpy(a.copy()))
@@ -178,8 +172,8 @@ class _TorchRunner(Runner):
 
 def make_runner(impl, w):
     """Build ``impl`` for workload ``w``; raises :class:`Unavailable` with a reason."""
-    if impl == "seed":
-        return _SeedRunner(w)
+    if impl == "blog":
+        return _BlogRunner(w)
     if impl == "numpy":
         return _FastoptRunner(w, "numpy")
     if impl == "cpu":
@@ -189,19 +183,42 @@ def make_runner(impl, w):
     if impl == "cpu-parallel":
         return _FastoptRunner(w, "cpu", parallel=True)
     if impl == "cuda":
-        from ._cuda_backend import make_cuda_runner
-        return make_cuda_runner(w, _FastoptRunner)
+        return _cuda_runner(w)
     if impl.startswith("torch-"):
         return _TorchRunner(w, impl.split("-", 1)[1])
     raise ValueError(f"unknown implementation {impl!r}")
 
 
+def _cuda_runner(w):
+    """A fastopt runner on device copies of ``w``'s arrays, synchronized after each step."""
+    from ._cuda_backend import _cuda, cuda_available, simulator_active, to_device
+    if simulator_active():
+        raise Unavailable("the CUDA simulator is active: its timings mean nothing")
+    if not cuda_available():
+        raise Unavailable("no CUDA GPU found")
+    cuda = _cuda()
+    runner = _FastoptRunner(w, "cuda")
+    runner.b = to_device(runner.b)
+
+    def set_grad(g):
+        runner.b.grad.copy_to_device(np.ascontiguousarray(g))
+    runner.set_grad = set_grad
+    runner.params = lambda: runner.b.param.copy_to_host()
+    runner.exact = False
+
+    def synced_step():
+        _step.step(w.spec, runner.b, backend="cuda", **w.kwargs)
+        cuda.synchronize()
+    runner.step = synced_step
+    return runner
+
+
 def check_runner(runner, steps=CHECK_STEPS):
     """Run ``steps`` steps of ``runner`` and of the NumPy reference (with the settings
     the runner claims to implement) from the same start; raise AssertionError on mismatch.
-    Bitwise for fastopt's kernels (and the seed in float64), a tolerance otherwise."""
+    Bitwise for fastopt's kernels (and the blog's classes in float64), a tolerance otherwise."""
     w = runner.w
-    if isinstance(runner, _SeedRunner):
+    if isinstance(runner, _BlogRunner):
         kwargs = runner.equivalent
     else:   # a fastopt runner may have been built with other settings than the workload's
         kwargs = {k: v for k, v in getattr(runner, "kwargs", w.kwargs).items()
@@ -221,7 +238,8 @@ def check_runner(runner, steps=CHECK_STEPS):
     else:
         tol = dict(rtol=1e-4, atol=1e-6) if w.dtype == np.float32 else dict(rtol=1e-10,
                                                                               atol=1e-12)
-        np.testing.assert_allclose(got, want, **tol, err_msg=f"{w.name} {runner.name}")
+        np.testing.assert_allclose(got, want, **tol,
+                                   err_msg=f"{w.name} {type(runner).__name__}")
 
 
 # ---------------------------------------------------------------- roofline
@@ -234,6 +252,8 @@ def traffic_runner(w, parallel=True):
     placeholder = np.empty(0, w.dtype)
     while len(arrays) < 5:
         arrays.append(placeholder)
+    if parallel:
+        _threads.ensure_pool()
     kernel = _cpu_kernels.traffic_kernel.get(parallel, with_c=n_arrays > 2,
                                              with_d=n_arrays > 3, with_e=n_arrays > 4)
     s = w.dtype(0.0)
@@ -271,35 +291,62 @@ def _plan(quick):
     return cases
 
 
+def time_interleaved(fns, min_time=0.2, min_rounds=5):
+    """Median seconds per call of each of ``fns``, timed in round-robin batches (each batch
+    ~``min_time / 5``), so that every function is measured in the same moments: the VM's
+    memory bandwidth drifts by ~10 %, and a reference timed at another moment gave ratios
+    that meant nothing (a "roofline fraction" of 2.99)."""
+    inner = []
+    for fn in fns:
+        fn()
+        t0 = time.perf_counter()
+        fn()
+        inner.append(max(1, int(min_time / 5 / max(time.perf_counter() - t0, 1e-7))))
+    samples = [[] for _ in fns]
+    start = time.perf_counter()
+    while (len(samples[0]) < min_rounds
+           or time.perf_counter() - start < min_time * len(fns)):
+        for fn, k, out in zip(fns, inner, samples):
+            t0 = time.perf_counter()
+            for _ in range(k):
+                fn()
+            out.append((time.perf_counter() - t0) / k)
+    return [float(np.median(x)) for x in samples]
+
+
 def run_bench(quick=False, impls=IMPLEMENTATIONS, show_progress=None, min_time=None):
-    """Check and time every implementation on the curated cases; returns a list of rows."""
+    """Check every implementation on the curated cases, then time them all, interleaved with
+    the traffic-equal kernels (serial and parallel; the faster is the machine's attainable
+    speed at that size); returns a list of rows."""
     from ._progress import progress
     min_time = (0.05 if quick else 0.25) if min_time is None else min_time
     cases = _plan(quick)
     rows = []
-    bar = progress(len(cases) * len(impls), desc="bench", unit="case", enabled=show_progress)
+    bar = progress(len(cases), desc="bench", unit="case", enabled=show_progress)
     try:
         for spec, n, dtype in cases:
+            bar.set_postfix_str(f"{spec.name} {n} {np.dtype(dtype).name}")
             w = Workload(spec, n, dtype)
-            roof = time_call(traffic_runner(w, parallel=n >= config.PARALLEL_THRESHOLD),
-                             min_time=min_time)
-            base = dict(optimizer=spec.name, size=n, dtype=np.dtype(dtype).name,
-                        bytes_per_element=w.bytes_per_element(),
-                        traffic_equal_s=roof)
+            case_rows, runners = [], []
             for impl in impls:
-                bar.set_postfix_str(f"{spec.name} {n} {np.dtype(dtype).name} {impl}")
-                row = dict(base, impl=impl)
+                row = dict(optimizer=spec.name, size=n, dtype=np.dtype(dtype).name,
+                           bytes_per_element=w.bytes_per_element(), impl=impl)
                 try:
                     runner = make_runner(impl, w)
                     check_runner(runner)
-                    t = time_call(runner.step, min_time=min_time)
-                    row.update(status="ok", seconds=t,
-                               gb_per_s=w.bytes_per_element() * n / t / 1e9,
-                               roofline_fraction=roof / t)
+                    runners.append((row, runner))
+                    row["status"] = "ok"
                 except Unavailable as e:
                     row.update(status="unavailable", reason=str(e))
-                rows.append(row)
-                bar.update(1)
+                case_rows.append(row)
+            probes = [traffic_runner(w, parallel=False), traffic_runner(w, parallel=True)]
+            times = time_interleaved(probes + [r.step for _, r in runners], min_time=min_time)
+            roof = min(times[:2])
+            for (row, _), t in zip(runners, times[2:]):
+                row.update(seconds=t, gb_per_s=w.bytes_per_element() * n / t / 1e9,
+                           traffic_equal_s=roof, roofline_fraction=roof / t)
+            rows += case_rows
+            bar.update(1)
     finally:
         bar.close()
     _add_speedups(rows)
@@ -312,35 +359,36 @@ def _add_speedups(rows):
     for r in rows:
         if r["status"] != "ok":
             continue
-        for peer in ("seed", "torch-fused", "numpy"):
+        for peer in ("blog", "torch-fused", "numpy"):
             other = index.get((r["optimizer"], r["size"], r["dtype"], peer))
             if other is not None:
                 r[f"speedup_vs_{peer.replace('-', '_')}"] = other["seconds"] / r["seconds"]
-        seed = index.get((r["optimizer"], r["size"], r["dtype"], "seed"))
-        if seed is not None:
-            # the speedup over the seed that moving the same bytes with no arithmetic reaches
-            r["seed_over_traffic_equal"] = seed["seconds"] / r["traffic_equal_s"]
+        blog = index.get((r["optimizer"], r["size"], r["dtype"], "blog"))
+        if blog is not None:
+            # the speedup over the blog's class that moving the same bytes with no arithmetic
+            # reaches
+            r["blog_over_traffic_equal"] = blog["seconds"] / r["traffic_equal_s"]
 
 
 def format_table(rows):
     lines = [f"{'optimizer':<9} {'size':>10} {'dtype':<7} {'implementation':<14} "
-             f"{'time':>10} {'GB/s':>7} {'roofline':>8} {'vs seed':>8} {'vs torch':>8} "
+             f"{'time':>10} {'GB/s':>7} {'roofline':>8} {'vs blog':>8} {'vs torch':>8} "
              f"{'ceiling':>8}"]
     for r in rows:
         if r["status"] != "ok":
             continue
         ts = format_seconds(r["seconds"])
-        vs_seed = r.get("speedup_vs_seed")
+        vs_blog = r.get("speedup_vs_blog")
         vs_torch = r.get("speedup_vs_torch_fused")
-        ceiling = r.get("seed_over_traffic_equal")
+        ceiling = r.get("blog_over_traffic_equal")
         lines.append(
             f"{r['optimizer']:<9} {r['size']:>10} {r['dtype']:<7} {r['impl']:<14} {ts:>10} "
             f"{r['gb_per_s']:7.2f} {r['roofline_fraction']:8.2f} "
-            f"{(f'{vs_seed:7.1f}x' if vs_seed else '-'):>8} "
+            f"{(f'{vs_blog:7.1f}x' if vs_blog else '-'):>8} "
             f"{(f'{vs_torch:7.2f}x' if vs_torch else '-'):>8} "
             f"{(f'{ceiling:7.1f}x' if ceiling else '-'):>8}")
-    lines.append("roofline: traffic-equal kernel time / this time; ceiling: seed time / "
-                 "traffic-equal kernel time, the 'vs seed' that a kernel moving the same bytes "
+    lines.append("roofline: traffic-equal kernel time / this time; ceiling: blog class time / "
+                 "traffic-equal kernel time, the 'vs blog' that a kernel moving the same bytes "
                  "with no arithmetic would reach")
     return "\n".join(lines)
 
@@ -395,7 +443,7 @@ def plot_bench(rows, path):
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=impl)
         roof = sorted({(r["size"], r["bytes_per_element"] * r["size"] / r["traffic_equal_s"]
-                        / 1e9) for r in sel})
+                        / 1e9) for r in sel if r["status"] == "ok"})
         ax.plot(*zip(*roof), "k--", label="traffic-equal kernel")
         ax.set_title(f"{name} (float32)")
     return save_panels(plt, fig, axes, path)

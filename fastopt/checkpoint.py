@@ -9,24 +9,38 @@ File layout (all little-endian)::
     payload                            the arrays' bytes, C order, in header order
     sha256(magic .. payload)           32 bytes
 
-The gradient is not saved (the next backward pass recomputes it). Writes are atomic: the file
-is written to a temporary name in the same directory, flushed to disk and renamed over the
-target, so a crash never leaves a half-written checkpoint under the real name. Loading
-verifies the checksum and every field against the target buffers *before* copying anything.
+The gradient is not saved (the next backward pass recomputes it).
+
+Guarantees (README, "Guarantees"):
+
+* saving validates the buffers as a step would (types, dtypes, shapes, layout, the step
+  counter) before the temporary file exists; the write is atomic (a temporary file in the same
+  directory, flushed, renamed over the target), keeps an existing file's permission bits (a new
+  file gets the usual ``0666 & ~umask``), and its OS errors name the path the caller gave;
+* loading reads the magic and the header length first and checks them against the file size,
+  so a file that is not a checkpoint costs a few bytes of reading, never the whole file;
+  every header field is checked against a schema, the SHA-256 over the whole content is
+  verified, and the target buffers (type, dtype, state arrays, shapes, writability) are
+  checked **before** the first byte is copied. Anything wrong raises :class:`CheckpointError`
+  (or ``FileNotFoundError``) and writes nothing.
 """
 import hashlib
 import json
 import os
+import stat
 import struct
 import tempfile
 
 import numpy as np
 
-from ._core import Buffers, is_cuda_array
+from ._core import Buffers, check_group, check_step, is_cuda_array
 
 FORMAT_VERSION = 1
 MAGIC = b"FASTOPTCKPT\n"
 _DIGEST = 32
+_PREFIX = len(MAGIC) + 8
+MAX_HEADER = 1 << 20          # a header lists a handful of arrays: 1 MiB is generous
+_DTYPES = ("<f4", "<f8")
 
 
 class CheckpointError(ValueError):
@@ -38,24 +52,53 @@ def _host(a):
         np.asarray(a)
 
 
+def _named_os_error(e, path, doing):
+    """``e`` re-raised under the path the caller gave (not a hidden temporary name)."""
+    if e.errno is not None:
+        return type(e)(e.errno, f"{doing}: {e.strerror}", os.fspath(path))
+    return type(e)(f"{doing} {os.fspath(path)!r}: {e}")
+
+
+def _new_file_mode():
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_checkpoint(path, buffers):
-    """Atomically write ``buffers`` (param, state arrays, step) to ``path``."""
+    """Atomically write ``buffers`` (param, state arrays, step) to ``path``; returns the path.
+
+    Refuses (``TypeError`` / ``ValueError``, before any file is created) buffers that a step
+    would refuse."""
     if not isinstance(buffers, Buffers):
         raise TypeError(f"save_checkpoint needs fastopt buffers, got {type(buffers).__name__}")
-    names = ["param"] + [f for f in buffers.state_fields if getattr(buffers, f) is not None]
-    arrays = {n: np.ascontiguousarray(_host(getattr(buffers, n))) for n in names}
+    owner = type(buffers).__name__
+    with buffers._lock:
+        step = check_step(buffers.step, owner)
+        check_group(buffers.arrays(), owner)
+        names = ["param"] + [f for f in buffers.state_fields if getattr(buffers, f) is not None]
+        arrays = {n: np.ascontiguousarray(_host(getattr(buffers, n))) for n in names}
     meta, offset = {}, 0
     for n, a in arrays.items():
         meta[n] = {"shape": list(a.shape), "offset": offset, "nbytes": a.nbytes}
         offset += a.nbytes
     header = json.dumps({
-        "format_version": FORMAT_VERSION, "buffers": type(buffers).__name__,
-        "optimizer": buffers.optimizer, "dtype": buffers.dtype.str, "step": buffers.step,
-        "arrays": meta}, sort_keys=True).encode()
-    h = hashlib.sha256()
+        "format_version": FORMAT_VERSION, "buffers": owner,
+        "optimizer": buffers.optimizer, "dtype": buffers.dtype.newbyteorder("<").str,
+        "step": step, "arrays": meta}, sort_keys=True).encode()
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".fastopt-ckpt-", dir=directory)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = _new_file_mode()
+    except OSError as e:
+        raise _named_os_error(e, path, "cannot write checkpoint") from None
+    h = hashlib.sha256()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".fastopt-ckpt-", dir=directory)
+    except OSError as e:
+        raise _named_os_error(e, path, "cannot write checkpoint") from None
     try:
         with os.fdopen(fd, "wb") as f:
             for chunk in (MAGIC, struct.pack("<Q", len(header)), header):
@@ -67,11 +110,14 @@ def save_checkpoint(path, buffers):
                 h.update(data)
             f.write(h.digest())
             f.flush()
+            os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _named_os_error(e, path, "cannot write checkpoint") from None
         raise
     try:
         dfd = os.open(directory, os.O_RDONLY)
@@ -84,33 +130,100 @@ def save_checkpoint(path, buffers):
     return path
 
 
+def _bad(path, why):
+    return CheckpointError(f"{path!r}: {why}")
+
+
+def _is_int(x, low=0):
+    return type(x) is int and x >= low
+
+
+def _check_header(path, header, payload_size):
+    """Every field of the header, against the schema and the payload's size."""
+    if not isinstance(header, dict):
+        raise _bad(path, "the header is not a JSON object")
+    expected = {"format_version", "buffers", "optimizer", "dtype", "step", "arrays"}
+    if set(header) != expected:
+        raise _bad(path, f"the header has fields {sorted(header)}, expected {sorted(expected)}")
+    if header["format_version"] != FORMAT_VERSION or type(header["format_version"]) is not int:
+        raise _bad(path, f"format version {header['format_version']!r}; this fastopt reads "
+                         f"version {FORMAT_VERSION}")
+    for key in ("buffers", "optimizer"):
+        if not isinstance(header[key], str):
+            raise _bad(path, f"header field {key!r} is not a string")
+    if header["dtype"] not in _DTYPES:
+        raise _bad(path, f"dtype {header['dtype']!r} is not float32 or float64")
+    if not _is_int(header["step"]):
+        raise _bad(path, f"step {header['step']!r} is not a non-negative integer")
+    arrays = header["arrays"]
+    if not isinstance(arrays, dict) or "param" not in arrays:
+        raise _bad(path, "the header lists no 'param' array")
+    itemsize = np.dtype(header["dtype"]).itemsize
+    for name, m in arrays.items():
+        if not (isinstance(m, dict) and set(m) == {"shape", "offset", "nbytes"}
+                and isinstance(m["shape"], list) and len(m["shape"]) <= 32
+                and all(_is_int(d) for d in m["shape"])
+                and _is_int(m["offset"]) and _is_int(m["nbytes"])):
+            raise _bad(path, f"array {name!r} has a malformed entry {m!r}")
+        count = 1
+        for d in m["shape"]:
+            count *= d
+        if m["nbytes"] != count * itemsize:
+            raise _bad(path, f"array {name!r}: {m['nbytes']} bytes do not hold its shape")
+    offset = 0          # the arrays tile the payload, in the order of their offsets
+    for name, m in sorted(arrays.items(), key=lambda item: item[1]["offset"]):
+        if m["offset"] != offset:
+            raise _bad(path, f"array {name!r} does not start where the previous one ends")
+        offset += m["nbytes"]
+    if offset != payload_size:
+        raise _bad(path, f"the arrays take {offset} bytes but the payload has {payload_size}")
+
+
 def _read(path):
+    """The verified header and arrays of the checkpoint at ``path``."""
     try:
-        with open(path, "rb") as f:
-            blob = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist") from None
-    if len(blob) < len(MAGIC) + 8 + _DIGEST or blob[:len(MAGIC)] != MAGIC:
-        raise CheckpointError(f"{path!r} is not a fastopt checkpoint (bad magic or too short)")
-    body, digest = blob[:-_DIGEST], blob[-_DIGEST:]
-    if hashlib.sha256(body).digest() != digest:
+    except IsADirectoryError:
+        raise CheckpointError(f"{path!r} is a directory, not a checkpoint file") from None
+    with f:
+        try:
+            size = os.fstat(f.fileno()).st_size
+        except OSError:
+            size = None
+        if size is not None and not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise CheckpointError(f"{path!r} is not a regular file")
+        prefix = f.read(_PREFIX)
+        if len(prefix) < _PREFIX or prefix[:len(MAGIC)] != MAGIC:
+            raise CheckpointError(f"{path!r} is not a fastopt checkpoint (bad magic or too "
+                                  f"short)")
+        (hlen,) = struct.unpack("<Q", prefix[len(MAGIC):])
+        if hlen > MAX_HEADER or _PREFIX + hlen + _DIGEST > size:
+            raise CheckpointError(f"{path!r} is corrupted or truncated (header length {hlen} "
+                                  f"does not fit a file of {size} bytes)")
+        h = hashlib.sha256(prefix)
+        raw_header = f.read(hlen)
+        h.update(raw_header)
+        payload_size = size - _PREFIX - hlen - _DIGEST
+        try:
+            header = json.loads(raw_header.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            # still tell a truncated or bit-flipped file from a crafted one
+            raise CheckpointError(f"{path!r} is corrupted or has an unreadable header "
+                                  f"({e})") from None
+        payload = bytearray(payload_size)
+        if f.readinto(payload) != payload_size:
+            raise CheckpointError(f"{path!r} is truncated")
+        h.update(payload)
+        digest = f.read(_DIGEST + 1)
+    if len(digest) != _DIGEST or h.digest() != digest:
         raise CheckpointError(f"{path!r} is corrupted or truncated (SHA-256 mismatch)")
-    (hlen,) = struct.unpack("<Q", body[len(MAGIC):len(MAGIC) + 8])
-    start = len(MAGIC) + 8
-    try:
-        header = json.loads(body[start:start + hlen].decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path!r} has an unreadable header: {e}") from None
-    if header.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"{path!r} has format version {header.get('format_version')!r};"
-                              f" this fastopt reads version {FORMAT_VERSION}")
-    payload = body[start + hlen:]
+    _check_header(path, header, payload_size)
     dtype = np.dtype(header["dtype"])
     arrays = {}
     for name, m in header["arrays"].items():
-        count = int(np.prod(m["shape"], dtype=np.int64))
-        if m["offset"] + m["nbytes"] > len(payload) or m["nbytes"] != count * dtype.itemsize:
-            raise CheckpointError(f"{path!r}: array {name!r} does not fit the payload")
+        count = m["nbytes"] // dtype.itemsize
         arrays[name] = np.frombuffer(payload, dtype, count, m["offset"]).reshape(m["shape"])
     return header, arrays
 
@@ -119,22 +232,42 @@ def load_checkpoint(path, buffers=None):
     """Read a checkpoint.
 
     With ``buffers``, copy the saved parameter, state and step into them **in place** after
-    checking that the optimizer, dtype, shapes and state arrays all match (on any mismatch,
-    nothing is written). Without, return new buffers (fresh arrays, zero gradient).
+    checking that the optimizer, dtype, shapes, state arrays and the target's own arrays
+    (writable, valid) all match (on any mismatch, nothing is written). Without, return new
+    buffers (fresh arrays, zero gradient).
     """
     from . import registry
     path = os.fspath(path)
     header, arrays = _read(path)
-    spec = registry.REGISTRY.get(header.get("optimizer"))
-    if spec is None or spec.buffers_cls.__name__ != header.get("buffers"):
-        raise CheckpointError(f"{path!r} holds unknown buffers {header.get('buffers')!r}")
+    spec = registry.REGISTRY.get(header["optimizer"])
+    if spec is None or spec.buffers_cls.__name__ != header["buffers"]:
+        raise CheckpointError(f"{path!r} holds unknown buffers {header['buffers']!r} "
+                              f"(optimizer {header['optimizer']!r})")
+    unknown = set(arrays) - {"param"} - set(spec.buffers_cls.state_fields)
+    if unknown:
+        raise CheckpointError(f"{path!r} holds arrays {sorted(unknown)} that "
+                              f"{header['buffers']} does not have")
+    shape = tuple(header["arrays"]["param"]["shape"])
+    if any(a.shape != shape for a in arrays.values()):
+        raise CheckpointError(f"{path!r}: its arrays do not all have the parameter's shape")
     if buffers is None:
-        param = arrays["param"].copy()
-        state = {n: a.copy() for n, a in arrays.items() if n != "param"}
+        native = np.dtype(header["dtype"]).newbyteorder("=")
+        param = arrays["param"].astype(native)
+        state = {n: a.astype(native) for n, a in arrays.items() if n != "param"}
         return spec.buffers_cls(param, np.zeros_like(param), step=header["step"], **state)
     if not isinstance(buffers, spec.buffers_cls):
         raise CheckpointError(f"{path!r} holds {header['buffers']} but the target is "
                               f"{type(buffers).__name__}")
+    with buffers._lock:
+        return _copy_into(path, header, arrays, buffers)
+
+
+def _copy_into(path, header, arrays, buffers):
+    owner = type(buffers).__name__
+    try:
+        check_group(buffers.arrays(), owner)     # writable, one dtype and shape, no overlap
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot load {path!r} into these buffers: {e}") from None
     if buffers.dtype != np.dtype(header["dtype"]):
         raise CheckpointError(f"{path!r} holds dtype {np.dtype(header['dtype'])} but the "
                               f"target buffers are {buffers.dtype}")
@@ -154,5 +287,5 @@ def load_checkpoint(path, buffers=None):
             target.copy_to_device(np.ascontiguousarray(a, dtype=buffers.dtype))
         else:
             target[...] = a
-    buffers.step = int(header["step"])
+    buffers.step = header["step"]
     return buffers

@@ -1,10 +1,10 @@
-"""Drop-in replacements for the seed document's optimizer classes.
+"""Drop-in replacements for the blog's optimizer classes.
 
-``mini_SGD``, ``Momentum``, ``RMSprop`` and ``Adam`` take exactly the seed's constructor
+``mini_SGD``, ``Momentum``, ``RMSprop`` and ``Adam`` take exactly the blog's constructor
 arguments (plus a keyword-only ``backend``) and offer ``update(params, grads)`` over dicts of
-arrays. They update the caller's arrays **in place**, as the seed does (its network layers
-hold references to them), and in float64 with the seed's settings the results are bitwise
-equal to the seed's classes.
+arrays. They update the caller's arrays **in place**, as the blog's do (its network layers
+hold references to them), and in float64 with the blog's settings the results are bitwise
+equal to the blog's classes.
 
 When the dict values are views that exactly tile one flat parameter arena and one flat
 gradient arena in the same layout (a :class:`fastopt.FlatParams`), the update is one fused
@@ -13,7 +13,7 @@ validated before the first one is written.
 """
 import numpy as np
 
-from ._core import prepare_step, run_step
+from ._step import prepare_step, run_step
 from . import registry
 
 __all__ = ["mini_SGD", "Momentum", "RMSprop", "Adam"]
@@ -50,7 +50,7 @@ def _arena_of(views):
     return base, {name: start for start, _, name in spans}
 
 
-class _SeedOptimizer:
+class _BlogOptimizer:
     _spec_name = ""
 
     def __init__(self, backend=None):
@@ -61,74 +61,92 @@ class _SeedOptimizer:
         self._layout = None
         self._fused_key = None
 
-    # hyperparameters for the fastopt step, from the seed's attributes
+    # hyperparameters for the fastopt step, from the blog's attributes
     def _hyper(self):
         raise NotImplementedError
 
     def _zeros(self, param, grad):
-        return self._spec.buffers_cls.zeros(param, grad, **self._spec.zeros_kwargs(
+        return self._spec.buffers_cls.zeros(param, grad, **self._spec.state_options(
             self._spec.validate(self._hyper())))
 
-    def _init_state(self, params, grads):
+    def _build(self, params, grads):
+        """``(flat, per_key, layout)`` for these dicts; assigned only after a first update
+        succeeds, so that a rejected first call leaves the optimizer as it was."""
         if set(params) != set(grads):
             raise KeyError(f"params and grads have different keys: "
                            f"{sorted(set(params) ^ set(grads))}")
         p_arena, g_arena = _arena_of(params), _arena_of(grads)
         if p_arena and g_arena and p_arena[1] == g_arena[1]:
-            self._flat = self._zeros(p_arena[0], g_arena[0])
-            self._layout = p_arena[1]
-            state = {f: getattr(self._flat, f) for f in self._flat.state_fields
-                     if getattr(self._flat, f) is not None}
-            self._per_key = {}
+            flat = self._zeros(p_arena[0], g_arena[0])
+            layout = p_arena[1]
+            state = {f: getattr(flat, f) for f in flat.state_fields
+                     if getattr(flat, f) is not None}
+            per_key = {}
             for name, p in params.items():
-                off = self._layout[name]
+                off = layout[name]
                 views = {f: a[off:off + p.size].reshape(p.shape) for f, a in state.items()}
-                self._per_key[name] = self._spec.buffers_cls(p, grads[name], **views)
-        else:
-            self._per_key = {k: self._zeros(params[k], grads[k]) for k in params}
+                per_key[name] = self._spec.buffers_cls(p, grads[name], **views)
+            return flat, per_key, layout
+        return None, {k: self._zeros(params[k], grads[k]) for k in params}, None
 
     def update(self, params, grads):
-        """Update every array in ``params`` in place from ``grads`` (dicts of arrays)."""
+        """Update every array in ``params`` in place from ``grads`` (dicts of arrays).
+        Everything is validated before the first array is written; a rejected call changes
+        neither the arrays nor the optimizer."""
         if not isinstance(params, dict) or not isinstance(grads, dict):
             raise TypeError("update(params, grads) takes two dicts of arrays")
         if not params and not grads:
             return
-        if self._per_key is None:
-            self._init_state(params, grads)
-        if set(params) != set(self._per_key) or set(grads) != set(self._per_key):
+        built = self._per_key is not None
+        flat, per_key, layout = ((self._flat, self._per_key, self._layout) if built
+                                 else self._build(params, grads))
+        if set(params) != set(per_key) or set(grads) != set(per_key):
             raise KeyError(f"update() got keys {sorted(params)} / {sorted(grads)} but the "
-                           f"optimizer state was built for {sorted(self._per_key)}")
+                           f"optimizer state was built for {sorted(per_key)}")
         hyper = self._hyper()
-        if self._flat is not None and self._arena_matches(params, grads):
-            run_step(self._spec, self._flat, self.backend, hyper)
-            for b in self._per_key.values():
-                b.step = self._flat.step
-            return
-        runs = []
-        for name, b in self._per_key.items():
-            if params[name] is not b.param:
-                raise ValueError(f"params[{name!r}] is not the array this optimizer was "
-                                 f"built for; the seed's optimizers update the same arrays "
-                                 f"in place every step")
-            b.grad = grads[name]
-            runs.append(prepare_step(self._spec, b, self.backend, hyper))
-        for run in runs:
-            run()
-        if self._flat is not None:
-            self._flat.step = next(iter(self._per_key.values())).step
+        if flat is not None and self._arena_matches(flat, layout, params, grads):
+            run_step(self._spec, flat, self.backend, hyper)
+            for b in per_key.values():
+                b.step = flat.step
+        else:
+            runs = []
+            for name, b in per_key.items():
+                if params[name] is not b.param:
+                    raise ValueError(f"params[{name!r}] is not the array this optimizer was "
+                                     f"built for; the blog's optimizers update the same "
+                                     f"arrays in place every step")
+                runs.append((b, grads[name]))
+            steps = []
+            for b, g in runs:
+                saved, b.grad = b.grad, g
+                try:
+                    steps.append(prepare_step(self._spec, b, self.backend, hyper))
+                except BaseException:
+                    b.grad = saved
+                    raise
+            for run in steps:
+                run()
+            if flat is not None:
+                flat.step = next(iter(per_key.values())).step
+        if not built:
+            self._flat, self._per_key, self._layout = flat, per_key, layout
 
-    def _arena_matches(self, params, grads):
-        """Whether ``params``/``grads`` still tile this optimizer's flat arenas. The answer
-        is remembered for the exact same array objects (a training loop passes the same
-        views every step), so the layout is analysed once, not per step."""
+    def _arena_matches(self, flat, layout, params, grads):
+        """Whether ``params``/``grads`` still tile the flat arenas ``flat`` was built on, and
+        every parameter view is writable (a view made read-only is never written). The
+        layout analysis is remembered for the exact same array objects (a training loop passes
+        the same views every step), the writability is checked at every call."""
+        for name, v in params.items():
+            if isinstance(v, np.ndarray) and not v.flags.writeable:
+                raise ValueError(f"params[{name!r}] is read-only; the update writes it in "
+                                 f"place")
         key = tuple(map(id, params.values())) + tuple(map(id, grads.values()))
         if self._fused_key is not None and self._fused_key[0] == key:
             return True
         p_arena, g_arena = _arena_of(params), _arena_of(grads)
-        if not (p_arena and g_arena and p_arena[0] is self._flat.param
-                and g_arena[1] == self._layout):
+        if not (p_arena and g_arena and p_arena[0] is flat.param and g_arena[1] == layout):
             return False
-        self._flat.grad = g_arena[0]
+        flat.grad = g_arena[0]
         # keep the arrays alive so that their ids cannot be reused by other objects
         self._fused_key = (key, tuple(params.values()), tuple(grads.values()))
         return True
@@ -139,8 +157,8 @@ class _SeedOptimizer:
         return {k: getattr(b, field) for k, b in self._per_key.items()}
 
 
-class mini_SGD(_SeedOptimizer):
-    """The seed's mini-batch SGD: ``p -= lr * g`` (:func:`fastopt.sgd_step`)."""
+class mini_SGD(_BlogOptimizer):
+    """The blog's mini-batch SGD: ``p -= lr * g`` (:func:`fastopt.sgd_step`)."""
     _spec_name = "sgd"
 
     def __init__(self, lr=0.01, *, backend=None):
@@ -151,8 +169,8 @@ class mini_SGD(_SeedOptimizer):
         return dict(self._spec.defaults, lr=self.lr)
 
 
-class Momentum(_SeedOptimizer):
-    """The seed's Momentum: ``v = momentum * v - lr * g; p += v``
+class Momentum(_BlogOptimizer):
+    """The blog's Momentum: ``v = momentum * v - lr * g; p += v``
     (:func:`fastopt.momentum_step`). ``self.v`` is a dict of the velocity arrays."""
     _spec_name = "momentum"
 
@@ -169,8 +187,8 @@ class Momentum(_SeedOptimizer):
         return self._state_dict("velocity")
 
 
-class RMSprop(_SeedOptimizer):
-    """The seed's RMSprop: ``h = decay_rate * h + (1 - decay_rate) * g**2;
+class RMSprop(_BlogOptimizer):
+    """The blog's RMSprop: ``h = decay_rate * h + (1 - decay_rate) * g**2;
     p -= lr * g / (sqrt(h) + epsilon)`` (:func:`fastopt.rmsprop_step`). ``self.h`` is a dict
     of the squared-gradient averages."""
     _spec_name = "rmsprop"
@@ -189,8 +207,8 @@ class RMSprop(_SeedOptimizer):
         return self._state_dict("square_avg") or {}
 
 
-class Adam(_SeedOptimizer):
-    """The seed's Adam, including its epsilon-hat form with eps = 1e-7
+class Adam(_BlogOptimizer):
+    """The blog's Adam, including its epsilon-hat form with eps = 1e-7
     (:func:`fastopt.adam_step` with ``eps_hat=True``). ``self.iter`` counts steps;
     ``self.m`` and ``self.v`` are dicts of the moment arrays."""
     _spec_name = "adam"

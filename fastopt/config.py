@@ -8,11 +8,13 @@ defaults with :func:`reset`, or set the environment variables below before impor
 attribute                      environment variable                default
 =============================  ==================================  ===========================
 ``PARALLEL_THRESHOLD``         ``FASTOPT_PARALLEL_THRESHOLD``      ``32768`` elements
-                                                                   (``131072`` when
-                                                                   ``OMP_WAIT_POLICY=PASSIVE``)
+                                                                   (``131072`` unless the
+                                                                   environment or ``"keep"``
+                                                                   makes threads spin long)
 ``CUDA_THREADS_PER_BLOCK``     ``FASTOPT_CUDA_THREADS_PER_BLOCK``  ``256``
 ``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``         ``0`` (0: enough blocks to
                                                                    cover the buffer once)
+``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``           ``1000`` (or ``"keep"``)
 =============================  ==================================  ===========================
 
 ``PARALLEL_THRESHOLD``: buffers with at least this many elements use the ``parallel=True``
@@ -24,38 +26,76 @@ parallel step time with ``OMP_WAIT_POLICY=PASSIVE``: Adam 35/38 us at 65,536 ele
 (matmuls between steps) the serial step won at the MLP's 109,810 parameters: optimizer time
 0.64 s serial vs 0.84-1.08 s parallel over 2,000 iterations of 4 optimizers.
 
-``THREAD_WAIT``: how the OpenMP thread pools (Numba's ``omp`` threading layer, torch) wait for
-work, per kind of run; applied by :func:`set_thread_wait` (``python -m fastopt`` does) unless
-the environment already chooses (``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` set). Measured on a
-2-core machine: training alternates BLAS matmuls and parallel steps, and is fastest with
-passive waiting (spinning threads steal the cores from BLAS); back-to-back optimizer steps pay
-~13 us of thread wake-up per parallel call with passive waiting, so the benchmarks let threads
-spin briefly (``GOMP_SPINCOUNT=1000``, tens of microseconds) instead. See the README, "Threads".
+``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
+spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
+fastopt starts Numba's pool with ``GOMP_SPINCOUNT`` set to this just before its first parallel
+kernel and restores the environment at once (``fastopt._threads``; README, "Threads"). ``0``
+is passive waiting; ``"keep"`` leaves the pool to libgomp's defaults (a long spin, which fights
+BLAS for the cores). ``fastopt.config.thread_report()`` says what was applied.
+
+``THREAD_WAIT``: the wait policy of ``python -m fastopt bench`` / ``profile`` and the benchmark
+suites, applied by :func:`set_thread_wait` unless the environment already chooses: back-to-back
+optimizer steps pay ~13 us of thread wake-up per parallel call with passive waiting, so the
+benchmarks let threads spin briefly (``GOMP_SPINCOUNT=1000``, tens of microseconds) for fastopt
+and torch alike. They also report rows under the default policy (README, "Benchmarks").
 """
 import os
 
 
+_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def check_spincount(value, where):
+    """``value`` as a spin count (int >= 0) or ``"keep"``; raises ValueError naming ``where``."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "keep":
+            return "keep"
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{where} must be an integer >= 0 or 'keep', got {value!r}")
+    return value
+
+
+def _spincount_from_env():
+    raw = os.environ.get("FASTOPT_OMP_SPINCOUNT", "").strip()
+    if raw == "":
+        return 1000
+    return check_spincount(raw, f"environment variable FASTOPT_OMP_SPINCOUNT={raw!r}")
+
+
 def _default_parallel_threshold():
-    passive = os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE"
-    return 131072 if passive else 32768
+    """131072 under fastopt's own policy (a training loop: a parallel call pays for waking
+    threads that slept through the matmuls; measured in the MLP loop on 2 cores, the serial
+    step wins at 109,810 parameters) and under passive waiting; 32768 when the environment
+    makes the threads spin (``OMP_WAIT_POLICY=ACTIVE``, ``GOMP_SPINCOUNT > 0``: back-to-back
+    steps, as the benchmarks run) or fastopt is told to ``"keep"`` libgomp's long spin."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
+    spin = os.environ.get("GOMP_SPINCOUNT", "").strip()
+    if policy or spin:
+        return 131072 if policy == "PASSIVE" or spin == "0" else 32768
+    return 32768 if globals().get("OMP_SPINCOUNT", 1000) == "keep" else 131072
 
 
 _DEFAULTS = {
     "PARALLEL_THRESHOLD": ("FASTOPT_PARALLEL_THRESHOLD", _default_parallel_threshold),
     "CUDA_THREADS_PER_BLOCK": ("FASTOPT_CUDA_THREADS_PER_BLOCK", 256),
     "CUDA_MAX_BLOCKS": ("FASTOPT_CUDA_MAX_BLOCKS", 0),
+    "OMP_SPINCOUNT": ("FASTOPT_OMP_SPINCOUNT", None),
 }
 
 PARALLEL_THRESHOLD = 32768
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 0
+OMP_SPINCOUNT = 1000
 
 
 THREAD_WAIT = {
-    "train": {"OMP_WAIT_POLICY": "PASSIVE"},
     "bench": {"GOMP_SPINCOUNT": "1000"},
 }
-_WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 def set_thread_wait(kind):
@@ -77,6 +117,18 @@ def thread_wait():
     return {v: os.environ.get(v) or None for v in _WAIT_VARS}
 
 
+_THREAD_REPORT = {"pool": "not started", "layer": None, "omp_wait_policy": None,
+                  "gomp_spincount": None, "set_by": None}
+
+
+def thread_report():
+    """What fastopt did to Numba's thread pool: ``pool`` (not started / started by fastopt /
+    started before fastopt's first parallel step), ``layer`` (Numba's threading layer),
+    ``omp_wait_policy`` / ``gomp_spincount`` (what Numba's OpenMP pool was started with, where
+    known; ``None``: libgomp's defaults) and ``set_by`` (written by ``fastopt._threads``)."""
+    return dict(_THREAD_REPORT)
+
+
 def _from_env(var, default):
     raw = os.environ.get(var)
     if raw is None or raw.strip() == "":
@@ -93,8 +145,10 @@ def _from_env(var, default):
 def reset():
     """Restore every tunable to its default (environment overrides applied)."""
     g = globals()
+    g["OMP_SPINCOUNT"] = _spincount_from_env()
     for name, (var, default) in _DEFAULTS.items():
-        g[name] = _from_env(var, default() if callable(default) else default)
+        if name != "OMP_SPINCOUNT":
+            g[name] = _from_env(var, default() if callable(default) else default)
 
 
 def as_dict():

@@ -1,9 +1,9 @@
-"""The seed document's experiment: four optimizers training the same MLP on MNIST.
+"""The blog's experiment: four optimizers training the same MLP on MNIST.
 
 Each optimizer trains its own copy of one identically initialized network on the same
-sequence of minibatches (drawn with replacement, as the seed's ``np.random.choice``). As in
-the seed, the recorded loss of an iteration is the minibatch loss *after* that iteration's
-update. The optimizers are :mod:`fastopt.compat`'s drop-ins for the seed's classes, stepping
+sequence of minibatches (drawn with replacement, as the blog's ``np.random.choice``). As in
+the blog, the recorded loss of an iteration is the minibatch loss *after* that iteration's
+update. The optimizers are :mod:`fastopt.compat`'s drop-ins for the blog's classes, stepping
 each network's flat arena with one fused call.
 """
 import csv
@@ -16,7 +16,7 @@ import numpy as np
 
 from . import compat
 from ._progress import progress
-from .mlp import MLP, SEED_SIZES
+from .mlp import MLP, BLOG_SIZES
 
 OPTIMIZERS = {"SGD": compat.mini_SGD, "Momentum": compat.Momentum,
               "RMSprop": compat.RMSprop, "Adam": compat.Adam}
@@ -24,7 +24,7 @@ MARKERS = {"SGD": "v", "Momentum": "p", "RMSprop": "o", "Adam": "s"}
 
 
 def smooth_curve(x):
-    """The seed's smoothing (deep-learning-from-scratch ``common.util.smooth_curve``):
+    """The blog's smoothing (deep-learning-from-scratch ``common.util.smooth_curve``):
     a Kaiser window of length 11, beta 2, with mirrored ends."""
     x = np.asarray(x, dtype=np.float64)
     window_len = 11
@@ -45,7 +45,7 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
     dtype = np.dtype(dtype)
     x_train = np.ascontiguousarray(x_train, dtype=dtype)
     x_test = np.ascontiguousarray(x_test, dtype=dtype)
-    base = MLP(SEED_SIZES, dtype=dtype, seed=seed)
+    base = MLP(BLOG_SIZES, dtype=dtype, seed=seed)
     nets = {k: base.copy() for k in optimizers}
     opts = {k: OPTIMIZERS[k](lr=lr, backend=backend) for k in optimizers}
     losses = {k: np.empty(iters) for k in optimizers}
@@ -62,6 +62,7 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
     warmup = time.perf_counter() - t0
     bar = progress(iters, desc="compare", unit="it", enabled=show_progress)
     wall0 = time.perf_counter()
+    done, interrupted = 0, False
     try:
         for it in range(iters):
             mask = batch_rng.choice(len(x_train), batch_size)
@@ -77,6 +78,7 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
                 t3 = time.perf_counter()
                 t_model[k] += (t1 - t0) + (t3 - t2)
                 t_opt[k] += t2 - t1
+            done = it + 1
             if report_every and it % report_every == 0:
                 if hasattr(bar, "clear"):
                     bar.clear()
@@ -85,20 +87,27 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
                     print(f"{k}:{float(losses[k][it])!r}", file=out)
                 out.flush()
             bar.update(1)
+    except KeyboardInterrupt:
+        # keep what was trained: the caller writes the losses of the completed iterations
+        interrupted = True
     finally:
         bar.close()
     wall = time.perf_counter() - wall0
+    losses = {k: v[:done] for k, v in losses.items()}
     accuracy = {k: nets[k].accuracy(x_test, t_test) for k in optimizers}
     return {
+        "interrupted": interrupted,
+        "completed_iters": done,
         "losses": {k: v.tolist() for k, v in losses.items()},
-        "final_smoothed_loss": {k: float(smooth_curve(v)[-1]) for k, v in losses.items()},
+        "final_smoothed_loss": {k: float(smooth_curve(v)[-1]) if len(v) else float("nan")
+                                for k, v in losses.items()},
         "test_accuracy": accuracy,
         "timing_s": {"wall": wall, "warmup": warmup, "model": t_model, "optimizer": t_opt,
                      "model_total": sum(t_model.values()),
                      "optimizer_total": sum(t_opt.values())},
         "settings": {"iters": iters, "batch_size": batch_size, "lr": lr,
                      "optimizers": list(optimizers), "backend": backend or "auto",
-                     "dtype": dtype.name, "seed": seed, "sizes": list(SEED_SIZES),
+                     "dtype": dtype.name, "seed": seed, "sizes": list(BLOG_SIZES),
                      "train_size": len(x_train), "test_size": len(x_test)},
     }
 
@@ -110,7 +119,8 @@ def write_outputs(result, out_dir):
     paths = []
     jp = os.path.join(out_dir, "losses.json")
     with open(jp + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
+        # strict JSON (RFC 8259): a diverged run's NaN / inf losses are written as null
+        json.dump(_finite_or_null(result), f, indent=1, allow_nan=False)
     os.replace(jp + ".tmp", jp)
     paths.append(jp)
     cp = os.path.join(out_dir, "losses.csv")
@@ -128,8 +138,18 @@ def write_outputs(result, out_dir):
     return paths
 
 
+def _finite_or_null(x):
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_null(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_null(v) for v in x]
+    return x
+
+
 def plot_losses(result, path):
-    """The seed's figure: smoothed loss per optimizer, markers every 100 iterations."""
+    """The blog's figure: smoothed loss per optimizer, markers every 100 iterations."""
     try:
         import matplotlib
         matplotlib.use("Agg")

@@ -77,24 +77,5 @@ class FlatParams:
     def __len__(self):
         return len(self.layout)
 
-    def zero_grad(self):
-        self.grad.fill(0)
-
-    def covers(self, params, grads):
-        """True when ``params``/``grads`` are exactly this arena's views (same names, same
-        memory, same shapes): then one fused call over ``param``/``grad`` updates them all."""
-        if set(params) != set(self.layout) or set(grads) != set(self.layout):
-            return False
-        for name in self.layout:
-            for mine, theirs in ((self.params[name], params[name]),
-                                 (self.grads[name], grads[name])):
-                if not (isinstance(theirs, np.ndarray) and theirs.shape == mine.shape
-                        and theirs.dtype == mine.dtype
-                        and theirs.__array_interface__["data"][0]
-                        == mine.__array_interface__["data"][0]
-                        and theirs.strides == mine.strides):
-                    return False
-        return True
-
     def __repr__(self):
         return f"FlatParams({len(self.layout)} tensors, {self.size} elements, {self.dtype})"

@@ -1,7 +1,7 @@
-"""The seed document's network on a flat parameter arena.
+"""The blog's network on a flat parameter arena.
 
 A multi-layer perceptron ``784-100-100-100-100-10`` (by default) with ReLU, He initialization
-(``std = sqrt(2 / fan_in)``, zero biases) and softmax cross-entropy, as the seed's
+(``std = sqrt(2 / fan_in)``, zero biases) and softmax cross-entropy, as the blog's
 ``MultiLayerNet(input_size=784, hidden_size_list=[100] * 4, output_size=10)``.
 
 Weights ``W1..Wn`` and biases ``b1..bn`` are views of one :class:`fastopt.FlatParams` arena:
@@ -14,7 +14,7 @@ import numpy as np
 
 from .flat import FlatParams
 
-SEED_SIZES = (784, 100, 100, 100, 100, 10)
+BLOG_SIZES = (784, 100, 100, 100, 100, 10)
 
 
 class MLP:
@@ -26,7 +26,7 @@ class MLP:
         seed: seed of the He initialization (``numpy.random.default_rng``).
     """
 
-    def __init__(self, sizes=SEED_SIZES, dtype=np.float32, seed=0):
+    def __init__(self, sizes=BLOG_SIZES, dtype=np.float32, seed=0):
         self.sizes = tuple(int(s) for s in sizes)
         self.dtype = np.dtype(dtype)
         self.n_layers = len(self.sizes) - 1
@@ -90,7 +90,7 @@ class MLP:
 
     @staticmethod
     def _cross_entropy(y, t):
-        # the seed's cross_entropy_error: -sum(log(y[i, t_i] + 1e-7)) / batch
+        # the blog's cross_entropy_error: -sum(log(y[i, t_i] + 1e-7)) / batch
         return float(-np.sum(np.log(y[np.arange(len(t)), t] + 1e-7)) / len(t))
 
     def predict(self, x):

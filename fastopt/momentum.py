@@ -1,21 +1,15 @@
-"""Heavy-ball Momentum (the seed's form): buffers, step function and kernel plumbing."""
-from .kernels import cpu as _kernels
+"""Heavy-ball Momentum (the blog's form): buffers, step function and spec."""
+from .kernels import momentum as _kernel
 
-from ._core import Buffers, run_step
-from ._spec import Hyper, OptimizerSpec
+from ._core import Buffers
+from ._spec import Hyper, OptimizerSpec, StateField
+from ._step import run_step
 from . import reference as _reference
 
 
 class MomentumBuffers(Buffers):
-    """Parameter, gradient and the ``velocity`` of heavy-ball momentum."""
-
-    optimizer = "momentum"
-    state_fields = ("velocity",)
-
-    @classmethod
-    def zeros(cls, param, grad):
-        """Zeroed velocity for ``param``/``grad`` (which are kept, not copied)."""
-        return cls._allocate(param, grad, ["velocity"])
+    """Parameter, gradient and the ``velocity`` of heavy-ball momentum
+    (``MomentumBuffers.zeros(p, g)``)."""
 
 
 def momentum_step(buffers, *, lr=0.01, momentum=0.9, backend=None):
@@ -24,7 +18,7 @@ def momentum_step(buffers, *, lr=0.01, momentum=0.9, backend=None):
         v = momentum * v - lr * g
         p = p + v
 
-    This is the seed document's ``Momentum.update`` (bitwise equal in float64). It differs
+    This is the blog's ``Momentum.update`` (bitwise equal in float64). It differs
     from ``torch.optim.SGD(momentum=...)``, which accumulates ``buf = momentum * buf + g`` and
     applies ``p -= lr * buf`` (the two agree only for a constant learning rate, up to
     rounding); use :func:`fastopt.sgd_step` for torch's form.
@@ -57,18 +51,13 @@ SPEC = OptimizerSpec(
     step_name="momentum_step",
     buffers_cls=MomentumBuffers,
     hypers=(
-        Hyper("lr", 0.01, "step size", low=0.0),
-        Hyper("momentum", 0.9, "velocity decay", low=0.0),
+        Hyper("lr", 0.01, low=0.0),
+        Hyper("momentum", 0.9, low=0.0),
     ),
-    state_for=lambda hp: ("velocity",),
-    zeros_kwargs=lambda hp: {},
-    kernel_family=_kernels.momentum_kernel,
-    kernel_arrays=("param", "grad", "velocity"),
-    scalars=lambda hp, t: (hp["lr"], hp["momentum"]),
+    state=(StateField("velocity"),),
+    kernel=_kernel.RECORD,
+    scalars=lambda hp, t: dict(lr=hp["lr"], mom=hp["momentum"]),
     options=lambda hp, t: {},
     reference=_reference.momentum,
-    option_grid=dict(momentum=[0.0, 0.9]),
-    seed=("Momentum", dict(lr=0.01, momentum=0.9)),
-    tuned=dict(lr=0.001, momentum=0.9),
-    torch_kwargs=lambda hp: None,
+    step_fn=momentum_step,
 )

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from . import benchmarks as B
-from . import config, registry
+from . import registry
 from ._cuda_backend import cuda_available, simulator_active
 from ._progress import progress
 
@@ -50,7 +50,6 @@ def main(args):
     device, peak = None, None
     if gpu:
         from numba import cuda
-        from ._cuda_backend import peak_bandwidth_gbs
         device = cuda.get_current_device().name
         device = device.decode() if isinstance(device, bytes) else device
         peak = peak_bandwidth_gbs()
@@ -70,15 +69,15 @@ def main(args):
                 row = {"optimizer": name, "size": n, "dtype": np.dtype(dtype).name,
                        "bytes_per_element": bpe}
                 min_time = 0.1 if n < 10_000_000 else 0.3
-                for impl, key in (("numpy", "numpy_s"), ("cpu", "cpu_s")):
-                    runner = B.make_runner(impl, w)
+                runners = [B.make_runner(impl, w) for impl in ("numpy", "cpu")]
+                for runner in runners:
                     B.check_runner(runner)
-                    row[key] = B.time_call(runner.step, min_time=min_time, min_rounds=3)
-                row["cpu_traffic_equal_s"] = B.time_call(B.traffic_runner(
-                    w, parallel=n >= config.PARALLEL_THRESHOLD),
-                                                         min_time=min_time, min_rounds=3)
+                row["numpy_s"], row["cpu_s"], te_serial, te_parallel = B.time_interleaved(
+                    [r.step for r in runners] + [B.traffic_runner(w, parallel=False),
+                                                 B.traffic_runner(w, parallel=True)],
+                    min_time=min_time, min_rounds=3)
+                row["cpu_traffic_equal_s"] = min(te_serial, te_parallel)
                 if gpu:
-                    from ._cuda_backend import profile_workload
                     cu = profile_workload(w)
                     row["cuda_kernel_s"] = cu["kernel_s"]
                     row["cuda_end_to_end_s"] = cu["end_to_end_s"]
@@ -143,3 +142,48 @@ def plot(rows, path, gpu):
     if not gpu:
         fig.suptitle("no CUDA GPU found: CPU only", fontsize=9)
     return B.save_panels(plt, fig, axes, path)
+
+
+def peak_bandwidth_gbs():
+    """Theoretical peak memory bandwidth of the current device from its attributes
+    (2 transfers per memory clock x bus width), in GB/s."""
+    from ._cuda_backend import _gpu
+    dev = _gpu().get_current_device()
+    return 2 * dev.MEMORY_CLOCK_RATE * 1e3 * dev.GLOBAL_MEMORY_BUS_WIDTH / 8 / 1e9
+
+
+def profile_workload(workload, repeats=20):
+    """Kernel-only (CUDA events) and end-to-end (host -> device, step, device -> host)
+    seconds of one step of ``workload`` on the current GPU."""
+    from ._cuda_backend import _gpu, to_device
+    cuda = _gpu()
+    if simulator_active():
+        raise RuntimeError("refusing to time under the CUDA simulator")
+    host = B._FastoptRunner(workload, "cuda").b
+    dev = to_device(host)
+    fn = workload.spec.step_fn
+    kw = dict(workload.kwargs)
+    fn(dev, **kw)
+    cuda.synchronize()
+    start, stop = cuda.event(), cuda.event()
+    start.record()
+    for _ in range(repeats):
+        fn(dev, **kw)
+    stop.record()
+    stop.synchronize()
+    kernel_s = cuda.event_elapsed_time(start, stop) / 1e3 / repeats
+    names = list(host.arrays())
+    t0 = cuda.event()
+    t1 = cuda.event()
+    t0.record()
+    for _ in range(max(1, repeats // 4)):
+        for n in names:
+            getattr(dev, n).copy_to_device(getattr(host, n))
+        fn(dev, **kw)
+        for n in names:
+            if n != "grad":
+                getattr(dev, n).copy_to_host(getattr(host, n))
+    t1.record()
+    t1.synchronize()
+    e2e_s = cuda.event_elapsed_time(t0, t1) / 1e3 / max(1, repeats // 4)
+    return {"kernel_s": kernel_s, "end_to_end_s": e2e_s}

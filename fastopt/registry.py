@@ -1,15 +1,21 @@
 """The registry of optimizers: one :class:`~fastopt._spec.OptimizerSpec` per optimizer.
 
-Tests and benchmarks iterate :data:`REGISTRY`; adding an optimizer means adding a module with
-its spec and listing it here, not writing new tests.
+Tests, benchmarks, the CLI and ``fastopt``'s own namespace iterate :data:`REGISTRY`; adding an
+optimizer means writing its kernel record, reference and module and listing it here (one line),
+plus its entry in ``fastopt.testinfo``.
 """
 from . import adam, momentum, rmsprop, sgd
 
-REGISTRY = {spec.name: spec for spec in (adam.SPEC, rmsprop.SPEC, momentum.SPEC, sgd.SPEC)}
+REGISTRY = {spec.name: spec for spec in (
+    adam.SPEC,
+    rmsprop.SPEC,
+    momentum.SPEC,
+    sgd.SPEC,
+)}
 
 
 def get(name):
-    """The spec registered under ``name`` (``"adam"``, ``"rmsprop"``, ``"momentum"``, ``"sgd"``)."""
+    """The spec registered under ``name``; KeyError naming the registered ones otherwise."""
     try:
         return REGISTRY[name]
     except KeyError:
@@ -18,5 +24,16 @@ def get(name):
 
 def step_function(spec):
     """The public step function of ``spec`` (e.g. :func:`fastopt.adam_step`)."""
-    import fastopt
-    return getattr(fastopt, spec.step_name)
+    return spec.step_fn
+
+
+def register(spec, info=None):
+    """Add ``spec`` (and its :class:`fastopt.testinfo.OptimizerInfo`) at run time, e.g. a
+    test's toy optimizer. Every registry-driven test and benchmark picks it up."""
+    if spec.name in REGISTRY and REGISTRY[spec.name] is not spec:
+        raise ValueError(f"an optimizer named {spec.name!r} is already registered")
+    REGISTRY[spec.name] = spec
+    if info is not None:
+        from . import testinfo
+        testinfo.INFO[spec.name] = info
+    return spec

@@ -1,24 +1,16 @@
-"""RMSprop: buffers, the public step function and the kernel plumbing."""
-from .kernels import cpu as _kernels
+"""RMSprop: buffers, the public step function and the spec."""
+from .kernels import rmsprop as _kernel
 
-from ._core import Buffers, run_step
-from ._spec import BadInput, Hyper, OptimizerSpec
+from ._core import Buffers
+from ._spec import Hyper, OptimizerSpec, StateField
+from ._step import run_step
 from . import reference as _reference
 
 
 class RMSpropBuffers(Buffers):
     """Parameter, gradient and RMSprop state: ``square_avg``; ``grad_avg`` when centered;
-    ``momentum_buffer`` when momentum > 0."""
-
-    optimizer = "rmsprop"
-    state_fields = ("square_avg", "grad_avg", "momentum_buffer")
-
-    @classmethod
-    def zeros(cls, param, grad, centered=False, momentum=0.0):
-        """Zeroed state for ``param``/``grad`` (which are kept, not copied)."""
-        fields = (["square_avg"] + (["grad_avg"] if centered else [])
-                  + (["momentum_buffer"] if momentum > 0 else []))
-        return cls._allocate(param, grad, fields)
+    ``momentum_buffer`` when momentum > 0.
+    ``RMSpropBuffers.zeros(p, g, centered=False, momentum=0.0)`` allocates it."""
 
 
 def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
@@ -35,8 +27,8 @@ def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, mo
         p   = p - lr * g / avg                                # otherwise
 
     This is ``torch.optim.RMSprop`` (which also adds ``eps`` outside the square root). The
-    momentum-free step is evaluated as ``(lr * g) / avg``, the seed document's order, so that
-    non-centered RMSprop without momentum equals the seed's ``RMSprop.update`` (its
+    momentum-free step is evaluated as ``(lr * g) / avg``, the blog's order, so that
+    non-centered RMSprop without momentum equals the blog's ``RMSprop.update`` (its
     ``decay_rate`` is ``alpha``, its ``epsilon`` is ``eps``) bit for bit in float64; torch
     evaluates ``lr * (g / avg)``, which can differ in the last bit. NaN or inf in the
     gradient propagates, as in torch.
@@ -70,34 +62,14 @@ def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, mo
         centered=centered, maximize=maximize))
 
 
-def _state_for(hp):
-    return (("square_avg",) + (("grad_avg",) if hp["centered"] else ())
-            + (("momentum_buffer",) if hp["momentum"] > 0 else ()))
-
-
-def _zeros_kwargs(hp):
-    kw = {}
-    if hp["centered"]:
-        kw["centered"] = True
-    if hp["momentum"] > 0:
-        kw["momentum"] = hp["momentum"]
-    return kw
-
-
 def _options(hp, t):
     return dict(maximize=hp["maximize"], l2=hp["weight_decay"] != 0.0,
                 centered=hp["centered"], use_momentum=hp["momentum"] > 0)
 
 
 def _scalars(hp, t):
-    return (hp["lr"], hp["alpha"], 1.0 - hp["alpha"], hp["eps"], hp["weight_decay"],
-            hp["momentum"])
-
-
-def _torch(hp):
-    return ("RMSprop", dict(lr=hp["lr"], alpha=hp["alpha"], eps=hp["eps"],
-                            weight_decay=hp["weight_decay"], momentum=hp["momentum"],
-                            centered=hp["centered"], maximize=hp["maximize"]))
+    return dict(lr=hp["lr"], alpha=hp["alpha"], oma=1.0 - hp["alpha"], eps=hp["eps"],
+                wd=hp["weight_decay"], mom=hp["momentum"])
 
 
 SPEC = OptimizerSpec(
@@ -105,28 +77,21 @@ SPEC = OptimizerSpec(
     step_name="rmsprop_step",
     buffers_cls=RMSpropBuffers,
     hypers=(
-        Hyper("lr", 1e-2, "step size", low=0.0),
-        Hyper("alpha", 0.99, "smoothing constant", low=0.0, high=1.0, high_open=True),
-        Hyper("eps", 1e-8, "denominator term", low=0.0, low_open=True),
-        Hyper("weight_decay", 0.0, "L2 penalty", low=0.0),
-        Hyper("momentum", 0.0, "momentum factor", low=0.0),
-        Hyper("centered", False, "centered variant", kind="flag"),
-        Hyper("maximize", False, "ascend", kind="flag"),
+        Hyper("lr", 1e-2, low=0.0),
+        Hyper("alpha", 0.99, low=0.0, high=1.0, high_open=True),
+        Hyper("eps", 1e-8, low=0.0, low_open=True),
+        Hyper("weight_decay", 0.0, low=0.0),
+        Hyper("momentum", 0.0, low=0.0),
+        Hyper("centered", False, kind="flag"),
+        Hyper("maximize", False, kind="flag"),
     ),
-    state_for=_state_for,
-    zeros_kwargs=_zeros_kwargs,
-    kernel_family=_kernels.rmsprop_kernel,
-    kernel_arrays=("param", "grad", "square_avg", "grad_avg", "momentum_buffer"),
+    state=(StateField("square_avg"),
+           StateField("grad_avg", when=lambda hp: hp["centered"], options=("centered",)),
+           StateField("momentum_buffer", when=lambda hp: hp["momentum"] > 0,
+                      options=("momentum",))),
+    kernel=_kernel.RECORD,
     scalars=_scalars,
     options=_options,
     reference=_reference.rmsprop,
-    option_grid=dict(weight_decay=[0.0, 0.01], momentum=[0.0, 0.9], centered=[False, True],
-                     maximize=[False, True]),
-    bad_inputs=(
-        BadInput(dict(centered=True), ValueError, "grad_avg"),
-        BadInput(dict(momentum=0.9), ValueError, "momentum_buffer"),
-    ),
-    seed=("RMSprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
-    tuned=dict(lr=0.0005, momentum=0.9),
-    torch_kwargs=_torch,
+    step_fn=rmsprop_step,
 )

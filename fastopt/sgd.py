@@ -1,22 +1,16 @@
-"""SGD with torch.optim.SGD semantics: buffers, step function and kernel plumbing."""
-from .kernels import cpu as _kernels
+"""SGD with torch.optim.SGD semantics: buffers, step function and spec."""
+from .kernels import sgd as _kernel
 
-from ._core import Buffers, run_step
-from ._spec import BadInput, Hyper, OptimizerSpec
+from ._core import Buffers
+from ._spec import Hyper, OptimizerSpec, StateField
+from ._step import run_step
 from . import reference as _reference
 
 
 class SGDBuffers(Buffers):
-    """Parameter, gradient and, when momentum > 0, the ``momentum_buffer``."""
-
-    optimizer = "sgd"
-    state_fields = ("momentum_buffer",)
-
-    @classmethod
-    def zeros(cls, param, grad, momentum=0.0):
-        """Buffers for ``param``/``grad`` (kept, not copied); a zeroed momentum buffer when
-        ``momentum > 0`` (the first step overwrites it with the gradient, as in torch)."""
-        return cls._allocate(param, grad, ["momentum_buffer"] if momentum > 0 else [])
+    """Parameter, gradient and, when momentum > 0, the ``momentum_buffer``
+    (``SGDBuffers.zeros(p, g, momentum=0.0)``; the first step overwrites the buffer with the
+    gradient, as in torch)."""
 
 
 def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
@@ -30,7 +24,7 @@ def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
         g   = g + momentum * buf   if nesterov   else   buf
         p   = p - lr * g
 
-    "First step" means ``buffers.step == 0``. Plain SGD (``momentum=0``) is the seed's
+    "First step" means ``buffers.step == 0``. Plain SGD (``momentum=0``) is the blog's
     ``mini_SGD.update`` (``p -= lr * g``), bitwise equal in float64.
 
     Args:
@@ -75,13 +69,8 @@ def _options(hp, t):
 
 
 def _scalars(hp, t):
-    return (hp["lr"], hp["weight_decay"], hp["momentum"], 1.0 - hp["dampening"])
-
-
-def _torch(hp):
-    return ("SGD", dict(lr=hp["lr"], momentum=hp["momentum"], dampening=hp["dampening"],
-                        weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
-                        maximize=hp["maximize"]))
+    return dict(lr=hp["lr"], wd=hp["weight_decay"], mom=hp["momentum"],
+                omd=1.0 - hp["dampening"])
 
 
 SPEC = OptimizerSpec(
@@ -89,30 +78,19 @@ SPEC = OptimizerSpec(
     step_name="sgd_step",
     buffers_cls=SGDBuffers,
     hypers=(
-        Hyper("lr", 1e-3, "step size", low=0.0),
-        Hyper("momentum", 0.0, "momentum factor", low=0.0),
-        Hyper("dampening", 0.0, "momentum dampening", low=0.0, high=1.0),
-        Hyper("weight_decay", 0.0, "L2 penalty", low=0.0),
-        Hyper("nesterov", False, "Nesterov momentum", kind="flag"),
-        Hyper("maximize", False, "ascend", kind="flag"),
+        Hyper("lr", 1e-3, low=0.0),
+        Hyper("momentum", 0.0, low=0.0),
+        Hyper("dampening", 0.0, low=0.0, high=1.0),
+        Hyper("weight_decay", 0.0, low=0.0),
+        Hyper("nesterov", False, kind="flag"),
+        Hyper("maximize", False, kind="flag"),
     ),
-    state_for=lambda hp: ("momentum_buffer",) if hp["momentum"] > 0 else (),
-    zeros_kwargs=lambda hp: {"momentum": hp["momentum"]} if hp["momentum"] > 0 else {},
-    kernel_family=_kernels.sgd_kernel,
-    kernel_arrays=("param", "grad", "momentum_buffer"),
+    state=(StateField("momentum_buffer", when=lambda hp: hp["momentum"] > 0,
+                      options=("momentum",)),),
+    kernel=_kernel.RECORD,
     scalars=_scalars,
     options=_options,
     reference=_reference.sgd,
     cross_check=_cross_check,
-    option_grid=dict(momentum=[0.0, 0.9], dampening=[0.0, 0.5], weight_decay=[0.0, 0.01],
-                     nesterov=[False, True], maximize=[False, True]),
-    bad_inputs=(
-        BadInput(dict(momentum=0.9), ValueError, "momentum_buffer"),
-        BadInput(dict(nesterov=True), ValueError, "nesterov=True requires momentum > 0"),
-        BadInput(dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError,
-                 "dampening == 0", state=dict(momentum=0.9)),
-    ),
-    seed=("mini_SGD", dict(lr=0.01)),
-    tuned=dict(lr=0.001, momentum=0.9),
-    torch_kwargs=_torch,
+    step_fn=sgd_step,
 )

@@ -1,17 +1,30 @@
-"""Fused CPU kernels: the shared bodies of ``kernels.loops`` bound to the CPU target
-(per-element math from ``kernels.elementwise`` compiled with ``numba.njit``, loops over
-``prange``), compiled lazily per option combination by ``kernels.decorators.KernelFamily``.
+"""Fused CPU kernels built from kernel records (``kernels.record``): the record's body bound
+to the CPU target (its per-element function and scalar adapter compiled with ``numba.njit``,
+loops over ``prange``), compiled lazily per option combination by
+``kernels.decorators.KernelFamily``. Nothing here names an optimizer.
 """
+import threading
+
 from numba import prange
 
-from . import elementwise as ew
-from . import loops
 from .decorators import KernelFamily, cpu_device, kernel_family
 
-adam_kernel = KernelFamily(loops.adam, elem=cpu_device(ew.adam_elem), loop=prange)
-rmsprop_kernel = KernelFamily(loops.rmsprop, elem=cpu_device(ew.rmsprop_elem), loop=prange)
-momentum_kernel = KernelFamily(loops.momentum, elem=cpu_device(ew.momentum_elem), loop=prange)
-sgd_kernel = KernelFamily(loops.sgd, elem=cpu_device(ew.sgd_elem), loop=prange)
+_families = {}
+_lock = threading.Lock()
+
+
+def family(record):
+    """The :class:`KernelFamily` of ``record`` (checked and built on first use)."""
+    fam = _families.get(record)
+    if fam is None:
+        with _lock:
+            fam = _families.get(record)
+            if fam is None:
+                record.check()
+                elem = cpu_device(record.adapter(cpu_device(record.elem)))
+                fam = _families[record] = KernelFamily(
+                    record.body, elem=elem, loop=prange, unpack=cpu_device(record.unpack()))
+    return fam
 
 
 @kernel_family

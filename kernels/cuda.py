@@ -1,11 +1,11 @@
-"""CUDA kernels: the shared bodies of ``kernels.loops`` bound to the CUDA target: the same
-per-element functions as the CPU kernels (``kernels.elementwise``) compiled with
-``numba.cuda.jit(device=True)``, and a grid-stride loop over flat 1-D device buffers, in place.
-Boolean options are compile-time constants of each kernel, as on the CPU, so an unused state
-array is never touched and a zero-length device array stands in for it. The scalars (one
-tuple, see ``kernels.loops``) must already have the buffer dtype: a float64 scalar would turn a
-float32 kernel's arithmetic into float64 (the PTX tests check that no float64 instruction
-appears in any float32 kernel).
+"""CUDA kernels built from kernel records (``kernels.record``): the same per-element functions
+as the CPU kernels compiled with ``numba.cuda.jit(device=True)``, the same kernel bodies with a
+grid-stride loop over flat 1-D device buffers, in place. Boolean options are compile-time
+constants of each kernel, as on the CPU, so an unused state array is never touched and a
+zero-length device array stands in for it. The scalars (one tuple, passed by value with the
+launch) must already have the buffer dtype: a float64 scalar would turn a float32 kernel's
+arithmetic into float64 (the PTX tests check that no float64 instruction appears in any float32
+kernel).
 
 This module imports ``numba.cuda``; fastopt imports it only when a CUDA path is used.
 """
@@ -14,12 +14,8 @@ import threading
 
 from numba import cuda
 
-from . import elementwise as ew
-from . import loops
 from .decorators import bind
 
-ELEMENTS = {"adam": ew.adam_elem, "rmsprop": ew.rmsprop_elem, "momentum": ew.momentum_elem,
-            "sgd": ew.sgd_elem}
 _device = {}
 
 
@@ -29,36 +25,45 @@ def grid_range(n):
     return range(cuda.grid(1), n, cuda.gridsize(1))
 
 
+@cuda.jit(device=True)
+def unpack_tuple(s):
+    """On CUDA the scalars already arrive as a tuple."""
+    return s
+
+
 @cuda.jit
-def fill_zero(a):
+def fill(a, value):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
     for i in range(start, a.shape[0], stride):
-        a[i] = 0
+        a[i] = value
 
 
 _compiled = {}
 _lock = threading.Lock()
 
 
-def get(name, **options):
-    """The ``cuda.jit`` kernel of optimizer ``name`` for these option values (lazy)."""
-    key = (name,) + tuple(sorted(options.items()))
+def get(record, **options):
+    """The ``cuda.jit`` kernel of ``record`` for these option values (lazy)."""
+    key = (record,) + tuple(sorted(options.items()))
     kernel = _compiled.get(key)
     if kernel is None:
         with _lock:
             kernel = _compiled.get(key)
             if kernel is None:
-                kernel = _compiled[key] = cuda.jit(python_kernel(name, **options))
+                kernel = _compiled[key] = cuda.jit(python_kernel(record, **options))
     return kernel
 
 
-def python_kernel(name, **options):
-    """The uncompiled kernel of optimizer ``name``: its ``kernels.loops`` body bound to the
-    CUDA target (used by :func:`get` and by ``cuda.compile_ptx``)."""
-    if name not in _device:
-        _device[name] = cuda.jit(device=True)(ELEMENTS[name])
-    return bind(loops.BODIES[name](**options), elem=_device[name], loop=grid_range)
+def python_kernel(record, **options):
+    """The uncompiled kernel of ``record``: its body bound to the CUDA target (used by
+    :func:`get` and by ``cuda.compile_ptx``)."""
+    elem = _device.get(record)
+    if elem is None:
+        record.check()
+        elem = _device[record] = cuda.jit(device=True)(
+            record.adapter(cuda.jit(device=True)(record.elem)))
+    return bind(record.body(**options), elem=elem, loop=grid_range, unpack=unpack_tuple)
 
 
 def launch_config(n, threads_per_block, max_blocks):

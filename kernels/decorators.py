@@ -1,8 +1,8 @@
 """All compile machinery for the kernels lives here (numbagg's pattern).
 
-* ``cpu_device``: compiles a per-element function from ``kernels.elementwise`` for use inside
-  CPU kernels (always inlined, NumPy error model, no fastmath).
-* ``KernelFamily``: a kernel body (``kernels.loops``) is a *factory* whose arguments are the
+* ``cpu_device``: compiles a per-element function (and its scalar adapter, see
+  ``kernels.record``) for use inside CPU kernels (always inlined, NumPy error model, no fastmath).
+* ``KernelFamily``: a kernel body (a record's ``body``) is a *factory* whose arguments are the
   optimizer's boolean options (``maximize``, ``amsgrad``, ...). The factory returns a closure;
   Numba freezes closure variables as compile-time constants, so each option combination
   compiles to its own branch-free loop that LLVM can vectorize (runtime flags inside the loop

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 
 import fastopt
-from fastopt import registry
+from fastopt import registry, testinfo
 
 SPECS = list(registry.REGISTRY.values())
 DTYPES = [np.float32, np.float64]
@@ -24,8 +24,21 @@ def make_buffers(spec, n, dtype, kwargs, seed=0, shape=None):
     shape = (n,) if shape is None else shape
     p = rng.standard_normal(shape).astype(dtype)
     g = np.zeros(shape, dtype)
-    hp = spec.validate(full_kwargs(spec, **kwargs))
-    return spec.buffers_cls.zeros(p, g, **spec.zeros_kwargs(hp))
+    return spec.buffers_cls.zeros(p, g, **state_options(spec, kwargs))
+
+
+def state_options(spec, kwargs):
+    """The ``Buffers.zeros`` keywords for a step with ``kwargs`` (on top of the defaults)."""
+    return spec.state_options(spec.validate(full_kwargs(spec, **kwargs)))
+
+
+def combos(spec):
+    """The option combinations the registry-driven tests step (``fastopt.testinfo``)."""
+    return testinfo.option_combinations(spec)
+
+
+def info(spec):
+    return testinfo.info(spec)
 
 
 def new_grad(buffers, rng):

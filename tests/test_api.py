@@ -4,8 +4,9 @@ import pytest
 
 import fastopt
 from fastopt import config, registry
-from helpers import (DTYPES, SPECS, assert_buffers_bitwise, assert_unchanged, clone,
-                     full_kwargs, make_buffers, new_grad, run_python, snapshot, step_fn)
+from helpers import (DTYPES, SPECS, assert_buffers_bitwise, assert_unchanged, clone, combos,
+                     full_kwargs, info, make_buffers, new_grad, run_python, snapshot,
+                     state_options, step_fn)
 
 
 # ------------------------------------------------------------------ convergence
@@ -16,9 +17,11 @@ def _rosenbrock_grad(x, g):
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_converges_on_rosenbrock(spec):
+    if not info(spec).tuned:
+        pytest.skip("no tuned settings in fastopt.testinfo")
     x, g = np.array([-1.2, 1.0]), np.zeros(2)
-    kw = full_kwargs(spec, **spec.tuned)
-    b = spec.buffers_cls.zeros(x, g, **spec.zeros_kwargs(spec.validate(kw)))
+    kw = full_kwargs(spec, **info(spec).tuned)
+    b = spec.buffers_cls.zeros(x, g, **state_options(spec, kw))
     for _ in range(20000):
         _rosenbrock_grad(x, g)
         step_fn(spec)(b, **kw)
@@ -28,11 +31,13 @@ def test_converges_on_rosenbrock(spec):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_converges_on_quadratic_and_keeps_dtype(spec, dtype):
+    if not info(spec).tuned:
+        pytest.skip("no tuned settings in fastopt.testinfo")
     a = np.linspace(0.5, 2.0, 50).astype(dtype)
     x = np.ones(50, dtype)
     g = np.zeros(50, dtype)
-    kw = full_kwargs(spec, **spec.tuned)
-    b = spec.buffers_cls.zeros(x, g, **spec.zeros_kwargs(spec.validate(kw)))
+    kw = full_kwargs(spec, **info(spec).tuned)
+    b = spec.buffers_cls.zeros(x, g, **state_options(spec, kw))
     f0 = 0.5 * float(np.sum(a * x * x))
     for _ in range(3000):
         np.multiply(a, x, out=g)
@@ -97,15 +102,16 @@ def test_hyperparameters_are_cast_before_the_kernel(spec):
     """Every compiled signature of a float32 kernel has only float32 scalars (a float64
     scalar would promote the arithmetic and add a float64 signature)."""
     import numba
-    kw = full_kwargs(spec, **spec.tuned)
+    kw = full_kwargs(spec, **info(spec).tuned)
     hp = spec.validate(kw)
     for dtype in DTYPES:
-        b = make_buffers(spec, 10, dtype, spec.tuned)
+        b = make_buffers(spec, 10, dtype, info(spec).tuned)
         step_fn(spec)(b, **kw)
         step_fn(spec)(b, **kw)
         scalars = spec.kernel_scalars(hp, 2, np.dtype(dtype).type)
         assert scalars.dtype == dtype and scalars.shape == (len(spec.scalars(hp, 2)),)
-    kernel = spec.kernel_family.get(False, **spec.options(hp, 2))
+    from fastopt.kernels import cpu
+    kernel = cpu.family(spec.kernel).get(False, **spec.options(hp, 2))
     assert kernel.signatures
     for sig in kernel.signatures:
         # every argument, the packed scalars included, is an array of one dtype
@@ -122,8 +128,6 @@ def test_flat_params_views_are_zero_copy():
     fp.grads["b"][:] = 2.0
     np.testing.assert_array_equal(fp.grad[12:16], 2.0)
     assert np.shares_memory(fp.params["c"], fp.param)
-    assert fp.covers(fp.params, fp.grads)
-    assert not fp.covers({k: v.copy() for k, v in fp.params.items()}, fp.grads)
 
 
 def test_flat_params_from_arrays_and_fused_step():
@@ -160,32 +164,37 @@ def test_config_reset_and_environment(monkeypatch):
         config.reset()
     monkeypatch.delenv("FASTOPT_PARALLEL_THRESHOLD")
     monkeypatch.setenv("OMP_WAIT_POLICY", "")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "")
     config.reset()
-    assert config.PARALLEL_THRESHOLD == 32768
+    assert config.PARALLEL_THRESHOLD == 131072          # fastopt's short spin: a loop's default
+    monkeypatch.setenv("FASTOPT_OMP_SPINCOUNT", "keep")
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 32768           # libgomp's long spin
+    monkeypatch.delenv("FASTOPT_OMP_SPINCOUNT")
     monkeypatch.setenv("OMP_WAIT_POLICY", "passive")
     config.reset()
     assert config.PARALLEL_THRESHOLD == 131072
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 32768
     monkeypatch.setenv("OMP_WAIT_POLICY", "")
     config.reset()
-    assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK"}
+    assert set(config.as_dict()) >= {"PARALLEL_THRESHOLD", "CUDA_THREADS_PER_BLOCK",
+                                     "OMP_SPINCOUNT"}
 
 
-def test_thread_wait_policy_applies_unless_the_user_chose(no_wait_policy, monkeypatch):
+def test_bench_wait_policy_applies_unless_the_user_chose(no_wait_policy, monkeypatch):
     def blank():
         no_wait_policy()
         config.reset()
     blank()
-    assert config.PARALLEL_THRESHOLD == 32768
-    assert config.set_thread_wait("train") == {"OMP_WAIT_POLICY": "PASSIVE",
-                                               "GOMP_SPINCOUNT": None}
-    assert config.PARALLEL_THRESHOLD == 131072     # passive waiting: a higher default
-    blank()
+    assert config.PARALLEL_THRESHOLD == 131072
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": None,
                                                "GOMP_SPINCOUNT": "1000"}
-    assert config.PARALLEL_THRESHOLD == 32768
+    assert config.PARALLEL_THRESHOLD == 32768      # back-to-back steps: threads spinning
     blank()
     config.PARALLEL_THRESHOLD = 5000               # an explicit choice is kept
-    config.set_thread_wait("train")
+    config.set_thread_wait("bench")
     assert config.PARALLEL_THRESHOLD == 5000
     blank()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # the user's choice wins
@@ -196,7 +205,7 @@ def test_thread_wait_policy_applies_unless_the_user_chose(no_wait_policy, monkey
 # ------------------------------------------------------------------ checkpoints
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_checkpoint_resume_is_bitwise(spec, tmp_path):
-    combo = spec.option_combinations()[-1]
+    combo = combos(spec)[-1]
     kw = full_kwargs(spec, **combo)
     straight = make_buffers(spec, 257, np.float32, combo)
     resumed = clone(straight)
@@ -293,8 +302,9 @@ def test_missing_checkpoint():
 def test_import_compiles_nothing():
     run_python("import fastopt\n"
                "from fastopt import registry\n"
-               "fams = [s.kernel_family for s in registry.REGISTRY.values()]\n"
-               "assert all(not f._cache for f in fams), 'compiled at import'\n"
+               "from fastopt.kernels import cpu\n"
+               "assert not cpu._families, 'kernel families built at import'\n"
+               "assert not cpu.traffic_kernel._cache, 'compiled at import'\n"
                "print('ok')", expect="ok")
 
 
@@ -302,9 +312,9 @@ def test_import_compiles_nothing():
 def test_repeated_call_picks_up_replaced_arrays_and_new_values(spec):
     """A call identical to the previous one reuses its validation; a new gradient array or a
     new hyperparameter value must still take effect (compared with the NumPy reference)."""
-    kw = full_kwargs(spec, **spec.tuned)
-    fast = make_buffers(spec, 50, np.float32, spec.tuned)
-    ref = make_buffers(spec, 50, np.float32, spec.tuned)
+    kw = full_kwargs(spec, **info(spec).tuned)
+    fast = make_buffers(spec, 50, np.float32, info(spec).tuned)
+    ref = make_buffers(spec, 50, np.float32, info(spec).tuned)
     rng = np.random.default_rng(1)
     for i in range(4):
         g = rng.standard_normal(50).astype(np.float32)
@@ -324,21 +334,25 @@ def test_no_recompilation_on_later_calls(spec):
     step_fn(spec)(b, **kw)
     step_fn(spec)(b, **kw)
     hp = spec.validate(kw)
-    kernel = spec.kernel_family.get(False, **spec.options(hp, 3))
+    from fastopt.kernels import cpu
+    kernel = cpu.family(spec.kernel).get(False, **spec.options(hp, 3))
     n_before = len(kernel.signatures)
     for lr in (0.1, 0.2, 0.3):
         step_fn(spec)(b, **dict(kw, lr=lr))
     assert n_before >= 1 and len(kernel.signatures) == n_before
 
 
-def test_kernels_use_numpy_error_model_and_no_fastmath():
-    from fastopt.kernels import decorators
-    assert decorators.KERNEL_OPTIONS["error_model"] == "numpy"
-    assert decorators.KERNEL_OPTIONS["fastmath"] is False
-    assert decorators.KERNEL_OPTIONS["cache"] is True
-    spec = registry.get("momentum")
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "parallel"])
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_kernels_use_numpy_error_model_no_fastmath_and_disk_cache(spec, parallel):
+    """Read off the compiled dispatchers themselves, not the options we meant to give."""
+    from numba.core.caching import FunctionCache
+    from fastopt.kernels import cpu
+    kw = full_kwargs(spec)
     b = make_buffers(spec, 10, np.float32, {})
-    fastopt.momentum_step(b)
-    kernel = spec.kernel_family.get(False)
+    fastopt.registry.step_function(spec)(b, **kw)
+    kernel = cpu.family(spec.kernel).get(parallel, **spec.options(spec.validate(kw), 2))
     assert kernel.targetoptions["error_model"] == "numpy"
     assert not kernel.targetoptions.get("fastmath")
+    assert kernel.targetoptions.get("parallel", False) == parallel
+    assert isinstance(kernel._cache, FunctionCache)

@@ -3,7 +3,12 @@ import numpy as np
 import pytest
 
 import fastopt
-from helpers import (SPECS, assert_unchanged, full_kwargs, make_buffers, snapshot, step_fn)
+from helpers import (SPECS, assert_unchanged, full_kwargs, info, make_buffers, snapshot,
+                     step_fn)
+
+def state_of(spec, kwargs):
+    return {k: v for k, v in kwargs.items() if k in spec.zeros_options}
+
 
 OTHER = {s.name: [o for o in SPECS if o is not s][0] for s in SPECS}
 
@@ -37,7 +42,7 @@ def test_invalid_hyperparameter(spec, name, bad):
     _expect(spec, b, (TypeError, ValueError), name, **{name: bad})
 
 
-BAD_CASES = [(spec, bad) for spec in SPECS for bad in spec.bad_inputs]
+BAD_CASES = [(spec, bad) for spec in SPECS for bad in info(spec).bad_inputs]
 
 
 @pytest.mark.parametrize("spec,bad", BAD_CASES,
@@ -119,14 +124,14 @@ CORRUPT = [(spec, case) for spec in SPECS for case in _corrupt_cases(spec)]
 @pytest.mark.parametrize("spec,case", CORRUPT, ids=[f"{s.name}-{c[0]}" for s, c in CORRUPT])
 def test_bad_arrays(spec, case):
     _, mutate, error, match = case
-    b = _stepped(spec, **spec.tuned)
+    b = _stepped(spec, **state_of(spec, info(spec).tuned))
     originals = {k: (a, a.copy()) for k, a in b.arrays().items()}
     step = b.step
     mutate(b)
     snap = snapshot(b) if all(isinstance(a, np.ndarray) for a in b.arrays().values()) \
         else None
     with pytest.raises(error, match=match):
-        step_fn(spec)(b, **full_kwargs(spec, **spec.tuned))
+        step_fn(spec)(b, **full_kwargs(spec, **info(spec).tuned))
     assert b.step == step
     if snap is not None:
         assert_unchanged(b, snap)

@@ -13,7 +13,7 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_
     cases.append((registry.get("adam"), benchmarks.MLP_SIZE, np.float64))   # the MLP's tensors
     monkeypatch.setattr(benchmarks, "_plan", lambda quick: cases)
     out = tmp_path / "out"
-    assert main(["bench", "--quick", "--out", str(out)]) == 0
+    assert main(["bench", "--quick", "--no-loops", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ceiling" in text and "roofline" in text
 
@@ -23,16 +23,44 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_
     ok = {(r["optimizer"], r["size"], r["dtype"], r["impl"]) for r in rows
           if r["status"] == "ok"}
     for spec, n, dtype in cases:
-        for impl in ("seed", "numpy", "cpu-serial", "cpu-parallel"):
+        for impl in ("blog", "numpy", "cpu-serial", "cpu-parallel"):
             assert (spec.name, n, np.dtype(dtype).name, impl) in ok, (spec.name, n, impl)
     for r in rows:
         if r["status"] != "ok":
             assert r["reason"]                      # every skipped implementation says why
             continue
         assert r["seconds"] > 0 and r["gb_per_s"] > 0 and r["roofline_fraction"] > 0
-        assert r["speedup_vs_seed"] > 0 and r["seed_over_traffic_equal"] > 0
+        assert r["speedup_vs_blog"] > 0 and r["blog_over_traffic_equal"] > 0
+        assert r["roofline_fraction"] < 1.5     # timed interleaved with its reference
         spec = registry.get(r["optimizer"])
         n_state = len(spec.required_state(spec.validate(spec.defaults)))
         # every array read once, every array but the gradient written once
         assert r["bytes_per_element"] == (2 * (2 + n_state) - 1) * np.dtype(r["dtype"]).itemsize
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_loop_benchmark_compares_default_tuned_and_blog():
+    from fastopt import trainloop
+    rows = trainloop.measure(models=("mlp",), configs=["default", "serial step", "blog's Adam"],
+                             repeats=1, iters=3, show_progress=False)
+    by = {r["config"]: r for r in rows}
+    assert set(by) == {"default", "serial step", "blog's Adam"}
+    for r in rows:
+        assert r["parameters"] == benchmarks.MLP_SIZE
+        assert 0 < r["model_ms"] < r["iter_ms"] and r["step_ms"] > 0
+        assert r["best_tuned"] == "serial step"
+        assert r["vs_best_tuned"] == r["iter_ms"] / by["serial step"]["iter_ms"]
+        assert r["vs_blog"] == r["iter_ms"] / by["blog's Adam"]["iter_ms"]
+    # a fresh process with no policy variables reports fastopt's default threshold
+    assert by["default"]["parallel_threshold"] == 131072
+    assert by["serial step"]["parallel_threshold"] == 1 << 62
+    text = trainloop.format_table(rows)
+    assert "blog's Adam" in text and "vs best tuned" in text
+
+
+def test_default_policy_step_rows_run_in_a_clean_process():
+    from fastopt import trainloop
+    rows = trainloop.default_policy_step_rows(cases=(("sgd", 1000),), min_time=0.01)
+    assert {r["impl"] for r in rows} == {"cpu", "torch-fused"}
+    cpu = next(r for r in rows if r["impl"] == "cpu")
+    assert cpu["status"] == "ok" and cpu["policy"] == "default" and cpu["seconds"] > 0

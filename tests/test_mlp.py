@@ -11,7 +11,7 @@ import pytest
 import fastopt
 from fastopt.__main__ import main
 from fastopt.experiment import run_compare, smooth_curve
-from fastopt.mlp import MLP, SEED_SIZES
+from fastopt.mlp import MLP, BLOG_SIZES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,10 +103,23 @@ def test_compare_backends_are_bitwise_identical_and_deterministic():
     assert set(a["losses"]) == {"SGD", "Momentum", "RMSprop", "Adam"}
 
 
-def test_compare_float64_uses_float64_arenas():
+def test_compare_float64_uses_float64_arenas(monkeypatch):
+    import fastopt.experiment as experiment
+    made = []
+
+    class Recording(experiment.MLP):
+        def copy(self):
+            net = super().copy()
+            made.append(net)
+            return net
+    monkeypatch.setattr(experiment, "MLP", Recording)
     res = run_compare(_data(), iters=3, batch_size=8, optimizers=["Adam"], dtype=np.float64,
                       report_every=1, out=open(os.devnull, "w"))
     assert res["settings"]["dtype"] == "float64"
+    assert made and all(n.flat.param.dtype == n.flat.grad.dtype == np.float64 for n in made)
+    f32 = run_compare(_data(), iters=3, batch_size=8, optimizers=["Adam"], dtype=np.float32,
+                      report_every=1, out=open(os.devnull, "w"))
+    assert f32["losses"]["Adam"] != res["losses"]["Adam"]
 
 
 def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch, no_wait_policy):
@@ -114,11 +127,12 @@ def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch, no_wait_polic
     monkeypatch.setenv("FASTOPT_MNIST_MIRRORS", "http://127.0.0.1:9/")
     monkeypatch.delenv("FASTOPT_DATA", raising=False)
     out = tmp_path / "out"
+    fastopt.config.reset()          # the defaults of a process that sets no policy
     rc = main(["compare", "--iters", "101", "--batch-size", "16", "--optimizers",
                "sgd,Adam", "--out", str(out), "--dtype", "float64"])
     assert rc == 0
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"   # training waits passively
-    assert fastopt.config.PARALLEL_THRESHOLD == 131072   # and runs the MLP's step serially
+    assert not os.environ.get("OMP_WAIT_POLICY")        # compare sets no policy of its own
+    assert fastopt.config.PARALLEL_THRESHOLD == 131072   # the MLP's step runs serially
     text = capsys.readouterr().out
     assert "========== iteration: 0 ==========" in text
     assert "========== iteration: 100 ==========" in text
@@ -157,5 +171,16 @@ def test_cli_bad_data_dir_one_line(tmp_path):
     assert "does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_seed_sizes():
-    assert SEED_SIZES == (784, 100, 100, 100, 100, 10)
+def test_default_network_is_the_blogs():
+    """The blog's MultiLayerNet(input_size=784, hidden_size_list=[100] * 4, output_size=10):
+    ten tensors in order W1, b1, ..., W5, b5, and the parameter count the benchmarks use."""
+    from fastopt.benchmarks import MLP_SHAPES, MLP_SIZE
+    sizes = [784] + [100] * 4 + [10]
+    net = MLP()
+    expected = {}
+    for i in range(5):
+        expected[f"W{i + 1}"] = (sizes[i], sizes[i + 1])
+        expected[f"b{i + 1}"] = (sizes[i + 1],)
+    assert [(k, v.shape) for k, v in net.params.items()] == list(expected.items())
+    assert net.flat.size == MLP_SIZE == sum(int(np.prod(s)) for s in MLP_SHAPES)
+    assert MLP(BLOG_SIZES).flat.size == net.flat.size

@@ -2,14 +2,15 @@
 import numpy as np
 import pytest
 
-from helpers import DTYPES, SPECS, full_kwargs, make_buffers, step_fn
+from helpers import DTYPES, SPECS, combos, full_kwargs, info, make_buffers, step_fn
 
 torch = pytest.importorskip("torch")
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-6), np.float64: dict(rtol=1e-11, atol=1e-14)}
 
-CASES = [(spec, combo) for spec in SPECS for combo in spec.option_combinations()
-         if spec.torch_kwargs(spec.validate(full_kwargs(spec, **combo))) is not None]
+CASES = [(spec, combo) for spec in SPECS for combo in combos(spec)
+         if info(spec).torch is not None
+         and info(spec).torch(spec.validate(full_kwargs(spec, **combo))) is not None]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -21,7 +22,7 @@ def test_matches_torch(spec, combo, dtype):
     if "lr" in kwargs:
         kwargs["lr"] = 1e-3 if spec.name != "sgd" else 1e-2
     hp = spec.validate(kwargs)
-    cls_name, tkw = spec.torch_kwargs(hp)
+    cls_name, tkw = info(spec).torch(hp)
     n = 1000
     ours = make_buffers(spec, n, dtype, kwargs, seed=3)
     tp = torch.nn.Parameter(torch.from_numpy(ours.param.copy()))

@@ -6,13 +6,16 @@ first 2,000 test images and labels, made by ``python -m fastopt.datasets.make_sa
 """
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import struct
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +45,10 @@ MIRRORS = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 )
-TIMEOUT = 15.0
+TIMEOUT = 15.0                 # seconds a mirror may stay silent
+DEADLINE = 300.0               # seconds one file's download may take in all
+                               # (FASTOPT_DOWNLOAD_DEADLINE overrides)
+MAX_IDX_BYTES = 16 + 60000 * 784   # the largest MNIST file, decompressed
 SAMPLE_DIR = Path(__file__).with_name("data")
 SAMPLE_PREFIX = "sample-"
 
@@ -53,15 +59,38 @@ class MNISTError(ValueError):
 
 # ------------------------------------------------------------------ IDX reading
 
-def _read_bytes(path):
+def expected_size(magic, count):
+    """The exact size of a decompressed IDX file of ``count`` MNIST images (magic 2051) or
+    labels (2049); without a count, the largest MNIST file."""
+    if count is None:
+        return MAX_IDX_BYTES
+    return 16 + count * 784 if magic == 2051 else 8 + count
+
+
+def _read_bytes(path, limit=MAX_IDX_BYTES):
+    """The (decompressed) bytes of ``path``, never more than ``limit`` + 64 KiB of them: a
+    gzip stream is decompressed incrementally and abandoned as soon as it exceeds the size the
+    file can have (a "gzip bomb" costs a few MB, not gigabytes). Up to 64 KiB too many are
+    returned, so that the IDX parser can say "trailing bytes"."""
     path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == ".gz" or raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as e:
-            raise MNISTError(f"{path}: broken gzip stream ({e})") from None
-    return raw
+    limit += 1 << 16
+    with open(path, "rb") as f:
+        head = f.read(2)
+        f.seek(0)
+        if path.suffix == ".gz" or head == b"\x1f\x8b":
+            try:
+                with gzip.GzipFile(fileobj=f) as z:
+                    raw = z.read(limit + 1)
+            except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+                raise MNISTError(f"{path}: broken gzip stream ({e})") from None
+            if len(raw) > limit:
+                raise MNISTError(f"{path}: decompresses to more than the {limit} bytes an "
+                                 f"MNIST file has (not an MNIST file, or a gzip bomb)")
+            return raw
+        size = os.fstat(f.fileno()).st_size
+        if size > limit:
+            raise MNISTError(f"{path}: {size} bytes, more than the {limit} an MNIST file has")
+        return f.read(limit + 1)
 
 
 def parse_idx(raw, path, magic, count=None):
@@ -89,7 +118,7 @@ def parse_idx(raw, path, magic, count=None):
 
 def read_idx(path, magic, count=None, sha256=None):
     """Read and verify one IDX file (gzip or raw)."""
-    raw = _read_bytes(path)
+    raw = _read_bytes(path, expected_size(magic, count))
     array = parse_idx(raw, path, magic, count)   # structure first: the clearer message
     if sha256 is not None:
         digest = hashlib.sha256(raw).hexdigest()
@@ -132,25 +161,63 @@ def mirrors():
     return MIRRORS
 
 
-def _fetch(url, dest, expected_sha, show_progress):
-    """Download ``url`` to a temporary file beside ``dest``, verify, then rename."""
+def _deadline():
+    raw = os.environ.get("FASTOPT_DOWNLOAD_DEADLINE", "").strip()
+    try:
+        return float(raw) if raw else DEADLINE
+    except ValueError:
+        raise ValueError(f"FASTOPT_DOWNLOAD_DEADLINE={raw!r} is not a number of seconds") \
+            from None
+
+
+def _clean_stale_parts(directory, older_than):
+    """Remove ``.part-*`` files that a killed download left behind (older than any live
+    download can be)."""
+    now = time.time()
+    for p in Path(directory).glob(".part-*"):
+        try:
+            if now - p.stat().st_mtime > older_than:
+                p.unlink()
+        except OSError:
+            pass
+
+
+def _fetch(url, dest, expected_sha, show_progress, limit=MAX_IDX_BYTES):
+    """Download ``url`` to a temporary file beside ``dest``, verify, then rename. The
+    download must finish within the deadline and stay under the size an MNIST file can have
+    (a gzip file is never much larger than its content)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + _deadline()
+    cap = limit + (1 << 20)
     fd, tmp = tempfile.mkstemp(prefix=".part-", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
+            if total is not None and total > cap:
+                raise MNISTError(f"{url}: announces {total} bytes, more than an MNIST file")
             bar = progress(total, desc=dest.name, unit="B", enabled=show_progress)
+            got = 0
             try:
                 while True:
-                    chunk = r.read(1 << 16)
+                    chunk = r.read1(1 << 16)
                     if not chunk:
                         break
+                    got += len(chunk)
+                    if got > cap:
+                        raise MNISTError(f"{url}: sent more than {cap} bytes, more than an "
+                                         f"MNIST file")
+                    if time.monotonic() > deadline:
+                        raise MNISTError(f"{url}: too slow (not finished within "
+                                         f"{_deadline():.0f} s; FASTOPT_DOWNLOAD_DEADLINE "
+                                         f"sets the limit)")
                     out.write(chunk)
                     bar.update(len(chunk))
             finally:
                 bar.close()
-        raw = _read_bytes(tmp)
+            if total is not None and got != total:
+                raise MNISTError(f"{url}: sent {got} bytes, announced {total}")
+        raw = _read_bytes(tmp, limit)
         digest = hashlib.sha256(raw).hexdigest()
         if digest != expected_sha:
             raise MNISTError(f"{url}: downloaded content has SHA-256 {digest}, "
@@ -170,6 +237,8 @@ def download_mnist(directory=None, show_progress=None, files=None):
     directory = cache_dir() if directory is None else Path(directory)
     files = FILES if files is None else files
     live = list(mirrors())
+    if directory.is_dir():
+        _clean_stale_parts(directory, older_than=2 * _deadline() + 60)
     for key, (stem, sha, _magic, _count) in files.items():
         dest = directory / (stem + ".gz")
         if dest.is_file():
@@ -181,9 +250,11 @@ def download_mnist(directory=None, show_progress=None, files=None):
         errors = []
         for base in list(live):
             try:
-                _fetch(base + stem + ".gz", dest, sha, show_progress)
+                _fetch(base + stem + ".gz", dest, sha, show_progress,
+                       expected_size(_magic, _count))
                 break
-            except (OSError, urllib.error.URLError, MNISTError, ValueError) as e:
+            except (OSError, urllib.error.URLError, http.client.HTTPException, MNISTError,
+                    ValueError) as e:
                 errors.append(f"{base}: {e}")
                 live.remove(base)
         else:
@@ -243,6 +314,9 @@ def load_mnist(normalize=True, flatten=True, one_hot=False, root=None, download=
     """
     data, source = None, None
     if root is not None:
+        if Path(root).exists() and not Path(root).is_dir():
+            raise MNISTError(f"data directory {root} is not a directory (it is a file); pass "
+                             f"the directory that holds the four IDX files")
         if not Path(root).is_dir():
             raise MNISTError(f"data directory {root} does not exist")
         data, source = read_dir(root), f"full MNIST from {root}"
@@ -252,12 +326,22 @@ def load_mnist(normalize=True, flatten=True, one_hot=False, root=None, download=
                           f"looking elsewhere", stacklevel=2)
     env = os.environ.get("FASTOPT_DATA")
     if data is None and env:
-        for d in (Path(env), Path(env) / "mnist"):
-            if d.is_dir():
-                data = read_dir(d)
-                if data is not None:
-                    source = f"full MNIST from $FASTOPT_DATA ({d})"
-                    break
+        if not Path(env).exists():
+            warnings.warn(f"$FASTOPT_DATA={env} does not exist; ignoring it", stacklevel=2)
+        elif not Path(env).is_dir():
+            warnings.warn(f"$FASTOPT_DATA={env} is not a directory; ignoring it",
+                          stacklevel=2)
+        else:
+            for d in (Path(env), Path(env) / "mnist"):
+                if d.is_dir():
+                    data = read_dir(d)
+                    if data is not None:
+                        source = f"full MNIST from $FASTOPT_DATA ({d})"
+                        break
+            if data is None:
+                warnings.warn(f"$FASTOPT_DATA={env} does not hold the four MNIST files "
+                              f"({', '.join(s for s, *_ in FILES.values())}, .gz or raw, "
+                              f"there or in its mnist/ folder); ignoring it", stacklevel=2)
     if data is None:
         try:
             data = read_dir(cache_dir())

@@ -16,10 +16,10 @@ if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1":
 from numba import cuda  # noqa: E402
 
 import fastopt  # noqa: E402
-from fastopt import config, registry  # noqa: E402
+from fastopt import config, registry, testinfo  # noqa: E402
 
 SPECS = list(registry.REGISTRY.values())
-CASES = [(s, c) for s in SPECS for c in s.option_combinations()]
+CASES = [(s, c) for s in SPECS for c in testinfo.option_combinations(s)]
 ULP = {np.float32: 2, np.float64: 1}
 
 
@@ -37,7 +37,8 @@ def _pair(spec, combo, dtype, n, seed=0):
     hp = spec.validate(kw)
     rng = np.random.default_rng(seed)
     host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(dtype),
-                                  np.zeros(n, dtype), **spec.zeros_kwargs(hp))
+                                  np.zeros(n, dtype),
+                                  **spec.state_options(hp))
     dev = fastopt.to_device(host)
     return kw, host, dev, rng
 
@@ -129,3 +130,27 @@ def test_profile_refuses_to_time_under_the_simulator(tmp_path, capsys):
     rc = main(["profile", "--sizes", "1000", "--out", str(tmp_path)])
     assert rc == 2
     assert "simulator" in capsys.readouterr().err
+
+
+def test_device_steps_validate_once_and_again_when_an_array_changes(monkeypatch):
+    from fastopt import _cuda_backend
+    calls = []
+    original = _cuda_backend.check_device_group
+
+    def counting(*a, **k):
+        calls.append(1)
+        return original(*a, **k)
+    monkeypatch.setattr(_cuda_backend, "check_device_group", counting)
+    p = cuda.to_device(np.ones(40, np.float32))
+    b = fastopt.AdamBuffers.zeros(p, cuda.to_device(np.full(40, 0.5, np.float32)))
+    calls.clear()
+    for _ in range(5):
+        fastopt.adam_step(b, lr=1e-3)
+    assert len(calls) == 1                      # validated once, then the prepared step
+    b.grad = cuda.to_device(np.full(40, 0.25, np.float32))
+    fastopt.adam_step(b, lr=1e-3)
+    assert len(calls) == 2 and b.step == 6
+    b.grad = cuda.to_device(np.full(41, 0.25, np.float32))   # wrong shape: refused
+    with pytest.raises(ValueError, match="shape"):
+        fastopt.adam_step(b, lr=1e-3)
+    assert b.step == 6

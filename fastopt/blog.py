@@ -1,5 +1,7 @@
-"""The seed document's optimizer classes, transcribed verbatim (section 1-1 of the seed,
-"Optimizer class definition"). They are the oracle of the seed-parity tests and the baseline of
+"""The blog's optimizer classes, transcribed verbatim from section 1-1, "Optimizer class
+definition", of the blog post "[Optimizer] Adam" (Deep Learning Basic series,
+miniharu22.github.io), which follows the optimizer module of the textbook "Deep Learning from
+Scratch" (Koki Saito, O'Reilly Japan). They are the oracle of the blog-parity tests and the baseline of
 the benchmarks; use :mod:`fastopt.compat` for the fast drop-in versions."""
 import numpy as np
 
@@ -80,4 +82,4 @@ class Adam:
             params[key] -= lr_t * self.m[key] / (np.sqrt(self.v[key]) + 1e-7)
 
 
-SEED_CLASSES = {"mini_SGD": mini_SGD, "Momentum": Momentum, "RMSprop": RMSprop, "Adam": Adam}
+BLOG_CLASSES = {"mini_SGD": mini_SGD, "Momentum": Momentum, "RMSprop": RMSprop, "Adam": Adam}

@@ -1,0 +1,98 @@
+"""The one dispatch site: ``numpy`` (the reference), ``cpu`` (Numba) and ``cuda``.
+
+:func:`choose` turns the caller's ``backend`` into one of them (``None`` chooses from where
+the arrays live; an explicit choice wins or raises) and :func:`runner` builds, for validated
+arrays and hyperparameters, a function ``run(t)`` that performs step ``t`` in place. The
+runner keeps the arrays it was built for, never flat views of them: the CPU runner takes fresh
+views on every call (so a caller who reallocates an array in place, ``a.resize(...)``, can
+never make a kernel write freed memory; the step driver re-validates when shape, strides,
+dtype or writability change).
+"""
+import numpy as np
+
+from . import _threads, config
+
+BACKENDS = ("numpy", "cpu", "cuda")
+
+
+def choose(backend, on_device):
+    """``None`` chooses from where the arrays live; an explicit backend wins or raises."""
+    if backend is None:
+        return "cuda" if on_device else "cpu"
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS} "
+                         f"or None (automatic)")
+    if on_device and backend != "cuda":
+        raise ValueError(f"backend={backend!r} needs host (NumPy) arrays but the buffers "
+                         f"are CUDA device arrays; use backend='cuda' or None, or copy "
+                         f"them to the host with fastopt.to_host(buffers)")
+    if backend == "cuda" and not on_device:
+        raise ValueError("backend='cuda' needs CUDA device arrays but the buffers are NumPy "
+                         "arrays; move them with fastopt.to_device(buffers) first")
+    return backend
+
+
+def check_parallel(parallel):
+    if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+        raise TypeError(f"parallel must be None (choose by size), True or False, got "
+                        f"{parallel!r}")
+    return None if parallel is None else bool(parallel)
+
+
+def runner(spec, backend, arrays, dtype, hp, parallel=None):
+    """``run(t)`` for one validated step of ``spec``."""
+    if backend == "numpy":
+        return _numpy_runner(spec, arrays, dtype, hp)
+    if backend == "cpu":
+        return _cpu_runner(spec, arrays, dtype, hp, parallel)
+    from ._cuda_backend import cuda_runner
+    return cuda_runner(spec, arrays, dtype, hp)
+
+
+def _numpy_runner(spec, arrays, dtype, hp):
+    st = np.dtype(dtype).type
+
+    def run(t):
+        spec.reference(arrays, hp, t, st)
+    return run
+
+
+_PLACEHOLDERS = {}
+
+
+def placeholder(dtype):
+    """A zero-length array standing in for state an option set does not use (writable, so
+    that every option combination compiles against the same array type)."""
+    dtype = np.dtype(dtype)
+    a = _PLACEHOLDERS.get(dtype)
+    if a is None:
+        a = _PLACEHOLDERS[dtype] = np.empty(0, dtype=dtype)
+    return a
+
+
+def _cpu_runner(spec, arrays, dtype, hp, parallel):
+    from .kernels import cpu
+    family = cpu.family(spec.kernel)
+    st = np.dtype(dtype).type
+    ph = placeholder(dtype)
+    sources = [arrays.get(name) for name in spec.kernel.arrays]
+    # a 1-D C-contiguous array goes to the kernel as it is; an N-D one as a view made at each
+    # call (a view kept across calls would point at freed memory after an in-place resize)
+    flat = all(a is None or a.ndim == 1 for a in sources)
+    static = [ph if a is None else a for a in sources]
+    n = int(arrays["param"].size)
+    kernels = {}
+
+    def run(t):
+        if n == 0:
+            return
+        par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
+        key = (par, t == 1)
+        kernel = kernels.get(key)
+        if kernel is None:
+            kernel = kernels[key] = family.get(par, **spec.options(hp, t))
+        if par and not _threads.READY:
+            _threads.ensure_pool()
+        kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]),
+               spec.kernel_scalars(hp, t, st))
+    return run

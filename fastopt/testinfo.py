@@ -1,0 +1,119 @@
+"""Test and benchmark information about each optimizer, kept apart from the runtime specs
+(torch keeps its ``OptimizerInfo`` records outside ``torch.optim`` for the same reason).
+
+An :class:`OptimizerInfo` says which option combinations the registry-driven tests step
+(``option_grid``), which hyperparameter combinations must be refused and how (``bad_inputs``,
+beyond the per-hyperparameter ranges every :class:`~fastopt._spec.Hyper` already generates),
+settings that solve the convergence problems (``tuned``), the torch peer (``torch``: ``hp ->
+(torch.optim class name, kwargs)`` or ``None`` where torch has no such formula) and the blog's
+class (``blog``: ``(class name in fastopt.blog, equivalent step kwargs)``). Every field is
+optional: an optimizer with no entry, or with no torch or blog peer, is tested and benchmarked
+with what it has.
+"""
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BadInput:
+    """A hyperparameter combination that must raise ``error`` matching ``match``.
+
+    ``state`` names the options used to allocate the buffers (``Buffers.zeros`` keywords)."""
+    kwargs: dict
+    error: type
+    match: str
+    state: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerInfo:
+    option_grid: dict = dataclasses.field(default_factory=dict)
+    bad_inputs: tuple = ()
+    tuned: dict = dataclasses.field(default_factory=dict)
+    torch: object = None
+    blog: tuple = None
+
+
+def _adam_torch(hp):
+    if hp["eps_hat"]:
+        return None
+    return ("AdamW" if hp["decoupled_weight_decay"] else "Adam",
+            dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                 weight_decay=hp["weight_decay"], amsgrad=hp["amsgrad"],
+                 maximize=hp["maximize"]))
+
+
+INFO = {
+    "adam": OptimizerInfo(
+        option_grid=dict(weight_decay=[0.0, 0.01], decoupled_weight_decay=[False, True],
+                         amsgrad=[False, True], maximize=[False, True], eps_hat=[False, True]),
+        bad_inputs=(BadInput(dict(amsgrad=True), ValueError, "max_exp_avg_sq"),),
+        tuned=dict(lr=0.01),
+        torch=_adam_torch,
+        blog=("Adam", dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-7, eps_hat=True)),
+    ),
+    "rmsprop": OptimizerInfo(
+        option_grid=dict(weight_decay=[0.0, 0.01], momentum=[0.0, 0.9],
+                         centered=[False, True], maximize=[False, True]),
+        bad_inputs=(BadInput(dict(centered=True), ValueError, "grad_avg"),
+                    BadInput(dict(momentum=0.9), ValueError, "momentum_buffer")),
+        tuned=dict(lr=0.0005, momentum=0.9),
+        torch=lambda hp: ("RMSprop", dict(lr=hp["lr"], alpha=hp["alpha"], eps=hp["eps"],
+                                          weight_decay=hp["weight_decay"],
+                                          momentum=hp["momentum"], centered=hp["centered"],
+                                          maximize=hp["maximize"])),
+        blog=("RMSprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
+    ),
+    "momentum": OptimizerInfo(
+        option_grid=dict(momentum=[0.0, 0.9]),
+        tuned=dict(lr=0.001, momentum=0.9),
+        blog=("Momentum", dict(lr=0.01, momentum=0.9)),
+    ),
+    "sgd": OptimizerInfo(
+        option_grid=dict(momentum=[0.0, 0.9], dampening=[0.0, 0.5], weight_decay=[0.0, 0.01],
+                         nesterov=[False, True], maximize=[False, True]),
+        bad_inputs=(
+            BadInput(dict(momentum=0.9), ValueError, "momentum_buffer"),
+            BadInput(dict(nesterov=True), ValueError, "nesterov=True requires momentum > 0"),
+            BadInput(dict(nesterov=True, momentum=0.9, dampening=0.1), ValueError,
+                     "dampening == 0", state=dict(momentum=0.9)),
+        ),
+        tuned=dict(lr=0.001, momentum=0.9),
+        torch=lambda hp: ("SGD", dict(lr=hp["lr"], momentum=hp["momentum"],
+                                      dampening=hp["dampening"],
+                                      weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
+                                      maximize=hp["maximize"])),
+        blog=("mini_SGD", dict(lr=0.01)),
+    ),
+}
+
+_EMPTY = OptimizerInfo()
+
+
+def info(spec_or_name):
+    """The :class:`OptimizerInfo` of an optimizer (an empty one if it has none)."""
+    name = getattr(spec_or_name, "name", spec_or_name)
+    return INFO.get(name, _EMPTY)
+
+
+def option_combinations(spec):
+    """Every combination of the optimizer's ``option_grid`` values that passes validation
+    (``[{}]`` when it has no grid: the defaults)."""
+    import itertools
+    grid = info(spec).option_grid
+    names = list(grid)
+    out = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        kw = dict(spec.defaults)
+        kw.update(zip(names, values))
+        try:
+            spec.validate(kw)
+        except (TypeError, ValueError):
+            continue
+        out.append({n: kw[n] for n in names})
+    return out
+
+
+def blog_lr(spec):
+    """The learning rate the benchmarks use: the blog class's, else the spec's default."""
+    blog = info(spec).blog
+    return blog[1]["lr"] if blog else spec.defaults["lr"]

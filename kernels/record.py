@@ -1,0 +1,103 @@
+"""The kernel record: everything the compile machinery needs to know about one optimizer.
+
+A :class:`KernelRecord` names the optimizer's per-element function (``elem``), its kernel body
+factory (``body``), the arrays the kernel takes (``arrays``, in the body's order) and the
+*names* of its scalars (``scalars``). ``kernels.cpu`` and ``kernels.cuda`` build every kernel
+from records; nothing else in ``kernels/`` names an optimizer.
+
+Conventions (checked by :meth:`KernelRecord.check`, once, when the first kernel of the record
+is built, so that a mismatch is an error, never a silent reordering):
+
+* ``elem(<one value per array>, <the scalars, by name, in any order>, <the options>)`` returns
+  the new values; its option parameters are exactly the body factory's parameters, in order;
+* ``body(**options)`` returns ``kernel(<arrays...>, s)``; the kernel unpacks ``s`` with
+  ``sc = unpack(s)`` before its loop and calls ``elem(<values>, sc, <options>)``. ``elem``,
+  ``loop`` and ``unpack`` are bound per target by ``kernels.decorators.bind``: ``elem`` is an
+  *adapter* generated here that takes the scalars as one tuple ``sc`` (in the record's order,
+  which is also the order the host packs them in) and passes each to the per-element function
+  under its parameter name;
+* every scalar already has the buffer dtype (the host computes derived scalars in float64 and
+  rounds them once), so no float64 literal enters a float32 kernel.
+"""
+import dataclasses
+import inspect
+
+
+class KernelRecordError(TypeError):
+    """A kernel record whose names do not match its per-element function or body."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelRecord:
+    name: str
+    elem: object           # per-element function (plain Python, compiled per target)
+    body: object           # factory(**options) -> kernel(<arrays...>, s)
+    arrays: tuple          # kernel array names: ("param", "grad", <state...>)
+    scalars: tuple         # scalar names, in the order the host packs them
+
+    @property
+    def options(self):
+        """The boolean options: the body factory's parameters."""
+        return tuple(inspect.signature(self.body).parameters)
+
+    def check(self):
+        """Raise :class:`KernelRecordError` unless ``elem`` takes one value per array, then
+        exactly the record's scalar names, then exactly the body's options (in order)."""
+        params = list(inspect.signature(self.elem).parameters)
+        n = len(self.arrays)
+        if len(set(self.scalars)) != len(self.scalars):
+            raise KernelRecordError(f"kernel record {self.name!r}: duplicate scalar names "
+                                    f"in {self.scalars}")
+        scalars = params[n:n + len(self.scalars)]
+        options = params[n + len(self.scalars):]
+        if set(scalars) != set(self.scalars):
+            raise KernelRecordError(
+                f"kernel record {self.name!r}: the per-element function "
+                f"{self.elem.__name__}{inspect.signature(self.elem)} takes the scalars "
+                f"{scalars} after its {n} array values, but the record names "
+                f"{list(self.scalars)} (missing: {sorted(set(self.scalars) - set(scalars))}, "
+                f"unknown: {sorted(set(scalars) - set(self.scalars))})")
+        if tuple(options) != self.options:
+            raise KernelRecordError(
+                f"kernel record {self.name!r}: the per-element function's options "
+                f"{options} differ from the body's {list(self.options)}")
+
+    def adapter_source(self):
+        """Source of ``elem_packed(<values>, sc, <options>)``, which calls the per-element
+        function with each scalar under its parameter name."""
+        self.check()
+        params = list(inspect.signature(self.elem).parameters)
+        n = len(self.arrays)
+        values = [f"x{i}" for i in range(n)]
+        index = {name: i for i, name in enumerate(self.scalars)}
+        scalar_args = [f"sc[{index[name]}]" for name in params[n:n + len(self.scalars)]]
+        options = list(self.options)
+        sig = ", ".join(values + ["sc"] + options)
+        call = ", ".join(values + scalar_args + options)
+        return f"def elem_packed({sig}):\n    return _elem({call})\n"
+
+    def adapter(self, compiled_elem):
+        """The adapter as a plain Python function calling ``compiled_elem`` (the per-element
+        function compiled for a target); the caller compiles the adapter for that target."""
+        return _define(self.adapter_source(), "elem_packed", f"adapter_{self.name}",
+                       _elem=compiled_elem)
+
+    def unpack(self):
+        """``unpack(s)`` as a plain Python function: the packed scalars as a tuple."""
+        items = "".join(f"s[{i}], " for i in range(len(self.scalars)))
+        return _define(f"def unpack(s):\n    return ({items})\n", "unpack",
+                       f"unpack_{self.name}")
+
+
+def _define(source, name, tag, **scope):
+    exec(compile(source, f"<fastopt.kernels {tag}>", "exec"), scope)
+    return scope[name]
+
+
+def _unbound(*args):
+    raise RuntimeError("kernel bodies run only after kernels.decorators.bind gives them a "
+                       "target's elem, loop and unpack")
+
+
+# the names every kernel body uses; kernels.decorators.bind replaces them per target
+elem = loop = unpack = _unbound

@@ -1,0 +1,103 @@
+"""The layering of issue 9, checked on the source: no import cycle inside fastopt/ (every
+import statement counts, lazy ones too), the step path imports no benchmark, profile, compat or
+CLI code, and a kernel record whose names do not match its per-element function is refused
+when its first kernel is built."""
+import ast
+import os
+
+import pytest
+
+from fastopt.kernels.record import KernelRecord, KernelRecordError
+from helpers import ROOT
+
+PKG = os.path.join(ROOT, "fastopt")
+
+
+def _graph():
+    mods = {}
+    for root, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py"):
+                path = os.path.join(root, f)
+                name = os.path.relpath(path[:-3], ROOT).replace(os.sep, ".")
+                mods[name.removesuffix(".__init__")] = path
+    edges = {m: set() for m in mods}
+    for m, path in mods.items():
+        base = m if path.endswith("__init__.py") else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+            targets = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mod = node.module or ""
+                if node.level:
+                    parts = base.split(".")
+                    mod = ".".join(parts[:len(parts) - node.level + 1]) + ("." + mod if mod
+                                                                           else "")
+                targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            edges[m] |= {t for t in targets if t in mods and t not in (m, "fastopt")}
+    return edges
+
+
+def _reachable(edges, start):
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in edges[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_no_import_cycle_inside_fastopt():
+    edges = _graph()
+    cycles = sorted(m for m in edges if m in _reachable(edges, m))
+    assert not cycles, f"modules on an import cycle: {cycles}"
+
+
+STEP_PATH = ["fastopt._step", "fastopt._backends", "fastopt._spec", "fastopt._core",
+             "fastopt._cuda_backend", "fastopt.registry", "fastopt.adam", "fastopt.sgd",
+             "fastopt.rmsprop", "fastopt.momentum", "fastopt.checkpoint"]
+FORBIDDEN = {"fastopt.benchmarks", "fastopt.profile", "fastopt.compat", "fastopt.__main__",
+             "fastopt.experiment", "fastopt.trainloop"}
+
+
+@pytest.mark.parametrize("module", STEP_PATH)
+def test_step_path_imports_no_benchmark_profile_compat_or_cli(module):
+    edges = _graph()
+    assert module in edges
+    assert not _reachable(edges, module) & FORBIDDEN
+
+
+def _elem(p, g, lr, mom, flag):
+    return p - lr * g, g
+
+
+def _body(flag):
+    def kernel(p, g, s):
+        pass
+    return kernel
+
+
+@pytest.mark.parametrize("scalars, match", [
+    (("lr", "momentum"), r"missing: \['momentum'\], unknown: \['mom'\]"),
+    (("lr",), "options|scalars"),
+    (("lr", "lr"), "duplicate"),
+])
+def test_a_record_with_wrong_scalar_names_is_refused_at_first_build(scalars, match):
+    from fastopt.kernels import cpu
+    record = KernelRecord("wrong", _elem, _body, ("param", "grad"), scalars)
+    with pytest.raises(KernelRecordError, match=match):
+        cpu.family(record)
+
+
+def test_options_must_match_the_body():
+    def body(other):
+        return _body(other)
+    with pytest.raises(KernelRecordError, match="options"):
+        KernelRecord("wrong", _elem, body, ("param", "grad"), ("lr", "mom")).check()
+
+
+def test_scalars_are_placed_by_name_not_position():
+    src = KernelRecord("ok", _elem, _body, ("param", "grad"), ("mom", "lr")).adapter_source()
+    assert "_elem(x0, x1, sc[1], sc[0], flag)" in src

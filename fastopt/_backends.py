@@ -82,6 +82,8 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     static = [ph if a is None else a for a in sources]
     n = int(arrays["param"].size)
     kernels = {}
+    # the packed scalars, refilled at each call (a step runs under its buffers' lock)
+    scalars = spec.kernel_scalars(hp, 1, st)
 
     def run(t):
         if n == 0:
@@ -94,5 +96,5 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
         if par and not _threads.READY:
             _threads.ensure_pool()
         kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]),
-               spec.kernel_scalars(hp, t, st))
+               spec.fill_scalars(hp, t, scalars))
     return run

@@ -161,6 +161,13 @@ class OptimizerSpec:
                 + (f", {opts})" if opts else ")"))
 
     # -------------------------------------------------------------- kernel scalars
+    def fill_scalars(self, hp, t, out):
+        """Write the kernel's scalars for step ``t`` into ``out`` (an array of the buffer
+        dtype, as :meth:`kernel_scalars` packs them; the names were checked when the step was
+        prepared)."""
+        out[:] = self._pick_scalars(self.scalars(hp, t))
+        return out
+
     def kernel_scalars(self, hp, t, scalar_type):
         """The kernel's scalars packed in one 1-D array of the buffer dtype, in the kernel
         record's order, each computed in float64 and rounded once."""

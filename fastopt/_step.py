@@ -19,6 +19,8 @@ and writeable flag (device arrays: the same pointer, shape, strides, type and re
 Anything else takes the full path. A training loop repeats the same call, so it pays for the
 validation once.
 """
+import threading
+
 import numpy as np
 
 from . import _backends
@@ -94,8 +96,9 @@ def _validate(spec, buffers, backend, hyper, parallel, values):
     name = _backends.choose(backend, is_cuda_array(arrays["param"]))
     scalars = spec.kernel_scalars(hp, buffers.step + 1, np.dtype(dtype).type)
     if not np.isfinite(scalars).all():
+        named = dict(zip(spec.kernel.scalars, scalars.tolist()))
         raise ValueError(f"{spec.step_name}(): these hyperparameters give a non-finite kernel "
-                         f"scalar in {np.dtype(dtype).name} ({dict(zip(spec.kernel.scalars, scalars.tolist()))})")
+                         f"scalar in {np.dtype(dtype).name} ({named})")
     run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
     return Prepared(spec, backend, parallel, values, arrays, run)
 
@@ -106,6 +109,7 @@ def run_step(spec, buffers, backend, hyper, parallel=None):
     lock = getattr(buffers, "_lock", None)
     if lock is None:                      # not buffers: the validation says what is wrong
         _validate(spec, buffers, backend, hyper, parallel, tuple(hyper.values()))
+        lock = buffers.__dict__.setdefault("_lock", threading.Lock())   # made without __init__
     lock.acquire()         # (cheaper than a with-statement on the hot path)
     try:
         prep = getattr(buffers, "_prepared", None)

@@ -33,8 +33,9 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
     in the last bit at most per step, well inside the torch-parity tolerances).
     This is ``torch.optim.Adam`` / ``AdamW`` (AdamW is ``decoupled_weight_decay=True``; note
     torch's AdamW defaults to ``weight_decay=0.01``, fastopt's to 0). With ``eps_hat=True``
-    the formula of the blog's (and the textbook's) ``Adam`` class is used instead ("epsilon-hat": the bias correction is folded
-    into the step size and ``eps`` is added to ``sqrt(v)``, not to the corrected one)::
+    the formula of the blog's (and the textbook's) ``Adam`` class is used instead
+    ("epsilon-hat": the bias correction is folded into the step size and ``eps`` is added to
+    ``sqrt(v)``, not to the corrected one)::
 
         m  = m + (1 - beta1) * (g - m)
         v  = v + (1 - beta2) * (g * g - v)

@@ -1,8 +1,8 @@
 """The blog's optimizer classes, transcribed verbatim from section 1-1, "Optimizer class
 definition", of the blog post "[Optimizer] Adam" (Deep Learning Basic series,
 miniharu22.github.io), which follows the optimizer module of the textbook "Deep Learning from
-Scratch" (Koki Saito, O'Reilly Japan). They are the oracle of the blog-parity tests and the baseline of
-the benchmarks; use :mod:`fastopt.compat` for the fast drop-in versions."""
+Scratch" (Koki Saito, O'Reilly Japan). They are the oracle of the blog-parity tests and the
+baseline of the benchmarks; use :mod:`fastopt.compat` for the fast drop-in versions."""
 import numpy as np
 
 

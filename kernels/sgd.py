@@ -1,4 +1,5 @@
-"""SGD (torch.optim.SGD semantics): per-element math, kernel body and kernel record (see ``kernels.record``).
+"""SGD (torch.optim.SGD semantics): per-element math, kernel body and kernel record (see
+``kernels.record``).
 
 The per-element function is plain Python, compiled for the CPU and for CUDA; the NumPy reference
 (``fastopt.reference``) is written separately from the formulas so that it can catch a mistake

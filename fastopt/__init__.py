@@ -45,11 +45,14 @@ from .flat import FlatParams  # noqa: E402
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint  # noqa: E402
 from ._cuda_backend import cuda_available, to_device, to_host  # noqa: E402
 from . import registry  # noqa: E402
+from . import schedules  # noqa: E402
+from .scaling import LossScaler, grad_norm  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Buffers", "FlatParams", "save_checkpoint", "load_checkpoint", "CheckpointError",
-           "to_device", "to_host", "cuda_available", "config", "registry"]
+           "to_device", "to_host", "cuda_available", "config", "registry", "schedules",
+           "LossScaler", "grad_norm"]
 
 for _spec in registry.REGISTRY.values():
     globals()[_spec.step_name] = _spec.step_fn

@@ -1,0 +1,115 @@
+"""Loss scaling and the gradient norm, building blocks of the fused training-loop features.
+
+* :class:`LossScaler` updates a dynamic loss scale from "were there non-finite gradients?",
+  exactly as ``torch.amp.GradScaler.update`` does (its scale is a float32 tensor multiplied by
+  the factor in double and rounded to float32; so here, and the sequence of scales is bitwise
+  torch's).
+* :func:`grad_norm` is the L2 norm of a gradient, accumulated in float64 over fixed chunks of
+  ``NORM_CHUNK`` elements (each chunk summed in order, then the chunk sums in order), so it is
+  the same bit for bit for any thread count and for the NumPy reference
+  (:func:`grad_norm_reference`), which sums in the same order.
+"""
+import math
+
+import numpy as np
+
+from ._core import check_array, check_real
+
+NORM_CHUNK = 4096
+
+
+class LossScaler:
+    """A dynamic loss scale.
+
+    ``update(found_inf)``: after a step with non-finite gradients the scale is multiplied by
+    ``backoff_factor`` and the growth counter restarts; after ``growth_interval`` finite steps
+    in a row it is multiplied by ``growth_factor``. Returns the new scale.
+
+    Example:
+        >>> s = LossScaler(init_scale=8.0, growth_interval=2)
+        >>> [s.update(f) for f in (False, False, True, False)]
+        [8.0, 16.0, 8.0, 8.0]
+    """
+
+    def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
+                 growth_interval=2000):
+        check_real("init_scale", init_scale, low=0.0, low_open=True)
+        check_real("growth_factor", growth_factor, low=1.0, low_open=True)
+        check_real("backoff_factor", backoff_factor, low=0.0, high=1.0, low_open=True,
+                   high_open=True)
+        if (isinstance(growth_interval, bool) or not isinstance(growth_interval, int)
+                or growth_interval < 1):
+            raise ValueError(f"growth_interval must be an int >= 1, got {growth_interval!r}")
+        self._scale = np.float32(init_scale)
+        # as torch: the float32 scale times the factor in double, rounded to float32
+        self.growth_factor = float(growth_factor)
+        self.backoff_factor = float(backoff_factor)
+        self.growth_interval = growth_interval
+        self.growth_tracker = 0
+
+    @property
+    def scale(self):
+        """The current scale, a Python float (a float32 value)."""
+        return float(self._scale)
+
+    def update(self, found_inf):
+        if not isinstance(found_inf, (bool, np.bool_)):
+            raise TypeError(f"found_inf must be True or False, got {found_inf!r}")
+        if found_inf:
+            self._scale = np.float32(float(self._scale) * self.backoff_factor)
+            self.growth_tracker = 0
+        else:
+            self.growth_tracker += 1
+            if self.growth_tracker == self.growth_interval:
+                self._scale = np.float32(float(self._scale) * self.growth_factor)
+                self.growth_tracker = 0
+        return self.scale
+
+    def state_dict(self):
+        return {"scale": self.scale, "growth_factor": self.growth_factor,
+                "backoff_factor": self.backoff_factor,
+                "growth_interval": self.growth_interval, "growth_tracker": self.growth_tracker}
+
+    def load_state_dict(self, state):
+        other = LossScaler(state["scale"], state["growth_factor"], state["backoff_factor"],
+                           state["growth_interval"])
+        tracker = state["growth_tracker"]
+        if isinstance(tracker, bool) or not isinstance(tracker, int) or tracker < 0:
+            raise ValueError(f"growth_tracker must be an int >= 0, got {tracker!r}")
+        self.__dict__.update(other.__dict__, growth_tracker=tracker)
+
+
+def _flat_float(g):
+    a = check_array(g, "the gradient", writable=False)
+    return a.reshape(-1)
+
+
+def grad_norm_reference(g):
+    """The NumPy reference of :func:`grad_norm` (same chunks, same order)."""
+    x = _flat_float(g).astype(np.float64)
+    if x.size == 0:
+        return 0.0
+    sq = x * x
+    partial = [np.cumsum(sq[i:i + NORM_CHUNK])[-1] for i in range(0, sq.size, NORM_CHUNK)]
+    return math.sqrt(np.cumsum(np.array(partial))[-1])
+
+
+def grad_norm(g):
+    """The L2 norm of ``g`` (float32 or float64, any shape), deterministic (see the module
+    docstring), computed by a Numba kernel (parallel over chunks above
+    ``fastopt.config.PARALLEL_THRESHOLD`` elements).
+
+    Example:
+        >>> import numpy as np
+        >>> grad_norm(np.array([3.0, 4.0], np.float32))
+        5.0
+    """
+    from . import _threads, config
+    from .kernels.reductions import chunked_sum_of_squares
+    x = _flat_float(g)
+    if x.size == 0:
+        return 0.0
+    parallel = x.size >= config.PARALLEL_THRESHOLD
+    if parallel and not _threads.READY:
+        _threads.ensure_pool()
+    return math.sqrt(chunked_sum_of_squares(parallel)(x, NORM_CHUNK))

@@ -52,7 +52,7 @@ def runner(spec, backend, arrays, dtype, hp, parallel=None):
 def _numpy_runner(spec, arrays, dtype, hp):
     st = np.dtype(dtype).type
 
-    def run(t):
+    def run(t, hp=hp):
         spec.reference(arrays, hp, t, st)
     return run
 
@@ -85,16 +85,21 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     # the packed scalars, refilled at each call (a step runs under its buffers' lock)
     scalars = spec.kernel_scalars(hp, 1, st)
 
-    def run(t):
+    def run(t, hp_now=None):
+        """Step ``t``; ``hp_now``: this step's hyperparameters when schedules set them."""
         if n == 0:
             return
         par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
-        key = (par, t == 1)
+        if hp_now is None:
+            hp_now = hp
+            key = (par, t == 1)
+        else:       # a schedule may move a value across an option (e.g. weight_decay 0 -> x)
+            key = (par, t == 1) + tuple(spec.options(hp_now, t).items())
         kernel = kernels.get(key)
         if kernel is None:
-            kernel = kernels[key] = family.get(par, **spec.options(hp, t))
+            kernel = kernels[key] = family.get(par, **spec.options(hp_now, t))
         if par and not _threads.READY:
             _threads.ensure_pool()
         kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]),
-               spec.fill_scalars(hp, t, scalars))
+               spec.fill_scalars(hp_now, t, scalars))
     return run

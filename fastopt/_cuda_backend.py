@@ -208,14 +208,17 @@ def cuda_runner(spec, arrays, dtype, hp):
     st = np.dtype(dtype).type
     compiled = {}
 
-    def run(t):
+    def run(t, hp_now=None):
         if n == 0:
             return
-        kernel = compiled.get(t == 1)
+        hp_now = hp if hp_now is None else hp_now
+        options = spec.options(hp_now, t)
+        key = tuple(options.items())
+        kernel = compiled.get(key)
         if kernel is None:
-            kernel = compiled[t == 1] = kernels.get(spec.kernel, **spec.options(hp, t))
+            kernel = compiled[key] = kernels.get(spec.kernel, **options)
         blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
                                                 config.CUDA_MAX_BLOCKS)
         # a tuple of scalars travels with the launch; an array would be copied to the device
-        kernel[blocks, threads](*args, tuple(spec.kernel_scalars(hp, t, st)))
+        kernel[blocks, threads](*args, tuple(spec.kernel_scalars(hp_now, t, st)))
     return run

@@ -35,10 +35,13 @@ def _device_key(a):
 
 class Prepared:
     """One validated call of a step function on one buffers object."""
-    __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run")
+    __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
+                 "schedules", "template", "dtype")
 
-    def __init__(self, spec, backend, parallel, values, arrays, run):
+    def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
+                 template=None, dtype=None):
         self.spec, self.backend, self.parallel, self.run = spec, backend, parallel, run
+        self.schedules, self.template, self.dtype = schedules, template, dtype
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -65,6 +68,40 @@ class Prepared:
         return True
 
 
+    def scheduled_hp(self, step):
+        """The hyperparameters of this call at ``step``, its schedules evaluated, validated
+        like any call (raises before anything is written)."""
+        return _checked_hp(self.spec, _evaluate(self.template, self.schedules, step),
+                           self.dtype, step + 1)
+
+
+def _schedules(spec, hyper):
+    """The hyperparameters given as schedules (callables); flags cannot be."""
+    found = {k: v for k, v in hyper.items() if callable(v)}
+    if found:
+        kinds = {h.name: h.kind for h in spec.hypers}
+        flags = sorted(k for k in found if kinds.get(k) != "real")
+        if flags:
+            raise TypeError(f"{spec.step_name}(): {', '.join(flags)} cannot follow a schedule "
+                            f"(only real hyperparameters can; flags are compile-time options)")
+    return found
+
+
+def _evaluate(hyper, schedules, step):
+    return {k: (schedules[k](step) if k in schedules else v) for k, v in hyper.items()}
+
+
+def _checked_hp(spec, hyper, dtype, t):
+    hp = spec.validate(hyper)
+    spec.check_rounded(hp, dtype)
+    scalars = spec.kernel_scalars(hp, t, np.dtype(dtype).type)
+    if not np.isfinite(scalars).all():
+        named = dict(zip(spec.kernel.scalars, scalars.tolist()))
+        raise ValueError(f"{spec.step_name}(): these hyperparameters give a non-finite kernel "
+                         f"scalar in {np.dtype(dtype).name} ({named})")
+    return hp
+
+
 def prepare(spec, buffers, backend, hyper, parallel=None):
     """The :class:`Prepared` step for this call: the one cached on ``buffers`` when it
     matches, else a newly validated one (which replaces it). Raises before any write."""
@@ -83,7 +120,11 @@ def _validate(spec, buffers, backend, hyper, parallel, values):
                         f"{type(buffers).__name__}; create them with "
                         f"fastopt.{spec.buffers_cls.__name__}.zeros(param, grad)")
     owner = type(buffers).__name__
-    check_step(buffers.step, owner)
+    step = check_step(buffers.step, owner)
+    schedules = _schedules(spec, hyper)
+    template = dict(hyper)
+    if schedules:
+        hyper = _evaluate(hyper, schedules, step)
     hp = spec.validate(hyper)
     parallel = _backends.check_parallel(parallel)
     fields = spec.required_state(hp)
@@ -92,15 +133,11 @@ def _validate(spec, buffers, backend, hyper, parallel, values):
             raise ValueError(spec.missing_state_message(f, hp))
     arrays = buffers.arrays(fields)
     dtype = check_group(arrays, owner)
-    spec.check_rounded(hp, dtype)
+    hp = _checked_hp(spec, hyper, dtype, step + 1)
     name = _backends.choose(backend, is_cuda_array(arrays["param"]))
-    scalars = spec.kernel_scalars(hp, buffers.step + 1, np.dtype(dtype).type)
-    if not np.isfinite(scalars).all():
-        named = dict(zip(spec.kernel.scalars, scalars.tolist()))
-        raise ValueError(f"{spec.step_name}(): these hyperparameters give a non-finite kernel "
-                         f"scalar in {np.dtype(dtype).name} ({named})")
     run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
-    return Prepared(spec, backend, parallel, values, arrays, run)
+    return Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
+                    dtype)
 
 
 def run_step(spec, buffers, backend, hyper, parallel=None):
@@ -120,7 +157,10 @@ def run_step(spec, buffers, backend, hyper, parallel=None):
         step = buffers.step
         t = (step if type(step) is int and step >= 0
              else check_step(step, type(buffers).__name__)) + 1
-        prep.run(t)
+        if prep.schedules is None:
+            prep.run(t)
+        else:
+            prep.run(t, prep.scheduled_hp(t - 1))
         buffers.step = t
     finally:
         lock.release()
@@ -133,13 +173,17 @@ def prepare_step(spec, buffers, backend, hyper, parallel=None):
     any of them."""
     prep = prepare(spec, buffers, backend, hyper, parallel)
     t = check_step(buffers.step, type(buffers).__name__) + 1
+    hp = None if prep.schedules is None else prep.scheduled_hp(t - 1)
 
     def run():
         with buffers._lock:
             if buffers.step != t - 1:
                 raise RuntimeError(f"{type(buffers).__name__} were stepped between this "
                                    f"step's validation and its run")
-            prep.run(t)
+            if hp is None:
+                prep.run(t)
+            else:
+                prep.run(t, hp)
             buffers.step = t
         return buffers
     return run

@@ -154,3 +154,16 @@ def test_device_steps_validate_once_and_again_when_an_array_changes(monkeypatch)
     with pytest.raises(ValueError, match="shape"):
         fastopt.adam_step(b, lr=1e-3)
     assert b.step == 6
+
+
+def test_a_scheduled_lr_on_the_device_matches_the_cpu():
+    from fastopt import schedules
+    sched = schedules.exponential(0.05, 0.5)
+    host = fastopt.AdamBuffers.zeros(np.ones(40, np.float32), np.full(40, 0.5, np.float32))
+    dev = fastopt.to_device(host)
+    for _ in range(4):
+        fastopt.adam_step(host, lr=sched, backend="cpu")
+        fastopt.adam_step(dev, lr=sched)
+    back = fastopt.to_host(dev)
+    assert back.step == host.step == 4
+    assert int(_ulp_diff(host.param, back.param).max()) <= ULP[np.float32]

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from fastopt import registry
 from fastopt.kernels.record import KernelRecord, KernelRecordError
 from helpers import ROOT
 
@@ -55,9 +56,11 @@ def test_no_import_cycle_inside_fastopt():
     assert not cycles, f"modules on an import cycle: {cycles}"
 
 
-STEP_PATH = ["fastopt._step", "fastopt._backends", "fastopt._spec", "fastopt._core",
-             "fastopt._cuda_backend", "fastopt.registry", "fastopt.adam", "fastopt.sgd",
-             "fastopt.rmsprop", "fastopt.momentum", "fastopt.checkpoint"]
+STEP_PATH = sorted({"fastopt._step", "fastopt._backends", "fastopt._spec", "fastopt._core",
+                    "fastopt._cuda_backend", "fastopt.registry", "fastopt.checkpoint",
+                    "fastopt.scaling", "fastopt.schedules"}
+                   | {spec.step_fn.__module__ for spec in registry.REGISTRY.values()
+                      if spec.step_fn.__module__.startswith("fastopt.")})
 FORBIDDEN = {"fastopt.benchmarks", "fastopt.profile", "fastopt.compat", "fastopt.__main__",
              "fastopt.experiment", "fastopt.trainloop"}
 

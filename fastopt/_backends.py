@@ -52,8 +52,12 @@ def runner(spec, backend, arrays, dtype, hp, parallel=None):
 def _numpy_runner(spec, arrays, dtype, hp):
     st = np.dtype(dtype).type
 
-    def run(t, hp=hp):
-        spec.reference(arrays, hp, t, st)
+    def run(t, hp_now=None, factor=None):
+        hp_now = hp if hp_now is None else hp_now
+        if factor is None:
+            spec.reference(arrays, hp_now, t, st)
+        else:       # unscale x clip, one multiplication in the buffer dtype, as the kernel
+            spec.reference(dict(arrays, grad=arrays["grad"] * st(factor)), hp_now, t, st)
     return run
 
 
@@ -72,7 +76,7 @@ def placeholder(dtype):
 
 def _cpu_runner(spec, arrays, dtype, hp, parallel):
     from .kernels import cpu
-    family = cpu.family(spec.kernel)
+    families = {False: cpu.family(spec.kernel)}
     st = np.dtype(dtype).type
     ph = placeholder(dtype)
     sources = [arrays.get(name) for name in spec.kernel.arrays]
@@ -82,24 +86,37 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     static = [ph if a is None else a for a in sources]
     n = int(arrays["param"].size)
     kernels = {}
-    # the packed scalars, refilled at each call (a step runs under its buffers' lock)
+    # the packed scalars, refilled at each call (a step runs under its buffers' lock); the
+    # scaled kernels take one more: the gradient factor
     scalars = spec.kernel_scalars(hp, 1, st)
+    scaled_scalars = np.empty(scalars.shape[0] + 1, st)
 
-    def run(t, hp_now=None):
-        """Step ``t``; ``hp_now``: this step's hyperparameters when schedules set them."""
+    def run(t, hp_now=None, factor=None):
+        """Step ``t``; ``hp_now``: this step's hyperparameters when schedules set them;
+        ``factor``: the gradient is multiplied by it first (unscale x clip)."""
         if n == 0:
             return
         par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
-        if hp_now is None:
+        scaled = factor is not None
+        if hp_now is None and not scaled:
             hp_now = hp
-            key = (par, t == 1)
+            key = (par, t == 1)                     # the common call: the shortest key
         else:       # a schedule may move a value across an option (e.g. weight_decay 0 -> x)
-            key = (par, t == 1) + tuple(spec.options(hp_now, t).items())
+            hp_now = hp if hp_now is None else hp_now
+            key = (par, t == 1, scaled) + tuple(spec.options(hp_now, t).items())
         kernel = kernels.get(key)
         if kernel is None:
-            kernel = kernels[key] = family.get(par, **spec.options(hp_now, t))
+            fam = families.get(scaled)
+            if fam is None:
+                fam = families[scaled] = cpu.family(spec.kernel, scaled)
+            kernel = kernels[key] = fam.get(par, **spec.options(hp_now, t))
         if par and not _threads.READY:
             _threads.ensure_pool()
-        kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]),
-               spec.fill_scalars(hp_now, t, scalars))
+        if scaled:
+            spec.fill_scalars(hp_now, t, scaled_scalars[:-1])
+            scaled_scalars[-1] = factor
+            packed = scaled_scalars
+        else:
+            packed = spec.fill_scalars(hp_now, t, scalars)
+        kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]), packed)
     return run

@@ -114,6 +114,9 @@ class Buffers:
     spec = None             # the optimizer's spec
     optimizer = ""          # registry name
     state_fields = ()       # every state array this optimizer may have
+    grad_norm = None        # the last step's gradient norm (with max_grad_norm / skip_nonfinite)
+    found_inf = False       # whether the last such step found a non-finite gradient
+    skipped_steps = 0       # steps skipped by skip_nonfinite
 
     def __init__(self, param, grad, *, step=0, **state):
         owner = type(self).__name__

@@ -208,17 +208,20 @@ def cuda_runner(spec, arrays, dtype, hp):
     st = np.dtype(dtype).type
     compiled = {}
 
-    def run(t, hp_now=None):
+    def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
         options = spec.options(hp_now, t)
-        key = tuple(options.items())
+        key = (factor is not None,) + tuple(options.items())
         kernel = compiled.get(key)
         if kernel is None:
-            kernel = compiled[key] = kernels.get(spec.kernel, **options)
+            kernel = compiled[key] = kernels.get(spec.kernel, factor is not None, **options)
         blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
                                                 config.CUDA_MAX_BLOCKS)
         # a tuple of scalars travels with the launch; an array would be copied to the device
-        kernel[blocks, threads](*args, tuple(spec.kernel_scalars(hp_now, t, st)))
+        packed = tuple(spec.kernel_scalars(hp_now, t, st))
+        if factor is not None:
+            packed += (st(factor),)
+        kernel[blocks, threads](*args, packed)
     return run

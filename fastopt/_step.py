@@ -21,10 +21,12 @@ validation once.
 """
 import threading
 
+import math
+
 import numpy as np
 
 from . import _backends
-from ._core import check_group, check_step, is_cuda_array
+from ._core import check_flag, check_group, check_real, check_step, is_cuda_array
 
 
 def _device_key(a):
@@ -33,15 +35,34 @@ def _device_key(a):
     return (cai["data"], tuple(cai["shape"]), cai.get("strides"), cai["typestr"])
 
 
+NO_LOOP = (None, None, False)      # (max_grad_norm, grad_scale, skip_nonfinite)
+
+
+def check_loop(loop, spec, on_device):
+    """The training-loop options of a step: ``max_grad_norm`` (None or > 0), ``grad_scale``
+    (None or > 0, the gradient is divided by it) and ``skip_nonfinite`` (bool)."""
+    max_norm, scale, skip = loop
+    if max_norm is not None:
+        max_norm = check_real("max_grad_norm", max_norm, low=0.0, low_open=True)
+    if scale is not None:
+        scale = check_real("grad_scale", scale, low=0.0, low_open=True)
+    skip = check_flag("skip_nonfinite", skip)
+    if on_device and (max_norm is not None or skip):
+        raise ValueError(f"{spec.step_name}(): max_grad_norm and skip_nonfinite are not "
+                         f"implemented for CUDA buffers yet (grad_scale is)")
+    return max_norm, scale, skip
+
+
 class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
-                 "schedules", "template", "dtype")
+                 "schedules", "template", "dtype", "loop", "checked_loop")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
-                 template=None, dtype=None):
+                 template=None, dtype=None, loop=NO_LOOP, checked_loop=None):
         self.spec, self.backend, self.parallel, self.run = spec, backend, parallel, run
         self.schedules, self.template, self.dtype = schedules, template, dtype
+        self.loop, self.checked_loop = loop, checked_loop
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -53,7 +74,8 @@ class Prepared:
                 self.device.append((name, a, _device_key(a)))
 
     def matches(self, spec, buffers, backend, parallel, values):
-        """Whether a call with these arguments on ``buffers`` is this very call."""
+        """Whether a call with these arguments on ``buffers`` is this very call (``values``:
+        the hyperparameter values followed by the training-loop options)."""
         if (self.spec is not spec or self.values != values or self.backend != backend
                 or self.parallel != parallel or self.types != tuple(map(type, values))):
             return False
@@ -102,19 +124,19 @@ def _checked_hp(spec, hyper, dtype, t):
     return hp
 
 
-def prepare(spec, buffers, backend, hyper, parallel=None):
+def prepare(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP):
     """The :class:`Prepared` step for this call: the one cached on ``buffers`` when it
     matches, else a newly validated one (which replaces it). Raises before any write."""
-    values = tuple(hyper.values())
+    values = tuple(hyper.values()) + loop
     prep = getattr(buffers, "_prepared", None)
     if type(prep) is Prepared and prep.matches(spec, buffers, backend, parallel, values):
         return prep
-    prep = _validate(spec, buffers, backend, hyper, parallel, values)
+    prep = _validate(spec, buffers, backend, hyper, parallel, values, loop)
     buffers.__dict__["_prepared"] = prep
     return prep
 
 
-def _validate(spec, buffers, backend, hyper, parallel, values):
+def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP):
     if not isinstance(buffers, spec.buffers_cls):
         raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
                         f"{type(buffers).__name__}; create them with "
@@ -134,33 +156,64 @@ def _validate(spec, buffers, backend, hyper, parallel, values):
     arrays = buffers.arrays(fields)
     dtype = check_group(arrays, owner)
     hp = _checked_hp(spec, hyper, dtype, step + 1)
-    name = _backends.choose(backend, is_cuda_array(arrays["param"]))
+    on_device = is_cuda_array(arrays["param"])
+    name = _backends.choose(backend, on_device)
+    checked = check_loop(loop, spec, on_device)
     run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
     return Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
-                    dtype)
+                    dtype, loop, None if checked == NO_LOOP else checked)
 
 
-def run_step(spec, buffers, backend, hyper, parallel=None):
+def _loop_factor(buffers, checked):
+    """The reduction pass of a step with training-loop options: the gradient's norm (of the
+    unscaled gradient), whether it is finite, and the one factor (1 / grad_scale times the
+    clip coefficient) the kernel multiplies the gradient by. ``None``: skip this step."""
+    from .scaling import grad_norm
+    max_norm, scale, skip = checked
+    inv = 1.0 if scale is None else 1.0 / scale
+    if max_norm is None and not skip:
+        return inv
+    norm = grad_norm(buffers.grad) * inv
+    buffers.grad_norm = norm
+    buffers.found_inf = not math.isfinite(norm)
+    if skip and buffers.found_inf:
+        buffers.skipped_steps += 1
+        return None
+    clip = 1.0
+    if max_norm is not None:
+        coef = max_norm / (norm + 1e-6)       # torch.nn.utils.clip_grad_norm_
+        clip = coef if coef < 1.0 or coef != coef else 1.0
+    return inv * clip
+
+
+def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP):
     """Validate (or reuse the validation of the same call), then run one fused step of
-    ``spec`` on ``buffers``; returns ``buffers``."""
+    ``spec`` on ``buffers``; returns ``buffers``. ``loop``: ``(max_grad_norm, grad_scale,
+    skip_nonfinite)``."""
     lock = getattr(buffers, "_lock", None)
     if lock is None:                      # not buffers: the validation says what is wrong
-        _validate(spec, buffers, backend, hyper, parallel, tuple(hyper.values()))
+        _validate(spec, buffers, backend, hyper, parallel, tuple(hyper.values()) + loop, loop)
         lock = buffers.__dict__.setdefault("_lock", threading.Lock())   # made without __init__
     lock.acquire()         # (cheaper than a with-statement on the hot path)
     try:
         prep = getattr(buffers, "_prepared", None)
-        values = tuple(hyper.values())
+        values = tuple(hyper.values()) + loop
         if (type(prep) is not Prepared
                 or not prep.matches(spec, buffers, backend, parallel, values)):
-            prep = prepare(spec, buffers, backend, hyper, parallel)
+            prep = prepare(spec, buffers, backend, hyper, parallel, loop)
         step = buffers.step
         t = (step if type(step) is int and step >= 0
              else check_step(step, type(buffers).__name__)) + 1
-        if prep.schedules is None:
+        if prep.checked_loop is None and prep.schedules is None:
             prep.run(t)
-        else:
+        elif prep.checked_loop is None:
             prep.run(t, prep.scheduled_hp(t - 1))
+        else:
+            hp_now = None if prep.schedules is None else prep.scheduled_hp(t - 1)
+            factor = _loop_factor(buffers, prep.checked_loop)
+            if factor is None:            # non-finite gradient, skip_nonfinite: no write
+                return buffers
+            prep.run(t, hp_now, factor)
         buffers.step = t
     finally:
         lock.release()
@@ -189,9 +242,11 @@ def prepare_step(spec, buffers, backend, hyper, parallel=None):
     return run
 
 
-def step(spec, buffers, *, backend=None, parallel=None, **hyper):
+def step(spec, buffers, *, backend=None, parallel=None, max_grad_norm=None, grad_scale=None,
+         skip_nonfinite=False, **hyper):
     """One step of ``spec`` with ``hyper`` on top of its defaults; ``parallel`` forces the
     CPU kernel's parallel (True) or serial (False) twin, for benchmarks."""
     kw = dict(spec.defaults)
     kw.update(hyper)
-    return run_step(spec, buffers, backend, kw, parallel)
+    return run_step(spec, buffers, backend, kw, parallel,
+                    (max_grad_norm, grad_scale, skip_nonfinite))

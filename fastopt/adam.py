@@ -16,7 +16,8 @@ class AdamBuffers(Buffers):
 
 def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
               decoupled_weight_decay=False, amsgrad=False, maximize=False, eps_hat=False,
-              backend=None):
+              max_grad_norm=None,
+              grad_scale=None, skip_nonfinite=False, backend=None):
     r"""One fused, in-place Adam / AdamW step over ``buffers`` (an :class:`AdamBuffers`).
 
     With ``t = buffers.step + 1`` and ``g`` the gradient (negated when ``maximize``)::
@@ -56,6 +57,10 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
         amsgrad: use the running maximum of ``v`` (Reddi et al., 2018).
         maximize: ascend instead of descend.
         eps_hat: the blog's formula (see above).
+        max_grad_norm: clip the gradient to this global L2 norm first (``None``: no clipping;
+            README "Training-loop options").
+        grad_scale: divide the gradient by this loss scale first (``None``: 1).
+        skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -75,7 +80,8 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
     return run_step(SPEC, buffers, backend, dict(
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
-        eps_hat=eps_hat))
+        eps_hat=eps_hat),
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
 
 
 def _options(hp, t):

@@ -12,7 +12,8 @@ class MomentumBuffers(Buffers):
     (``MomentumBuffers.zeros(p, g)``)."""
 
 
-def momentum_step(buffers, *, lr=0.01, momentum=0.9, backend=None):
+def momentum_step(buffers, *, lr=0.01, momentum=0.9, max_grad_norm=None,
+                  grad_scale=None, skip_nonfinite=False, backend=None):
     r"""One fused, in-place heavy-ball momentum step over a :class:`MomentumBuffers`::
 
         v = momentum * v - lr * g
@@ -27,6 +28,10 @@ def momentum_step(buffers, *, lr=0.01, momentum=0.9, backend=None):
         buffers: :class:`MomentumBuffers`.
         lr: step size, finite and >= 0.
         momentum: velocity decay, finite and >= 0.
+        max_grad_norm: clip the gradient to this global L2 norm first (``None``: no clipping;
+            README "Training-loop options").
+        grad_scale: divide the gradient by this loss scale first (``None``: 1).
+        skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -43,7 +48,8 @@ def momentum_step(buffers, *, lr=0.01, momentum=0.9, backend=None):
     Reference: Polyak, "Some methods of speeding up the convergence of iteration methods"
     (1964).
     """
-    return run_step(SPEC, buffers, backend, dict(lr=lr, momentum=momentum))
+    return run_step(SPEC, buffers, backend, dict(lr=lr, momentum=momentum),
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
 
 
 SPEC = OptimizerSpec(

@@ -14,7 +14,8 @@ class RMSpropBuffers(Buffers):
 
 
 def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
-                 centered=False, maximize=False, backend=None):
+                 centered=False, maximize=False, max_grad_norm=None,
+                 grad_scale=None, skip_nonfinite=False, backend=None):
     r"""One fused, in-place RMSprop step over ``buffers`` (an :class:`RMSpropBuffers`).
 
     With ``g`` the gradient (negated when ``maximize``)::
@@ -43,6 +44,10 @@ def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, mo
         momentum: >= 0.
         centered: normalize by the estimated variance instead of the second moment.
         maximize: ascend instead of descend.
+        max_grad_norm: clip the gradient to this global L2 norm first (``None``: no clipping;
+            README "Training-loop options").
+        grad_scale: divide the gradient by this loss scale first (``None``: 1).
+        skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -59,7 +64,8 @@ def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, mo
     """
     return run_step(SPEC, buffers, backend, dict(
         lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
-        centered=centered, maximize=maximize))
+        centered=centered, maximize=maximize),
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
 
 
 def _options(hp, t):

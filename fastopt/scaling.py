@@ -5,7 +5,8 @@
   the factor in double and rounded to float32; so here, and the sequence of scales is bitwise
   torch's).
 * :func:`grad_norm` is the L2 norm of a gradient, accumulated in float64 over fixed chunks of
-  ``NORM_CHUNK`` elements (each chunk summed in order, then the chunk sums in order), so it is
+  ``NORM_CHUNK`` elements (within a chunk eight lanes, element ``8k + j`` in lane ``j``, each
+  lane in order, the lanes combined in a fixed tree; then the chunk sums in order), so it is
   the same bit for bit for any thread count and for the NumPy reference
   (:func:`grad_norm_reference`), which sums in the same order.
 """
@@ -85,12 +86,17 @@ def _flat_float(g):
 
 
 def grad_norm_reference(g):
-    """The NumPy reference of :func:`grad_norm` (same chunks, same order)."""
+    """The NumPy reference of :func:`grad_norm` (same chunks, lanes and order)."""
     x = _flat_float(g).astype(np.float64)
     if x.size == 0:
         return 0.0
     sq = x * x
-    partial = [np.cumsum(sq[i:i + NORM_CHUNK])[-1] for i in range(0, sq.size, NORM_CHUNK)]
+    partial = []
+    for i in range(0, sq.size, NORM_CHUNK):
+        c = sq[i:i + NORM_CHUNK]
+        c = np.concatenate([c, np.zeros(-c.size % 8)])      # + 0.0 changes no lane sum
+        a = np.cumsum(c.reshape(-1, 8), axis=0)[-1]         # each lane in order
+        partial.append(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
     return math.sqrt(np.cumsum(np.array(partial))[-1])
 
 

@@ -14,7 +14,8 @@ class SGDBuffers(Buffers):
 
 
 def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
-             nesterov=False, maximize=False, backend=None):
+             nesterov=False, maximize=False, max_grad_norm=None,
+             grad_scale=None, skip_nonfinite=False, backend=None):
     r"""One fused, in-place SGD step over an :class:`SGDBuffers` (``torch.optim.SGD``)::
 
         g   = -g if maximize
@@ -35,6 +36,10 @@ def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
         weight_decay: L2 penalty, >= 0.
         nesterov: Nesterov momentum; needs ``momentum > 0`` and ``dampening == 0``.
         maximize: ascend instead of descend.
+        max_grad_norm: clip the gradient to this global L2 norm first (``None``: no clipping;
+            README "Training-loop options").
+        grad_scale: divide the gradient by this loss scale first (``None``: 1).
+        skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -52,7 +57,8 @@ def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
     """
     return run_step(SPEC, buffers, backend, dict(
         lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
-        nesterov=nesterov, maximize=maximize))
+        nesterov=nesterov, maximize=maximize),
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
 
 
 def _cross_check(hp):

@@ -13,17 +13,20 @@ _families = {}
 _lock = threading.Lock()
 
 
-def family(record):
-    """The :class:`KernelFamily` of ``record`` (checked and built on first use)."""
-    fam = _families.get(record)
+def family(record, scaled=False):
+    """The :class:`KernelFamily` of ``record`` (checked and built on first use); ``scaled``:
+    the gradient is multiplied by one extra packed scalar first (``KernelRecord.adapter``)."""
+    key = (record, bool(scaled))
+    fam = _families.get(key)
     if fam is None:
         with _lock:
-            fam = _families.get(record)
+            fam = _families.get(key)
             if fam is None:
                 record.check()
-                elem = cpu_device(record.adapter(cpu_device(record.elem)))
-                fam = _families[record] = KernelFamily(
-                    record.body, elem=elem, loop=prange, unpack=cpu_device(record.unpack()))
+                elem = cpu_device(record.adapter(cpu_device(record.elem), scaled))
+                fam = _families[key] = KernelFamily(
+                    record.body, suffix="_scaled" if scaled else "", elem=elem, loop=prange,
+                    unpack=cpu_device(record.unpack(scaled)))
     return fam
 
 

@@ -43,26 +43,28 @@ _compiled = {}
 _lock = threading.Lock()
 
 
-def get(record, **options):
-    """The ``cuda.jit`` kernel of ``record`` for these option values (lazy)."""
-    key = (record,) + tuple(sorted(options.items()))
+def get(record, scaled=False, **options):
+    """The ``cuda.jit`` kernel of ``record`` for these option values (lazy); ``scaled``: the
+    gradient is multiplied by one extra scalar first (``KernelRecord.adapter``)."""
+    key = (record, bool(scaled)) + tuple(sorted(options.items()))
     kernel = _compiled.get(key)
     if kernel is None:
         with _lock:
             kernel = _compiled.get(key)
             if kernel is None:
-                kernel = _compiled[key] = cuda.jit(python_kernel(record, **options))
+                kernel = _compiled[key] = cuda.jit(python_kernel(record, scaled, **options))
     return kernel
 
 
-def python_kernel(record, **options):
+def python_kernel(record, scaled=False, **options):
     """The uncompiled kernel of ``record``: its body bound to the CUDA target (used by
     :func:`get` and by ``cuda.compile_ptx``)."""
-    elem = _device.get(record)
+    key = (record, bool(scaled))
+    elem = _device.get(key)
     if elem is None:
         record.check()
-        elem = _device[record] = cuda.jit(device=True)(
-            record.adapter(cuda.jit(device=True)(record.elem)))
+        elem = _device[key] = cuda.jit(device=True)(
+            record.adapter(cuda.jit(device=True)(record.elem), scaled))
     return bind(record.body(**options), elem=elem, loop=grid_range, unpack=unpack_tuple)
 
 

@@ -53,9 +53,10 @@ class KernelFamily:
     parameters.
     """
 
-    def __init__(self, factory, **names):
+    def __init__(self, factory, suffix="", **names):
         self.name = factory.__name__
         self.factory = factory
+        self.suffix = suffix       # keeps variants of one body apart in Numba's disk cache
         self.names = names
         self.option_names = tuple(inspect.signature(factory).parameters)
         self._cache = {}
@@ -78,7 +79,7 @@ class KernelFamily:
                 fn = self._cache.get(key)
                 if fn is None:
                     body = self.factory(**dict(key[:-1]))
-                    suffix = "_parallel" if parallel else "_serial"
+                    suffix = self.suffix + ("_parallel" if parallel else "_serial")
                     fn = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
                         bind(body, suffix, **self.names))
                     self._cache[key] = fn

@@ -62,9 +62,12 @@ class KernelRecord:
                 f"kernel record {self.name!r}: the per-element function's options "
                 f"{options} differ from the body's {list(self.options)}")
 
-    def adapter_source(self):
+    def adapter_source(self, scaled=False):
         """Source of ``elem_packed(<values>, sc, <options>)``, which calls the per-element
-        function with each scalar under its parameter name."""
+        function with each scalar under its parameter name. ``scaled``: the gradient value
+        is first multiplied by one more packed scalar, ``sc[len(scalars)]`` (the step
+        driver's unscale x clip factor, see ``fastopt._step``), so that unscaling and
+        clipping happen inside the same pass for every optimizer, with no body changed."""
         self.check()
         params = list(inspect.signature(self.elem).parameters)
         n = len(self.arrays)
@@ -73,18 +76,24 @@ class KernelRecord:
         scalar_args = [f"sc[{index[name]}]" for name in params[n:n + len(self.scalars)]]
         options = list(self.options)
         sig = ", ".join(values + ["sc"] + options)
-        call = ", ".join(values + scalar_args + options)
+        args = list(values)
+        if scaled:
+            g = self.arrays.index("grad")
+            args[g] = f"{values[g]} * sc[{len(self.scalars)}]"
+        call = ", ".join(args + scalar_args + options)
         return f"def elem_packed({sig}):\n    return _elem({call})\n"
 
-    def adapter(self, compiled_elem):
+    def adapter(self, compiled_elem, scaled=False):
         """The adapter as a plain Python function calling ``compiled_elem`` (the per-element
         function compiled for a target); the caller compiles the adapter for that target."""
-        return _define(self.adapter_source(), "elem_packed", f"adapter_{self.name}",
+        return _define(self.adapter_source(scaled), "elem_packed",
+                       f"adapter_{self.name}{'_scaled' if scaled else ''}",
                        _elem=compiled_elem)
 
-    def unpack(self):
-        """``unpack(s)`` as a plain Python function: the packed scalars as a tuple."""
-        items = "".join(f"s[{i}], " for i in range(len(self.scalars)))
+    def unpack(self, scaled=False):
+        """``unpack(s)`` as a plain Python function: the packed scalars as a tuple (one more
+        when ``scaled``)."""
+        items = "".join(f"s[{i}], " for i in range(len(self.scalars) + bool(scaled)))
         return _define(f"def unpack(s):\n    return ({items})\n", "unpack",
                        f"unpack_{self.name}")
 

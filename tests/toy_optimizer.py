@@ -56,7 +56,8 @@ class ToyBuffers(Buffers):
     """Parameter, gradient and the running gradient sum ``accumulator``."""
 
 
-def toy_step(buffers, *, lr=0.1, scale=1.0, initial=0.0, maximize=False, backend=None):
+def toy_step(buffers, *, lr=0.1, scale=1.0, initial=0.0, maximize=False, max_grad_norm=None,
+             grad_scale=None, skip_nonfinite=False, backend=None):
     """One toy step::
 
         acc = acc + g;  p = p - lr * (scale * g)
@@ -68,7 +69,8 @@ def toy_step(buffers, *, lr=0.1, scale=1.0, initial=0.0, maximize=False, backend
         (array([0., 0.]), array([1.5, 1.5]))
     """
     return run_step(SPEC, buffers, backend, dict(lr=lr, scale=scale, initial=initial,
-                                                 maximize=maximize))
+                                                 maximize=maximize),
+                    loop=(max_grad_norm, grad_scale, skip_nonfinite))
 
 
 SPEC = OptimizerSpec(

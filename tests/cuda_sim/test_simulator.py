@@ -167,3 +167,16 @@ def test_a_scheduled_lr_on_the_device_matches_the_cpu():
     back = fastopt.to_host(dev)
     assert back.step == host.step == 4
     assert int(_ulp_diff(host.param, back.param).max()) <= ULP[np.float32]
+
+
+def test_grad_scale_on_the_device_matches_the_cpu_and_clipping_says_not_yet():
+    host = fastopt.AdamBuffers.zeros(np.ones(40, np.float32), np.full(40, 512.0, np.float32))
+    dev = fastopt.to_device(host)
+    for _ in range(3):
+        fastopt.adam_step(host, grad_scale=1024.0, backend="cpu")
+        fastopt.adam_step(dev, grad_scale=1024.0)
+    back = fastopt.to_host(dev)
+    assert int(_ulp_diff(host.param, back.param).max()) <= ULP[np.float32]
+    with pytest.raises(ValueError, match="not implemented for CUDA"):
+        fastopt.adam_step(dev, max_grad_norm=1.0)
+    assert fastopt.to_host(dev).step == 3

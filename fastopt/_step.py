@@ -56,13 +56,13 @@ def check_loop(loop, spec, on_device):
 class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
-                 "schedules", "template", "dtype", "loop", "checked_loop")
+                 "schedules", "template", "dtype", "checked_loop")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
-                 template=None, dtype=None, loop=NO_LOOP, checked_loop=None):
+                 template=None, dtype=None, checked_loop=None):
         self.spec, self.backend, self.parallel, self.run = spec, backend, parallel, run
         self.schedules, self.template, self.dtype = schedules, template, dtype
-        self.loop, self.checked_loop = loop, checked_loop
+        self.checked_loop = checked_loop
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -161,7 +161,7 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP):
     checked = check_loop(loop, spec, on_device)
     run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
     return Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
-                    dtype, loop, None if checked == NO_LOOP else checked)
+                    dtype, None if checked == NO_LOOP else checked)
 
 
 def _loop_factor(buffers, checked):

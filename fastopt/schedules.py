@@ -31,25 +31,17 @@ warmup, stable, decay, floor)``    (``SequentialLR`` of ``LinearLR``, ``Constant
                                    ``LinearLR``)
 =================================  ================================================
 
-Every schedule validates its arguments when it is built and returns Python floats.
+Every schedule validates its arguments when it is built (``TypeError`` / ``ValueError`` naming
+the argument, as the step functions do) and returns Python floats.
 """
 import bisect
 import math
 import numbers
 
+from ._core import check_real as _real
+
 __all__ = ["constant", "linear_warmup", "step_decay", "multi_step", "exponential", "cosine",
            "polynomial", "one_cycle", "warmup_stable_decay", "Schedule"]
-
-
-def _real(name, x, low=None, high=None, low_open=False):
-    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite real number, got {x!r}")
-    x = float(x)
-    if low is not None and (x < low or (low_open and x == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {x!r}")
-    if high is not None and x > high:
-        raise ValueError(f"{name} must be <= {high}, got {x!r}")
-    return x
 
 
 def _count(name, x, low=1):
@@ -83,7 +75,7 @@ def linear_warmup(value, steps, start_factor=1.0 / 3):
     """``value * (start_factor + (1 - start_factor) * min(t, steps) / steps)``."""
     value = _real("value", value)
     steps = _count("steps", steps)
-    start_factor = _real("start_factor", start_factor, 0.0, 1.0, low_open=True)
+    start_factor = _real("start_factor", start_factor, low=0.0, high=1.0, low_open=True)
 
     def fn(t):
         return value * (start_factor + (1.0 - start_factor) * min(t, steps) / steps)
@@ -94,7 +86,7 @@ def step_decay(value, step_size, gamma=0.1):
     """``value * gamma ** (t // step_size)``."""
     value = _real("value", value)
     step_size = _count("step_size", step_size)
-    gamma = _real("gamma", gamma, 0.0)
+    gamma = _real("gamma", gamma, low=0.0)
     return Schedule("step_decay", lambda t: value * gamma ** (t // step_size), value=value,
                     step_size=step_size, gamma=gamma)
 
@@ -103,7 +95,7 @@ def multi_step(value, milestones, gamma=0.1):
     """``value * gamma ** (number of milestones <= t)``."""
     value = _real("value", value)
     ms = sorted(_count("milestone", m) for m in milestones)
-    gamma = _real("gamma", gamma, 0.0)
+    gamma = _real("gamma", gamma, low=0.0)
     return Schedule("multi_step", lambda t: value * gamma ** bisect.bisect_right(ms, t),
                     value=value, milestones=ms, gamma=gamma)
 
@@ -111,7 +103,7 @@ def multi_step(value, milestones, gamma=0.1):
 def exponential(value, gamma):
     """``value * gamma ** t``."""
     value = _real("value", value)
-    gamma = _real("gamma", gamma, 0.0)
+    gamma = _real("gamma", gamma, low=0.0)
     return Schedule("exponential", lambda t: value * gamma ** t, value=value, gamma=gamma)
 
 
@@ -137,7 +129,7 @@ def polynomial(value, total, power=1.0):
     """``value * (1 - min(t, total) / total) ** power``."""
     value = _real("value", value)
     total = _count("total", total)
-    power = _real("power", power, 0.0)
+    power = _real("power", power, low=0.0)
     return Schedule("polynomial", lambda t: value * (1.0 - min(t, total) / total) ** power,
                     value=value, total=total, power=power)
 
@@ -148,9 +140,9 @@ def one_cycle(max_value, total, pct_start=0.3, div_factor=25.0, final_div_factor
     to ``max_value / div_factor / final_div_factor`` at step ``total - 1``."""
     max_value = _real("max_value", max_value)
     total = _count("total", total, low=2)
-    pct_start = _real("pct_start", pct_start, 0.0, 1.0)
-    div_factor = _real("div_factor", div_factor, 0.0, low_open=True)
-    final_div_factor = _real("final_div_factor", final_div_factor, 0.0, low_open=True)
+    pct_start = _real("pct_start", pct_start, low=0.0, high=1.0)
+    div_factor = _real("div_factor", div_factor, low=0.0, low_open=True)
+    final_div_factor = _real("final_div_factor", final_div_factor, low=0.0, low_open=True)
     initial = max_value / div_factor
     minimum = initial / final_div_factor
     up_end = float(pct_start * total) - 1

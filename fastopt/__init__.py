@@ -47,12 +47,13 @@ from ._cuda_backend import cuda_available, to_device, to_host  # noqa: E402
 from . import registry  # noqa: E402
 from . import schedules  # noqa: E402
 from .scaling import LossScaler, grad_norm  # noqa: E402
+from .groups import Groups  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Buffers", "FlatParams", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "to_device", "to_host", "cuda_available", "config", "registry", "schedules",
-           "LossScaler", "grad_norm"]
+           "LossScaler", "grad_norm", "Groups"]
 
 for _spec in registry.REGISTRY.values():
     globals()[_spec.step_name] = _spec.step_fn

@@ -43,6 +43,27 @@ def _lr(text):
     return v
 
 
+def _non_negative_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _non_negative_float(text):
+    return _lr(text)
+
+
+def _positive_float(text):
+    v = _lr(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return v
+
+
 def _optimizer_list(text):
     from .experiment import OPTIMIZERS
     names = [s.strip() for s in text.split(",") if s.strip()]
@@ -80,12 +101,22 @@ def _cmd_compare(args):
         print(f"fastopt compare: error: --batch-size {args.batch_size} is larger than the "
               f"{len(data[0][0]):,} training images", file=sys.stderr)
         return 2
+    if args.no_decay_bias and not args.weight_decay:
+        print("fastopt compare: error: --no-decay-bias needs --weight-decay > 0",
+              file=sys.stderr)
+        return 2
+    loop = "".join(f" {k}={v}" for k, v in (("clip", args.clip), ("warmup", args.warmup),
+                                            ("weight_decay", args.weight_decay))
+                   if v) + (f" schedule={args.schedule}" if args.schedule != "constant"
+                            else "") + (" no_decay_bias" if args.no_decay_bias else "")
     print(f"settings: iters={args.iters} batch={args.batch_size} lr={args.lr} "
           f"optimizers={','.join(args.optimizers)} backend={args.backend} dtype={args.dtype} "
-          f"seed={args.seed}")
+          f"seed={args.seed}{loop}")
     result = run_compare(data, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
                          optimizers=args.optimizers, backend=args.backend,
-                         dtype=np.dtype(args.dtype), seed=args.seed)
+                         dtype=np.dtype(args.dtype), seed=args.seed, clip=args.clip,
+                         schedule=args.schedule, warmup=args.warmup,
+                         weight_decay=args.weight_decay, decay_bias=not args.no_decay_bias)
     result["data_source"] = source
     if result["interrupted"]:
         paths = write_outputs(result, args.out) if result["completed_iters"] else []
@@ -135,6 +166,11 @@ def _cmd_bench(args):
         return 2
     rows = B.run_bench(quick=args.quick)
     print(B.format_table(rows))
+    from . import loopbench
+    loop_rows = loopbench.measure(
+        sizes=(B.MLP_SIZE, 1_000_000) if args.quick else (B.MLP_SIZE, 10_000_000),
+        min_time=0.05 if args.quick else 0.25)
+    print(loopbench.format_table(loop_rows))
     loops = default_rows = []
     if not args.no_loops:
         print("\nunder the default thread policy (a fresh process that sets nothing):")
@@ -162,7 +198,8 @@ def _cmd_bench(args):
         pass
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
-        json.dump({"meta": meta, "rows": rows, "default_policy_rows": default_rows,
+        json.dump({"meta": meta, "rows": rows, "loop_option_rows": loop_rows,
+                   "default_policy_rows": default_rows,
                    "training_loops": loops}, f, indent=1)
     print(f"wrote {path}")
     png = B.plot_bench(rows, os.path.join(args.out, "bench.png"))
@@ -224,6 +261,16 @@ def build_parser():
                         "download, then the embedded sample)")
     c.add_argument("--no-download", action="store_true", help="never download")
     c.add_argument("--out", default="results/compare", help="output directory")
+    c.add_argument("--clip", type=_positive_float, default=None,
+                   help="clip the gradient to this global L2 norm (inside the step)")
+    c.add_argument("--schedule", choices=["constant", "cosine", "linear", "wsd"],
+                   default="constant", help="learning-rate schedule over --iters")
+    c.add_argument("--warmup", type=_non_negative_int, default=0,
+                   help="linear learning-rate warmup steps")
+    c.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
+                   help="weight decay (AdamW-style for Adam; none for Momentum)")
+    c.add_argument("--no-decay-bias", action="store_true",
+                   help="no weight decay on the biases (a parameter group)")
     c.set_defaults(func=_cmd_compare)
 
     b = sub.add_parser("bench", help="time every optimizer and implementation "

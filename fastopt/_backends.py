@@ -120,3 +120,85 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
             packed = spec.fill_scalars(hp_now, t, scalars)
         kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]), packed)
     return run
+
+
+# ---------------------------------------------------------------- parameter groups
+def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None):
+    """``run(t, rows_now=None, factor=None)`` for one validated grouped step: ``rows`` are the
+    groups' validated hyperparameters, ``segments`` ``((lo, hi, row), ...)`` the element
+    ranges (flat indices, in order, non-empty, not overlapping). Each segment is stepped
+    exactly as its slice alone would be: NumPy runs the reference per segment, the CPU one
+    compiled call for all of them (``kernels/groups.py``), CUDA one launch per segment."""
+    if backend == "numpy":
+        return _numpy_grouped(spec, arrays, dtype, rows, segments)
+    if backend == "cpu":
+        return _cpu_grouped(spec, arrays, dtype, rows, segments, parallel)
+    from ._cuda_backend import cuda_grouped_runner
+    return cuda_grouped_runner(spec, arrays, dtype, rows, segments)
+
+
+def _numpy_grouped(spec, arrays, dtype, rows, segments):
+    flat = {k: a.reshape(-1) for k, a in arrays.items()}
+    runs = [(_numpy_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype, rows[r]), r)
+            for lo, hi, r in segments]
+
+    def run(t, rows_now=None, factor=None):
+        rows_now = rows if rows_now is None else rows_now
+        for segment_run, r in runs:
+            segment_run(t, rows_now[r], factor)
+    return run
+
+
+def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
+    from .kernels import cpu
+    st = np.dtype(dtype).type
+    ph = placeholder(dtype)
+    sources = [arrays.get(name) for name in spec.kernel.arrays]
+    flat = all(a is None or a.ndim == 1 for a in sources)
+    n_scalars = len(spec.kernel.scalars)
+    # one row of packed scalars per group; the scaled kernels take the gradient factor last
+    tables = {False: np.zeros((len(rows), n_scalars), st),
+              True: np.zeros((len(rows), n_scalars + 1), st)}
+    row_views = {k: [t[r] for r in range(len(rows))] for k, t in tables.items()}
+    # 1-D arrays: the segments' views are made once; N-D ones: at each call, as _cpu_runner
+    static = ([[ph if a is None else a[lo:hi] for a in sources] for lo, hi, _ in segments]
+              if flat else None)
+    plans = {}
+
+    def plan(rows_now, t, scaled, threshold):
+        """Per segment: the kernel (its row's options; serial or parallel twin by size)."""
+        fam = cpu.family(spec.kernel, scaled)
+        out = []
+        for lo, hi, r in segments:
+            par = hi - lo >= threshold if parallel is None else parallel
+            out.append((fam.get(par, **spec.options(rows_now[r], t)), r, lo, hi, par))
+        return out
+
+    def run(t, rows_now=None, factor=None):
+        scaled = factor is not None
+        threshold = config.PARALLEL_THRESHOLD
+        if rows_now is None:       # no schedules: the options depend on t only via t == 1
+            rows_now = rows
+            key = (t == 1, scaled, threshold)
+            kernels = plans.get(key)
+            if kernels is None:
+                kernels = plans[key] = plan(rows, t, scaled, threshold)
+        else:
+            kernels = plan(rows_now, t, scaled, threshold)
+        table = tables[scaled]
+        if scaled:
+            spec.fill_scalar_rows(rows_now, t, table[:, :n_scalars])
+            table[:, n_scalars] = factor
+        else:
+            spec.fill_scalar_rows(rows_now, t, table)
+        views = row_views[scaled]
+        if not _threads.READY and any(k[4] for k in kernels):
+            _threads.ensure_pool()
+        if flat:
+            for (kernel, r, _, _, _), args in zip(kernels, static):
+                kernel(*args, views[r])
+        else:
+            whole = [ph if a is None else a.ravel() for a in sources]
+            for kernel, r, lo, hi, _ in kernels:
+                kernel(*[a[lo:hi] if a is not ph else ph for a in whole], views[r])
+    return run

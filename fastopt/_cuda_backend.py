@@ -225,3 +225,36 @@ def cuda_runner(spec, arrays, dtype, hp):
             packed += (st(factor),)
         kernel[blocks, threads](*args, packed)
     return run
+
+
+def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
+    """A grouped step on device arrays: one launch per segment, on flat device views of the
+    segment, with its group's scalars."""
+    runs = []
+    flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
+    for lo, hi, r in segments:
+        runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
+                                 rows[r]), r))
+
+    def run(t, rows_now=None, factor=None):
+        rows_now = rows if rows_now is None else rows_now
+        for segment_run, r in runs:
+            segment_run(t, rows_now[r], factor)
+    return run
+
+
+def device_sum_of_squares(g, chunk):
+    """The sum of squares (float64) of a device array, deterministic: chunks of ``chunk``
+    elements (``fastopt.scaling.NORM_CHUNK``) reduced on the device in a fixed order
+    (``kernels.cuda.chunk_sum_of_squares``), the chunk sums added on the host in order. Not the
+    CPU's lane order, so it equals the CPU's norm to rounding, not bit for bit."""
+    check_device_group({"grad": g}, "grad_norm()")
+    kernels = _kernels()
+    x = as_device_array(g).reshape(-1)
+    n = x.shape[0]
+    if n == 0:
+        return 0.0
+    chunks = -(-n // chunk)
+    out = _cuda().device_array(chunks, np.float64)
+    kernels.chunk_sum_of_squares[min(chunks, 8192), kernels.NORM_THREADS](x, chunk, out)
+    return float(np.cumsum(out.copy_to_host())[-1])

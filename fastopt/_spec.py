@@ -168,6 +168,13 @@ class OptimizerSpec:
         out[:] = self._pick_scalars(self.scalars(hp, t))
         return out
 
+    def fill_scalar_rows(self, hps, t, out):
+        """:meth:`fill_scalars` for several hyperparameter sets at once: row ``r`` of ``out``
+        (2-D, the buffer dtype) gets the scalars of ``hps[r]`` (a grouped step's rows)."""
+        pick, scalars = self._pick_scalars, self.scalars
+        out[:] = [pick(scalars(hp, t)) for hp in hps]
+        return out
+
     def kernel_scalars(self, hp, t, scalar_type):
         """The kernel's scalars packed in one 1-D array of the buffer dtype, in the kernel
         record's order, each computed in float64 and rounded once."""

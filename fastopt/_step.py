@@ -38,7 +38,7 @@ def _device_key(a):
 NO_LOOP = (None, None, False)      # (max_grad_norm, grad_scale, skip_nonfinite)
 
 
-def check_loop(loop, spec, on_device):
+def check_loop(loop):
     """The training-loop options of a step: ``max_grad_norm`` (None or > 0), ``grad_scale``
     (None or > 0, the gradient is divided by it) and ``skip_nonfinite`` (bool)."""
     max_norm, scale, skip = loop
@@ -47,22 +47,20 @@ def check_loop(loop, spec, on_device):
     if scale is not None:
         scale = check_real("grad_scale", scale, low=0.0, low_open=True)
     skip = check_flag("skip_nonfinite", skip)
-    if on_device and (max_norm is not None or skip):
-        raise ValueError(f"{spec.step_name}(): max_grad_norm and skip_nonfinite are not "
-                         f"implemented for CUDA buffers yet (grad_scale is)")
     return max_norm, scale, skip
 
 
 class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
-                 "schedules", "template", "dtype", "checked_loop")
+                 "schedules", "template", "dtype", "checked_loop", "rows")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
-                 template=None, dtype=None, checked_loop=None):
+                 template=None, dtype=None, checked_loop=None, rows=None):
         self.spec, self.backend, self.parallel, self.run = spec, backend, parallel, run
         self.schedules, self.template, self.dtype = schedules, template, dtype
         self.checked_loop = checked_loop
+        self.rows = rows        # a grouped step: its _Rows
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -92,7 +90,10 @@ class Prepared:
 
     def scheduled_hp(self, step):
         """The hyperparameters of this call at ``step``, its schedules evaluated, validated
-        like any call (raises before anything is written)."""
+        like any call (raises before anything is written); for a grouped step, the list of
+        each group row's."""
+        if self.rows is not None:
+            return self.rows.at(self.spec, step, self.dtype)
         return _checked_hp(self.spec, _evaluate(self.template, self.schedules, step),
                            self.dtype, step + 1)
 
@@ -124,19 +125,94 @@ def _checked_hp(spec, hyper, dtype, t):
     return hp
 
 
-def prepare(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP):
+class _Rows:
+    """The hyperparameter rows of a grouped step: one per distinct set of values (the groups',
+    and the call's own for elements in no group), and the segments ``(lo, hi, row)``."""
+    __slots__ = ("templates", "labels", "schedules", "static", "segments")
+
+    def __init__(self, spec, groups, hyper, n):
+        from .groups import Groups
+        if not isinstance(groups, Groups):
+            raise TypeError(f"{spec.step_name}(): groups must be a fastopt.Groups, got "
+                            f"{type(groups).__name__}")
+        if groups.size != n:
+            raise ValueError(f"{spec.step_name}(): the groups cover a buffer of {groups.size} "
+                             f"elements but the parameter has {n}")
+        kinds = {h.name: h.kind for h in spec.hypers}
+        self.templates, self.labels, index = [], [], {}
+
+        def row(template, label):
+            key = tuple((k, type(v), id(v) if callable(v) else v)
+                        for k, v in template.items())
+            r = index.get(key)
+            if r is None:
+                r = index[key] = len(self.templates)
+                self.templates.append(template)
+                self.labels.append(label)
+            return r
+
+        group_rows = []
+        for g, values in enumerate(groups.groups):
+            for k in values:
+                if k not in kinds:
+                    raise TypeError(f"{spec.step_name}(): group {g} sets {k!r}, which is not "
+                                    f"a hyperparameter of {spec.name} (its hyperparameters: "
+                                    f"{', '.join(kinds)})")
+                if kinds[k] != "real":
+                    raise TypeError(f"{spec.step_name}(): group {g} sets the boolean option "
+                                    f"{k!r}; options apply to the whole step")
+            group_rows.append(row(dict(hyper, **values), f"group {g}"))
+        segments, pos = [], 0
+        for lo, hi, g in groups.segments + ((n, n, None),):
+            if lo > pos:
+                segments.append((pos, lo, row(dict(hyper), "the call's values")))
+            if hi > lo:
+                segments.append((lo, hi, group_rows[g]))
+            pos = hi
+        merged = []
+        for seg in segments:
+            if merged and merged[-1][2] == seg[2] and merged[-1][1] == seg[0]:
+                merged[-1] = (merged[-1][0], seg[1], seg[2])
+            else:
+                merged.append(seg)
+        self.segments = tuple(merged)
+        self.schedules = [_schedules(spec, t) for t in self.templates]
+        self.static = None
+
+    def at(self, spec, step, dtype):
+        """Each row's hyperparameters at ``step``, validated (errors name the group)."""
+        out = []
+        for r, (template, schedules) in enumerate(zip(self.templates, self.schedules)):
+            if not schedules and self.static is not None:
+                out.append(self.static[r])
+                continue
+            try:
+                out.append(_checked_hp(spec, _evaluate(template, schedules, step), dtype,
+                                       step + 1))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{spec.step_name}(): {self.labels[r]}: {e}") from None
+        if self.static is None:
+            self.static = out
+        return out
+
+    @property
+    def scheduled(self):
+        return any(self.schedules)
+
+
+def prepare(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=None):
     """The :class:`Prepared` step for this call: the one cached on ``buffers`` when it
     matches, else a newly validated one (which replaces it). Raises before any write."""
-    values = tuple(hyper.values()) + loop
+    values = tuple(hyper.values()) + loop + ((groups,) if groups is not None else ())
     prep = getattr(buffers, "_prepared", None)
     if type(prep) is Prepared and prep.matches(spec, buffers, backend, parallel, values):
         return prep
-    prep = _validate(spec, buffers, backend, hyper, parallel, values, loop)
+    prep = _validate(spec, buffers, backend, hyper, parallel, values, loop, groups)
     buffers.__dict__["_prepared"] = prep
     return prep
 
 
-def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP):
+def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, groups=None):
     if not isinstance(buffers, spec.buffers_cls):
         raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
                         f"{type(buffers).__name__}; create them with "
@@ -149,19 +225,38 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP):
         hyper = _evaluate(hyper, schedules, step)
     hp = spec.validate(hyper)
     parallel = _backends.check_parallel(parallel)
-    fields = spec.required_state(hp)
+    rows = row_hps = None
+    if groups is not None:
+        rows = _Rows(spec, groups, template, buffers.size)
+        row_hps = []
+        for label, t, sc in zip(rows.labels, rows.templates, rows.schedules):
+            try:
+                row_hps.append(spec.validate(_evaluate(t, sc, step)))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{spec.step_name}(): {label}: {e}") from None
+    needed = [hp] + (row_hps or [])
+    fields = tuple(f.name for f in spec.state if any(f.needed(h) for h in needed))
     for f in fields:
         if getattr(buffers, f) is None:
-            raise ValueError(spec.missing_state_message(f, hp))
+            h = next(h for h in needed if f in spec.required_state(h))
+            raise ValueError(spec.missing_state_message(f, h))
     arrays = buffers.arrays(fields)
     dtype = check_group(arrays, owner)
     hp = _checked_hp(spec, hyper, dtype, step + 1)
+    if rows is not None:
+        row_hps = rows.at(spec, step, dtype)
     on_device = is_cuda_array(arrays["param"])
     name = _backends.choose(backend, on_device)
-    checked = check_loop(loop, spec, on_device)
-    run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
+    checked = check_loop(loop)
+    if rows is None:
+        run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
+    else:
+        run = _backends.grouped_runner(spec, name, arrays, dtype, row_hps, rows.segments,
+                                       parallel)
+        if rows.scheduled:
+            schedules = schedules or {"groups": True}
     return Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
-                    dtype, None if checked == NO_LOOP else checked)
+                    dtype, None if checked == NO_LOOP else checked, rows)
 
 
 def _loop_factor(buffers, checked):
@@ -186,21 +281,23 @@ def _loop_factor(buffers, checked):
     return inv * clip
 
 
-def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP):
+def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=None):
     """Validate (or reuse the validation of the same call), then run one fused step of
     ``spec`` on ``buffers``; returns ``buffers``. ``loop``: ``(max_grad_norm, grad_scale,
-    skip_nonfinite)``."""
+    skip_nonfinite)``; ``groups``: a :class:`fastopt.Groups` or None."""
+    values = tuple(hyper.values()) + loop
+    if groups is not None:
+        values += (groups,)
     lock = getattr(buffers, "_lock", None)
     if lock is None:                      # not buffers: the validation says what is wrong
-        _validate(spec, buffers, backend, hyper, parallel, tuple(hyper.values()) + loop, loop)
+        _validate(spec, buffers, backend, hyper, parallel, values, loop, groups)
         lock = buffers.__dict__.setdefault("_lock", threading.Lock())   # made without __init__
     lock.acquire()         # (cheaper than a with-statement on the hot path)
     try:
         prep = getattr(buffers, "_prepared", None)
-        values = tuple(hyper.values()) + loop
         if (type(prep) is not Prepared
                 or not prep.matches(spec, buffers, backend, parallel, values)):
-            prep = prepare(spec, buffers, backend, hyper, parallel, loop)
+            prep = prepare(spec, buffers, backend, hyper, parallel, loop, groups)
         step = buffers.step
         t = (step if type(step) is int and step >= 0
              else check_step(step, type(buffers).__name__)) + 1
@@ -213,7 +310,9 @@ def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP):
             factor = _loop_factor(buffers, prep.checked_loop)
             if factor is None:            # non-finite gradient, skip_nonfinite: no write
                 return buffers
-            prep.run(t, hp_now, factor)
+            # a factor of exactly 1 (skip_nonfinite alone, or a norm under max_grad_norm)
+            # changes no bit: the plain kernel runs, without the multiplication
+            prep.run(t, hp_now, None if factor == 1.0 else factor)
         buffers.step = t
     finally:
         lock.release()
@@ -243,10 +342,10 @@ def prepare_step(spec, buffers, backend, hyper, parallel=None):
 
 
 def step(spec, buffers, *, backend=None, parallel=None, max_grad_norm=None, grad_scale=None,
-         skip_nonfinite=False, **hyper):
+         skip_nonfinite=False, groups=None, **hyper):
     """One step of ``spec`` with ``hyper`` on top of its defaults; ``parallel`` forces the
     CPU kernel's parallel (True) or serial (False) twin, for benchmarks."""
     kw = dict(spec.defaults)
     kw.update(hyper)
     return run_step(spec, buffers, backend, kw, parallel,
-                    (max_grad_norm, grad_scale, skip_nonfinite))
+                    (max_grad_norm, grad_scale, skip_nonfinite), groups)

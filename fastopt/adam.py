@@ -17,7 +17,7 @@ class AdamBuffers(Buffers):
 def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
               decoupled_weight_decay=False, amsgrad=False, maximize=False, eps_hat=False,
               max_grad_norm=None,
-              grad_scale=None, skip_nonfinite=False, backend=None):
+              grad_scale=None, skip_nonfinite=False, groups=None, backend=None):
     r"""One fused, in-place Adam / AdamW step over ``buffers`` (an :class:`AdamBuffers`).
 
     With ``t = buffers.step + 1`` and ``g`` the gradient (negated when ``maximize``)::
@@ -61,6 +61,8 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
             README "Training-loop options").
         grad_scale: divide the gradient by this loss scale first (``None``: 1).
         skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
+        groups: a :class:`fastopt.Groups`: element ranges with their own values of the real
+            hyperparameters (README "Parameter groups"; ``None``: one set of values).
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -81,7 +83,8 @@ def adam_step(buffers, *, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_deca
         lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
         decoupled_weight_decay=decoupled_weight_decay, amsgrad=amsgrad, maximize=maximize,
         eps_hat=eps_hat),
-                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite),
+                    groups=groups)
 
 
 def _options(hp, t):

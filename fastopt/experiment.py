@@ -36,18 +36,98 @@ def smooth_curve(x):
     return y[5:len(y) - 5]
 
 
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+
+
+def lr_schedule(name, lr, iters, warmup=0):
+    """The learning rate of ``compare --schedule``: ``constant`` (after an optional linear
+    warmup), ``cosine`` (to 0 at ``iters``), ``linear`` (to 0 at ``iters``) or ``wsd``
+    (warmup, stable, then a linear decay over the last 20 % of the steps). ``warmup``: linear
+    warmup steps from ``lr / 3``. Returns a number (no schedule) or a schedule."""
+    from . import schedules
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+    rest = max(1, iters - warmup)
+    if name == "cosine":
+        return schedules.cosine(lr, rest, warmup=warmup)
+    if name == "wsd":
+        decay = max(1, rest // 5)
+        return schedules.warmup_stable_decay(lr, warmup, rest - decay, decay)
+    if name == "linear":
+        poly = schedules.polynomial(lr, rest)
+        if not warmup:
+            return poly
+        ramp = schedules.linear_warmup(lr, warmup)
+        return schedules.Schedule("linear", lambda t: ramp(t) if t < warmup
+                                  else poly(t - warmup), value=lr, warmup=warmup, total=rest)
+    return schedules.linear_warmup(lr, warmup) if warmup else lr
+
+
+class LoopOptimizer:
+    """One of the blog's optimizers (its exact hyperparameters, from :mod:`fastopt.compat`)
+    stepped with the training-loop options: a learning-rate schedule, global-norm clipping
+    (``clip``) and weight decay with or without the biases (parameter groups), all inside
+    the one fused step over the network's arena. ``update(params, grads)`` as the blog's."""
+
+    def __init__(self, name, net, lr, *, clip=None, schedule="constant", warmup=0, iters=1,
+                 weight_decay=0.0, decay_bias=True, backend=None):
+        from . import Groups
+        blog = OPTIMIZERS[name](lr=lr, backend=backend)
+        self.spec = blog._spec
+        self.hyper = blog._hyper()
+        self.hyper["lr"] = lr_schedule(schedule, lr, iters, warmup)
+        names = {h.name for h in self.spec.hypers}
+        self.groups = None
+        self.note = None
+        if weight_decay:
+            if "weight_decay" not in names:
+                self.note = f"{name} has no weight decay: trained without"
+            else:
+                self.hyper["weight_decay"] = weight_decay
+                if "decoupled_weight_decay" in names:        # Adam -> AdamW
+                    self.hyper["decoupled_weight_decay"] = True
+                if not decay_bias:
+                    biases = [k for k in net.flat.layout if k.startswith("b")]
+                    self.groups = Groups(net.flat, [{"params": biases, "weight_decay": 0.0}])
+        self.clip = clip
+        self.backend = backend
+        self.buffers = self.spec.buffers_cls.zeros(
+            net.flat.param, net.flat.grad,
+            **self.spec.state_options(self.spec.validate(
+                {k: (v(0) if callable(v) else v) for k, v in
+                 dict(self.spec.defaults, **self.hyper).items()})))
+
+    def update(self, params=None, grads=None):
+        self.spec.step_fn(self.buffers, **self.hyper, max_grad_norm=self.clip,
+                          groups=self.groups, backend=self.backend)
+
+
 def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTIMIZERS),
                 backend=None, dtype=np.float32, seed=0, report_every=100, out=None,
-                show_progress=None):
-    """Train one network per optimizer; return a dict of losses, accuracies and timings."""
+                show_progress=None, clip=None, schedule="constant", warmup=0,
+                weight_decay=0.0, decay_bias=True):
+    """Train one network per optimizer; return a dict of losses, accuracies and timings.
+    ``clip``, ``schedule``, ``warmup``, ``weight_decay``, ``decay_bias``: the training-loop
+    options (:class:`LoopOptimizer`); with their defaults the blog's classes are used."""
     out = sys.stdout if out is None else out
+    loop = dict(clip=clip, schedule=schedule, warmup=warmup, iters=iters,
+                weight_decay=weight_decay, decay_bias=decay_bias, backend=backend)
+    plain = clip is None and schedule == "constant" and not warmup and not weight_decay
+
+    def optimizer(k, net):
+        if plain:
+            return OPTIMIZERS[k](lr=lr, backend=backend)
+        return LoopOptimizer(k, net, lr, **loop)
     (x_train, t_train), (x_test, t_test) = data
     dtype = np.dtype(dtype)
     x_train = np.ascontiguousarray(x_train, dtype=dtype)
     x_test = np.ascontiguousarray(x_test, dtype=dtype)
     base = MLP(BLOG_SIZES, dtype=dtype, seed=seed)
     nets = {k: base.copy() for k in optimizers}
-    opts = {k: OPTIMIZERS[k](lr=lr, backend=backend) for k in optimizers}
+    opts = {k: optimizer(k, nets[k]) for k in optimizers}
+    for o in opts.values():
+        if getattr(o, "note", None):
+            print(f"note: {o.note}", file=out)
     losses = {k: np.empty(iters) for k in optimizers}
     t_model = {k: 0.0 for k in optimizers}
     t_opt = {k: 0.0 for k in optimizers}
@@ -58,7 +138,7 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
     for k in optimizers:
         scratch = base.copy()
         scratch.gradient(x_train[:batch_size], t_train[:batch_size])
-        OPTIMIZERS[k](lr=lr, backend=backend).update(scratch.params, scratch.grads)
+        optimizer(k, scratch).update(scratch.params, scratch.grads)
     warmup = time.perf_counter() - t0
     bar = progress(iters, desc="compare", unit="it", enabled=show_progress)
     wall0 = time.perf_counter()
@@ -108,6 +188,8 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
         "settings": {"iters": iters, "batch_size": batch_size, "lr": lr,
                      "optimizers": list(optimizers), "backend": backend or "auto",
                      "dtype": dtype.name, "seed": seed, "sizes": list(BLOG_SIZES),
+                     "clip": clip, "schedule": schedule, "warmup": warmup,
+                     "weight_decay": weight_decay, "decay_bias": decay_bias,
                      "train_size": len(x_train), "test_size": len(x_test)},
     }
 

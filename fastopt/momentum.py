@@ -13,7 +13,7 @@ class MomentumBuffers(Buffers):
 
 
 def momentum_step(buffers, *, lr=0.01, momentum=0.9, max_grad_norm=None,
-                  grad_scale=None, skip_nonfinite=False, backend=None):
+                  grad_scale=None, skip_nonfinite=False, groups=None, backend=None):
     r"""One fused, in-place heavy-ball momentum step over a :class:`MomentumBuffers`::
 
         v = momentum * v - lr * g
@@ -32,6 +32,8 @@ def momentum_step(buffers, *, lr=0.01, momentum=0.9, max_grad_norm=None,
             README "Training-loop options").
         grad_scale: divide the gradient by this loss scale first (``None``: 1).
         skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
+        groups: a :class:`fastopt.Groups`: element ranges with their own values of the real
+            hyperparameters (README "Parameter groups"; ``None``: one set of values).
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -49,7 +51,8 @@ def momentum_step(buffers, *, lr=0.01, momentum=0.9, max_grad_norm=None,
     (1964).
     """
     return run_step(SPEC, buffers, backend, dict(lr=lr, momentum=momentum),
-                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite),
+                    groups=groups)
 
 
 SPEC = OptimizerSpec(

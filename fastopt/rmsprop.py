@@ -15,7 +15,7 @@ class RMSpropBuffers(Buffers):
 
 def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, maximize=False, max_grad_norm=None,
-                 grad_scale=None, skip_nonfinite=False, backend=None):
+                 grad_scale=None, skip_nonfinite=False, groups=None, backend=None):
     r"""One fused, in-place RMSprop step over ``buffers`` (an :class:`RMSpropBuffers`).
 
     With ``g`` the gradient (negated when ``maximize``)::
@@ -48,6 +48,8 @@ def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, mo
             README "Training-loop options").
         grad_scale: divide the gradient by this loss scale first (``None``: 1).
         skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
+        groups: a :class:`fastopt.Groups`: element ranges with their own values of the real
+            hyperparameters (README "Parameter groups"; ``None``: one set of values).
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -65,7 +67,8 @@ def rmsprop_step(buffers, *, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, mo
     return run_step(SPEC, buffers, backend, dict(
         lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
         centered=centered, maximize=maximize),
-                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite),
+                    groups=groups)
 
 
 def _options(hp, t):

@@ -103,7 +103,9 @@ def grad_norm_reference(g):
 def grad_norm(g):
     """The L2 norm of ``g`` (float32 or float64, any shape), deterministic (see the module
     docstring), computed by a Numba kernel (parallel over chunks above
-    ``fastopt.config.PARALLEL_THRESHOLD`` elements).
+    ``fastopt.config.PARALLEL_THRESHOLD`` elements). A CUDA device array is reduced on the
+    device, also deterministically but in another fixed order (equal to the CPU's norm to
+    rounding; ``fastopt._cuda_backend.device_sum_of_squares``).
 
     Example:
         >>> import numpy as np
@@ -111,6 +113,10 @@ def grad_norm(g):
         5.0
     """
     from . import _threads, config
+    from ._core import is_cuda_array
+    if is_cuda_array(g):
+        from ._cuda_backend import device_sum_of_squares
+        return math.sqrt(device_sum_of_squares(g, NORM_CHUNK))
     from .kernels.reductions import chunked_sum_of_squares
     x = _flat_float(g)
     if x.size == 0:

@@ -15,7 +15,7 @@ class SGDBuffers(Buffers):
 
 def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
              nesterov=False, maximize=False, max_grad_norm=None,
-             grad_scale=None, skip_nonfinite=False, backend=None):
+             grad_scale=None, skip_nonfinite=False, groups=None, backend=None):
     r"""One fused, in-place SGD step over an :class:`SGDBuffers` (``torch.optim.SGD``)::
 
         g   = -g if maximize
@@ -40,6 +40,8 @@ def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
             README "Training-loop options").
         grad_scale: divide the gradient by this loss scale first (``None``: 1).
         skip_nonfinite: skip the whole step if the gradient has a NaN or inf.
+        groups: a :class:`fastopt.Groups`: element ranges with their own values of the real
+            hyperparameters (README "Parameter groups"; ``None``: one set of values).
         backend: ``None`` (choose), ``"cpu"`` (Numba), ``"numpy"`` (reference), ``"cuda"``.
 
     Returns:
@@ -58,7 +60,8 @@ def sgd_step(buffers, *, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
     return run_step(SPEC, buffers, backend, dict(
         lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
         nesterov=nesterov, maximize=maximize),
-                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite))
+                    parallel=None, loop=(max_grad_norm, grad_scale, skip_nonfinite),
+                    groups=groups)
 
 
 def _cross_check(hp):

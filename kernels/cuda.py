@@ -12,7 +12,7 @@ This module imports ``numba.cuda``; fastopt imports it only when a CUDA path is 
 import math
 import threading
 
-from numba import cuda
+from numba import cuda, float64
 
 from .decorators import bind
 
@@ -37,6 +37,40 @@ def fill(a, value):
     stride = cuda.gridsize(1)
     for i in range(start, a.shape[0], stride):
         a[i] = value
+
+
+NORM_THREADS = 256     # fixed: the combine order of a chunk's partial sums depends on it
+
+
+@cuda.jit
+def chunk_sum_of_squares(x, chunk, out):
+    """``out[c]`` = the sum of squares (float64) of chunk ``c`` of ``x`` (``chunk`` elements),
+    in a fixed order: thread ``j`` of the block sums elements ``j, j + 256, ...`` of the chunk
+    in order, then the 256 partial sums are combined in a fixed tree. Blocks take chunks in a
+    grid-stride loop, so the result does not depend on the grid size."""
+    sh = cuda.shared.array(NORM_THREADS, float64)
+    tid = cuda.threadIdx.x
+    n = x.shape[0]
+    for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        start = c * chunk
+        end = min(n, start + chunk)
+        acc = float64(0.0)
+        i = start + tid
+        while i < end:
+            v = float64(x[i])
+            acc += v * v
+            i += NORM_THREADS
+        sh[tid] = acc
+        cuda.syncthreads()
+        s = NORM_THREADS // 2
+        while s > 0:
+            if tid < s:
+                sh[tid] += sh[tid + s]
+            cuda.syncthreads()
+            s //= 2
+        if tid == 0:
+            out[c] = sh[0]
+        cuda.syncthreads()
 
 
 _compiled = {}

@@ -116,6 +116,23 @@ def test_float32_ptx_has_no_float64_arithmetic(spec, combo, cc, record_property,
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
+    """The device gradient norm (clipping, skip_nonfinite): loads of the buffer dtype,
+    float64 accumulation, a shared-memory tree."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    nb = getattr(types, dtype)
+    sig = (types.Array(nb, 1, "C"), types.int64, types.Array(types.float64, 1, "C"))
+    ptx, _ = cuda.compile_ptx(ck.chunk_sum_of_squares.py_func, sig, cc=(8, 0))
+    assert f"ld.global.f{nb.bitwidth}" in ptx
+    assert "fma.rn.f64" in ptx or "add.f64" in ptx or "add.rn.f64" in ptx
+    assert "bar.sync" in ptx and ".shared" in ptx
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
 def test_float64_scalar_would_be_caught(no_driver_device):
     """The PTX check can fail: a float32 kernel given a float64 scalar promotes the math."""
     from numba import cuda, types

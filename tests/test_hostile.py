@@ -672,7 +672,11 @@ def test_d12_a_closed_stdout_does_not_kill_the_run(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [(["--seed", "-1"], "seed"),
-                                         (["--batch-size", "100000000"], "batch-size")])
+                                         (["--batch-size", "100000000"], "batch-size"),
+                                         (["--no-decay-bias"], "--weight-decay"),
+                                         (["--clip", "0"], "clip"),
+                                         (["--warmup", "-3"], "warmup"),
+                                         (["--schedule", "cosin"], "schedule")])
 def test_d13_bad_seed_or_batch_size_is_one_line(args, match, tmp_path):
     res = _cli("compare", "--iters", "1", "--out", str(tmp_path), *args)
     assert res.returncode == 2

@@ -184,3 +184,54 @@ def test_default_network_is_the_blogs():
     assert [(k, v.shape) for k, v in net.params.items()] == list(expected.items())
     assert net.flat.size == MLP_SIZE == sum(int(np.prod(s)) for s in MLP_SHAPES)
     assert MLP(BLOG_SIZES).flat.size == net.flat.size
+
+
+def test_compare_training_loop_options_are_the_fused_step_features():
+    """--clip / --schedule / --warmup / --weight-decay / --no-decay-bias: each network's
+    step equals a hand-written loop with fastopt's step functions and the same options."""
+    import fastopt
+    from fastopt import experiment
+    data = _data()
+    kw = dict(iters=12, batch_size=16, report_every=0, out=open(os.devnull, "w"),
+              optimizers=["Adam", "Momentum"], clip=0.5, schedule="cosine", warmup=4,
+              weight_decay=0.1, decay_bias=False)
+    res = run_compare(data, **kw)
+    assert res["settings"]["clip"] == 0.5 and res["settings"]["decay_bias"] is False
+    plain = run_compare(data, **dict(kw, clip=None, schedule="constant", warmup=0,
+                                     weight_decay=0.0))
+    assert res["losses"]["Adam"] != plain["losses"]["Adam"]
+    # the same run by hand: the blog's Adam hyperparameters, AdamW-style decay on the
+    # weights only, the cosine schedule with warmup, clipping inside the step
+    (x_train, t_train), _ = data
+    base = experiment.MLP(experiment.BLOG_SIZES, dtype=np.float32, seed=0)
+    net = base.copy()
+    hyper = dict(fastopt.compat.Adam(lr=0.01)._hyper(), weight_decay=0.1,
+                 decoupled_weight_decay=True, lr=experiment.lr_schedule("cosine", 0.01, 12, 4))
+    groups = fastopt.Groups(net.flat, [{"params": [k for k in net.flat.layout
+                                                   if k.startswith("b")],
+                                        "weight_decay": 0.0}])
+    b = fastopt.AdamBuffers.zeros(net.flat.param, net.flat.grad)
+    rng = np.random.default_rng(1)
+    losses = []
+    for _ in range(12):
+        mask = rng.choice(len(x_train), 16)
+        x = np.ascontiguousarray(x_train[mask], np.float32)
+        t = t_train[mask]
+        net.gradient(x, t)
+        fastopt.adam_step(b, **hyper, max_grad_norm=0.5, groups=groups)
+        losses.append(net.loss(x, t))
+    assert res["losses"]["Adam"] == [float(v) for v in losses]
+    assert b.grad_norm is not None
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "linear", "wsd"])
+def test_compare_schedules_start_and_end_where_they_say(schedule):
+    from fastopt.experiment import lr_schedule
+    s = lr_schedule(schedule, 0.1, 100, warmup=10)
+    assert s(0) == pytest.approx(0.1 / 3)
+    assert s(10) == pytest.approx(0.1)
+    if schedule != "constant":
+        assert s(100) == pytest.approx(0.0, abs=1e-12)
+    assert lr_schedule("constant", 0.1, 100) == 0.1
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_schedule("cosin", 0.1, 100)

@@ -57,7 +57,7 @@ class ToyBuffers(Buffers):
 
 
 def toy_step(buffers, *, lr=0.1, scale=1.0, initial=0.0, maximize=False, max_grad_norm=None,
-             grad_scale=None, skip_nonfinite=False, backend=None):
+             grad_scale=None, skip_nonfinite=False, groups=None, backend=None):
     """One toy step::
 
         acc = acc + g;  p = p - lr * (scale * g)
@@ -70,7 +70,7 @@ def toy_step(buffers, *, lr=0.1, scale=1.0, initial=0.0, maximize=False, max_gra
     """
     return run_step(SPEC, buffers, backend, dict(lr=lr, scale=scale, initial=initial,
                                                  maximize=maximize),
-                    loop=(max_grad_norm, grad_scale, skip_nonfinite))
+                    loop=(max_grad_norm, grad_scale, skip_nonfinite), groups=groups)
 
 
 SPEC = OptimizerSpec(

@@ -169,14 +169,64 @@ def test_a_scheduled_lr_on_the_device_matches_the_cpu():
     assert int(_ulp_diff(host.param, back.param).max()) <= ULP[np.float32]
 
 
-def test_grad_scale_on_the_device_matches_the_cpu_and_clipping_says_not_yet():
-    host = fastopt.AdamBuffers.zeros(np.ones(40, np.float32), np.full(40, 512.0, np.float32))
+def test_device_grad_norm_equals_the_cpu_norm_to_rounding():
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 300, 4096 + 7):
+        g = rng.standard_normal(n).astype(np.float32)
+        host, dev = fastopt.grad_norm(g), fastopt.grad_norm(cuda.to_device(g))
+        assert dev == pytest.approx(host, rel=1e-14, abs=0.0)
+        assert fastopt.grad_norm(cuda.to_device(g)) == dev        # deterministic
+
+
+@pytest.mark.parametrize("loop", [dict(grad_scale=1024.0), dict(max_grad_norm=0.5),
+                                  dict(max_grad_norm=0.5, grad_scale=64.0,
+                                       skip_nonfinite=True)], ids=str)
+def test_loop_options_on_the_device_match_the_cpu(loop):
+    host = fastopt.AdamBuffers.zeros(np.ones(70, np.float32), np.zeros(70, np.float32))
+    dev = fastopt.to_device(host)
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        g = (rng.standard_normal(70) * 64).astype(np.float32)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fastopt.adam_step(host, **loop, backend="cpu")
+        fastopt.adam_step(dev, **loop)
+        if "max_grad_norm" in loop:
+            assert dev.grad_norm == pytest.approx(host.grad_norm, rel=1e-14)
+        else:
+            assert dev.grad_norm is host.grad_norm is None     # no norm pass was needed
+    back = fastopt.to_host(dev)
+    assert back.step == host.step == 3
+    for name, a in host.arrays().items():
+        assert int(_ulp_diff(a, back.arrays()[name]).max()) <= ULP[np.float32], name
+
+
+def test_skip_nonfinite_on_the_device_writes_nothing():
+    host = fastopt.SGDBuffers.zeros(np.ones(40, np.float32), np.ones(40, np.float32))
+    dev = fastopt.to_device(host)
+    g = np.ones(40, np.float32)
+    g[3] = np.inf
+    dev.grad.copy_to_device(g)
+    fastopt.sgd_step(dev, lr=0.1, skip_nonfinite=True)
+    back = fastopt.to_host(dev)
+    assert back.step == 0 and dev.found_inf and dev.skipped_steps == 1
+    assert np.all(back.param == 1.0)
+
+
+def test_groups_on_the_device_match_the_cpu():
+    n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
+    groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05, "weight_decay": 0.1},
+                                {"ranges": [(50, 60), (70, n)], "beta1": 0.5}])
+    rng = np.random.default_rng(7)
+    host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                     np.zeros(n, np.float32))
     dev = fastopt.to_device(host)
     for _ in range(3):
-        fastopt.adam_step(host, grad_scale=1024.0, backend="cpu")
-        fastopt.adam_step(dev, grad_scale=1024.0)
+        g = rng.standard_normal(n).astype(np.float32)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fastopt.adam_step(host, lr=1e-3, groups=groups, max_grad_norm=1.0, backend="cpu")
+        fastopt.adam_step(dev, lr=1e-3, groups=groups, max_grad_norm=1.0)
     back = fastopt.to_host(dev)
-    assert int(_ulp_diff(host.param, back.param).max()) <= ULP[np.float32]
-    with pytest.raises(ValueError, match="not implemented for CUDA"):
-        fastopt.adam_step(dev, max_grad_norm=1.0)
-    assert fastopt.to_host(dev).step == 3
+    for name, a in host.arrays().items():
+        assert int(_ulp_diff(a, back.arrays()[name]).max()) <= ULP[np.float32], name

@@ -1,0 +1,35 @@
+"""The training-loop options (clipping, skip_nonfinite, parameter groups) fused into the step,
+against the plain step and the unfused ways (``fastopt.loopbench``), Adam float32. Each case
+is first checked to produce what doing it by hand produces; groups are ``loop|size``."""
+import numpy as np
+import pytest
+
+from fastopt import benchmarks as B
+from fastopt import loopbench
+
+SIZES = [pytest.param(B.MLP_SIZE, id=str(B.MLP_SIZE)),
+         pytest.param(10_000_000, marks=[pytest.mark.slow], id="10000000")]
+NAMES = list(loopbench.cases(10))
+
+
+def test_fused_clip_equals_clipping_by_hand():
+    import fastopt
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(5000).astype(np.float32)
+    g = (rng.standard_normal(5000) * 10).astype(np.float32)
+    a = fastopt.AdamBuffers.zeros(p.copy(), g.copy())
+    b = fastopt.AdamBuffers.zeros(p.copy(), g.copy())
+    fastopt.adam_step(a, max_grad_norm=loopbench.MAX_NORM)
+    b.grad *= np.float32(loopbench.MAX_NORM / (fastopt.grad_norm(g) + 1e-6))
+    fastopt.adam_step(b)
+    assert np.array_equal(a.param, b.param)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("n", SIZES)
+def test_loop_option(benchmark, n, name):
+    step = loopbench.cases(n)[name]
+    step()
+    benchmark.group = f"loop|{n}"
+    benchmark.name = name
+    benchmark(step)

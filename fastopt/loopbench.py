@@ -1,0 +1,112 @@
+"""Benchmarks of the training-loop options inside the step (README "Training-loop options"):
+clipping, non-finite skipping and parameter groups fused into one step, against fastopt's plain
+step and the unfused ways (``np.linalg.norm`` + a scaling pass + the step; torch's
+``clip_grad_norm_`` + ``Adam(fused=True)``), Adam float32, timed interleaved in one run.
+``python -m fastopt bench`` prints these rows; ``bench/test_bench_loop.py`` checks them."""
+import numpy as np
+
+from .benchmarks import MLP_SIZE, format_seconds, time_interleaved
+
+MAX_NORM = 1.0
+
+
+def _mlp_groups(n):
+    from .groups import Groups
+    from .mlp import BLOG_SIZES
+    from .flat import FlatParams
+    shapes = {}
+    for i in range(len(BLOG_SIZES) - 1):
+        shapes[f"W{i + 1}"] = (BLOG_SIZES[i], BLOG_SIZES[i + 1])
+        shapes[f"b{i + 1}"] = (BLOG_SIZES[i + 1],)
+    fp = FlatParams(shapes)
+    assert fp.size == n
+    return Groups(fp, [{"params": [k], **({"weight_decay": 0.01} if k[0] == "W" else
+                                          {"weight_decay": 0.0, "lr": 2e-3})}
+                       for k in fp.layout])
+
+
+def _even_groups(n, k=10):
+    from .groups import Groups
+    edges = np.linspace(0, n, k + 1).astype(int)
+    return Groups(n, [{"range": (int(a), int(b)), "weight_decay": 0.01 if i % 2 else 0.0}
+                      for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))])
+
+
+def cases(n, seed=0):
+    """``{name: step callable}`` for Adam float32 at ``n`` parameters (each on its own copy
+    of the same data)."""
+    import fastopt
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+
+    def buffers():
+        return fastopt.AdamBuffers.zeros(p.copy(), g.copy())
+
+    b = {k: buffers() for k in ("plain", "clip", "skip", "groups", "unfused")}
+    groups = _mlp_groups(n) if n == MLP_SIZE else _even_groups(n)
+    scaled = np.empty_like(g)
+    unfused = fastopt.AdamBuffers(b["unfused"].param, scaled, exp_avg=b["unfused"].exp_avg,
+                                  exp_avg_sq=b["unfused"].exp_avg_sq)
+    out = {
+        "fastopt step": lambda: fastopt.adam_step(b["plain"], decoupled_weight_decay=True),
+        "fastopt step + clip (fused)": lambda: fastopt.adam_step(
+            b["clip"], decoupled_weight_decay=True, max_grad_norm=MAX_NORM),
+        "fastopt step + skip_nonfinite (fused)": lambda: fastopt.adam_step(
+            b["skip"], decoupled_weight_decay=True, skip_nonfinite=True),
+        f"fastopt step, {len(groups.groups)} groups": lambda: fastopt.adam_step(
+            b["groups"], decoupled_weight_decay=True, groups=groups),
+    }
+
+    def numpy_clip():
+        norm = float(np.linalg.norm(g))
+        np.multiply(g, np.float32(min(1.0, MAX_NORM / (norm + 1e-6))), out=scaled)
+        fastopt.adam_step(unfused, decoupled_weight_decay=True)
+    out["np.linalg.norm + scale + fastopt step"] = numpy_clip
+    try:
+        import torch
+    except ImportError:
+        return out
+    import numba
+    torch.set_num_threads(numba.get_num_threads())
+    tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
+    tp.grad = torch.from_numpy(g.copy())
+    plain = torch.nn.Parameter(torch.from_numpy(p.copy()))
+    plain.grad = torch.from_numpy(g.copy())
+    opt = torch.optim.AdamW([tp], lr=1e-3, weight_decay=0.0, fused=True)
+    opt_plain = torch.optim.AdamW([plain], lr=1e-3, weight_decay=0.0, fused=True)
+
+    def torch_clip():
+        torch.nn.utils.clip_grad_norm_([tp], MAX_NORM)
+        opt.step()
+    out["torch AdamW(fused)"] = opt_plain.step
+    out["torch clip_grad_norm_ + AdamW(fused)"] = torch_clip
+    return out
+
+
+def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
+    """One row per (size, case): median seconds and the ratio to fastopt's plain step."""
+    rows = []
+    for n in sizes:
+        named = cases(n)
+        times = time_interleaved(list(named.values()), min_time=min_time)
+        base = times[0]
+        clip = times[1]
+        for name, t in zip(named, times):
+            row = dict(size=n, case=name, seconds=t, vs_plain_step=t / base)
+            if name.startswith("torch clip"):
+                row["vs_fused_clip"] = t / clip
+            rows.append(row)
+    return rows
+
+
+def format_table(rows):
+    lines = ["training-loop options, Adam(W) float32 (max_grad_norm=1.0; groups: one per MLP "
+             "tensor / 10 equal ranges, 2 value sets)",
+             f"{'size':>10}  {'case':<42} {'time':>10} {'vs plain step':>14}"]
+    for r in rows:
+        extra = (f"  (fused clip is {r['vs_fused_clip']:.2f}x faster)"
+                 if "vs_fused_clip" in r else "")
+        lines.append(f"{r['size']:>10}  {r['case']:<42} {format_seconds(r['seconds']):>10} "
+                     f"{r['vs_plain_step']:13.2f}x{extra}")
+    return "\n".join(lines)

@@ -1,0 +1,242 @@
+"""Parameter groups (issue 11): for every registered optimizer a grouped step equals, bit for
+bit, stepping each group's slice on its own with its values (CPU and NumPy, with and without
+clipping / unscaling / skipping, schedules as group values); bad groups are refused before any
+write."""
+import itertools
+
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import grad_norm, schedules
+from helpers import (SPECS, assert_bitwise, assert_unchanged, combos, full_kwargs, new_grad,
+                     snapshot, step_fn)
+
+N = 1000
+# ranges chosen so that groups, gaps (the call's values) and a group of two ranges all occur
+RANGES = [[(0, 300), (700, 760)], [(300, 520)], [(560, 700)]]
+
+
+def other_value(h):
+    """A valid value of real hyperparameter ``h`` different from its default."""
+    d = h.default
+    if d > 0:
+        return d * 0.5
+    return 0.01 if h.high is None or h.high > 0.01 else h.high / 2
+
+
+def group_values(spec, combo):
+    """Per group: a different value of one or two real hyperparameters (those the option
+    combination accepts; a value that would change the state the buffers need is left out)."""
+    reals = [h for h in spec.hypers if h.kind == "real"]
+    base = full_kwargs(spec, **combo)
+    need = set(spec.required_state(spec.validate(base)))
+    out = []
+    for i in range(len(RANGES)):
+        values = {}
+        for h in (reals[i % len(reals)], reals[(i + 2) % len(reals)]):
+            trial = dict(base, **values)
+            trial[h.name] = other_value(h)
+            try:
+                hp = spec.validate(trial)
+            except (TypeError, ValueError):
+                continue
+            if set(spec.required_state(hp)) <= need:
+                values[h.name] = other_value(h)
+        out.append(values)
+    return out
+
+
+def groups_for(values, n=N):
+    return fastopt.Groups(n, [dict(ranges=r, **v) for r, v in zip(RANGES, values)])
+
+
+def segments(values):
+    """``[(lo, hi, values)]`` covering [0, N), the gaps with ``{}`` (the call's values)."""
+    segs = sorted((lo, hi, v) for r, v in zip(RANGES, values) for lo, hi in r)
+    out, pos = [], 0
+    for lo, hi, v in segs + [(N, N, None)]:
+        if lo > pos:
+            out.append((pos, lo, {}))
+        if hi > lo:
+            out.append((lo, hi, v))
+        pos = hi
+    return out
+
+
+def make(spec, combo, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(N).astype(dtype)
+    g = np.zeros(N, dtype)
+    return spec.buffers_cls.zeros(p, g, **spec.state_options(spec.validate(
+        full_kwargs(spec, **combo))))
+
+
+def by_slices(spec, b, kw, values, loop, backend):
+    """The reference: each segment stepped on its own (views of ``b``), with its values and
+    the whole gradient's unscale x clip factor applied by hand."""
+    g = b.grad
+    factor = None
+    max_norm, scale, skip = (loop.get("max_grad_norm"), loop.get("grad_scale"),
+                             loop.get("skip_nonfinite", False))
+    if max_norm is not None or skip or scale is not None:
+        inv = 1.0 if scale is None else 1.0 / scale
+        norm = grad_norm(g) * inv
+        if skip and not np.isfinite(norm):
+            return
+        clip = 1.0
+        if max_norm is not None:
+            clip = min(1.0, max_norm / (norm + 1e-6))
+        factor = inv * clip
+    step = b.step
+    for lo, hi, v in segments(values):
+        arrays = {k: a[lo:hi] for k, a in b.arrays().items()}
+        part = type(b)(arrays.pop("param"), arrays.pop("grad"), step=step, **arrays)
+        if factor is not None and factor != 1.0:
+            part.grad = g[lo:hi] * g.dtype.type(factor)
+        step_fn(spec)(part, **dict(kw, **v), backend=backend)
+    b.step = step + 1
+
+
+LOOPS = [{}, dict(max_grad_norm=0.5, grad_scale=4.0), dict(skip_nonfinite=True)]
+CASES = [(s, c, loop, dt) for s in SPECS
+         for (c, loop, dt) in zip(combos(s), itertools.cycle(LOOPS),
+                                  itertools.cycle([np.float32, np.float64]))]
+
+
+@pytest.mark.parametrize("spec,combo,loop,dtype", CASES, ids=[
+    f"{s.name}-{'-'.join(f'{k}={v}' for k, v in c.items())}-{lp}-{np.dtype(d).name}"
+    for s, c, lp, d in CASES])
+def test_grouped_step_equals_stepping_each_slice(spec, combo, loop, dtype):
+    kw = full_kwargs(spec, **combo)
+    values = group_values(spec, combo)
+    groups = groups_for(values)
+    a = make(spec, combo, dtype)
+    b = make(spec, combo, dtype)
+    c = make(spec, combo, dtype)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        new_grad(a, rng)
+        b.grad[...] = a.grad
+        c.grad[...] = a.grad
+        step_fn(spec)(a, **kw, **loop, groups=groups, backend="cpu")
+        step_fn(spec)(b, **kw, **loop, groups=groups, backend="numpy")
+        by_slices(spec, c, kw, values, loop, "numpy")
+        for x in (a, b):
+            assert x.step == c.step
+            for k, arr in c.arrays().items():
+                if k != "grad":
+                    assert_bitwise(x.arrays()[k], arr, f"{spec.name} step {c.step} {k}")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_parallel_segments_equal_serial(spec, monkeypatch):
+    kw = full_kwargs(spec)
+    values = group_values(spec, {})
+    a, b = make(spec, {}, np.float32), make(spec, {}, np.float32)
+    rng = np.random.default_rng(2)
+    new_grad(a, rng)
+    b.grad[...] = a.grad
+    monkeypatch.setattr(fastopt.config, "PARALLEL_THRESHOLD", 100)
+    step_fn(spec)(a, **kw, groups=groups_for(values))
+    monkeypatch.setattr(fastopt.config, "PARALLEL_THRESHOLD", 1 << 30)
+    step_fn(spec)(b, **kw, groups=groups_for(values))
+    for k in a.arrays():
+        assert_bitwise(a.arrays()[k], b.arrays()[k], k)
+
+
+def test_group_values_can_follow_schedules():
+    spec = fastopt.registry.get("adam")
+    warm = schedules.linear_warmup(1e-2, 10)
+    groups = fastopt.Groups(N, [{"range": (0, 400), "lr": warm}])
+    a, c = make(spec, {}, np.float32), make(spec, {}, np.float32)
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        new_grad(a, rng)
+        c.grad[...] = a.grad
+        lr = warm(c.step)
+        fastopt.adam_step(a, lr=1e-3, groups=groups)
+        s = c.step
+        for lo, hi, value in ((0, 400, lr), (400, N, 1e-3)):
+            arrays = {k: x[lo:hi] for k, x in c.arrays().items()}
+            part = fastopt.AdamBuffers(arrays.pop("param"), arrays.pop("grad"), step=s, **arrays)
+            fastopt.adam_step(part, lr=value)
+        c.step = s + 1
+        for k in a.arrays():
+            assert_bitwise(a.arrays()[k], c.arrays()[k], k)
+
+
+def test_groups_from_flat_params_by_name():
+    fp = fastopt.FlatParams({"W1": (20, 10), "b1": (10,), "W2": (10, 3), "b2": (3,)})
+    groups = fastopt.Groups(fp, [{"params": ["W1", "W2"], "weight_decay": 0.1},
+                                 {"params": ["b1", "b2"], "lr": 0.5}])
+    assert groups.segments == ((0, 200, 0), (200, 210, 1), (210, 240, 0), (240, 243, 1))
+    assert "weight_decay=0.1" in repr(groups) and "lr=0.5" in repr(groups)
+    fp.grad[:] = 1.0
+    b = fastopt.SGDBuffers.zeros(fp.param, fp.grad)
+    fastopt.sgd_step(b, lr=0.1, groups=groups)
+    assert np.all(fp.params["b1"] == np.float32(-0.5))
+    assert np.all(fp.params["W1"] == np.float32(-0.1))
+
+
+BAD_GROUPS = [
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"]}, {"params": ["W1"]}]), ValueError,
+     "overlap"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W9"]}]), ValueError, "not a tensor"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], 3: 0.1}]), TypeError,
+     "not a hyperparameter name"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "amsgrad": True}]), TypeError,
+     "boolean option"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "lr": "0.1"}]), TypeError,
+     "real number"),
+    (lambda fp: fastopt.Groups(fp.size, [{"range": (0, 10)}, {"range": (5, 20)}]),
+     ValueError, "overlap"),
+    (lambda fp: fastopt.Groups(fp.size, [{"range": (0, fp.size + 1)}]), ValueError,
+     "not within"),
+    (lambda fp: fastopt.Groups(fp.size, [{"params": ["W1"]}]), TypeError, "layout is a size"),
+    (lambda fp: fastopt.Groups(fp, [{"lr": 0.1}]), ValueError, "exactly one of"),
+    (lambda fp: fastopt.Groups(fp, {"params": ["W1"]}), TypeError, "list of dicts"),
+    (lambda fp: fastopt.Groups(fp.size, [{"range": (1.0, 3)}]), TypeError, "must be an int"),
+]
+
+
+@pytest.mark.parametrize("make_groups,error,match", BAD_GROUPS)
+def test_bad_groups_are_refused(make_groups, error, match):
+    fp = fastopt.FlatParams({"W1": (20, 10), "b1": (10,)})
+    with pytest.raises(error, match=match):
+        make_groups(fp)
+
+
+BAD_STEPS = [
+    ("adam", [{"range": (0, 10), "alpha": 0.5}], TypeError, "not a hyperparameter of adam"),
+    ("adam", [{"range": (0, 10), "lrr": 0.5}], TypeError, "group 0 sets 'lrr'"),
+    ("sgd", [{"range": (0, 10), "nesterov": 1}], TypeError, "boolean option 'nesterov'"),
+    ("sgd", [{"range": (0, 10), "lr": -1.0}], ValueError, "group 0: lr must be"),
+    ("adam", [{"range": (0, 10), "beta1": 1.0}], ValueError, "group 0: beta1"),
+    ("adam", [{"range": (0, 10), "eps": 1e-50}], ValueError, "group 0: eps=1e-50 rounds"),
+    ("rmsprop", [{"range": (0, 10), "momentum": 0.9}], ValueError, "momentum_buffer"),
+    ("sgd", [{"range": (0, 10), "lr": lambda t: float("nan")}], ValueError, "group 0"),
+]
+
+
+@pytest.mark.parametrize("name,groups,error,match", BAD_STEPS)
+def test_bad_group_values_are_refused_before_any_write(name, groups, error, match):
+    spec = fastopt.registry.get(name)
+    b = make(spec, {}, np.float32)
+    new_grad(b, np.random.default_rng(4))
+    snap = snapshot(b)
+    with pytest.raises(error, match=match):
+        step_fn(spec)(b, groups=fastopt.Groups(N, groups))
+    assert_unchanged(b, snap)
+    with pytest.raises(ValueError, match="cover a buffer of 10"):
+        step_fn(spec)(b, groups=fastopt.Groups(10, []))
+    with pytest.raises(TypeError, match="must be a fastopt.Groups"):
+        step_fn(spec)(b, groups=[{"range": (0, 10)}])
+    assert_unchanged(b, snap)
+
+
+def test_a_group_needing_state_is_satisfied_by_allocating_it():
+    spec = fastopt.registry.get("rmsprop")
+    b = spec.buffers_cls.zeros(np.ones(N, np.float32), np.ones(N, np.float32), momentum=0.9)
+    fastopt.rmsprop_step(b, groups=fastopt.Groups(N, [{"range": (0, 10), "momentum": 0.9}]))
+    assert b.step == 1

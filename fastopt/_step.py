@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from . import _backends
+from . import _backends, scaling
 from ._core import check_flag, check_group, check_real, check_step, is_cuda_array
 
 
@@ -263,12 +263,15 @@ def _loop_factor(buffers, checked):
     """The reduction pass of a step with training-loop options: the gradient's norm (of the
     unscaled gradient), whether it is finite, and the one factor (1 / grad_scale times the
     clip coefficient) the kernel multiplies the gradient by. ``None``: skip this step."""
-    from .scaling import grad_norm
     max_norm, scale, skip = checked
     inv = 1.0 if scale is None else 1.0 / scale
     if max_norm is None and not skip:
         return inv
-    norm = grad_norm(buffers.grad) * inv
+    g = buffers.grad
+    if type(g) is np.ndarray:               # validated by the step: no second check
+        norm = math.sqrt(scaling.sum_of_squares(g)) * inv
+    else:
+        norm = scaling.grad_norm(g) * inv
     buffers.grad_norm = norm
     buffers.found_inf = not math.isfinite(norm)
     if skip and buffers.found_inf:

@@ -14,7 +14,8 @@ import math
 
 import numpy as np
 
-from ._core import check_array, check_real
+from . import _threads, config
+from ._core import check_array, check_real, is_cuda_array
 
 NORM_CHUNK = 4096
 
@@ -112,16 +113,26 @@ def grad_norm(g):
         >>> grad_norm(np.array([3.0, 4.0], np.float32))
         5.0
     """
-    from . import _threads, config
-    from ._core import is_cuda_array
     if is_cuda_array(g):
         from ._cuda_backend import device_sum_of_squares
         return math.sqrt(device_sum_of_squares(g, NORM_CHUNK))
-    from .kernels.reductions import chunked_sum_of_squares
-    x = _flat_float(g)
-    if x.size == 0:
+    return math.sqrt(sum_of_squares(_flat_float(g)))
+
+
+_KERNELS = {}
+
+
+def sum_of_squares(x):
+    """The sum of squares of a validated C-contiguous host array (no checks: the step
+    driver's norm pass calls it on the gradient it has validated)."""
+    n = x.size
+    if n == 0:
         return 0.0
-    parallel = x.size >= config.PARALLEL_THRESHOLD
+    parallel = n >= config.PARALLEL_THRESHOLD
+    fn = _KERNELS.get(parallel)
+    if fn is None:
+        from .kernels.reductions import chunked_sum_of_squares
+        fn = _KERNELS[parallel] = chunked_sum_of_squares(parallel)
     if parallel and not _threads.READY:
         _threads.ensure_pool()
-    return math.sqrt(chunked_sum_of_squares(parallel)(x, NORM_CHUNK))
+    return fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK)

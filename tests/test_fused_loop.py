@@ -113,6 +113,38 @@ def test_clip_then_adam_matches_torch(dtype):
     np.testing.assert_allclose(b.param, tp.detach().numpy(), **tol)
 
 
+def test_skip_and_loss_scaler_match_torch_grad_scaler():
+    """GradScaler-style mixed precision: scaled gradients, some with inf; torch's
+    GradScaler.step skips those steps and update() backs off, fastopt's skip_nonfinite and
+    LossScaler do the same: same skipped steps, same scale sequence, same parameters."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from fastopt import LossScaler
+    rng = np.random.default_rng(6)
+    p0 = rng.standard_normal(200).astype(np.float32)
+    b = registry.get("adam").buffers_cls.zeros(p0.copy(), np.zeros(200, np.float32))
+    tp = torch.nn.Parameter(torch.from_numpy(p0.copy()))
+    opt = torch.optim.Adam([tp], lr=1e-2)
+    kw = dict(init_scale=2.0 ** 10, growth_interval=3)
+    ts, fs = torch.amp.GradScaler("cpu", **kw), LossScaler(**kw)
+    for i in range(20):
+        g = rng.standard_normal(200).astype(np.float32)
+        scaled = g * np.float32(fs.scale)
+        if i in (4, 5, 11):
+            scaled[i] = np.inf if i != 5 else np.nan
+        b.grad[...] = scaled
+        fastopt_scale = fs.scale
+        step_fn(registry.get("adam"))(b, lr=1e-2, grad_scale=fastopt_scale,
+                                      skip_nonfinite=True)
+        fs.update(b.found_inf)
+        tp.grad = torch.from_numpy(scaled.copy())
+        ts.scale(torch.ones(()))                     # torch's scaler starts on first use
+        ts.step(opt)
+        ts.update()
+        assert ts.get_scale() == fs.scale, i
+    assert b.skipped_steps == 3 and b.step == 17
+    np.testing.assert_allclose(b.param, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_clipping_does_not_depend_on_the_thread_count(spec, monkeypatch):
     import numba

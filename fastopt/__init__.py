@@ -2,7 +2,7 @@
 
 Public API::
 
-    adam_step, rmsprop_step, momentum_step, sgd_step, ...   one fused in-place step
+    adam_step, rmsprop_step, sgd_step, lion_step, ...       one fused in-place step
     AdamBuffers, RMSpropBuffers, ...                         parameter, gradient and state
     FlatParams                                               one arena, named views
     save_checkpoint, load_checkpoint                         atomic, checksummed

@@ -108,3 +108,56 @@ def sgd(arrays, hp, t, st):
         else:
             g = buf
     p -= st(lr) * g
+
+
+@_quiet
+def adagrad(arrays, hp, t, st):
+    p, g, s = arrays["param"], arrays["grad"], arrays["sum"]
+    if hp["maximize"]:
+        g = -g
+    if hp["weight_decay"] != 0.0:
+        g = g + st(hp["weight_decay"]) * p
+    s += g * g
+    clr = hp["lr"] / (1.0 + (t - 1) * hp["lr_decay"])
+    p -= st(clr) * (g / (np.sqrt(s) + st(hp["eps"])))
+
+
+@_quiet
+def adadelta(arrays, hp, t, st):
+    p, g = arrays["param"], arrays["grad"]
+    sq, acc = arrays["square_avg"], arrays["acc_delta"]
+    rho, eps = hp["rho"], hp["eps"]
+    if hp["maximize"]:
+        g = -g
+    if hp["weight_decay"] != 0.0:
+        g = g + st(hp["weight_decay"]) * p
+    sq[...] = st(rho) * sq + st(1.0 - rho) * (g * g)
+    delta = np.sqrt(acc + st(eps)) / np.sqrt(sq + st(eps)) * g
+    acc[...] = st(rho) * acc + st(1.0 - rho) * (delta * delta)
+    p -= st(hp["lr"]) * delta
+
+
+@_quiet
+def adamax(arrays, hp, t, st):
+    p, g, m, u = arrays["param"], arrays["grad"], arrays["exp_avg"], arrays["exp_inf"]
+    b1 = hp["beta1"]
+    if hp["maximize"]:
+        g = -g
+    if hp["weight_decay"] != 0.0:
+        g = g + st(hp["weight_decay"]) * p
+    m += st(1.0 - b1) * (g - m)
+    np.maximum(np.abs(g) + st(hp["eps"]), st(hp["beta2"]) * u, out=u)
+    p -= st(hp["lr"] / (1.0 - b1 ** t)) * (m / u)
+
+
+@_quiet
+def lion(arrays, hp, t, st):
+    p, g, m = arrays["param"], arrays["grad"], arrays["exp_avg"]
+    lr, b1, b2, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"]
+    if hp["maximize"]:
+        g = -g
+    c = st(b1) * m + st(1.0 - b1) * g
+    if wd != 0.0:
+        p *= st(1.0 - lr * wd)
+    p -= np.sign(c) * st(lr)
+    m[...] = st(b2) * m + st(1.0 - b2) * g

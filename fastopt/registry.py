@@ -4,13 +4,17 @@ Tests, benchmarks, the CLI and ``fastopt``'s own namespace iterate :data:`REGIST
 optimizer means writing its kernel record, reference and module and listing it here (one line),
 plus its entry in ``fastopt.testinfo``.
 """
-from . import adam, momentum, rmsprop, sgd
+from . import adadelta, adagrad, adam, adamax, lion, momentum, rmsprop, sgd
 
 REGISTRY = {spec.name: spec for spec in (
     adam.SPEC,
     rmsprop.SPEC,
     momentum.SPEC,
     sgd.SPEC,
+    adagrad.SPEC,
+    adadelta.SPEC,
+    adamax.SPEC,
+    lion.SPEC,
 )}
 
 

@@ -31,6 +31,7 @@ class OptimizerInfo:
     tuned: dict = dataclasses.field(default_factory=dict)
     torch: object = None
     blog: tuple = None
+    no_rosenbrock: str = None      # why the Rosenbrock convergence test does not apply
 
 
 def _adam_torch(hp):
@@ -83,6 +84,37 @@ INFO = {
                                       weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
                                       maximize=hp["maximize"])),
         blog=("mini_SGD", dict(lr=0.01)),
+    ),
+    "adagrad": OptimizerInfo(
+        option_grid=dict(weight_decay=[0.0, 0.01], lr_decay=[0.0, 0.01],
+                         initial_accumulator_value=[0.0, 0.1], maximize=[False, True]),
+        tuned=dict(lr=0.5),
+        torch=lambda hp: ("Adagrad", dict(lr=hp["lr"], lr_decay=hp["lr_decay"],
+                                          weight_decay=hp["weight_decay"],
+                                          initial_accumulator_value=hp[
+                                              "initial_accumulator_value"],
+                                          eps=hp["eps"], maximize=hp["maximize"])),
+    ),
+    "adadelta": OptimizerInfo(
+        option_grid=dict(weight_decay=[0.0, 0.01], maximize=[False, True]),
+        tuned=dict(lr=1.0, rho=0.9),
+        no_rosenbrock="Adadelta (torch's formula) does not reach (1, 1) in 20,000 steps with "
+                      "any setting tried (lr 0.3-50, rho 0.9-0.9999, eps 1e-6-1e-2: stalls "
+                      "in the valley or diverges)",
+        torch=lambda hp: ("Adadelta", dict(lr=hp["lr"], rho=hp["rho"], eps=hp["eps"],
+                                           weight_decay=hp["weight_decay"],
+                                           maximize=hp["maximize"])),
+    ),
+    "adamax": OptimizerInfo(
+        option_grid=dict(weight_decay=[0.0, 0.01], maximize=[False, True]),
+        tuned=dict(lr=0.02),
+        torch=lambda hp: ("Adamax", dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                         eps=hp["eps"], weight_decay=hp["weight_decay"],
+                                         maximize=hp["maximize"])),
+    ),
+    "lion": OptimizerInfo(
+        option_grid=dict(weight_decay=[0.0, 0.1], maximize=[False, True]),
+        tuned=dict(lr=0.001),
     ),
 }
 

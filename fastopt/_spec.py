@@ -26,6 +26,7 @@ class Hyper:
     high: float = None
     low_open: bool = False
     high_open: bool = False
+    schedulable: bool = True   # False: the optimizer's host state assumes a constant value
 
     def check(self, value):
         if self.kind == "flag":

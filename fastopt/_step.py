@@ -107,6 +107,10 @@ def _schedules(spec, hyper):
         if flags:
             raise TypeError(f"{spec.step_name}(): {', '.join(flags)} cannot follow a schedule "
                             f"(only real hyperparameters can; flags are compile-time options)")
+        fixed = sorted(h.name for h in spec.hypers if h.name in found and not h.schedulable)
+        if fixed:
+            raise TypeError(f"{spec.step_name}(): {', '.join(fixed)} cannot follow a schedule "
+                            f"in {spec.name} (its host-side state assumes a constant value)")
     return found
 
 

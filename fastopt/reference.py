@@ -161,3 +161,66 @@ def lion(arrays, hp, t, st):
         p *= st(1.0 - lr * wd)
     p -= np.sign(c) * st(lr)
     m[...] = st(b2) * m + st(1.0 - b2) * g
+
+
+def _adam_moments(arrays, hp, st):
+    """Shared by RAdam and NAdam: weight decay, then ``m`` (torch's lerp form) and ``v``.
+    Returns ``(p, g, m, v)``."""
+    p, g, m, v = arrays["param"], arrays["grad"], arrays["exp_avg"], arrays["exp_avg_sq"]
+    lr, b1, b2, wd = hp["lr"], hp["beta1"], hp["beta2"], hp["weight_decay"]
+    if hp["maximize"]:
+        g = -g
+    if wd != 0.0:
+        if hp["decoupled_weight_decay"]:
+            p *= st(1.0 - lr * wd)
+        else:
+            g = g + st(wd) * p
+    m += st(1.0 - b1) * (g - m)
+    v[...] = st(b2) * v + st(1.0 - b2) * (g * g)
+    return p, g, m, v
+
+
+@_quiet
+def radam(arrays, hp, t, st):
+    lr, b1, b2 = hp["lr"], hp["beta1"], hp["beta2"]
+    p, g, m, v = _adam_moments(arrays, hp, st)
+    bc1, bc2 = 1.0 - b1 ** t, 1.0 - b2 ** t
+    rho_inf = 2.0 / (1.0 - b2) - 1.0
+    rho_t = rho_inf - 2.0 * t * (b2 ** t) / bc2
+    if rho_t > 5.0:
+        rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
+                         / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t))
+        p -= (st(lr * rect * math.sqrt(bc2) / bc1) * m) / (np.sqrt(v) + st(hp["eps"]))
+    else:
+        p -= st(lr / bc1) * m
+
+
+_MU_PRODUCTS = {}
+
+
+def mu_product(hp, t):
+    """NAdam's momentum schedule at step ``t``: ``(mu_t, mu_{t+1}, mu_1 * ... * mu_t)`` with
+    ``mu_k = beta1 * (1 - 0.5 * 0.96**(k * momentum_decay))``. The product is accumulated in
+    step order exactly as torch's running ``mu_product``, a float32 scalar tensor:
+    ``P_t = float32(P_{t-1} * float32(mu_t))`` (so float64 runs match torch to 1e-11; the
+    float32 rounding of ``P_t`` is torch's). Remembered per ``(beta1, momentum_decay)``, so a
+    resumed run recomputes it from its step count."""
+    b1, md = hp["beta1"], hp["momentum_decay"]
+
+    def mu(k):
+        return b1 * (1.0 - 0.5 * (0.96 ** (k * md)))
+    products = _MU_PRODUCTS.setdefault((b1, md), [1.0])
+    while len(products) <= t:
+        f32 = np.float32
+        products.append(float(f32(f32(products[-1]) * f32(mu(len(products))))))
+    return mu(t), mu(t + 1), products[t]
+
+
+@_quiet
+def nadam(arrays, hp, t, st):
+    lr, b2 = hp["lr"], hp["beta2"]
+    p, g, m, v = _adam_moments(arrays, hp, st)
+    mu, mu_next, prod = mu_product(hp, t)
+    denom = np.sqrt(v * st(1.0 / (1.0 - b2 ** t))) + st(hp["eps"])
+    p -= st(lr * (1.0 - mu) / (1.0 - prod)) * (g / denom)
+    p -= st(lr * mu_next / (1.0 - prod * mu_next)) * (m / denom)

@@ -4,7 +4,7 @@ Tests, benchmarks, the CLI and ``fastopt``'s own namespace iterate :data:`REGIST
 optimizer means writing its kernel record, reference and module and listing it here (one line),
 plus its entry in ``fastopt.testinfo``.
 """
-from . import adadelta, adagrad, adam, adamax, lion, momentum, rmsprop, sgd
+from . import adadelta, adagrad, adam, adamax, lion, momentum, nadam, radam, rmsprop, sgd
 
 REGISTRY = {spec.name: spec for spec in (
     adam.SPEC,
@@ -15,6 +15,8 @@ REGISTRY = {spec.name: spec for spec in (
     adadelta.SPEC,
     adamax.SPEC,
     lion.SPEC,
+    nadam.SPEC,
+    radam.SPEC,
 )}
 
 

@@ -64,3 +64,16 @@ def test_a_schedule_crossing_zero_switches_the_compiled_option():
         step_fn(spec)(a, weight_decay=wd)
         step_fn(spec)(b, weight_decay=wd(b.step))
         assert_buffers_bitwise(a, b, f"step {a.step}")
+
+
+def test_a_hyperparameter_marked_unschedulable_refuses_a_schedule():
+    """NAdam's momentum-schedule product is computed from the step count for constant beta1
+    and momentum_decay, so those two cannot follow a schedule (lr can)."""
+    import fastopt
+    b = fastopt.NAdamBuffers.zeros(np.ones(4), np.ones(4))
+    for name in ("beta1", "momentum_decay"):
+        with pytest.raises(TypeError, match=f"{name} cannot follow a schedule in nadam"):
+            fastopt.nadam_step(b, **{name: lambda t: 0.9 if name == "beta1" else 4e-3})
+    assert b.step == 0
+    fastopt.nadam_step(b, lr=lambda t: 1e-3)
+    assert b.step == 1

@@ -23,9 +23,11 @@ def adagrad_step(buffers, *, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
 
         g   = g + weight_decay * p                  # if weight_decay
         s   = s + g * g
-        p   = p - (lr / (1 + (t - 1) * lr_decay)) * (g / (sqrt(s) + eps))
+        p   = p - ((lr / (1 + (t - 1) * lr_decay)) * g) / (sqrt(s) + eps)
 
-    This is ``torch.optim.Adagrad``. ``initial_accumulator_value`` is where ``s`` starts: it is
+    This is ``torch.optim.Adagrad`` (torch multiplies ``g / (sqrt(s) + eps)`` by the step
+    size: last-bit differences) and, with ``eps=1e-7``, the textbook's ``AdaGrad`` bit for bit
+    (``fastopt.compat.AdaGrad``). ``initial_accumulator_value`` is where ``s`` starts: it is
     used when the buffers are allocated (``AdagradBuffers.zeros(p, g,
     initial_accumulator_value=0.1)``), not by the step.
 

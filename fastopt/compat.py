@@ -16,7 +16,7 @@ import numpy as np
 from ._step import prepare_step, run_step
 from . import registry
 
-__all__ = ["mini_SGD", "Momentum", "RMSprop", "Adam"]
+__all__ = ["mini_SGD", "Momentum", "RMSprop", "Adam", "Nesterov", "AdaGrad"]
 
 
 def _arena_of(views):
@@ -236,3 +236,39 @@ class Adam(_BlogOptimizer):
     @property
     def v(self):
         return self._state_dict("exp_avg_sq")
+
+
+class Nesterov(_BlogOptimizer):
+    """The textbook's Nesterov: ``v *= momentum; v -= lr * g; p += momentum * momentum * v;
+    p -= (1 + momentum) * lr * g`` (:func:`fastopt.nesterov_step`). ``self.v`` is a dict of
+    the velocity arrays."""
+    _spec_name = "nesterov"
+
+    def __init__(self, lr=0.01, momentum=0.9, *, backend=None):
+        super().__init__(backend)
+        self.lr = lr
+        self.momentum = momentum
+
+    def _hyper(self):
+        return dict(lr=self.lr, momentum=self.momentum)
+
+    @property
+    def v(self):
+        return self._state_dict("velocity")
+
+
+class AdaGrad(_BlogOptimizer):
+    """The textbook's AdaGrad: ``h += g * g; p -= lr * g / (sqrt(h) + 1e-7)``
+    (:func:`fastopt.adagrad_step` with ``eps=1e-7``). ``self.h`` is a dict of the sums."""
+    _spec_name = "adagrad"
+
+    def __init__(self, lr=0.01, *, backend=None):
+        super().__init__(backend)
+        self.lr = lr
+
+    def _hyper(self):
+        return dict(self._spec.defaults, lr=self.lr, eps=1e-7)
+
+    @property
+    def h(self):
+        return self._state_dict("sum")

@@ -119,7 +119,7 @@ def adagrad(arrays, hp, t, st):
         g = g + st(hp["weight_decay"]) * p
     s += g * g
     clr = hp["lr"] / (1.0 + (t - 1) * hp["lr_decay"])
-    p -= st(clr) * (g / (np.sqrt(s) + st(hp["eps"])))
+    p -= (st(clr) * g) / (np.sqrt(s) + st(hp["eps"]))
 
 
 @_quiet
@@ -224,3 +224,13 @@ def nadam(arrays, hp, t, st):
     denom = np.sqrt(v * st(1.0 / (1.0 - b2 ** t))) + st(hp["eps"])
     p -= st(lr * (1.0 - mu) / (1.0 - prod)) * (g / denom)
     p -= st(lr * mu_next / (1.0 - prod * mu_next)) * (m / denom)
+
+
+@_quiet
+def nesterov(arrays, hp, t, st):
+    p, g, v = arrays["param"], arrays["grad"], arrays["velocity"]
+    mom, lr = hp["momentum"], hp["lr"]
+    v *= st(mom)
+    v -= st(lr) * g
+    p += st(mom * mom) * v
+    p -= st((1.0 + mom) * lr) * g

@@ -131,6 +131,10 @@ INFO = {
                                         decoupled_weight_decay=hp["decoupled_weight_decay"],
                                         maximize=hp["maximize"])),
     ),
+    "nesterov": OptimizerInfo(
+        tuned=dict(lr=0.0005, momentum=0.9),
+        blog=None,
+    ),
     "lion": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.1], maximize=[False, True]),
         tuned=dict(lr=0.001),

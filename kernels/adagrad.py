@@ -9,13 +9,15 @@ from .record import KernelRecord, elem, loop, unpack  # noqa: F401  (bound per t
 
 
 def adagrad_elem(p, g, s, clr, wd, eps, maximize, l2):
-    """One Adagrad element. Returns ``(p, s)``; ``clr = lr / (1 + (t - 1) * lr_decay)``."""
+    """One Adagrad element. Returns ``(p, s)``; ``clr = lr / (1 + (t - 1) * lr_decay)``.
+    ``(clr * g) / (...)`` is the textbook's order (its ``AdaGrad`` class, bit for bit);
+    torch evaluates ``clr * (g / ...)``."""
     if maximize:
         g = -g
     if l2:
         g = g + wd * p
     s = s + g * g
-    p = p - clr * (g / (math.sqrt(s) + eps))
+    p = p - (clr * g) / (math.sqrt(s) + eps)
     return p, s
 
 

@@ -67,6 +67,8 @@ def _positive_float(text):
 def _optimizer_list(text):
     from .experiment import OPTIMIZERS
     names = [s.strip() for s in text.split(",") if s.strip()]
+    if [n.lower() for n in names] == ["all"]:
+        return list(OPTIMIZERS)
     lookup = {k.lower(): k for k in OPTIMIZERS}
     lookup["mini_sgd"] = "SGD"
     out = []
@@ -109,7 +111,8 @@ def _cmd_compare(args):
                                             ("weight_decay", args.weight_decay))
                    if v) + (f" schedule={args.schedule}" if args.schedule != "constant"
                             else "") + (" no_decay_bias" if args.no_decay_bias else "")
-    print(f"settings: iters={args.iters} batch={args.batch_size} lr={args.lr} "
+    lr = "default" if args.lr is None else args.lr
+    print(f"settings: iters={args.iters} batch={args.batch_size} lr={lr} "
           f"optimizers={','.join(args.optimizers)} backend={args.backend} dtype={args.dtype} "
           f"seed={args.seed}{loop}")
     result = run_compare(data, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
@@ -249,10 +252,13 @@ def build_parser():
                                        "training the 784-100-100-100-100-10 MLP on MNIST")
     c.add_argument("--iters", type=_positive_int, default=2000)
     c.add_argument("--batch-size", type=_positive_int, default=128)
-    c.add_argument("--lr", type=_lr, default=0.01, help="learning rate of every optimizer")
+    c.add_argument("--lr", type=_lr, default=None,
+                   help="learning rate of every optimizer (default: 0.01 for the blog's four, "
+                        "each other optimizer's own)")
     c.add_argument("--optimizers", type=_optimizer_list, default=["SGD", "Momentum",
                                                                    "RMSprop", "Adam"],
-                   help="comma-separated subset of SGD,Momentum,RMSprop,Adam")
+                   help="comma-separated names (SGD,Momentum,RMSprop,Adam,Nesterov,AdaGrad,"
+                        "Adadelta,Adamax,NAdam,RAdam,Lion) or 'all'; default: the blog's four")
     c.add_argument("--backend", choices=["numpy", "cpu"], default="cpu")
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     c.add_argument("--seed", type=_seed, default=0, help="random seed (>= 0)")

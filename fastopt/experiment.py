@@ -18,9 +18,41 @@ from . import compat
 from ._progress import progress
 from .mlp import MLP, BLOG_SIZES
 
+def _registered(name, spec_name, default_lr):
+    """A registered optimizer behind the blog's interface (``update(params, grads)`` over the
+    network's arena, one fused call): its own defaults, ``lr`` as given."""
+    class Registered(compat._BlogOptimizer):
+        _spec_name = spec_name
+
+        def __init__(self, lr=default_lr, *, backend=None):
+            super().__init__(backend)
+            self.lr = lr
+
+        def _hyper(self):
+            return dict(self._spec.defaults, lr=self.lr)
+    Registered.__name__ = Registered.__qualname__ = name
+    return Registered
+
+
+# the blog's four (the default set), then every other optimizer, each at a learning rate that
+# suits it on this MLP (used unless --lr is given)
+BLOG_OPTIMIZERS = ("SGD", "Momentum", "RMSprop", "Adam")
 OPTIMIZERS = {"SGD": compat.mini_SGD, "Momentum": compat.Momentum,
-              "RMSprop": compat.RMSprop, "Adam": compat.Adam}
-MARKERS = {"SGD": "v", "Momentum": "p", "RMSprop": "o", "Adam": "s"}
+              "RMSprop": compat.RMSprop, "Adam": compat.Adam,
+              "Nesterov": compat.Nesterov, "AdaGrad": compat.AdaGrad,
+              "Adadelta": _registered("Adadelta", "adadelta", 1.0),
+              "Adamax": _registered("Adamax", "adamax", 2e-3),
+              "NAdam": _registered("NAdam", "nadam", 2e-3),
+              "RAdam": _registered("RAdam", "radam", 1e-3),
+              "Lion": _registered("Lion", "lion", 1e-4)}
+MARKERS = {"SGD": "v", "Momentum": "p", "RMSprop": "o", "Adam": "s", "Nesterov": "^",
+           "AdaGrad": "D", "Adadelta": "x", "Adamax": "*", "NAdam": "<", "RAdam": ">",
+           "Lion": "h"}
+
+
+def _make(name, lr, backend):
+    """The optimizer ``name`` at ``lr`` (``None``: its default in :data:`OPTIMIZERS`)."""
+    return OPTIMIZERS[name](**({} if lr is None else {"lr": lr}), backend=backend)
 
 
 def smooth_curve(x):
@@ -72,10 +104,10 @@ class LoopOptimizer:
     def __init__(self, name, net, lr, *, clip=None, schedule="constant", warmup=0, iters=1,
                  weight_decay=0.0, decay_bias=True, backend=None):
         from . import Groups
-        blog = OPTIMIZERS[name](lr=lr, backend=backend)
+        blog = _make(name, lr, backend)
         self.spec = blog._spec
         self.hyper = blog._hyper()
-        self.hyper["lr"] = lr_schedule(schedule, lr, iters, warmup)
+        self.hyper["lr"] = lr_schedule(schedule, self.hyper["lr"], iters, warmup)
         names = {h.name for h in self.spec.hypers}
         self.groups = None
         self.note = None
@@ -102,11 +134,13 @@ class LoopOptimizer:
                           groups=self.groups, backend=self.backend)
 
 
-def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTIMIZERS),
+def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIMIZERS,
                 backend=None, dtype=np.float32, seed=0, report_every=100, out=None,
                 show_progress=None, clip=None, schedule="constant", warmup=0,
                 weight_decay=0.0, decay_bias=True):
     """Train one network per optimizer; return a dict of losses, accuracies and timings.
+    ``lr``: every optimizer's learning rate (``None``: each one's default, 0.01 for the
+    blog's four).
     ``clip``, ``schedule``, ``warmup``, ``weight_decay``, ``decay_bias``: the training-loop
     options (:class:`LoopOptimizer`); with their defaults the blog's classes are used."""
     out = sys.stdout if out is None else out
@@ -116,7 +150,7 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
 
     def optimizer(k, net):
         if plain:
-            return OPTIMIZERS[k](lr=lr, backend=backend)
+            return _make(k, lr, backend)
         return LoopOptimizer(k, net, lr, **loop)
     (x_train, t_train), (x_test, t_test) = data
     dtype = np.dtype(dtype)
@@ -185,7 +219,8 @@ def run_compare(data, iters=2000, batch_size=128, lr=0.01, optimizers=tuple(OPTI
         "timing_s": {"wall": wall, "warmup": warmup, "model": t_model, "optimizer": t_opt,
                      "model_total": sum(t_model.values()),
                      "optimizer_total": sum(t_opt.values())},
-        "settings": {"iters": iters, "batch_size": batch_size, "lr": lr,
+        "settings": {"iters": iters, "batch_size": batch_size,
+                     "lr": {k: _make(k, lr, backend).lr for k in optimizers},
                      "optimizers": list(optimizers), "backend": backend or "auto",
                      "dtype": dtype.name, "seed": seed, "sizes": list(BLOG_SIZES),
                      "clip": clip, "schedule": schedule, "warmup": warmup,
@@ -241,16 +276,20 @@ def plot_losses(result, path):
               file=sys.stderr)
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for k, v in result["losses"].items():
+    many = len(result["losses"]) > 10
+    for i, (k, v) in enumerate(result["losses"].items()):
         x = np.arange(len(v))
-        ax.plot(x, smooth_curve(v), marker=MARKERS.get(k, "."), markevery=100, label=k)
+        ax.plot(x, smooth_curve(v), marker=MARKERS.get(k, "."), markevery=100, label=k,
+                color=plt.cm.tab20.colors[i % 20] if many else None)
     s = result["settings"]
     ax.set_xlabel("Iterations")
     ax.set_ylabel("Loss")
     ax.set_ylim(0, 1)
-    ax.legend()
+    ax.legend(ncol=2 if len(result["losses"]) > 4 else 1, fontsize=8 if many else None)
     ax.set_title("Comparison of Optimizers on MNIST")
-    ax.text(0.99, 0.02, f"{s['dtype']}, batch {s['batch_size']}, lr {s['lr']}, "
+    lrs = sorted(set(s["lr"].values())) if isinstance(s["lr"], dict) else [s["lr"]]
+    lr_text = f"lr {lrs[0]}" if len(lrs) == 1 else "lr per optimizer"
+    ax.text(0.99, 0.02, f"{s['dtype']}, batch {s['batch_size']}, {lr_text}, "
             f"{s['train_size']:,} training images", transform=ax.transAxes, ha="right",
             fontsize=8, color="gray")
     fig.tight_layout()

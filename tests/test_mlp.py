@@ -150,7 +150,7 @@ def test_cli_compare_writes_outputs(tmp_path, capsys, monkeypatch, no_wait_polic
 @pytest.mark.parametrize("argv,msg", [
     (["compare", "--iters", "0"], "must be > 0"),
     (["compare", "--lr", "nan"], "finite"),
-    (["compare", "--optimizers", "adagrad"], "unknown optimizer 'adagrad'"),
+    (["compare", "--optimizers", "adagrat"], "unknown optimizer 'adagrat'"),
     (["compare", "--backend", "gpu"], "invalid choice"),
     (["compare", "--dtype", "float16"], "invalid choice"),
     (["frobnicate"], "invalid choice"),
@@ -235,3 +235,17 @@ def test_compare_schedules_start_and_end_where_they_say(schedule):
     assert lr_schedule("constant", 0.1, 100) == 0.1
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_schedule("cosin", 0.1, 100)
+
+
+def test_compare_runs_every_optimizer_on_one_plot(tmp_path):
+    from fastopt.experiment import OPTIMIZERS, write_outputs
+    res = run_compare(_data(), iters=4, batch_size=8, optimizers=list(OPTIMIZERS),
+                      report_every=0, out=open(os.devnull, "w"))
+    assert list(res["losses"]) == list(OPTIMIZERS)
+    assert all(np.isfinite(v).all() for v in res["losses"].values())
+    assert res["settings"]["lr"]["Lion"] == 1e-4 and res["settings"]["lr"]["SGD"] == 0.01
+    one = run_compare(_data(), iters=4, batch_size=8, optimizers=["Lion", "SGD"], lr=0.02,
+                      report_every=0, out=open(os.devnull, "w"))
+    assert one["settings"]["lr"] == {"Lion": 0.02, "SGD": 0.02}
+    paths = write_outputs(res, str(tmp_path))
+    assert any(p.endswith(".json") for p in paths)

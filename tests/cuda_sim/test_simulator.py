@@ -64,7 +64,8 @@ def test_cuda_matches_cpu(spec, combo, dtype):
             b = back.arrays()[name]
             assert b.dtype == a.dtype
             worst = int(_ulp_diff(a, b).max())
-            assert worst <= ULP[dtype], f"{name}: {worst} ulp"
+            bound = testinfo.info(spec).simulator_ulp if dtype == np.float32 else ULP[dtype]
+            assert worst <= bound, f"{name}: {worst} ulp"
 
 
 def test_zeros_allocates_state_on_the_device():

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import compat
+from . import compat, registry
 from ._progress import progress
 from .mlp import MLP, BLOG_SIZES
 
@@ -34,17 +34,18 @@ def _registered(name, spec_name, default_lr):
     return Registered
 
 
-# the blog's four (the default set), then every other optimizer, each at a learning rate that
-# suits it on this MLP (used unless --lr is given)
+# the blog's four (the default set), the textbook's other two, then every other registered
+# optimizer at its own default learning rate (used unless --lr is given)
 BLOG_OPTIMIZERS = ("SGD", "Momentum", "RMSprop", "Adam")
 OPTIMIZERS = {"SGD": compat.mini_SGD, "Momentum": compat.Momentum,
               "RMSprop": compat.RMSprop, "Adam": compat.Adam,
-              "Nesterov": compat.Nesterov, "AdaGrad": compat.AdaGrad,
-              "Adadelta": _registered("Adadelta", "adadelta", 1.0),
-              "Adamax": _registered("Adamax", "adamax", 2e-3),
-              "NAdam": _registered("NAdam", "nadam", 2e-3),
-              "RAdam": _registered("RAdam", "radam", 1e-3),
-              "Lion": _registered("Lion", "lion", 1e-4)}
+              "Nesterov": compat.Nesterov, "AdaGrad": compat.AdaGrad}
+_COVERED = {"sgd", "momentum", "rmsprop", "adam", "nesterov", "adagrad"}
+for _spec in registry.REGISTRY.values():        # every other registered optimizer, by name
+    if _spec.name not in _COVERED:
+        _name = _spec.buffers_cls.__name__[:-len("Buffers")] or _spec.name
+        OPTIMIZERS[_name] = _registered(_name, _spec.name, _spec.defaults["lr"])
+del _spec
 MARKERS = {"SGD": "v", "Momentum": "p", "RMSprop": "o", "Adam": "s", "Nesterov": "^",
            "AdaGrad": "D", "Adadelta": "x", "Adamax": "*", "NAdam": "<", "RAdam": ">",
            "Lion": "h"}

@@ -151,9 +151,16 @@ class _TorchRunner(Runner):
         flag = {"forloop": dict(foreach=False), "foreach": dict(foreach=True),
                 "fused": dict(fused=True)}[mode]
         try:
-            self.opt = getattr(torch.optim, cls_name)(self.ps, **kw, **flag)
+            cls = testinfo.peer_class(cls_name)
+        except ImportError as e:
+            raise Unavailable(f"{cls_name}: {e}") from None
+        if "." in cls_name and mode == "fused":     # e.g. pytorch-optimizer: no fused kernels
+            raise Unavailable(f"{cls_name} has no fused kernel")
+        where = cls_name if "." in cls_name else f"torch.optim.{cls_name}"
+        try:
+            self.opt = cls(self.ps, **kw, **flag)
         except (RuntimeError, TypeError, ValueError) as e:
-            raise Unavailable(f"torch.optim.{cls_name}({mode}): {e}") from None
+            raise Unavailable(f"{where}({mode}): {e}") from None
         self.tg = [torch.from_numpy(np.empty(s, w.dtype)) for s in w.shapes]
         for p, g in zip(self.ps, self.tg):
             p.grad = g

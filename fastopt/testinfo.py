@@ -5,7 +5,8 @@ An :class:`OptimizerInfo` says which option combinations the registry-driven tes
 (``option_grid``), which hyperparameter combinations must be refused and how (``bad_inputs``,
 beyond the per-hyperparameter ranges every :class:`~fastopt._spec.Hyper` already generates),
 settings that solve the convergence problems (``tuned``), the torch peer (``torch``: ``hp ->
-(torch.optim class name, kwargs)`` or ``None`` where torch has no such formula) and the blog's
+(torch.optim class name, or a dotted name such as "pytorch_optimizer.Lion", kwargs)`` or
+``None`` where torch has no such formula) and the blog's
 class (``blog``: ``(class name in fastopt.blog, equivalent step kwargs)``). Every field is
 optional: an optimizer with no entry, or with no torch or blog peer, is tested and benchmarked
 with what it has.
@@ -142,10 +143,27 @@ INFO = {
     "lion": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.1], maximize=[False, True]),
         tuned=dict(lr=0.001),
+        # not in torch.optim: pytorch-optimizer's Lion (the same update, decoupled decay)
+        torch=lambda hp: ("pytorch_optimizer.Lion",
+                          dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                               weight_decay=hp["weight_decay"], weight_decouple=True,
+                               maximize=hp["maximize"])),
     ),
 }
 
 _EMPTY = OptimizerInfo()
+
+
+def peer_class(name):
+    """The torch-side peer class named by an ``OptimizerInfo.torch`` entry: ``"Adam"`` is
+    ``torch.optim.Adam``; a dotted name (``"pytorch_optimizer.Lion"``) is imported from its
+    package (ImportError when that is not installed)."""
+    import importlib
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        return getattr(importlib.import_module(module), attr)
+    import torch
+    return getattr(torch.optim, name)
 
 
 def info(spec_or_name):

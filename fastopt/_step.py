@@ -257,8 +257,7 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
     else:
         run = _backends.grouped_runner(spec, name, arrays, dtype, row_hps, rows.segments,
                                        parallel)
-        if rows.scheduled:
-            schedules = schedules or {"groups": True}
+        schedules = rows.schedules if rows.scheduled else None      # the rows' own
     return Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
                     dtype, None if checked == NO_LOOP else checked, rows)
 

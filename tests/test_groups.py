@@ -240,3 +240,22 @@ def test_a_group_needing_state_is_satisfied_by_allocating_it():
     b = spec.buffers_cls.zeros(np.ones(N, np.float32), np.ones(N, np.float32), momentum=0.9)
     fastopt.rmsprop_step(b, groups=fastopt.Groups(N, [{"range": (0, 10), "momentum": 0.9}]))
     assert b.step == 1
+
+
+def test_a_call_schedule_that_every_group_overrides_is_not_evaluated_each_step():
+    """Groups covering every element and setting lr: the call's lr schedule is validated once,
+    with the call, but no row uses it, so it is not evaluated again at later steps."""
+    def breaks_later(step):
+        if step >= 1:
+            raise AssertionError("evaluated at a later step")
+        return 0.1
+    spec = fastopt.registry.get("sgd")
+    groups = fastopt.Groups(N, [{"range": (0, N), "lr": 0.1}])
+    b = make(spec, {}, np.float32)
+    for _ in range(3):
+        fastopt.sgd_step(b, lr=breaks_later, groups=groups)
+    assert b.step == 3
+    c = make(spec, {}, np.float32)
+    fastopt.sgd_step(c, lr=breaks_later)
+    with pytest.raises(AssertionError, match="later step"):    # without groups it is the lr
+        fastopt.sgd_step(c, lr=breaks_later)

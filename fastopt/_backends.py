@@ -90,6 +90,7 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     # scaled kernels take one more: the gradient factor
     scalars = spec.kernel_scalars(hp, 1, st)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
+    prepass = _cpu_prepass(spec) if spec.kernel.norms else None
 
     def run(t, hp_now=None, factor=None):
         """Step ``t``; ``hp_now``: this step's hyperparameters when schedules set them;
@@ -109,7 +110,10 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
             fam = families.get(scaled)
             if fam is None:
                 fam = families[scaled] = cpu.family(spec.kernel, scaled)
-            kernel = kernels[key] = fam.get(par, **spec.options(hp_now, t))
+            options = spec.options(hp_now, t)
+            kernel = kernels[key] = fam.get(par, **options)
+            if prepass is not None:
+                prepass.compile(key, scaled, par, options)
         if par and not _threads.READY:
             _threads.ensure_pool()
         if scaled:
@@ -118,8 +122,34 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
             packed = scaled_scalars
         else:
             packed = spec.fill_scalars(hp_now, t, scalars)
-        kernel(*(static if flat else [ph if a is None else a.ravel() for a in sources]), packed)
+        args = static if flat else [ph if a is None else a.ravel() for a in sources]
+        if prepass is not None:
+            prepass.run(key, args, packed, hp_now, t)
+        kernel(*args, packed)
     return run
+
+
+class _cpu_prepass:
+    """The read-only pre-pass of a spec whose kernel record has ``norms``: the segment's sums
+    of squares (``kernels.reductions.segment_norms``), turned by ``spec.segment_scalars`` into
+    the scalars the update pass then reads (written into the packed scalars, rounded to the
+    buffer dtype)."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.k = len(spec.kernel.norm_names)
+        self.index = {name: i for i, name in enumerate(spec.kernel.scalars)}
+        self.fns = {}
+
+    def compile(self, key, scaled, par, options):
+        from .kernels import reductions
+        self.fns[key] = reductions.segment_norms(self.spec.kernel, scaled, par, options,
+                                                 self.k)
+
+    def run(self, key, args, packed, hp, t):
+        sums = self.fns[key](tuple(args), packed, config.NORM_CHUNK)
+        for name, value in self.spec.segment_scalars(hp, t, tuple(sums.tolist())).items():
+            packed[self.index[name]] = value
 
 
 # ---------------------------------------------------------------- parameter groups
@@ -138,8 +168,15 @@ def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None):
 
 
 def _numpy_grouped(spec, arrays, dtype, rows, segments):
+    return _per_segment(lambda a, hp: _numpy_runner(spec, a, dtype, hp), arrays, rows,
+                        segments)
+
+
+def _per_segment(make, arrays, rows, segments):
+    """A grouped step as one runner per segment (``make(segment_arrays, hp)``), called in
+    order, each with its row's hyperparameters."""
     flat = {k: a.reshape(-1) for k, a in arrays.items()}
-    runs = [(_numpy_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype, rows[r]), r)
+    runs = [(make({k: a[lo:hi] for k, a in flat.items()}, rows[r]), r)
             for lo, hi, r in segments]
 
     def run(t, rows_now=None, factor=None):
@@ -150,6 +187,9 @@ def _numpy_grouped(spec, arrays, dtype, rows, segments):
 
 
 def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
+    if spec.kernel.norms:      # a pre-pass per segment: each is its own step
+        return _per_segment(lambda a, hp: _cpu_runner(spec, a, dtype, hp, parallel), arrays,
+                            rows, segments)
     from .kernels import cpu
     st = np.dtype(dtype).type
     ph = placeholder(dtype)

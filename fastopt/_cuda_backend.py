@@ -223,8 +223,30 @@ def cuda_runner(spec, arrays, dtype, hp):
         packed = tuple(spec.kernel_scalars(hp_now, t, st))
         if factor is not None:
             packed += (st(factor),)
+        if spec.kernel.norms:
+            packed = _prepass(spec, kernels, args, packed, options, factor is not None,
+                              hp_now, t, st)
         kernel[blocks, threads](*args, packed)
     return run
+
+
+def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st):
+    """The read-only pre-pass of a spec whose kernel record has ``norms``, on the device: the
+    segment's sums of squares per chunk (``kernels.cuda.get_norms``, a fixed order), added on
+    the host in order; returns the scalars with those ``spec.segment_scalars`` sets replaced.
+    One host synchronization per segment and step."""
+    k = len(spec.kernel.norm_names)
+    n = args[0].shape[0]
+    chunks = -(-n // config.NORM_CHUNK)
+    out = _cuda().device_array((chunks, k), np.float64)
+    kernels.get_norms(spec.kernel, scaled, options, k)[min(chunks, 8192), kernels.NORM_THREADS](
+        args, packed, config.NORM_CHUNK, out)
+    sums = np.cumsum(out.copy_to_host(), axis=0)[-1]
+    packed = list(packed)
+    index = {name: i for i, name in enumerate(spec.kernel.scalars)}
+    for name, value in spec.segment_scalars(hp, t, tuple(sums.tolist())).items():
+        packed[index[name]] = st(value)
+    return tuple(packed)
 
 
 def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
@@ -245,7 +267,7 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
 
 def device_sum_of_squares(g, chunk):
     """The sum of squares (float64) of a device array, deterministic: chunks of ``chunk``
-    elements (``fastopt.scaling.NORM_CHUNK``) reduced on the device in a fixed order
+    elements (``fastopt.config.NORM_CHUNK``) reduced on the device in a fixed order
     (``kernels.cuda.chunk_sum_of_squares``), the chunk sums added on the host in order. Not the
     CPU's lane order, so it equals the CPU's norm to rounding, not bit for bit."""
     check_device_group({"grad": g}, "grad_norm()")

@@ -80,6 +80,10 @@ class OptimizerSpec:
     reference: object          # (arrays, hp, t, scalar_type) -> None, NumPy in place
     step_fn: object            # the public step function
     cross_check: object = None  # hp -> None, raises on an inconsistent combination
+    # a kernel record with ``norms`` (a per-segment pre-pass): (hp, t, sums) -> {scalar name:
+    # value}, the update's scalars that depend on the segment's sums of squares (float64,
+    # one per value of ``norms``, in order); they replace those of ``scalars``
+    segment_scalars: object = None
 
     def __post_init__(self):
         cls = self.buffers_cls
@@ -90,6 +94,9 @@ class OptimizerSpec:
         if unknown:
             raise TypeError(f"{self.name}: state options {sorted(unknown)} are not "
                             f"hyperparameters")
+        if (self.segment_scalars is None) == bool(self.kernel.norms):
+            raise TypeError(f"{self.name}: a kernel record with norms needs segment_scalars "
+                            f"in its spec, and only such a record")
         names = tuple(self.kernel.scalars)
         pick = (operator.itemgetter(*names) if len(names) > 1
                 else lambda d: tuple(d[n] for n in names))

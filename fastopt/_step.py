@@ -134,9 +134,11 @@ class _Rows:
     and the call's own for elements in no group), and the segments ``(lo, hi, row)``."""
     __slots__ = ("templates", "labels", "schedules", "static", "segments")
 
-    def __init__(self, spec, groups, hyper, n):
+    def __init__(self, spec, groups, hyper, n, split=()):
         from .groups import Groups
-        if not isinstance(groups, Groups):
+        if groups is None:
+            groups = Groups(n, [])
+        elif not isinstance(groups, Groups):
             raise TypeError(f"{spec.step_name}(): groups must be a fastopt.Groups, got "
                             f"{type(groups).__name__}")
         if groups.size != n:
@@ -179,6 +181,19 @@ class _Rows:
                 merged[-1] = (merged[-1][0], seg[1], seg[2])
             else:
                 merged.append(seg)
+        if spec.segment_scalars is not None:
+            # a per-segment pre-pass (LAMB's trust ratio): segments also end at every tensor
+            # of the layout and every range (or tensor) a group selects
+            points = set(split)
+            for rs in groups.ranges:
+                for lo, hi in rs:
+                    points.update((lo, hi))
+            cut = []
+            for lo, hi, r in merged:
+                inner = sorted(x for x in points if lo < x < hi)
+                for a, b in zip([lo] + inner, inner + [hi]):
+                    cut.append((a, b, r))
+            merged = cut
         self.segments = tuple(merged)
         self.schedules = [_schedules(spec, t) for t in self.templates]
         self.static = None
@@ -204,19 +219,60 @@ class _Rows:
         return any(self.schedules)
 
 
-def prepare(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=None):
+def layout_points(spec, layout, n):
+    """The element offsets where the tensors of ``layout`` (a :class:`fastopt.FlatParams` or
+    a sequence of tensor sizes) start and end, checked against the buffer size ``n``."""
+    import numbers
+    from .flat import FlatParams
+    if isinstance(layout, FlatParams):
+        size = layout.size
+        sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in layout.layout.values()]
+    elif isinstance(layout, (list, tuple)):
+        sizes = []
+        for i, x in enumerate(layout):
+            if (isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral)
+                    or x < 0):
+                raise TypeError(f"{spec.step_name}(): layout[{i}] must be a tensor size "
+                                f"(an int >= 0), got {x!r}")
+            sizes.append(int(x))
+        size = sum(sizes)
+    else:
+        raise TypeError(f"{spec.step_name}(): layout must be a fastopt.FlatParams or a list "
+                        f"of tensor sizes, got {type(layout).__name__}")
+    if size != n:
+        raise ValueError(f"{spec.step_name}(): the layout covers {size} elements but the "
+                         f"parameter has {n}")
+    points, pos = [], 0
+    for x in sizes:
+        pos += x
+        points.append(pos)
+    return tuple(points)
+
+
+def _values(hyper, loop, groups, layout):
+    values = tuple(hyper.values()) + loop
+    if groups is not None:
+        values += (groups,)
+    if layout is not None:
+        values += ("layout", layout)
+    return values
+
+
+def prepare(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=None,
+            layout=None):
     """The :class:`Prepared` step for this call: the one cached on ``buffers`` when it
     matches, else a newly validated one (which replaces it). Raises before any write."""
-    values = tuple(hyper.values()) + loop + ((groups,) if groups is not None else ())
+    values = _values(hyper, loop, groups, layout)
     prep = getattr(buffers, "_prepared", None)
     if type(prep) is Prepared and prep.matches(spec, buffers, backend, parallel, values):
         return prep
-    prep = _validate(spec, buffers, backend, hyper, parallel, values, loop, groups)
+    prep = _validate(spec, buffers, backend, hyper, parallel, values, loop, groups, layout)
     buffers.__dict__["_prepared"] = prep
     return prep
 
 
-def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, groups=None):
+def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, groups=None,
+              layout=None):
     if not isinstance(buffers, spec.buffers_cls):
         raise TypeError(f"{spec.step_name}() needs {spec.buffers_cls.__name__}, got "
                         f"{type(buffers).__name__}; create them with "
@@ -230,8 +286,14 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
     hp = spec.validate(hyper)
     parallel = _backends.check_parallel(parallel)
     rows = row_hps = None
-    if groups is not None:
-        rows = _Rows(spec, groups, template, buffers.size)
+    split = ()
+    if layout is not None:
+        if spec.segment_scalars is None:
+            raise TypeError(f"{spec.step_name}(): layout= gives the tensors of a per-tensor "
+                            f"pre-pass, which {spec.name} does not have")
+        split = layout_points(spec, layout, buffers.size)
+    if groups is not None or split:
+        rows = _Rows(spec, groups, template, buffers.size, split)
         row_hps = []
         for label, t, sc in zip(rows.labels, rows.templates, rows.schedules):
             try:
@@ -287,23 +349,27 @@ def _loop_factor(buffers, checked):
     return inv * clip
 
 
-def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=None):
+def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=None,
+             layout=None):
     """Validate (or reuse the validation of the same call), then run one fused step of
     ``spec`` on ``buffers``; returns ``buffers``. ``loop``: ``(max_grad_norm, grad_scale,
-    skip_nonfinite)``; ``groups``: a :class:`fastopt.Groups` or None."""
+    skip_nonfinite)``; ``groups``: a :class:`fastopt.Groups` or None; ``layout``: the tensors
+    of a per-tensor pre-pass (LAMB), a :class:`fastopt.FlatParams` or tensor sizes."""
     values = tuple(hyper.values()) + loop
     if groups is not None:
         values += (groups,)
+    if layout is not None:
+        values += ("layout", layout)
     lock = getattr(buffers, "_lock", None)
     if lock is None:                      # not buffers: the validation says what is wrong
-        _validate(spec, buffers, backend, hyper, parallel, values, loop, groups)
+        _validate(spec, buffers, backend, hyper, parallel, values, loop, groups, layout)
         lock = buffers.__dict__.setdefault("_lock", threading.Lock())   # made without __init__
     lock.acquire()         # (cheaper than a with-statement on the hot path)
     try:
         prep = getattr(buffers, "_prepared", None)
         if (type(prep) is not Prepared
                 or not prep.matches(spec, buffers, backend, parallel, values)):
-            prep = prepare(spec, buffers, backend, hyper, parallel, loop, groups)
+            prep = prepare(spec, buffers, backend, hyper, parallel, loop, groups, layout)
         step = buffers.step
         t = (step if type(step) is int and step >= 0
              else check_step(step, type(buffers).__name__)) + 1
@@ -348,10 +414,10 @@ def prepare_step(spec, buffers, backend, hyper, parallel=None):
 
 
 def step(spec, buffers, *, backend=None, parallel=None, max_grad_norm=None, grad_scale=None,
-         skip_nonfinite=False, groups=None, **hyper):
+         skip_nonfinite=False, groups=None, layout=None, **hyper):
     """One step of ``spec`` with ``hyper`` on top of its defaults; ``parallel`` forces the
     CPU kernel's parallel (True) or serial (False) twin, for benchmarks."""
     kw = dict(spec.defaults)
     kw.update(hyper)
     return run_step(spec, buffers, backend, kw, parallel,
-                    (max_grad_norm, grad_scale, skip_nonfinite), groups)
+                    (max_grad_norm, grad_scale, skip_nonfinite), groups, layout)

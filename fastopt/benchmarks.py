@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from . import _step, _threads, registry, testinfo
+from . import _step, _threads, config, registry, testinfo
 from .kernels import cpu as _cpu_kernels
 from .mlp import BLOG_SIZES
 
@@ -47,8 +47,13 @@ class Workload:
         self.shapes = MLP_SHAPES if self.n == MLP_SIZE else [(self.n,)]
         # fastopt / torch settings: the spec's defaults with the blog's learning rate (the
         # spec's default where the blog has no such class)
-        self.kwargs = dict(self.spec.defaults, lr=testinfo.blog_lr(self.spec))
+        # (and the values under which the torch-side peer has the same formula)
+        self.kwargs = dict(self.spec.defaults, **testinfo.info(self.spec).peer_settings,
+                           lr=testinfo.blog_lr(self.spec))
         self.hp = self.spec.validate(self.kwargs)
+        # an optimizer with per-tensor norms (LAMB) is given the tensors
+        self.layout = ([int(np.prod(s)) for s in self.shapes]
+                       if self.spec.segment_scalars is not None else None)
 
     @property
     def name(self):
@@ -59,8 +64,10 @@ class Workload:
 
     def bytes_per_element(self):
         """Memory traffic of one step per element: every array read once, every array but
-        the gradient written once."""
-        return (2 * self.arrays_used() - 1) * np.dtype(self.dtype).itemsize
+        the gradient written once; an optimizer with a per-tensor pre-pass (LAMB) reads every
+        array once more."""
+        reads = self.arrays_used() if self.spec.kernel.norms else 0
+        return (2 * self.arrays_used() - 1 + reads) * np.dtype(self.dtype).itemsize
 
     def split(self, flat):
         out, off = [], 0
@@ -99,7 +106,8 @@ class _FastoptRunner(Runner):
         self.g[...] = g
 
     def step(self):
-        _step.step(self.w.spec, self.b, parallel=self.parallel, **self.kwargs)
+        _step.step(self.w.spec, self.b, parallel=self.parallel, layout=self.w.layout,
+                   **self.kwargs)
 
     def params(self):
         return np.asarray(self.b.param).copy()
@@ -141,7 +149,7 @@ class _TorchRunner(Runner):
         peer = None if torch_of is None else torch_of(w.hp)
         if peer is None:
             raise Unavailable(f"torch.optim has no {w.spec.name} with this formula")
-        cls_name, kw = peer
+        cls_name, kw, attrs = (peer + ({},))[:3]
         import numba
         _threads.ensure_pool()      # start Numba's pool as a user's first parallel step would
         torch.set_num_threads(numba.get_num_threads())
@@ -161,6 +169,8 @@ class _TorchRunner(Runner):
             self.opt = cls(self.ps, **kw, **flag)
         except (RuntimeError, TypeError, ValueError) as e:
             raise Unavailable(f"{where}({mode}): {e}") from None
+        for name, value in attrs.items():
+            setattr(self.opt, name, value)
         self.tg = [torch.from_numpy(np.empty(s, w.dtype)) for s in w.shapes]
         for p, g in zip(self.ps, self.tg):
             p.grad = g
@@ -214,7 +224,7 @@ def _cuda_runner(w):
     runner.exact = False
 
     def synced_step():
-        _step.step(w.spec, runner.b, backend="cuda", **w.kwargs)
+        _step.step(w.spec, runner.b, backend="cuda", layout=w.layout, **w.kwargs)
         cuda.synchronize()
     runner.step = synced_step
     return runner
@@ -264,9 +274,18 @@ def traffic_runner(w, parallel=True):
     kernel = _cpu_kernels.traffic_kernel.get(parallel, with_c=n_arrays > 2,
                                              with_d=n_arrays > 3, with_e=n_arrays > 4)
     s = w.dtype(0.0)
+    if w.spec.kernel.norms:         # the pre-pass: one more read of every array
+        from .kernels.reductions import chunked_sum_of_squares
+        read = chunked_sum_of_squares(parallel)
+        used = arrays[:n_arrays]
 
-    def run():
-        kernel(*arrays, s)
+        def run():
+            for a in used:
+                read(a, config.NORM_CHUNK)
+            kernel(*arrays, s)
+    else:
+        def run():
+            kernel(*arrays, s)
     run()
     return run
 

@@ -105,7 +105,10 @@ class _BlogOptimizer:
                            f"optimizer state was built for {sorted(per_key)}")
         hyper = self._hyper()
         if flat is not None and self._arena_matches(flat, layout, params, grads):
-            run_step(self._spec, flat, self.backend, hyper)
+            # an optimizer with per-tensor norms (LAMB) is given the arena's tensors
+            tensors = (None if self._spec.segment_scalars is None else
+                       [params[k].size for k in sorted(layout, key=layout.get)])
+            run_step(self._spec, flat, self.backend, hyper, layout=tensors)
             for b in per_key.values():
                 b.step = flat.step
         else:

@@ -39,6 +39,10 @@ optimizer steps pay ~13 us of thread wake-up per parallel call with passive wait
 benchmarks let threads spin briefly (``GOMP_SPINCOUNT=1000``, tens of microseconds) for fastopt
 and torch alike. They also report rows under the default policy (README, "Benchmarks").
 """
+
+# not a tunable: the chunk of every deterministic reduction (the gradient norm, LAMB's
+# per-tensor pre-pass). The norms' bits depend on it, and not on the thread count.
+NORM_CHUNK = 4096
 import os
 
 

@@ -48,7 +48,7 @@ for _spec in registry.REGISTRY.values():        # every other registered optimiz
 del _spec
 MARKERS = {"SGD": "v", "Momentum": "p", "RMSprop": "o", "Adam": "s", "Nesterov": "^",
            "AdaGrad": "D", "Adadelta": "x", "Adamax": "*", "NAdam": "<", "RAdam": ">",
-           "Lion": "h"}
+           "Lion": "h", "LAMB": "d"}
 
 
 def _make(name, lr, backend):
@@ -124,6 +124,8 @@ class LoopOptimizer:
                     self.groups = Groups(net.flat, [{"params": biases, "weight_decay": 0.0}])
         self.clip = clip
         self.backend = backend
+        # an optimizer with per-tensor norms (LAMB) is given the network's tensors
+        self.layout = {} if self.spec.segment_scalars is None else {"layout": net.flat}
         self.buffers = self.spec.buffers_cls.zeros(
             net.flat.param, net.flat.grad,
             **self.spec.state_options(self.spec.validate(
@@ -132,7 +134,7 @@ class LoopOptimizer:
 
     def update(self, params=None, grads=None):
         self.spec.step_fn(self.buffers, **self.hyper, max_grad_norm=self.clip,
-                          groups=self.groups, backend=self.backend)
+                          groups=self.groups, backend=self.backend, **self.layout)
 
 
 def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIMIZERS,

@@ -17,7 +17,7 @@ import numpy as np
 from . import _threads, config
 from ._core import check_array, check_real, is_cuda_array
 
-NORM_CHUNK = 4096
+NORM_CHUNK = config.NORM_CHUNK
 
 
 class LossScaler:
@@ -88,7 +88,14 @@ def _flat_float(g):
 
 def grad_norm_reference(g):
     """The NumPy reference of :func:`grad_norm` (same chunks, lanes and order)."""
-    x = _flat_float(g).astype(np.float64)
+    return math.sqrt(sum_of_squares_reference(_flat_float(g)))
+
+
+def sum_of_squares_reference(x):
+    """The sum of squares (float64) of a 1-D float array in the order of the Numba reduction
+    (``kernels.reductions``): chunks of ``NORM_CHUNK``, eight lanes each in order (with
+    ``np.cumsum``), the lanes combined in a fixed tree, the chunk sums in order."""
+    x = np.asarray(x).reshape(-1).astype(np.float64)
     if x.size == 0:
         return 0.0
     sq = x * x
@@ -98,7 +105,7 @@ def grad_norm_reference(g):
         c = np.concatenate([c, np.zeros(-c.size % 8)])      # + 0.0 changes no lane sum
         a = np.cumsum(c.reshape(-1, 8), axis=0)[-1]         # each lane in order
         partial.append(((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])))
-    return math.sqrt(np.cumsum(np.array(partial))[-1])
+    return float(np.cumsum(np.array(partial))[-1])
 
 
 def grad_norm(g):

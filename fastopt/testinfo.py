@@ -5,8 +5,10 @@ An :class:`OptimizerInfo` says which option combinations the registry-driven tes
 (``option_grid``), which hyperparameter combinations must be refused and how (``bad_inputs``,
 beyond the per-hyperparameter ranges every :class:`~fastopt._spec.Hyper` already generates),
 settings that solve the convergence problems (``tuned``), the torch peer (``torch``: ``hp ->
-(torch.optim class name, or a dotted name such as "pytorch_optimizer.Lion", kwargs)`` or
-``None`` where torch has no such formula) and the blog's
+(torch.optim class name, or a dotted name such as "pytorch_optimizer.Lion", kwargs[,
+attributes to set on the peer instance])`` or ``None`` where torch has no such formula), the
+hyperparameter values under which that peer computes this optimizer's formula
+(``peer_settings``: the benchmarks' workloads and the parity test use them) and the blog's
 class (``blog``: ``(class name in fastopt.blog, equivalent step kwargs)``). Every field is
 optional: an optimizer with no entry, or with no torch or blog peer, is tested and benchmarked
 with what it has.
@@ -36,6 +38,7 @@ class OptimizerInfo:
     # float32 ulp bound of CUDA-simulator vs CPU results (the simulator runs math.sqrt in
     # float64, so chains of square roots round differently from a GPU's sqrtf)
     simulator_ulp: int = 2
+    peer_settings: dict = dataclasses.field(default_factory=dict)
 
 
 def _adam_torch(hp):

@@ -73,8 +73,81 @@ def chunk_sum_of_squares(x, chunk, out):
         cuda.syncthreads()
 
 
+NORMS_MAX = 4          # the most values a record's ``norms`` may return
+
+
+# bound per compiled pre-pass by kernels.decorators.bind (the record's adapter, its unpack)
+norms = unpack = None
+
+
+def _segment_norms_body(k):
+    """The CUDA pre-pass of a kernel record with ``norms``: ``out[c, j]`` = the sum of squares
+    (float64) of value ``j`` over chunk ``c``, in the order of :func:`chunk_sum_of_squares`
+    (thread-strided, then a fixed tree); the host adds the chunk sums in order."""
+    def segment_norms(arrs, s, chunk, out):
+        sc = unpack(s)
+        sh = cuda.shared.array((NORMS_MAX, NORM_THREADS), float64)
+        acc = cuda.local.array(NORMS_MAX, float64)
+        tid = cuda.threadIdx.x
+        n = arrs[0].shape[0]
+        for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+            start = c * chunk
+            end = min(n, start + chunk)
+            for j in range(k):
+                acc[j] = 0.0
+            i = start + tid
+            while i < end:
+                vals = norms(arrs, i, sc)
+                for j in range(k):
+                    v = float64(vals[j])
+                    acc[j] += v * v
+                i += NORM_THREADS
+            for j in range(k):
+                sh[j, tid] = acc[j]
+            cuda.syncthreads()
+            half = NORM_THREADS // 2
+            while half > 0:
+                if tid < half:
+                    for j in range(k):
+                        sh[j, tid] += sh[j, tid + half]
+                cuda.syncthreads()
+                half //= 2
+            if tid == 0:
+                for j in range(k):
+                    out[c, j] = sh[j, 0]
+            cuda.syncthreads()
+    return segment_norms
+
+
 _compiled = {}
 _lock = threading.Lock()
+
+
+def python_norms_kernel(record, scaled, options, k):
+    """The uncompiled pre-pass kernel of ``record`` (a record with ``norms``) for these option
+    values: ``kernel(arrays_tuple, scalars_tuple, chunk, out)``."""
+    if k > NORMS_MAX:
+        raise ValueError(f"kernel record {record.name!r}: its norms function returns {k} "
+                         f"values; the CUDA pre-pass takes at most {NORMS_MAX}")
+    key = ("elem", record)
+    elem = _device.get(key)
+    if elem is None:
+        elem = _device[key] = cuda.jit(device=True)(record.elem)
+    adapter = cuda.jit(device=True)(record.norms_adapter(elem, options, scaled))
+    return bind(_segment_norms_body(k), norms=adapter, unpack=unpack_tuple)
+
+
+def get_norms(record, scaled, options, k):
+    """The ``cuda.jit`` pre-pass kernel of ``record`` (lazy, one per option combination)."""
+    key = ("norms", record, bool(scaled), k) + tuple(sorted(options.items()))
+    kernel = _compiled.get(key)
+    if kernel is None:
+        with _lock:
+            kernel = _compiled.get(key)
+            if kernel is None:
+                kernel = _compiled[key] = cuda.jit(python_norms_kernel(record, scaled,
+                                                                       options, k))
+    return kernel
 
 
 def get(record, scaled=False, **options):

@@ -17,7 +17,14 @@ is built, so that a mismatch is an error, never a silent reordering):
   which is also the order the host packs them in) and passes each to the per-element function
   under its parameter name;
 * every scalar already has the buffer dtype (the host computes derived scalars in float64 and
-  rounds them once), so no float64 literal enters a float32 kernel.
+  rounds them once), so no float64 literal enters a float32 kernel;
+* optionally, ``norms``: the positions of some of ``elem``'s return values whose squares a
+  read-only *pre-pass* sums per segment (in float64, in a fixed order: ``kernels.reductions``)
+  before the update pass, and ``norm_names`` what they are; the optimizer's spec turns the
+  sums into the update's scalars (``OptimizerSpec.segment_scalars``: LAMB's per-tensor trust
+  ratio). The pre-pass runs the same ``elem`` (so the update and the norms see the same
+  values), keeps those values and writes nothing. Its adapter takes ``(arrays, i, sc)``: the
+  tuple of the kernel's arrays, the element index and the packed scalars.
 """
 import dataclasses
 import inspect
@@ -34,6 +41,8 @@ class KernelRecord:
     body: object           # factory(**options) -> kernel(<arrays...>, s)
     arrays: tuple          # kernel array names: ("param", "grad", <state...>)
     scalars: tuple         # scalar names, in the order the host packs them
+    norms: tuple = ()      # positions of elem's values summed by the pre-pass (see above)
+    norm_names: tuple = ()  # what each of them is, e.g. ("param", "update")
 
     @property
     def options(self):
@@ -89,6 +98,45 @@ class KernelRecord:
         return _define(self.adapter_source(scaled), "elem_packed",
                        f"adapter_{self.name}{'_scaled' if scaled else ''}",
                        _elem=compiled_elem)
+
+    def norms_adapter_source(self, options, scaled=False, chunked=False):
+        """Source of ``norms_packed(arrs, i, sc)``: ``elem`` on element ``i`` of each array
+        with the option values ``options`` (a dict, compile-time constants), returning the
+        values at the positions ``norms``. ``chunked``: ``norms_chunk(arrs, start, size, sc,
+        out)`` instead, which writes them for elements ``start .. start + size - 1`` to
+        ``out[0, :size], out[1, :size], ...``, a loop over 1-D slices and rows (the form
+        LLVM vectorizes: indexing the arrays' tuple and a 2-D table in the loop made the CPU
+        pre-pass 4x slower)."""
+        self.check()
+        if len(self.norm_names) != len(self.norms) or not self.norms:
+            raise KernelRecordError(f"kernel record {self.name!r}: norms {self.norms} and "
+                                    f"norm_names {self.norm_names} must name the same values")
+        params = list(inspect.signature(self.elem).parameters)
+        n = len(self.arrays)
+        index = {name: i for i, name in enumerate(self.scalars)}
+        where = "[j]" if chunked else "[i]"
+        args = [(f"x{q}" if chunked else f"arrs[{q}]") + where for q in range(n)]
+        if scaled:
+            g = self.arrays.index("grad")
+            args[g] = f"{args[g]} * sc[{len(self.scalars)}]"
+        args += [f"sc[{index[name]}]" for name in params[n:n + len(self.scalars)]]
+        args += [repr(bool(options[name])) for name in self.options]
+        call = f"_elem({', '.join(args)})"
+        if not chunked:
+            picked = "".join(f"v[{j}], " for j in self.norms)
+            return f"def norms_packed(arrs, i, sc):\n    v = {call}\n    return ({picked})\n"
+        lines = ["def norms_chunk(arrs, start, size, sc, out):"]
+        lines += [f"    x{q} = arrs[{q}][start:start + size]" for q in range(n)]
+        lines += [f"    o{k} = out[{k}]" for k in range(len(self.norms))]
+        lines += ["    for j in range(size):", f"        v = {call}"]
+        lines += [f"        o{k}[j] = v[{j}]" for k, j in enumerate(self.norms)]
+        return "\n".join(lines) + "\n"
+
+    def norms_adapter(self, compiled_elem, options, scaled=False, chunked=False):
+        """The pre-pass adapter as a plain Python function calling ``compiled_elem``."""
+        name = "norms_chunk" if chunked else "norms_packed"
+        return _define(self.norms_adapter_source(options, scaled, chunked), name,
+                       f"{name}_{self.name}{'_scaled' if scaled else ''}", _elem=compiled_elem)
 
     def unpack(self, scaled=False):
         """``unpack(s)`` as a plain Python function: the packed scalars as a tuple (one more

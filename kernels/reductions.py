@@ -21,6 +21,8 @@ from .decorators import KERNEL_OPTIONS
 
 _compiled = {}
 LANES = 8
+TASKS = 64          # the pre-pass's units of parallel work (runs of chunks)
+PIECE = 512         # the pre-pass's scratch table width (a multiple of 8)
 
 
 @intrinsic
@@ -56,22 +58,81 @@ def _lanes8(typingctx, x, start, rows):
     return ret(x, start, rows), codegen
 
 
+@intrinsic
+def _lanes8_rows(typingctx, table, k, rows, init):
+    """:func:`_lanes8` of each of the first ``k`` rows of ``table`` (a 2-D C-contiguous float
+    array; ``k`` a compile-time constant) over its first ``8 * rows`` columns, continuing from
+    the lane sums ``init`` (``8 * k`` float64, row ``q``'s lanes at ``8q .. 8q + 7``) and
+    returning them in the same layout. Each lane is summed in element order, as by
+    :func:`_lanes8`, so a chunk may be fed in pieces (of whole rows of eight); the rows'
+    independent accumulators let the processor overlap their additions."""
+    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
+            and table.dtype in (types.float32, types.float64)
+            and isinstance(k, types.IntegerLiteral)):
+        return None
+    n_rows = k.literal_value
+    ret = types.UniTuple(types.float64, LANES * n_rows)
+    if not (isinstance(init, types.UniTuple) and init.count == LANES * n_rows):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        rows = args[2]
+        start = cgutils.unpack_tuple(builder, args[3])
+        ncols = cgutils.unpack_tuple(builder, ary.shape)[1]
+        f64 = ir.DoubleType()
+        vin = ir.VectorType(context.get_value_type(aryty.dtype), LANES)
+        vec = ir.VectorType(f64, LANES)
+        accs = []
+        for q in range(n_rows):
+            v0 = ir.Constant(vec, ir.Undefined)
+            for j in range(LANES):
+                v0 = builder.insert_element(v0, start[LANES * q + j],
+                                            ir.Constant(ir.IntType(32), j))
+            accs.append(cgutils.alloca_once_value(builder, v0))
+        with cgutils.for_range(builder, rows) as loop:
+            col = builder.mul(loop.index, ir.Constant(ncols.type, LANES))
+            for q, acc in enumerate(accs):
+                offset = builder.add(builder.mul(ir.Constant(ncols.type, q), ncols), col)
+                ptr = builder.bitcast(builder.gep(ary.data, [offset]), vin.as_pointer())
+                values = builder.load(ptr, align=aryty.dtype.bitwidth // 8)
+                if aryty.dtype != types.float64:
+                    values = builder.fpext(values, vec)
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(values, values)),
+                              acc)
+        items = []
+        for acc in accs:
+            lanes = builder.load(acc)
+            items += [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j))
+                      for j in range(LANES)]
+        return context.make_tuple(builder, ret, items)
+
+    return ret(table, k, rows, init), codegen
+
+
+@njit(error_model="numpy", inline="always")
+def _chunk_sum(x, start, end):
+    """The sum of squares (float64) of ``x[start:end]``: eight lanes (element ``start + 8k
+    + j`` in lane ``j``, each lane in order), combined in a fixed tree."""
+    rows = (end - start) // 8
+    lanes = _lanes8(x, start, rows)
+    rest = [lanes[j] for j in range(8)]
+    i = start + 8 * rows
+    for j in range(end - i):            # the last, partial row: lane j, in order
+        v = np.float64(x[i + j])
+        rest[j] += v * v
+    return (((rest[0] + rest[1]) + (rest[2] + rest[3]))
+            + ((rest[4] + rest[5]) + (rest[6] + rest[7])))
+
+
 def _sum_of_squares(x, chunk):
     n = x.shape[0]
     n_chunks = (n + chunk - 1) // chunk
     partial = np.empty(n_chunks, np.float64)
     for c in prange(n_chunks):
         start = c * chunk
-        end = min(n, start + chunk)
-        rows = (end - start) // 8
-        lanes = _lanes8(x, start, rows)
-        rest = [lanes[j] for j in range(8)]
-        i = start + 8 * rows
-        for j in range(end - i):            # the last, partial row: lane j, in order
-            v = np.float64(x[i + j])
-            rest[j] += v * v
-        partial[c] = (((rest[0] + rest[1]) + (rest[2] + rest[3]))
-                      + ((rest[4] + rest[5]) + (rest[6] + rest[7])))
+        partial[c] = _chunk_sum(x, start, min(n, start + chunk))
     total = 0.0
     for c in range(n_chunks):
         total += partial[c]
@@ -85,4 +146,81 @@ def chunked_sum_of_squares(parallel):
         from .decorators import bind
         twin = bind(_sum_of_squares, "_parallel" if parallel else "_serial")
         fn = _compiled[parallel] = njit(parallel=parallel, **KERNEL_OPTIONS)(twin)
+    return fn
+
+
+# ---------------------------------------------------------------- per-segment pre-pass
+# bound per compiled pre-pass by kernels.decorators.bind (the record's adapter, its unpack)
+norms = unpack = None
+
+
+def _segment_norms_body(k):
+    """The pre-pass of a kernel record with ``norms`` (see ``kernels.record``): for each
+    chunk, the ``k`` values of every element (the record's ``elem`` through the pre-pass
+    adapter, ``norms``, with the options fixed in it) into a scratch table of the buffer
+    dtype (a loop LLVM vectorizes), ``PIECE`` elements at a time, each piece's squares added
+    to the chunk's lanes (:func:`_lanes8_rows`); then the lanes combined in a fixed tree, the
+    chunk sums in order. Same chunks, lanes and order as ``_sum_of_squares``, so the NumPy reference (``fastopt.scaling``) matches it bit for
+    bit, for any thread count."""
+    ZEROS = (0.0,) * (8 * k)
+
+    def segment_norms(arrs, s, chunk):
+        sc = unpack(s)
+        n = arrs[0].shape[0]
+        n_chunks = (n + chunk - 1) // chunk
+        partial = np.empty((n_chunks, k), np.float64)
+        # chunks are handed out in TASKS runs of consecutive chunks, each with one scratch
+        # table (a table allocated per chunk cost more than the arithmetic: page faults); a
+        # chunk's sums do not depend on which run or thread computes them
+        per_task = max(1, (n_chunks + TASKS - 1) // TASKS)
+        n_tasks = (n_chunks + per_task - 1) // per_task
+        for task in prange(n_tasks):
+            tmp = np.empty((k, PIECE), arrs[0].dtype)
+            for c in range(task * per_task, min(n_chunks, (task + 1) * per_task)):
+                start = c * chunk
+                size = min(n, start + chunk) - start
+                # the chunk in pieces of PIECE elements (a scratch table that stays in L1),
+                # each piece's values added to the chunk's lanes in element order
+                lanes = ZEROS
+                done = piece = full = 0
+                while done < size:
+                    piece = min(PIECE, size - done)
+                    norms(arrs, start + done, piece, sc, tmp)
+                    full = piece // 8
+                    lanes = _lanes8_rows(tmp, k, full, lanes)
+                    done += piece
+                rest = [lanes[j] for j in range(8 * k)]
+                for q in range(k):          # the last, partial row of eight: lane j, in order
+                    for j in range(piece - 8 * full):
+                        v = np.float64(tmp[q, 8 * full + j])
+                        rest[8 * q + j] += v * v
+                for q in range(k):
+                    a = rest[8 * q:8 * q + 8]
+                    partial[c, q] = (((a[0] + a[1]) + (a[2] + a[3]))
+                                     + ((a[4] + a[5]) + (a[6] + a[7])))
+        totals = np.zeros(k, np.float64)
+        for c in range(n_chunks):
+            for j in range(k):
+                totals[j] += partial[c, j]
+        return totals
+    return segment_norms
+
+
+def segment_norms(record, scaled, parallel, options, k):
+    """The compiled pre-pass of ``record`` for these option values (a dict, the record's
+    order): ``fn(arrays_tuple, packed_scalars, chunk)`` -> the ``k`` sums of squares."""
+    opts = tuple(bool(options[name]) for name in record.options)
+    key = (record, bool(scaled), bool(parallel), opts)
+    fn = _compiled.get(key)
+    if fn is None:
+        from .decorators import bind, cpu_device
+        adapter = cpu_device(record.norms_adapter(cpu_device(record.elem), options, scaled,
+                                                       chunked=True))
+        # the record's name and the options in the qualified name keep Numba's disk cache
+        # entries apart (the options live in the adapter, a global the cache does not key on)
+        suffix = (f"_{record.name}_{''.join(str(int(o)) for o in opts)}"
+                  f"{'_scaled' if scaled else ''}{'_parallel' if parallel else '_serial'}")
+        fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
+            bind(_segment_norms_body(k), suffix, norms=adapter,
+                 unpack=cpu_device(record.unpack(scaled))))
     return fn

@@ -132,6 +132,36 @@ def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
     assert "bar.sync" in ptx and ".shared" in ptx
 
 
+PREPASS_SPECS = [s for s in SPECS if s.kernel.norms]
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", PREPASS_SPECS, ids=lambda s: s.name)
+def test_pre_pass_kernel_compiles_to_ptx(spec, no_driver_device):
+    """A per-segment pre-pass (LAMB's norms) in float32: float32 loads and per-element math
+    (no float64 division or square root), float64 accumulation, a shared-memory tree."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    combo = testinfo.option_combinations(spec)[-1]
+    hp = spec.validate(dict(spec.defaults, **combo))
+    arr = types.Array(types.float32, 1, "C")
+    sig = (types.UniTuple(arr, len(spec.kernel.arrays)),
+           types.UniTuple(types.float32, len(spec.kernel.scalars)), types.int64,
+           types.Array(types.float64, 2, "C"))
+    kernel = ck.python_norms_kernel(spec.kernel, False, spec.options(hp, 2),
+                                    len(spec.kernel.norm_names))
+    ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    assert "ld.global.f32" in ptx and "bar.sync" in ptx and ".shared" in ptx
+    assert "add.f64" in ptx or "add.rn.f64" in ptx or "fma.rn.f64" in ptx
+    f64_math = [line.strip() for line in ptx.splitlines()
+                if ("div" in line or "sqrt" in line) and ".f64" in line]
+    assert not f64_math, f"float64 per-element math in a float32 pre-pass: {f64_math[:5]}"
+    if "math.sqrt" in inspect.getsource(spec.kernel.elem):
+        assert "sqrt.rn.f32" in ptx
+
+
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
 def test_float64_scalar_would_be_caught(no_driver_device):
     """The PTX check can fail: a float32 kernel given a float64 scalar promotes the math."""

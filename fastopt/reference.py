@@ -234,3 +234,28 @@ def nesterov(arrays, hp, t, st):
     v -= st(lr) * g
     p += st(mom * mom) * v
     p -= st((1.0 + mom) * lr) * g
+
+
+@_quiet
+def lamb(arrays, hp, t, st):
+    """LAMB on one tensor (the step driver calls it once per tensor)."""
+    from .scaling import sum_of_squares_reference
+    p, g = arrays["param"], arrays["grad"]
+    m, v = arrays["exp_avg"], arrays["exp_avg_sq"]
+    b1, b2, wd = hp["beta1"], hp["beta2"], hp["weight_decay"]
+    if hp["maximize"]:
+        g = -g
+    m[...] = st(b1) * m + st(1.0 - b1) * g
+    v[...] = st(b2) * v + st(1.0 - b2) * (g * g)
+    if hp["bias_correction"]:
+        r = (m / st(1.0 - b1 ** t)) / (np.sqrt(v / st(1.0 - b2 ** t)) + st(hp["eps"]))
+    else:
+        r = m / (np.sqrt(v) + st(hp["eps"]))
+    if wd != 0.0:
+        r = r + st(wd) * p
+    p_norm = math.sqrt(sum_of_squares_reference(p))
+    r_norm = math.sqrt(sum_of_squares_reference(r))
+    trust = 1.0
+    if p_norm > 0.0 and r_norm > 0.0:
+        trust = p_norm / (r_norm + hp["trust_eps"])
+    p -= st(hp["lr"] * trust) * r

@@ -4,8 +4,8 @@ Tests, benchmarks, the CLI and ``fastopt``'s own namespace iterate :data:`REGIST
 optimizer means writing its kernel record, reference and module and listing it here (one line),
 plus its entry in ``fastopt.testinfo``.
 """
-from . import (adadelta, adagrad, adam, adamax, lion, momentum, nadam, nesterov, radam, rmsprop,
-               sgd)
+from . import (adadelta, adagrad, adam, adamax, lamb, lion, momentum, nadam, nesterov, radam,
+               rmsprop, sgd)
 
 REGISTRY = {spec.name: spec for spec in (
     adam.SPEC,
@@ -19,6 +19,7 @@ REGISTRY = {spec.name: spec for spec in (
     nadam.SPEC,
     radam.SPEC,
     nesterov.SPEC,
+    lamb.SPEC,
 )}
 
 

@@ -154,6 +154,28 @@ INFO = {
     ),
 }
 
+def _lamb_torch(hp):
+    # pytorch-optimizer's Lamb: v is never bias-corrected (m only, through lr / (1 - beta1**t),
+    # unless adam_debias=True: then neither, as bias_correction=False here), eps is also added
+    # to ||r||, and the weight norm is clamped to Lamb.clamp = 10 (lifted: the paper has none)
+    if hp["bias_correction"] or hp["trust_eps"] != hp["eps"]:
+        return None
+    return ("pytorch_optimizer.Lamb",
+            dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                 weight_decay=hp["weight_decay"], weight_decouple=False, adam_debias=True,
+                 maximize=hp["maximize"]),
+            dict(clamp=float("inf")))
+
+
+INFO["lamb"] = OptimizerInfo(
+    option_grid=dict(weight_decay=[0.0, 0.01], bias_correction=[True, False],
+                     maximize=[False, True]),
+    # the step's length is lr * ||p||: small enough to settle in Rosenbrock's valley
+    tuned=dict(lr=0.0015),
+    torch=_lamb_torch,
+    peer_settings=dict(bias_correction=False, trust_eps=1e-6),
+)
+
 _EMPTY = OptimizerInfo()
 
 

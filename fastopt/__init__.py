@@ -7,6 +7,7 @@ Public API::
     FlatParams                                               one arena, named views
     save_checkpoint, load_checkpoint                         atomic, checksummed
     to_device, to_host                                       move buffers to/from a GPU
+    to_bfloat16, from_bfloat16                               bfloat16 state bits (precision)
     fastopt.compat                                           the blog's classes, drop-in
     fastopt.config                                           tunables
     fastopt.registry.REGISTRY                                the optimizers, as data
@@ -48,12 +49,13 @@ from . import registry  # noqa: E402
 from . import schedules  # noqa: E402
 from .scaling import LossScaler, grad_norm  # noqa: E402
 from .groups import Groups  # noqa: E402
+from .precision import from_bfloat16, to_bfloat16  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["Buffers", "FlatParams", "save_checkpoint", "load_checkpoint", "CheckpointError",
            "to_device", "to_host", "cuda_available", "config", "registry", "schedules",
-           "LossScaler", "grad_norm", "Groups"]
+           "LossScaler", "grad_norm", "Groups", "to_bfloat16", "from_bfloat16"]
 
 for _spec in registry.REGISTRY.values():
     globals()[_spec.step_name] = _spec.step_fn

@@ -83,6 +83,17 @@ def _optimizer_list(text):
     return out
 
 
+def _state_dtypes(text):
+    names = [s.strip().lower() for s in text.split(",") if s.strip()]
+    allowed = ("float32", "float64", "bfloat16")
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown state dtype {', '.join(bad) or repr(text)}; choose from "
+            f"{','.join(allowed)}")
+    return list(dict.fromkeys(names))
+
+
 def _cmd_compare(args):
     from .datasets import MNISTError, load_mnist
     from .experiment import run_compare, write_outputs
@@ -103,6 +114,15 @@ def _cmd_compare(args):
         print(f"fastopt compare: error: --batch-size {args.batch_size} is larger than the "
               f"{len(data[0][0]):,} training images", file=sys.stderr)
         return 2
+    if args.state_dtype and "bfloat16" in args.state_dtype and args.dtype != "float32":
+        print("fastopt compare: error: --state-dtype bfloat16 needs --dtype float32",
+              file=sys.stderr)
+        return 2
+    if args.state_dtype and "float64" in args.state_dtype and args.dtype != "float64" or (
+            args.state_dtype and "float32" in args.state_dtype and args.dtype != "float32"):
+        print(f"fastopt compare: error: --state-dtype takes the parameter's dtype "
+              f"({args.dtype}) or bfloat16", file=sys.stderr)
+        return 2
     if args.no_decay_bias and not args.weight_decay:
         print("fastopt compare: error: --no-decay-bias needs --weight-decay > 0",
               file=sys.stderr)
@@ -110,7 +130,8 @@ def _cmd_compare(args):
     loop = "".join(f" {k}={v}" for k, v in (("clip", args.clip), ("warmup", args.warmup),
                                             ("weight_decay", args.weight_decay))
                    if v) + (f" schedule={args.schedule}" if args.schedule != "constant"
-                            else "") + (" no_decay_bias" if args.no_decay_bias else "")
+                            else "") + (" no_decay_bias" if args.no_decay_bias else "") + (
+        f" state_dtype={','.join(args.state_dtype)}" if args.state_dtype else "")
     lr = "default" if args.lr is None else args.lr
     print(f"settings: iters={args.iters} batch={args.batch_size} lr={lr} "
           f"optimizers={','.join(args.optimizers)} backend={args.backend} dtype={args.dtype} "
@@ -119,7 +140,8 @@ def _cmd_compare(args):
                          optimizers=args.optimizers, backend=args.backend,
                          dtype=np.dtype(args.dtype), seed=args.seed, clip=args.clip,
                          schedule=args.schedule, warmup=args.warmup,
-                         weight_decay=args.weight_decay, decay_bias=not args.no_decay_bias)
+                         weight_decay=args.weight_decay, decay_bias=not args.no_decay_bias,
+                         state_dtypes=args.state_dtype)
     result["data_source"] = source
     if result["interrupted"]:
         paths = write_outputs(result, args.out) if result["completed_iters"] else []
@@ -174,6 +196,11 @@ def _cmd_bench(args):
         sizes=(B.MLP_SIZE, 1_000_000) if args.quick else (B.MLP_SIZE, 10_000_000),
         min_time=0.05 if args.quick else 0.25)
     print(loopbench.format_table(loop_rows))
+    print("\noptimizer state precision (float32 parameters):")
+    state_rows = B.state_precision_rows(
+        sizes=(B.MLP_SIZE, 1_000_000) if args.quick else (B.MLP_SIZE, 10_000_000),
+        min_time=0.05 if args.quick else 0.25)
+    print(B.format_state_table(state_rows))
     loops = default_rows = []
     if not args.no_loops:
         print("\nunder the default thread policy (a fresh process that sets nothing):")
@@ -202,6 +229,7 @@ def _cmd_bench(args):
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
         json.dump({"meta": meta, "rows": rows, "loop_option_rows": loop_rows,
+                   "state_precision_rows": state_rows,
                    "default_policy_rows": default_rows,
                    "training_loops": loops}, f, indent=1)
     print(f"wrote {path}")
@@ -275,6 +303,9 @@ def build_parser():
                    help="linear learning-rate warmup steps")
     c.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
                    help="weight decay (AdamW-style for Adam; none for Momentum)")
+    c.add_argument("--state-dtype", type=_state_dtypes, default=None,
+                   help="optimizer state precision(s), comma-separated: float32, bfloat16 "
+                        "(each optimizer trains once per precision, one plot)")
     c.add_argument("--no-decay-bias", action="store_true",
                    help="no weight decay on the biases (a parameter group)")
     c.set_defaults(func=_cmd_compare)

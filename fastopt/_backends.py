@@ -51,14 +51,42 @@ def runner(spec, backend, arrays, dtype, hp, parallel=None):
 
 def _numpy_runner(spec, arrays, dtype, hp):
     st = np.dtype(dtype).type
+    if any(a.dtype == np.uint16 for a in arrays.values()):     # bfloat16 state
+        from .precision import numpy_step
+
+        def reference(arrays, *args):
+            numpy_step(spec.reference, arrays, *args)
+    else:
+        reference = spec.reference
 
     def run(t, hp_now=None, factor=None):
         hp_now = hp if hp_now is None else hp_now
         if factor is None:
-            spec.reference(arrays, hp_now, t, st)
+            reference(arrays, hp_now, t, st)
         else:       # unscale x clip, one multiplication in the buffer dtype, as the kernel
-            spec.reference(dict(arrays, grad=arrays["grad"] * st(factor)), hp_now, t, st)
+            reference(dict(arrays, grad=arrays["grad"] * st(factor)), hp_now, t, st)
     return run
+
+
+def compiled_entry(dispatcher, args):
+    """The compiled entry point of ``dispatcher`` for the types of ``args`` (compiled or
+    loaded from the disk cache now). Used where an argument is bfloat16 state: Numba resolves
+    the type of such an argument in Python, ~10 us per argument per call, which the entry
+    point skips (the runner passes arguments of the very same types every call)."""
+    from numba import typeof
+    sig = tuple(typeof(a) for a in args)
+    if sig not in dispatcher.overloads:
+        dispatcher.compile(sig)
+    return dispatcher.overloads[sig].entry_point
+
+
+def kernel_view(a):
+    """What a CPU kernel receives for host array ``a`` (1-D): the array itself, or for
+    bfloat16 state (``uint16`` bits) a ``kernels.precision.BF16Bits`` over it."""
+    if a.dtype != np.uint16:
+        return a
+    from .kernels.precision import BF16Bits
+    return BF16Bits(a)
 
 
 _PLACEHOLDERS = {}
@@ -83,7 +111,8 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     # a 1-D C-contiguous array goes to the kernel as it is; an N-D one as a view made at each
     # call (a view kept across calls would point at freed memory after an in-place resize)
     flat = all(a is None or a.ndim == 1 for a in sources)
-    static = [ph if a is None else a for a in sources]
+    static = [ph if a is None else kernel_view(a) for a in sources]
+    bits = any(a is not None and a.dtype == np.uint16 for a in sources)
     n = int(arrays["param"].size)
     kernels = {}
     # the packed scalars, refilled at each call (a step runs under its buffers' lock); the
@@ -111,9 +140,13 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
             if fam is None:
                 fam = families[scaled] = cpu.family(spec.kernel, scaled)
             options = spec.options(hp_now, t)
-            kernel = kernels[key] = fam.get(par, **options)
+            kernel = fam.get(par, **options)
+            typed = [ph if a is None else kernel_view(a.reshape(-1)) for a in sources]
+            if bits:
+                kernel = compiled_entry(kernel, typed + [scalars])
+            kernels[key] = kernel
             if prepass is not None:
-                prepass.compile(key, scaled, par, options)
+                prepass.compile(key, scaled, par, options, typed if bits else None, scalars)
         if par and not _threads.READY:
             _threads.ensure_pool()
         if scaled:
@@ -122,7 +155,8 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
             packed = scaled_scalars
         else:
             packed = spec.fill_scalars(hp_now, t, scalars)
-        args = static if flat else [ph if a is None else a.ravel() for a in sources]
+        args = static if flat else [ph if a is None else kernel_view(a.ravel())
+                                    for a in sources]
         if prepass is not None:
             prepass.run(key, args, packed, hp_now, t)
         kernel(*args, packed)
@@ -141,10 +175,12 @@ class _cpu_prepass:
         self.index = {name: i for i, name in enumerate(spec.kernel.scalars)}
         self.fns = {}
 
-    def compile(self, key, scaled, par, options):
+    def compile(self, key, scaled, par, options, typed, scalars):
         from .kernels import reductions
-        self.fns[key] = reductions.segment_norms(self.spec.kernel, scaled, par, options,
-                                                 self.k)
+        fn = reductions.segment_norms(self.spec.kernel, scaled, par, options, self.k)
+        if typed is not None:           # bfloat16 state: see compiled_entry
+            fn = compiled_entry(fn, (tuple(typed), scalars, config.NORM_CHUNK))
+        self.fns[key] = fn
 
     def run(self, key, args, packed, hp, t):
         sums = self.fns[key](tuple(args), packed, config.NORM_CHUNK)
@@ -201,8 +237,10 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
               True: np.zeros((len(rows), n_scalars + 1), st)}
     row_views = {k: [t[r] for r in range(len(rows))] for k, t in tables.items()}
     # 1-D arrays: the segments' views are made once; N-D ones: at each call, as _cpu_runner
-    static = ([[ph if a is None else a[lo:hi] for a in sources] for lo, hi, _ in segments]
-              if flat else None)
+    static = ([[ph if a is None else kernel_view(a[lo:hi]) for a in sources]
+               for lo, hi, _ in segments] if flat else None)
+    bits = any(a is not None and a.dtype == np.uint16 for a in sources)
+    typed = [ph if a is None else kernel_view(a.reshape(-1)) for a in sources]
     plans = {}
 
     def plan(rows_now, t, scaled, threshold):
@@ -211,7 +249,10 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
         out = []
         for lo, hi, r in segments:
             par = hi - lo >= threshold if parallel is None else parallel
-            out.append((fam.get(par, **spec.options(rows_now[r], t)), r, lo, hi, par))
+            kernel = fam.get(par, **spec.options(rows_now[r], t))
+            if bits:                # bfloat16 state: see compiled_entry
+                kernel = compiled_entry(kernel, typed + [tables[scaled][0]])
+            out.append((kernel, r, lo, hi, par))
         return out
 
     def run(t, rows_now=None, factor=None):
@@ -240,5 +281,6 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
         else:
             whole = [ph if a is None else a.ravel() for a in sources]
             for kernel, r, lo, hi, _ in kernels:
-                kernel(*[a[lo:hi] if a is not ph else ph for a in whole], views[r])
+                kernel(*[kernel_view(a[lo:hi]) if a is not ph else ph for a in whole],
+                       views[r])
     return run

@@ -52,14 +52,16 @@ def _describe(a):
     return type(a).__name__
 
 
-def check_array(a, where, *, writable=True):
-    """Validate one host array; returns it. Raises TypeError/ValueError naming ``where``."""
+def check_array(a, where, *, writable=True, bits=False):
+    """Validate one host array; returns it. Raises TypeError/ValueError naming ``where``.
+    ``bits``: bfloat16 state (``uint16`` bit patterns) is accepted too."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{where} must be a numpy.ndarray (or a CUDA device array), "
                         f"got {_describe(a)}; fastopt never copies a buffer, so convert "
                         f"it yourself (np.ascontiguousarray(x, dtype=np.float32))")
-    if a.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{where} has dtype {a.dtype}; fastopt supports float32 and float64")
+    if a.dtype not in FLOAT_DTYPES and not (bits and a.dtype == np.uint16):
+        raise TypeError(f"{where} has dtype {a.dtype}; fastopt supports float32 and float64"
+                        + (" (and uint16: bfloat16 state bits)" if bits else ""))
     if not a.flags.c_contiguous:
         raise ValueError(f"{where} is not C-contiguous; fastopt updates buffers in place "
                          f"and never copies them (use np.ascontiguousarray before building "
@@ -83,8 +85,14 @@ def check_group(named, owner):
     first_name, first = items[0]
     check_array(first, f"{owner}.{first_name}")
     for name, a in items[1:]:
-        check_array(a, f"{owner}.{name}", writable=(name != "grad"))
-        if a.dtype != first.dtype:
+        state = name not in ("param", "grad")
+        check_array(a, f"{owner}.{name}", writable=(name != "grad"), bits=state)
+        if a.dtype == np.uint16:            # bfloat16 state (fastopt.precision)
+            if first.dtype != np.float32:
+                raise TypeError(f"{owner}.{name} holds bfloat16 state (uint16 bits) but "
+                                f"{owner}.{first_name} has dtype {first.dtype}; bfloat16 "
+                                f"state needs float32 parameters")
+        elif a.dtype != first.dtype:
             raise TypeError(f"{owner}.{name} has dtype {a.dtype} but {owner}.{first_name} "
                             f"has dtype {first.dtype}; all buffers must share one dtype")
         if a.shape != first.shape:
@@ -149,19 +157,52 @@ class Buffers:
         self._lock = threading.Lock()
 
     @classmethod
-    def zeros(cls, param, grad, **options):
+    def zeros(cls, param, grad, state_dtype=None, **options):
         """Buffers for ``param``/``grad`` (kept, not copied) with the state that ``options``
         need, at its initial value (zero unless the optimizer says otherwise). ``options``
         are the hyperparameters that decide the state (e.g. ``amsgrad=True`` for Adam), checked
-        like a step checks them; ``cls.spec.zeros_options`` lists them."""
+        like a step checks them; ``cls.spec.zeros_options`` lists them. ``state_dtype``:
+        ``None`` (the parameter's dtype) or ``"bfloat16"`` (float32 parameters, host arrays;
+        the state is stored as ``uint16`` bit patterns, see :mod:`fastopt.precision`)."""
         fields = cls.spec.allocation(options)
         check_group({"param": param, "grad": grad}, cls.__name__)
+        if state_dtype is not None and not (isinstance(state_dtype, str)
+                                            and state_dtype in ("float32", "float64",
+                                                                "bfloat16")):
+            raise ValueError(f"{cls.__name__}.zeros(): state_dtype must be None, 'float32', "
+                             f"'float64' or 'bfloat16', got {state_dtype!r}")
+        own = np.dtype(param.dtype).name if not is_cuda_array(param) else None
+        if state_dtype in ("float32", "float64") and own is not None and state_dtype != own:
+            raise ValueError(f"{cls.__name__}.zeros(): state_dtype={state_dtype!r} differs "
+                             f"from the parameter's {own}; state is the parameter's dtype or "
+                             f"'bfloat16'")
         if is_cuda_array(param):
+            if state_dtype == "bfloat16":
+                raise NotImplementedError(f"{cls.__name__}.zeros(): bfloat16 state on CUDA "
+                                          f"is not implemented yet (host arrays only)")
             from ._cuda_backend import full_like
+        elif state_dtype == "bfloat16":
+            if param.dtype != np.float32:
+                raise TypeError(f"{cls.__name__}.zeros(): bfloat16 state needs float32 "
+                                f"parameters, got {param.dtype}")
+            from .precision import to_bfloat16
+
+            def full_like(a, value):
+                return np.full(a.shape, to_bfloat16(np.float32(value)), np.uint16)
         else:
             def full_like(a, value):
                 return np.full_like(a, value)
         return cls(param, grad, **{name: full_like(param, value) for name, value in fields})
+
+    @property
+    def state_dtype(self):
+        """``"bfloat16"`` when the state arrays hold bfloat16 bits, else the parameter's
+        dtype name (also with no state)."""
+        for f in self.state_fields:
+            a = getattr(self, f)
+            if isinstance(a, np.ndarray) and a.dtype == np.uint16:
+                return "bfloat16"
+        return self.dtype.name
 
     def arrays(self, fields=None):
         """``{name: array}`` for param, grad and the allocated state (or ``fields``)."""

@@ -38,6 +38,7 @@ class Workload:
     n: int
     dtype: type
     seed: int = 0
+    state_dtype: str = None      # None: the parameter's dtype; "bfloat16": compressed state
 
     def __post_init__(self):
         rng = np.random.default_rng(self.seed)
@@ -57,7 +58,8 @@ class Workload:
 
     @property
     def name(self):
-        return f"{self.spec.name}|{self.n}"
+        return f"{self.spec.name}|{self.n}" + (f"|{self.state_dtype}" if self.state_dtype
+                                               else "")
 
     def arrays_used(self):
         return 2 + len(self.spec.required_state(self.hp))
@@ -67,7 +69,12 @@ class Workload:
         the gradient written once; an optimizer with a per-tensor pre-pass (LAMB) reads every
         array once more."""
         reads = self.arrays_used() if self.spec.kernel.norms else 0
-        return (2 * self.arrays_used() - 1 + reads) * np.dtype(self.dtype).itemsize
+        size = np.dtype(self.dtype).itemsize
+        state = self.arrays_used() - 2
+        per_state = 2 if self.state_dtype == "bfloat16" else size
+        # param read + written, grad read; each state array read + written (+ pre-pass reads)
+        return (3 * size + 2 * state * per_state
+                + (2 * size + state * per_state if reads else 0))
 
     def split(self, flat):
         out, off = [], 0
@@ -98,7 +105,8 @@ class _FastoptRunner(Runner):
         p = w.param0.copy()
         self.g = np.empty_like(p)
         hp = w.spec.validate({k: v for k, v in self.kwargs.items() if k != "backend"})
-        self.b = w.spec.buffers_cls.zeros(p, self.g, **w.spec.state_options(hp))
+        self.b = w.spec.buffers_cls.zeros(p, self.g, state_dtype=w.state_dtype,
+                                          **w.spec.state_options(hp))
         self.exact = True
         self.set_grad(w.grads[0])
 
@@ -473,3 +481,45 @@ def plot_bench(rows, path):
         ax.plot(*zip(*roof), "k--", label="traffic-equal kernel")
         ax.set_title(f"{name} (float32)")
     return save_panels(plt, fig, axes, path)
+
+
+# ---------------------------------------------------------------- state precision
+def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE, 10_000_000),
+                         min_time=0.25):
+    """float32 vs bfloat16 optimizer state, per optimizer and size: the serial and the
+    parallel CPU kernels with each state precision, all timed interleaved (each checked
+    against the reference with the same precision first). Rows: optimizer, size, state,
+    parallel, seconds, speedup over float32 state, state bytes."""
+    rows = []
+    for name in names:
+        spec = registry.get(name)
+        for n in sizes:
+            runners = []
+            for state in ("float32", "bfloat16"):
+                w = Workload(spec, n, np.float32,
+                             state_dtype=None if state == "float32" else state)
+                for parallel in (False, True):
+                    r = make_runner("cpu-parallel" if parallel else "cpu-serial", w)
+                    check_runner(r)
+                    state_bytes = sum(a.nbytes for k, a in r.b.arrays().items()
+                                      if k not in ("param", "grad"))
+                    runners.append((dict(optimizer=name, size=n, state=state,
+                                         parallel=parallel, state_bytes=int(state_bytes)), r))
+            times = time_interleaved([r.step for _, r in runners], min_time=min_time)
+            base = {row["parallel"]: t for (row, _), t in zip(runners, times)
+                    if row["state"] == "float32"}
+            for (row, _), t in zip(runners, times):
+                row.update(seconds=t, speedup_vs_float32_state=base[row["parallel"]] / t)
+                rows.append(row)
+    return rows
+
+
+def format_state_table(rows):
+    lines = [f"{'optimizer':<10} {'size':>10} {'state':>9} {'kernel':>8} {'time':>10} "
+             f"{'vs float32 state':>17} {'state MB':>9}"]
+    for r in rows:
+        lines.append(f"{r['optimizer']:<10} {r['size']:>10} {r['state']:>9} "
+                     f"{'parallel' if r['parallel'] else 'serial':>8} "
+                     f"{r['seconds'] * 1e3:8.3f}ms {r['speedup_vs_float32_state']:16.2f}x "
+                     f"{r['state_bytes'] / 1e6:9.2f}")
+    return "\n".join(lines)

@@ -9,7 +9,10 @@ File layout (all little-endian)::
     payload                            the arrays' bytes, C order, in header order
     sha256(magic .. payload)           32 bytes
 
-The gradient is not saved (the next backward pass recomputes it).
+The gradient is not saved (the next backward pass recomputes it). bfloat16 state is saved as
+it is stored (``uint16`` bits, never up-cast): its array entries carry ``"dtype":
+"bfloat16"`` and such a file is format version 2 (files without it stay version 1, readable by
+earlier fastopt releases); loading never converts between state precisions.
 
 Guarantees (README, "Guarantees"):
 
@@ -36,6 +39,7 @@ import numpy as np
 from ._core import Buffers, check_group, check_step, is_cuda_array
 
 FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)      # 2: some array entries have "dtype": "bfloat16"
 MAGIC = b"FASTOPTCKPT\n"
 _DIGEST = 32
 _PREFIX = len(MAGIC) + 8
@@ -81,9 +85,12 @@ def save_checkpoint(path, buffers):
     meta, offset = {}, 0
     for n, a in arrays.items():
         meta[n] = {"shape": list(a.shape), "offset": offset, "nbytes": a.nbytes}
+        if a.dtype == np.uint16:                # bfloat16 state, saved as its bits
+            meta[n]["dtype"] = "bfloat16"
         offset += a.nbytes
+    version = 2 if any("dtype" in m for m in meta.values()) else FORMAT_VERSION
     header = json.dumps({
-        "format_version": FORMAT_VERSION, "buffers": owner,
+        "format_version": version, "buffers": owner,
         "optimizer": buffers.optimizer, "dtype": buffers.dtype.newbyteorder("<").str,
         "step": step, "arrays": meta}, sort_keys=True).encode()
     path = os.fspath(path)
@@ -145,9 +152,10 @@ def _check_header(path, header, payload_size):
     expected = {"format_version", "buffers", "optimizer", "dtype", "step", "arrays"}
     if set(header) != expected:
         raise _bad(path, f"the header has fields {sorted(header)}, expected {sorted(expected)}")
-    if header["format_version"] != FORMAT_VERSION or type(header["format_version"]) is not int:
+    if (type(header["format_version"]) is not int
+            or header["format_version"] not in FORMAT_VERSIONS):
         raise _bad(path, f"format version {header['format_version']!r}; this fastopt reads "
-                         f"version {FORMAT_VERSION}")
+                         f"versions {', '.join(map(str, FORMAT_VERSIONS))}")
     for key in ("buffers", "optimizer"):
         if not isinstance(header[key], str):
             raise _bad(path, f"header field {key!r} is not a string")
@@ -158,9 +166,12 @@ def _check_header(path, header, payload_size):
     arrays = header["arrays"]
     if not isinstance(arrays, dict) or "param" not in arrays:
         raise _bad(path, "the header lists no 'param' array")
-    itemsize = np.dtype(header["dtype"]).itemsize
     for name, m in arrays.items():
-        if not (isinstance(m, dict) and set(m) == {"shape", "offset", "nbytes"}
+        keys = {"shape", "offset", "nbytes"}
+        if (isinstance(m, dict) and header["format_version"] >= 2 and name != "param"
+                and m.get("dtype") == "bfloat16"):
+            keys = keys | {"dtype"}
+        if not (isinstance(m, dict) and set(m) == keys
                 and isinstance(m["shape"], list) and len(m["shape"]) <= 32
                 and all(_is_int(d) for d in m["shape"])
                 and _is_int(m["offset"]) and _is_int(m["nbytes"])):
@@ -168,6 +179,7 @@ def _check_header(path, header, payload_size):
         count = 1
         for d in m["shape"]:
             count *= d
+        itemsize = 2 if "dtype" in m else np.dtype(header["dtype"]).itemsize
         if m["nbytes"] != count * itemsize:
             raise _bad(path, f"array {name!r}: {m['nbytes']} bytes do not hold its shape")
     offset = 0          # the arrays tile the payload, in the order of their offsets
@@ -220,9 +232,9 @@ def _read(path):
     if len(digest) != _DIGEST or h.digest() != digest:
         raise CheckpointError(f"{path!r} is corrupted or truncated (SHA-256 mismatch)")
     _check_header(path, header, payload_size)
-    dtype = np.dtype(header["dtype"])
     arrays = {}
     for name, m in header["arrays"].items():
+        dtype = np.dtype("<u2" if "dtype" in m else header["dtype"])
         count = m["nbytes"] // dtype.itemsize
         arrays[name] = np.frombuffer(payload, dtype, count, m["offset"]).reshape(m["shape"])
     return header, arrays
@@ -253,7 +265,8 @@ def load_checkpoint(path, buffers=None):
     if buffers is None:
         native = np.dtype(header["dtype"]).newbyteorder("=")
         param = arrays["param"].astype(native)
-        state = {n: a.astype(native) for n, a in arrays.items() if n != "param"}
+        state = {n: a.astype(a.dtype.newbyteorder("=")) for n, a in arrays.items()
+                 if n != "param"}
         return spec.buffers_cls(param, np.zeros_like(param), step=header["step"], **state)
     if not isinstance(buffers, spec.buffers_cls):
         raise CheckpointError(f"{path!r} holds {header['buffers']} but the target is "
@@ -281,6 +294,13 @@ def _copy_into(path, header, arrays, buffers):
         if tuple(target.shape) != a.shape:
             raise CheckpointError(f"{path!r}: {name} has shape {a.shape}, target has "
                                   f"{tuple(target.shape)}")
+        saved_bits = a.dtype == np.uint16
+        target_bits = not is_cuda_array(target) and target.dtype == np.uint16
+        if saved_bits != target_bits:
+            what = {True: "bfloat16", False: "the parameter's dtype"}
+            raise CheckpointError(f"{path!r}: {name} is saved in {what[saved_bits]} but the "
+                                  f"target holds it in {what[target_bits]}; state precision "
+                                  f"is never converted on load")
     for name, a in arrays.items():
         target = getattr(buffers, name)
         if is_cuda_array(target):

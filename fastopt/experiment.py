@@ -103,7 +103,7 @@ class LoopOptimizer:
     the one fused step over the network's arena. ``update(params, grads)`` as the blog's."""
 
     def __init__(self, name, net, lr, *, clip=None, schedule="constant", warmup=0, iters=1,
-                 weight_decay=0.0, decay_bias=True, backend=None):
+                 weight_decay=0.0, decay_bias=True, backend=None, state_dtype=None):
         from . import Groups
         blog = _make(name, lr, backend)
         self.spec = blog._spec
@@ -127,7 +127,7 @@ class LoopOptimizer:
         # an optimizer with per-tensor norms (LAMB) is given the network's tensors
         self.layout = {} if self.spec.segment_scalars is None else {"layout": net.flat}
         self.buffers = self.spec.buffers_cls.zeros(
-            net.flat.param, net.flat.grad,
+            net.flat.param, net.flat.grad, state_dtype=state_dtype,
             **self.spec.state_options(self.spec.validate(
                 {k: (v(0) if callable(v) else v) for k, v in
                  dict(self.spec.defaults, **self.hyper).items()})))
@@ -140,21 +140,33 @@ class LoopOptimizer:
 def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIMIZERS,
                 backend=None, dtype=np.float32, seed=0, report_every=100, out=None,
                 show_progress=None, clip=None, schedule="constant", warmup=0,
-                weight_decay=0.0, decay_bias=True):
+                weight_decay=0.0, decay_bias=True, state_dtypes=None):
     """Train one network per optimizer; return a dict of losses, accuracies and timings.
     ``lr``: every optimizer's learning rate (``None``: each one's default, 0.01 for the
     blog's four).
     ``clip``, ``schedule``, ``warmup``, ``weight_decay``, ``decay_bias``: the training-loop
-    options (:class:`LoopOptimizer`); with their defaults the blog's classes are used."""
+    options (:class:`LoopOptimizer`); with their defaults the blog's classes are used.
+    ``state_dtypes``: a list of state precisions (``"float32"``, ``"bfloat16"``...): every
+    optimizer then trains once per precision, under the name ``"Adam (bfloat16)"`` etc."""
     out = sys.stdout if out is None else out
     loop = dict(clip=clip, schedule=schedule, warmup=warmup, iters=iters,
                 weight_decay=weight_decay, decay_bias=decay_bias, backend=backend)
-    plain = clip is None and schedule == "constant" and not warmup and not weight_decay
+    plain = (clip is None and schedule == "constant" and not warmup and not weight_decay
+             and not state_dtypes)
+    names = {k: k for k in optimizers}          # run name -> optimizer name
+    precision = {k: None for k in optimizers}
+    if state_dtypes:
+        names = {f"{k} ({sd})": k for k in optimizers for sd in state_dtypes}
+        precision = {f"{k} ({sd})": sd for k in optimizers for sd in state_dtypes}
+    chosen = list(optimizers)
+    optimizers = list(names)
 
     def optimizer(k, net):
         if plain:
-            return _make(k, lr, backend)
-        return LoopOptimizer(k, net, lr, **loop)
+            return _make(names[k], lr, backend)
+        sd = precision[k]
+        return LoopOptimizer(names[k], net, lr, **loop,
+                             state_dtype=None if sd == np.dtype(dtype).name else sd)
     (x_train, t_train), (x_test, t_test) = data
     dtype = np.dtype(dtype)
     x_train = np.ascontiguousarray(x_train, dtype=dtype)
@@ -223,8 +235,9 @@ def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIM
                      "model_total": sum(t_model.values()),
                      "optimizer_total": sum(t_opt.values())},
         "settings": {"iters": iters, "batch_size": batch_size,
-                     "lr": {k: _make(k, lr, backend).lr for k in optimizers},
-                     "optimizers": list(optimizers), "backend": backend or "auto",
+                     "lr": {k: _make(names[k], lr, backend).lr for k in optimizers},
+                     "optimizers": chosen, "backend": backend or "auto",
+                     "state_dtypes": list(state_dtypes or []),
                      "dtype": dtype.name, "seed": seed, "sizes": list(BLOG_SIZES),
                      "clip": clip, "schedule": schedule, "warmup": warmup,
                      "weight_decay": weight_decay, "decay_bias": decay_bias,
@@ -282,7 +295,8 @@ def plot_losses(result, path):
     many = len(result["losses"]) > 10
     for i, (k, v) in enumerate(result["losses"].items()):
         x = np.arange(len(v))
-        ax.plot(x, smooth_curve(v), marker=MARKERS.get(k, "."), markevery=100, label=k,
+        ax.plot(x, smooth_curve(v), marker=MARKERS.get(k.split(" (")[0], "."), markevery=100,
+                label=k,
                 color=plt.cm.tab20.colors[i % 20] if many else None)
     s = result["settings"]
     ax.set_xlabel("Iterations")

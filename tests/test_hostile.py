@@ -300,7 +300,7 @@ def test_d17_huge_values_are_value_errors_naming_the_hyperparameter(spec):
 def _zeros_options(spec):
     import inspect
     sig = inspect.signature(spec.buffers_cls.zeros)
-    names = [n for n in sig.parameters if n not in ("param", "grad", "options")]
+    names = [n for n in sig.parameters if n not in ("param", "grad", "options", "state_dtype")]
     return names or list(getattr(spec, "zeros_options", ()))
 
 
@@ -344,7 +344,14 @@ HEADER_MUTATIONS = {
     "missing field": lambda h: {k: v for k, v in h.items() if k != "arrays"},
     "extra field": lambda h: dict(h, extra=1),
     "version str": lambda h: dict(h, format_version="1"),
-    "version 2": lambda h: dict(h, format_version=2),
+    "version 3": lambda h: dict(h, format_version=3),
+    # bfloat16 entries: only state arrays, only in version 2, only "bfloat16"
+    "bfloat16 in version 1": lambda h: dict(h, arrays={
+        k: dict(m, dtype="bfloat16") if k != "param" else m for k, m in h["arrays"].items()}),
+    "bfloat16 param": lambda h: dict(h, format_version=2, arrays={
+        k: dict(m, dtype="bfloat16") for k, m in h["arrays"].items()}),
+    "float16 state": lambda h: dict(h, format_version=2, arrays={
+        k: dict(m, dtype="float16") if k != "param" else m for k, m in h["arrays"].items()}),
     "buffers int": lambda h: dict(h, buffers=3),
     "optimizer null": lambda h: dict(h, optimizer=None),
     "optimizer unknown": lambda h: dict(h, optimizer="nope"),

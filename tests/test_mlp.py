@@ -249,3 +249,27 @@ def test_compare_runs_every_optimizer_on_one_plot(tmp_path):
     assert one["settings"]["lr"] == {"Lion": 0.02, "SGD": 0.02}
     paths = write_outputs(res, str(tmp_path))
     assert any(p.endswith(".json") for p in paths)
+
+
+def test_compare_state_dtypes_train_each_optimizer_once_per_precision():
+    """--state-dtype float32,bfloat16: float32 state is the plain run bit for bit; bfloat16
+    state trains its own network, close to it."""
+    data = _data()
+    kw = dict(iters=15, batch_size=16, report_every=0, out=open(os.devnull, "w"),
+              optimizers=["Adam", "Momentum"])
+    res = run_compare(data, state_dtypes=["float32", "bfloat16"], **kw)
+    plain = run_compare(data, **kw)
+    assert list(res["losses"]) == ["Adam (float32)", "Adam (bfloat16)", "Momentum (float32)",
+                                   "Momentum (bfloat16)"]
+    assert res["settings"]["state_dtypes"] == ["float32", "bfloat16"]
+    for k in ("Adam", "Momentum"):
+        assert res["losses"][f"{k} (float32)"] == plain["losses"][k]
+        assert res["losses"][f"{k} (bfloat16)"] != plain["losses"][k]
+        np.testing.assert_allclose(res["losses"][f"{k} (bfloat16)"], plain["losses"][k],
+                                   rtol=0.05)
+
+
+def test_compare_cli_refuses_bfloat16_state_with_float64(tmp_path):
+    from fastopt.__main__ import main
+    assert main(["compare", "--iters", "2", "--dtype", "float64", "--state-dtype", "bfloat16",
+                 "--out", str(tmp_path)]) == 2

@@ -1,0 +1,209 @@
+"""bfloat16 optimizer state (issue 13): the rounding helpers against first principles, every
+optimizer with state and every option combination stepping bfloat16 state on the CPU bitwise
+equal to the NumPy reference (serial and parallel, 1-D and N-D, groups and clipping, LAMB's
+pre-pass), what bfloat16 state means for one step, its allocation rules, checkpoints."""
+import numpy as np
+import pytest
+
+import fastopt
+from fastopt import _step, precision
+from helpers import SPECS, assert_bitwise, combos, full_kwargs, state_options
+
+STATEFUL = [s for s in SPECS if s.state]
+
+
+def nearest_bfloat16(x):
+    """Round-to-nearest-even to bfloat16 from first principles: the two bfloat16 neighbours of
+    each float32 (truncation and the next value up in magnitude), compared in float64."""
+    x = np.asarray(x, np.float32)
+    u = x.view(np.uint32)
+    lo = (u >> 16).astype(np.uint16)
+    hi = (lo.astype(np.uint32) + 1).astype(np.uint16)
+    with np.errstate(invalid="ignore"):
+        vlo = precision.from_bfloat16(lo).astype(np.float64)
+        vhi = precision.from_bfloat16(hi).astype(np.float64)
+        xv = x.astype(np.float64)
+        dlo, dhi = np.abs(xv - vlo), np.abs(vhi - xv)
+    # beyond the largest finite bfloat16 (0x7F7F) the next value up is 2**128 (one ulp,
+    # 2**120, further), which overflows to inf (0x7F80): IEEE rounding with an unbounded
+    # exponent, then overflow
+    top = (lo & 0x7FFF) == 0x7F7F
+    dhi = np.where(top, 2.0 ** 120 - dlo, dhi)
+    out = np.where(dlo < dhi, lo, hi)
+    tie = dlo == dhi
+    out = np.where(tie, np.where(lo % 2 == 0, lo, hi), out)
+    exact = (u & 0xFFFF) == 0
+    out = np.where(exact, lo, out)
+    special = ~np.isfinite(x)
+    out = np.where(np.isinf(x), lo, out)
+    out = np.where(np.isnan(x), lo | 0x40, out)
+    assert out.dtype == np.uint16 and special.dtype == bool
+    return out
+
+
+def test_to_bfloat16_is_round_to_nearest_even():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([
+        rng.standard_normal(100_000).astype(np.float32),
+        (rng.standard_normal(10_000) * 1e-39).astype(np.float32),       # subnormals
+        rng.integers(0, 2 ** 32, 100_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 3.39e38, 3.4028235e38, 1.00390625,
+                  1.01171875, -1.00390625, 2.0 ** -133], np.float32)])
+    x = x[~np.isnan(x) | (np.arange(x.size) >= x.size - 11)]
+    assert_bitwise(precision.to_bfloat16(x), nearest_bfloat16(x))
+    # decoding is exact: every bfloat16 is a float32
+    b = np.arange(2 ** 16, dtype=np.uint32).astype(np.uint16)
+    f = precision.from_bfloat16(b)
+    finite = np.isfinite(f)
+    assert_bitwise(precision.to_bfloat16(f[finite]), b[finite])
+    assert np.isnan(f[~finite & ((b & 0x7F) != 0)]).all()
+
+
+def test_the_kernel_rounding_is_the_reference_rounding():
+    from numba import njit
+    from fastopt.kernels.precision import bf16_to_f32, f32_to_bf16
+
+    @njit
+    def both(x, out, back):
+        for i in range(x.shape[0]):
+            out[i] = f32_to_bf16(x[i])
+            back[i] = bf16_to_f32(out[i])
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    out, back = np.empty(x.size, np.uint16), np.empty(x.size, np.float32)
+    both(x, out, back)
+    assert_bitwise(out, precision.to_bfloat16(x))
+    assert_bitwise(back, precision.from_bfloat16(out))
+
+
+def _pair(spec, combo, n, shape=None, seed=0):
+    kw = full_kwargs(spec, **combo)
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal(shape or n).astype(np.float32)
+    make = [spec.buffers_cls.zeros(p.copy(), np.zeros(shape or n, np.float32),
+                                   state_dtype="bfloat16", **state_options(spec, kw))
+            for _ in range(2)]
+    return kw, make, rng
+
+
+CASES = [(s, c) for s in STATEFUL for c in combos(s)]
+
+
+@pytest.mark.parametrize("spec,combo", CASES, ids=[
+    f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items()) for s, c in CASES])
+def test_bfloat16_state_cpu_equals_numpy(spec, combo):
+    for n, parallel, shape in [(1000, False, None), (70_001, True, None), (1200, None, (30, 40))]:
+        kw, (a, b), rng = _pair(spec, combo, n, shape)
+        for _ in range(4):
+            g = rng.standard_normal(a.grad.shape).astype(np.float32)
+            g.reshape(-1)[::7] = 0.0
+            a.grad[...] = g
+            b.grad[...] = g
+            _step.step(spec, a, backend="cpu", parallel=parallel, **kw)
+            _step.step(spec, b, backend="numpy", **kw)
+        for name, x in a.arrays().items():
+            assert_bitwise(x, b.arrays()[name], f"{spec.name} {name} n={n}")
+        if len(a.arrays()) > 2:            # (no state: SGD without momentum)
+            assert a.state_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("spec", STATEFUL, ids=lambda s: s.name)
+def test_bfloat16_state_with_groups_clipping_and_unscaling(spec):
+    combo = combos(spec)[-1]
+    kw, (a, b), rng = _pair(spec, combo, 3000, seed=2)
+    reals = [h for h in spec.hypers if h.kind == "real" and h.name == "lr"]
+    groups = fastopt.Groups(3000, [{"range": (100, 1200), "lr": kw["lr"] * 0.5}]
+                            if reals else [])
+    for _ in range(3):
+        g = rng.standard_normal(3000).astype(np.float32) * 10
+        a.grad[...] = g
+        b.grad[...] = g
+        for x, backend in ((a, "cpu"), (b, "numpy")):
+            _step.step(spec, x, backend=backend, groups=groups, max_grad_norm=1.0,
+                       grad_scale=4.0, **kw)
+    for name, x in a.arrays().items():
+        assert_bitwise(x, b.arrays()[name], f"{spec.name} {name}")
+
+
+@pytest.mark.parametrize("spec", STATEFUL, ids=lambda s: s.name)
+def test_one_step_from_zero_state_is_the_float32_step_with_the_state_rounded(spec):
+    """bfloat16 state is read as float32, updated in float32 and rounded when stored: from the
+    initial state (exact in bfloat16 for these optimizers' defaults) the parameter after one
+    step is the float32 one, and the state is its rounding."""
+    kw = full_kwargs(spec, **combos(spec)[0])
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(500).astype(np.float32)
+    g = rng.standard_normal(500).astype(np.float32)
+    opts = state_options(spec, kw)
+    f = spec.buffers_cls.zeros(p.copy(), g.copy(), **opts)
+    h = spec.buffers_cls.zeros(p.copy(), g.copy(), state_dtype="bfloat16", **opts)
+    spec.step_fn(f, **kw)
+    spec.step_fn(h, **kw)
+    assert_bitwise(h.param, f.param)
+    for name in spec.buffers_cls.state_fields:
+        if getattr(f, name) is not None:
+            assert_bitwise(getattr(h, name), precision.to_bfloat16(getattr(f, name)), name)
+            assert getattr(h, name).nbytes * 2 == getattr(f, name).nbytes
+
+
+def test_initial_state_values_are_rounded_once():
+    p = np.ones(4, np.float32)
+    b = fastopt.AdagradBuffers.zeros(p, p.copy(), state_dtype="bfloat16",
+                                     initial_accumulator_value=0.1)
+    assert b.sum.dtype == np.uint16
+    assert (b.sum == precision.to_bfloat16(np.float32(0.1))).all()
+
+
+@pytest.mark.parametrize("args,error,match", [
+    (dict(dtype=np.float64, state_dtype="bfloat16"), TypeError, "needs float32 parameters"),
+    (dict(dtype=np.float32, state_dtype="float16"), ValueError, "state_dtype must be"),
+    (dict(dtype=np.float32, state_dtype="float64"), ValueError, "differs from the param"),
+])
+def test_bad_state_dtypes_are_refused(args, error, match):
+    p = np.ones(4, args["dtype"])
+    with pytest.raises(error, match=match):
+        fastopt.AdamBuffers.zeros(p, p.copy(), state_dtype=args["state_dtype"])
+
+
+def test_bfloat16_state_with_float64_parameters_is_refused_by_the_step():
+    p = np.ones(4)
+    with pytest.raises(TypeError, match="needs float32 parameters"):
+        fastopt.AdamBuffers(p, p.copy(), exp_avg=np.zeros(4, np.uint16),
+                            exp_avg_sq=np.zeros(4, np.uint16))
+
+
+def test_checkpoint_keeps_bfloat16_state_as_is(tmp_path):
+    rng = np.random.default_rng(4)
+    p = rng.standard_normal(300).astype(np.float32)
+    b = fastopt.AdamBuffers.zeros(p, rng.standard_normal(300).astype(np.float32),
+                                  state_dtype="bfloat16", amsgrad=True)
+    for _ in range(3):
+        fastopt.adam_step(b, amsgrad=True)
+    path = tmp_path / "c.ckpt"
+    fastopt.save_checkpoint(path, b)
+    c = fastopt.load_checkpoint(path)
+    assert c.state_dtype == "bfloat16" and c.step == 3
+    for name in ("param", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+        assert_bitwise(getattr(c, name), getattr(b, name), name)
+    assert b.exp_avg.nbytes == 600       # stored, and saved, as two bytes per value
+    # loading into float32 state is refused, nothing written
+    t = fastopt.AdamBuffers.zeros(np.zeros(300, np.float32), np.zeros(300, np.float32),
+                                  amsgrad=True)
+    with pytest.raises(fastopt.CheckpointError, match="never converted"):
+        fastopt.load_checkpoint(path, t)
+    assert not t.param.any() and t.step == 0
+    # and a checkpoint of float32 state stays format version 1
+    fastopt.save_checkpoint(tmp_path / "f.ckpt", t)
+    assert b'"format_version": 1' in (tmp_path / "f.ckpt").read_bytes()[:1000]
+    assert b'"format_version": 2' in path.read_bytes()[:1000]
+
+
+def test_lamb_pre_pass_reads_bfloat16_state():
+    spec = fastopt.registry.get("lamb")
+    kw, (a, b), rng = _pair(spec, {}, 50_000, seed=5)
+    for _ in range(3):
+        a.grad[...] = b.grad[...] = rng.standard_normal(50_000).astype(np.float32)
+        fastopt.lamb_step(a, layout=[20_000, 30_000], weight_decay=0.01)
+        fastopt.lamb_step(b, layout=[20_000, 30_000], weight_decay=0.01, backend="numpy")
+    for name, x in a.arrays().items():
+        assert_bitwise(x, b.arrays()[name], name)

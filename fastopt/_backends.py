@@ -119,7 +119,7 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     # scaled kernels take one more: the gradient factor
     scalars = spec.kernel_scalars(hp, 1, st)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
-    prepass = _cpu_prepass(spec) if spec.kernel.norms else None
+    prepass = _cpu_prepass(spec) if spec.kernel.norm_names else None
 
     def run(t, hp_now=None, factor=None):
         """Step ``t``; ``hp_now``: this step's hyperparameters when schedules set them;
@@ -223,7 +223,7 @@ def _per_segment(make, arrays, rows, segments):
 
 
 def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
-    if spec.kernel.norms:      # a pre-pass per segment: each is its own step
+    if spec.kernel.norm_names:      # a pre-pass per segment: each is its own step
         return _per_segment(lambda a, hp: _cpu_runner(spec, a, dtype, hp, parallel), arrays,
                             rows, segments)
     from .kernels import cpu

@@ -223,7 +223,7 @@ def cuda_runner(spec, arrays, dtype, hp):
         packed = tuple(spec.kernel_scalars(hp_now, t, st))
         if factor is not None:
             packed += (st(factor),)
-        if spec.kernel.norms:
+        if spec.kernel.norm_names:
             packed = _prepass(spec, kernels, args, packed, options, factor is not None,
                               hp_now, t, st)
         kernel[blocks, threads](*args, packed)

@@ -94,7 +94,7 @@ class OptimizerSpec:
         if unknown:
             raise TypeError(f"{self.name}: state options {sorted(unknown)} are not "
                             f"hyperparameters")
-        if (self.segment_scalars is None) == bool(self.kernel.norms):
+        if (self.segment_scalars is None) == bool(self.kernel.norm_names):
             raise TypeError(f"{self.name}: a kernel record with norms needs segment_scalars "
                             f"in its spec, and only such a record")
         names = tuple(self.kernel.scalars)

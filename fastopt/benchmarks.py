@@ -68,7 +68,7 @@ class Workload:
         """Memory traffic of one step per element: every array read once, every array but
         the gradient written once; an optimizer with a per-tensor pre-pass (LAMB) reads every
         array once more."""
-        reads = self.arrays_used() if self.spec.kernel.norms else 0
+        reads = self.arrays_used() if self.spec.kernel.norm_names else 0
         size = np.dtype(self.dtype).itemsize
         state = self.arrays_used() - 2
         per_state = 2 if self.state_dtype == "bfloat16" else size
@@ -282,7 +282,7 @@ def traffic_runner(w, parallel=True):
     kernel = _cpu_kernels.traffic_kernel.get(parallel, with_c=n_arrays > 2,
                                              with_d=n_arrays > 3, with_e=n_arrays > 4)
     s = w.dtype(0.0)
-    if w.spec.kernel.norms:         # the pre-pass: one more read of every array
+    if w.spec.kernel.norm_names:       # the pre-pass: one more read of every array
         from .kernels.reductions import chunked_sum_of_squares
         read = chunked_sum_of_squares(parallel)
         used = arrays[:n_arrays]

@@ -2,9 +2,9 @@
 
 Written once, compiled for the CPU and for CUDA; the NumPy reference (``fastopt.reference``)
 is written separately from the formulas. LAMB needs, per tensor, the norms of the parameter
-and of the Adam direction ``r`` before it can update: the record's ``norms`` names the values
-of ``elem`` (the old parameter and ``r``) that a read-only pre-pass sums the squares of
-(``kernels.reductions``); the host turns the sums into the trust ratio and passes
+and of the Adam direction ``r`` before it can update: the record's ``norm_arrays`` and
+``norms`` name the array (the parameter) and the value of ``elem`` (``r``) whose squares a
+read-only pre-pass sums (``kernels.reductions``); the host turns the sums into the trust ratio and passes
 ``step = lr * trust`` to the update pass, which runs the same ``elem``.
 """
 import math
@@ -45,4 +45,4 @@ RECORD = KernelRecord(name="lamb", elem=lamb_elem, body=lamb_body,
                       arrays=("param", "grad", "exp_avg", "exp_avg_sq"),
                       scalars=("step", "beta1", "omb1", "beta2", "omb2", "bc1", "bc2", "eps",
                                "wd"),
-                      norms=(3, 4), norm_names=("param", "update"))
+                      norm_arrays=("param",), norms=(4,), norm_names=("param", "update"))

@@ -18,8 +18,9 @@ is built, so that a mismatch is an error, never a silent reordering):
   under its parameter name;
 * every scalar already has the buffer dtype (the host computes derived scalars in float64 and
   rounds them once), so no float64 literal enters a float32 kernel;
-* optionally, ``norms``: the positions of some of ``elem``'s return values whose squares a
-  read-only *pre-pass* sums per segment (in float64, in a fixed order: ``kernels.reductions``)
+* optionally, ``norm_arrays`` (array names) and ``norms`` (the positions of some of
+  ``elem``'s return values): the arrays and values whose squares a read-only *pre-pass* sums
+  per segment (in float64, in a fixed order: ``kernels.reductions``)
   before the update pass, and ``norm_names`` what they are; the optimizer's spec turns the
   sums into the update's scalars (``OptimizerSpec.segment_scalars``: LAMB's per-tensor trust
   ratio). The pre-pass runs the same ``elem`` (so the update and the norms see the same
@@ -42,7 +43,8 @@ class KernelRecord:
     arrays: tuple          # kernel array names: ("param", "grad", <state...>)
     scalars: tuple         # scalar names, in the order the host packs them
     norms: tuple = ()      # positions of elem's values summed by the pre-pass (see above)
-    norm_names: tuple = ()  # what each of them is, e.g. ("param", "update")
+    norm_arrays: tuple = ()  # arrays (names) whose own values the pre-pass sums, first
+    norm_names: tuple = ()  # what each sum is: norm_arrays' then norms', e.g. ("param", "r")
 
     @property
     def options(self):
@@ -100,17 +102,28 @@ class KernelRecord:
                        _elem=compiled_elem)
 
     def norms_adapter_source(self, options, scaled=False, chunked=False):
-        """Source of ``norms_packed(arrs, i, sc)``: ``elem`` on element ``i`` of each array
-        with the option values ``options`` (a dict, compile-time constants), returning the
-        values at the positions ``norms``. ``chunked``: ``norms_chunk(arrs, start, size, sc,
-        out)`` instead, which writes them for elements ``start .. start + size - 1`` to
-        ``out[0, :size], out[1, :size], ...``, a loop over 1-D slices and rows (the form
-        LLVM vectorizes: indexing the arrays' tuple and a 2-D table in the loop made the CPU
-        pre-pass 4x slower)."""
+        """Source of ``norms_packed(arrs, i, sc)``: element ``i`` of each of ``norm_arrays``,
+        then ``elem`` on element ``i`` of each array with the option values ``options`` (a
+        dict, compile-time constants) and its values at the positions ``norms``.
+        ``chunked``: ``norms_chunk(arrs, start, size, sc, out, lanes)`` instead, for elements
+        ``start .. start + size - 1``: it writes the ``norms`` values to ``out[0, :size],
+        out[1, :size], ...`` (a loop over 1-D slices and rows, the form LLVM vectorizes:
+        indexing the arrays' tuple and a 2-D table in the loop made the CPU pre-pass 4x
+        slower) and returns ``lanes`` (eight float64 lane sums per array of ``norm_arrays``,
+        at least eight) with the squares of those arrays' elements added, straight from the
+        slices (``_lanes``; a partial last row of eight goes to lanes 0, 1, ...: only the last
+        piece of a chunk may have one)."""
         self.check()
-        if len(self.norm_names) != len(self.norms) or not self.norms:
-            raise KernelRecordError(f"kernel record {self.name!r}: norms {self.norms} and "
-                                    f"norm_names {self.norm_names} must name the same values")
+        if (len(self.norm_names) != len(self.norm_arrays) + len(self.norms)
+                or not self.norm_names):
+            raise KernelRecordError(f"kernel record {self.name!r}: norm_names "
+                                    f"{self.norm_names} must name the norm_arrays "
+                                    f"{self.norm_arrays} and then the norms {self.norms}")
+        if "grad" in self.norm_arrays or set(self.norm_arrays) - set(self.arrays):
+            raise KernelRecordError(f"kernel record {self.name!r}: norm_arrays "
+                                    f"{self.norm_arrays} must be arrays of the record other "
+                                    f"than the gradient (which the step may scale)")
+        raw = [self.arrays.index(a) for a in self.norm_arrays]
         params = list(inspect.signature(self.elem).parameters)
         n = len(self.arrays)
         index = {name: i for i, name in enumerate(self.scalars)}
@@ -123,20 +136,39 @@ class KernelRecord:
         args += [repr(bool(options[name])) for name in self.options]
         call = f"_elem({', '.join(args)})"
         if not chunked:
-            picked = "".join(f"v[{j}], " for j in self.norms)
+            picked = "".join(f"arrs[{q}][i], " for q in raw)
+            picked += "".join(f"v[{j}], " for j in self.norms)
             return f"def norms_packed(arrs, i, sc):\n    v = {call}\n    return ({picked})\n"
-        lines = ["def norms_chunk(arrs, start, size, sc, out):"]
+        lines = ["def norms_chunk(arrs, start, size, sc, out, lanes):"]
         lines += [f"    x{q} = arrs[{q}][start:start + size]" for q in range(n)]
-        lines += [f"    o{k} = out[{k}]" for k in range(len(self.norms))]
-        lines += ["    for j in range(size):", f"        v = {call}"]
-        lines += [f"        o{k}[j] = v[{j}]" for k, j in enumerate(self.norms)]
+        if self.norms:
+            lines += [f"    o{k} = out[{k}]" for k in range(len(self.norms))]
+            lines += ["    for j in range(size):", f"        v = {call}"]
+            lines += [f"        o{k}[j] = v[{j}]" for k, j in enumerate(self.norms)]
+        if not raw:
+            lines.append("    return lanes")
+            return "\n".join(lines) + "\n"
+        lines.append("    full = size // 8")
+        out = []
+        for r, q in enumerate(raw):
+            lines.append(f"    l{r} = _lanes(x{q}.reshape((1, size)), 1, full, "
+                         f"lanes[{8 * r}:{8 * r + 8}])")
+            lines.append(f"    t{r} = [l{r}[j] for j in range(8)]")
+            lines.append("    for j in range(size - 8 * full):")
+            lines.append(f"        w = np.float64(x{q}[8 * full + j])")
+            lines.append(f"        t{r}[j] += w * w")
+            out += [f"t{r}[{j}]" for j in range(8)]
+        lines.append(f"    return ({', '.join(out)},)")
         return "\n".join(lines) + "\n"
 
-    def norms_adapter(self, compiled_elem, options, scaled=False, chunked=False):
-        """The pre-pass adapter as a plain Python function calling ``compiled_elem``."""
+    def norms_adapter(self, compiled_elem, options, scaled=False, chunked=False, lanes=None):
+        """The pre-pass adapter as a plain Python function calling ``compiled_elem``
+        (``lanes``: the lane-sum intrinsic the chunked form calls)."""
+        import numpy as np
         name = "norms_chunk" if chunked else "norms_packed"
         return _define(self.norms_adapter_source(options, scaled, chunked), name,
-                       f"{name}_{self.name}{'_scaled' if scaled else ''}", _elem=compiled_elem)
+                       f"{name}_{self.name}{'_scaled' if scaled else ''}", _elem=compiled_elem,
+                       _lanes=lanes, np=np)
 
     def unpack(self, scaled=False):
         """``unpack(s)`` as a plain Python function: the packed scalars as a tuple (one more

@@ -39,7 +39,7 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_
         # every array read once, every array but the gradient written once; a per-tensor
         # pre-pass (LAMB) reads every array once more
         arrays = 2 + n_state
-        passes = 2 * arrays - 1 + (arrays if spec.kernel.norms else 0)
+        passes = 2 * arrays - 1 + (arrays if spec.kernel.norm_names else 0)
         assert r["bytes_per_element"] == passes * np.dtype(r["dtype"]).itemsize
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -132,7 +132,7 @@ def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
     assert "bar.sync" in ptx and ".shared" in ptx
 
 
-PREPASS_SPECS = [s for s in SPECS if s.kernel.norms]
+PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")

@@ -39,32 +39,40 @@ def check_parallel(parallel):
     return None if parallel is None else bool(parallel)
 
 
-def runner(spec, backend, arrays, dtype, hp, parallel=None):
-    """``run(t)`` for one validated step of ``spec``."""
+def runner(spec, backend, arrays, dtype, hp, parallel=None, seed=None):
+    """``run(t)`` for one validated step of ``spec`` (``seed``: the buffers' stochastic
+    rounding seed for bfloat16 state, or None)."""
     if backend == "numpy":
-        return _numpy_runner(spec, arrays, dtype, hp)
+        return _numpy_runner(spec, arrays, dtype, hp, seed)
     if backend == "cpu":
-        return _cpu_runner(spec, arrays, dtype, hp, parallel)
+        return _cpu_runner(spec, arrays, dtype, hp, parallel, seed)
     from ._cuda_backend import cuda_runner
     return cuda_runner(spec, arrays, dtype, hp)
 
 
-def _numpy_runner(spec, arrays, dtype, hp):
+def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     st = np.dtype(dtype).type
-    if any(a.dtype == np.uint16 for a in arrays.values()):     # bfloat16 state
-        from .precision import numpy_step
-
-        def reference(arrays, *args):
-            numpy_step(spec.reference, arrays, *args)
-    else:
-        reference = spec.reference
+    reference = spec.reference
+    copy = arrays.get("param_copy")
+    arrays = {k: a for k, a in arrays.items() if k != "param_copy"}
+    bits = any(a.dtype == np.uint16 for a in arrays.values())     # bfloat16 state
 
     def run(t, hp_now=None, factor=None):
+        nonlocal reference
+        if bits:
+            from .precision import numpy_step, rounding_key
+            key = None if seed is None else rounding_key(seed, t)
+
+            def reference(arrays, *args):
+                numpy_step(spec.reference, arrays, *args, key=key, offset=offset)
         hp_now = hp if hp_now is None else hp_now
         if factor is None:
             reference(arrays, hp_now, t, st)
         else:       # unscale x clip, one multiplication in the buffer dtype, as the kernel
             reference(dict(arrays, grad=arrays["grad"] * st(factor)), hp_now, t, st)
+        if copy is not None:
+            from .precision import to_bfloat16
+            copy[...] = to_bfloat16(arrays["param"])
     return run
 
 
@@ -80,13 +88,46 @@ def compiled_entry(dispatcher, args):
     return dispatcher.overloads[sig].entry_point
 
 
-def kernel_view(a):
+def kernel_view(a, seed=None, offset=0, key=0):
     """What a CPU kernel receives for host array ``a`` (1-D): the array itself, or for
-    bfloat16 state (``uint16`` bits) a ``kernels.precision.BF16Bits`` over it."""
+    bfloat16 state (``uint16`` bits) a ``kernels.precision.BF16Bits`` over it (stochastic
+    rounding when ``seed`` is not None: element indices from ``offset``, ``key`` per step)."""
     if a.dtype != np.uint16:
         return a
     from .kernels.precision import BF16Bits
-    return BF16Bits(a)
+    return BF16Bits(a, None if seed is None else key, offset)
+
+
+def kernel_args(sources, copy, ph, seed=None, offset=0, lo=None, hi=None, flatten=False):
+    """The CPU kernel's array arguments for ``sources`` (the record's arrays, ``None`` for
+    unused state: ``ph``), optionally flattened and cut to ``[lo, hi)``: bfloat16 state as
+    :func:`kernel_view`, and the parameter wrapped with its ``param_copy`` (bfloat16 bits
+    written in the same pass, ``kernels.precision.ParamWithCopy``) when there is one."""
+    def cut(a):
+        if flatten:
+            a = a.reshape(-1)
+        return a if lo is None else a[lo:hi]
+    out = []
+    for j, a in enumerate(sources):
+        if a is None:
+            out.append(ph)
+            continue
+        v = kernel_view(cut(a), seed, offset + (lo or 0))
+        if j == 0 and copy is not None:
+            from .kernels.precision import ParamWithCopy
+            v = ParamWithCopy(v, cut(copy))
+        out.append(v)
+    return out
+
+
+def _set_keys(views, seed, t):
+    """Give the stochastic bfloat16 views of a step their key for step ``t``."""
+    if seed is not None:
+        from .precision import rounding_key
+        key = rounding_key(seed, t)
+        for v in views:
+            if getattr(v, "stochastic", False):
+                v.key = key
 
 
 _PLACEHOLDERS = {}
@@ -102,7 +143,7 @@ def placeholder(dtype):
     return a
 
 
-def _cpu_runner(spec, arrays, dtype, hp, parallel):
+def _cpu_runner(spec, arrays, dtype, hp, parallel, seed=None, offset=0):
     from .kernels import cpu
     families = {False: cpu.family(spec.kernel)}
     st = np.dtype(dtype).type
@@ -111,8 +152,10 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
     # a 1-D C-contiguous array goes to the kernel as it is; an N-D one as a view made at each
     # call (a view kept across calls would point at freed memory after an in-place resize)
     flat = all(a is None or a.ndim == 1 for a in sources)
-    static = [ph if a is None else kernel_view(a) for a in sources]
-    bits = any(a is not None and a.dtype == np.uint16 for a in sources)
+    copy = arrays.get("param_copy")
+    static = kernel_args(sources, copy, ph, seed, offset)
+    # custom argument types (bfloat16 state, a param copy): call the compiled entry point
+    bits = copy is not None or any(a is not None and a.dtype == np.uint16 for a in sources)
     n = int(arrays["param"].size)
     kernels = {}
     # the packed scalars, refilled at each call (a step runs under its buffers' lock); the
@@ -141,7 +184,7 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
                 fam = families[scaled] = cpu.family(spec.kernel, scaled)
             options = spec.options(hp_now, t)
             kernel = fam.get(par, **options)
-            typed = [ph if a is None else kernel_view(a.reshape(-1)) for a in sources]
+            typed = kernel_args(sources, copy, ph, seed, flatten=True)
             if bits:
                 kernel = compiled_entry(kernel, typed + [scalars])
             kernels[key] = kernel
@@ -155,8 +198,9 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel):
             packed = scaled_scalars
         else:
             packed = spec.fill_scalars(hp_now, t, scalars)
-        args = static if flat else [ph if a is None else kernel_view(a.ravel())
-                                    for a in sources]
+        args = static if flat else kernel_args(sources, copy, ph, seed, offset, flatten=True)
+        if seed is not None:
+            _set_keys(args, seed, t)
         if prepass is not None:
             prepass.run(key, args, packed, hp_now, t)
         kernel(*args, packed)
@@ -189,30 +233,30 @@ class _cpu_prepass:
 
 
 # ---------------------------------------------------------------- parameter groups
-def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None):
+def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, seed=None):
     """``run(t, rows_now=None, factor=None)`` for one validated grouped step: ``rows`` are the
     groups' validated hyperparameters, ``segments`` ``((lo, hi, row), ...)`` the element
     ranges (flat indices, in order, non-empty, not overlapping). Each segment is stepped
     exactly as its slice alone would be: NumPy runs the reference per segment, the CPU one
     compiled call for all of them (``kernels/groups.py``), CUDA one launch per segment."""
     if backend == "numpy":
-        return _numpy_grouped(spec, arrays, dtype, rows, segments)
+        return _numpy_grouped(spec, arrays, dtype, rows, segments, seed)
     if backend == "cpu":
-        return _cpu_grouped(spec, arrays, dtype, rows, segments, parallel)
+        return _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed)
     from ._cuda_backend import cuda_grouped_runner
     return cuda_grouped_runner(spec, arrays, dtype, rows, segments)
 
 
-def _numpy_grouped(spec, arrays, dtype, rows, segments):
-    return _per_segment(lambda a, hp: _numpy_runner(spec, a, dtype, hp), arrays, rows,
-                        segments)
+def _numpy_grouped(spec, arrays, dtype, rows, segments, seed=None):
+    return _per_segment(lambda a, hp, lo: _numpy_runner(spec, a, dtype, hp, seed, lo), arrays,
+                        rows, segments)
 
 
 def _per_segment(make, arrays, rows, segments):
-    """A grouped step as one runner per segment (``make(segment_arrays, hp)``), called in
-    order, each with its row's hyperparameters."""
+    """A grouped step as one runner per segment (``make(segment_arrays, hp, offset)``),
+    called in order, each with its row's hyperparameters."""
     flat = {k: a.reshape(-1) for k, a in arrays.items()}
-    runs = [(make({k: a[lo:hi] for k, a in flat.items()}, rows[r]), r)
+    runs = [(make({k: a[lo:hi] for k, a in flat.items()}, rows[r], lo), r)
             for lo, hi, r in segments]
 
     def run(t, rows_now=None, factor=None):
@@ -222,10 +266,11 @@ def _per_segment(make, arrays, rows, segments):
     return run
 
 
-def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
+def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
     if spec.kernel.norm_names:      # a pre-pass per segment: each is its own step
-        return _per_segment(lambda a, hp: _cpu_runner(spec, a, dtype, hp, parallel), arrays,
-                            rows, segments)
+        return _per_segment(
+            lambda a, hp, lo: _cpu_runner(spec, a, dtype, hp, parallel, seed, lo), arrays,
+            rows, segments)
     from .kernels import cpu
     st = np.dtype(dtype).type
     ph = placeholder(dtype)
@@ -237,10 +282,11 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
               True: np.zeros((len(rows), n_scalars + 1), st)}
     row_views = {k: [t[r] for r in range(len(rows))] for k, t in tables.items()}
     # 1-D arrays: the segments' views are made once; N-D ones: at each call, as _cpu_runner
-    static = ([[ph if a is None else kernel_view(a[lo:hi]) for a in sources]
-               for lo, hi, _ in segments] if flat else None)
-    bits = any(a is not None and a.dtype == np.uint16 for a in sources)
-    typed = [ph if a is None else kernel_view(a.reshape(-1)) for a in sources]
+    copy = arrays.get("param_copy")
+    static = ([kernel_args(sources, copy, ph, seed, lo=lo, hi=hi) for lo, hi, _ in segments]
+              if flat else None)
+    bits = copy is not None or any(a is not None and a.dtype == np.uint16 for a in sources)
+    typed = kernel_args(sources, copy, ph, seed, flatten=True)
     plans = {}
 
     def plan(rows_now, t, scaled, threshold):
@@ -277,10 +323,13 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel):
             _threads.ensure_pool()
         if flat:
             for (kernel, r, _, _, _), args in zip(kernels, static):
+                if seed is not None:
+                    _set_keys(args, seed, t)
                 kernel(*args, views[r])
         else:
-            whole = [ph if a is None else a.ravel() for a in sources]
             for kernel, r, lo, hi, _ in kernels:
-                kernel(*[kernel_view(a[lo:hi]) if a is not ph else ph for a in whole],
-                       views[r])
+                args = kernel_args(sources, copy, ph, seed, lo=lo, hi=hi, flatten=True)
+                if seed is not None:
+                    _set_keys(args, seed, t)
+                kernel(*args, views[r])
     return run

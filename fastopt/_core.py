@@ -108,6 +108,33 @@ def check_group(named, owner):
     return first.dtype
 
 
+def check_param_copy(copy, named, owner):
+    """Validate ``buffers.param_copy`` against the validated arrays ``named``: a host
+    ``uint16`` array (bfloat16 bits) of the parameter's shape, C-contiguous, writable, sharing
+    memory with none of them; the parameter float32."""
+    param = named["param"]
+    if is_cuda_array(copy) or is_cuda_array(param):
+        raise NotImplementedError(f"{owner}.param_copy on CUDA is not implemented yet (host "
+                                  f"arrays only)")
+    if not isinstance(copy, np.ndarray) or copy.dtype != np.uint16:
+        raise TypeError(f"{owner}.param_copy must be a numpy uint16 array of bfloat16 bits "
+                        f"(fastopt.to_bfloat16 makes one), got {_describe(copy)}")
+    if param.dtype != np.float32:
+        raise TypeError(f"{owner}.param_copy (bfloat16) needs float32 parameters, got "
+                        f"{param.dtype}")
+    if copy.shape != param.shape:
+        raise ValueError(f"{owner}.param_copy has shape {copy.shape} but {owner}.param has "
+                         f"shape {param.shape}")
+    if not copy.flags.c_contiguous:
+        raise ValueError(f"{owner}.param_copy is not C-contiguous")
+    if not copy.flags.writeable:
+        raise ValueError(f"{owner}.param_copy is read-only; every step writes it")
+    for name, a in named.items():
+        if copy.size and a.size and np.may_share_memory(copy, a):
+            raise ValueError(f"{owner}.param_copy and {owner}.{name} share memory")
+    return copy
+
+
 # ----------------------------------------------------------------------------- buffers
 
 class Buffers:
@@ -125,6 +152,8 @@ class Buffers:
     grad_norm = None        # the last step's gradient norm (with max_grad_norm / skip_nonfinite)
     found_inf = False       # whether the last such step found a non-finite gradient
     skipped_steps = 0       # steps skipped by skip_nonfinite
+    rounding_seed = None    # bfloat16 state: None rounds to nearest, an int stochastically
+    param_copy = None       # bfloat16 bits (uint16) of the parameter, written by every step
 
     def __init__(self, param, grad, *, step=0, **state):
         owner = type(self).__name__
@@ -157,13 +186,17 @@ class Buffers:
         self._lock = threading.Lock()
 
     @classmethod
-    def zeros(cls, param, grad, state_dtype=None, **options):
+    def zeros(cls, param, grad, state_dtype=None, stochastic_rounding=False, seed=0,
+              **options):
         """Buffers for ``param``/``grad`` (kept, not copied) with the state that ``options``
         need, at its initial value (zero unless the optimizer says otherwise). ``options``
         are the hyperparameters that decide the state (e.g. ``amsgrad=True`` for Adam), checked
         like a step checks them; ``cls.spec.zeros_options`` lists them. ``state_dtype``:
         ``None`` (the parameter's dtype) or ``"bfloat16"`` (float32 parameters, host arrays;
-        the state is stored as ``uint16`` bit patterns, see :mod:`fastopt.precision`)."""
+        the state is stored as ``uint16`` bit patterns, see :mod:`fastopt.precision`).
+        ``stochastic_rounding=True`` (bfloat16 state only) rounds the stored state
+        stochastically from a hash of (``seed``, step, element index): reproducible, and the
+        same for any thread count (``buffers.rounding_seed`` holds the seed)."""
         fields = cls.spec.allocation(options)
         check_group({"param": param, "grad": grad}, cls.__name__)
         if state_dtype is not None and not (isinstance(state_dtype, str)
@@ -192,7 +225,21 @@ class Buffers:
         else:
             def full_like(a, value):
                 return np.full_like(a, value)
-        return cls(param, grad, **{name: full_like(param, value) for name, value in fields})
+        if not isinstance(stochastic_rounding, (bool, np.bool_)):
+            raise TypeError(f"{cls.__name__}.zeros(): stochastic_rounding must be True or "
+                            f"False, got {stochastic_rounding!r}")
+        if stochastic_rounding:
+            if state_dtype != "bfloat16":
+                raise ValueError(f"{cls.__name__}.zeros(): stochastic_rounding needs "
+                                 f"state_dtype='bfloat16'")
+            if (isinstance(seed, (bool, np.bool_)) or not isinstance(seed, numbers.Integral)
+                    or not 0 <= seed < 2 ** 64):
+                raise ValueError(f"{cls.__name__}.zeros(): seed must be an int in "
+                                 f"[0, 2**64), got {seed!r}")
+        b = cls(param, grad, **{name: full_like(param, value) for name, value in fields})
+        if stochastic_rounding:
+            b.rounding_seed = int(seed)
+        return b
 
     @property
     def state_dtype(self):

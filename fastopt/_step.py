@@ -19,14 +19,15 @@ and writeable flag (device arrays: the same pointer, shape, strides, type and re
 Anything else takes the full path. A training loop repeats the same call, so it pays for the
 validation once.
 """
-import threading
-
 import math
+import numbers
+import threading
 
 import numpy as np
 
 from . import _backends, scaling
-from ._core import check_flag, check_group, check_real, check_step, is_cuda_array
+from ._core import (check_flag, check_group, check_param_copy, check_real, check_step,
+                    is_cuda_array)
 
 
 def _device_key(a):
@@ -53,7 +54,7 @@ def check_loop(loop):
 class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
-                 "schedules", "template", "dtype", "checked_loop", "rows")
+                 "schedules", "template", "dtype", "checked_loop", "rows", "seed", "copy")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
                  template=None, dtype=None, checked_loop=None, rows=None):
@@ -61,6 +62,8 @@ class Prepared:
         self.schedules, self.template, self.dtype = schedules, template, dtype
         self.checked_loop = checked_loop
         self.rows = rows        # a grouped step: its _Rows
+        self.seed = None        # the buffers' rounding_seed it was built for (set by _validate)
+        self.copy = None        # and their param_copy
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -75,7 +78,8 @@ class Prepared:
         """Whether a call with these arguments on ``buffers`` is this very call (``values``:
         the hyperparameter values followed by the training-loop options)."""
         if (self.spec is not spec or self.values != values or self.backend != backend
-                or self.parallel != parallel or self.types != tuple(map(type, values))):
+                or self.parallel != parallel or self.types != tuple(map(type, values))
+                or buffers.rounding_seed != self.seed or buffers.param_copy is not self.copy):
             return False
         for name, a, shape, strides, dtype, writable in self.host:
             if (getattr(buffers, name) is not a or a.shape != shape or a.strides != strides
@@ -308,20 +312,32 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
             raise ValueError(spec.missing_state_message(f, h))
     arrays = buffers.arrays(fields)
     dtype = check_group(arrays, owner)
+    copy = buffers.param_copy
+    if copy is not None:
+        arrays = dict(arrays, param_copy=check_param_copy(copy, arrays, owner))
     hp = _checked_hp(spec, hyper, dtype, step + 1)
     if rows is not None:
         row_hps = rows.at(spec, step, dtype)
     on_device = is_cuda_array(arrays["param"])
     name = _backends.choose(backend, on_device)
     checked = check_loop(loop)
+    seed = buffers.rounding_seed
+    if seed is not None and (isinstance(seed, (bool, np.bool_))
+                             or not isinstance(seed, numbers.Integral)
+                             or not 0 <= seed < 2 ** 64):
+        raise ValueError(f"{owner}.rounding_seed must be None or an int in [0, 2**64), got "
+                         f"{seed!r}")
     if rows is None:
-        run = _backends.runner(spec, name, arrays, dtype, hp, parallel)
+        run = _backends.runner(spec, name, arrays, dtype, hp, parallel, seed)
     else:
         run = _backends.grouped_runner(spec, name, arrays, dtype, row_hps, rows.segments,
-                                       parallel)
+                                       parallel, seed)
         schedules = rows.schedules if rows.scheduled else None      # the rows' own
-    return Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
+    prep = Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
                     dtype, None if checked == NO_LOOP else checked, rows)
+    prep.seed = seed
+    prep.copy = copy
+    return prep
 
 
 def _loop_factor(buffers, checked):

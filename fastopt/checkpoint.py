@@ -88,11 +88,18 @@ def save_checkpoint(path, buffers):
         if a.dtype == np.uint16:                # bfloat16 state, saved as its bits
             meta[n]["dtype"] = "bfloat16"
         offset += a.nbytes
-    version = 2 if any("dtype" in m for m in meta.values()) else FORMAT_VERSION
-    header = json.dumps({
-        "format_version": version, "buffers": owner,
-        "optimizer": buffers.optimizer, "dtype": buffers.dtype.newbyteorder("<").str,
-        "step": step, "arrays": meta}, sort_keys=True).encode()
+    seed = buffers.rounding_seed
+    if seed is not None and (type(seed) is not int or not 0 <= seed < 2 ** 64):
+        raise ValueError(f"{owner}.rounding_seed must be None or an int in [0, 2**64), got "
+                         f"{seed!r}")
+    version = 2 if any("dtype" in m for m in meta.values()) or seed is not None \
+        else FORMAT_VERSION
+    fields = {"format_version": version, "buffers": owner,
+              "optimizer": buffers.optimizer, "dtype": buffers.dtype.newbyteorder("<").str,
+              "step": step, "arrays": meta}
+    if seed is not None:            # stochastic rounding of bfloat16 state
+        fields["rounding_seed"] = int(seed)
+    header = json.dumps(fields, sort_keys=True).encode()
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     try:
@@ -150,6 +157,11 @@ def _check_header(path, header, payload_size):
     if not isinstance(header, dict):
         raise _bad(path, "the header is not a JSON object")
     expected = {"format_version", "buffers", "optimizer", "dtype", "step", "arrays"}
+    if header.get("format_version") == 2 and "rounding_seed" in header:
+        expected = expected | {"rounding_seed"}
+        seed = header["rounding_seed"]
+        if not (_is_int(seed) and seed < 2 ** 64):
+            raise _bad(path, f"rounding_seed {seed!r} is not an integer in [0, 2**64)")
     if set(header) != expected:
         raise _bad(path, f"the header has fields {sorted(header)}, expected {sorted(expected)}")
     if (type(header["format_version"]) is not int
@@ -267,7 +279,9 @@ def load_checkpoint(path, buffers=None):
         param = arrays["param"].astype(native)
         state = {n: a.astype(a.dtype.newbyteorder("=")) for n, a in arrays.items()
                  if n != "param"}
-        return spec.buffers_cls(param, np.zeros_like(param), step=header["step"], **state)
+        out = spec.buffers_cls(param, np.zeros_like(param), step=header["step"], **state)
+        out.rounding_seed = header.get("rounding_seed")
+        return out
     if not isinstance(buffers, spec.buffers_cls):
         raise CheckpointError(f"{path!r} holds {header['buffers']} but the target is "
                               f"{type(buffers).__name__}")
@@ -308,4 +322,5 @@ def _copy_into(path, header, arrays, buffers):
         else:
             target[...] = a
     buffers.step = header["step"]
+    buffers.rounding_seed = header.get("rounding_seed")
     return buffers

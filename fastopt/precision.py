@@ -37,6 +37,50 @@ def to_bfloat16(x):
     return out
 
 
+_M64 = (1 << 64) - 1
+
+
+def splitmix64(x):
+    """SplitMix64's output function on uint64 values (NumPy arrays or a Python int), with
+    wrapping arithmetic: the counter-based hash of stochastic rounding."""
+    if isinstance(x, int):
+        z = (x + 0x9E3779B97F4A7C15) & _M64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+        return z ^ (z >> 31)
+    with np.errstate(over="ignore"):
+        z = np.asarray(x, np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def rounding_key(seed, step):
+    """The stochastic-rounding key of step ``step`` (1, 2, ...) for buffers with
+    ``rounding_seed`` ``seed``: element ``i`` of a state array uses ``splitmix64(key + i)``,
+    so the rounding does not depend on the thread count or on how the work is split."""
+    return splitmix64((splitmix64(seed & _M64) + step) & _M64)
+
+
+def to_bfloat16_stochastic(x, key, offset=0):
+    """float32 values rounded to bfloat16 stochastically (up with probability equal to the
+    fraction of the way to the next bfloat16): element ``i`` (flat index, plus ``offset``)
+    adds the top 16 bits of ``splitmix64(key + offset + i)`` to its bits, then truncates.
+    NaN stays NaN (quiet)."""
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise TypeError(f"to_bfloat16_stochastic takes float32 values, got {x.dtype}")
+    u = x.view(np.uint32).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        index = np.uint64(key) + np.uint64(offset) + np.arange(x.size, dtype=np.uint64)
+    r = (splitmix64(index) >> np.uint64(48)).reshape(x.shape)
+    out = ((u + r) >> np.uint64(16)).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return out
+
+
 def from_bfloat16(bits):
     """The float32 values of bfloat16 bit patterns (``uint16``, any shape); exact."""
     bits = np.asarray(bits)
@@ -50,9 +94,10 @@ def is_bfloat16(a):
     return isinstance(a, np.ndarray) and a.dtype == BITS
 
 
-def numpy_step(reference, arrays, *args):
+def numpy_step(reference, arrays, *args, key=None, offset=0):
     """Run a NumPy reference on ``arrays`` whose bfloat16 state arrays are decoded to float32
-    first and encoded back after (only those; the others are updated in place as usual)."""
+    first and encoded back after (only those; the others are updated in place as usual):
+    to nearest, or stochastically with ``key`` (element indices from ``offset``)."""
     packed = {k: a for k, a in arrays.items() if is_bfloat16(a)}
     if not packed:
         return reference(arrays, *args)
@@ -60,4 +105,5 @@ def numpy_step(reference, arrays, *args):
     work.update((k, from_bfloat16(a)) for k, a in packed.items())
     reference(work, *args)
     for k, a in packed.items():
-        a[...] = to_bfloat16(work[k])
+        a[...] = (to_bfloat16(work[k]) if key is None
+                  else to_bfloat16_stochastic(work[k], key, offset))

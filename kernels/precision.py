@@ -19,38 +19,48 @@ from llvmlite import ir
 from numba import njit, types, typeof
 from numba.core import cgutils
 from numba.extending import (NativeValue, intrinsic, make_attribute_wrapper, models,
-                             overload, register_model, typeof_impl, unbox)
+                             overload, overload_attribute, register_model, typeof_impl,
+                             unbox)
 
 
 class BF16Bits:
     """A bfloat16 array as the kernels see it: ``bits`` is the 1-D C-contiguous ``uint16``
-    array of bit patterns (kept, not copied)."""
-    __slots__ = ("bits",)
+    array of bit patterns (kept, not copied). With ``key`` (an int < 2**64) writes round
+    stochastically: element ``i`` adds the top 16 bits of ``splitmix64(key + offset + i)`` to
+    the float32 bits and truncates (``fastopt.precision``); the runner sets ``key`` per step."""
+    __slots__ = ("bits", "key", "offset", "stochastic")
 
-    def __init__(self, bits):
+    def __init__(self, bits, key=None, offset=0):
         self.bits = bits
+        self.stochastic = key is not None
+        self.key = 0 if key is None else key
+        self.offset = offset
 
 
 class BF16ArrayType(types.Type):
-    """The Numba type of :class:`BF16Bits` (parametrized by its bits' array type)."""
+    """The Numba type of :class:`BF16Bits` (its bits' array type; stochastic or nearest)."""
 
-    def __init__(self, bits_type):
+    def __init__(self, bits_type, stochastic=False):
         self.bits_type = bits_type
-        super().__init__(name=f"BF16Array({bits_type})")
+        self.stochastic = bool(stochastic)
+        super().__init__(name=f"BF16Array({bits_type}, stochastic={self.stochastic})")
 
 
 @typeof_impl.register(BF16Bits)
 def _typeof(val, c):
-    return BF16ArrayType(typeof(val.bits))
+    return BF16ArrayType(typeof(val.bits), val.stochastic)
 
 
 @register_model(BF16ArrayType)
 class _Model(models.StructModel):
     def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, [("bits", fe_type.bits_type)])
+        super().__init__(dmm, fe_type, [("bits", fe_type.bits_type), ("key", types.uint64),
+                                        ("offset", types.int64)])
 
 
 make_attribute_wrapper(BF16ArrayType, "bits", "bits")
+make_attribute_wrapper(BF16ArrayType, "key", "key")
+make_attribute_wrapper(BF16ArrayType, "offset", "offset")
 
 
 @unbox(BF16ArrayType)
@@ -60,6 +70,12 @@ def _unbox(typ, obj, c):
     c.pyapi.decref(bits_obj)
     s = cgutils.create_struct_proxy(typ)(c.context, c.builder)
     s.bits = native.value
+    key_obj = c.pyapi.object_getattr_string(obj, "key")
+    s.key = c.unbox(types.uint64, key_obj).value
+    c.pyapi.decref(key_obj)
+    offset_obj = c.pyapi.object_getattr_string(obj, "offset")
+    s.offset = c.unbox(types.int64, offset_obj).value
+    c.pyapi.decref(offset_obj)
     return NativeValue(s._getvalue(), is_error=native.is_error, cleanup=native.cleanup)
 
 
@@ -68,11 +84,13 @@ def _wrap(typingctx, bits):
     """A BF16Array over ``bits`` (a 1-D uint16 array) inside compiled code."""
     if not (isinstance(bits, types.Array) and bits.dtype == types.uint16 and bits.ndim == 1):
         return None
-    ret = BF16ArrayType(bits)
+    ret = BF16ArrayType(bits)     # (a read-only view for the pre-pass: nearest rounding)
 
     def codegen(context, builder, sig, args):
         s = cgutils.create_struct_proxy(ret)(context, builder)
         s.bits = args[0]
+        s.key = context.get_constant(types.uint64, 0)
+        s.offset = context.get_constant(types.int64, 0)
         context.nrt.incref(builder, bits, args[0])
         return s._getvalue()
     return ret(bits), codegen
@@ -119,6 +137,26 @@ def f32_to_bf16(x):
                      >> np.uint32(16))
 
 
+@njit(inline="always", error_model="numpy")
+def splitmix64(x):
+    """SplitMix64's output function of the uint64 ``x`` (wrapping arithmetic)."""
+    z = np.uint64(x) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always", error_model="numpy")
+def f32_to_bf16_stochastic(x, key, index):
+    """float32 ``x`` rounded to bfloat16 stochastically: the top 16 bits of
+    ``splitmix64(key + index)`` added to its bits, then truncated (NaN: quiet)."""
+    u = _f32_as_u32(x)
+    if x != x:
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
+    r = splitmix64(key + np.uint64(index)) >> np.uint64(48)
+    return np.uint16((np.uint64(u) + r) >> np.uint64(16))
+
+
 @overload(operator.getitem)
 def _getitem(a, i):
     if isinstance(a, BF16ArrayType):
@@ -135,6 +173,99 @@ def _getitem(a, i):
 @overload(operator.setitem)
 def _setitem(a, i, v):
     if isinstance(a, BF16ArrayType) and isinstance(i, types.Integer):
+        if a.stochastic:
+            def impl_stochastic(a, i, v):
+                a.bits[i] = f32_to_bf16_stochastic(np.float32(v), a.key, a.offset + i)
+            return impl_stochastic
+
         def impl(a, i, v):
             a.bits[i] = f32_to_bf16(np.float32(v))
+        return impl
+
+
+# ---------------------------------------------------------------- a low-precision param copy
+class ParamWithCopy:
+    """The parameter as the kernels see it when the buffers have a ``param_copy``: ``param``
+    (float32, 1-D) and ``copy`` (bfloat16 bits, ``uint16``, 1-D). Writing element ``i``
+    writes ``param[i]`` and ``copy[i]`` (rounded to nearest even), in the same pass."""
+    __slots__ = ("param", "copy")
+
+    def __init__(self, param, copy):
+        self.param = param
+        self.copy = copy
+
+
+class ParamCopyType(types.Type):
+    def __init__(self, param_type, copy_type):
+        self.param_type = param_type
+        self.copy_type = copy_type
+        super().__init__(name=f"ParamWithCopy({param_type}, {copy_type})")
+
+
+@typeof_impl.register(ParamWithCopy)
+def _typeof_copy(val, c):
+    return ParamCopyType(typeof(val.param), typeof(val.copy))
+
+
+@register_model(ParamCopyType)
+class _CopyModel(models.StructModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, [("param", fe_type.param_type),
+                                        ("copy", fe_type.copy_type)])
+
+
+make_attribute_wrapper(ParamCopyType, "param", "param")
+make_attribute_wrapper(ParamCopyType, "copy", "copy")
+
+
+@unbox(ParamCopyType)
+def _unbox_copy(typ, obj, c):
+    s = cgutils.create_struct_proxy(typ)(c.context, c.builder)
+    p_obj = c.pyapi.object_getattr_string(obj, "param")
+    p = c.unbox(typ.param_type, p_obj)
+    c.pyapi.decref(p_obj)
+    q_obj = c.pyapi.object_getattr_string(obj, "copy")
+    q = c.unbox(typ.copy_type, q_obj)
+    c.pyapi.decref(q_obj)
+    s.param = p.value
+    s.copy = q.value
+    is_error = c.builder.or_(p.is_error, q.is_error)
+
+    def cleanup():
+        if p.cleanup is not None:
+            p.cleanup()
+        if q.cleanup is not None:
+            q.cleanup()
+    return NativeValue(s._getvalue(), is_error=is_error, cleanup=cleanup)
+
+
+@overload_attribute(ParamCopyType, "shape")
+def _copy_shape(a):
+    def get(a):
+        return a.param.shape
+    return get
+
+
+@overload_attribute(ParamCopyType, "dtype")
+def _copy_dtype(a):
+    def get(a):
+        return a.param.dtype
+    return get
+
+
+@overload(operator.getitem)
+def _copy_getitem(a, i):
+    if isinstance(a, ParamCopyType):
+        def impl(a, i):
+            return a.param[i]       # an element, or (the pre-pass, reading) a slice
+        return impl
+
+
+@overload(operator.setitem)
+def _copy_setitem(a, i, v):
+    if isinstance(a, ParamCopyType) and isinstance(i, types.Integer):
+        def impl(a, i, v):
+            x = np.float32(v)
+            a.param[i] = x
+            a.copy[i] = f32_to_bf16(x)
         return impl

@@ -300,7 +300,8 @@ def test_d17_huge_values_are_value_errors_naming_the_hyperparameter(spec):
 def _zeros_options(spec):
     import inspect
     sig = inspect.signature(spec.buffers_cls.zeros)
-    names = [n for n in sig.parameters if n not in ("param", "grad", "options", "state_dtype")]
+    skip = ("param", "grad", "options", "state_dtype", "stochastic_rounding", "seed")
+    names = [n for n in sig.parameters if n not in skip]
     return names or list(getattr(spec, "zeros_options", ()))
 
 
@@ -350,6 +351,10 @@ HEADER_MUTATIONS = {
         k: dict(m, dtype="bfloat16") if k != "param" else m for k, m in h["arrays"].items()}),
     "bfloat16 param": lambda h: dict(h, format_version=2, arrays={
         k: dict(m, dtype="bfloat16") for k, m in h["arrays"].items()}),
+    "rounding_seed in version 1": lambda h: dict(h, rounding_seed=3),
+    "rounding_seed negative": lambda h: dict(h, format_version=2, rounding_seed=-3),
+    "rounding_seed 2**64": lambda h: dict(h, format_version=2, rounding_seed=2 ** 64),
+    "rounding_seed float": lambda h: dict(h, format_version=2, rounding_seed=3.0),
     "float16 state": lambda h: dict(h, format_version=2, arrays={
         k: dict(m, dtype="float16") if k != "param" else m for k, m in h["arrays"].items()}),
     "buffers int": lambda h: dict(h, buffers=3),

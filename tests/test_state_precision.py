@@ -92,7 +92,12 @@ CASES = [(s, c) for s in STATEFUL for c in combos(s)]
 @pytest.mark.parametrize("spec,combo", CASES, ids=[
     f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items()) for s, c in CASES])
 def test_bfloat16_state_cpu_equals_numpy(spec, combo):
-    for n, parallel, shape in [(1000, False, None), (70_001, True, None), (1200, None, (30, 40))]:
+    # every combination with the serial kernel; the parallel twin and N-D arrays with one
+    # combination per optimizer (each kernel variant compiles once: CI time)
+    cases = [(1000, False, None)]
+    if combo == combos(spec)[-1]:
+        cases += [(70_001, True, None), (1200, None, (30, 40))]
+    for n, parallel, shape in cases:
         kw, (a, b), rng = _pair(spec, combo, n, shape)
         for _ in range(4):
             g = rng.standard_normal(a.grad.shape).astype(np.float32)
@@ -207,3 +212,140 @@ def test_lamb_pre_pass_reads_bfloat16_state():
         fastopt.lamb_step(b, layout=[20_000, 30_000], weight_decay=0.01, backend="numpy")
     for name, x in a.arrays().items():
         assert_bitwise(x, b.arrays()[name], name)
+
+
+# ------------------------------------------------------------------ stochastic rounding
+def test_stochastic_rounding_helper_matches_its_definition_and_is_unbiased():
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal(50_000).astype(np.float32)
+    key = 0xDEADBEEF12345678
+    got = precision.to_bfloat16_stochastic(x, key, offset=11)
+    u = x.view(np.uint32).astype(np.uint64)
+    r = np.array([precision.splitmix64(int(key) + 11 + i) >> 48 for i in range(x.size)],
+                 np.uint64)
+    assert_bitwise(got, ((u + r) >> 16).astype(np.uint16))
+    # each value goes to one of its two bfloat16 neighbours
+    down = (u >> 16).astype(np.uint16)
+    assert np.all((got == down) | (got == down + 1))
+    # unbiased: a value a quarter of the way up rounds up a quarter of the time
+    q = np.full(400_000, 1.0 + 2.0 ** -9, np.float32)
+    mean = precision.from_bfloat16(precision.to_bfloat16_stochastic(q, 99)).astype(np.float64)
+    assert abs(mean.mean() - (1.0 + 2.0 ** -9)) < 2e-5
+    assert precision.from_bfloat16(precision.to_bfloat16(q[:1]))[0] == 1.0
+
+
+SR_SPECS = [s for s in STATEFUL if s.name in ("adam", "rmsprop", "lamb", "adagrad")]
+
+
+@pytest.mark.parametrize("spec", SR_SPECS, ids=lambda s: s.name)
+def test_stochastic_rounding_cpu_equals_numpy_for_any_thread_count_and_split(spec):
+    kw = full_kwargs(spec, **combos(spec)[-1])
+    rng = np.random.default_rng(7)
+    n = 70_001
+    p = rng.standard_normal(n).astype(np.float32)
+    groups = fastopt.Groups(n, [{"range": (1000, 40_000), "lr": kw["lr"] * 0.5}])
+    runs = [("cpu", True, None), ("cpu", False, None), ("numpy", None, None),
+            ("cpu", None, groups), ("numpy", None, groups)]
+    out = []
+    for backend, parallel, grp in runs:
+        b = spec.buffers_cls.zeros(p.copy(), np.zeros(n, np.float32), state_dtype="bfloat16",
+                                   stochastic_rounding=True, seed=123,
+                                   **state_options(spec, kw))
+        r = np.random.default_rng(8)
+        for _ in range(3):
+            b.grad[...] = r.standard_normal(n).astype(np.float32)
+            _step.step(spec, b, backend=backend, parallel=parallel, groups=grp, **kw)
+        out.append(b)
+    for other in out[1:3]:
+        for name, x in out[0].arrays().items():
+            assert_bitwise(x, other.arrays()[name], f"{spec.name} {name}")
+    for name, x in out[3].arrays().items():
+        assert_bitwise(x, out[4].arrays()[name], f"{spec.name} grouped {name}")
+    # another seed rounds differently; nearest rounding differs from both
+    c = spec.buffers_cls.zeros(p.copy(), np.zeros(n, np.float32), state_dtype="bfloat16",
+                               stochastic_rounding=True, seed=124, **state_options(spec, kw))
+    r = np.random.default_rng(8)
+    for _ in range(3):
+        c.grad[...] = r.standard_normal(n).astype(np.float32)
+        _step.step(spec, c, **kw)
+    field = [f for f in spec.buffers_cls.state_fields if getattr(c, f) is not None][0]
+    assert not np.array_equal(getattr(c, field), getattr(out[0], field))
+
+
+def test_stochastic_rounding_options_are_checked_and_the_seed_is_checkpointed(tmp_path):
+    p = np.ones(8, np.float32)
+    with pytest.raises(ValueError, match="needs state_dtype='bfloat16'"):
+        fastopt.AdamBuffers.zeros(p, p.copy(), stochastic_rounding=True)
+    with pytest.raises(ValueError, match="seed must be"):
+        fastopt.AdamBuffers.zeros(p, p.copy(), state_dtype="bfloat16",
+                                  stochastic_rounding=True, seed=-1)
+    b = fastopt.AdamBuffers.zeros(p, np.full(8, 0.3, np.float32), state_dtype="bfloat16",
+                                  stochastic_rounding=True, seed=2 ** 63 + 5)
+    fastopt.adam_step(b)
+    fastopt.save_checkpoint(tmp_path / "c", b)
+    c = fastopt.load_checkpoint(tmp_path / "c")
+    assert c.rounding_seed == 2 ** 63 + 5
+    c.grad[...] = b.grad
+    fastopt.adam_step(b)
+    fastopt.adam_step(c)
+    for name in ("param", "exp_avg", "exp_avg_sq"):
+        assert_bitwise(getattr(b, name), getattr(c, name), name)
+    # changing the seed takes effect at the next step (the cached step is rebuilt)
+    b.rounding_seed = None
+    fastopt.adam_step(b)
+    b.rounding_seed = "x"
+    with pytest.raises(ValueError, match="rounding_seed"):
+        fastopt.adam_step(b)
+
+
+# ------------------------------------------------------------------ param_copy
+@pytest.mark.parametrize("spec", [s for s in SPECS if s.name in ("adam", "sgd", "lamb", "lion")],
+                         ids=lambda s: s.name)
+def test_param_copy_is_written_in_the_same_step(spec):
+    """A bfloat16 copy of the parameter (a low-precision model's weights) written by the step
+    itself: CPU == NumPy bitwise, equal to rounding the new parameter, with groups, N-D
+    arrays and bfloat16 state."""
+    kw = full_kwargs(spec, **combos(spec)[-1])
+    rng = np.random.default_rng(9)
+    for shape, sd, groups in [((70_001,), None, None), ((30, 40), "bfloat16", None),
+                              ((3000,), None, fastopt.Groups(3000, [{"range": (10, 900),
+                                                                      "lr": kw["lr"] / 2}]))]:
+        p = rng.standard_normal(shape).astype(np.float32)
+        bs = []
+        for _ in range(2):
+            b = spec.buffers_cls.zeros(p.copy(), np.zeros(shape, np.float32), state_dtype=sd,
+                                       **state_options(spec, kw))
+            b.param_copy = np.zeros(shape, np.uint16)
+            bs.append(b)
+        for _ in range(3):
+            g = rng.standard_normal(shape).astype(np.float32)
+            for b, backend in zip(bs, ("cpu", "numpy")):
+                b.grad[...] = g
+                _step.step(spec, b, backend=backend, groups=groups, **kw)
+        assert_bitwise(bs[0].param_copy, bs[1].param_copy)
+        assert_bitwise(bs[0].param_copy, precision.to_bfloat16(bs[0].param))
+        for name, x in bs[0].arrays().items():
+            assert_bitwise(x, bs[1].arrays()[name], name)
+
+
+def test_param_copy_is_validated_and_can_be_attached_or_dropped():
+    p = np.ones(10, np.float32)
+    b = fastopt.AdamBuffers.zeros(p, np.full(10, 0.5, np.float32))
+    snap = (p.copy(), b.exp_avg.copy(), b.step)
+    for bad, error, match in [(np.zeros(10, np.float16), TypeError, "uint16"),
+                              (np.zeros(9, np.uint16), ValueError, "shape"),
+                              (np.zeros(20, np.uint16)[::2], ValueError, "C-contiguous"),
+                              (p.view(np.uint16)[:10], ValueError, "share memory")]:
+        b.param_copy = bad
+        with pytest.raises(error, match=match):
+            fastopt.adam_step(b)
+        assert (p == snap[0]).all() and (b.exp_avg == snap[1]).all() and b.step == snap[2]
+    b.param_copy = None
+    fastopt.adam_step(b)                       # a cached step without a copy...
+    b.param_copy = copy = np.zeros(10, np.uint16)
+    fastopt.adam_step(b)                       # ...is rebuilt when one is attached
+    assert_bitwise(copy, precision.to_bfloat16(p))
+    d = fastopt.AdamBuffers.zeros(np.ones(4), np.ones(4))
+    d.param_copy = np.zeros(4, np.uint16)
+    with pytest.raises(TypeError, match="needs float32 parameters"):
+        fastopt.adam_step(d)

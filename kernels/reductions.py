@@ -173,9 +173,9 @@ def _segment_norms_body(k_raw, k):
         n = arrs[0].shape[0]
         n_chunks = (n + chunk - 1) // chunk
         partial = np.empty((n_chunks, k_raw + k), np.float64)
-        # chunks are handed out in TASKS runs of consecutive chunks, each with one scratch
-        # table (a table allocated per chunk cost more than the arithmetic: page faults); a
-        # chunk's sums do not depend on which run or thread computes them
+        # chunks are handed out in TASKS runs of consecutive chunks, each run with one
+        # scratch table (one allocation per run, not per chunk); a chunk's sums do not depend
+        # on which run or thread computes them
         per_task = max(1, (n_chunks + TASKS - 1) // TASKS)
         n_tasks = (n_chunks + per_task - 1) // per_task
         for task in prange(n_tasks):

@@ -108,10 +108,10 @@ class KernelRecord:
         ``chunked``: ``norms_chunk(arrs, start, size, sc, out, lanes)`` instead, for elements
         ``start .. start + size - 1``: it writes the ``norms`` values to ``out[0, :size],
         out[1, :size], ...`` (a loop over 1-D slices and rows, the form LLVM vectorizes:
-        indexing the arrays' tuple and a 2-D table in the loop made the CPU pre-pass 4x
-        slower) and returns ``lanes`` (eight float64 lane sums per array of ``norm_arrays``,
-        at least eight) with the squares of those arrays' elements added, straight from the
-        slices (``_lanes``; a partial last row of eight goes to lanes 0, 1, ...: only the last
+        indexing the arrays' tuple and a 2-D table in the loop made the loop 3-4x slower in
+        isolation) and returns ``lanes`` (eight float64 lane sums per array of
+        ``norm_arrays``, at least eight) with the squares of those arrays' elements added,
+        straight from the slices (``_lanes``; a partial last row of eight goes to lanes 0, 1, ...: only the last
         piece of a chunk may have one)."""
         self.check()
         if (len(self.norm_names) != len(self.norm_arrays) + len(self.norms)

@@ -226,7 +226,6 @@ class _Rows:
 def layout_points(spec, layout, n):
     """The element offsets where the tensors of ``layout`` (a :class:`fastopt.FlatParams` or
     a sequence of tensor sizes) start and end, checked against the buffer size ``n``."""
-    import numbers
     from .flat import FlatParams
     if isinstance(layout, FlatParams):
         size = layout.size
@@ -258,7 +257,8 @@ def _values(hyper, loop, groups, layout):
     if groups is not None:
         values += (groups,)
     if layout is not None:
-        values += ("layout", layout)
+        # (a list of sizes by value: changed in place, it must not match the cached step)
+        values += ("layout", tuple(layout) if isinstance(layout, list) else layout)
     return values
 
 
@@ -375,7 +375,7 @@ def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=
     if groups is not None:
         values += (groups,)
     if layout is not None:
-        values += ("layout", layout)
+        values = _values(hyper, loop, groups, layout)
     lock = getattr(buffers, "_lock", None)
     if lock is None:                      # not buffers: the validation says what is wrong
         _validate(spec, buffers, backend, hyper, parallel, values, loop, groups, layout)

@@ -185,3 +185,16 @@ def test_non_finite_gradient_propagates_and_skip_leaves_buffers_alone():
     assert_unchanged(b, snap)
     fastopt.lamb_step(b)
     assert math.isnan(p[3])
+
+
+def test_a_layout_list_changed_in_place_is_a_new_layout():
+    p = np.random.default_rng(5).standard_normal(100).astype(np.float32)
+    sizes = [50, 50]
+    a = fastopt.LAMBBuffers.zeros(p.copy(), np.ones(100, np.float32))
+    fastopt.lamb_step(a, layout=sizes)
+    sizes[:] = [30, 70]                 # the cached step was built for [50, 50]
+    fastopt.lamb_step(a, layout=sizes)
+    b = fastopt.LAMBBuffers.zeros(p.copy(), np.ones(100, np.float32))
+    fastopt.lamb_step(b, layout=[50, 50])
+    fastopt.lamb_step(b, layout=[30, 70])
+    assert_bitwise(a.param, b.param)

@@ -234,6 +234,9 @@ def test_stochastic_rounding_helper_matches_its_definition_and_is_unbiased():
     assert precision.from_bfloat16(precision.to_bfloat16(q[:1]))[0] == 1.0
 
 
+# stochastic rounding lives in the bfloat16 type's item write, shared by every optimizer: a
+# sample (two moments, one with its pre-pass, a state with an initial value) keeps CI time down;
+# the all-combinations test above covers every optimizer with nearest rounding
 SR_SPECS = [s for s in STATEFUL if s.name in ("adam", "rmsprop", "lamb", "adagrad")]
 
 
@@ -299,6 +302,8 @@ def test_stochastic_rounding_options_are_checked_and_the_seed_is_checkpointed(tm
 
 
 # ------------------------------------------------------------------ param_copy
+# the copy is written by the parameter's item write, shared by every optimizer: a sample
+# (two moments, momentum-only state, a pre-pass, a sign update)
 @pytest.mark.parametrize("spec", [s for s in SPECS if s.name in ("adam", "sgd", "lamb", "lion")],
                          ids=lambda s: s.name)
 def test_param_copy_is_written_in_the_same_step(spec):

@@ -52,24 +52,20 @@ def runner(spec, backend, arrays, dtype, hp, parallel=None, seed=None):
 
 def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     st = np.dtype(dtype).type
-    reference = spec.reference
     copy = arrays.get("param_copy")
     arrays = {k: a for k, a in arrays.items() if k != "param_copy"}
     bits = any(a.dtype == np.uint16 for a in arrays.values())     # bfloat16 state
 
     def run(t, hp_now=None, factor=None):
-        nonlocal reference
+        hp_now = hp if hp_now is None else hp_now
+        # unscale x clip: one multiplication in the buffer dtype, as the kernel
+        given = arrays if factor is None else dict(arrays, grad=arrays["grad"] * st(factor))
         if bits:
             from .precision import numpy_step, rounding_key
-            key = None if seed is None else rounding_key(seed, t)
-
-            def reference(arrays, *args):
-                numpy_step(spec.reference, arrays, *args, key=key, offset=offset)
-        hp_now = hp if hp_now is None else hp_now
-        if factor is None:
-            reference(arrays, hp_now, t, st)
-        else:       # unscale x clip, one multiplication in the buffer dtype, as the kernel
-            reference(dict(arrays, grad=arrays["grad"] * st(factor)), hp_now, t, st)
+            numpy_step(spec.reference, given, hp_now, t, st, offset=offset,
+                       key=None if seed is None else rounding_key(seed, t))
+        else:
+            spec.reference(given, hp_now, t, st)
         if copy is not None:
             from .precision import to_bfloat16
             copy[...] = to_bfloat16(arrays["param"])

@@ -172,10 +172,8 @@ class mini_SGD(_BlogOptimizer):
         return dict(self._spec.defaults, lr=self.lr)
 
 
-class Momentum(_BlogOptimizer):
-    """The blog's Momentum: ``v = momentum * v - lr * g; p += v``
-    (:func:`fastopt.momentum_step`). ``self.v`` is a dict of the velocity arrays."""
-    _spec_name = "momentum"
+class _Velocity(_BlogOptimizer):
+    """The textbook's classes with ``lr``, ``momentum`` and a velocity ``self.v``."""
 
     def __init__(self, lr=0.01, momentum=0.9, *, backend=None):
         super().__init__(backend)
@@ -188,6 +186,12 @@ class Momentum(_BlogOptimizer):
     @property
     def v(self):
         return self._state_dict("velocity")
+
+
+class Momentum(_Velocity):
+    """The blog's Momentum: ``v = momentum * v - lr * g; p += v``
+    (:func:`fastopt.momentum_step`). ``self.v`` is a dict of the velocity arrays."""
+    _spec_name = "momentum"
 
 
 class RMSprop(_BlogOptimizer):
@@ -241,23 +245,12 @@ class Adam(_BlogOptimizer):
         return self._state_dict("exp_avg_sq")
 
 
-class Nesterov(_BlogOptimizer):
+class Nesterov(_Velocity):
     """The textbook's Nesterov: ``v *= momentum; v -= lr * g; p += momentum * momentum * v;
     p -= (1 + momentum) * lr * g`` (:func:`fastopt.nesterov_step`). ``self.v`` is a dict of
     the velocity arrays."""
     _spec_name = "nesterov"
 
-    def __init__(self, lr=0.01, momentum=0.9, *, backend=None):
-        super().__init__(backend)
-        self.lr = lr
-        self.momentum = momentum
-
-    def _hyper(self):
-        return dict(lr=self.lr, momentum=self.momentum)
-
-    @property
-    def v(self):
-        return self._state_dict("velocity")
 
 
 class AdaGrad(_BlogOptimizer):

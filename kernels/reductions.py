@@ -25,6 +25,23 @@ TASKS = 64          # the pre-pass's units of parallel work (runs of chunks)
 PIECE = 512         # the pre-pass's scratch table width (a multiple of 8)
 
 
+def _add_squares(context, builder, aryty, data, offset, acc):
+    """Codegen: ``acc += x * x`` for the eight values of ``data`` at ``offset`` (one vector
+    load, widened to float64; IEEE ``fmul`` and ``fadd``, no fast-math flag)."""
+    vin = ir.VectorType(context.get_value_type(aryty.dtype), LANES)
+    ptr = builder.bitcast(builder.gep(data, [offset]), vin.as_pointer())
+    values = builder.load(ptr, align=aryty.dtype.bitwidth // 8)
+    if aryty.dtype != types.float64:
+        values = builder.fpext(values, ir.VectorType(ir.DoubleType(), LANES))
+    builder.store(builder.fadd(builder.load(acc), builder.fmul(values, values)), acc)
+
+
+def _lane_items(builder, acc):
+    lanes = builder.load(acc)
+    return [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j))
+            for j in range(LANES)]
+
+
 @intrinsic
 def _lanes8(typingctx, x, start, rows):
     """The eight lane sums of squares (float64) of ``x[start:start + 8 * rows]``: lane ``j``
@@ -39,21 +56,12 @@ def _lanes8(typingctx, x, start, rows):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
         start, rows = args[1], args[2]
-        f64 = ir.DoubleType()
-        vin = ir.VectorType(context.get_value_type(aryty.dtype), LANES)
-        vec = ir.VectorType(f64, LANES)
+        vec = ir.VectorType(ir.DoubleType(), LANES)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES))
         with cgutils.for_range(builder, rows) as loop:
             offset = builder.add(start, builder.mul(loop.index, ir.Constant(start.type, LANES)))
-            ptr = builder.bitcast(builder.gep(ary.data, [offset]), vin.as_pointer())
-            values = builder.load(ptr, align=aryty.dtype.bitwidth // 8)
-            if aryty.dtype != types.float64:
-                values = builder.fpext(values, vec)
-            builder.store(builder.fadd(builder.load(acc), builder.fmul(values, values)), acc)
-        lanes = builder.load(acc)
-        items = [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j))
-                 for j in range(LANES)]
-        return context.make_tuple(builder, ret, items)
+            _add_squares(context, builder, aryty, ary.data, offset, acc)
+        return context.make_tuple(builder, ret, _lane_items(builder, acc))
 
     return ret(x, start, rows), codegen
 
@@ -81,9 +89,7 @@ def _lanes8_rows(typingctx, table, k, rows, init):
         rows = args[2]
         start = cgutils.unpack_tuple(builder, args[3])
         ncols = cgutils.unpack_tuple(builder, ary.shape)[1]
-        f64 = ir.DoubleType()
-        vin = ir.VectorType(context.get_value_type(aryty.dtype), LANES)
-        vec = ir.VectorType(f64, LANES)
+        vec = ir.VectorType(ir.DoubleType(), LANES)
         accs = []
         for q in range(n_rows):
             v0 = ir.Constant(vec, ir.Undefined)
@@ -95,17 +101,10 @@ def _lanes8_rows(typingctx, table, k, rows, init):
             col = builder.mul(loop.index, ir.Constant(ncols.type, LANES))
             for q, acc in enumerate(accs):
                 offset = builder.add(builder.mul(ir.Constant(ncols.type, q), ncols), col)
-                ptr = builder.bitcast(builder.gep(ary.data, [offset]), vin.as_pointer())
-                values = builder.load(ptr, align=aryty.dtype.bitwidth // 8)
-                if aryty.dtype != types.float64:
-                    values = builder.fpext(values, vec)
-                builder.store(builder.fadd(builder.load(acc), builder.fmul(values, values)),
-                              acc)
+                _add_squares(context, builder, aryty, ary.data, offset, acc)
         items = []
         for acc in accs:
-            lanes = builder.load(acc)
-            items += [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j))
-                      for j in range(LANES)]
+            items += _lane_items(builder, acc)
         return context.make_tuple(builder, ret, items)
 
     return ret(table, k, rows, init), codegen

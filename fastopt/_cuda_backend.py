@@ -156,8 +156,7 @@ def full_like(a, value=0.0):
     flat = out.reshape(-1)
     if flat.shape[0]:
         kernels = _kernels()
-        blocks, threads = kernels.launch_config(flat.shape[0], config.CUDA_THREADS_PER_BLOCK,
-                                                config.CUDA_MAX_BLOCKS)
+        blocks, threads = _grid(kernels, flat.shape[0])
         kernels.fill[blocks, threads](flat, np.dtype(a.dtype).type(value))
     return out
 
@@ -189,6 +188,26 @@ def to_host(buffers):
 _PLACEHOLDERS = {}
 
 
+_SM_COUNT = {}
+
+
+def _grid(kernels, n):
+    """(blocks, threads per block) for ``n`` elements: ``fastopt.config``'s CUDA settings, the
+    blocks capped at ``CUDA_BLOCKS_PER_SM`` x the current GPU's multiprocessor count."""
+    cap = config.CUDA_MAX_BLOCKS
+    per_sm = config.CUDA_BLOCKS_PER_SM
+    if per_sm:
+        cuda = _cuda()
+        dev = cuda.get_current_device()
+        key = getattr(dev, "id", None)       # (the simulator's device has no id, no SMs)
+        sms = _SM_COUNT.get(key)
+        if sms is None:
+            sms = _SM_COUNT[key] = int(getattr(dev, "MULTIPROCESSOR_COUNT", 0) or 0)
+        if sms:
+            cap = min(cap, per_sm * sms) if cap else per_sm * sms
+    return kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK, cap)
+
+
 def _placeholder(cuda, dtype):
     key = np.dtype(dtype)
     if key not in _PLACEHOLDERS:
@@ -217,8 +236,7 @@ def cuda_runner(spec, arrays, dtype, hp):
         kernel = compiled.get(key)
         if kernel is None:
             kernel = compiled[key] = kernels.get(spec.kernel, factor is not None, **options)
-        blocks, threads = kernels.launch_config(n, config.CUDA_THREADS_PER_BLOCK,
-                                                config.CUDA_MAX_BLOCKS)
+        blocks, threads = _grid(kernels, n)
         # a tuple of scalars travels with the launch; an array would be copied to the device
         packed = tuple(spec.kernel_scalars(hp_now, t, st))
         if factor is not None:
@@ -226,7 +244,8 @@ def cuda_runner(spec, arrays, dtype, hp):
         if spec.kernel.norm_names:
             packed = _prepass(spec, kernels, args, packed, options, factor is not None,
                               hp_now, t, st)
-        kernel[blocks, threads](*args, packed)
+        with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
+            kernel[blocks, threads](*args, packed)
     return run
 
 
@@ -239,8 +258,10 @@ def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st):
     n = args[0].shape[0]
     chunks = -(-n // config.NORM_CHUNK)
     out = _cuda().device_array((chunks, k), np.float64)
-    kernels.get_norms(spec.kernel, scaled, options, k)[min(chunks, 8192), kernels.NORM_THREADS](
-        args, packed, config.NORM_CHUNK, out)
+    with kernels.exact():
+        kernels.get_norms(spec.kernel, scaled, options, k)[min(chunks, 8192),
+                                                           kernels.NORM_THREADS](
+            args, packed, config.NORM_CHUNK, out)
     sums = np.cumsum(out.copy_to_host(), axis=0)[-1]
     packed = list(packed)
     index = {name: i for i, name in enumerate(spec.kernel.scalars)}
@@ -278,5 +299,6 @@ def device_sum_of_squares(g, chunk):
         return 0.0
     chunks = -(-n // chunk)
     out = _cuda().device_array(chunks, np.float64)
-    kernels.chunk_sum_of_squares[min(chunks, 8192), kernels.NORM_THREADS](x, chunk, out)
+    with kernels.exact():
+        kernels.chunk_sum_of_squares[min(chunks, 8192), kernels.NORM_THREADS](x, chunk, out)
     return float(np.cumsum(out.copy_to_host())[-1])

@@ -12,8 +12,8 @@ attribute                      environment variable                default
                                                                    environment or ``"keep"``
                                                                    makes threads spin long)
 ``CUDA_THREADS_PER_BLOCK``     ``FASTOPT_CUDA_THREADS_PER_BLOCK``  ``256``
-``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``         ``0`` (0: enough blocks to
-                                                                   cover the buffer once)
+``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``         ``0`` (0: no fixed cap)
+``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``      ``64`` (0: no cap)
 ``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``           ``1000`` (or ``"keep"``)
 =============================  ==================================  ===========================
 
@@ -25,6 +25,12 @@ parallel step time with ``OMP_WAIT_POLICY=PASSIVE``: Adam 35/38 us at 65,536 ele
 62/53 us at 131,072; SGD 21/30 us at 131,072 and 60/51 us at 524,288. Inside MNIST training
 (matmuls between steps) the serial step won at the MLP's 109,810 parameters: optimizer time
 0.64 s serial vs 0.84-1.08 s parallel over 2,000 iterations of 4 optimizers.
+
+CUDA grid: enough blocks of ``CUDA_THREADS_PER_BLOCK`` threads to cover the buffer once, but at
+most ``CUDA_BLOCKS_PER_SM`` x the GPU's multiprocessor count (and at most ``CUDA_MAX_BLOCKS``
+when that is set); a grid-stride loop covers the rest. Measured on an H200 (132 SMs), Adam at
+1e8 float32: one element per thread 1066 us (2627 GB/s), 64 blocks per SM 867 us (3228 GB/s);
+4 per SM 1043 us, 16 per SM 921 us; 512 threads per block the same as 256, 1024 slower.
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
@@ -88,12 +94,14 @@ _DEFAULTS = {
     "PARALLEL_THRESHOLD": ("FASTOPT_PARALLEL_THRESHOLD", _default_parallel_threshold),
     "CUDA_THREADS_PER_BLOCK": ("FASTOPT_CUDA_THREADS_PER_BLOCK", 256),
     "CUDA_MAX_BLOCKS": ("FASTOPT_CUDA_MAX_BLOCKS", 0),
+    "CUDA_BLOCKS_PER_SM": ("FASTOPT_CUDA_BLOCKS_PER_SM", 64),
     "OMP_SPINCOUNT": ("FASTOPT_OMP_SPINCOUNT", None),
 }
 
 PARALLEL_THRESHOLD = 32768
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 0
+CUDA_BLOCKS_PER_SM = 64
 OMP_SPINCOUNT = 1000
 
 

@@ -7,8 +7,22 @@ launch) must already have the buffer dtype: a float64 scalar would turn a float3
 arithmetic into float64 (the PTX tests check that no float64 instruction appears in any float32
 kernel).
 
+No contraction: NVVM fuses ``a * b + c`` into one fused multiply-add by default (its ``-fma=1``),
+which rounds once where the CPU kernel and the NumPy reference round twice, so a GPU step would
+differ from them in the last bits. fastopt compiles its kernels with ``-fma=0`` (:func:`exact`):
+every float32/float64 ``+ - * /`` and ``sqrt`` is then one IEEE-rounded operation, as on the CPU
+(CUDA's default division and square root are correctly rounded). numba-cuda has no option for
+this, so :func:`exact` wraps ``numba.cuda.cudadrv.nvvm.compile_ir`` once, and the wrapper adds
+``fma=0`` only in a thread that is inside ``exact()`` (fastopt's launches): other code's kernels
+compile as before. ``NVVM_CONTRACTION`` says whether that hook could be installed. The kernels
+are also built with ``lto=False``: with link-time optimization (numba-cuda's default where
+nvJitLink is installed) NVVM emits LTO-IR and nvJitLink generates the code, contracting again
+(seen on an H200: every optimizer that multiplies and adds differed from the CPU in the last
+bits until LTO was turned off for them).
+
 This module imports ``numba.cuda``; fastopt imports it only when a CUDA path is used.
 """
+import contextlib
 import math
 import threading
 
@@ -17,6 +31,52 @@ from numba import cuda, float64
 from .decorators import bind
 
 _device = {}
+
+_exact_state = threading.local()
+
+
+def _install_no_contraction():
+    try:
+        from numba.cuda.cudadrv import nvvm
+    except ImportError:            # the simulator, or a numba-cuda without this module
+        return False
+    original = getattr(nvvm, "compile_ir", None)
+    if original is None:
+        return False
+    if getattr(original, "_fastopt_exact", False):
+        return True
+
+    def compile_ir(llvmir, **options):
+        if getattr(_exact_state, "depth", 0):
+            options.setdefault("fma", False)
+        return original(llvmir, **options)
+    compile_ir._fastopt_exact = True
+    nvvm.compile_ir = compile_ir
+    return True
+
+
+NVVM_CONTRACTION = not _install_no_contraction()   # True: kernels compile with NVVM's FMAs
+
+
+def _kernel_jit(fn=None):
+    """``cuda.jit`` for fastopt's kernels: no link-time optimization (see the module docstring);
+    the simulator's ``jit`` has no such option."""
+    from numba import config as numba_config
+    options = {} if numba_config.ENABLE_CUDASIM else {"lto": False}
+    if fn is None:
+        return cuda.jit(**options)
+    return cuda.jit(fn, **options)
+
+
+@contextlib.contextmanager
+def exact():
+    """Kernels compiled (first launched, or ``cuda.compile_ptx``-ed) inside this block get
+    NVVM's ``-fma=0``: no multiply-add contraction, so they round as the CPU kernels do."""
+    _exact_state.depth = getattr(_exact_state, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _exact_state.depth -= 1
 
 
 @cuda.jit(device=True)
@@ -31,7 +91,7 @@ def unpack_tuple(s):
     return s
 
 
-@cuda.jit
+@_kernel_jit
 def fill(a, value):
     start = cuda.grid(1)
     stride = cuda.gridsize(1)
@@ -42,7 +102,7 @@ def fill(a, value):
 NORM_THREADS = 256     # fixed: the combine order of a chunk's partial sums depends on it
 
 
-@cuda.jit
+@_kernel_jit
 def chunk_sum_of_squares(x, chunk, out):
     """``out[c]`` = the sum of squares (float64) of chunk ``c`` of ``x`` (``chunk`` elements),
     in a fixed order: thread ``j`` of the block sums elements ``j, j + 256, ...`` of the chunk
@@ -145,7 +205,7 @@ def get_norms(record, scaled, options, k):
         with _lock:
             kernel = _compiled.get(key)
             if kernel is None:
-                kernel = _compiled[key] = cuda.jit(python_norms_kernel(record, scaled,
+                kernel = _compiled[key] = _kernel_jit(python_norms_kernel(record, scaled,
                                                                        options, k))
     return kernel
 
@@ -159,7 +219,7 @@ def get(record, scaled=False, **options):
         with _lock:
             kernel = _compiled.get(key)
             if kernel is None:
-                kernel = _compiled[key] = cuda.jit(python_kernel(record, scaled, **options))
+                kernel = _compiled[key] = _kernel_jit(python_kernel(record, scaled, **options))
     return kernel
 
 

@@ -99,7 +99,8 @@ def test_float32_ptx_has_no_float64_arithmetic(spec, combo, cc, record_property,
     hp, sig = _ptx_signature(spec, combo, np.float32)
     kernel = ck.python_kernel(spec.kernel, **spec.options(hp, 2))
     try:
-        ptx, _ = cuda.compile_ptx(kernel, sig, cc=cc)
+        with ck.exact():          # as fastopt launches it: no multiply-add contraction
+            ptx, _ = cuda.compile_ptx(kernel, sig, cc=cc)
     except Exception as e:
         if cc == (7, 0) and "not supported" in str(e):
             pytest.skip(f"this NVVM cannot target sm_70 ({e}); sm_75 is tested instead")
@@ -113,6 +114,29 @@ def test_float32_ptx_has_no_float64_arithmetic(spec, combo, cc, record_property,
     if "math.sqrt" in inspect.getsource(spec.kernel.elem):
         assert any("sqrt" in line for line in ptx.splitlines())
     assert any("st.global.f32" in line for line in ptx.splitlines())   # it writes floats
+    # rounded as the CPU kernel rounds: no fused multiply-add (NVVM's default contracts)
+    fma = [line.strip() for line in ptx.splitlines() if "fma." in line]
+    assert not fma, f"fused multiply-adds, which the CPU kernel does not do: {fma[:3]}"
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+def test_exact_turns_off_contraction_only_inside_it(no_driver_device):
+    """Outside ``kernels.cuda.exact()`` NVVM still contracts (other code's kernels are not
+    changed); inside, the same kernel has no fma instruction."""
+    from numba import cuda
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    assert not ck.NVVM_CONTRACTION
+    spec = registry.get("adam")
+    hp, sig = _ptx_signature(spec, {}, np.float32)
+    plain, _ = cuda.compile_ptx(ck.python_kernel(spec.kernel, **spec.options(hp, 2)), sig,
+                                cc=(8, 0))
+    with ck.exact():
+        exact, _ = cuda.compile_ptx(ck.python_kernel(spec.kernel, **spec.options(hp, 2)), sig,
+                                    cc=(8, 0))
+    assert "fma.rn.f32" in plain
+    assert "fma." not in exact and "mul.rn.f32" in exact
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
@@ -126,9 +150,10 @@ def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
         no_driver_device((8, 0))
     nb = getattr(types, dtype)
     sig = (types.Array(nb, 1, "C"), types.int64, types.Array(types.float64, 1, "C"))
-    ptx, _ = cuda.compile_ptx(ck.chunk_sum_of_squares.py_func, sig, cc=(8, 0))
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(ck.chunk_sum_of_squares.py_func, sig, cc=(8, 0))
     assert f"ld.global.f{nb.bitwidth}" in ptx
-    assert "fma.rn.f64" in ptx or "add.f64" in ptx or "add.rn.f64" in ptx
+    assert "add.rn.f64" in ptx and "fma." not in ptx
     assert "bar.sync" in ptx and ".shared" in ptx
 
 
@@ -152,9 +177,10 @@ def test_pre_pass_kernel_compiles_to_ptx(spec, no_driver_device):
            types.Array(types.float64, 2, "C"))
     kernel = ck.python_norms_kernel(spec.kernel, False, spec.options(hp, 2),
                                     len(spec.kernel.norm_names))
-    ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     assert "ld.global.f32" in ptx and "bar.sync" in ptx and ".shared" in ptx
-    assert "add.f64" in ptx or "add.rn.f64" in ptx or "fma.rn.f64" in ptx
+    assert "add.rn.f64" in ptx and "fma." not in ptx
     f64_math = [line.strip() for line in ptx.splitlines()
                 if ("div" in line or "sqrt" in line) and ".f64" in line]
     assert not f64_math, f"float64 per-element math in a float32 pre-pass: {f64_math[:5]}"
@@ -197,3 +223,32 @@ def test_import_without_numba_cuda():
             "try:\n    fastopt.to_device(b)\nexcept RuntimeError as e:\n"
             "    assert 'pip install \"fastopt[cuda]\"' in str(e), e\n    print('clear')\n")
     run_python(code, expect="clear")
+
+
+@needs_numba_cuda
+def test_grid_is_capped_per_multiprocessor(monkeypatch):
+    """``config.CUDA_BLOCKS_PER_SM`` x the device's SM count caps the grid (a grid-stride loop
+    does the rest), ``CUDA_MAX_BLOCKS`` caps it further, 0 turns each cap off."""
+    from fastopt import _cuda_backend as cb, config
+    from fastopt.kernels import cuda as ck
+
+    class Device:
+        id = "fake"
+        MULTIPROCESSOR_COUNT = 2
+
+    class Cuda:
+        @staticmethod
+        def get_current_device():
+            return Device()
+    monkeypatch.setattr(cb, "_cuda", lambda: Cuda)
+    monkeypatch.setattr(cb, "_SM_COUNT", {})
+    monkeypatch.setattr(config, "CUDA_THREADS_PER_BLOCK", 256)
+    monkeypatch.setattr(config, "CUDA_BLOCKS_PER_SM", 64)
+    monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 0)
+    assert cb._grid(ck, 10**8) == (128, 256)
+    assert cb._grid(ck, 1000) == (4, 256)
+    monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 100)
+    assert cb._grid(ck, 10**8) == (100, 256)
+    monkeypatch.setattr(config, "CUDA_BLOCKS_PER_SM", 0)
+    monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 0)
+    assert cb._grid(ck, 10**8) == (390625, 256)

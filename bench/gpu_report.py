@@ -1,0 +1,425 @@
+"""Real-GPU measurements for one session on a machine with a CUDA GPU and torch (CUDA build).
+
+    python bench/gpu_report.py OUTDIR
+
+Writes OUTDIR/gpu_report.json and prints tables. Every section is independent: one that fails
+prints its traceback and the others still run. What it measures (float32 unless said):
+
+1. the device: name, versions, theoretical peak bandwidth, and a measured device-to-device copy
+   (torch ``copy_`` of 1 GiB; bytes read + written over time): the attainable bandwidth;
+2. correctness on the device: every optimizer and option combination of the registry (the
+   test grid), float32 and float64, 20 steps at 100,003 elements, fastopt CUDA vs the NumPy
+   reference (which the CPU kernels equal bit for bit, tested in CI; the reference needs no
+   compilation on a fresh machine): the largest difference in ulp per array (0 = bit for bit);
+3. Adam: fastopt CUDA (one launch, one flat arena) vs ``torch.optim.Adam`` fused / foreach /
+   for-loop on the same GPU, at the MLP's 10 tensors (109,810) and at 1e6, 1e7, 1e8 in one
+   tensor; the same trajectory (10 steps) compared against torch's fused Adam;
+4. step + global-norm clipping: fastopt ``adam_step(max_grad_norm=1)`` vs
+   ``clip_grad_norm_`` + fused Adam;
+5. every optimizer at 1e7 and 1e8: fastopt CUDA vs torch's best (fused where it has one, else
+   foreach), GB/s of the optimizer's own traffic, fraction of the measured copy bandwidth.
+
+Times: CUDA events around ``reps`` back-to-back steps after warm-up, the median of 5 such
+repeats, per step; events measure the GPU's timeline, so host overhead between launches counts
+(a step that the host cannot issue fast enough is timed as slow as it really is).
+"""
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+from numba import cuda  # noqa: E402
+
+import fastopt  # noqa: E402
+from fastopt import benchmarks as B  # noqa: E402
+from fastopt import registry, testinfo  # noqa: E402
+
+DEV = torch.device("cuda")
+REPORT = {}
+
+
+def section(name):
+    def wrap(fn):
+        def run(*a, **k):
+            t0 = time.perf_counter()
+            print(f"\n=== {name}", flush=True)
+            try:
+                REPORT[name] = fn(*a, **k)
+            except Exception:
+                REPORT[name] = {"error": traceback.format_exc()}
+                print(REPORT[name]["error"], flush=True)
+            print(f"({name}: {time.perf_counter() - t0:.1f} s)", flush=True)
+        return run
+    return wrap
+
+
+def event_time(fn, reps, warm=3, repeats=5):
+    for _ in range(warm):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        s = torch.cuda.Event(enable_timing=True)
+        e = torch.cuda.Event(enable_timing=True)
+        s.record()
+        for _ in range(reps):
+            fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e) / 1e3 / reps)
+    return float(np.median(times))
+
+
+def reps_for(n):
+    return 200 if n <= 1_000_000 else (50 if n <= 10_000_000 else 10)
+
+
+def us(s):
+    return f"{s * 1e6:9.1f} us"
+
+
+@section("device")
+def device_info():
+    props = torch.cuda.get_device_properties(0)
+    from fastopt.profile import peak_bandwidth_gbs
+    from fastopt.kernels.cuda import NVVM_CONTRACTION
+    import numba
+    x = torch.empty(1 << 28, dtype=torch.float32, device=DEV).normal_()
+    y = torch.empty_like(x)
+    t = event_time(lambda: y.copy_(x), reps=20)
+    copy_gbs = 2 * x.numel() * 4 / t / 1e9
+    x = y = None
+    info = {"gpu": props.name, "sms": props.multi_processor_count,
+            "memory_gib": props.total_memory / 2**30, "torch": torch.__version__,
+            "numba": numba.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "peak_gbs": peak_bandwidth_gbs(),
+            "copy_gbs": copy_gbs, "nvvm_contraction": NVVM_CONTRACTION,
+            "cpu_count": os.cpu_count()}
+    try:
+        from importlib.metadata import version
+        info["numba_cuda"] = version("numba-cuda")
+    except Exception:
+        pass
+    for k, v in info.items():
+        print(f"  {k}: {v}")
+    REPORT["copy_gbs"] = copy_gbs
+    return info
+
+
+def _ulp(a, b):
+    it = np.int32 if a.dtype == np.float32 else np.int64
+    ai, bi = a.view(it).astype(np.int64), b.view(it).astype(np.int64)
+    ai = np.where(ai < 0, np.iinfo(it).min - ai, ai)
+    bi = np.where(bi < 0, np.iinfo(it).min - bi, bi)
+    return int(np.abs(ai - bi).max()) if a.size else 0
+
+
+def _bitwise_cases():
+    return [(spec.name, combo, dtype) for spec in registry.REGISTRY.values()
+            for combo in testinfo.option_combinations(spec) for dtype in ("float32", "float64")]
+
+
+def _bitwise_worker(job):
+    """Cases ``job[0]::job[1]`` of :func:`_bitwise_cases` (one process: its own CUDA context,
+    so the kernels compile in parallel)."""
+    first, stride, n, steps = job
+    rows = []
+    for name, combo, dtype in _bitwise_cases()[first::stride]:
+        spec = registry.get(name)
+        dtype = np.dtype(dtype).type
+        fn = registry.step_function(spec)
+        kw = dict(spec.defaults, **combo)
+        hp = spec.validate(kw)
+        rng = np.random.default_rng(1)
+        host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(dtype),
+                                      np.zeros(n, dtype), **spec.state_options(hp))
+        dev = fastopt.to_device(host)
+        extra = dict(layout=[n // 3, n - n // 3]) if spec.kernel.norm_names else {}
+        for _ in range(steps):
+            g = rng.standard_normal(n).astype(dtype)
+            host.grad[...] = g
+            dev.grad.copy_to_device(g)
+            fn(host, backend="numpy", **kw, **extra)   # == the CPU kernel (tested in CI)
+            fn(dev, **kw, **extra)
+        back = fastopt.to_host(dev)
+        worst = {k: _ulp(a, back.arrays()[k]) for k, a in host.arrays().items()}
+        rows.append({"optimizer": spec.name, "combo": combo, "dtype": np.dtype(dtype).name,
+                     "max_ulp": max(worst.values()), "per_array": worst})
+    return rows
+
+
+@section("gpu vs the NumPy reference, every optimizer and option (ulp)")
+def bitwise(n=100_003, steps=20, workers=8):
+    if workers > 1:
+        import concurrent.futures as cf
+        import multiprocessing as mp
+        with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+            parts = list(ex.map(_bitwise_worker, [(i, workers, n, steps)
+                                                  for i in range(workers)]))
+    else:
+        parts = [_bitwise_worker((0, 1, n, steps))]
+    rows = [r for part in parts for r in part]
+    bad = [r for r in rows if r["max_ulp"]]
+    print(f"  {len(rows)} cases, {len(rows) - len(bad)} bit for bit")
+    for r in bad:
+        print(f"  {r['optimizer']} {r['combo']} {r['dtype']}: {r['per_array']}")
+    return rows
+
+
+def _fastopt_adam(ps, gs, **kw):
+    """fastopt Adam over one flat arena holding ``ps`` (torch CUDA tensors): the tensors become
+    views of the arena, as a torch front end would make them."""
+    n = sum(p.numel() for p in ps)
+    flat_p = torch.empty(n, device=DEV, dtype=ps[0].dtype)
+    flat_g = torch.empty_like(flat_p)
+    off = 0
+    for p, g in zip(ps, gs):
+        k = p.numel()
+        flat_p[off:off + k].copy_(p.reshape(-1))
+        flat_g[off:off + k].copy_(g.reshape(-1))
+        off += k
+    b = fastopt.AdamBuffers.zeros(cuda.as_cuda_array(flat_p), cuda.as_cuda_array(flat_g))
+    return b, flat_p, flat_g
+
+
+def _torch_adam(ps0, gs, mode, **kw):
+    ps = [torch.nn.Parameter(p.clone()) for p in ps0]
+    for p, g in zip(ps, gs):
+        p.grad = g.clone()
+    flag = {"fused": dict(fused=True), "foreach": dict(foreach=True),
+            "forloop": dict(foreach=False)}[mode]
+    return torch.optim.Adam(ps, **kw, **flag), ps
+
+
+@section("adam: fastopt cuda vs torch cuda")
+def adam_vs_torch():
+    rows = []
+    copy_gbs = REPORT.get("copy_gbs")
+    cases = [("MLP (10 tensors)", B.MLP_SHAPES)] + [(f"{n:.0e}", [(n,)])
+                                                     for n in (10**6, 10**7, 10**8)]
+    for label, shapes in cases:
+        gen = torch.Generator(device=DEV).manual_seed(0)
+        ps = [torch.randn(s, device=DEV, generator=gen) for s in shapes]
+        gs = [torch.randn(s, device=DEV, generator=gen) for s in shapes]
+        n = sum(p.numel() for p in ps)
+        kw = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        b, flat_p, _ = _fastopt_adam(ps, gs)
+        row = {"case": label, "n": n}
+        row["fastopt_s"] = event_time(lambda: fastopt.adam_step(b, lr=1e-3), reps_for(n))
+        for mode in ("fused", "foreach", "forloop"):
+            if mode == "forloop" and len(shapes) == 1 and n > 10**6:
+                continue
+            opt, _ = _torch_adam(ps, gs, mode, **kw)
+            row[f"torch_{mode}_s"] = event_time(opt.step, reps_for(n))
+            del opt
+        # the same trajectory: 10 steps from the same start against torch's fused Adam
+        b2, flat_p2, _ = _fastopt_adam(ps, gs)
+        opt, tps = _torch_adam(ps, gs, "fused", **kw)
+        for _ in range(10):
+            fastopt.adam_step(b2, lr=1e-3)
+            opt.step()
+        ours = flat_p2.double()
+        theirs = torch.cat([p.detach().reshape(-1) for p in tps]).double()
+        row["max_abs_diff_vs_torch_fused_10_steps"] = float((ours - theirs).abs().max())
+        row["bytes_per_element"] = 28
+        row["fastopt_gbs"] = 28 * n / row["fastopt_s"] / 1e9
+        if copy_gbs:
+            row["fastopt_of_copy_bw"] = row["fastopt_gbs"] / copy_gbs
+        row["speedup_vs_torch_fused"] = row["torch_fused_s"] / row["fastopt_s"]
+        rows.append(row)
+        print(f"  {label:>16}: fastopt {us(row['fastopt_s'])}  torch fused "
+              f"{us(row['torch_fused_s'])}  foreach {us(row['torch_foreach_s'])}"
+              + (f"  for-loop {us(row['torch_forloop_s'])}" if "torch_forloop_s" in row
+                 else "")
+              + f"  | {row['fastopt_gbs']:.0f} GB/s"
+              + (f" ({row['fastopt_of_copy_bw']:.2f} of copy)" if copy_gbs else "")
+              + f"  | x{row['speedup_vs_torch_fused']:.2f} vs fused"
+              + f"  | diff {row['max_abs_diff_vs_torch_fused_10_steps']:.1e}", flush=True)
+        b = b2 = opt = ps = gs = None
+        torch.cuda.empty_cache()
+    return rows
+
+
+@section("adam + clipping: fastopt fused vs torch clip_grad_norm_ + fused Adam")
+def clip_vs_torch():
+    rows = []
+    for label, shapes in [("MLP (10 tensors)", B.MLP_SHAPES), ("1e7", [(10**7,)])]:
+        gen = torch.Generator(device=DEV).manual_seed(0)
+        ps = [torch.randn(s, device=DEV, generator=gen) for s in shapes]
+        gs = [torch.randn(s, device=DEV, generator=gen) for s in shapes]
+        n = sum(p.numel() for p in ps)
+        b, _, _ = _fastopt_adam(ps, gs)
+        row = {"case": label, "n": n}
+        row["fastopt_plain_s"] = event_time(lambda: fastopt.adam_step(b, lr=1e-3),
+                                            reps_for(n))
+        row["fastopt_clip_s"] = event_time(
+            lambda: fastopt.adam_step(b, lr=1e-3, max_grad_norm=1.0), reps_for(n))
+        opt, tps = _torch_adam(ps, gs, "fused", lr=1e-3)
+
+        def torch_step():
+            torch.nn.utils.clip_grad_norm_(tps, 1.0)
+            opt.step()
+        # clip_grad_norm_ scales the gradients in place: restore them between measurements
+        row["torch_clip_fused_s"] = event_time(torch_step, reps_for(n))
+        row["speedup"] = row["torch_clip_fused_s"] / row["fastopt_clip_s"]
+        row["clip_over_plain"] = row["fastopt_clip_s"] / row["fastopt_plain_s"]
+        rows.append(row)
+        print(f"  {label:>16}: fastopt plain {us(row['fastopt_plain_s'])}  clip "
+              f"{us(row['fastopt_clip_s'])} (x{row['clip_over_plain']:.2f})  torch clip+fused "
+              f"{us(row['torch_clip_fused_s'])}  | x{row['speedup']:.2f}", flush=True)
+    return rows
+
+
+def _torch_peer(spec, hp, ps0, gs):
+    torch_of = testinfo.info(spec).torch
+    peer = None if torch_of is None else torch_of(hp)
+    if peer is None:
+        return None, "no torch peer with this formula"
+    cls_name, kw, attrs = (peer + ({},))[:3]
+    try:
+        cls = testinfo.peer_class(cls_name)
+    except ImportError as e:
+        return None, str(e)
+    ps = [torch.nn.Parameter(p.clone()) for p in ps0]
+    for p, g in zip(ps, gs):
+        p.grad = g.clone()
+    for mode, flag in (("fused", dict(fused=True)), ("foreach", dict(foreach=True)),
+                       ("default", {})):
+        if "." in cls_name and mode != "default":
+            continue
+        try:
+            opt = cls(ps, **kw, **flag)
+            for k, v in attrs.items():
+                setattr(opt, k, v)
+            opt.step()
+            return opt, f"{cls_name}({mode})"
+        except (RuntimeError, TypeError, ValueError):
+            continue
+    return None, "torch peer did not run"
+
+
+@section("every optimizer: fastopt cuda vs torch's best")
+def every_optimizer():
+    rows = []
+    copy_gbs = REPORT.get("copy_gbs")
+    for n in (10**7, 10**8):
+        for spec in registry.REGISTRY.values():
+            w = B.Workload(spec, 10, np.float32)       # settings only; arrays made below
+            hp = w.hp
+            gen = torch.Generator(device=DEV).manual_seed(0)
+            p = torch.randn(n, device=DEV, generator=gen)
+            g = torch.randn(n, device=DEV, generator=gen)
+            host_state = spec.state_options(hp)
+            b = spec.buffers_cls.zeros(cuda.as_cuda_array(p), cuda.as_cuda_array(g),
+                                       **host_state)
+            fn = registry.step_function(spec)
+            kw = dict(w.kwargs)
+            if spec.kernel.norm_names:
+                kw["layout"] = [n]
+            row = {"optimizer": spec.name, "n": n}
+            row["fastopt_s"] = event_time(lambda: fn(b, **kw), reps_for(n))
+            w.n = n
+            bpe = w.bytes_per_element()
+            row["bytes_per_element"] = bpe
+            row["fastopt_gbs"] = bpe * n / row["fastopt_s"] / 1e9
+            if copy_gbs:
+                row["fastopt_of_copy_bw"] = row["fastopt_gbs"] / copy_gbs
+            opt, how = _torch_peer(spec, hp, [p], [g])
+            row["torch"] = how
+            if opt is not None:
+                row["torch_s"] = event_time(opt.step, reps_for(n))
+                row["speedup_vs_torch"] = row["torch_s"] / row["fastopt_s"]
+            rows.append(row)
+            print(f"  {spec.name:>9} {n:.0e}: fastopt {us(row['fastopt_s'])} "
+                  f"{row['fastopt_gbs']:6.0f} GB/s"
+                  + (f" ({row['fastopt_of_copy_bw']:.2f} of copy)" if copy_gbs else "")
+                  + (f" | {how} {us(row['torch_s'])} x{row['speedup_vs_torch']:.2f}"
+                     if opt is not None else f" | {how}"), flush=True)
+            b = p = g = opt = None
+            torch.cuda.empty_cache()
+    return rows
+
+
+@section("launch configuration sweep (Adam, 1e8)")
+def launch_sweep(n=10**8):
+    from fastopt import config
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    p = torch.randn(n, device=DEV, generator=gen)
+    g = torch.randn(n, device=DEV, generator=gen)
+    b = fastopt.AdamBuffers.zeros(cuda.as_cuda_array(p), cuda.as_cuda_array(g))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    rows = []
+    saved = config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS
+    try:
+        for tpb in (128, 256, 512, 1024):
+            for blocks in (0, sms * 4, sms * 16, sms * 64):
+                config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS = tpb, blocks
+                t = event_time(lambda: fastopt.adam_step(b, lr=1e-3), reps=10)
+                gbs = 28 * n / t / 1e9
+                rows.append({"threads_per_block": tpb, "max_blocks": blocks, "s": t,
+                             "gbs": gbs})
+                print(f"  tpb {tpb:5d} max_blocks {blocks:6d}: {us(t)} {gbs:6.0f} GB/s",
+                      flush=True)
+    finally:
+        config.CUDA_THREADS_PER_BLOCK, config.CUDA_MAX_BLOCKS = saved
+    return rows
+
+
+@section("host time of one small step (cProfile, Adam, 1e5, 300 steps)")
+def host_profile(n=100_000, steps=300):
+    import cProfile
+    import io
+    import pstats
+    p = torch.randn(n, device=DEV)
+    g = torch.randn(n, device=DEV)
+    b = fastopt.AdamBuffers.zeros(cuda.as_cuda_array(p), cuda.as_cuda_array(g))
+    for _ in range(5):
+        fastopt.adam_step(b, lr=1e-3)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fastopt.adam_step(b, lr=1e-3)
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) / steps
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(steps):
+        fastopt.adam_step(b, lr=1e-3)
+    prof.disable()
+    torch.cuda.synchronize()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(18)
+    text = out.getvalue()
+    print(f"  wall per step (no profiler): {us(wall)}")
+    print("\n".join(text.splitlines()[:40]))
+    return {"wall_s": wall, "profile": text}
+
+
+SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
+            "every": every_optimizer, "bitwise": bitwise, "launch": launch_sweep,
+            "host": host_profile}
+
+
+def main(out, names=tuple(SECTIONS)):
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    for name in names:
+        SECTIONS[name]()
+    REPORT["seconds"] = time.perf_counter() - t0
+    path = os.path.join(out, "gpu_report.json")
+    with open(path, "w") as f:
+        json.dump(REPORT, f, indent=1, default=str)
+    print(f"\nwrote {path} ({REPORT['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "results/gpu",
+         sys.argv[2].split(",") if len(sys.argv) > 2 else tuple(SECTIONS))

@@ -1,6 +1,8 @@
 """Draw ``bench/figures/bfloat16_error.png``: the relative error of rounding float32 values to
 bfloat16 (fastopt's bfloat16 optimizer state), over six decades and as a histogram of Adam's
-second moments. ``python bench/make_precision_figure.py`` (needs matplotlib)."""
+second moments; and ``bench/figures/int8_error.png``: the two dynamic maps of 8-bit state and
+the error of Adam's state stored in 8 bits vs bfloat16. ``python bench/make_precision_figure.py``
+(needs matplotlib)."""
 import os
 
 import matplotlib
@@ -52,5 +54,48 @@ def main(path=os.path.join(os.path.dirname(__file__), "figures", "bfloat16_error
     print(f"wrote {path}: max relative error {rel.max():.3e} (bound 2^-8 = {2.0 ** -8:.3e})")
 
 
+def main_int8(path=os.path.join(os.path.dirname(__file__), "figures", "int8_error.png")):
+    from fastopt import quantization as q
+    rng = np.random.default_rng(0)
+    n = 100_000
+    b = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                  np.zeros(n, np.float32))
+    for _ in range(200):
+        b.grad[...] = rng.standard_normal(n).astype(np.float32) * 1e-2
+        fastopt.adam_step(b)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for qm, color, label in ((q.SIGNED, "C0", "signed map (first moments)"),
+                             (q.UNSIGNED, "C1", "unsigned map (second moments)")):
+        v = qm.values
+        a1.semilogy(np.arange(256)[v > 0], v[v > 0], ".", ms=3, color=color, label=label)
+    a1.set_xlabel("code")
+    a1.set_ylabel("positive value (x block absmax)")
+    a1.set_title("the dynamic maps: a decimal exponent, then a linear fraction")
+    a1.legend(fontsize=8)
+    for name, color in (("exp_avg", "C0"), ("exp_avg_sq", "C1")):
+        v = getattr(b, name)
+        qm = q.qmap_for(b.spec.kernel, name)
+        codes, scales = q.quantize(v, q.DEFAULT_BLOCK, qm)
+        back = q.dequantize(codes, scales, q.DEFAULT_BLOCK, qm)
+        keep = v != 0
+        e8 = np.abs(back[keep].astype(np.float64) - v[keep]) / np.abs(v[keep])
+        eb = np.abs(from_bfloat16(to_bfloat16(v[keep])).astype(np.float64) - v[keep]) / \
+            np.abs(v[keep])
+        bins = np.logspace(-9, 1, 120)
+        a2.hist(np.maximum(e8, 1e-9), bins=bins, histtype="step", color=color,
+                label=f"{name}, 8-bit: median {np.median(e8):.1e}")
+        a2.hist(np.maximum(eb, 1e-9), bins=bins, histtype="step", color=color, ls=":",
+                label=f"{name}, bfloat16: median {np.median(eb):.1e}")
+    a2.set_xscale("log")
+    a2.set_xlabel("relative error of the stored state")
+    a2.set_ylabel("count")
+    a2.set_title("Adam state after 200 steps, blocks of 256")
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()
+    main_int8()

@@ -82,13 +82,13 @@ def test_traffic_kernel(benchmark, spec):
 STATEFUL = [s for s in SPECS if s.state]
 
 
-@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("state_dtype", ["float32", "bfloat16", "int8"])
 @pytest.mark.parametrize("n", [pytest.param(B.MLP_SIZE, id=str(B.MLP_SIZE)),
                                pytest.param(10_000_000, marks=[pytest.mark.slow],
                                             id="10000000")])
 @pytest.mark.parametrize("spec", STATEFUL, ids=lambda s: s.name)
 def test_state_precision(benchmark, spec, n, state_dtype):
-    """float32 vs bfloat16 optimizer state (issue 13), CPU (parallel twin at 1e7), checked
+    """float32 vs bfloat16 vs 8-bit optimizer state (issue 13), CPU (parallel twin at 1e7), checked
     against the reference with the same state precision first. 1e7 only for Adam (the
     target's case); every stateful optimizer at the MLP's size."""
     if n == 10_000_000 and spec.name != "adam":
@@ -99,8 +99,9 @@ def test_state_precision(benchmark, spec, n, state_dtype):
     B.check_runner(runner)
     benchmark.group = f"{spec.name}|{n}|state"
     benchmark.name = state_dtype
+    scales = sum(a.nbytes for a in (runner.b.state_absmax or {}).values())
     benchmark.extra_info.update(bytes_per_element=w.bytes_per_element(),
-                                state_bytes=int(sum(a.nbytes for k, a in
-                                                    runner.b.arrays().items()
-                                                    if k not in ("param", "grad"))))
+                                state_bytes=int(scales + sum(a.nbytes for k, a in
+                                                             runner.b.arrays().items()
+                                                             if k not in ("param", "grad"))))
     benchmark(runner.step)

@@ -85,7 +85,7 @@ def _optimizer_list(text):
 
 def _state_dtypes(text):
     names = [s.strip().lower() for s in text.split(",") if s.strip()]
-    allowed = ("float32", "float64", "bfloat16")
+    allowed = ("float32", "float64", "bfloat16", "int8")
     bad = [n for n in names if n not in allowed]
     if bad or not names:
         raise argparse.ArgumentTypeError(
@@ -121,7 +121,7 @@ def _cmd_compare(args):
     if args.state_dtype and "float64" in args.state_dtype and args.dtype != "float64" or (
             args.state_dtype and "float32" in args.state_dtype and args.dtype != "float32"):
         print(f"fastopt compare: error: --state-dtype takes the parameter's dtype "
-              f"({args.dtype}) or bfloat16", file=sys.stderr)
+              f"({args.dtype}), bfloat16 or int8", file=sys.stderr)
         return 2
     if args.no_decay_bias and not args.weight_decay:
         print("fastopt compare: error: --no-decay-bias needs --weight-decay > 0",
@@ -304,7 +304,7 @@ def build_parser():
     c.add_argument("--weight-decay", type=_non_negative_float, default=0.0,
                    help="weight decay (AdamW-style for Adam; none for Momentum)")
     c.add_argument("--state-dtype", type=_state_dtypes, default=None,
-                   help="optimizer state precision(s), comma-separated: float32, bfloat16 "
+                   help="optimizer state precision(s), comma-separated: float32, bfloat16, int8 "
                         "(each optimizer trains once per precision, one plot)")
     c.add_argument("--no-decay-bias", action="store_true",
                    help="no weight decay on the biases (a parameter group)")

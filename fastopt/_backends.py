@@ -39,9 +39,13 @@ def check_parallel(parallel):
     return None if parallel is None else bool(parallel)
 
 
-def runner(spec, backend, arrays, dtype, hp, parallel=None, seed=None):
+def runner(spec, backend, arrays, dtype, hp, parallel=None, seed=None, q8=None):
     """``run(t)`` for one validated step of ``spec`` (``seed``: the buffers' stochastic
-    rounding seed for bfloat16 state, or None)."""
+    rounding seed for bfloat16 state, or None; ``q8``: ``(block_size, {field: scales})`` for
+    8-bit state)."""
+    if q8 is not None:
+        make = _q8_numpy_runner if backend == "numpy" else _q8_cpu_runner
+        return make(spec, arrays, dtype, hp, parallel, *q8)
     if backend == "numpy":
         return _numpy_runner(spec, arrays, dtype, hp, seed)
     if backend == "cpu":
@@ -139,6 +143,16 @@ def placeholder(dtype):
     return a
 
 
+def _pack(spec, hp, t, scalars, scaled_scalars, factor):
+    """The kernel's packed scalars for step ``t`` (refilled in place), with the gradient
+    factor last when there is one."""
+    if factor is None:
+        return spec.fill_scalars(hp, t, scalars)
+    spec.fill_scalars(hp, t, scaled_scalars[:-1])
+    scaled_scalars[-1] = factor
+    return scaled_scalars
+
+
 def _cpu_runner(spec, arrays, dtype, hp, parallel, seed=None, offset=0):
     from .kernels import cpu
     families = {False: cpu.family(spec.kernel)}
@@ -188,12 +202,7 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel, seed=None, offset=0):
                 prepass.compile(key, scaled, par, options, typed if bits else None, scalars)
         if par and not _threads.READY:
             _threads.ensure_pool()
-        if scaled:
-            spec.fill_scalars(hp_now, t, scaled_scalars[:-1])
-            scaled_scalars[-1] = factor
-            packed = scaled_scalars
-        else:
-            packed = spec.fill_scalars(hp_now, t, scalars)
+        packed = _pack(spec, hp_now, t, scalars, scaled_scalars, factor)
         args = static if flat else kernel_args(sources, copy, ph, seed, offset, flatten=True)
         if seed is not None:
             _set_keys(args, seed, t)
@@ -328,4 +337,66 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
                 if seed is not None:
                     _set_keys(args, seed, t)
                 kernel(*args, views[r])
+    return run
+
+
+def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
+    """The NumPy reference on 8-bit state: dequantize, the reference, quantize per block
+    (``fastopt.quantization.numpy_step``)."""
+    from . import quantization
+    st = np.dtype(dtype).type
+
+    def run(t, hp_now=None, factor=None):
+        hp_now = hp if hp_now is None else hp_now
+        given = arrays if factor is None else dict(arrays, grad=arrays["grad"] * st(factor))
+        quantization.numpy_step(spec.reference, given, scales, spec.kernel, block, hp_now, t,
+                                st)
+    return run
+
+
+Q8_CHUNKS_PER_THREAD = 8     # runs of blocks per thread in a parallel 8-bit step
+
+
+def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
+    """A CPU step on 8-bit state: the record's serial kernel body inside a block driver
+    (``kernels.quant8``): per block, dequantize into an L1 row, update, quantize back."""
+    import numba
+
+    from . import quantization
+    from .kernels import cpu, quant8
+    st = np.dtype(dtype).type
+    ph = placeholder(dtype)
+    n = int(arrays["param"].size)
+    names = spec.kernel.arrays
+    quantized = tuple(name in scales for name in names)
+    args = []
+    for name in names:
+        a = arrays.get(name)
+        if name in scales:
+            qm = quantization.qmap_for(spec.kernel, name)
+            args += [a.reshape(-1), scales[name], qm.values.astype(st), qm.first,
+                     qm.mid.astype(st)]
+        else:
+            args.append(ph if a is None else a.reshape(-1))
+    drivers = {}
+    scalars = spec.kernel_scalars(hp, 1, st)
+    scaled_scalars = np.empty(scalars.shape[0] + 1, st)
+
+    def run(t, hp_now=None, factor=None):
+        if n == 0:
+            return
+        hp_now = hp if hp_now is None else hp_now
+        par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
+        scaled = factor is not None
+        options = spec.options(hp_now, t)
+        key = (par, scaled) + tuple(options.items())
+        drv = drivers.get(key)
+        if drv is None:
+            body = cpu.family(spec.kernel, scaled).get(False, **options)
+            drv = drivers[key] = quant8.driver(body, len(names), quantized, par)
+        if par and not _threads.READY:
+            _threads.ensure_pool()
+        packed = _pack(spec, hp_now, t, scalars, scaled_scalars, factor)
+        chunks = numba.get_num_threads() * Q8_CHUNKS_PER_THREAD if par else 1
+        drv(*args, packed, block, chunks)
     return run

@@ -59,9 +59,10 @@ def check_array(a, where, *, writable=True, bits=False):
         raise TypeError(f"{where} must be a numpy.ndarray (or a CUDA device array), "
                         f"got {_describe(a)}; fastopt never copies a buffer, so convert "
                         f"it yourself (np.ascontiguousarray(x, dtype=np.float32))")
-    if a.dtype not in FLOAT_DTYPES and not (bits and a.dtype == np.uint16):
+    if a.dtype not in FLOAT_DTYPES and not (bits and a.dtype in (np.uint16, np.uint8)):
         raise TypeError(f"{where} has dtype {a.dtype}; fastopt supports float32 and float64"
-                        + (" (and uint16: bfloat16 state bits)" if bits else ""))
+                        + (" (and uint16: bfloat16 state bits; uint8: 8-bit state codes)"
+                           if bits else ""))
     if not a.flags.c_contiguous:
         raise ValueError(f"{where} is not C-contiguous; fastopt updates buffers in place "
                          f"and never copies them (use np.ascontiguousarray before building "
@@ -92,6 +93,8 @@ def check_group(named, owner):
                 raise TypeError(f"{owner}.{name} holds bfloat16 state (uint16 bits) but "
                                 f"{owner}.{first_name} has dtype {first.dtype}; bfloat16 "
                                 f"state needs float32 parameters")
+        elif a.dtype == np.uint8:           # 8-bit state codes (fastopt.quantization)
+            pass
         elif a.dtype != first.dtype:
             raise TypeError(f"{owner}.{name} has dtype {a.dtype} but {owner}.{first_name} "
                             f"has dtype {first.dtype}; all buffers must share one dtype")
@@ -154,6 +157,8 @@ class Buffers:
     skipped_steps = 0       # steps skipped by skip_nonfinite
     rounding_seed = None    # bfloat16 state: None rounds to nearest, an int stochastically
     param_copy = None       # bfloat16 bits (uint16) of the parameter, written by every step
+    state_absmax = None     # 8-bit state: {field: float32 scale per block}
+    block_size = None       # 8-bit state: elements per block
 
     def __init__(self, param, grad, *, step=0, **state):
         owner = type(self).__name__
@@ -187,7 +192,7 @@ class Buffers:
 
     @classmethod
     def zeros(cls, param, grad, state_dtype=None, stochastic_rounding=False, seed=0,
-              **options):
+              block_size=256, min_8bit_size=4096, **options):
         """Buffers for ``param``/``grad`` (kept, not copied) with the state that ``options``
         need, at its initial value (zero unless the optimizer says otherwise). ``options``
         are the hyperparameters that decide the state (e.g. ``amsgrad=True`` for Adam), checked
@@ -196,14 +201,37 @@ class Buffers:
         the state is stored as ``uint16`` bit patterns, see :mod:`fastopt.precision`).
         ``stochastic_rounding=True`` (bfloat16 state only) rounds the stored state
         stochastically from a hash of (``seed``, step, element index): reproducible, and the
-        same for any thread count (``buffers.rounding_seed`` holds the seed)."""
+        same for any thread count (``buffers.rounding_seed`` holds the seed).
+        ``state_dtype="int8"``: block-wise 8-bit state (float32 or float64 parameters, host
+        arrays): ``uint8`` codes of the dynamic map plus a float32 absmax per ``block_size``
+        elements (``buffers.state_absmax``, see :mod:`fastopt.quantization`); a buffer of fewer
+        than ``min_8bit_size`` elements keeps its state in the parameter's dtype."""
         fields = cls.spec.allocation(options)
         check_group({"param": param, "grad": grad}, cls.__name__)
         if state_dtype is not None and not (isinstance(state_dtype, str)
                                             and state_dtype in ("float32", "float64",
-                                                                "bfloat16")):
+                                                                "bfloat16", "int8")):
             raise ValueError(f"{cls.__name__}.zeros(): state_dtype must be None, 'float32', "
-                             f"'float64' or 'bfloat16', got {state_dtype!r}")
+                             f"'float64', 'bfloat16' or 'int8', got {state_dtype!r}")
+        for name, value in (("block_size", block_size), ("min_8bit_size", min_8bit_size)):
+            if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+                    or value < (1 if name == "block_size" else 0)):
+                raise ValueError(f"{cls.__name__}.zeros(): {name} must be an int >= "
+                                 f"{1 if name == 'block_size' else 0}, got {value!r}")
+        if state_dtype == "int8":
+            if is_cuda_array(param):
+                raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state on CUDA is "
+                                          f"not implemented yet (host arrays only)")
+            if cls.spec.kernel.norm_names:
+                raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state for an "
+                                          f"optimizer with a per-tensor pre-pass "
+                                          f"({cls.spec.name}) is not implemented yet")
+            if stochastic_rounding:
+                raise ValueError(f"{cls.__name__}.zeros(): stochastic_rounding needs "
+                                 f"state_dtype='bfloat16'")
+            if int(np.prod(param.shape)) >= min_8bit_size:
+                return cls._zeros_8bit(param, grad, fields, int(block_size))
+            state_dtype = None          # a small buffer: full-precision state (documented)
         own = np.dtype(param.dtype).name if not is_cuda_array(param) else None
         if state_dtype in ("float32", "float64") and own is not None and state_dtype != own:
             raise ValueError(f"{cls.__name__}.zeros(): state_dtype={state_dtype!r} differs "
@@ -241,14 +269,31 @@ class Buffers:
             b.rounding_seed = int(seed)
         return b
 
+    @classmethod
+    def _zeros_8bit(cls, param, grad, fields, block):
+        from . import quantization as q
+        n = int(np.prod(param.shape))
+        state, scales = {}, {}
+        for name, value in fields:
+            codes, s = q.initial(n, value, block, q.qmap_for(cls.spec.kernel, name),
+                                 param.dtype)
+            state[name] = codes.reshape(param.shape)
+            scales[name] = s
+        b = cls(param, grad, **state)
+        b.state_absmax = scales
+        b.block_size = block
+        return b
+
     @property
     def state_dtype(self):
-        """``"bfloat16"`` when the state arrays hold bfloat16 bits, else the parameter's
-        dtype name (also with no state)."""
+        """``"bfloat16"`` when the state arrays hold bfloat16 bits, ``"int8"`` when they hold
+        8-bit codes, else the parameter's dtype name (also with no state)."""
         for f in self.state_fields:
             a = getattr(self, f)
             if isinstance(a, np.ndarray) and a.dtype == np.uint16:
                 return "bfloat16"
+            if isinstance(a, np.ndarray) and a.dtype == np.uint8:
+                return "int8"
         return self.dtype.name
 
     def arrays(self, fields=None):

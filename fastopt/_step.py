@@ -54,7 +54,8 @@ def check_loop(loop):
 class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
-                 "schedules", "template", "dtype", "checked_loop", "rows", "seed", "copy")
+                 "schedules", "template", "dtype", "checked_loop", "rows", "seed", "copy",
+                 "q8")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
                  template=None, dtype=None, checked_loop=None, rows=None):
@@ -64,6 +65,7 @@ class Prepared:
         self.rows = rows        # a grouped step: its _Rows
         self.seed = None        # the buffers' rounding_seed it was built for (set by _validate)
         self.copy = None        # and their param_copy
+        self.q8 = None          # and their 8-bit state: (block_size, ((field, scales), ...))
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -81,6 +83,12 @@ class Prepared:
                 or self.parallel != parallel or self.types != tuple(map(type, values))
                 or buffers.rounding_seed != self.seed or buffers.param_copy is not self.copy):
             return False
+        if self.q8 is not None:
+            block, scales = self.q8
+            own = buffers.state_absmax
+            if (buffers.block_size != block or not isinstance(own, dict)
+                    or any(own.get(f) is not a or a.shape != shape for f, a, shape in scales)):
+                return False
         for name, a, shape, strides, dtype, writable in self.host:
             if (getattr(buffers, name) is not a or a.shape != shape or a.strides != strides
                     or (a.dtype is not dtype and a.dtype != dtype)
@@ -327,7 +335,10 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
                              or not 0 <= seed < 2 ** 64):
         raise ValueError(f"{owner}.rounding_seed must be None or an int in [0, 2**64), got "
                          f"{seed!r}")
-    if rows is None:
+    q8 = _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, name)
+    if q8 is not None:
+        run = _backends.runner(spec, name, arrays, dtype, hp, parallel, q8=q8)
+    elif rows is None:
         run = _backends.runner(spec, name, arrays, dtype, hp, parallel, seed)
     else:
         run = _backends.grouped_runner(spec, name, arrays, dtype, row_hps, rows.segments,
@@ -337,7 +348,59 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
                     dtype, None if checked == NO_LOOP else checked, rows)
     prep.seed = seed
     prep.copy = copy
+    if q8 is not None:
+        prep.q8 = (q8[0], tuple((f, a, a.shape) for f, a in q8[1].items()))
     return prep
+
+
+def _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, backend):
+    """``(block_size, {field: scales})`` when the step's state is 8-bit codes, else None;
+    every check before anything is written."""
+    fields = [f for f, a in arrays.items() if getattr(a, "dtype", None) == np.uint8]
+    if not fields:
+        return None
+    if backend == "cuda":
+        raise NotImplementedError(f"{owner}: 8-bit state on CUDA is not implemented yet")
+    if spec.kernel.norm_names:
+        raise NotImplementedError(f"{owner}: 8-bit state for {spec.name} (a per-tensor "
+                                  f"pre-pass) is not implemented yet")
+    if rows is not None:
+        raise NotImplementedError(f"{owner}: groups= or layout= with 8-bit state is not "
+                                  f"implemented yet")
+    if copy is not None:
+        raise NotImplementedError(f"{owner}: param_copy with 8-bit state is not implemented "
+                                  f"yet (it is written with bfloat16 or full-precision state)")
+    if seed is not None:
+        raise ValueError(f"{owner}.rounding_seed is set but the state is 8-bit; stochastic "
+                         f"rounding is for bfloat16 state")
+    block = buffers.block_size
+    if isinstance(block, (bool, np.bool_)) or not isinstance(block, numbers.Integral) \
+            or block < 1:
+        raise ValueError(f"{owner}.block_size must be an int >= 1 for 8-bit state, got "
+                         f"{block!r}")
+    own = buffers.state_absmax
+    if not isinstance(own, dict):
+        raise TypeError(f"{owner}.state_absmax must be a dict {{field: float32 scales}} for "
+                        f"8-bit state, got {type(own).__name__}")
+    n = int(arrays["param"].size)
+    blocks = -(-n // int(block))
+    scales = {}
+    for f in fields:
+        a = own.get(f)
+        where = f"{owner}.state_absmax[{f!r}]"
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1:
+            raise TypeError(f"{where} must be a 1-D float32 numpy array (one scale per "
+                            f"block), got {getattr(a, 'dtype', type(a).__name__)}")
+        if a.shape[0] != blocks:
+            raise ValueError(f"{where} has {a.shape[0]} scales but {n} elements in blocks of "
+                             f"{block} need {blocks}")
+        if not a.flags.c_contiguous or not a.flags.writeable:
+            raise ValueError(f"{where} must be C-contiguous and writable")
+        for name, other in list(arrays.items()) + list(scales.items()):
+            if a.size and other.size and np.may_share_memory(a, other):
+                raise ValueError(f"{where} shares memory with {name}")
+        scales[f] = a
+    return int(block), scales
 
 
 def _loop_factor(buffers, checked):

@@ -71,7 +71,7 @@ class Workload:
         reads = self.arrays_used() if self.spec.kernel.norm_names else 0
         size = np.dtype(self.dtype).itemsize
         state = self.arrays_used() - 2
-        per_state = 2 if self.state_dtype == "bfloat16" else size
+        per_state = {"bfloat16": 2, "int8": 1 + 4 / 256}.get(self.state_dtype, size)
         # param read + written, grad read; each state array read + written (+ pre-pass reads)
         return (3 * size + 2 * state * per_state
                 + (2 * size + state * per_state if reads else 0))
@@ -486,7 +486,7 @@ def plot_bench(rows, path):
 # ---------------------------------------------------------------- state precision
 def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE, 10_000_000),
                          min_time=0.25):
-    """float32 vs bfloat16 optimizer state, per optimizer and size: the serial and the
+    """float32 vs bfloat16 vs 8-bit optimizer state, per optimizer and size: the serial and the
     parallel CPU kernels with each state precision, all timed interleaved (each checked
     against the reference with the same precision first). Rows: optimizer, size, state,
     parallel, seconds, speedup over float32 state, state bytes."""
@@ -495,7 +495,7 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
         spec = registry.get(name)
         for n in sizes:
             runners = []
-            for state in ("float32", "bfloat16"):
+            for state in ("float32", "bfloat16", "int8"):
                 w = Workload(spec, n, np.float32,
                              state_dtype=None if state == "float32" else state)
                 for parallel in (False, True):
@@ -503,6 +503,7 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
                     check_runner(r)
                     state_bytes = sum(a.nbytes for k, a in r.b.arrays().items()
                                       if k not in ("param", "grad"))
+                    state_bytes += sum(a.nbytes for a in (r.b.state_absmax or {}).values())
                     runners.append((dict(optimizer=name, size=n, state=state,
                                          parallel=parallel, state_bytes=int(state_bytes)), r))
             times = time_interleaved([r.step for _, r in runners], min_time=min_time)

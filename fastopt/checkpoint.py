@@ -12,7 +12,10 @@ File layout (all little-endian)::
 The gradient is not saved (the next backward pass recomputes it). bfloat16 state is saved as
 it is stored (``uint16`` bits, never up-cast): its array entries carry ``"dtype":
 "bfloat16"`` and such a file is format version 2 (files without it stay version 1, readable by
-earlier fastopt releases); loading never converts between state precisions.
+earlier fastopt releases); loading never converts between state precisions. 8-bit state is
+saved as it is stored too: its ``uint8`` codes (entries with ``"dtype": "int8"``) and each
+array's float32 block scales (an entry ``"<field>/absmax"`` with ``"dtype": "absmax"``), with
+the header's ``block_size``: format version 3.
 
 Guarantees (README, "Guarantees"):
 
@@ -39,7 +42,9 @@ import numpy as np
 from ._core import Buffers, check_group, check_step, is_cuda_array
 
 FORMAT_VERSION = 1
-FORMAT_VERSIONS = (1, 2)      # 2: some array entries have "dtype": "bfloat16"
+FORMAT_VERSIONS = (1, 2, 3)   # 2: "dtype": "bfloat16" entries; 3: 8-bit state (block_size)
+_ENTRY_DTYPES = {"bfloat16": "<u2", "int8": "u1", "absmax": "<f4"}
+_SCALES = "/absmax"
 MAGIC = b"FASTOPTCKPT\n"
 _DIGEST = 32
 _PREFIX = len(MAGIC) + 8
@@ -82,11 +87,19 @@ def save_checkpoint(path, buffers):
         check_group(buffers.arrays(), owner)
         names = ["param"] + [f for f in buffers.state_fields if getattr(buffers, f) is not None]
         arrays = {n: np.ascontiguousarray(_host(getattr(buffers, n))) for n in names}
+        block = _eight_bit(buffers, arrays, owner)
+        if block is not None:
+            for n in [n for n, a in arrays.items() if a.dtype == np.uint8]:
+                arrays[n + _SCALES] = np.array(buffers.state_absmax[n], np.float32)
     meta, offset = {}, 0
     for n, a in arrays.items():
         meta[n] = {"shape": list(a.shape), "offset": offset, "nbytes": a.nbytes}
         if a.dtype == np.uint16:                # bfloat16 state, saved as its bits
             meta[n]["dtype"] = "bfloat16"
+        elif a.dtype == np.uint8:               # 8-bit state: its codes, as stored
+            meta[n]["dtype"] = "int8"
+        elif n.endswith(_SCALES):               # and its float32 block scales
+            meta[n]["dtype"] = "absmax"
         offset += a.nbytes
     seed = buffers.rounding_seed
     if seed is not None and (type(seed) is not int or not 0 <= seed < 2 ** 64):
@@ -94,9 +107,13 @@ def save_checkpoint(path, buffers):
                          f"{seed!r}")
     version = 2 if any("dtype" in m for m in meta.values()) or seed is not None \
         else FORMAT_VERSION
+    if block is not None:
+        version = 3
     fields = {"format_version": version, "buffers": owner,
               "optimizer": buffers.optimizer, "dtype": buffers.dtype.newbyteorder("<").str,
               "step": step, "arrays": meta}
+    if block is not None:
+        fields["block_size"] = block
     if seed is not None:            # stochastic rounding of bfloat16 state
         fields["rounding_seed"] = int(seed)
     header = json.dumps(fields, sort_keys=True).encode()
@@ -144,6 +161,24 @@ def save_checkpoint(path, buffers):
     return path
 
 
+def _eight_bit(buffers, arrays, owner):
+    """The block size when ``arrays`` hold 8-bit state (its scales checked), else None."""
+    fields = [n for n, a in arrays.items() if a.dtype == np.uint8]
+    if not fields:
+        return None
+    block = buffers.block_size
+    scales = buffers.state_absmax
+    if type(block) is not int or block < 1 or not isinstance(scales, dict):
+        raise ValueError(f"{owner} holds 8-bit state but its block_size / state_absmax are "
+                         f"{block!r} / {type(scales).__name__}")
+    blocks = -(-int(arrays["param"].size) // block)
+    for n in fields:
+        a = scales.get(n)
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (blocks,):
+            raise ValueError(f"{owner}.state_absmax[{n!r}] must be {blocks} float32 scales")
+    return block
+
+
 def _bad(path, why):
     return CheckpointError(f"{path!r}: {why}")
 
@@ -157,11 +192,15 @@ def _check_header(path, header, payload_size):
     if not isinstance(header, dict):
         raise _bad(path, "the header is not a JSON object")
     expected = {"format_version", "buffers", "optimizer", "dtype", "step", "arrays"}
-    if header.get("format_version") == 2 and "rounding_seed" in header:
+    if header.get("format_version") in (2, 3) and "rounding_seed" in header:
         expected = expected | {"rounding_seed"}
         seed = header["rounding_seed"]
         if not (_is_int(seed) and seed < 2 ** 64):
             raise _bad(path, f"rounding_seed {seed!r} is not an integer in [0, 2**64)")
+    if header.get("format_version") == 3:
+        expected = expected | {"block_size"}
+        if not _is_int(header.get("block_size"), 1):
+            raise _bad(path, f"block_size {header.get('block_size')!r} is not an integer >= 1")
     if set(header) != expected:
         raise _bad(path, f"the header has fields {sorted(header)}, expected {sorted(expected)}")
     if (type(header["format_version"]) is not int
@@ -183,6 +222,9 @@ def _check_header(path, header, payload_size):
         if (isinstance(m, dict) and header["format_version"] >= 2 and name != "param"
                 and m.get("dtype") == "bfloat16"):
             keys = keys | {"dtype"}
+        if (isinstance(m, dict) and header["format_version"] == 3 and name != "param"
+                and m.get("dtype") == ("absmax" if name.endswith(_SCALES) else "int8")):
+            keys = keys | {"dtype"}
         if not (isinstance(m, dict) and set(m) == keys
                 and isinstance(m["shape"], list) and len(m["shape"]) <= 32
                 and all(_is_int(d) for d in m["shape"])
@@ -191,7 +233,8 @@ def _check_header(path, header, payload_size):
         count = 1
         for d in m["shape"]:
             count *= d
-        itemsize = 2 if "dtype" in m else np.dtype(header["dtype"]).itemsize
+        itemsize = np.dtype(_ENTRY_DTYPES[m["dtype"]] if "dtype" in m
+                            else header["dtype"]).itemsize
         if m["nbytes"] != count * itemsize:
             raise _bad(path, f"array {name!r}: {m['nbytes']} bytes do not hold its shape")
     offset = 0          # the arrays tile the payload, in the order of their offsets
@@ -246,7 +289,7 @@ def _read(path):
     _check_header(path, header, payload_size)
     arrays = {}
     for name, m in header["arrays"].items():
-        dtype = np.dtype("<u2" if "dtype" in m else header["dtype"])
+        dtype = np.dtype(_ENTRY_DTYPES[m["dtype"]] if "dtype" in m else header["dtype"])
         count = m["nbytes"] // dtype.itemsize
         arrays[name] = np.frombuffer(payload, dtype, count, m["offset"]).reshape(m["shape"])
     return header, arrays
@@ -267,6 +310,8 @@ def load_checkpoint(path, buffers=None):
     if spec is None or spec.buffers_cls.__name__ != header["buffers"]:
         raise CheckpointError(f"{path!r} holds unknown buffers {header['buffers']!r} "
                               f"(optimizer {header['optimizer']!r})")
+    scales = {n[:-len(_SCALES)]: a for n, a in arrays.items() if n.endswith(_SCALES)}
+    arrays = {n: a for n, a in arrays.items() if not n.endswith(_SCALES)}
     unknown = set(arrays) - {"param"} - set(spec.buffers_cls.state_fields)
     if unknown:
         raise CheckpointError(f"{path!r} holds arrays {sorted(unknown)} that "
@@ -274,6 +319,14 @@ def load_checkpoint(path, buffers=None):
     shape = tuple(header["arrays"]["param"]["shape"])
     if any(a.shape != shape for a in arrays.values()):
         raise CheckpointError(f"{path!r}: its arrays do not all have the parameter's shape")
+    coded = {n for n, a in arrays.items() if a.dtype == np.uint8}
+    if set(scales) != coded:
+        raise CheckpointError(f"{path!r}: 8-bit arrays {sorted(coded)} but scales for "
+                              f"{sorted(scales)}")
+    if coded:
+        blocks = -(-int(np.prod(shape)) // header["block_size"])
+        if any(a.shape != (blocks,) for a in scales.values()):
+            raise CheckpointError(f"{path!r}: the block scales do not fit {blocks} blocks")
     if buffers is None:
         native = np.dtype(header["dtype"]).newbyteorder("=")
         param = arrays["param"].astype(native)
@@ -281,15 +334,18 @@ def load_checkpoint(path, buffers=None):
                  if n != "param"}
         out = spec.buffers_cls(param, np.zeros_like(param), step=header["step"], **state)
         out.rounding_seed = header.get("rounding_seed")
+        if coded:
+            out.state_absmax = {n: a.astype(np.float32) for n, a in scales.items()}
+            out.block_size = header["block_size"]
         return out
     if not isinstance(buffers, spec.buffers_cls):
         raise CheckpointError(f"{path!r} holds {header['buffers']} but the target is "
                               f"{type(buffers).__name__}")
     with buffers._lock:
-        return _copy_into(path, header, arrays, buffers)
+        return _copy_into(path, header, arrays, buffers, scales)
 
 
-def _copy_into(path, header, arrays, buffers):
+def _copy_into(path, header, arrays, buffers, scales=None):
     owner = type(buffers).__name__
     try:
         check_group(buffers.arrays(), owner)     # writable, one dtype and shape, no overlap
@@ -308,19 +364,34 @@ def _copy_into(path, header, arrays, buffers):
         if tuple(target.shape) != a.shape:
             raise CheckpointError(f"{path!r}: {name} has shape {a.shape}, target has "
                                   f"{tuple(target.shape)}")
-        saved_bits = a.dtype == np.uint16
-        target_bits = not is_cuda_array(target) and target.dtype == np.uint16
-        if saved_bits != target_bits:
-            what = {True: "bfloat16", False: "the parameter's dtype"}
-            raise CheckpointError(f"{path!r}: {name} is saved in {what[saved_bits]} but the "
-                                  f"target holds it in {what[target_bits]}; state precision "
-                                  f"is never converted on load")
+        what = {np.dtype(np.uint16): "bfloat16", np.dtype(np.uint8): "8-bit codes"}
+        saved_as = what.get(a.dtype, "the parameter's dtype")
+        target_as = ("the parameter's dtype" if is_cuda_array(target)
+                     else what.get(target.dtype, "the parameter's dtype"))
+        if saved_as != target_as:
+            raise CheckpointError(f"{path!r}: {name} is saved in {saved_as} but the target "
+                                  f"holds it in {target_as}; state precision is never "
+                                  f"converted on load")
+    scales = scales or {}
+    if scales:
+        own = buffers.state_absmax if isinstance(buffers.state_absmax, dict) else {}
+        if buffers.block_size != header["block_size"]:
+            raise CheckpointError(f"{path!r}: 8-bit state in blocks of {header['block_size']} "
+                                  f"but the target's block_size is {buffers.block_size!r}")
+        for name, a in scales.items():
+            target = own.get(name)
+            if (not isinstance(target, np.ndarray) or target.dtype != np.float32
+                    or target.shape != a.shape or not target.flags.writeable):
+                raise CheckpointError(f"{path!r}: the target has no writable float32 scales "
+                                      f"of shape {a.shape} for {name}")
     for name, a in arrays.items():
         target = getattr(buffers, name)
         if is_cuda_array(target):
             target.copy_to_device(np.ascontiguousarray(a, dtype=buffers.dtype))
         else:
             target[...] = a
+    for name, a in scales.items():
+        buffers.state_absmax[name][...] = a
     buffers.step = header["step"]
     buffers.rounding_seed = header.get("rounding_seed")
     return buffers

@@ -34,4 +34,5 @@ def adadelta_body(maximize, l2):
 
 RECORD = KernelRecord(name="adadelta", elem=adadelta_elem, body=adadelta_body,
                       arrays=("param", "grad", "square_avg", "acc_delta"),
+                      nonnegative=("square_avg", "acc_delta"),
                       scalars=("lr", "rho", "omr", "eps", "wd"))

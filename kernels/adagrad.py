@@ -32,4 +32,5 @@ def adagrad_body(maximize, l2):
 
 
 RECORD = KernelRecord(name="adagrad", elem=adagrad_elem, body=adagrad_body,
-                      arrays=("param", "grad", "sum"), scalars=("clr", "wd", "eps"))
+                      arrays=("param", "grad", "sum"), scalars=("clr", "wd", "eps"),
+                      nonnegative=("sum",))

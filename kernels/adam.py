@@ -63,5 +63,6 @@ def adam_body(maximize, l2, decoupled, amsgrad, eps_hat):
 
 RECORD = KernelRecord(name="adam", elem=adam_elem, body=adam_body,
                       arrays=("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+                      nonnegative=("exp_avg_sq", "max_exp_avg_sq"),
                       scalars=("step_size", "beta1", "omb1", "beta2", "omb2", "rbc2_sqrt",
                                "eps", "wd", "decay"))

@@ -35,4 +35,5 @@ def adamax_body(maximize, l2):
 
 RECORD = KernelRecord(name="adamax", elem=adamax_elem, body=adamax_body,
                       arrays=("param", "grad", "exp_avg", "exp_inf"),
+                      nonnegative=("exp_inf",),
                       scalars=("clr", "beta2", "omb1", "eps", "wd"))

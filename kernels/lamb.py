@@ -43,6 +43,7 @@ def lamb_body(maximize, bias_correction, decay):
 
 RECORD = KernelRecord(name="lamb", elem=lamb_elem, body=lamb_body,
                       arrays=("param", "grad", "exp_avg", "exp_avg_sq"),
+                      nonnegative=("exp_avg_sq",),
                       scalars=("step", "beta1", "omb1", "beta2", "omb2", "bc1", "bc2", "eps",
                                "wd"),
                       norm_arrays=("param",), norms=(4,), norm_names=("param", "update"))

@@ -40,5 +40,6 @@ def nadam_body(maximize, l2, decoupled):
 
 RECORD = KernelRecord(name="nadam", elem=nadam_elem, body=nadam_body,
                       arrays=("param", "grad", "exp_avg", "exp_avg_sq"),
+                      nonnegative=("exp_avg_sq",),
                       scalars=("cg", "cm", "rbc2", "omb1", "beta2", "omb2", "eps", "wd",
                                "decay"))

@@ -43,4 +43,5 @@ def radam_body(maximize, l2, decoupled):
 
 RECORD = KernelRecord(name="radam", elem=radam_elem, body=radam_body,
                       arrays=("param", "grad", "exp_avg", "exp_avg_sq"),
+                      nonnegative=("exp_avg_sq",),
                       scalars=("c1", "rect", "c3", "omb1", "beta2", "omb2", "wd", "decay"))

@@ -25,7 +25,10 @@ is built, so that a mismatch is an error, never a silent reordering):
   sums into the update's scalars (``OptimizerSpec.segment_scalars``: LAMB's per-tensor trust
   ratio). The pre-pass runs the same ``elem`` (so the update and the norms see the same
   values), keeps those values and writes nothing. Its adapter takes ``(arrays, i, sc)``: the
-  tuple of the kernel's arrays, the element index and the packed scalars.
+  tuple of the kernel's arrays, the element index and the packed scalars;
+* ``nonnegative``: the state arrays whose values are never negative (second moments, sums of
+  squares); 8-bit state stores them with the unsigned dynamic map, twice the resolution
+  (``fastopt.quantization``).
 """
 import dataclasses
 import inspect
@@ -45,6 +48,7 @@ class KernelRecord:
     norms: tuple = ()      # positions of elem's values summed by the pre-pass (see above)
     norm_arrays: tuple = ()  # arrays (names) whose own values the pre-pass sums, first
     norm_names: tuple = ()  # what each sum is: norm_arrays' then norms', e.g. ("param", "r")
+    nonnegative: tuple = ()  # state arrays that are never negative (8-bit state: unsigned map)
 
     @property
     def options(self):
@@ -56,6 +60,10 @@ class KernelRecord:
         exactly the record's scalar names, then exactly the body's options (in order)."""
         params = list(inspect.signature(self.elem).parameters)
         n = len(self.arrays)
+        if not set(self.nonnegative) <= set(self.arrays[2:]):
+            raise KernelRecordError(f"kernel record {self.name!r}: nonnegative names "
+                                    f"{sorted(set(self.nonnegative) - set(self.arrays[2:]))}, "
+                                    f"which are not its state arrays")
         if len(set(self.scalars)) != len(self.scalars):
             raise KernelRecordError(f"kernel record {self.name!r}: duplicate scalar names "
                                     f"in {self.scalars}")

@@ -54,4 +54,5 @@ def rmsprop_body(maximize, l2, centered, use_momentum):
 
 RECORD = KernelRecord(name="rmsprop", elem=rmsprop_elem, body=rmsprop_body,
                       arrays=("param", "grad", "square_avg", "grad_avg", "momentum_buffer"),
+                      nonnegative=("square_avg",),
                       scalars=("lr", "alpha", "oma", "eps", "wd", "mom"))

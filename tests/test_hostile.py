@@ -300,7 +300,8 @@ def test_d17_huge_values_are_value_errors_naming_the_hyperparameter(spec):
 def _zeros_options(spec):
     import inspect
     sig = inspect.signature(spec.buffers_cls.zeros)
-    skip = ("param", "grad", "options", "state_dtype", "stochastic_rounding", "seed")
+    skip = ("param", "grad", "options", "state_dtype", "stochastic_rounding", "seed",
+            "block_size", "min_8bit_size")
     names = [n for n in sig.parameters if n not in skip]
     return names or list(getattr(spec, "zeros_options", ()))
 

@@ -1,0 +1,144 @@
+"""Block-wise 8-bit optimizer state inside the CPU kernels (``fastopt.quantization``).
+
+Any kernel record steps 8-bit state without an edit of its own: a *block driver* generated
+here walks the buffer in blocks of ``block`` elements (threads take contiguous runs of blocks)
+and, per block, dequantizes each 8-bit state array into a small float scratch row (in L1),
+runs the record's own serial kernel body on that block (the parameter and gradient slices and
+the scratch rows), then quantizes each row back: its absmax becomes the block's scale, each
+value multiplied by its inverse takes the nearest entry of the map (``first`` table + one
+comparison). One pass over memory: codes, scales, parameter and gradient are each
+read once and written at most once; the float state never leaves the cache.
+
+The arithmetic is the NumPy reference's (``fastopt.quantization``), operation for operation,
+so the results are bitwise equal for any thread count (blocks are independent).
+"""
+import threading
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+from .precision import _f32_as_u32
+
+DRIVER_OPTIONS = dict(error_model="numpy", nogil=True, fastmath=False)
+INLINE = dict(error_model="numpy", inline="always", fastmath=False)
+
+
+@njit(**INLINE)
+def dequantize_block(codes, lo, k, scale, values, cast, out):
+    """``out[:k]`` = ``values[codes[lo + j]] * scale`` (in the buffer dtype)."""
+    cast[0] = scale
+    s = cast[0]
+    for j in range(k):
+        out[j] = values[codes[lo + j]] * s
+
+
+@njit(**INLINE)
+def _cell(x):
+    return _f32_as_u32(np.float32(x)) >> 16
+
+
+def abs_max_bits(w, k, cast):
+    """The largest ``|w[j]|``, j < k, found as the largest of the magnitude bits (IEEE floats
+    of one sign order as their bits; a NaN's bits exceed inf's, so NaN wins, as in
+    ``np.max``): an integer max that vectorizes, where a NaN-aware float max does not."""
+
+
+def _abs_max_impl(uint, mask):
+    def impl(w, k, cast):
+        u = w.view(uint)
+        m = uint(0)
+        for j in range(k):
+            m = max(m, u[j] & mask)
+        cast.view(uint)[0] = m
+        return cast[0]
+    return impl
+
+
+_ABS_MAX = {types.float32: _abs_max_impl(np.uint32, np.uint32(0x7FFFFFFF)),
+            types.float64: _abs_max_impl(np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
+
+
+@overload(abs_max_bits)
+def _abs_max_bits(w, k, cast):
+    return _ABS_MAX.get(w.dtype)
+
+
+@njit(**INLINE)
+def quantize_block(w, k, codes, lo, first, mid, cast):
+    """Write the codes of ``w[:k]`` to ``codes[lo:lo + k]``; return the block's float32 scale
+    (its absmax). Each value is multiplied by ``1 / scale`` (a zero block stays zero) and takes
+    ``first[cell] + (mid[first[cell]] < x)``: the nearest map entry (one midpoint per cell at
+    most, ``fastopt.quantization.CELL_MIDS``)."""
+    scale = np.float32(abs_max_bits(w, k, cast))
+    cast[0] = 1
+    one = cast[0]                       # 1 in the buffer dtype (a literal 1 would be int64)
+    cast[0] = scale
+    s = cast[0]
+    zero = s == 0
+    inv = one / s if not zero else s
+    for j in range(k):
+        x = w[j] * inv                       # a zero block: 0 * 0 = +0 (the reference's 0)
+        base = np.int64(first[_cell(x)])
+        codes[lo + j] = base + (mid[base] < x)
+    return scale
+
+
+_drivers = {}
+_lock = threading.Lock()
+
+
+def _source(n_arrays, quantized, parallel):
+    """The block driver's source for a record with ``n_arrays`` arrays, ``quantized[j]`` True
+    where array ``j`` is 8-bit state."""
+    params, body_args, setup, deq, quant = [], [], [], [], []
+    for j in range(n_arrays):
+        if quantized[j]:
+            params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
+            setup.append(f"        w{j} = np.empty(block, a0.dtype)")
+            deq.append(f"            dequantize_block(c{j}, lo, k, s{j}[b], v{j}, cast, w{j})")
+            quant.append(f"            s{j}[b] = quantize_block(w{j}, k, c{j}, lo, f{j}, d{j}, "
+                         f"cast)")
+            body_args.append(f"w{j}[:k]")
+        else:
+            params.append(f"a{j}")
+            body_args.append(f"a{j}[lo:hi]")
+    loop = "prange" if parallel else "range"
+    lines = [f"def q8_driver({', '.join(params)}, sc, block, chunks):",
+             "    n = a0.shape[0]",
+             "    nb = (n + block - 1) // block",
+             "    per = (nb + chunks - 1) // chunks",
+             f"    for ch in {loop}(chunks):",
+             "        b0 = ch * per",
+             "        b1 = min(nb, b0 + per)",
+             "        cast = np.empty(1, a0.dtype)",
+             *setup,
+             "        for b in range(b0, b1):",
+             "            lo = b * block",
+             "            hi = min(n, lo + block)",
+             "            k = hi - lo",
+             *deq,
+             f"            body({', '.join(body_args)}, sc)",
+             *quant]
+    return "\n".join(lines) + "\n"
+
+
+def driver(body, n_arrays, quantized, parallel):
+    """The compiled block driver around ``body`` (a record's serial kernel for one option
+    combination): ``driver(<arrays, each 8-bit one as codes, scales, map values, first table,
+    midpoints>, scalars, block, chunks)``. Compiled on first use, not cached on disk
+    (it calls a kernel chosen at run time)."""
+    key = (body, tuple(quantized), bool(parallel))
+    fn = _drivers.get(key)
+    if fn is None:
+        with _lock:
+            fn = _drivers.get(key)
+            if fn is None:
+                scope = dict(np=np, prange=prange, body=body, dequantize_block=dequantize_block,
+                             quantize_block=quantize_block)
+                src = _source(n_arrays, quantized, parallel)
+                exec(compile(src, "<fastopt.kernels.quant8 driver>", "exec"), scope)
+                fn = _drivers[key] = njit(parallel=bool(parallel), **DRIVER_OPTIONS)(
+                    scope["q8_driver"])
+    return fn
+

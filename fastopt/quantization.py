@@ -15,6 +15,12 @@ momentum) mirrors its 127 positive values and adds 0 and 1; the unsigned map (se
 sums of squares: the kernel record's ``nonnegative`` state) has 254 positive values, 0 and 1.
 So 0 and 1 are exact in both maps, and so is a block's largest value when it is positive.
 
+One exception to "nearest": in the unsigned map a positive value never rounds to 0 (it takes at
+least the smallest entry, 3.25e-7 x absmax). A second moment flushed to zero turns Adam's or
+RMSprop's ``g / (sqrt(v) + eps)`` into ``g / eps``, a huge step for a small gradient. Measured on
+full MNIST (``compare``, RMSprop, seed 0): test accuracy 0.9152 with flushing, 0.9333 without
+(float32 state: 0.9267).
+
 Nearest entry, fast and exact: with the 255 midpoints ``mid`` between consecutive entries
 (float32), a value's code is the number of midpoints below it (ties go to the lower entry). A
 table ``first`` indexed by the top 16 bits of the value as float32 (sign, exponent, 7 mantissa
@@ -52,10 +58,14 @@ def dynamic_map(signed):
     return out
 
 
-def _tables(qmap):
+def _tables(qmap, keep_positive=False):
     """(midpoints padded with +inf, first-midpoint table over float32 cells, midpoints per
-    cell at most)."""
+    cell at most). ``keep_positive``: the first midpoint is the smallest positive float32, so
+    that no positive value rounds to the map's 0."""
     mid = ((qmap[:-1].astype(np.float64) + qmap[1:]) / 2).astype(np.float32)
+    if keep_positive:
+        assert qmap[0] == 0
+        mid[0] = np.nextafter(np.float32(0), np.float32(1))
     cells = np.arange(1 << 16, dtype=np.uint32)
     lo = (cells << 16).view(np.float32)
     hi = ((cells << 16) | 0xFFFF).view(np.float32)
@@ -78,7 +88,9 @@ class QMap:
     def __init__(self, signed):
         self.signed = bool(signed)
         self.values = dynamic_map(signed)
-        self.mid, self.first, self.cell_mids = _tables(self.values)
+        # a second moment flushed to zero would divide a small gradient by eps alone (a huge
+        # step): in the unsigned map no positive value rounds to 0
+        self.mid, self.first, self.cell_mids = _tables(self.values, keep_positive=not signed)
         self.zero_code = int(np.flatnonzero(self.values == 0)[0])
 
     def __repr__(self):

@@ -201,6 +201,11 @@ def _cmd_bench(args):
         sizes=(B.MLP_SIZE, 1_000_000) if args.quick else (B.MLP_SIZE, 10_000_000),
         min_time=0.05 if args.quick else 0.25)
     print(B.format_state_table(state_rows))
+    print("\ntorch models (fastopt.torch.Adam vs torch.optim.Adam, DeepSpeed's CPU Adam if "
+          "installed):")
+    torch_rows = B.torch_model_rows(sizes=("mlp",) if args.quick else ("mlp", "1e7"),
+                                    min_time=0.05 if args.quick else 0.25)
+    print(B.format_torch_table(torch_rows) if torch_rows else "torch is not installed")
     loops = default_rows = []
     if not args.no_loops:
         print("\nunder the default thread policy (a fresh process that sets nothing):")
@@ -229,7 +234,7 @@ def _cmd_bench(args):
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
         json.dump({"meta": meta, "rows": rows, "loop_option_rows": loop_rows,
-                   "state_precision_rows": state_rows,
+                   "state_precision_rows": state_rows, "torch_model_rows": torch_rows,
                    "default_policy_rows": default_rows,
                    "training_loops": loops}, f, indent=1)
     print(f"wrote {path}")

@@ -524,3 +524,103 @@ def format_state_table(rows):
                      f"{r['seconds'] * 1e3:8.3f}ms {r['speedup_vs_float32_state']:16.2f}x "
                      f"{r['state_bytes'] / 1e6:9.2f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- torch front end
+TORCH_MODES = ("fastopt", "forloop", "foreach", "fused", "deepspeed")
+
+
+def torch_mlp(dtype=None, device=None):
+    """The blog's MLP 784-100-100-100-100-10 as a torch module (ReLU between the layers),
+    initialized from torch seed 0."""
+    import torch
+    torch.manual_seed(0)
+    layers = []
+    for a, b in zip(BLOG_SIZES[:-1], BLOG_SIZES[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).to(dtype=dtype, device=device)
+
+
+def _torch_model(size):
+    import torch
+    torch.manual_seed(0)
+    if size == "mlp":
+        model = torch_mlp()
+        x, y = torch.randn(128, BLOG_SIZES[0]), torch.randint(0, BLOG_SIZES[-1], (128,))
+        return model, lambda: torch.nn.functional.cross_entropy(model(x), y)
+    model = torch.nn.Linear(1000, 10000)           # 10,010,000 parameters in 2 tensors
+    x, y = torch.randn(8, 1000), torch.randn(8, 10000)
+    return model, lambda: ((model(x) - y) ** 2).mean()
+
+
+def _torch_optimizer(mode, model):
+    import torch
+    if mode == "fastopt":
+        from .torch import Adam
+        return Adam(model.parameters(), lr=1e-3)
+    if mode == "deepspeed":
+        try:
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+        except Exception as e:              # not installed, or its C++ build failed
+            raise Unavailable(f"deepspeed: {e}") from None
+        return DeepSpeedCPUAdam(model.parameters(), lr=1e-3, adamw_mode=False)
+    flag = {"forloop": dict(foreach=False), "foreach": dict(foreach=True),
+            "fused": dict(fused=True)}[mode]
+    return torch.optim.Adam(model.parameters(), lr=1e-3, **flag)
+
+
+def torch_model_rows(sizes=("mlp", "1e7"), modes=TORCH_MODES, min_time=0.25):
+    """A torch model trained with ``fastopt.torch.Adam`` vs ``torch.optim.Adam`` (for-loop,
+    foreach, fused) and DeepSpeed's CPU Adam when it is installed: the optimizer step alone and
+    the whole iteration (zero_grad, forward, backward, step), all modes timed interleaved, same
+    thread count. ``mlp``: the 784-100-100-100-100-10 MLP at batch 128; ``1e7``: one Linear
+    1000 -> 10000. Rows: size, what, mode, seconds, speedup over torch's fused Adam."""
+    try:
+        import torch
+    except ImportError:
+        return []
+    import numba
+    _threads.ensure_pool()
+    torch.set_num_threads(numba.get_num_threads())
+    rows = []
+    for size in sizes:
+        built = {}
+        for mode in modes:
+            try:
+                model, loss = _torch_model(size)
+                opt = _torch_optimizer(mode, model)
+            except Unavailable as e:
+                rows.append(dict(size=size, what="step", mode=mode, seconds=None,
+                                 speedup_vs_fused=None, note=str(e)))
+                continue
+            opt.zero_grad()
+            loss().backward()
+            built[mode] = (opt, loss)
+
+        def iteration(opt, loss):
+            def run():
+                opt.zero_grad()
+                loss().backward()
+                opt.step()
+            return run
+        for what in ("step", "iteration"):
+            names = list(built)
+            fns = [built[m][0].step if what == "step" else iteration(*built[m]) for m in names]
+            times = time_interleaved(fns, min_time=min_time, min_rounds=5)
+            fused = dict(zip(names, times)).get("fused")
+            for m, t in zip(names, times):
+                rows.append(dict(size=size, what=what, mode=m, seconds=t,
+                                 speedup_vs_fused=None if fused is None else fused / t))
+    return rows
+
+
+def format_torch_table(rows):
+    lines = [f"{'model':<6} {'what':<10} {'optimizer':<10} {'time':>11} {'vs torch fused':>15}"]
+    for r in rows:
+        if r["seconds"] is None:
+            lines.append(f"{r['size']:<6} {r['what']:<10} {r['mode']:<10} "
+                         f"unavailable: {r['note']}")
+            continue
+        lines.append(f"{r['size']:<6} {r['what']:<10} {r['mode']:<10} "
+                     f"{r['seconds'] * 1e6:9.1f}us {r['speedup_vs_fused']:14.2f}x")
+    return "\n".join(lines)

@@ -1,0 +1,61 @@
+"""fastopt.torch vs torch.optim on a torch model (issue 14): the optimizer step alone and the
+whole training iteration (zero_grad, forward, backward, step) of the torch MLP
+784-100-100-100-100-10 at batch 128, and the step of a 1e7-parameter model (one Linear layer
+1000 -> 10000: 10,010,000 parameters in 2 tensors), Adam in every torch mode and DeepSpeed's
+CPU Adam when ``deepspeed`` is installed (it compiles its C++ extension on first use: ~100 s
+here; not installed by CI), same thread count. Each case first checks that the optimizer takes
+the same first step as torch's for-loop Adam.
+"""
+import numba
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from fastopt import _threads, benchmarks as B  # noqa: E402
+
+MODES = ["fastopt", "forloop", "foreach", "fused", "deepspeed"]
+
+
+def _model(size):
+    return B._torch_model(size)
+
+
+def _optimizer(mode, model):
+    try:
+        return B._torch_optimizer(mode, model)
+    except B.Unavailable as e:
+        pytest.skip(str(e))
+
+
+def _first_step(mode, size):
+    model, loss = _model(size)
+    opt = _optimizer(mode, model)
+    opt.zero_grad()
+    loss().backward()
+    opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("what", ["step", "iteration"])
+@pytest.mark.parametrize("size", ["mlp", pytest.param("1e7", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("mode", MODES)
+def test_torch_model(benchmark, mode, size, what):
+    if size == "1e7" and what == "iteration":
+        pytest.skip("1e7: the step alone (the iteration is a matmul benchmark)")
+    _threads.ensure_pool()
+    torch.set_num_threads(numba.get_num_threads())
+    ours, theirs = _first_step(mode, size), _first_step("forloop", size)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+    model, loss = _model(size)
+    opt = _optimizer(mode, model)
+    opt.zero_grad()
+    loss().backward()
+
+    def iteration():
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    benchmark.group = f"torch-adam|{size}|{what}"
+    benchmark.name = mode
+    benchmark(opt.step if what == "step" else iteration)

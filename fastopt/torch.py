@@ -1,0 +1,466 @@
+"""``fastopt.torch``: ``torch.optim``-compatible optimizers that step on fastopt's kernels.
+
+    import fastopt.torch
+    opt = fastopt.torch.Adam(model.parameters(), lr=1e-3)      # torch's arguments and defaults
+    for x, y in loader:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()                                              # one fused launch, whole model
+
+On construction every parameter is moved into one flat arena (``param.data`` becomes a view of
+it: ``model.state_dict()``, ``named_parameters()`` and hooks keep working) and each gradient is
+made a view of one flat gradient arena, so autograd accumulates into it in place. A step is
+then one call of the fastopt step function over the arena, with the parameter groups as
+:class:`fastopt.Groups` ranges (per-group real hyperparameters; ``lr_scheduler`` writes
+``group["lr"]`` and the next step reads it).
+
+``zero_grad(set_to_none=True)`` (torch's default) drops the gradient views, as torch does; the
+next backward allocates fresh gradients, and ``step()`` copies them into the arena and attaches
+the views again (one copy of the gradients per step; ``zero_grad(set_to_none=False)`` zeroes
+the arena in place and needs no copy; both measured in the README, "For torch users"). A parameter whose gradient is ``None`` at ``step()`` is left untouched, state included,
+as torch does.
+
+``state_dict()`` is torch's format (``state[i]`` with ``"step"`` and torch's state names), and
+``load_state_dict`` accepts a state dict saved from the torch optimizer of the same name (and
+the other way round): the state is copied into the arena. ``torch.amp.GradScaler`` works: the
+optimizer declares ``_step_supports_amp_scaling``, so the scaler hands over ``grad_scale`` and
+``found_inf`` and the step unscales inside the kernel (and skips when ``found_inf``).
+``max_grad_norm=`` (fastopt's) clips inside the step. ``foreach`` and ``fused`` are accepted and
+ignored (every step is fused); ``capturable`` / ``differentiable`` are refused.
+
+Parameters on a CUDA device step through the CUDA kernels on ``__cuda_array_interface__``
+views of the arenas (not testable without a GPU; the simulator cannot take torch tensors).
+"""
+from itertools import chain
+
+import numpy as np
+import torch
+from torch.optim import optimizer as _torch_optimizer
+
+from . import registry
+from .groups import Groups
+
+__all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam",
+           "Lion", "LAMB"]
+
+_BETAS = ("beta1", "beta2")
+
+
+def _real(value, name):
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a number, got a tensor of shape "
+                             f"{tuple(value.shape)}")
+        value = value.item()
+    return value
+
+
+class _FastoptOptimizer(torch.optim.Optimizer):
+    """Base: subclasses set ``_name`` (registry name), ``_defaults`` (torch's constructor
+    arguments and defaults) and ``_fixed`` (fastopt values implied by the class, e.g. AdamW's
+    decoupled weight decay)."""
+    _name = None
+    _defaults = {}
+    _fixed = {}
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, max_grad_norm=None, **kwargs):
+        for flag in ("foreach", "fused"):       # every fastopt step is one fused pass
+            kwargs.pop(flag, None)
+        for flag in ("capturable", "differentiable"):
+            if kwargs.pop(flag, False):
+                raise NotImplementedError(f"fastopt.torch.{type(self).__name__}: {flag}=True "
+                                          f"is not supported")
+        unknown = set(kwargs) - set(self._defaults)
+        if unknown:
+            raise TypeError(f"fastopt.torch.{type(self).__name__}() got unexpected keyword "
+                            f"argument(s) {sorted(unknown)}; it takes "
+                            f"{sorted(self._defaults)}")
+        defaults = dict(self._defaults, **kwargs)
+        self._spec = registry.get(self._name)
+        self._buffers = None
+        self._max_grad_norm = max_grad_norm
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            self._hyper(group)              # every group's values checked now, as torch does
+        self._build()
+
+    # ------------------------------------------------------------------ arenas
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        if self._buffers is not None:       # (torch's __init__ adds the first groups)
+            self._hyper(self.param_groups[-1])
+            self._build()
+
+    def _params(self):
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _check_params(self, params):
+        where = f"fastopt.torch.{type(self).__name__}"
+        if not params:
+            raise ValueError(f"{where}: no parameters")
+        dtypes = {p.dtype for p in params}
+        devices = {p.device for p in params}
+        for p in params:
+            if p.is_complex():
+                raise TypeError(f"{where}: complex parameters are not supported (view them "
+                                f"as real with torch.view_as_real)")
+            if p.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"{where}: parameters must be float32 or float64, got "
+                                f"{p.dtype}")
+            if p.is_sparse:
+                raise TypeError(f"{where}: sparse parameters are not supported")
+        if len(dtypes) > 1:
+            raise TypeError(f"{where}: all parameters must share one dtype (one flat "
+                            f"arena), got {sorted(map(str, dtypes))}")
+        if len(devices) > 1:
+            raise ValueError(f"{where}: all parameters must be on one device, got "
+                             f"{sorted(map(str, devices))}")
+        return dtypes.pop(), devices.pop()
+
+    def _build(self):
+        """(Re)build the arenas and the fastopt buffers from ``param_groups``; the values of
+        parameters, gradients and state already held are carried over."""
+        params = self._params()
+        dtype, device = self._check_params(params)
+        old = self._buffers
+        old_slices = getattr(self, "_slices", {})
+        n = sum(p.numel() for p in params)
+        flat_p = torch.empty(n, dtype=dtype, device=device)
+        flat_g = torch.zeros(n, dtype=dtype, device=device)
+        slices, off = {}, 0
+        for p in params:
+            k = p.numel()
+            slices[p] = (off, off + k)
+            flat_p[off:off + k].copy_(p.detach().reshape(-1))
+            if p.grad is not None:
+                if p.grad.is_sparse:
+                    raise TypeError(f"fastopt.torch.{type(self).__name__}: sparse gradients "
+                                    f"are not supported")
+                flat_g[off:off + k].copy_(p.grad.detach().reshape(-1))
+            off += k
+        views = []
+        with torch.no_grad():
+            for p in params:
+                lo, hi = slices[p]
+                p.data = flat_p[lo:hi].view_as(p)
+                p.grad = flat_g[lo:hi].view_as(p)
+                views.append([p, p.grad])
+        self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
+        self._views = views          # [param, its gradient view]: p.grad is it until replaced
+        self._ranges = []
+        off = 0
+        for g in self.param_groups:
+            k = sum(p.numel() for p in g["params"])
+            self._ranges.append((off, off + k))
+            off += k
+        hps = [self._hyper(g) for g in self.param_groups]
+        options = self._state_options(hps)
+        b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
+        previous = {}
+        if old is not None:
+            previous = {f: self._tensor(f) for f in old.state_fields
+                        if getattr(old, f) is not None}
+        self._buffers = b
+        if old is not None:
+            b.step = old.step
+            for f, prev in previous.items():
+                if getattr(b, f) is None:
+                    continue
+                new = self._tensor(f)
+                for p, (lo, hi) in old_slices.items():
+                    if p in slices:
+                        nlo, nhi = slices[p]
+                        new[nlo:nhi].copy_(prev[lo:hi])
+        self._groups_cache = (None, None)
+        self._kw_cache = (None, None, False)
+        self._exposed = False
+        self._step_tensor = torch.tensor(float(b.step))
+        self._layout = [p.numel() for p in params] if self._spec.kernel.norm_names else None
+        self.state.clear()
+        if b.step:
+            self._expose_state()
+
+    @staticmethod
+    def _host(t):
+        if t.device.type == "cuda":
+            from numba import cuda
+            return cuda.as_cuda_array(t)
+        return t.numpy()
+
+    def _state_options(self, hps):
+        """``Buffers.zeros`` options covering every group (a state array any group needs)."""
+        out = {}
+        for name in getattr(self._spec, "zeros_options", ()):
+            values = {h[name] for h in hps}
+            hyper = next(h for h in self._spec.hypers if h.name == name)
+            if hyper.kind == "flag":
+                out[name] = any(values)
+            elif name == "initial_accumulator_value":
+                if len(values) > 1:
+                    raise NotImplementedError("parameter groups with different "
+                                              "initial_accumulator_value")
+                out[name] = values.pop()
+            else:
+                out[name] = max(values)          # e.g. momentum > 0 in any group
+        return out
+
+    # ------------------------------------------------------------------ hyperparameters
+    def _hyper(self, group):
+        """fastopt's hyperparameters for a torch parameter group (validated)."""
+        hp = dict(self._fixed)
+        for key, value in group.items():
+            if key == "betas":
+                b1, b2 = value
+                hp["beta1"], hp["beta2"] = _real(b1, "beta1"), _real(b2, "beta2")
+            elif key in self._defaults and key not in ("params",):
+                hp[key] = _real(value, key)
+        hp = {k: v for k, v in hp.items() if k in {h.name for h in self._spec.hypers}}
+        self._spec.validate(dict(self._spec.defaults, **hp))
+        return hp
+
+    def _step_kwargs(self):
+        """The step function's keywords from ``param_groups``, recomputed when any group value
+        changed (a scheduler writes ``group["lr"]``): the groups' values are compared with
+        the last call's (identical objects compare at once); tensor values always recompute."""
+        key = [tuple(g.values()) for g in self.param_groups]
+        cached_key, kwargs, live = self._kw_cache
+        if live or key != cached_key:
+            live = any(isinstance(v, torch.Tensor) for t in key for v in t)
+            kwargs = self._make_step_kwargs()
+            self._kw_cache = (key, kwargs, live)
+        return kwargs
+
+    def _make_step_kwargs(self):
+        hps = [self._hyper(g) for g in self.param_groups]
+        flags = {h.name for h in self._spec.hypers if h.kind == "flag"}
+        first = hps[0]
+        for h in hps[1:]:
+            for f in flags:
+                if h.get(f) != first.get(f):
+                    raise ValueError(f"fastopt.torch.{type(self).__name__}: parameter groups "
+                                     f"differ in {f!r}, a compile-time option of the kernel; "
+                                     f"give every group the same value")
+        kwargs = dict(first)
+        if len(hps) > 1:
+            reals = [{k: v for k, v in h.items() if k not in flags} for h in hps]
+            key = tuple(tuple(sorted(r.items())) for r in reals)
+            cached_key, groups = self._groups_cache
+            if cached_key != key:
+                groups = Groups(self._buffers.size, [
+                    dict(r, range=rng) for r, rng in zip(reals, self._ranges)])
+                self._groups_cache = (key, groups)
+            kwargs["groups"] = groups
+        if self._layout is not None:
+            kwargs["layout"] = self._layout
+        if self._max_grad_norm is not None:
+            kwargs["max_grad_norm"] = self._max_grad_norm
+        return kwargs
+
+    # ------------------------------------------------------------------ step
+    def _sync_grads(self):
+        """Gradients into the arena (those autograd allocated after ``zero_grad(set_to_none=
+        True)``, or any a caller assigned), views attached again. Returns the parameters
+        without a gradient. The common case (``p.grad`` is still the view) costs one identity
+        test per parameter."""
+        missing = None
+        for item in self._views:
+            p, view = item
+            g = p.grad
+            if g is view:
+                continue
+            if g is None:
+                if missing is None:
+                    missing = []
+                missing.append(p)
+                continue
+            if g.is_sparse:
+                raise TypeError(f"fastopt.torch.{type(self).__name__}: sparse gradients "
+                                f"are not supported")
+            if g.shape != p.shape:
+                raise ValueError(f"fastopt.torch.{type(self).__name__}: a gradient of shape "
+                                 f"{tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
+            if g.data_ptr() != view.data_ptr():
+                view.copy_(g.detach())
+            p.grad = view
+        return missing or ()
+
+    def zero_grad(self, set_to_none=True):
+        if set_to_none:
+            for p, _ in self._views:
+                p.grad = None
+        else:
+            self._flat_g.zero_()            # one fill of the arena
+            for p, view in self._views:
+                if p.grad is not view:
+                    p.grad = view
+
+    def step(self, closure=None):
+        """One fused step over the arena. (torch wraps ``step`` for the profiler and its step
+        hooks at ~15 us a call; fastopt's is marked as already wrapped and calls the hooks
+        itself when any are registered.)"""
+        hooks = (_torch_optimizer._global_optimizer_pre_hooks
+                 or self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks
+                 or _torch_optimizer._global_optimizer_post_hooks)
+        if hooks:
+            return self._step_with_hooks(closure)
+        return self._step(closure)
+
+    step.hooked = True
+
+    def _step_with_hooks(self, closure):
+        opt = _torch_optimizer
+        args, kwargs = (self,), {"closure": closure}
+        for hook in chain(opt._global_optimizer_pre_hooks.values(),
+                          self._optimizer_step_pre_hooks.values()):
+            result = hook(self, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        out = self._step(kwargs.get("closure"))
+        for hook in chain(self._optimizer_step_post_hooks.values(),
+                          opt._global_optimizer_post_hooks.values()):
+            hook(self, args, kwargs)
+        return out
+
+    def _step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        missing = self._sync_grads()
+        if len(missing) == len(self._views):
+            return loss
+        found_inf = getattr(self, "found_inf", None)
+        scale = getattr(self, "grad_scale", None)
+        if found_inf is not None and float(found_inf) != 0:
+            return loss                         # GradScaler: a step with infs is skipped
+        kwargs = self._step_kwargs()
+        if scale is not None:
+            kwargs = dict(kwargs, grad_scale=float(scale))
+        if missing:
+            saved = self._save(missing)
+            self._spec.step_fn(self._buffers, **kwargs)
+            self._restore(saved)
+        else:
+            self._spec.step_fn(self._buffers, **kwargs)
+        self._expose_state()
+        return loss
+
+    def _tensor(self, name):
+        """A torch view of the buffers' array ``name`` (host or device), zero-copy."""
+        a = getattr(self._buffers, name)
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(a)
+        return torch.as_tensor(a, device=self._flat_p.device)
+
+    def _save(self, params):
+        names = [n for n in self._buffers.arrays() if n != "grad"]
+        out = []
+        for p in params:
+            lo, hi = self._slices[p]
+            out.append((lo, hi, {n: self._tensor(n)[lo:hi].clone() for n in names}))
+        return out
+
+    def _restore(self, saved):
+        for lo, hi, arrays in saved:
+            for n, a in arrays.items():
+                self._tensor(n)[lo:hi].copy_(a)
+
+    # ------------------------------------------------------------------ state
+    def _state_tensor(self, name, p):
+        lo, hi = self._slices[p]
+        return self._tensor(name)[lo:hi].view_as(p)
+
+    def _expose_state(self):
+        """``self.state[p]``: views of the arena's state under torch's names, made once; the
+        step count, one tensor shared by every parameter, updated in place."""
+        b = self._buffers
+        self._step_tensor.fill_(float(b.step))
+        if self._exposed:
+            return
+        fields = [f for f in b.state_fields if getattr(b, f) is not None]
+        for p in self._slices:
+            st = self.state[p]
+            for f in fields:
+                st[f] = self._state_tensor(f, p)
+            st["step"] = self._step_tensor
+        self._exposed = True
+
+    def state_dict(self):
+        if self._buffers.step:
+            self._expose_state()
+            if self._name == "nadam":
+                from .reference import mu_product
+                hp = self._spec.validate(dict(self._spec.defaults,
+                                              **self._hyper(self.param_groups[0])))
+                mu = mu_product(hp, self._buffers.step)[2]
+                for p in self._slices:
+                    self.state[p]["mu_product"] = torch.tensor(float(mu))
+        sd = super().state_dict()
+        for st in sd["state"].values():      # one step tensor per parameter, as torch keeps
+            if "step" in st:                 # them (torch increments each in place)
+                st["step"] = torch.tensor(float(self._buffers.step))
+        return sd
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)          # torch's checks, groups, casts
+        loaded = {p: dict(self.state[p]) for p in self._slices if self.state.get(p)}
+        steps = {float(s["step"]) for s in loaded.values() if "step" in s}
+        if len(steps) > 1:
+            raise ValueError(f"fastopt.torch.{type(self).__name__}.load_state_dict: the "
+                             f"parameters have different step counts {sorted(steps)}; one "
+                             f"arena steps them together")
+        self.state.clear()
+        self._buffers = None
+        self._build()                                # state options of the loaded groups
+        self._exposed = False
+        b = self._buffers
+        b.step = int(steps.pop()) if steps else (1 if loaded else 0)
+        for p, st in loaded.items():
+            lo, hi = self._slices[p]
+            for f in b.state_fields:
+                if getattr(b, f) is None or f not in st or st[f] is None:
+                    continue
+                self._tensor(f)[lo:hi].copy_(st[f].detach().reshape(-1))
+        if b.step:
+            self._expose_state()
+
+
+def _optimizer(name, fastopt_name, defaults, fixed=None, doc=""):
+    cls = type(name, (_FastoptOptimizer,), {
+        "_name": fastopt_name, "_defaults": defaults, "_fixed": fixed or {},
+        "__doc__": f"``torch.optim.{name}``'s arguments and defaults on fastopt's "
+                   f"``{fastopt_name}_step``. {doc}"})
+    cls.__module__ = __name__
+    return cls
+
+
+_ADAM = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
+             maximize=False)
+Adam = _optimizer("Adam", "adam", _ADAM)
+AdamW = _optimizer("AdamW", "adam", dict(_ADAM, weight_decay=1e-2),
+                   dict(decoupled_weight_decay=True))
+SGD = _optimizer("SGD", "sgd", dict(lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                                    nesterov=False, maximize=False))
+RMSprop = _optimizer("RMSprop", "rmsprop", dict(lr=1e-2, alpha=0.99, eps=1e-8,
+                                                weight_decay=0.0, momentum=0.0,
+                                                centered=False, maximize=False))
+Adagrad = _optimizer("Adagrad", "adagrad", dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                                                initial_accumulator_value=0.0, eps=1e-10,
+                                                maximize=False))
+Adadelta = _optimizer("Adadelta", "adadelta", dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0,
+                                                   maximize=False))
+Adamax = _optimizer("Adamax", "adamax", dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+                                             weight_decay=0.0, maximize=False))
+NAdam = _optimizer("NAdam", "nadam", dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-8,
+                                          weight_decay=0.0, momentum_decay=4e-3,
+                                          decoupled_weight_decay=False, maximize=False))
+RAdam = _optimizer("RAdam", "radam", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                                          weight_decay=0.0, decoupled_weight_decay=False,
+                                          maximize=False))
+Lion = _optimizer("Lion", "lion", dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0,
+                                       maximize=False),
+                  doc="(torch has no Lion: the arguments of pytorch-optimizer's.)")
+LAMB = _optimizer("LAMB", "lamb", dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-6,
+                                       weight_decay=0.0, maximize=False),
+                  doc="(torch has no LAMB; the trust ratio is per parameter tensor.)")

@@ -1,0 +1,303 @@
+"""fastopt.torch (issue 14): torch.optim-compatible optimizers on fastopt's kernels, against
+torch.optim itself: the torch MLP trained on MNIST with two parameter groups and a scheduler,
+zero_grad in both modes, parameters without gradients, state dicts both ways, GradScaler,
+clipping, errors. Skipped when torch is not installed."""
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastopt.torch as ft  # noqa: E402
+from fastopt.benchmarks import torch_mlp  # noqa: E402
+from fastopt.datasets.mnist import load_sample  # noqa: E402  (the embedded MNIST sample)
+
+# the torch optimizers fastopt.torch mirrors, with settings that exercise their options
+PEERS = [
+    ("Adam", dict(lr=1e-3)),
+    ("Adam", dict(lr=1e-3, amsgrad=True, weight_decay=1e-3, maximize=False)),
+    ("AdamW", dict(lr=1e-3, weight_decay=0.01)),
+    ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True, weight_decay=1e-4)),
+    ("SGD", dict(lr=1e-2)),
+    ("RMSprop", dict(lr=1e-3, momentum=0.5, centered=True)),
+    ("Adagrad", dict(lr=1e-2, lr_decay=1e-3)),
+    ("Adadelta", dict(lr=1.0, weight_decay=1e-3)),
+    ("Adamax", dict(lr=2e-3)),
+    ("NAdam", dict(lr=2e-3, weight_decay=1e-3)),
+    ("RAdam", dict(lr=1e-3, decoupled_weight_decay=True, weight_decay=1e-2)),
+]
+IDS = [f"{n}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for n, kw in PEERS]
+
+
+def _data():
+    data = load_sample()
+    x = data["train_images"].reshape(-1, 784).astype(np.float64) / 255.0
+    t = data["train_labels"].astype(np.int64)
+    return torch.from_numpy(x), torch.from_numpy(t)
+
+
+X, Y = _data()
+
+
+def mlp(dtype):
+    return torch_mlp(dtype)
+
+
+def groups(model, lr):
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    return [{"params": weights}, {"params": biases, "lr": lr * 0.5}]
+
+
+def batch(i, dtype):
+    n = X.shape[0]
+    lo = (i * 128) % (n - 128)
+    return X[lo:lo + 128].to(dtype), Y[lo:lo + 128]
+
+
+def train(cls, kw, steps, dtype, set_to_none=True):
+    model = mlp(dtype)
+    opt = cls(groups(model, kw["lr"]), **kw)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 50, gamma=0.5)
+    for i in range(steps):
+        x, y = batch(i, dtype)
+        opt.zero_grad(set_to_none=set_to_none)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+    return model, opt
+
+
+def assert_close(a, b, dtype):
+    tol = dict(rtol=1e-11, atol=1e-13) if dtype == torch.float64 else dict(rtol=1e-4,
+                                                                            atol=1e-6)
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(p.detach(), q.detach(), **tol, msg=n)
+
+
+@pytest.mark.parametrize("name,kw", PEERS, ids=IDS)
+def test_mlp_matches_torch_optim(name, kw):
+    """200 steps in float64 (float32 training is chaotic enough that rounding differences in
+    torch's own evaluation order grow past any fixed tolerance: measured 1e-7 .. 2e-1 after 200
+    steps; in float64 the trajectories agree to ~1e-14), then 3 steps in float32."""
+    for dtype, steps in ((torch.float64, 200), (torch.float32, 3)):
+        a, _ = train(getattr(torch.optim, name), kw, steps, dtype)
+        b, opt = train(getattr(ft, name), kw, steps, dtype)
+        assert_close(a, b, dtype)
+    assert opt._buffers.step == 3
+
+
+def test_parameters_are_views_of_one_arena_and_the_model_keeps_working():
+    model = mlp(torch.float32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = ft.Adam(model.parameters(), lr=1e-3)
+    base = opt._flat_p.data_ptr()
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n])               # values carried over
+        lo, _ = opt._slices[p]
+        assert p.data_ptr() == base + lo * 4
+        assert p.grad is not None and p.grad.data_ptr() == opt._flat_g.data_ptr() + lo * 4
+    x, y = batch(0, torch.float32)
+    opt.zero_grad(set_to_none=False)
+    torch.nn.functional.cross_entropy(model(x), y).backward()   # accumulates into the arena
+    assert opt._flat_g.abs().sum() > 0
+    opt.step()
+    sd = model.state_dict()
+    for n, p in model.named_parameters():
+        assert torch.equal(sd[n], p.detach()) and not torch.equal(sd[n], before[n])
+
+
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_zero_grad_both_ways(set_to_none):
+    kw = dict(lr=1e-3)
+    a, _ = train(torch.optim.Adam, kw, 20, torch.float64, set_to_none)
+    b, opt = train(ft.Adam, kw, 20, torch.float64, set_to_none)
+    assert_close(a, b, torch.float64)
+    p = next(iter(opt._slices))
+    if set_to_none:
+        opt.zero_grad()
+        assert p.grad is None
+    else:
+        assert p.grad.data_ptr() == opt._flat_g.data_ptr()      # still the arena's view
+
+
+def test_a_parameter_without_gradient_is_left_alone():
+    """torch skips a parameter whose grad is None: no update (not even weight decay), no
+    state. (One difference, documented: a parameter that gets its first gradient later
+    continues the arena's step count, where torch starts that parameter's count at 1.)"""
+    outs = []
+    for cls in (torch.optim.Adam, ft.Adam):
+        torch.manual_seed(1)
+        used = torch.nn.Parameter(torch.randn(50, dtype=torch.float64))
+        unused = torch.nn.Parameter(torch.randn(30, dtype=torch.float64))
+        start = unused.detach().clone()
+        opt = cls([used, unused], lr=0.1, weight_decay=0.1)
+        for i in range(5):
+            opt.zero_grad()
+            (used ** 2).sum().backward()
+            opt.step()
+        assert torch.equal(unused.detach(), start)
+        if cls is ft.Adam:
+            lo, hi = opt._slices[unused]
+            assert not opt._buffers.exp_avg[lo:hi].any()
+            assert not opt._buffers.exp_avg_sq[lo:hi].any()
+        outs.append(used.detach().clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,kw", [PEERS[0], PEERS[3], PEERS[5], PEERS[9]],
+                         ids=[IDS[0], IDS[3], IDS[5], IDS[9]])
+def test_state_dicts_cross_over_both_ways(name, kw):
+    """A torch.optim state dict continues in fastopt.torch, and the other way round, on the
+    same trajectory as the uninterrupted run."""
+    dtype = torch.float64
+    ref, _ = train(getattr(torch.optim, name), kw, 30, dtype)
+    for first, second in ((torch.optim, ft), (ft, torch.optim)):
+        model = mlp(dtype)
+        opt = getattr(first, name)(groups(model, kw["lr"]), **kw)
+        sched = torch.optim.lr_scheduler.StepLR(opt, 50, gamma=0.5)
+        for i in range(30):
+            if i == 15:
+                state = opt.state_dict()
+                opt = getattr(second, name)(groups(model, kw["lr"]), **kw)
+                opt.load_state_dict(state)
+                sched = torch.optim.lr_scheduler.StepLR(opt, 50, gamma=0.5)
+                sched.last_epoch = 15
+            x, y = batch(i, dtype)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+        assert_close(ref, model, dtype)
+
+
+def test_state_dict_has_torch_names_and_step():
+    model = mlp(torch.float32)
+    opt = ft.Adam(model.parameters(), lr=1e-3, amsgrad=True)
+    assert opt.state_dict()["state"] == {}                      # nothing before a step
+    x, y = batch(0, torch.float32)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+    opt.step()
+    sd = opt.state_dict()
+    assert set(sd["state"]) == set(range(10))
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"}
+    assert float(sd["state"][0]["step"]) == 2.0
+    assert sd["param_groups"][0]["amsgrad"] is True
+
+
+def test_grad_scaler_unscales_and_skips_inside_the_step():
+    runs = []
+    for cls in (torch.optim.Adam, ft.Adam):
+        model = mlp(torch.float32)
+        opt = cls(model.parameters(), lr=1e-3)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=2)
+        scales = []
+        for i in range(6):
+            x, y = batch(i, torch.float32)
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if i == 2:
+                next(model.parameters()).grad[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+            scales.append(scaler.get_scale())
+        runs.append((model, scales))
+    assert runs[0][1] == runs[1][1]             # the same skips, the same scale sequence
+    assert_close(runs[0][0], runs[1][0], torch.float32)
+
+
+def test_max_grad_norm_clips_inside_the_step():
+    dtype = torch.float64
+    outs = []
+    for fused in (False, True):
+        model = mlp(dtype)
+        opt = (ft.Adam(model.parameters(), lr=1e-3, max_grad_norm=0.5) if fused
+               else torch.optim.Adam(model.parameters(), lr=1e-3))
+        for i in range(10):
+            x, y = batch(i, dtype)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            if not fused:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            opt.step()
+        outs.append(model)
+    assert_close(outs[0], outs[1], dtype)
+
+
+def test_add_param_group_keeps_state():
+    a = torch.nn.Parameter(torch.randn(40, dtype=torch.float64))
+    b = torch.nn.Parameter(torch.randn(20, dtype=torch.float64))
+    ref_a = torch.nn.Parameter(a.detach().clone())
+    ref_b = torch.nn.Parameter(b.detach().clone())
+    ours = ft.Adam([a], lr=0.05)
+    theirs = torch.optim.Adam([ref_a], lr=0.05)
+    for i in range(6):
+        if i == 3:
+            ours.add_param_group({"params": [b], "lr": 0.01})
+            theirs.add_param_group({"params": [ref_b], "lr": 0.01})
+        for opt, ps in ((ours, [a, b]), (theirs, [ref_a, ref_b])):
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in ps).backward()
+            opt.step()
+    # (torch keeps a per-parameter step: b starts at step 1; fastopt has one step per arena,
+    # so the added group continues the arena's count: documented)
+    torch.testing.assert_close(a.detach(), ref_a.detach(), rtol=1e-12, atol=1e-14)
+    assert ours._buffers.step == 6 and len(ours._slices) == 2
+
+
+def test_lion_and_lamb_equal_the_flat_step_functions():
+    import fastopt
+    for cls, fn, kw in ((ft.Lion, fastopt.lion_step, dict(lr=1e-3, weight_decay=0.1)),
+                        (ft.LAMB, fastopt.lamb_step, dict(lr=1e-2, weight_decay=0.01))):
+        model = mlp(torch.float64)
+        flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy()
+        opt = cls(model.parameters(), **kw)
+        hp = dict(kw)
+        b = opt._spec.buffers_cls.zeros(flat0.copy(), np.zeros_like(flat0))
+        sizes = [p.numel() for p in model.parameters()]
+        for i in range(5):
+            x, y = batch(i, torch.float64)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            b.grad[...] = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
+            opt.step()
+            fn(b, **hp, **({"layout": sizes} if cls is ft.LAMB else {}))
+        ours = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+        np.testing.assert_array_equal(ours, b.param)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3)),
+                      torch.nn.Parameter(torch.ones(3, dtype=torch.float64))]), TypeError,
+     "one dtype"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3, dtype=torch.complex64))]), TypeError,
+     "complex"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], betas=(0.9,), lr=1e-3), ValueError,
+     "unpack"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], momentum=0.9), TypeError,
+     "unexpected keyword"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], capturable=True),
+     NotImplementedError, "capturable"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], lr=-1.0), ValueError, "lr"),
+])
+def test_bad_construction_is_refused(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_groups_must_agree_on_compile_time_options_and_sparse_grads_are_refused():
+    a = torch.nn.Parameter(torch.ones(3))
+    b = torch.nn.Parameter(torch.ones(3))
+    opt = ft.Adam([{"params": [a]}, {"params": [b], "amsgrad": True}])
+    a.grad = torch.ones(3)
+    b.grad = torch.ones(3)
+    before = a.detach().clone()
+    with pytest.raises(ValueError, match="amsgrad"):
+        opt.step()
+    assert torch.equal(a.detach(), before)
+    opt2 = ft.SGD([torch.nn.Parameter(torch.ones(4))], lr=0.1)
+    p = next(iter(opt2._slices))
+    p.grad = torch.sparse_coo_tensor([[0]], [1.0], (4,))
+    with pytest.raises(TypeError, match="sparse"):
+        opt2.step()
+    assert ft.Adam([torch.nn.Parameter(torch.ones(2))], foreach=True, fused=True)   # ignored

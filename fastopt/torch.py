@@ -34,8 +34,12 @@ views of the arenas (not testable without a GPU; the simulator cannot take torch
 from itertools import chain
 
 import numpy as np
-import torch
-from torch.optim import optimizer as _torch_optimizer
+
+try:
+    import torch
+    from torch.optim import optimizer as _torch_optimizer
+except ImportError as e:            # fastopt itself never needs torch
+    raise ImportError(f'fastopt.torch needs torch: pip install "fastopt[torch]" ({e})') from None
 
 from . import registry
 from .groups import Groups

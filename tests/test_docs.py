@@ -15,6 +15,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(fastopt.__path__, "fastop
                  if not m.name.endswith("__main__"))
 MUST_HAVE_EXAMPLES = {spec.step_fn.__module__ for spec in registry.REGISTRY.values()}
 MUST_HAVE_EXAMPLES.add("fastopt.flat")
+OPTIONAL = {"fastopt.torch"}        # modules of an optional extra (torch)
 
 
 def test_every_optimizer_module_is_found():
@@ -24,7 +25,13 @@ def test_every_optimizer_module_is_found():
 
 @pytest.mark.parametrize("name", sorted(set(MODULES) | MUST_HAVE_EXAMPLES))
 def test_docstring_examples(name):
-    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    try:
+        module = importlib.import_module(name)
+    except ImportError as e:
+        if name in OPTIONAL:
+            pytest.skip(f"{name} needs an optional dependency: {e}")
+        raise
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     if name in MUST_HAVE_EXAMPLES:
         assert result.attempted > 0, f"{name} has no docstring example"
     assert result.failed == 0

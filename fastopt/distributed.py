@@ -1,0 +1,167 @@
+"""Data-parallel steps with sharded optimizer state over MPI (ZeRO stage 1), through mpi4py.
+
+Every rank holds the full parameter and gradient buffers (one flat arena each) and computes
+its gradient on its own part of the batch. :class:`ShardedStep` then
+
+1. reduce-scatters the gradient (a sum), so each rank receives the summed gradient of its own
+   contiguous shard only (shard sizes differ by at most one element);
+2. steps its shard with the optimizer's fused kernel, dividing by the number of ranks inside
+   the kernel (``grad_scale=N``: the mean gradient without a pass of its own), with optimizer
+   state allocated for the shard alone (state memory per rank: 1/N);
+3. all-gathers the parameters, so every rank holds the same new parameters.
+
+``max_grad_norm`` needs the norm of the whole mean gradient: each rank's sum of squares of its
+shard (fastopt's fixed-order reduction) is all-gathered and added in rank order, the same on
+every rank; the clip factor then goes into the same one scalar as the division by N.
+``skip_nonfinite`` skips the step on every rank when any rank's shard holds a NaN or inf (an
+all-reduce of one flag), so the ranks never diverge.
+
+Determinism: with 2 ranks the summed gradient ``a + b`` is exact in either order and the
+division by 2 is exact, so the parameters after any number of steps are **bitwise equal** to
+one process stepping the mean gradient ``(a + b) / 2`` (tested under ``mpiexec -n 2``). With
+more ranks MPI's reduction order is its own (not fixed by the standard), so a run is equal to
+the single-process run to rounding; with clipping the norm's chunks follow the shard
+boundaries, so it is equal to rounding as well.
+
+Construction checks, on every rank, that all ranks agree on the size, dtype, optimizer and
+state options, and raises the same ``ValueError`` on each when they do not.
+
+Not built yet (issue 15): sharded checkpoints with resharding, a bounded-time exit when a rank
+dies, ``compare --distributed``, parameter groups. ``mpi4py`` is imported only here.
+"""
+import numpy as np
+
+from . import registry
+from ._core import check_group
+
+_MPI_TYPES = {np.dtype(np.float32): "FLOAT", np.dtype(np.float64): "DOUBLE"}
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError(f'fastopt.distributed needs mpi4py and an MPI: pip install '
+                          f'"fastopt[mpi]" ({e})') from None
+    return MPI
+
+
+def shard_bounds(n, size):
+    """(counts, offsets) of ``n`` elements over ``size`` ranks: contiguous, the first
+    ``n % size`` ranks one element more."""
+    counts = [n // size + (1 if r < n % size else 0) for r in range(size)]
+    offsets = [sum(counts[:r]) for r in range(size)]
+    return counts, offsets
+
+
+def _spec_of(step_fn):
+    for spec in registry.REGISTRY.values():
+        if spec.step_fn is step_fn or registry.step_function(spec) is step_fn:
+            return spec
+    raise TypeError(f"{step_fn!r} is not a registered fastopt step function")
+
+
+class ShardedStep:
+    """A data-parallel, state-sharded optimizer step (see the module doc).
+
+    ``param`` and ``grad`` are this rank's full flat buffers (1-D, float32 or float64, the
+    same size on every rank); ``step_fn`` a fastopt step function (``fastopt.adam_step``...);
+    ``zeros_options`` go to the optimizer's ``Buffers.zeros`` for the shard (``amsgrad=True``,
+    ``state_dtype="bfloat16"``...). ``self.buffers`` holds the shard's state;
+    ``self.buffers.param`` is a view of this rank's shard of ``param``.
+    """
+
+    def __init__(self, step_fn, param, grad, comm=None, **zeros_options):
+        MPI = _mpi()
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.spec = _spec_of(step_fn)
+        self.step_fn = step_fn
+        check_group({"param": param, "grad": grad}, "ShardedStep")
+        if param.ndim != 1:
+            raise ValueError(f"ShardedStep takes flat 1-D buffers (a FlatParams arena), got "
+                             f"shape {param.shape}")
+        mine = (int(param.size), np.dtype(param.dtype).str, self.spec.name,
+                sorted((k, repr(v)) for k, v in zeros_options.items()))
+        every = self.comm.allgather(mine)
+        if any(other != mine for other in every):
+            raise ValueError("ShardedStep: the ranks disagree on (size, dtype, optimizer, "
+                             "state options): " + "; ".join(
+                                 f"rank {r}: {o}" for r, o in enumerate(every)))
+        self.param, self.grad = param, grad
+        self.size, self.rank = self.comm.Get_size(), self.comm.Get_rank()
+        self.counts, self.offsets = shard_bounds(param.size, self.size)
+        lo = self.offsets[self.rank]
+        hi = lo + self.counts[self.rank]
+        self.lo, self.hi = lo, hi
+        # one rank: the shard is the whole buffer, nothing to scatter or gather
+        self._shard_grad = grad if self.size == 1 else np.empty(hi - lo, param.dtype)
+        self.buffers = self.spec.buffers_cls.zeros(param[lo:hi], self._shard_grad,
+                                                   **zeros_options)
+        self._mpi_type = getattr(MPI, _MPI_TYPES[np.dtype(param.dtype)])
+        self.comm_seconds = 0.0         # time in reduce-scatter + all-gather (+ norm, flag)
+        self.steps = 0
+
+    def _reduce_scatter(self):
+        if self.size == 1:
+            return
+        MPI = _mpi()
+        self.comm.Reduce_scatter([self.grad, self._mpi_type], [self._shard_grad, self._mpi_type],
+                                 self.counts, op=MPI.SUM)
+
+    def _all_gather(self):
+        if self.size == 1:
+            return
+        MPI = _mpi()
+        self.comm.Allgatherv(MPI.IN_PLACE, [self.param, self.counts, self.offsets,
+                                            self._mpi_type])
+
+    def step(self, max_grad_norm=None, skip_nonfinite=False, **hyper):
+        """One data-parallel step with ``hyper`` (the step function's hyperparameters).
+        Returns True when the step was taken (False: skipped for a non-finite gradient)."""
+        import time
+        from .scaling import grad_norm
+        MPI = _mpi()
+        if "groups" in hyper or "grad_scale" in hyper or "layout" in hyper:
+            raise NotImplementedError("ShardedStep: groups=, grad_scale= and layout= are not "
+                                      "implemented yet")
+        t0 = time.perf_counter()
+        self._reduce_scatter()
+        n = self.size
+        factor_scale = float(n)               # divide the summed gradient by N in the kernel
+        comm = time.perf_counter() - t0
+        if skip_nonfinite:
+            bad = int(not np.all(np.isfinite(self._shard_grad)))
+            t1 = time.perf_counter()
+            bad = self.comm.allreduce(bad, op=MPI.MAX)
+            comm += time.perf_counter() - t1
+            if bad:
+                self.buffers.found_inf = True
+                self.buffers.skipped_steps += 1
+                self.comm_seconds += comm
+                return False
+            self.buffers.found_inf = False
+        if max_grad_norm is not None:
+            part = grad_norm(self._shard_grad) ** 2 if self._shard_grad.size else 0.0
+            t1 = time.perf_counter()
+            parts = self.comm.allgather(float(part))
+            comm += time.perf_counter() - t1
+            total = 0.0
+            for p in parts:                    # rank order: the same sum on every rank
+                total += p
+            norm = float(np.sqrt(total)) / n
+            clip = min(1.0, float(max_grad_norm) / (norm + 1e-6))
+            factor_scale = n / clip
+            self.buffers.grad_norm = norm
+        self.step_fn(self.buffers, grad_scale=factor_scale, **hyper)
+        t1 = time.perf_counter()
+        self._all_gather()
+        comm += time.perf_counter() - t1
+        self.comm_seconds += comm
+        self.steps += 1
+        return True
+
+    @property
+    def state_bytes(self):
+        """Bytes of optimizer state on this rank."""
+        return sum(a.nbytes for k, a in self.buffers.arrays().items()
+                   if k not in ("param", "grad"))

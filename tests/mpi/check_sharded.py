@@ -1,0 +1,85 @@
+"""Run under ``mpiexec -n 2`` by tests/test_distributed.py: ShardedStep against one process
+stepping the mean gradient (bitwise with 2 ranks), clipping (to rounding), skip on every rank,
+mismatch detection on every rank, state memory per rank. Prints "OK <rank>" per rank."""
+import sys
+
+import numpy as np
+from mpi4py import MPI
+
+import fastopt
+from fastopt import registry
+from fastopt.distributed import ShardedStep
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+assert size == 2, "run with mpiexec -n 2"
+
+CASES = [("adam", dict(lr=1e-3), {}), ("adam", dict(lr=1e-3, amsgrad=True, weight_decay=0.01),
+                                        dict(amsgrad=True)),
+         ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True), dict(momentum=0.9)),
+         ("rmsprop", dict(lr=1e-3, centered=True), dict(centered=True)),
+         ("lion", dict(lr=1e-3, weight_decay=0.1), {}),
+         ("nadam", dict(lr=2e-3), {}), ("adagrad", dict(lr=1e-2), {})]
+
+
+def grads(step, n, dtype):
+    return [np.random.default_rng(1000 * step + k).standard_normal(n).astype(dtype)
+            for k in range(size)]
+
+
+def run(name, kw, zeros, dtype, n=10_007, steps=6, **loop):
+    spec = registry.get(name)
+    fn = registry.step_function(spec)
+    p0 = np.random.default_rng(7).standard_normal(n).astype(dtype)
+    p = p0.copy()
+    g = np.empty(n, dtype)
+    sh = ShardedStep(fn, p, g, **zeros)
+    ref = spec.buffers_cls.zeros(p0.copy(), np.empty(n, dtype), **zeros)
+    for step in range(steps):
+        parts = grads(step, n, dtype)
+        if loop.get("skip_nonfinite") and step == 2:
+            parts[1][-5] = np.inf       # rank 1's gradient, in rank 1's shard after the sum
+        g[...] = parts[rank]
+        took = sh.step(**kw, **loop)
+        total = parts[0] + parts[1]
+        ref.grad[...] = total / 2                       # the mean gradient, exactly
+        fn(ref, **kw, **loop)
+        assert took == (not ref.found_inf) if loop.get("skip_nonfinite") else took
+    return sh, ref
+
+
+for name, kw, zeros in CASES:
+    for dtype in (np.float32, np.float64):
+        sh, ref = run(name, kw, zeros, dtype)
+        assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), (name, dtype)
+        for f in ref.state_fields:
+            a, b = getattr(sh.buffers, f), getattr(ref, f)
+            if b is not None:
+                assert np.array_equal(a.view(np.uint8), b[sh.lo:sh.hi].view(np.uint8)), (name, f)
+
+# clipping: equal to rounding (the norm's chunks follow the shard boundaries)
+sh, ref = run("adam", dict(lr=1e-2), {}, np.float64, max_grad_norm=1.0)
+np.testing.assert_allclose(sh.param, ref.param, rtol=1e-12, atol=1e-14)
+assert abs(sh.buffers.grad_norm - ref.grad_norm) <= 1e-12 * ref.grad_norm
+
+# skip: a non-finite gradient on one rank skips the step on both
+sh, ref = run("adam", dict(lr=1e-2), {}, np.float64, skip_nonfinite=True)
+assert sh.buffers.skipped_steps == ref.skipped_steps == 1
+assert np.array_equal(sh.param, ref.param)
+
+# state memory per rank: half of one process's
+full = fastopt.AdamBuffers.zeros(np.zeros(10_007, np.float32), np.zeros(10_007, np.float32))
+sh, _ = run("adam", dict(lr=1e-3), {}, np.float32)
+assert sh.state_bytes == 2 * 4 * sh.counts[rank]
+assert sum(comm.allgather(sh.state_bytes)) == sum(
+    a.nbytes for k, a in full.arrays().items() if k not in ("param", "grad"))
+
+# a mismatch between ranks is reported on every rank
+try:
+    n = 100 + rank
+    ShardedStep(fastopt.adam_step, np.zeros(n, np.float32), np.zeros(n, np.float32))
+except ValueError as e:
+    assert "disagree" in str(e), e
+else:
+    sys.exit("a size mismatch was not detected")
+print(f"OK {rank}", flush=True)

@@ -26,9 +26,19 @@ boundaries, so it is equal to rounding as well.
 Construction checks, on every rank, that all ranks agree on the size, dtype, optimizer and
 state options, and raises the same ``ValueError`` on each when they do not.
 
-Not built yet (issue 15): sharded checkpoints with resharding, a bounded-time exit when a rank
-dies, ``compare --distributed``, parameter groups. ``mpi4py`` is imported only here.
+Checkpoints (:meth:`ShardedStep.save` / :meth:`ShardedStep.load`): each rank writes its shard
+(parameters and state, ``fastopt.save_checkpoint``'s atomic, checksummed format) under a name
+that carries the step, then rank 0 writes ``manifest.json`` atomically; the files of older
+saves are removed only after the new manifest is in place, so a rank that fails mid-save
+leaves the previous checkpoint whole. Loading reads the manifest, checks every shard, and
+reshards: any number of ranks can load what any number saved.
+
+Not built yet (issue 15): a bounded-time exit when a rank dies, ``compare --distributed``,
+parameter groups. ``mpi4py`` is imported only here.
 """
+import json
+import os
+
 import numpy as np
 
 from . import registry
@@ -159,6 +169,85 @@ class ShardedStep:
         self.comm_seconds += comm
         self.steps += 1
         return True
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self, directory):
+        """Write this step's shards and manifest to ``directory`` (collective: every rank
+        calls it). Returns the manifest's path."""
+        from .checkpoint import save_checkpoint
+        os.makedirs(directory, exist_ok=True)
+        b = self.buffers
+        name = f"step{b.step:09d}-shard{self.rank:05d}-of-{self.size:05d}.ckpt"
+        error = None
+        try:
+            save_checkpoint(os.path.join(directory, name), b)
+        except Exception as e:              # every rank must learn that the save failed
+            error = f"rank {self.rank}: {type(e).__name__}: {e}"
+        errors = [e for e in self.comm.allgather(error) if e]
+        if errors:
+            raise RuntimeError("ShardedStep.save: a shard could not be written (the previous "
+                               "checkpoint is kept): " + "; ".join(errors))
+        names = self.comm.gather(name, root=0)
+        path = os.path.join(directory, "manifest.json")
+        if self.rank == 0:
+            manifest = {"format": "fastopt-sharded-1", "optimizer": self.spec.name,
+                        "size": int(self.param.size), "dtype": np.dtype(self.param.dtype).str,
+                        "step": int(b.step), "ranks": self.size, "counts": self.counts,
+                        "offsets": self.offsets, "shards": names}
+            tmp = path + f".tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(manifest, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            for old in os.listdir(directory):     # older saves' shards, now unreferenced
+                if old.endswith(".ckpt") and old.startswith("step") and old not in names:
+                    os.unlink(os.path.join(directory, old))
+        self.comm.Barrier()
+        return path
+
+    def load(self, directory):
+        """Load the checkpoint in ``directory`` saved with any number of ranks into this step
+        (collective). Everything is read and checked before anything is written."""
+        from .checkpoint import CheckpointError, load_checkpoint
+        path = os.path.join(directory, "manifest.json")
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path!r}: cannot read the manifest ({e})") from None
+        want = (self.spec.name, int(self.param.size), np.dtype(self.param.dtype).str)
+        got = (manifest.get("optimizer"), manifest.get("size"), manifest.get("dtype"))
+        if got != want or manifest.get("format") != "fastopt-sharded-1":
+            raise CheckpointError(f"{path!r} holds (optimizer, size, dtype) {got}, this step "
+                                  f"is {want}")
+        shards = [load_checkpoint(os.path.join(directory, n)) for n in manifest["shards"]]
+        offsets = manifest["offsets"]
+        if any(s.size != c for s, c in zip(shards, manifest["counts"])) or \
+                any(s.step != manifest["step"] for s in shards):
+            raise CheckpointError(f"{path!r}: the shards do not match the manifest")
+        b = self.buffers
+        fields = [f for f in b.state_fields if getattr(b, f) is not None]
+        for s in shards:
+            if [f for f in s.state_fields if getattr(s, f) is not None] != fields:
+                raise CheckpointError(f"{path!r}: its state arrays differ from this step's "
+                                      f"{fields}")
+        eight_bit = any(s.state_absmax for s in shards)
+        if eight_bit and (manifest["ranks"] != self.size or not b.state_absmax):
+            raise CheckpointError(f"{path!r}: 8-bit state (block scales per shard) loads only "
+                                  f"into 8-bit state on the same number of ranks "
+                                  f"({manifest['ranks']})")
+        for s, off in zip(shards, offsets):        # the whole parameter, on every rank
+            self.param[off:off + s.size] = s.param
+        for s, off in zip(shards, offsets):        # this rank's part of every saved shard
+            lo, hi = max(off, self.lo), min(off + s.size, self.hi)
+            if lo < hi:
+                for f in fields:
+                    getattr(b, f)[lo - self.lo:hi - self.lo] = getattr(s, f)[lo - off:hi - off]
+        if eight_bit:
+            for f, scales in shards[self.rank].state_absmax.items():
+                b.state_absmax[f][...] = scales
+        b.step = manifest["step"]
 
     @property
     def state_bytes(self):

@@ -54,3 +54,17 @@ def test_shard_bounds_cover_the_buffer():
             counts, offsets = shard_bounds(n, size)
             assert sum(counts) == n and max(counts) - min(counts) <= 1
             assert offsets == [sum(counts[:r]) for r in range(size)]
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
+                                            "(pip install mpi4py mpich)")
+def test_sharded_checkpoints_reshard_and_survive_a_failed_save(tmp_path):
+    """Save with 2 ranks (then a save that fails on rank 1: it raises on both and keeps the
+    previous checkpoint), load with 1 and with 2 ranks: the same next steps, bit for bit."""
+    for ranks, mode in ((2, "save"), (1, "load"), (2, "load")):
+        res = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable,
+                              "tests/mpi/check_checkpoint.py", mode, str(tmp_path)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
+        out = res.stdout + res.stderr
+        assert res.returncode == 0, f"{mode} with {ranks} ranks:\n" + out[-4000:]
+        assert all(f"OK {r}" in out for r in range(ranks)), out[-4000:]

@@ -136,12 +136,36 @@ def _cmd_compare(args):
     print(f"settings: iters={args.iters} batch={args.batch_size} lr={lr} "
           f"optimizers={','.join(args.optimizers)} backend={args.backend} dtype={args.dtype} "
           f"seed={args.seed}{loop}")
-    result = run_compare(data, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
-                         optimizers=args.optimizers, backend=args.backend,
-                         dtype=np.dtype(args.dtype), seed=args.seed, clip=args.clip,
-                         schedule=args.schedule, warmup=args.warmup,
-                         weight_decay=args.weight_decay, decay_bias=not args.no_decay_bias,
-                         state_dtypes=args.state_dtype)
+    rank = 0
+    if args.distributed:
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            print(f'fastopt compare: error: --distributed needs mpi4py: pip install '
+                  f'"fastopt[mpi]" ({e})', file=sys.stderr)
+            return 2
+        rank = MPI.COMM_WORLD.Get_rank()
+        if rank == 0:
+            print(f"distributed: {MPI.COMM_WORLD.Get_size()} ranks, each takes its part of "
+                  f"every batch; state sharded")
+    quiet = open(os.devnull, "w") if rank else None
+    try:
+        result = run_compare(data, iters=args.iters, batch_size=args.batch_size, lr=args.lr,
+                             optimizers=args.optimizers, backend=args.backend,
+                             dtype=np.dtype(args.dtype), seed=args.seed, clip=args.clip,
+                             schedule=args.schedule, warmup=args.warmup,
+                             weight_decay=args.weight_decay,
+                             decay_bias=not args.no_decay_bias,
+                             state_dtypes=args.state_dtype, distributed=args.distributed,
+                             out=quiet, show_progress=False if rank else None)
+    except ValueError as e:
+        print(f"fastopt compare: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if quiet is not None:
+            quiet.close()
+    if rank:                                    # rank 0 reports and writes the outputs
+        return 0
     result["data_source"] = source
     if result["interrupted"]:
         paths = write_outputs(result, args.out) if result["completed_iters"] else []
@@ -313,6 +337,9 @@ def build_parser():
                         "(each optimizer trains once per precision, one plot)")
     c.add_argument("--no-decay-bias", action="store_true",
                    help="no weight decay on the biases (a parameter group)")
+    c.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI with sharded optimizer state (run under "
+                        "mpiexec; each rank takes its part of every batch)")
     c.set_defaults(func=_cmd_compare)
 
     b = sub.add_parser("bench", help="time every optimizer and implementation "

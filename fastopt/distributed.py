@@ -33,11 +33,19 @@ saves are removed only after the new manifest is in place, so a rank that fails 
 leaves the previous checkpoint whole. Loading reads the manifest, checks every shard, and
 reshards: any number of ranks can load what any number saved.
 
-Not built yet (issue 15): a bounded-time exit when a rank dies, ``compare --distributed``,
-parameter groups. ``mpi4py`` is imported only here.
+Faults: a rank that dies ends the job at once (mpiexec terminates the others). A rank that
+raises would hang the others in their next collective (Python's exit runs ``MPI_Finalize``,
+which waits for them): so ``ShardedStep`` installs, once per process, an exception hook that
+prints the traceback and the rank, then calls ``MPI_Abort``, and every rank exits within
+seconds with a clear error (``abort_on_error=False`` leaves ``sys.excepthook`` alone).
+
+Parameter groups (:class:`fastopt.Groups` over the whole buffer) are cut to each rank's shard;
+schedules work as in one process (they are evaluated at the shard's step, the same on every
+rank). ``mpi4py`` is imported only here.
 """
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -64,6 +72,27 @@ def shard_bounds(n, size):
     return counts, offsets
 
 
+def install_abort_hook(comm):
+    """On an uncaught exception in this process: the usual traceback, a line naming the rank,
+    then ``comm.Abort(1)``, which ends every rank (instead of leaving them blocked in a
+    collective). Installed once per process."""
+    previous = sys.excepthook
+    if getattr(previous, "_fastopt_abort", False):
+        return
+
+    def hook(etype, value, tb):
+        previous(etype, value, tb)
+        try:
+            sys.stderr.write(f"fastopt.distributed: rank {comm.Get_rank()} of "
+                             f"{comm.Get_size()} raised {etype.__name__}: {value}; aborting "
+                             f"every rank\n")
+            sys.stderr.flush()
+        finally:
+            comm.Abort(1)
+    hook._fastopt_abort = True
+    sys.excepthook = hook
+
+
 def _spec_of(step_fn):
     for spec in registry.REGISTRY.values():
         if spec.step_fn is step_fn or registry.step_function(spec) is step_fn:
@@ -81,9 +110,11 @@ class ShardedStep:
     ``self.buffers.param`` is a view of this rank's shard of ``param``.
     """
 
-    def __init__(self, step_fn, param, grad, comm=None, **zeros_options):
+    def __init__(self, step_fn, param, grad, comm=None, abort_on_error=True, **zeros_options):
         MPI = _mpi()
         self.comm = comm if comm is not None else MPI.COMM_WORLD
+        if abort_on_error:
+            install_abort_hook(self.comm)
         self.spec = _spec_of(step_fn)
         self.step_fn = step_fn
         check_group({"param": param, "grad": grad}, "ShardedStep")
@@ -131,9 +162,11 @@ class ShardedStep:
         import time
         from .scaling import grad_norm
         MPI = _mpi()
-        if "groups" in hyper or "grad_scale" in hyper or "layout" in hyper:
-            raise NotImplementedError("ShardedStep: groups=, grad_scale= and layout= are not "
+        if "grad_scale" in hyper or "layout" in hyper:
+            raise NotImplementedError("ShardedStep: grad_scale= and layout= are not "
                                       "implemented yet")
+        if hyper.get("groups") is not None:
+            hyper["groups"] = self._shard_groups(hyper["groups"])
         t0 = time.perf_counter()
         self._reduce_scatter()
         n = self.size
@@ -169,6 +202,25 @@ class ShardedStep:
         self.comm_seconds += comm
         self.steps += 1
         return True
+
+    def _shard_groups(self, groups):
+        """``groups`` (over the whole buffer) cut to this rank's shard, cached per object."""
+        from .groups import Groups
+        cached = getattr(self, "_groups_cache", None)
+        if cached is not None and cached[0] is groups:
+            return cached[1]
+        if not isinstance(groups, Groups) or groups.size != self.param.size:
+            raise ValueError(f"ShardedStep: groups must be a fastopt.Groups over the whole "
+                             f"buffer ({self.param.size} elements)")
+        mine = []
+        for ranges, values in zip(groups.ranges, groups.groups):
+            cut = [(max(a, self.lo) - self.lo, min(b, self.hi) - self.lo) for a, b in ranges
+                   if max(a, self.lo) < min(b, self.hi)]
+            if cut:
+                mine.append(dict(values, ranges=cut))
+        shard = Groups(self.hi - self.lo, mine)
+        self._groups_cache = (groups, shard)
+        return shard
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory):

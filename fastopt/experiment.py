@@ -137,18 +137,58 @@ class LoopOptimizer:
                           groups=self.groups, backend=self.backend, **self.layout)
 
 
+class DistributedOptimizer:
+    """One of the blog's optimizers stepped data-parallel over MPI with sharded state
+    (:class:`fastopt.distributed.ShardedStep`), optionally clipped. Each rank computes the
+    gradient of its part of the batch; the step averages them."""
+
+    def __init__(self, name, net, lr, *, clip=None, backend=None):
+        from .distributed import ShardedStep
+        blog = _make(name, lr, backend)
+        self.spec = blog._spec
+        self.hyper = blog._hyper()
+        self.clip = clip
+        hp = self.spec.validate(dict(self.spec.defaults, **self.hyper))
+        self.sharded = ShardedStep(self.spec.step_fn, net.flat.param, net.flat.grad,
+                                   **self.spec.state_options(hp))
+
+    def update(self, params=None, grads=None):
+        self.sharded.step(**self.hyper, max_grad_norm=self.clip)
+
+
 def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIMIZERS,
                 backend=None, dtype=np.float32, seed=0, report_every=100, out=None,
                 show_progress=None, clip=None, schedule="constant", warmup=0,
-                weight_decay=0.0, decay_bias=True, state_dtypes=None):
+                weight_decay=0.0, decay_bias=True, state_dtypes=None, distributed=False):
     """Train one network per optimizer; return a dict of losses, accuracies and timings.
     ``lr``: every optimizer's learning rate (``None``: each one's default, 0.01 for the
     blog's four).
     ``clip``, ``schedule``, ``warmup``, ``weight_decay``, ``decay_bias``: the training-loop
     options (:class:`LoopOptimizer`); with their defaults the blog's classes are used.
     ``state_dtypes``: a list of state precisions (``"float32"``, ``"bfloat16"``...): every
-    optimizer then trains once per precision, under the name ``"Adam (bfloat16)"`` etc."""
+    optimizer then trains once per precision, under the name ``"Adam (bfloat16)"`` etc.
+    ``distributed``: data-parallel over MPI (run under ``mpiexec``): every rank draws the same
+    batches, computes the gradient of its contiguous part of each batch, and the sharded step
+    averages them (:class:`DistributedOptimizer`); ``clip`` is the only loop option then."""
     out = sys.stdout if out is None else out
+    part = weight = comm = None
+    if distributed:
+        if schedule != "constant" or warmup or weight_decay or state_dtypes:
+            raise ValueError("distributed training takes --clip as its only loop option for "
+                             "now (no schedule, warmup, weight decay or state precisions)")
+        from mpi4py import MPI
+
+        from .distributed import shard_bounds
+        comm = MPI.COMM_WORLD
+        counts, offsets = shard_bounds(batch_size, comm.Get_size())
+        if min(counts) == 0:
+            raise ValueError(f"a batch of {batch_size} cannot be split over "
+                             f"{comm.Get_size()} ranks")
+        lo = offsets[comm.Get_rank()]
+        part = (lo, lo + counts[comm.Get_rank()])
+        # a rank's gradient is the mean over its part; the step averages the ranks', so a
+        # part of another size is weighted by its share first (1 when the parts are equal)
+        weight = counts[comm.Get_rank()] * comm.Get_size() / batch_size
     loop = dict(clip=clip, schedule=schedule, warmup=warmup, iters=iters,
                 weight_decay=weight_decay, decay_bias=decay_bias, backend=backend)
     plain = (clip is None and schedule == "constant" and not warmup and not weight_decay
@@ -162,6 +202,8 @@ def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIM
     optimizers = list(names)
 
     def optimizer(k, net):
+        if distributed:
+            return DistributedOptimizer(names[k], net, lr, clip=clip, backend=backend)
         if plain:
             return _make(names[k], lr, backend)
         sd = precision[k]
@@ -199,7 +241,12 @@ def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIM
             for k in optimizers:
                 net = nets[k]
                 t0 = time.perf_counter()
-                net.gradient(x, t)
+                if part is None:
+                    net.gradient(x, t)
+                else:
+                    net.gradient(x[part[0]:part[1]], t[part[0]:part[1]])
+                    if weight != 1:
+                        net.flat.grad *= net.flat.grad.dtype.type(weight)
                 t1 = time.perf_counter()
                 opts[k].update(net.params, net.grads)
                 t2 = time.perf_counter()
@@ -241,6 +288,7 @@ def run_compare(data, iters=2000, batch_size=128, lr=None, optimizers=BLOG_OPTIM
                      "dtype": dtype.name, "seed": seed, "sizes": list(BLOG_SIZES),
                      "clip": clip, "schedule": schedule, "warmup": warmup,
                      "weight_decay": weight_decay, "decay_bias": decay_bias,
+                     "distributed_ranks": comm.Get_size() if comm is not None else None,
                      "train_size": len(x_train), "test_size": len(x_test)},
     }
 

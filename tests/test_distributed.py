@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,3 +69,45 @@ def test_sharded_checkpoints_reshard_and_survive_a_failed_save(tmp_path):
         out = res.stdout + res.stderr
         assert res.returncode == 0, f"{mode} with {ranks} ranks:\n" + out[-4000:]
         assert all(f"OK {r}" in out for r in range(ranks)), out[-4000:]
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
+                                            "(pip install mpi4py mpich)")
+@pytest.mark.parametrize("how", ["raise", "die"])
+def test_a_failing_rank_ends_every_rank_within_seconds(how):
+    import time
+    t0 = time.monotonic()
+    res = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "tests/mpi/check_fault.py", "1",
+                          how], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - t0
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "finished" not in out, out[-3000:]
+    assert elapsed < 60, f"took {elapsed:.0f} s"
+    if how == "raise":
+        assert "rank 1 of 2 raised RuntimeError: simulated failure" in out, out[-3000:]
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
+                                            "(pip install mpi4py mpich)")
+def test_compare_distributed_follows_the_single_process_run(tmp_path):
+    """``mpiexec -n 2 python -m fastopt compare --distributed``: each rank takes half of every
+    batch; the losses follow the one-process run to float32 rounding (the mean of two
+    half-batch means rounds differently from the full-batch mean)."""
+    import json
+    (tmp_path / "none").mkdir()         # no MNIST there: the full set if found, else the sample
+    args = ["-m", "fastopt", "compare", "--iters", "30", "--optimizers", "Momentum,Adam",
+            "--no-download", "--data-dir", str(tmp_path / "none")]
+    one = subprocess.run([sys.executable] + args + ["--out", str(tmp_path / "one")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([MPIEXEC, "-n", "2", sys.executable] + args +
+                         ["--distributed", "--out", str(tmp_path / "two")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
+    assert two.stdout.count("wrote ") == 3          # rank 0 alone writes the outputs
+    a = json.loads((tmp_path / "one" / "losses.json").read_text())
+    b = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert b["settings"]["distributed_ranks"] == 2
+    for k in ("Momentum", "Adam"):
+        x, y = np.array(a["losses"][k]), np.array(b["losses"][k])
+        np.testing.assert_allclose(y, x, rtol=1e-4, err_msg=k)

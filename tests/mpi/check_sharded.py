@@ -57,6 +57,14 @@ for name, kw, zeros in CASES:
             if b is not None:
                 assert np.array_equal(a.view(np.uint8), b[sh.lo:sh.hi].view(np.uint8)), (name, f)
 
+# parameter groups (cut to each shard) and a schedule, bitwise as in one process
+groups = fastopt.Groups(10_007, [{"range": (0, 3000), "lr": 1e-2},
+                                 {"ranges": [(4000, 6000), (9000, 10_007)], "lr": 5e-4,
+                                  "weight_decay": 0.1}])
+for dtype in (np.float32, np.float64):
+    sh, ref = run("adam", dict(lr=lambda t: 1e-3 / (1 + t), groups=groups), {}, dtype)
+    assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), ("groups", dtype)
+
 # clipping: equal to rounding (the norm's chunks follow the shard boundaries)
 sh, ref = run("adam", dict(lr=1e-2), {}, np.float64, max_grad_norm=1.0)
 np.testing.assert_allclose(sh.param, ref.param, rtol=1e-12, atol=1e-14)

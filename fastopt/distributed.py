@@ -20,7 +20,7 @@ Determinism: with 2 ranks the summed gradient ``a + b`` is exact in either order
 division by 2 is exact, so the parameters after any number of steps are **bitwise equal** to
 one process stepping the mean gradient ``(a + b) / 2`` (tested under ``mpiexec -n 2``). With
 more ranks MPI's reduction order is its own (not fixed by the standard), so a run is equal to
-the single-process run to rounding; with clipping the norm's chunks follow the shard
+the single-process run to rounding (tested with 3 ranks); with clipping the norm's chunks follow the shard
 boundaries, so it is equal to rounding as well.
 
 Construction checks, on every rank, that all ranks agree on the size, dtype, optimizer and

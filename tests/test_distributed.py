@@ -111,3 +111,13 @@ def test_compare_distributed_follows_the_single_process_run(tmp_path):
     for k in ("Momentum", "Adam"):
         x, y = np.array(a["losses"][k]), np.array(b["losses"][k])
         np.testing.assert_allclose(y, x, rtol=1e-4, err_msg=k)
+
+
+@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
+                                            "(pip install mpi4py mpich)")
+def test_three_ranks_equal_one_process_to_rounding():
+    res = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "tests/mpi/check_three.py"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert all(f"OK {r}" in out for r in range(3)), out[-4000:]

@@ -24,7 +24,8 @@ the single-process run to rounding (tested with 3 ranks); with clipping the norm
 boundaries, so it is equal to rounding as well.
 
 Construction checks, on every rank, that all ranks agree on the size, dtype, optimizer and
-state options, and raises the same ``ValueError`` on each when they do not.
+state options, and the first step that they pass the same hyperparameters and loop options;
+each raises the same ``ValueError`` on every rank when they do not.
 
 Checkpoints (:meth:`ShardedStep.save` / :meth:`ShardedStep.load`): each rank writes its shard
 (parameters and state, ``fastopt.save_checkpoint``'s atomic, checksummed format) under a name
@@ -140,6 +141,7 @@ class ShardedStep:
                                                    **zeros_options)
         self._mpi_type = getattr(MPI, _MPI_TYPES[np.dtype(param.dtype)])
         self.comm_seconds = 0.0         # time in reduce-scatter + all-gather (+ norm, flag)
+        self._agreed = False            # the first step checks that the ranks agree
         self.steps = 0
 
     def _reduce_scatter(self):
@@ -165,6 +167,8 @@ class ShardedStep:
         if "grad_scale" in hyper or "layout" in hyper:
             raise NotImplementedError("ShardedStep: grad_scale= and layout= are not "
                                       "implemented yet")
+        if not self._agreed:
+            self._check_agreement(hyper, max_grad_norm, skip_nonfinite)
         if hyper.get("groups") is not None:
             hyper["groups"] = self._shard_groups(hyper["groups"])
         t0 = time.perf_counter()
@@ -202,6 +206,26 @@ class ShardedStep:
         self.comm_seconds += comm
         self.steps += 1
         return True
+
+    def _check_agreement(self, hyper, max_grad_norm, skip_nonfinite):
+        """On the first step: every rank must pass the same settings (values; a schedule
+        counts as "a schedule"; groups by their ranges and values), or every rank raises."""
+        def describe(v):
+            if callable(v):
+                return "schedule"
+            ranges = getattr(v, "ranges", None)
+            if ranges is not None:
+                return repr((ranges, [sorted((k, describe(x)) for k, x in g.items())
+                                      for g in v.groups]))
+            return repr(v)
+        mine = sorted((k, describe(v)) for k, v in hyper.items())
+        mine += [("max_grad_norm", repr(max_grad_norm)), ("skip_nonfinite", skip_nonfinite)]
+        every = self.comm.allgather(mine)
+        if any(other != mine for other in every):
+            raise ValueError("ShardedStep.step: the ranks passed different settings on their "
+                             "first step: " + "; ".join(f"rank {r}: {dict(o)}"
+                                                        for r, o in enumerate(every)))
+        self._agreed = True
 
     def _shard_groups(self, groups):
         """``groups`` (over the whole buffer) cut to this rank's shard, cached per object."""

@@ -90,4 +90,14 @@ except ValueError as e:
     assert "disagree" in str(e), e
 else:
     sys.exit("a size mismatch was not detected")
+# different hyperparameters on the first step: reported on every rank, nothing written
+p = np.ones(100, np.float32)
+sh = ShardedStep(fastopt.adam_step, p, np.ones(100, np.float32))
+try:
+    sh.step(lr=1e-3 * (1 + rank))
+except ValueError as e:
+    assert "different settings" in str(e), e
+    assert np.all(p == 1) and sh.buffers.step == 0
+else:
+    sys.exit("different learning rates were not detected")
 print(f"OK {rank}", flush=True)

@@ -26,8 +26,8 @@ import threading
 import numpy as np
 
 from . import _backends, scaling
-from ._core import (check_flag, check_group, check_param_copy, check_real, check_step,
-                    is_cuda_array)
+from ._core import (check_8bit_scales, check_flag, check_group, check_param_copy, check_real,
+                    check_step, is_cuda_array)
 
 
 def _device_key(a):
@@ -373,34 +373,7 @@ def _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, backend):
     if seed is not None:
         raise ValueError(f"{owner}.rounding_seed is set but the state is 8-bit; stochastic "
                          f"rounding is for bfloat16 state")
-    block = buffers.block_size
-    if isinstance(block, (bool, np.bool_)) or not isinstance(block, numbers.Integral) \
-            or block < 1:
-        raise ValueError(f"{owner}.block_size must be an int >= 1 for 8-bit state, got "
-                         f"{block!r}")
-    own = buffers.state_absmax
-    if not isinstance(own, dict):
-        raise TypeError(f"{owner}.state_absmax must be a dict {{field: float32 scales}} for "
-                        f"8-bit state, got {type(own).__name__}")
-    n = int(arrays["param"].size)
-    blocks = -(-n // int(block))
-    scales = {}
-    for f in fields:
-        a = own.get(f)
-        where = f"{owner}.state_absmax[{f!r}]"
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1:
-            raise TypeError(f"{where} must be a 1-D float32 numpy array (one scale per "
-                            f"block), got {getattr(a, 'dtype', type(a).__name__)}")
-        if a.shape[0] != blocks:
-            raise ValueError(f"{where} has {a.shape[0]} scales but {n} elements in blocks of "
-                             f"{block} need {blocks}")
-        if not a.flags.c_contiguous or not a.flags.writeable:
-            raise ValueError(f"{where} must be C-contiguous and writable")
-        for name, other in list(arrays.items()) + list(scales.items()):
-            if a.size and other.size and np.may_share_memory(a, other):
-                raise ValueError(f"{where} shares memory with {name}")
-        scales[f] = a
-    return int(block), scales
+    return check_8bit_scales(buffers, arrays, owner)
 
 
 def _loop_factor(buffers, checked):

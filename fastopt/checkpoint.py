@@ -39,7 +39,7 @@ import tempfile
 
 import numpy as np
 
-from ._core import Buffers, check_group, check_step, is_cuda_array
+from ._core import Buffers, check_8bit_scales, check_group, check_step, is_cuda_array
 
 FORMAT_VERSION = 1
 FORMAT_VERSIONS = (1, 2, 3)   # 2: "dtype": "bfloat16" entries; 3: 8-bit state (block_size)
@@ -162,21 +162,10 @@ def save_checkpoint(path, buffers):
 
 
 def _eight_bit(buffers, arrays, owner):
-    """The block size when ``arrays`` hold 8-bit state (its scales checked), else None."""
-    fields = [n for n, a in arrays.items() if a.dtype == np.uint8]
-    if not fields:
-        return None
-    block = buffers.block_size
-    scales = buffers.state_absmax
-    if type(block) is not int or block < 1 or not isinstance(scales, dict):
-        raise ValueError(f"{owner} holds 8-bit state but its block_size / state_absmax are "
-                         f"{block!r} / {type(scales).__name__}")
-    blocks = -(-int(arrays["param"].size) // block)
-    for n in fields:
-        a = scales.get(n)
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (blocks,):
-            raise ValueError(f"{owner}.state_absmax[{n!r}] must be {blocks} float32 scales")
-    return block
+    """The block size when ``arrays`` hold 8-bit state (its scales checked as a step checks
+    them), else None."""
+    checked = check_8bit_scales(buffers, arrays, owner)
+    return None if checked is None else checked[0]
 
 
 def _bad(path, why):

@@ -73,6 +73,11 @@ def assert_close(a, b, dtype):
         torch.testing.assert_close(p.detach(), q.detach(), **tol, msg=n)
 
 
+def test_every_torch_optimizer_of_the_front_end_has_a_parity_case():
+    with_torch_peer = {n for n in ft.__all__ if hasattr(torch.optim, n)}
+    assert with_torch_peer == {n for n, _ in PEERS}
+
+
 @pytest.mark.parametrize("name,kw", PEERS, ids=IDS)
 def test_mlp_matches_torch_optim(name, kw):
     """200 steps in float64 (float32 training is chaotic enough that rounding differences in

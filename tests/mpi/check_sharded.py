@@ -7,19 +7,21 @@ import numpy as np
 from mpi4py import MPI
 
 import fastopt
-from fastopt import registry
+from fastopt import registry, testinfo
 from fastopt.distributed import ShardedStep
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
 assert size == 2, "run with mpiexec -n 2"
 
-CASES = [("adam", dict(lr=1e-3), {}), ("adam", dict(lr=1e-3, amsgrad=True, weight_decay=0.01),
-                                        dict(amsgrad=True)),
-         ("sgd", dict(lr=0.1, momentum=0.9, nesterov=True), dict(momentum=0.9)),
-         ("rmsprop", dict(lr=1e-3, centered=True), dict(centered=True)),
-         ("lion", dict(lr=1e-3, weight_decay=0.1), {}),
-         ("nadam", dict(lr=2e-3), {}), ("adagrad", dict(lr=1e-2), {})]
+# every registered optimizer but LAMB (whose per-tensor norms need layout=), with the last
+# combination of its test option grid (the most options on)
+CASES = []
+for _spec in registry.REGISTRY.values():
+    if _spec.kernel.norm_names:
+        continue
+    _kw = dict(_spec.defaults, **testinfo.option_combinations(_spec)[-1])
+    CASES.append((_spec.name, _kw, _spec.state_options(_spec.validate(_kw))))
 
 
 def grads(step, n, dtype):

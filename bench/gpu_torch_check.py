@@ -8,12 +8,12 @@ torch.optim.Adam(fused=True) on the GPU at the MLP's size and at 1e7 (CUDA event
 import os
 import sys
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastopt.torch as ft  # noqa: E402
 from fastopt.benchmarks import torch_mlp  # noqa: E402
+from gpu_report import event_time  # noqa: E402  (bench/, the script's own directory)
 
 DEV = torch.device("cuda")
 
@@ -39,22 +39,6 @@ def train(cls, kw, dtype, steps=100):
     return model
 
 
-def event_time(fn, reps=100):
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(5):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        e.synchronize()
-        out.append(s.elapsed_time(e) / 1e3 / reps)
-    return float(np.median(out))
-
-
 def main():
     print("device:", torch.cuda.get_device_name(0))
     for name, kw in [("Adam", dict(lr=1e-3)), ("AdamW", dict(lr=1e-3, weight_decay=0.01)),
@@ -75,7 +59,7 @@ def main():
                 p.grad = torch.randn_like(p)          # (fastopt: copied into its arena once)
             opt = (ft.Adam(model.parameters(), lr=1e-3) if mode == "fastopt" else
                    torch.optim.Adam(model.parameters(), lr=1e-3, **{mode: True}))
-            times[mode] = event_time(opt.step)
+            times[mode] = event_time(opt.step, reps=100)
         print(f"  step {label}: " + "  ".join(f"{k} {v * 1e6:.1f} us" for k, v in
                                               times.items())
               + f"  | fastopt vs fused x{times['fused'] / times['fastopt']:.2f}", flush=True)

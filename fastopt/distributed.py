@@ -47,11 +47,13 @@ rank). ``mpi4py`` is imported only here.
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
 from . import registry
 from ._core import check_group
+from .scaling import grad_norm
 
 _MPI_TYPES = {np.dtype(np.float32): "FLOAT", np.dtype(np.float64): "DOUBLE"}
 
@@ -161,8 +163,6 @@ class ShardedStep:
     def step(self, max_grad_norm=None, skip_nonfinite=False, **hyper):
         """One data-parallel step with ``hyper`` (the step function's hyperparameters).
         Returns True when the step was taken (False: skipped for a non-finite gradient)."""
-        import time
-        from .scaling import grad_norm
         MPI = _mpi()
         if "grad_scale" in hyper or "layout" in hyper:
             raise NotImplementedError("ShardedStep: grad_scale= and layout= are not "

@@ -22,16 +22,27 @@ def _mpiexec():
 
 
 MPIEXEC = _mpiexec()
+needs_mpi = pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
+                                                       "(pip install mpi4py mpich)")
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
-                                            "(pip install mpi4py mpich)")
-def test_sharded_step_under_two_ranks():
-    res = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "tests/mpi/check_sharded.py"],
+def mpirun(ranks, *args):
+    """``mpiexec -n ranks python *args`` from the repository root: (return code, output)."""
+    res = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, *map(str, args)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-4000:]
-    assert "OK 0" in out and "OK 1" in out, out[-4000:]
+    return res.returncode, res.stdout + res.stderr
+
+
+def assert_ok(ranks, *args):
+    """The script ran on every rank and each printed "OK <rank>"."""
+    rc, out = mpirun(ranks, *args)
+    assert rc == 0, out[-4000:]
+    assert all(f"OK {r}" in out for r in range(ranks)), out[-4000:]
+
+
+@needs_mpi
+def test_sharded_step_under_two_ranks():
+    assert_ok(2, "tests/mpi/check_sharded.py")
 
 
 def test_import_without_mpi_says_what_to_install(monkeypatch):
@@ -57,38 +68,28 @@ def test_shard_bounds_cover_the_buffer():
             assert offsets == [sum(counts[:r]) for r in range(size)]
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
-                                            "(pip install mpi4py mpich)")
+@needs_mpi
 def test_sharded_checkpoints_reshard_and_survive_a_failed_save(tmp_path):
     """Save with 2 ranks (then a save that fails on rank 1: it raises on both and keeps the
     previous checkpoint), load with 1 and with 2 ranks: the same next steps, bit for bit."""
     for ranks, mode in ((2, "save"), (1, "load"), (2, "load")):
-        res = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable,
-                              "tests/mpi/check_checkpoint.py", mode, str(tmp_path)],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600)
-        out = res.stdout + res.stderr
-        assert res.returncode == 0, f"{mode} with {ranks} ranks:\n" + out[-4000:]
-        assert all(f"OK {r}" in out for r in range(ranks)), out[-4000:]
+        assert_ok(ranks, "tests/mpi/check_checkpoint.py", mode, tmp_path)
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
-                                            "(pip install mpi4py mpich)")
+@needs_mpi
 @pytest.mark.parametrize("how", ["raise", "die"])
 def test_a_failing_rank_ends_every_rank_within_seconds(how):
     import time
     t0 = time.monotonic()
-    res = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "tests/mpi/check_fault.py", "1",
-                          how], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    rc, out = mpirun(2, "tests/mpi/check_fault.py", 1, how)
     elapsed = time.monotonic() - t0
-    out = res.stdout + res.stderr
-    assert res.returncode != 0 and "finished" not in out, out[-3000:]
+    assert rc != 0 and "finished" not in out, out[-3000:]
     assert elapsed < 60, f"took {elapsed:.0f} s"
     if how == "raise":
         assert "rank 1 of 2 raised RuntimeError: simulated failure" in out, out[-3000:]
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
-                                            "(pip install mpi4py mpich)")
+@needs_mpi
 def test_compare_distributed_follows_the_single_process_run(tmp_path):
     """``mpiexec -n 2 python -m fastopt compare --distributed``: each rank takes half of every
     batch; the losses follow the one-process run to float32 rounding (the mean of two
@@ -100,11 +101,9 @@ def test_compare_distributed_follows_the_single_process_run(tmp_path):
     one = subprocess.run([sys.executable] + args + ["--out", str(tmp_path / "one")],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([MPIEXEC, "-n", "2", sys.executable] + args +
-                         ["--distributed", "--out", str(tmp_path / "two")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert two.returncode == 0, (two.stdout + two.stderr)[-3000:]
-    assert two.stdout.count("wrote ") == 3          # rank 0 alone writes the outputs
+    rc, out = mpirun(2, *args, "--distributed", "--out", tmp_path / "two")
+    assert rc == 0, out[-3000:]
+    assert out.count("wrote ") == 3                 # rank 0 alone writes the outputs
     a = json.loads((tmp_path / "one" / "losses.json").read_text())
     b = json.loads((tmp_path / "two" / "losses.json").read_text())
     assert b["settings"]["distributed_ranks"] == 2
@@ -113,11 +112,6 @@ def test_compare_distributed_follows_the_single_process_run(tmp_path):
         np.testing.assert_allclose(y, x, rtol=1e-4, err_msg=k)
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="mpi4py or mpiexec is not installed "
-                                            "(pip install mpi4py mpich)")
+@needs_mpi
 def test_three_ranks_equal_one_process_to_rounding():
-    res = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "tests/mpi/check_three.py"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=600)
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out[-4000:]
-    assert all(f"OK {r}" in out for r in range(3)), out[-4000:]
+    assert_ok(3, "tests/mpi/check_three.py")

@@ -243,7 +243,8 @@ def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, 
     groups' validated hyperparameters, ``segments`` ``((lo, hi, row), ...)`` the element
     ranges (flat indices, in order, non-empty, not overlapping). Each segment is stepped
     exactly as its slice alone would be: NumPy runs the reference per segment, the CPU one
-    compiled call for all of them (``kernels/groups.py``), CUDA one launch per segment."""
+    compiled call for all of them and CUDA one launch (``kernels/groups.py``; a pre-pass per
+    segment, bfloat16 state or a param copy: one call per segment)."""
     if backend == "numpy":
         return _numpy_grouped(spec, arrays, dtype, rows, segments, seed)
     if backend == "cpu":
@@ -271,72 +272,77 @@ def _per_segment(make, arrays, rows, segments):
     return run
 
 
+GROUP_CHUNKS_PER_THREAD = 4   # equal shares of a parallel grouped step's elements per thread
+
+
 def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
-    if spec.kernel.norm_names:      # a pre-pass per segment: each is its own step
+    sources = [arrays.get(name) for name in spec.kernel.arrays]
+    copy = arrays.get("param_copy")
+    bits = copy is not None or any(a is not None and a.dtype == np.uint16 for a in sources)
+    if spec.kernel.norm_names or bits:
+        # a pre-pass per segment (LAMB's trust ratio), or bfloat16 state / a param copy (custom
+        # Numba types, not sliced inside a compiled driver): each segment is its own step
         return _per_segment(
             lambda a, hp, lo: _cpu_runner(spec, a, dtype, hp, parallel, seed, lo), arrays,
             rows, segments)
+    import numba
+
     from .kernels import cpu
+    from .kernels import groups as grouped
     st = np.dtype(dtype).type
     ph = placeholder(dtype)
-    sources = [arrays.get(name) for name in spec.kernel.arrays]
     flat = all(a is None or a.ndim == 1 for a in sources)
+    static = kernel_args(sources, None, ph)
+    n = int(arrays["param"].size)
     n_scalars = len(spec.kernel.scalars)
     # one row of packed scalars per group; the scaled kernels take the gradient factor last
     tables = {False: np.zeros((len(rows), n_scalars), st),
               True: np.zeros((len(rows), n_scalars + 1), st)}
-    row_views = {k: [t[r] for r in range(len(rows))] for k, t in tables.items()}
-    # 1-D arrays: the segments' views are made once; N-D ones: at each call, as _cpu_runner
-    copy = arrays.get("param_copy")
-    static = ([kernel_args(sources, copy, ph, seed, lo=lo, hi=hi) for lo, hi, _ in segments]
-              if flat else None)
-    bits = copy is not None or any(a is not None and a.dtype == np.uint16 for a in sources)
-    typed = kernel_args(sources, copy, ph, seed, flatten=True)
     plans = {}
 
-    def plan(rows_now, t, scaled, threshold):
-        """Per segment: the kernel (its row's options; serial or parallel twin by size)."""
+    def plan(rows_now, t, scaled, par):
+        """The driver (one serial kernel per kind: per distinct option combination of the
+        rows) and its work items."""
         fam = cpu.family(spec.kernel, scaled)
-        out = []
+        kernels, kinds = [], []
         for lo, hi, r in segments:
-            par = hi - lo >= threshold if parallel is None else parallel
-            kernel = fam.get(par, **spec.options(rows_now[r], t))
-            if bits:                # bfloat16 state: see compiled_entry
-                kernel = compiled_entry(kernel, typed + [tables[scaled][0]])
-            out.append((kernel, r, lo, hi, par))
-        return out
+            kernel = fam.get(False, **spec.options(rows_now[r], t))
+            if kernel not in kernels:
+                kernels.append(kernel)
+            kinds.append(kernels.index(kernel))
+        threads = numba.get_num_threads() if par else 1
+        items, starts = grouped.cpu_items(segments, kinds, n, threads * GROUP_CHUNKS_PER_THREAD)
+        driver = grouped.cpu_driver(tuple(kernels), len(sources), par)
+        if flat:        # the same argument types at every call: skip Numba's type resolution
+            driver = compiled_entry(driver, static + [tables[scaled], items, starts])
+        return driver, items, starts
 
     def run(t, rows_now=None, factor=None):
+        if n == 0:
+            return
         scaled = factor is not None
-        threshold = config.PARALLEL_THRESHOLD
+        par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
         if rows_now is None:       # no schedules: the options depend on t only via t == 1
             rows_now = rows
-            key = (t == 1, scaled, threshold)
-            kernels = plans.get(key)
-            if kernels is None:
-                kernels = plans[key] = plan(rows, t, scaled, threshold)
+            # (the chunks are cut for the thread count of the first call: elements are
+            # independent, so another count changes no bit, only the balance)
+            key = (t == 1, scaled, par)
+            work = plans.get(key)
+            if work is None:
+                work = plans[key] = plan(rows, t, scaled, par)
         else:
-            kernels = plan(rows_now, t, scaled, threshold)
+            work = plan(rows_now, t, scaled, par)
         table = tables[scaled]
         if scaled:
             spec.fill_scalar_rows(rows_now, t, table[:, :n_scalars])
             table[:, n_scalars] = factor
         else:
             spec.fill_scalar_rows(rows_now, t, table)
-        views = row_views[scaled]
-        if not _threads.READY and any(k[4] for k in kernels):
+        if par and not _threads.READY:
             _threads.ensure_pool()
-        if flat:
-            for (kernel, r, _, _, _), args in zip(kernels, static):
-                if seed is not None:
-                    _set_keys(args, seed, t)
-                kernel(*args, views[r])
-        else:
-            for kernel, r, lo, hi, _ in kernels:
-                args = kernel_args(sources, copy, ph, seed, lo=lo, hi=hi, flatten=True)
-                if seed is not None:
-                    _set_keys(args, seed, t)
-                kernel(*args, views[r])
+        driver, items, starts = work
+        args = static if flat else kernel_args(sources, None, ph, flatten=True)
+        driver(*args, table, items, starts)
     return run
 
 

@@ -270,19 +270,56 @@ def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st):
     return tuple(packed)
 
 
+GROUPED_MAX_SEGMENTS = 64    # more segments: one launch per segment (the launch's arguments)
+
+
 def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
-    """A grouped step on device arrays: one launch per segment, on flat device views of the
-    segment, with its group's scalars."""
-    runs = []
+    """A grouped step on device arrays: one launch for all segments (``kernels.groups``; the
+    segments and the rows of scalars travel by value with the launch), or, for a record with a
+    pre-pass (a norm per segment) or more than ``GROUPED_MAX_SEGMENTS`` segments, one launch
+    per segment on flat device views of it, with its group's scalars."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
-    for lo, hi, r in segments:
-        runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
-                                 rows[r]), r))
+    if spec.kernel.norm_names or len(segments) > GROUPED_MAX_SEGMENTS:
+        runs = []
+        for lo, hi, r in segments:
+            runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
+                                     rows[r]), r))
+
+        def run(t, rows_now=None, factor=None):
+            rows_now = rows if rows_now is None else rows_now
+            for segment_run, r in runs:
+                segment_run(t, rows_now[r], factor)
+        return run
+    kernels = _kernels()
+    ph = _placeholder(_cuda(), dtype)
+    args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
+    n = args[0].shape[0]
+    st = np.dtype(dtype).type
+    compiled = {}
 
     def run(t, rows_now=None, factor=None):
+        if n == 0:
+            return
         rows_now = rows if rows_now is None else rows_now
-        for segment_run, r in runs:
-            segment_run(t, rows_now[r], factor)
+        scaled = factor is not None
+        option_sets, kinds = [], []
+        for _, _, r in segments:
+            options = spec.options(rows_now[r], t)
+            if options not in option_sets:
+                option_sets.append(options)
+            kinds.append(option_sets.index(options))
+        key = (scaled,) + tuple(tuple(o.items()) for o in option_sets)
+        kernel = compiled.get(key)
+        if kernel is None:
+            kernel = compiled[key] = kernels.get_grouped(spec.kernel, scaled, option_sets)
+        packed = []
+        for hp in rows_now:
+            row = tuple(spec.kernel_scalars(hp, t, st))
+            packed.append(row + (st(factor),) if scaled else row)
+        segs = tuple((lo, hi, r, k) for (lo, hi, r), k in zip(segments, kinds))
+        blocks, threads = _grid(kernels, n)
+        with kernels.exact():
+            kernel[blocks, threads](*args, segs, tuple(packed))
     return run
 
 

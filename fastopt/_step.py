@@ -385,6 +385,15 @@ def _loop_factor(buffers, checked):
     if max_norm is None and not skip:
         return inv
     g = buffers.grad
+    if max_norm is None and inv <= 1.0 and type(g) is np.ndarray:
+        # skip_nonfinite alone: only whether every element is finite (g / grad_scale cannot
+        # overflow when grad_scale >= 1), a cheaper pass than the norm, which is not computed
+        buffers.grad_norm = None
+        buffers.found_inf = not scaling.all_finite(g)
+        if buffers.found_inf:
+            buffers.skipped_steps += 1
+            return None
+        return inv
     if type(g) is np.ndarray:               # validated by the step: no second check
         norm = math.sqrt(scaling.sum_of_squares(g)) * inv
     else:

@@ -143,3 +143,31 @@ def sum_of_squares(x):
     if parallel and not _threads.READY:
         _threads.ensure_pool()
     return fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK)
+
+
+_FINITE = {}
+
+
+def all_finite(x):
+    """Whether every element of a validated C-contiguous host float array is finite (no
+    inf, no NaN): the step's check for ``skip_nonfinite`` without clipping, one read of the
+    gradient at the speed of memory (``kernels.reductions.all_finite``; the answer does not
+    depend on the order of the reads, so it is the same for any thread count)."""
+    n = x.size
+    if n == 0:
+        return True
+    parallel = n >= FINITE_PARALLEL_FACTOR * config.PARALLEL_THRESHOLD
+    fn = _FINITE.get(parallel)
+    if fn is None:
+        from .kernels.reductions import all_finite as compiled
+        fn = _FINITE[parallel] = compiled(parallel)
+    if parallel and not _threads.READY:
+        _threads.ensure_pool()
+    total = fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK)
+    return total == total
+
+
+# the finiteness pass goes parallel at this multiple of PARALLEL_THRESHOLD: it is cheap per
+# element, so threads pay off later (measured at the MLP's 109,810 float32: 4.7 us serial,
+# 6.5 us on 2 threads)
+FINITE_PARALLEL_FACTOR = 4

@@ -200,13 +200,17 @@ def python_norms_kernel(record, scaled, options, k):
 def get_norms(record, scaled, options, k):
     """The ``cuda.jit`` pre-pass kernel of ``record`` (lazy, one per option combination)."""
     key = ("norms", record, bool(scaled), k) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_norms_kernel(record, scaled, options, k))
+
+
+def _lazy(key, python):
+    """The ``cuda.jit`` kernel under ``key``, compiled from ``python()`` on first use."""
     kernel = _compiled.get(key)
     if kernel is None:
         with _lock:
             kernel = _compiled.get(key)
             if kernel is None:
-                kernel = _compiled[key] = _kernel_jit(python_norms_kernel(record, scaled,
-                                                                       options, k))
+                kernel = _compiled[key] = _kernel_jit(python())
     return kernel
 
 
@@ -214,13 +218,7 @@ def get(record, scaled=False, **options):
     """The ``cuda.jit`` kernel of ``record`` for these option values (lazy); ``scaled``: the
     gradient is multiplied by one extra scalar first (``KernelRecord.adapter``)."""
     key = (record, bool(scaled)) + tuple(sorted(options.items()))
-    kernel = _compiled.get(key)
-    if kernel is None:
-        with _lock:
-            kernel = _compiled.get(key)
-            if kernel is None:
-                kernel = _compiled[key] = _kernel_jit(python_kernel(record, scaled, **options))
-    return kernel
+    return _lazy(key, lambda: python_kernel(record, scaled, **options))
 
 
 def python_kernel(record, scaled=False, **options):
@@ -233,6 +231,31 @@ def python_kernel(record, scaled=False, **options):
         elem = _device[key] = cuda.jit(device=True)(
             record.adapter(cuda.jit(device=True)(record.elem), scaled))
     return bind(record.body(**options), elem=elem, loop=grid_range, unpack=unpack_tuple)
+
+
+def _device_body(record, scaled, options):
+    """The record's kernel body for these option values as a CUDA *device* function (its
+    grid-stride loop inside), for the grouped driver."""
+    key = ("body", record, bool(scaled)) + tuple(sorted(options.items()))
+    fn = _device.get(key)
+    if fn is None:
+        fn = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled, **options))
+    return fn
+
+
+def python_grouped_kernel(record, scaled, option_sets):
+    """The uncompiled one-launch grouped kernel of ``record`` (``kernels.groups``):
+    ``kernel(<arrays...>, segs, rows)``, one kind per entry of ``option_sets`` (dicts)."""
+    from .groups import python_cuda_driver
+    bodies = [_device_body(record, scaled, options) for options in option_sets]
+    return python_cuda_driver(bodies, len(record.arrays))
+
+
+def get_grouped(record, scaled, option_sets):
+    """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets)."""
+    key = ("grouped", record, bool(scaled)) + tuple(tuple(sorted(o.items()))
+                                                    for o in option_sets)
+    return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets))
 
 
 def launch_config(n, threads_per_block, max_blocks):

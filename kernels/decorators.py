@@ -10,7 +10,10 @@
   function and a ``parallel=True`` one (``prange`` runs as ``range`` in the serial twin).
   The twins are copies of the closure (:func:`bind`) under different ``__qualname__`` so that
   Numba's on-disk cache keeps them apart: its index is keyed by qualified name, bytecode,
-  closure values and signature, but not by the ``parallel`` flag.
+  closure values and signature, but not by the ``parallel`` flag. The qualified name also
+  carries the option values: Numba's symbol names are made from it, the argument types and a
+  per-process counter, so without them two option combinations of one body loaded from the
+  cache could share a symbol, and code linking both would call the wrong one.
 
 Every kernel uses ``error_model='numpy'`` (the Python error model's division checks block
 vectorization) and never ``fastmath`` (it reorders arithmetic and drops NaN handling, which
@@ -79,7 +82,14 @@ class KernelFamily:
                 fn = self._cache.get(key)
                 if fn is None:
                     body = self.factory(**dict(key[:-1]))
-                    suffix = self.suffix + ("_parallel" if parallel else "_serial")
+                    # the option values in the name too: Numba mangles a function's symbol from
+                    # its qualified name, its argument types and a per-process counter, so two
+                    # option combinations of one body, loaded from the disk cache (compiled in
+                    # different processes), could share a symbol, and a function linking both
+                    # (kernels.groups' driver) would call one for the other
+                    tag = "".join("1" if v else "0" for _, v in key[:-1])
+                    suffix = (self.suffix + ("_parallel" if parallel else "_serial")
+                              + (f"_o{tag}" if tag else ""))
                     fn = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
                         bind(body, suffix, **self.names))
                     self._cache[key] = fn

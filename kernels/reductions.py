@@ -125,27 +125,39 @@ def _chunk_sum(x, start, end):
             + ((rest[4] + rest[5]) + (rest[6] + rest[7])))
 
 
-def _sum_of_squares(x, chunk):
+def _per_chunk_sum(x, chunk):
+    """``_chunk_op`` (bound per use: :func:`_twin`) of each chunk, the results added in
+    chunk order."""
     n = x.shape[0]
     n_chunks = (n + chunk - 1) // chunk
     partial = np.empty(n_chunks, np.float64)
     for c in prange(n_chunks):
         start = c * chunk
-        partial[c] = _chunk_sum(x, start, min(n, start + chunk))
+        partial[c] = _chunk_op(x, start, min(n, start + chunk))
     total = 0.0
     for c in range(n_chunks):
         total += partial[c]
     return total
 
 
-def chunked_sum_of_squares(parallel):
-    """The compiled reduction (serial or ``parallel=True`` twin; both give the same bits)."""
-    fn = _compiled.get(parallel)
+_chunk_op = None
+
+
+def _twin(name, chunk_op, parallel):
+    """:func:`_per_chunk_sum` over ``chunk_op``, compiled (serial or ``parallel=True``)."""
+    key = (name, bool(parallel))
+    fn = _compiled.get(key)
     if fn is None:
         from .decorators import bind
-        twin = bind(_sum_of_squares, "_parallel" if parallel else "_serial")
-        fn = _compiled[parallel] = njit(parallel=parallel, **KERNEL_OPTIONS)(twin)
+        twin = bind(_per_chunk_sum, f"_{name}{'_parallel' if parallel else '_serial'}",
+                    _chunk_op=chunk_op)
+        fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(twin)
     return fn
+
+
+def chunked_sum_of_squares(parallel):
+    """The compiled reduction (serial or ``parallel=True`` twin; both give the same bits)."""
+    return _twin("squares", _chunk_sum, parallel)
 
 
 # ---------------------------------------------------------------- per-segment pre-pass
@@ -235,3 +247,66 @@ def segment_norms(record, scaled, parallel, options, k=None):
             bind(_segment_norms_body(len(record.norm_arrays), len(record.norms)), suffix,
                  norms=adapter, unpack=cpu_device(record.unpack(scaled))))
     return fn
+
+
+# ---------------------------------------------------------------- finiteness only
+FINITE_ACCS = 4         # independent vector accumulators of the finiteness pass
+
+
+@intrinsic
+def _zero_products(typingctx, x, start, rows):
+    """The sum of ``x[i] * 0`` over ``x[start:start + rows * w]`` (``w``: 4 vectors of 64
+    bytes), in the buffer dtype: NaN if any of those elements is inf or NaN, else a zero. Any
+    order of summation gives that same answer (a sum of zeros is a zero; NaN absorbs), so four
+    independent vector accumulators run at the speed of memory where one chain of float64
+    additions (the norm) waits on each addition's latency."""
+    if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
+            and x.dtype in (types.float32, types.float64)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        start, rows = args[1], args[2]
+        ft = context.get_value_type(aryty.dtype)
+        width = 64 // (aryty.dtype.bitwidth // 8)
+        vec = ir.VectorType(ft, width)
+        zero = ir.Constant(vec, [0.0] * width)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(FINITE_ACCS)]
+        step = ir.Constant(start.type, width * FINITE_ACCS)
+        with cgutils.for_range(builder, rows) as loop:
+            base = builder.add(start, builder.mul(loop.index, step))
+            for q, acc in enumerate(accs):
+                ptr = builder.gep(ary.data, [builder.add(base, ir.Constant(start.type,
+                                                                           q * width))])
+                values = builder.load(builder.bitcast(ptr, vec.as_pointer()),
+                                      align=aryty.dtype.bitwidth // 8)
+                builder.store(builder.fadd(builder.load(acc), builder.fmul(values, zero)), acc)
+        total = builder.load(accs[0])
+        for acc in accs[1:]:
+            total = builder.fadd(total, builder.load(acc))
+        out = builder.extract_element(total, ir.Constant(ir.IntType(32), 0))
+        for j in range(1, width):
+            out = builder.fadd(out, builder.extract_element(total, ir.Constant(ir.IntType(32),
+                                                                               j)))
+        return out
+
+    return x.dtype(x, start, rows), codegen
+
+
+@njit(error_model="numpy", inline="always")
+def _chunk_zero_products(x, start, end):
+    """The sum of ``x[i] * 0`` over the chunk, as float64: NaN if any element is inf or NaN,
+    else a zero (so the chunks' sum is too, whatever the order)."""
+    w = 4 * (64 // x.itemsize)
+    rows = (end - start) // w
+    acc = _zero_products(x, start, rows)
+    for i in range(start + rows * w, end):
+        acc += x[i] * 0
+    return np.float64(acc)
+
+
+def all_finite(parallel):
+    """The compiled finiteness pass (serial or ``parallel=True`` twin): ``fn(x, chunk)`` is a
+    zero when no element of ``x`` (1-D, C-contiguous, float) is inf or NaN, else NaN."""
+    return _twin("finite", _chunk_zero_products, parallel)

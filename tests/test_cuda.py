@@ -157,6 +157,34 @@ def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
     assert "bar.sync" in ptx and ".shared" in ptx
 
 
+GROUPED_SPECS = [s for s in SPECS if not s.kernel.norm_names]
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", GROUPED_SPECS, ids=lambda s: s.name)
+def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
+    """The one-launch grouped kernel (two kinds: the first and last option combinations), as
+    fastopt launches it: float32 only, no fused multiply-add, both kinds' math present."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    combos = testinfo.option_combinations(spec)
+    option_sets = [spec.options(spec.validate(dict(spec.defaults, **c)), 2)
+                   for c in (combos[0], combos[-1])]
+    if option_sets[0] == option_sets[1]:
+        option_sets = option_sets[:1]
+    _, sig = _ptx_signature(spec, {}, np.float32)
+    seg = types.UniTuple(types.int64, 4)
+    sig = sig[:-1] + (types.UniTuple(seg, 3), types.UniTuple(sig[-1], 2))
+    kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 grouped kernel: {f64[:5]}"
+    assert "fma." not in ptx and "st.global.f32" in ptx
+
+
 PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 

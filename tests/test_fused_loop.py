@@ -66,11 +66,16 @@ def test_skip_nonfinite_writes_nothing_and_counts(spec):
         snap = snapshot(b)
         step_fn(spec)(b, **kw, skip_nonfinite=True)
         assert_unchanged(b, snap)
-        assert b.found_inf and not math.isfinite(b.grad_norm)
+        assert b.found_inf and b.grad_norm is None   # skip alone: finiteness, no norm
     assert b.skipped_steps == 3 and b.step == 1
     new_grad(b, rng)
     step_fn(spec)(b, **kw, skip_nonfinite=True)
     assert b.step == 2 and not b.found_inf
+    b.grad[3] = np.inf                # with clipping too: the norm is computed, inf
+    snap = snapshot(b)
+    step_fn(spec)(b, **kw, skip_nonfinite=True, max_grad_norm=1.0)
+    assert_unchanged(b, snap)
+    assert b.found_inf and not math.isfinite(b.grad_norm) and b.skipped_steps == 4
     b.grad[0] = np.nan                        # without skip: propagates, as in torch
     step_fn(spec)(b, **kw, max_grad_norm=1.0)
     assert np.isnan(b.param).any() and b.step == 3

@@ -259,3 +259,79 @@ def test_a_call_schedule_that_every_group_overrides_is_not_evaluated_each_step()
     fastopt.sgd_step(c, lr=breaks_later)
     with pytest.raises(AssertionError, match="later step"):    # without groups it is the lr
         fastopt.sgd_step(c, lr=breaks_later)
+
+
+def test_cpu_items_cover_every_element_once_in_equal_chunks():
+    """The grouped CPU driver's work items: in order, each inside one segment with that
+    segment's row and kind, together exactly [0, n), cut at aligned chunk boundaries."""
+    from fastopt.kernels.groups import ALIGN, cpu_items
+    rng = np.random.default_rng(5)
+    for n in (1, 15, 16, 17, 1000, 109_810):
+        for _ in range(20):
+            cuts = sorted(set(rng.integers(1, n, size=rng.integers(0, 12)).tolist()) - {0, n}) \
+                if n > 1 else []
+            edges = [0] + cuts + [n]
+            segments = [(a, b, int(rng.integers(0, 3))) for a, b in zip(edges[:-1], edges[1:])]
+            kinds = [int(rng.integers(0, 2)) for _ in segments]
+            chunks = int(rng.integers(1, 17))
+            items, starts = cpu_items(segments, kinds, n, chunks)
+            assert starts[0] == 0 and starts[-1] == len(items)
+            assert np.all(np.diff(starts) >= 0)
+            pos = 0
+            for lo, hi, row, kind in items.tolist():
+                assert lo == pos and hi > lo
+                s = next(i for i, (a, b, _) in enumerate(segments) if a <= lo < b)
+                assert hi <= segments[s][1] and row == segments[s][2] and kind == kinds[s]
+                pos = hi
+            assert pos == n
+            for c in range(len(starts) - 1):       # chunk c's items start on a boundary
+                if starts[c + 1] > starts[c]:
+                    assert items[starts[c], 0] % ALIGN == 0 or items[starts[c], 0] == 0
+
+
+def test_a_grouped_cpu_step_is_one_compiled_call(monkeypatch):
+    """10 groups (one per MLP tensor, two kernels: with and without weight decay) are stepped
+    by one call of one compiled driver, serial or parallel, with the same bits."""
+    from fastopt import _backends
+    from fastopt.loopbench import _mlp_groups
+    from fastopt.benchmarks import MLP_SIZE
+    calls = []
+    entry = _backends.compiled_entry
+
+    def counting(dispatcher, args):
+        fn = entry(dispatcher, args)
+
+        def call(*a):
+            calls.append(dispatcher)
+            return fn(*a)
+        return call
+    monkeypatch.setattr(_backends, "compiled_entry", counting)
+    groups = _mlp_groups(MLP_SIZE)
+    p = np.random.default_rng(4).standard_normal(MLP_SIZE).astype(np.float32)
+    out = []
+    for threshold in (1 << 30, 1000):
+        monkeypatch.setattr(fastopt.config, "PARALLEL_THRESHOLD", threshold)
+        b = fastopt.AdamBuffers.zeros(p.copy(), np.ones(MLP_SIZE, np.float32))
+        calls.clear()
+        fastopt.adam_step(b, decoupled_weight_decay=True, groups=groups)
+        fastopt.adam_step(b, decoupled_weight_decay=True, groups=groups)
+        assert len(calls) == 2 and calls[0] is calls[1], calls
+        out.append(b.param.copy())
+    assert_bitwise(out[0], out[1], "parallel vs serial grouped driver")
+
+
+def test_option_combinations_compile_under_distinct_names():
+    """Numba names a compiled function's symbol after its qualified name, argument types and a
+    per-process counter; kernels of one body loaded from the disk cache were compiled in
+    different processes, so only distinct qualified names keep a function that links two
+    option combinations (the grouped driver) from calling one for the other."""
+    from fastopt.kernels import cpu
+    for spec in SPECS:
+        fam = cpu.family(spec.kernel)
+        names = set()
+        combos_seen = list(itertools.product([False, True], repeat=len(fam.option_names)))
+        for values in combos_seen[:8]:
+            for par in (False, True):
+                fn = fam.get(par, **dict(zip(fam.option_names, values)))
+                names.add(fn.py_func.__qualname__)
+        assert len(names) == 2 * min(8, len(combos_seen)), spec.name

@@ -70,3 +70,34 @@ def test_loss_scaler_state_and_errors():
             LossScaler(**bad)
     with pytest.raises(TypeError):
         s.update(1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_all_finite_finds_every_non_finite_element(dtype, monkeypatch):
+    """The finiteness pass of skip_nonfinite without clipping: any inf/NaN at any position
+    (vector body, tail of a chunk, last chunk), serial and parallel; huge finite values are
+    finite (their squares would overflow the norm)."""
+    from fastopt import config
+    from fastopt.scaling import all_finite
+    n = 3 * 4096 + 77
+    g = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    for threshold in (1 << 30, 16):
+        monkeypatch.setattr(config, "PARALLEL_THRESHOLD", threshold)
+        assert all_finite(g) and all_finite(g.reshape(1, -1)) and all_finite(g[:0])
+        for pos in (0, 1, 63, 64, 4095, 4096, n - 78, n - 1):
+            for bad in (np.nan, np.inf, -np.inf):
+                h = g.copy()
+                h[pos] = bad
+                assert not all_finite(h), (pos, bad)
+        h = g.copy()
+        h[:] = np.finfo(dtype).max
+        assert all_finite(h)
+
+
+def test_skip_alone_does_not_skip_a_finite_gradient_whose_norm_overflows():
+    import fastopt
+    p = np.zeros(4)
+    g = np.full(4, 1e300)          # finite; its sum of squares overflows float64
+    b = fastopt.SGDBuffers.zeros(p, g)
+    fastopt.sgd_step(b, lr=1e-300, skip_nonfinite=True)
+    assert b.step == 1 and not b.found_inf and np.all(b.param == -1.0)

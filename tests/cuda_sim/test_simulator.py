@@ -234,6 +234,60 @@ def test_skip_nonfinite_on_the_device_writes_nothing():
     assert np.all(back.param == 1.0)
 
 
+class _CountLaunches:
+    """Wraps a CUDA kernel getter: counts the launches of the kernels it returns."""
+
+    def __init__(self, get):
+        self.get, self.launches = get, 0
+
+    def __call__(self, *args, **kw):
+        kernel, outer = self.get(*args, **kw), self
+
+        class Counted:
+            def __getitem__(self, config):
+                outer.launches += 1
+                return kernel[config]
+        return Counted()
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_a_grouped_step_is_one_launch_and_matches_the_cpu(spec, monkeypatch):
+    """Every optimizer: groups that select two kernels (a weight decay in one group only, where
+    the optimizer has one) and another value of the first real hyperparameter, stepped in one
+    launch (a record with a pre-pass: one per segment), equal to the CPU's grouped step."""
+    from fastopt.kernels import cuda as kc
+    n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
+    reals = [h for h in spec.hypers if h.kind == "real" and h.schedulable]
+    first = reals[0]
+    g0 = {first.name: first.default * 0.5 if first.default else 0.01}
+    if "weight_decay" in spec.defaults:
+        g0["weight_decay"] = 0.01
+    groups = fastopt.Groups(n, [dict(range=(0, 40), **g0), {"ranges": [(50, 60), (70, n)]}])
+    kw, host, dev, rng = _pair(spec, {}, np.float32, n, seed=3)
+    grouped = _CountLaunches(kc.get_grouped)
+    single = _CountLaunches(kc.get)
+    monkeypatch.setattr(kc, "get_grouped", grouped)
+    monkeypatch.setattr(kc, "get", single)
+    fn = registry.step_function(spec)
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fn(host, backend="cpu", groups=groups, **kw)
+        fn(dev, groups=groups, **kw)
+    if spec.kernel.norm_names:
+        # 5 segments: (0, 40) (40, 50) (50, 60) (60, 70) (70, n)
+        assert grouped.launches == 0 and single.launches == 3 * 5
+    else:
+        assert grouped.launches == 3 and single.launches == 0
+    back = fastopt.to_host(dev)
+    for name, a in host.arrays().items():
+        bound = testinfo.info(spec).simulator_ulp
+        if REAL_GPU and not spec.kernel.norm_names and not NVVM_CONTRACTION:
+            bound = 0
+        assert int(_ulp_diff(a, back.arrays()[name]).max()) <= bound, name
+
+
 def test_groups_on_the_device_match_the_cpu():
     n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
     groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05, "weight_decay": 0.1},

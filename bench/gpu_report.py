@@ -403,9 +403,55 @@ def host_profile(n=100_000, steps=300):
     return {"wall_s": wall, "profile": text}
 
 
+@section("groups")
+def groups_on_device():
+    """Adam(W) float32 with parameter groups on the device: plain step vs 10 groups (one per
+    MLP tensor / 10 equal ranges; two kernels: with and without weight decay) in one launch vs
+    one launch per segment (the earlier way), and torch AdamW(fused) with the same two groups
+    (decay / no decay) over the same tensors; per step, CUDA events."""
+    from fastopt import _cuda_backend
+    from fastopt.loopbench import _even_groups, _mlp_groups
+    out = {}
+    for n in (B.MLP_SIZE, 10_000_000):
+        groups = _mlp_groups(n) if n == B.MLP_SIZE else _even_groups(n)
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(n).astype(np.float32)
+        g = rng.standard_normal(n).astype(np.float32)
+
+        def buffers():
+            return fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
+        plain, one, per = buffers(), buffers(), buffers()
+        kw = dict(decoupled_weight_decay=True)
+        row = {"plain": event_time(lambda: fastopt.adam_step(plain, **kw), reps_for(n)),
+               "groups, one launch": event_time(
+                   lambda: fastopt.adam_step(one, groups=groups, **kw), reps_for(n))}
+        saved = _cuda_backend.GROUPED_MAX_SEGMENTS
+        _cuda_backend.GROUPED_MAX_SEGMENTS = 0
+        try:
+            row["groups, launch per segment"] = event_time(
+                lambda: fastopt.adam_step(per, groups=groups, **kw), reps_for(n))
+        finally:
+            _cuda_backend.GROUPED_MAX_SEGMENTS = saved
+        same = all(np.array_equal(a.copy_to_host(), b.copy_to_host())
+                   for a, b in zip(one.arrays().values(), per.arrays().values()))
+        tensors = []
+        for seg_lo, seg_hi, _ in groups.segments:
+            tensors.append(torch.nn.Parameter(torch.tensor(p[seg_lo:seg_hi], device=DEV)))
+            tensors[-1].grad = torch.tensor(g[seg_lo:seg_hi], device=DEV)
+        decay = [t for i, t in enumerate(tensors) if i % 2 == 0]
+        rest = [t for i, t in enumerate(tensors) if i % 2 == 1]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
+                                 {"params": rest, "weight_decay": 0.0}], lr=1e-3, fused=True)
+        row["torch AdamW(fused), 2 groups"] = event_time(opt.step, reps_for(n))
+        out[n] = dict(row, one_launch_equals_per_segment=same)
+        print(f"n={n}: " + ", ".join(f"{k} {us(v)}" for k, v in row.items())
+              + f"; one launch == per segment bitwise: {same}", flush=True)
+    return out
+
+
 SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "every": every_optimizer, "bitwise": bitwise, "launch": launch_sweep,
-            "host": host_profile}
+            "host": host_profile, "groups": groups_on_device}
 
 
 def main(out, names=tuple(SECTIONS)):

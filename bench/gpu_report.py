@@ -425,13 +425,13 @@ def groups_on_device():
         row = {"plain": event_time(lambda: fastopt.adam_step(plain, **kw), reps_for(n)),
                "groups, one launch": event_time(
                    lambda: fastopt.adam_step(one, groups=groups, **kw), reps_for(n))}
-        saved = _cuda_backend.GROUPED_MAX_SEGMENTS
-        _cuda_backend.GROUPED_MAX_SEGMENTS = 0
+        saved = _cuda_backend.GROUPED_MAX_ROWS
+        _cuda_backend.GROUPED_MAX_ROWS = 0
         try:
             row["groups, launch per segment"] = event_time(
                 lambda: fastopt.adam_step(per, groups=groups, **kw), reps_for(n))
         finally:
-            _cuda_backend.GROUPED_MAX_SEGMENTS = saved
+            _cuda_backend.GROUPED_MAX_ROWS = saved
         same = all(np.array_equal(a.copy_to_host(), b.copy_to_host())
                    for a, b in zip(one.arrays().values(), per.arrays().values()))
         tensors = []

@@ -270,16 +270,17 @@ def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st):
     return tuple(packed)
 
 
-GROUPED_MAX_SEGMENTS = 64    # more segments: one launch per segment (the launch's arguments)
+GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: one launch per segment (the scalars
+                         # travel with the launch, whose arguments are limited to 4 KiB)
 
 
 def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
     """A grouped step on device arrays: one launch for all segments (``kernels.groups``; the
-    segments and the rows of scalars travel by value with the launch), or, for a record with a
-    pre-pass (a norm per segment) or more than ``GROUPED_MAX_SEGMENTS`` segments, one launch
-    per segment on flat device views of it, with its group's scalars."""
+    segments as a small device array made once, the rows of scalars by value with the launch),
+    or, for a record with a pre-pass (a norm per segment) or more than ``GROUPED_MAX_ROWS``
+    rows, one launch per segment on flat device views of it, with its group's scalars."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
-    if spec.kernel.norm_names or len(segments) > GROUPED_MAX_SEGMENTS:
+    if spec.kernel.norm_names or len(rows) > GROUPED_MAX_ROWS:
         runs = []
         for lo, hi, r in segments:
             runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
@@ -291,35 +292,52 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
                 segment_run(t, rows_now[r], factor)
         return run
     kernels = _kernels()
-    ph = _placeholder(_cuda(), dtype)
+    cuda = _cuda()
+    ph = _placeholder(cuda, dtype)
     args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
     n = args[0].shape[0]
     st = np.dtype(dtype).type
-    compiled = {}
+    plans = {}
 
-    def run(t, rows_now=None, factor=None):
-        if n == 0:
-            return
-        rows_now = rows if rows_now is None else rows_now
-        scaled = factor is not None
+    def plan(rows_now, t, scaled):
+        """The kernel (one kind per distinct option combination of the rows) and the
+        segments ``(lo, hi, row, kind)`` as a device array."""
         option_sets, kinds = [], []
         for _, _, r in segments:
             options = spec.options(rows_now[r], t)
             if options not in option_sets:
                 option_sets.append(options)
             kinds.append(option_sets.index(options))
-        key = (scaled,) + tuple(tuple(o.items()) for o in option_sets)
-        kernel = compiled.get(key)
-        if kernel is None:
-            kernel = compiled[key] = kernels.get_grouped(spec.kernel, scaled, option_sets)
-        packed = []
+        key = (scaled,) + tuple(tuple(o.items()) for o in option_sets) + tuple(kinds)
+        work = plans.get(key)
+        if work is None:
+            segs = np.array([(lo, hi, r, k) for (lo, hi, r), k in zip(segments, kinds)],
+                            np.int64)
+            work = plans[key] = (kernels.get_grouped(spec.kernel, scaled, option_sets),
+                                 cuda.to_device(segs))
+        return work
+
+    def run(t, rows_now=None, factor=None):
+        if n == 0:
+            return
+        scaled = factor is not None
+        if rows_now is None:         # no schedules: the options depend on t only via t == 1
+            rows_now = rows
+            work = plans.get((t == 1, scaled))
+            if work is None:
+                work = plans[(t == 1, scaled)] = plan(rows, t, scaled)
+        else:
+            work = plan(rows_now, t, scaled)
+        kernel, segs = work
+        flat_rows = []
         for hp in rows_now:
-            row = tuple(spec.kernel_scalars(hp, t, st))
-            packed.append(row + (st(factor),) if scaled else row)
-        segs = tuple((lo, hi, r, k) for (lo, hi, r), k in zip(segments, kinds))
+            flat_rows += spec.kernel_scalars(hp, t, st).tolist()
+            if scaled:
+                flat_rows.append(factor)
+        packed = tuple(st(v) for v in flat_rows)
         blocks, threads = _grid(kernels, n)
         with kernels.exact():
-            kernel[blocks, threads](*args, segs, tuple(packed))
+            kernel[blocks, threads](*args, segs, packed)
     return run
 
 

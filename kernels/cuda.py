@@ -235,11 +235,17 @@ def python_kernel(record, scaled=False, **options):
 
 def _device_body(record, scaled, options):
     """The record's kernel body for these option values as a CUDA *device* function (its
-    grid-stride loop inside), for the grouped driver."""
+    grid-stride loop inside) taking its scalars as ``(rows, row)``, for the grouped driver."""
     key = ("body", record, bool(scaled)) + tuple(sorted(options.items()))
     fn = _device.get(key)
     if fn is None:
-        fn = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled, **options))
+        from .groups import row_unpack_source
+        from .record import _define
+        k = len(record.scalars) + bool(scaled)
+        unpack = cuda.jit(device=True)(_define(row_unpack_source(k), "unpack",
+                                               f"row_unpack_{k}"))
+        body = python_kernel(record, scaled, **options)
+        fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack))
     return fn
 
 

@@ -12,10 +12,10 @@ drivers generated here do exactly that, without one Python call (or one launch) 
   generated Numba function walks them, ``prange`` over chunks, calling the record's *serial*
   kernel of that kind on the slices, with row ``row`` of the scalar table. Elements are
   independent, so how the work is cut changes no bit.
-* CUDA (:func:`cuda_driver`): one kernel whose threads walk the segments (passed by value, a
-  tuple of ``(lo, hi, row, kind)``; the rows a tuple of scalar tuples) and run the record's
-  kernel body, compiled as a device function with its grid-stride loop, on each segment's
-  slice.
+* CUDA (:func:`python_cuda_driver`): one kernel whose threads walk the segments (a small
+  device array of ``(lo, hi, row, kind)``, uploaded once) and run the record's kernel body,
+  compiled as a device function with its grid-stride loop, on each segment's slice; the rows
+  of scalars travel by value with the launch, as one flat tuple.
 
 The drivers call kernels chosen at run time, so they are compiled on first use in a process
 and not cached on disk (as ``kernels.quant8``'s block driver).
@@ -100,17 +100,25 @@ def cpu_items(segments, kinds, n, chunks):
 
 def cuda_source(n_arrays, n_kinds):
     """The CUDA driver's source: ``grouped(a0, .., segs, rows)``; every thread walks the
-    segments ``segs`` (a tuple of ``(lo, hi, row, kind)``) and runs the body of the segment's
-    kind, whose grid-stride loop gives it its elements of the slice."""
+    segments (``segs``, a device array of rows ``(lo, hi, row, kind)``) and runs the body of
+    the segment's kind, whose grid-stride loop gives it its elements of the slice, with the
+    scalars ``(rows, row)``: ``rows`` is every row's scalars in one flat tuple, passed by value
+    with the launch (:func:`row_unpack_source` takes the row out of it)."""
     params = ", ".join(f"a{j}" for j in range(n_arrays))
     lines = [f"def grouped({params}, segs, rows):",
-             "    for s in range(len(segs)):",
-             "        seg = segs[s]",
-             "        lo = seg[0]",
-             "        hi = seg[1]",
-             "        kind = seg[3]",
-             *_call_lines(n_arrays, n_kinds, " " * 8, "rows[seg[2]]")]
+             "    for s in range(segs.shape[0]):",
+             "        lo = segs[s, 0]",
+             "        hi = segs[s, 1]",
+             "        kind = segs[s, 3]",
+             *_call_lines(n_arrays, n_kinds, " " * 8, "(rows, segs[s, 2])")]
     return "\n".join(lines) + "\n"
+
+
+def row_unpack_source(k):
+    """``unpack(s)`` for the CUDA driver's bodies: ``s = (rows, r)``, the scalars of row ``r``
+    (``k`` per row) as a tuple."""
+    items = "".join(f"rows[b + {j}], " for j in range(k))
+    return f"def unpack(s):\n    rows = s[0]\n    b = s[1] * {k}\n    return ({items})\n"
 
 
 def python_cuda_driver(device_bodies, n_arrays):

@@ -175,8 +175,8 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
     if option_sets[0] == option_sets[1]:
         option_sets = option_sets[:1]
     _, sig = _ptx_signature(spec, {}, np.float32)
-    seg = types.UniTuple(types.int64, 4)
-    sig = sig[:-1] + (types.UniTuple(seg, 3), types.UniTuple(sig[-1], 2))
+    sig = sig[:-1] + (types.Array(types.int64, 2, "C"),
+                      types.UniTuple(types.float32, 2 * len(spec.kernel.scalars)))
     kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))

@@ -298,7 +298,7 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
     # one row of packed scalars per group; the scaled kernels take the gradient factor last
     tables = {False: np.zeros((len(rows), n_scalars), st),
               True: np.zeros((len(rows), n_scalars + 1), st)}
-    plans = {}
+    plans, built = {}, {}
 
     def plan(rows_now, t, scaled, par):
         """The driver (one serial kernel per kind: per distinct option combination of the
@@ -310,12 +310,17 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
             if kernel not in kernels:
                 kernels.append(kernel)
             kinds.append(kernels.index(kernel))
-        threads = numba.get_num_threads() if par else 1
-        items, starts = grouped.cpu_items(segments, kinds, n, threads * GROUP_CHUNKS_PER_THREAD)
-        driver = grouped.cpu_driver(tuple(kernels), len(sources), par)
-        if flat:        # the same argument types at every call: skip Numba's type resolution
-            driver = compiled_entry(driver, static + [tables[scaled], items, starts])
-        return driver, items, starts
+        key = (scaled, par, tuple(kernels), tuple(kinds))
+        work = built.get(key)        # (scheduled rows: the same kinds step after step)
+        if work is None:
+            threads = numba.get_num_threads() if par else 1
+            items, starts = grouped.cpu_items(segments, kinds, n,
+                                              threads * GROUP_CHUNKS_PER_THREAD)
+            driver = grouped.cpu_driver(tuple(kernels), len(sources), par)
+            if flat:    # the same argument types at every call: skip Numba's type resolution
+                driver = compiled_entry(driver, static + [tables[scaled], items, starts])
+            work = built[key] = (driver, items, starts)
+        return work
 
     def run(t, rows_now=None, factor=None):
         if n == 0:

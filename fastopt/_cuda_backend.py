@@ -313,8 +313,8 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
         if work is None:
             segs = np.array([(lo, hi, r, k) for (lo, hi, r), k in zip(segments, kinds)],
                             np.int64)
-            work = plans[key] = (kernels.get_grouped(spec.kernel, scaled, option_sets),
-                                 cuda.to_device(segs))
+            kernel = kernels.get_grouped(spec.kernel, scaled, option_sets, len(rows))
+            work = plans[key] = (kernel, cuda.to_device(segs))
         return work
 
     def run(t, rows_now=None, factor=None):

@@ -233,35 +233,38 @@ def python_kernel(record, scaled=False, **options):
     return bind(record.body(**options), elem=elem, loop=grid_range, unpack=unpack_tuple)
 
 
-def _device_body(record, scaled, options):
+def _device_body(record, scaled, options, n_rows):
     """The record's kernel body for these option values as a CUDA *device* function (its
-    grid-stride loop inside) taking its scalars as ``(rows, row)``, for the grouped driver."""
-    key = ("body", record, bool(scaled)) + tuple(sorted(options.items()))
+    grid-stride loop inside) taking its scalars as ``(rows, row)`` (``n_rows`` rows in one
+    flat tuple), for the grouped driver."""
+    key = ("body", record, bool(scaled), n_rows) + tuple(sorted(options.items()))
     fn = _device.get(key)
     if fn is None:
         from .groups import row_unpack_source
         from .record import _define
         k = len(record.scalars) + bool(scaled)
-        unpack = cuda.jit(device=True)(_define(row_unpack_source(k), "unpack",
-                                               f"row_unpack_{k}"))
+        unpack = cuda.jit(device=True)(_define(row_unpack_source(k, n_rows), "unpack",
+                                               f"row_unpack_{k}_{n_rows}"))
         body = python_kernel(record, scaled, **options)
         fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack))
     return fn
 
 
-def python_grouped_kernel(record, scaled, option_sets):
+def python_grouped_kernel(record, scaled, option_sets, n_rows):
     """The uncompiled one-launch grouped kernel of ``record`` (``kernels.groups``):
-    ``kernel(<arrays...>, segs, rows)``, one kind per entry of ``option_sets`` (dicts)."""
+    ``kernel(<arrays...>, segs, rows)``, one kind per entry of ``option_sets`` (dicts),
+    ``n_rows`` rows of scalars."""
     from .groups import python_cuda_driver
-    bodies = [_device_body(record, scaled, options) for options in option_sets]
+    bodies = [_device_body(record, scaled, options, n_rows) for options in option_sets]
     return python_cuda_driver(bodies, len(record.arrays))
 
 
-def get_grouped(record, scaled, option_sets):
-    """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets)."""
-    key = ("grouped", record, bool(scaled)) + tuple(tuple(sorted(o.items()))
-                                                    for o in option_sets)
-    return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets))
+def get_grouped(record, scaled, option_sets, n_rows):
+    """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets and
+    number of rows)."""
+    key = ("grouped", record, bool(scaled), n_rows) + tuple(tuple(sorted(o.items()))
+                                                            for o in option_sets)
+    return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows))
 
 
 def launch_config(n, threads_per_block, max_blocks):

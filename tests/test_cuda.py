@@ -177,7 +177,7 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
     _, sig = _ptx_signature(spec, {}, np.float32)
     sig = sig[:-1] + (types.Array(types.int64, 2, "C"),
                       types.UniTuple(types.float32, 2 * len(spec.kernel.scalars)))
-    kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets)
+    kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets, 2)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]

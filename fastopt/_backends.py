@@ -51,7 +51,7 @@ def runner(spec, backend, arrays, dtype, hp, parallel=None, seed=None, q8=None):
     if backend == "cpu":
         return _cpu_runner(spec, arrays, dtype, hp, parallel, seed)
     from ._cuda_backend import cuda_runner
-    return cuda_runner(spec, arrays, dtype, hp)
+    return cuda_runner(spec, arrays, dtype, hp, seed)
 
 
 def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
@@ -250,7 +250,7 @@ def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, 
     if backend == "cpu":
         return _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed)
     from ._cuda_backend import cuda_grouped_runner
-    return cuda_grouped_runner(spec, arrays, dtype, rows, segments)
+    return cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed)
 
 
 def _numpy_grouped(spec, arrays, dtype, rows, segments, seed=None):

@@ -235,8 +235,8 @@ class Buffers:
         need, at its initial value (zero unless the optimizer says otherwise). ``options``
         are the hyperparameters that decide the state (e.g. ``amsgrad=True`` for Adam), checked
         like a step checks them; ``cls.spec.zeros_options`` lists them. ``state_dtype``:
-        ``None`` (the parameter's dtype) or ``"bfloat16"`` (float32 parameters, host arrays;
-        the state is stored as ``uint16`` bit patterns, see :mod:`fastopt.precision`).
+        ``None`` (the parameter's dtype) or ``"bfloat16"`` (float32 parameters, host or CUDA
+        arrays; the state is stored as ``uint16`` bit patterns, see :mod:`fastopt.precision`).
         ``stochastic_rounding=True`` (bfloat16 state only) rounds the stored state
         stochastically from a hash of (``seed``, step, element index): reproducible, and the
         same for any thread count (``buffers.rounding_seed`` holds the seed).
@@ -275,19 +275,20 @@ class Buffers:
             raise ValueError(f"{cls.__name__}.zeros(): state_dtype={state_dtype!r} differs "
                              f"from the parameter's {own}; state is the parameter's dtype or "
                              f"'bfloat16'")
-        if is_cuda_array(param):
-            if state_dtype == "bfloat16":
-                raise NotImplementedError(f"{cls.__name__}.zeros(): bfloat16 state on CUDA "
-                                          f"is not implemented yet (host arrays only)")
-            from ._cuda_backend import full_like
-        elif state_dtype == "bfloat16":
-            if param.dtype != np.float32:
+        if state_dtype == "bfloat16":
+            if np.dtype(param.dtype) != np.float32:
                 raise TypeError(f"{cls.__name__}.zeros(): bfloat16 state needs float32 "
-                                f"parameters, got {param.dtype}")
+                                f"parameters, got {np.dtype(param.dtype)}")
             from .precision import to_bfloat16
 
             def full_like(a, value):
-                return np.full(a.shape, to_bfloat16(np.float32(value)), np.uint16)
+                bits = np.full(a.shape, to_bfloat16(np.float32(value)), np.uint16)
+                if is_cuda_array(a):
+                    from ._cuda_backend import _gpu
+                    return _gpu().to_device(bits)
+                return bits
+        elif is_cuda_array(param):
+            from ._cuda_backend import full_like
         else:
             def full_like(a, value):
                 return np.full_like(a, value)
@@ -327,10 +328,10 @@ class Buffers:
         """``"bfloat16"`` when the state arrays hold bfloat16 bits, ``"int8"`` when they hold
         8-bit codes, else the parameter's dtype name (also with no state)."""
         for f in self.state_fields:
-            a = getattr(self, f)
-            if isinstance(a, np.ndarray) and a.dtype == np.uint16:
+            dtype = getattr(getattr(self, f), "dtype", None)
+            if dtype == np.uint16:
                 return "bfloat16"
-            if isinstance(a, np.ndarray) and a.dtype == np.uint8:
+            if dtype == np.uint8:
                 return "int8"
         return self.dtype.name
 

@@ -108,8 +108,11 @@ def check_device_group(named, owner):
         where = f"{owner}.{name}"
         cai = _interface(a, where)
         dtype = np.dtype(cai["typestr"])
-        if dtype not in (np.float32, np.float64):
-            raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64")
+        bits = name not in ("param", "grad") and dtype == np.uint16     # bfloat16 state
+        if dtype not in (np.float32, np.float64) and not bits:
+            raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64"
+                            + (" (and uint16 for bfloat16 state)"
+                               if name not in ("param", "grad") else ""))
         shape = tuple(cai["shape"])
         strides = cai.get("strides")
         if strides is not None:
@@ -125,7 +128,11 @@ def check_device_group(named, owner):
                       _device_id(a)))
     _, dtype0, shape0, _, _, dev0 = infos[0]
     for name, dtype, shape, _, _, dev in infos[1:]:
-        if dtype != dtype0:
+        if dtype == np.uint16 and dtype0 != np.float32:
+            raise TypeError(f"{owner}.{name} holds bfloat16 state (uint16 bits) but "
+                            f"{owner}.param has dtype {dtype0}; bfloat16 state needs float32 "
+                            f"parameters")
+        if dtype != dtype0 and dtype != np.uint16:
             raise TypeError(f"{owner}.{name} has dtype {dtype} but {owner}.param has dtype "
                             f"{dtype0}; all buffers must share one dtype")
         if shape != shape0:
@@ -162,9 +169,17 @@ def full_like(a, value=0.0):
 
 
 def _copy_buffers(buffers, move):
+    if getattr(buffers, "state_absmax", None) is not None:
+        raise NotImplementedError("8-bit state is not implemented on CUDA yet; the buffers "
+                                  "stay on the host")
+    if buffers.param_copy is not None:
+        raise NotImplementedError("a param_copy is not implemented on CUDA yet; the buffers "
+                                  "stay on the host")
     arrays = {n: move(a) for n, a in buffers.arrays().items()}
     p, g = arrays.pop("param"), arrays.pop("grad")
-    return type(buffers)(p, g, step=buffers.step, **arrays)
+    out = type(buffers)(p, g, step=buffers.step, **arrays)
+    out.rounding_seed = buffers.rounding_seed          # bfloat16 state's stochastic rounding
+    return out
 
 
 def to_device(buffers):
@@ -215,9 +230,12 @@ def _placeholder(cuda, dtype):
     return _PLACEHOLDERS[key]
 
 
-def cuda_runner(spec, arrays, dtype, hp):
+def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     """``run(t)`` for one validated step on device arrays. The flat device views are made
-    once: the step driver re-validates when an array's pointer, shape or strides change."""
+    once: the step driver re-validates when an array's pointer, shape or strides change.
+    bfloat16 state (``uint16`` arrays): the record's body with those arrays as bfloat16 views
+    (``kernels.cuda.get_bf16``), rounding to nearest, or stochastically when ``seed`` is set
+    (element indices from ``offset``)."""
     kernels = _kernels()
     cuda = _cuda()
     ph = _placeholder(cuda, dtype)
@@ -226,26 +244,38 @@ def cuda_runner(spec, arrays, dtype, hp):
     n = args[0].shape[0]
     st = np.dtype(dtype).type
     compiled = {}
+    bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
+    bf16 = any(bits)
+    if bf16 and spec.kernel.norm_names:
+        raise NotImplementedError(f"{spec.step_name}(): bfloat16 state on CUDA for an "
+                                  f"optimizer with a per-tensor pre-pass ({spec.name}) is "
+                                  f"not implemented yet")
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
         options = spec.options(hp_now, t)
-        key = (factor is not None,) + tuple(options.items())
+        scaled = factor is not None
+        key = (scaled,) + tuple(options.items())
         kernel = compiled.get(key)
         if kernel is None:
-            kernel = compiled[key] = kernels.get(spec.kernel, factor is not None, **options)
+            kernel = compiled[key] = (
+                kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None) if bf16
+                else kernels.get(spec.kernel, scaled, **options))
         blocks, threads = _grid(kernels, n)
         # a tuple of scalars travels with the launch; an array would be copied to the device
         packed = tuple(spec.kernel_scalars(hp_now, t, st))
-        if factor is not None:
+        if scaled:
             packed += (st(factor),)
         if spec.kernel.norm_names:
-            packed = _prepass(spec, kernels, args, packed, options, factor is not None,
-                              hp_now, t, st)
+            packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st)
+        extra = ()
+        if bf16:              # the rounding key of this step and the first element's index
+            from .precision import rounding_key
+            extra = (np.uint64(0 if seed is None else rounding_key(seed, t)), np.int64(offset))
         with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
-            kernel[blocks, threads](*args, packed)
+            kernel[blocks, threads](*args, *extra, packed)
     return run
 
 
@@ -274,17 +304,18 @@ GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: one launch per segment
                          # travel with the launch, whose arguments are limited to 4 KiB)
 
 
-def cuda_grouped_runner(spec, arrays, dtype, rows, segments):
+def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     """A grouped step on device arrays: one launch for all segments (``kernels.groups``; the
     segments as a small device array made once, the rows of scalars by value with the launch),
     or, for a record with a pre-pass (a norm per segment) or more than ``GROUPED_MAX_ROWS``
     rows, one launch per segment on flat device views of it, with its group's scalars."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
-    if spec.kernel.norm_names or len(rows) > GROUPED_MAX_ROWS:
+    bits = any(np.dtype(a.dtype) == np.uint16 for a in flat.values())
+    if spec.kernel.norm_names or len(rows) > GROUPED_MAX_ROWS or bits:
         runs = []
         for lo, hi, r in segments:
             runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
-                                     rows[r]), r))
+                                     rows[r], seed, lo), r))
 
         def run(t, rows_now=None, factor=None):
             rows_now = rows if rows_now is None else rows_now

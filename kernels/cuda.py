@@ -267,6 +267,47 @@ def get_grouped(record, scaled, option_sets, n_rows):
     return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows))
 
 
+def bf16_source(n_arrays, bits, stochastic):
+    """The source of a kernel for bfloat16 state: ``kernel(a0, .., key, offset, s)`` runs the
+    record's body (a device function) with each array ``j`` where ``bits[j]`` wrapped as a
+    bfloat16 view (``kernels.precision``), which decodes on read and rounds on write."""
+    params = ", ".join(f"a{j}" for j in range(n_arrays))
+    args = ", ".join(f"view(a{j}, key, offset, {bool(stochastic)!r})" if bits[j] else f"a{j}"
+                     for j in range(n_arrays))
+    return (f"def bf16_kernel({params}, key, offset, s):\n"
+            f"    body({args}, s)\n")
+
+
+def python_bf16_kernel(record, scaled, options, bits, stochastic):
+    """The uncompiled kernel of ``record`` on bfloat16 state (``bits[j]``: array ``j`` holds
+    bfloat16 bits; ``stochastic``: stochastic rounding)."""
+    from numba import config as numba_config
+
+    from . import precision
+    from .record import _define
+    if numba_config.ENABLE_CUDASIM:
+        body = python_kernel(record, scaled, **options)
+
+        def view(a, key, offset, stochastic):
+            return precision.SimBF16(a, key, offset, stochastic)
+    else:
+        key = ("plainbody", record, bool(scaled)) + tuple(sorted(options.items()))
+        body = _device.get(key)
+        if body is None:
+            body = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled,
+                                                                      **options))
+        view = precision.bf16_view
+    return _define(bf16_source(len(record.arrays), bits, stochastic), "bf16_kernel",
+                   f"bf16_{record.name}", body=body, view=view)
+
+
+def get_bf16(record, scaled, options, bits, stochastic):
+    """The ``cuda.jit`` kernel of ``record`` on bfloat16 state (lazy, one per combination)."""
+    key = ("bf16", record, bool(scaled), tuple(bits), bool(stochastic)) + tuple(
+        sorted(options.items()))
+    return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic))
+
+
 def launch_config(n, threads_per_block, max_blocks):
     blocks = max(1, math.ceil(n / threads_per_block))
     if max_blocks:

@@ -269,3 +269,52 @@ def _copy_setitem(a, i, v):
             a.param[i] = x
             a.copy[i] = f32_to_bf16(x)
         return impl
+
+
+# ---------------------------------------------------------------- on CUDA
+@intrinsic
+def bf16_view(typingctx, bits, key, offset, stochastic):
+    """A BF16Array over the device array ``bits`` inside a CUDA kernel, rounding to nearest or
+    (``stochastic``, a compile-time boolean) from ``key`` and element indices from ``offset``.
+    No reference counting (CUDA kernels run without NRT)."""
+    if not (isinstance(bits, types.Array) and bits.dtype == types.uint16 and bits.ndim == 1
+            and isinstance(stochastic, types.BooleanLiteral)):
+        return None
+    ret = BF16ArrayType(bits, stochastic.literal_value)
+
+    def codegen(context, builder, sig, args):
+        s = cgutils.create_struct_proxy(ret)(context, builder)
+        s.bits = args[0]
+        s.key = context.cast(builder, args[1], sig.args[1], types.uint64)
+        s.offset = context.cast(builder, args[2], sig.args[2], types.int64)
+        return s._getvalue()
+    return ret(bits, key, offset, stochastic), codegen
+
+
+class SimBF16:
+    """What :func:`bf16_view` gives a kernel under Numba's CUDA simulator (which runs kernels
+    as Python): the same decoding and rounding, in NumPy integer arithmetic."""
+
+    def __init__(self, bits, key, offset, stochastic):
+        self.bits, self.key, self.offset, self.stochastic = (bits, int(key), int(offset),
+                                                             stochastic)
+
+    def __getitem__(self, i):
+        return (np.array([self.bits[i]], np.uint32) << np.uint32(16)).view(np.float32)[0]
+
+    def __setitem__(self, i, v):
+        u = np.array([v], np.float32).view(np.uint32)
+        with np.errstate(over="ignore"):
+            if v != v:
+                out = (u >> np.uint32(16)) | np.uint32(0x40)
+            elif self.stochastic:
+                z = np.array([(self.key + self.offset + int(i)) % 2 ** 64], np.uint64) \
+                    + np.uint64(0x9E3779B97F4A7C15)
+                z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+                z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+                r = (z ^ (z >> np.uint64(31))) >> np.uint64(48)
+                out = (u.astype(np.uint64) + r) >> np.uint64(16)
+            else:
+                out = (u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) \
+                    >> np.uint32(16)
+        self.bits[i] = np.uint16(out[0])

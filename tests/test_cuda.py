@@ -185,6 +185,34 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
     assert "fma." not in ptx and "st.global.f32" in ptx
 
 
+BF16_SPECS = [s for s in SPECS if len(s.kernel.arrays) > 2 and not s.kernel.norm_names]
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("stochastic", [False, True], ids=["nearest", "stochastic"])
+@pytest.mark.parametrize("spec", BF16_SPECS, ids=lambda s: s.name)
+def test_bfloat16_state_kernel_compiles_to_ptx(spec, stochastic, no_driver_device):
+    """The CUDA kernel on bfloat16 state (the last option combination, every state array as
+    bfloat16 bits): 16-bit loads and stores of the state, float32 math only, no fused
+    multiply-add."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    combo = testinfo.option_combinations(spec)[-1]
+    hp, sig = _ptx_signature(spec, combo, np.float32)
+    n = len(spec.kernel.arrays)
+    bits = (False, False) + (True,) * (n - 2)
+    u16 = types.Array(types.uint16, 1, "C")
+    sig = sig[:2] + (u16,) * (n - 2) + (types.uint64, types.int64, sig[-1])
+    kernel = ck.python_bf16_kernel(spec.kernel, False, spec.options(hp, 2), bits, stochastic)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+    assert "fma." not in ptx and "st.global.f32" in ptx and "st.global.u16" in ptx
+
+
 PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 

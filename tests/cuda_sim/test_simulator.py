@@ -234,6 +234,86 @@ def test_skip_nonfinite_on_the_device_writes_nothing():
     assert np.all(back.param == 1.0)
 
 
+def _with_state(spec):
+    """The first and last option combinations of ``spec`` that allocate state."""
+    combos = [c for c in testinfo.option_combinations(spec)
+              if spec.required_state(spec.validate(dict(spec.defaults, **c)))]
+    return list(dict.fromkeys(tuple(c.items()) for c in combos[:1] + combos[-1:]))
+
+
+BF16_CASES = [(s, c, stochastic) for s in SPECS for c in _with_state(s)
+              for stochastic in (False, True)]
+
+
+@pytest.mark.parametrize("spec,combo,stochastic", BF16_CASES, ids=[
+    f"{s.name}-{'-'.join(f'{k}={v}' for k, v in c)}-{'stochastic' if st else 'nearest'}"
+    for s, c, st in BF16_CASES])
+def test_bfloat16_state_on_the_device_matches_the_cpu(spec, combo, stochastic):
+    """bfloat16 state on CUDA (the record's body with the state as bfloat16 views): the same
+    bits as the CPU kernels, rounding to nearest or stochastically; a record with a pre-pass
+    (LAMB) refuses it before writing."""
+    combo = dict(combo)
+    kw = dict(spec.defaults, **combo)
+    hp = spec.validate(kw)
+    n = 3 * config.CUDA_THREADS_PER_BLOCK + 1
+    rng = np.random.default_rng(5)
+    host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(np.float32),
+                                  np.zeros(n, np.float32), state_dtype="bfloat16",
+                                  stochastic_rounding=stochastic, seed=11,
+                                  **spec.state_options(hp))
+    dev = fastopt.to_device(host)
+    assert dev.state_dtype == "bfloat16" and dev.rounding_seed == host.rounding_seed
+    fn = registry.step_function(spec)
+    if spec.kernel.norm_names:
+        before = fastopt.to_host(dev)
+        with pytest.raises(NotImplementedError, match="bfloat16 state on CUDA"):
+            fn(dev, **kw)
+        after = fastopt.to_host(dev)
+        for name, a in before.arrays().items():
+            assert np.array_equal(a, after.arrays()[name])
+        return
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fn(host, backend="cpu", **kw)
+        fn(dev, **kw)
+    back = fastopt.to_host(dev)
+    for name, a in host.arrays().items():
+        b = back.arrays()[name]
+        assert b.dtype == a.dtype
+        if a.dtype == np.uint16:
+            worst = int(np.abs(a.astype(np.int64) - b.astype(np.int64)).max())
+            assert worst == 0, f"{name}: {worst} bfloat16 steps"
+        else:
+            worst = int(_ulp_diff(a, b).max())
+            bound = testinfo.info(spec).simulator_ulp
+            if REAL_GPU and not NVVM_CONTRACTION:
+                bound = 0
+            assert worst <= bound, f"{name}: {worst} ulp"
+
+
+def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu():
+    """Groups on bfloat16 state step segment by segment on the device (stochastic rounding
+    with each segment's element offset): the CPU's bits."""
+    n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
+    groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05, "weight_decay": 0.1}])
+    rng = np.random.default_rng(8)
+    host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                     np.zeros(n, np.float32), state_dtype="bfloat16",
+                                     stochastic_rounding=True, seed=3)
+    dev = fastopt.to_device(host)
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fastopt.adam_step(host, lr=1e-3, groups=groups, backend="cpu")
+        fastopt.adam_step(dev, lr=1e-3, groups=groups)
+    back = fastopt.to_host(dev)
+    for name, a in host.arrays().items():
+        assert np.array_equal(a, back.arrays()[name]), name
+
+
 class _CountLaunches:
     """Wraps a CUDA kernel getter: counts the launches of the kernels it returns."""
 

@@ -466,7 +466,6 @@ def bf16_state_on_device():
                              dict(state_dtype="bfloat16", stochastic_rounding=True))):
             b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy(), **opts))
             row[label] = event_time(lambda: fastopt.adam_step(b), reps_for(n))
-            del b
         base = row["float32 state"]
         out[n] = row
         print(f"n={n}: " + ", ".join(f"{k} {us(v)} ({base / v:.2f}x)" for k, v in row.items()),

@@ -451,9 +451,9 @@ def groups_on_device():
 
 @section("bf16")
 def bf16_state_on_device():
-    """Adam float32 parameters with float32 vs bfloat16 state (nearest, stochastic) on the
-    device, 1e7 and 1e8, per step (CUDA events); bfloat16 state moves 20 bytes per element
-    where float32 state moves 28."""
+    """Adam float32 parameters with float32 vs bfloat16 state (nearest, stochastic) vs 8-bit
+    state on the device, 1e7 and 1e8, per step (CUDA events); bfloat16 state moves 20 bytes per
+    element, 8-bit ~16, float32 state 28."""
     out = {}
     for n in (10_000_000, 100_000_000):
         rng = np.random.default_rng(0)
@@ -463,7 +463,8 @@ def bf16_state_on_device():
         for label, opts in (("float32 state", {}),
                             ("bfloat16 state", dict(state_dtype="bfloat16")),
                             ("bfloat16 state, stochastic",
-                             dict(state_dtype="bfloat16", stochastic_rounding=True))):
+                             dict(state_dtype="bfloat16", stochastic_rounding=True)),
+                            ("8-bit state", dict(state_dtype="int8"))):
             b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy(), **opts))
             row[label] = event_time(lambda: fastopt.adam_step(b), reps_for(n))
         base = row["float32 state"]

@@ -44,6 +44,9 @@ def runner(spec, backend, arrays, dtype, hp, parallel=None, seed=None, q8=None):
     rounding seed for bfloat16 state, or None; ``q8``: ``(block_size, {field: scales})`` for
     8-bit state)."""
     if q8 is not None:
+        if backend == "cuda":
+            from ._cuda_backend import cuda_q8_runner
+            return cuda_q8_runner(spec, arrays, dtype, hp, *q8)
         make = _q8_numpy_runner if backend == "numpy" else _q8_cpu_runner
         return make(spec, arrays, dtype, hp, parallel, *q8)
     if backend == "numpy":

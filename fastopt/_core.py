@@ -155,12 +155,21 @@ def check_8bit_scales(buffers, arrays, owner):
     if not isinstance(own, dict):
         raise TypeError(f"{owner}.state_absmax must be a dict {{field: float32 scales}} for "
                         f"8-bit state, got {type(own).__name__}")
-    n = int(arrays["param"].size)
+    n = int(np.prod(arrays["param"].shape))
     blocks = -(-n // int(block))
     scales = {}
     for f in fields:
         a = own.get(f)
         where = f"{owner}.state_absmax[{f!r}]"
+        if is_cuda_array(arrays["param"]):      # device buffers: device scales
+            from ._cuda_backend import interface
+            cai = interface(a) if not isinstance(a, np.ndarray) else None
+            if cai is None or np.dtype(cai["typestr"]) != np.float32 \
+                    or tuple(cai["shape"]) != (blocks,):
+                raise TypeError(f"{where} must be a 1-D float32 CUDA device array of "
+                                f"{blocks} scales (one per block), got {_describe(a)}")
+            scales[f] = a
+            continue
         if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1:
             raise TypeError(f"{where} must be a 1-D float32 numpy array (one scale per "
                             f"block), got {getattr(a, 'dtype', type(a).__name__)}")
@@ -257,9 +266,10 @@ class Buffers:
                 raise ValueError(f"{cls.__name__}.zeros(): {name} must be an int >= "
                                  f"{1 if name == 'block_size' else 0}, got {value!r}")
         if state_dtype == "int8":
-            if is_cuda_array(param):
-                raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state on CUDA is "
-                                          f"not implemented yet (host arrays only)")
+            if is_cuda_array(param) and int(block_size) > 1024:
+                raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state on CUDA "
+                                          f"takes blocks of at most 1024 elements (one thread "
+                                          f"per element), got block_size={block_size}")
             if cls.spec.kernel.norm_names:
                 raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state for an "
                                           f"optimizer with a per-tensor pre-pass "
@@ -318,6 +328,11 @@ class Buffers:
                                  param.dtype)
             state[name] = codes.reshape(param.shape)
             scales[name] = s
+        if is_cuda_array(param):                 # made on the host, copied to the device
+            from ._cuda_backend import _gpu
+            cuda = _gpu()
+            state = {k: cuda.to_device(v) for k, v in state.items()}
+            scales = {k: cuda.to_device(v) for k, v in scales.items()}
         b = cls(param, grad, **state)
         b.state_absmax = scales
         b.block_size = block

@@ -108,10 +108,11 @@ def check_device_group(named, owner):
         where = f"{owner}.{name}"
         cai = _interface(a, where)
         dtype = np.dtype(cai["typestr"])
-        bits = name not in ("param", "grad") and dtype == np.uint16     # bfloat16 state
+        # bfloat16 state (uint16 bits) or 8-bit state (uint8 codes)
+        bits = name not in ("param", "grad") and dtype in (np.uint16, np.uint8)
         if dtype not in (np.float32, np.float64) and not bits:
             raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64"
-                            + (" (and uint16 for bfloat16 state)"
+                            + (" (and uint16 for bfloat16 state, uint8 for 8-bit state)"
                                if name not in ("param", "grad") else ""))
         shape = tuple(cai["shape"])
         strides = cai.get("strides")
@@ -132,7 +133,7 @@ def check_device_group(named, owner):
             raise TypeError(f"{owner}.{name} holds bfloat16 state (uint16 bits) but "
                             f"{owner}.param has dtype {dtype0}; bfloat16 state needs float32 "
                             f"parameters")
-        if dtype != dtype0 and dtype != np.uint16:
+        if dtype != dtype0 and dtype not in (np.uint16, np.uint8):
             raise TypeError(f"{owner}.{name} has dtype {dtype} but {owner}.param has dtype "
                             f"{dtype0}; all buffers must share one dtype")
         if shape != shape0:
@@ -169,9 +170,6 @@ def full_like(a, value=0.0):
 
 
 def _copy_buffers(buffers, move):
-    if getattr(buffers, "state_absmax", None) is not None:
-        raise NotImplementedError("8-bit state is not implemented on CUDA yet; the buffers "
-                                  "stay on the host")
     if buffers.param_copy is not None:
         raise NotImplementedError("a param_copy is not implemented on CUDA yet; the buffers "
                                   "stay on the host")
@@ -179,6 +177,9 @@ def _copy_buffers(buffers, move):
     p, g = arrays.pop("param"), arrays.pop("grad")
     out = type(buffers)(p, g, step=buffers.step, **arrays)
     out.rounding_seed = buffers.rounding_seed          # bfloat16 state's stochastic rounding
+    if getattr(buffers, "state_absmax", None) is not None:       # 8-bit state: its scales
+        out.state_absmax = {f: move(a) for f, a in buffers.state_absmax.items()}
+        out.block_size = buffers.block_size
     return out
 
 
@@ -276,6 +277,49 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
             extra = (np.uint64(0 if seed is None else rounding_key(seed, t)), np.int64(offset))
         with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
             kernel[blocks, threads](*args, *extra, packed)
+    return run
+
+
+def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
+    """``run(t)`` for a step on 8-bit state on the device (``kernels.quant8.cuda_source``):
+    one thread block per quantization block, the map's tables copied to the device once."""
+    from . import quantization
+    kernels = _kernels()
+    cuda = _cuda()
+    st = np.dtype(dtype).type
+    ph = _placeholder(cuda, dtype)
+    args, quantized = [], []
+    for name in spec.kernel.arrays:
+        a = arrays.get(name)
+        quantized.append(name in scales)
+        if name in scales:
+            qm = quantization.qmap_for(spec.kernel, name)
+            args += [as_device_array(a).reshape(-1), as_device_array(scales[name]),
+                     cuda.to_device(qm.values.astype(st)), cuda.to_device(qm.first),
+                     cuda.to_device(qm.mid.astype(st))]
+        else:
+            args.append(ph if a is None else as_device_array(a).reshape(-1))
+    n = int(np.prod(arrays["param"].shape))
+    nb = -(-n // block)
+    compiled = {}
+
+    def run(t, hp_now=None, factor=None):
+        if n == 0:
+            return
+        hp_now = hp if hp_now is None else hp_now
+        options = spec.options(hp_now, t)
+        scaled = factor is not None
+        key = (scaled,) + tuple(options.items())
+        kernel = compiled.get(key)
+        if kernel is None:
+            kernel = compiled[key] = kernels.get_q8(spec.kernel, scaled, options,
+                                                    tuple(quantized), np.dtype(dtype).name)
+        packed = tuple(spec.kernel_scalars(hp_now, t, st))
+        if scaled:
+            packed += (st(factor),)
+        blocks = _grid(kernels, nb * block)[0]
+        with kernels.exact():
+            kernel[min(blocks, nb), block](*args, packed)
     return run
 
 

@@ -359,8 +359,9 @@ def _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, backend):
     fields = [f for f, a in arrays.items() if getattr(a, "dtype", None) == np.uint8]
     if not fields:
         return None
-    if backend == "cuda":
-        raise NotImplementedError(f"{owner}: 8-bit state on CUDA is not implemented yet")
+    if backend == "cuda" and buffers.block_size > 1024:
+        raise NotImplementedError(f"{owner}: 8-bit state on CUDA takes blocks of at most 1024 "
+                                  f"elements, got block_size={buffers.block_size}")
     if spec.kernel.norm_names:
         raise NotImplementedError(f"{owner}: 8-bit state for {spec.name} (a per-tensor "
                                   f"pre-pass) is not implemented yet")

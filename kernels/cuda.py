@@ -308,6 +308,42 @@ def get_bf16(record, scaled, options, bits, stochastic):
     return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic))
 
 
+def python_q8_kernel(record, scaled, options, quantized, dtype_name):
+    """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
+    ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
+    scalars)``, launched with one thread per element of a quantization block."""
+    import numpy as np
+    from numba import config as numba_config
+    from numba import float32, float64, int64, uint8, uint32, uint64
+
+    from . import quant8
+    from .record import _define
+    elem = _device.get((record, bool(scaled)))
+    if elem is None:
+        python_kernel(record, scaled, **options)        # compiles and keeps the adapter
+        elem = _device[(record, bool(scaled))]
+    body = bind(record.body(**options), elem=elem, loop=range, unpack=unpack_tuple)
+    sim = numba_config.ENABLE_CUDASIM
+    if not sim:
+        body = cuda.jit(device=True)(body)
+    mag = (np.uint32(0x7FFFFFFF) if dtype_name == "float32"
+           else np.uint64(0x7FFFFFFFFFFFFFFF))
+    return _define(quant8.cuda_source(len(record.arrays), quantized, dtype_name), "q8_kernel",
+                   f"q8_{record.name}", cuda=cuda, body=body, float32=float32,
+                   float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
+                   as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
+                   from_uint=quant8.sim_from_uint if sim else quant8.from_uint, MAG=mag,
+                   CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK)
+
+
+def get_q8(record, scaled, options, quantized, dtype_name):
+    """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination)."""
+    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name) + tuple(
+        sorted(options.items()))
+    return _lazy(key, lambda: python_q8_kernel(record, scaled, options, quantized,
+                                               dtype_name))
+
+
 def launch_config(n, threads_per_block, max_blocks):
     blocks = max(1, math.ceil(n / threads_per_block))
     if max_blocks:

@@ -15,8 +15,9 @@ so the results are bitwise equal for any thread count (blocks are independent).
 import threading
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 from .precision import _f32_as_u32
 
@@ -142,3 +143,104 @@ def driver(body, n_arrays, quantized, parallel):
                     scope["q8_driver"])
     return fn
 
+
+
+# ---------------------------------------------------------------- on CUDA
+def cuda_source(n_arrays, quantized, dtype_name):
+    """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
+    (``blockDim.x`` = the quantization block, at most ``CUDA_MAX_BLOCK``), blocks in a
+    grid-stride loop. Thread ``j`` dequantizes element ``j`` of the block into a one-element
+    local array per 8-bit state, runs the record's body on one-element slices (its loop bound
+    to ``range``), then the block takes the absmax of each new state as the largest magnitude
+    bits (a shared-memory max: any order gives the same answer) and each thread writes its
+    code; the arithmetic is the CPU driver's, operation for operation."""
+    params, body_args, deq, red = [], [], [], []
+    utype = "uint32" if dtype_name == "float32" else "uint64"
+    for j in range(n_arrays):
+        if quantized[j]:
+            params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
+            deq += [f"        w{j} = cuda.local.array(1, {dtype_name})",
+                    "        if active:",
+                    f"            w{j}[0] = v{j}[c{j}[i]] * {dtype_name}(s{j}[b])"]
+            body_args.append(f"w{j}")
+            red += [f"        sh[tid] = (as_uint(w{j}[0]) & MAG) if active else {utype}(0)",
+                    "        cuda.syncthreads()",
+                    "        half = 1",
+                    "        while half < nt:",
+                    "            if tid % (2 * half) == 0 and tid + half < nt:",
+                    "                sh[tid] = max(sh[tid], sh[tid + half])",
+                    "            cuda.syncthreads()",
+                    "            half *= 2",
+                    f"        scale{j} = float32(from_uint(sh[0], {dtype_name}(0)))",
+                    "        cuda.syncthreads()",
+                    "        if tid == 0:",
+                    f"            s{j}[b] = scale{j}",
+                    "        if active:",
+                    f"            sd = {dtype_name}(scale{j})",
+                    f"            inv = {dtype_name}(1) / sd if sd != 0 else sd",
+                    f"            x = w{j}[0] * inv",
+                    "            cell = as_uint(float32(x)) >> uint32(16)",
+                    f"            base = int64(f{j}[cell])",
+                    f"            c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
+        else:
+            params.append(f"a{j}")
+            body_args.append(f"a{j}[i:i + 1]")
+    lines = [f"def q8_kernel({', '.join(params)}, sc):",
+             "    n = a0.shape[0]",
+             "    nt = cuda.blockDim.x",
+             "    tid = cuda.threadIdx.x",
+             f"    sh = cuda.shared.array(CUDA_MAX_BLOCK, {utype})",
+             "    nb = (n + nt - 1) // nt",
+             "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
+             "        i = b * nt + tid",
+             "        active = i < n",
+             *deq,
+             "        if active:",
+             f"            body({', '.join(body_args)}, sc)",
+             *red]
+    return "\n".join(lines) + "\n"
+
+
+CUDA_MAX_BLOCK = 1024       # the most threads of a CUDA block: the largest 8-bit block there
+
+
+@intrinsic
+def as_uint(typingctx, x):
+    """The bits of a float32 (uint32) or float64 (uint64), on any target."""
+    if x not in (types.float32, types.float64):
+        return None
+    ret = types.uint32 if x == types.float32 else types.uint64
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(ret.bitwidth))
+    return ret(x), codegen
+
+
+@intrinsic
+def from_uint(typingctx, u, like):
+    """The float of ``like``'s type (float32 or float64) whose bits are ``u``."""
+    if like not in (types.float32, types.float64) or not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        width = like.bitwidth
+        v = args[0]
+        if u.bitwidth > width:
+            v = builder.trunc(v, ir.IntType(width))
+        elif u.bitwidth < width:
+            v = builder.zext(v, ir.IntType(width))
+        return builder.bitcast(v, context.get_value_type(like))
+    return like(u, like), codegen
+
+
+def sim_as_uint(x):
+    """:func:`as_uint` for the CUDA simulator (NumPy)."""
+    x = np.asarray(x)
+    return x.view(np.uint32 if x.dtype == np.float32 else np.uint64)[()]
+
+
+def sim_from_uint(u, like):
+    """:func:`from_uint` for the CUDA simulator (NumPy)."""
+    like = np.asarray(like)
+    ut = np.uint32 if like.dtype == np.float32 else np.uint64
+    return np.asarray(u, ut).view(like.dtype)[()]

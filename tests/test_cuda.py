@@ -213,6 +213,32 @@ def test_bfloat16_state_kernel_compiles_to_ptx(spec, stochastic, no_driver_devic
     assert "fma." not in ptx and "st.global.f32" in ptx and "st.global.u16" in ptx
 
 
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", BF16_SPECS, ids=lambda s: s.name)
+def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
+    """The CUDA kernel on 8-bit state (the last option combination, every state array as
+    codes + scales + tables): byte loads and stores of the codes, a shared-memory absmax,
+    float32 math only, no fused multiply-add."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    combo = testinfo.option_combinations(spec)[-1]
+    hp, sig = _ptx_signature(spec, combo, np.float32)
+    n = len(spec.kernel.arrays)
+    f32 = types.Array(types.float32, 1, "C")
+    u8 = types.Array(types.uint8, 1, "C")
+    sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
+    kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
+                                 (False, False) + (True,) * (n - 2), "float32")
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+    assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx
+    assert ".shared" in ptx and "st.global.f32" in ptx
+
+
 PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 

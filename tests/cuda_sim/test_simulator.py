@@ -10,6 +10,7 @@ simulator; ``bench/gpu_report.py`` does so): the kernels are compiled without FM
 (``kernels.cuda.exact``), so a step with no pre-pass must equal the CPU kernel bit for bit, and
 a larger size (100,003 elements, many blocks) is added.
 """
+import itertools
 import os
 
 import numpy as np
@@ -291,6 +292,47 @@ def test_bfloat16_state_on_the_device_matches_the_cpu(spec, combo, stochastic):
             if REAL_GPU and not NVVM_CONTRACTION:
                 bound = 0
             assert worst <= bound, f"{name}: {worst} ulp"
+
+
+Q8_CASES = [(s, dict(c), dt) for (s, c), dt in zip(
+    [(s, _with_state(s)[-1]) for s in SPECS if _with_state(s)],
+    itertools.cycle([np.float32, np.float64]))]
+
+
+@pytest.mark.parametrize("spec,combo,dtype", Q8_CASES, ids=[
+    f"{s.name}-{np.dtype(d).name}" for s, _, d in Q8_CASES])
+def test_8bit_state_on_the_device_matches_the_cpu(spec, combo, dtype):
+    """Block-wise 8-bit state on CUDA (one thread block per quantization block; blocks of 32
+    here, a partial last block): the CPU's codes, scales and parameters bit for bit, for every
+    optimizer with state (its last option combination), float32 and float64; a record with a
+    pre-pass (LAMB) refuses 8-bit state when the buffers are made."""
+    kw = dict(spec.defaults, **combo)
+    hp = spec.validate(kw)
+    n = 70 if not REAL_GPU else 100_003
+    block = 32 if not REAL_GPU else 256
+    rng = np.random.default_rng(6)
+    make = dict(state_dtype="int8", block_size=block, min_8bit_size=0,
+                **spec.state_options(hp))
+    if spec.kernel.norm_names:
+        with pytest.raises(NotImplementedError, match="8-bit"):
+            spec.buffers_cls.zeros(np.zeros(n, dtype), np.zeros(n, dtype), **make)
+        return
+    host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(dtype), np.zeros(n, dtype),
+                                  **make)
+    dev = fastopt.to_device(host)
+    assert dev.state_dtype == "int8" and dev.block_size == block
+    fn = registry.step_function(spec)
+    for _ in range(2):
+        g = rng.standard_normal(n).astype(dtype)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fn(host, backend="cpu", **kw)
+        fn(dev, **kw)
+    back = fastopt.to_host(dev)
+    for name, a in host.arrays().items():
+        assert np.array_equal(a, back.arrays()[name]), name
+    for name, a in host.state_absmax.items():
+        assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
 def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu():

@@ -313,7 +313,8 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
         kernel = compiled.get(key)
         if kernel is None:
             kernel = compiled[key] = kernels.get_q8(spec.kernel, scaled, options,
-                                                    tuple(quantized), np.dtype(dtype).name)
+                                                    tuple(quantized), np.dtype(dtype).name,
+                                                    block % 32 == 0)
         packed = tuple(spec.kernel_scalars(hp_now, t, st))
         if scaled:
             packed += (st(factor),)

@@ -308,7 +308,7 @@ def get_bf16(record, scaled, options, bits, stochastic):
     return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic))
 
 
-def python_q8_kernel(record, scaled, options, quantized, dtype_name):
+def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
     scalars)``, launched with one thread per element of a quantization block."""
@@ -328,7 +328,9 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name):
         body = cuda.jit(device=True)(body)
     mag = (np.uint32(0x7FFFFFFF) if dtype_name == "float32"
            else np.uint64(0x7FFFFFFFFFFFFFFF))
-    return _define(quant8.cuda_source(len(record.arrays), quantized, dtype_name), "q8_kernel",
+    warp = bool(warp) and not sim          # (the simulator has no warp shuffles)
+    return _define(quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp),
+                   "q8_kernel",
                    f"q8_{record.name}", cuda=cuda, body=body, float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
@@ -336,12 +338,13 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name):
                    CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK)
 
 
-def get_q8(record, scaled, options, quantized, dtype_name):
-    """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination)."""
-    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name) + tuple(
+def get_q8(record, scaled, options, quantized, dtype_name, warp=False):
+    """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination;
+    ``warp``: the block size is a multiple of 32, the absmax by warp shuffles)."""
+    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name, bool(warp)) + tuple(
         sorted(options.items()))
     return _lazy(key, lambda: python_q8_kernel(record, scaled, options, quantized,
-                                               dtype_name))
+                                               dtype_name, warp))
 
 
 def launch_config(n, threads_per_block, max_blocks):

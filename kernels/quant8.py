@@ -146,14 +146,21 @@ def driver(body, n_arrays, quantized, parallel):
 
 
 # ---------------------------------------------------------------- on CUDA
-def cuda_source(n_arrays, quantized, dtype_name):
+def _warp_max(indent):
+    """Source lines: ``v`` becomes the maximum of ``v`` over the 32 lanes of the warp."""
+    return [f"{indent}for off in (16, 8, 4, 2, 1):",
+            f"{indent}    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))"]
+
+
+def cuda_source(n_arrays, quantized, dtype_name, warp=False):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x`` = the quantization block, at most ``CUDA_MAX_BLOCK``), blocks in a
     grid-stride loop. Thread ``j`` dequantizes element ``j`` of the block into a one-element
     local array per 8-bit state, runs the record's body on one-element slices (its loop bound
     to ``range``), then the block takes the absmax of each new state as the largest magnitude
-    bits (a shared-memory max: any order gives the same answer) and each thread writes its
-    code; the arithmetic is the CPU driver's, operation for operation."""
+    bits (a maximum: any order gives the same answer; ``warp``: warp shuffles then one
+    shared-memory stage, for blocks of a multiple of 32 threads, else a shared-memory tree) and
+    each thread writes its code; the arithmetic is the CPU driver's, operation for operation."""
     params, body_args, deq, red = [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
@@ -163,15 +170,29 @@ def cuda_source(n_arrays, quantized, dtype_name):
                     "        if active:",
                     f"            w{j}[0] = v{j}[c{j}[i]] * {dtype_name}(s{j}[b])"]
             body_args.append(f"w{j}")
-            red += [f"        sh[tid] = (as_uint(w{j}[0]) & MAG) if active else {utype}(0)",
-                    "        cuda.syncthreads()",
-                    "        half = 1",
-                    "        while half < nt:",
-                    "            if tid % (2 * half) == 0 and tid + half < nt:",
-                    "                sh[tid] = max(sh[tid], sh[tid + half])",
-                    "            cuda.syncthreads()",
-                    "            half *= 2",
-                    f"        scale{j} = float32(from_uint(sh[0], {dtype_name}(0)))",
+            if warp:        # shuffles within each warp, then across the warps' maxima
+                red += [f"        v = int64(as_uint(w{j}[0]) & MAG) if active else int64(0)",
+                        *_warp_max("        "),
+                        "        if tid % 32 == 0:",
+                        "            sh[tid // 32] = v",
+                        "        cuda.syncthreads()",
+                        "        if tid < 32:",
+                        "            v = sh[tid] if tid < nt // 32 else int64(0)",
+                        *_warp_max("            "),
+                        "            if tid == 0:",
+                        "                sh[0] = v",
+                        "        cuda.syncthreads()"]
+            else:           # a tree in shared memory (any block size)
+                red += [f"        sh[tid] = int64(as_uint(w{j}[0]) & MAG) if active "
+                        f"else int64(0)",
+                        "        cuda.syncthreads()",
+                        "        half = 1",
+                        "        while half < nt:",
+                        "            if tid % (2 * half) == 0 and tid + half < nt:",
+                        "                sh[tid] = max(sh[tid], sh[tid + half])",
+                        "            cuda.syncthreads()",
+                        "            half *= 2"]
+            red += [f"        scale{j} = float32(from_uint({utype}(sh[0]), {dtype_name}(0)))",
                     "        cuda.syncthreads()",
                     "        if tid == 0:",
                     f"            s{j}[b] = scale{j}",
@@ -189,7 +210,7 @@ def cuda_source(n_arrays, quantized, dtype_name):
              "    n = a0.shape[0]",
              "    nt = cuda.blockDim.x",
              "    tid = cuda.threadIdx.x",
-             f"    sh = cuda.shared.array(CUDA_MAX_BLOCK, {utype})",
+             "    sh = cuda.shared.array(CUDA_MAX_BLOCK, int64)",
              "    nb = (n + nt - 1) // nt",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
              "        i = b * nt + tid",

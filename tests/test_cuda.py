@@ -229,14 +229,16 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     f32 = types.Array(types.float32, 1, "C")
     u8 = types.Array(types.uint8, 1, "C")
     sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
-    kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
-                                 (False, False) + (True,) * (n - 2), "float32")
-    with ck.exact():
-        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
-    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
-    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
-    assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx
-    assert ".shared" in ptx and "st.global.f32" in ptx
+    for warp in (False, True):
+        kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
+                                     (False, False) + (True,) * (n - 2), "float32", warp)
+        with ck.exact():
+            ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+        f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+        assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+        assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx
+        assert ".shared" in ptx and "st.global.f32" in ptx
+        assert ("shfl.sync.bfly" in ptx) == warp
 
 
 PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]

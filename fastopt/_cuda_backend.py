@@ -252,23 +252,18 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
                                   f"optimizer with a per-tensor pre-pass ({spec.name}) is "
                                   f"not implemented yet")
 
+    def make(scaled, options):
+        if bf16:
+            return kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None)
+        return kernels.get(spec.kernel, scaled, **options)
+
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
-        options = spec.options(hp_now, t)
-        scaled = factor is not None
-        key = (scaled,) + tuple(options.items())
-        kernel = compiled.get(key)
-        if kernel is None:
-            kernel = compiled[key] = (
-                kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None) if bf16
-                else kernels.get(spec.kernel, scaled, **options))
+        options, scaled, kernel, packed = _launch_parts(spec, hp_now, t, factor, st,
+                                                        compiled, make)
         blocks, threads = _grid(kernels, n)
-        # a tuple of scalars travels with the launch; an array would be copied to the device
-        packed = tuple(spec.kernel_scalars(hp_now, t, st))
-        if scaled:
-            packed += (st(factor),)
         if spec.kernel.norm_names:
             packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st)
         extra = ()
@@ -278,6 +273,23 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
         with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
             kernel[blocks, threads](*args, *extra, packed)
     return run
+
+
+def _launch_parts(spec, hp, t, factor, st, compiled, make):
+    """``(options, scaled, kernel, scalars)`` of step ``t``: the kernel for these options
+    (``make(scaled, options)`` on first use, kept in ``compiled``) and the scalars as a tuple of
+    the buffer dtype (a tuple travels with the launch; an array would be copied to the device),
+    with the gradient factor last when there is one."""
+    options = spec.options(hp, t)
+    scaled = factor is not None
+    key = (scaled,) + tuple(options.items())
+    kernel = compiled.get(key)
+    if kernel is None:
+        kernel = compiled[key] = make(scaled, options)
+    packed = tuple(spec.kernel_scalars(hp, t, st))
+    if scaled:
+        packed += (st(factor),)
+    return options, scaled, kernel, packed
 
 
 def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
@@ -303,21 +315,15 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     nb = -(-n // block)
     compiled = {}
 
+    def make(scaled, options):
+        return kernels.get_q8(spec.kernel, scaled, options, tuple(quantized),
+                              np.dtype(dtype).name, block % 32 == 0)
+
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
-        options = spec.options(hp_now, t)
-        scaled = factor is not None
-        key = (scaled,) + tuple(options.items())
-        kernel = compiled.get(key)
-        if kernel is None:
-            kernel = compiled[key] = kernels.get_q8(spec.kernel, scaled, options,
-                                                    tuple(quantized), np.dtype(dtype).name,
-                                                    block % 32 == 0)
-        packed = tuple(spec.kernel_scalars(hp_now, t, st))
-        if scaled:
-            packed += (st(factor),)
+        _, _, kernel, packed = _launch_parts(spec, hp_now, t, factor, st, compiled, make)
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
             kernel[min(blocks, nb), block](*args, packed)

@@ -242,6 +242,19 @@ def _with_state(spec):
     return list(dict.fromkeys(tuple(c.items()) for c in combos[:1] + combos[-1:]))
 
 
+def _step_both(fn, kw, host, dev, rng, steps):
+    """``steps`` steps of ``fn`` on the host buffers (CPU) and their device copy with the same
+    random gradients; returns the device buffers copied to the host."""
+    dtype = host.grad.dtype
+    for _ in range(steps):
+        g = rng.standard_normal(host.grad.shape).astype(dtype)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fn(host, backend="cpu", **kw)
+        fn(dev, **kw)
+    return fastopt.to_host(dev)
+
+
 BF16_CASES = [(s, c, stochastic) for s in SPECS for c in _with_state(s)
               for stochastic in (False, True)]
 
@@ -273,13 +286,7 @@ def test_bfloat16_state_on_the_device_matches_the_cpu(spec, combo, stochastic):
         for name, a in before.arrays().items():
             assert np.array_equal(a, after.arrays()[name])
         return
-    for _ in range(3):
-        g = rng.standard_normal(n).astype(np.float32)
-        host.grad[...] = g
-        dev.grad.copy_to_device(g)
-        fn(host, backend="cpu", **kw)
-        fn(dev, **kw)
-    back = fastopt.to_host(dev)
+    back = _step_both(fn, kw, host, dev, rng, 3)
     for name, a in host.arrays().items():
         b = back.arrays()[name]
         assert b.dtype == a.dtype
@@ -321,14 +328,7 @@ def test_8bit_state_on_the_device_matches_the_cpu(spec, combo, dtype):
                                   **make)
     dev = fastopt.to_device(host)
     assert dev.state_dtype == "int8" and dev.block_size == block
-    fn = registry.step_function(spec)
-    for _ in range(2):
-        g = rng.standard_normal(n).astype(dtype)
-        host.grad[...] = g
-        dev.grad.copy_to_device(g)
-        fn(host, backend="cpu", **kw)
-        fn(dev, **kw)
-    back = fastopt.to_host(dev)
+    back = _step_both(registry.step_function(spec), kw, host, dev, rng, 2)
     for name, a in host.arrays().items():
         assert np.array_equal(a, back.arrays()[name]), name
     for name, a in host.state_absmax.items():

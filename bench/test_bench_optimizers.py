@@ -108,3 +108,23 @@ def test_state_precision(benchmark, spec, n, state_dtype):
                                                              runner.b.arrays().items()
                                                              if k not in ("param", "grad"))))
     benchmark(runner.step)
+
+
+@pytest.mark.parametrize("n", [pytest.param(B.MLP_SIZE, id=str(B.MLP_SIZE)),
+                               pytest.param(10_000_000, marks=[pytest.mark.slow],
+                                            id="10000000")])
+@pytest.mark.parametrize("peer", [label for label, _, _ in B.PEERS_8BIT])
+def test_adam8bit_peer(benchmark, peer, n):
+    """The 8-bit Adam peers on this CPU, in the same group as fastopt's Adam state rows
+    (``test_state_precision``): bitsandbytes' Adam8bit and TorchAO's AdamW8bit (weight decay 0,
+    Adam's update), when they import and step here; skipped with the reason otherwise.
+    Optional: ``pip install bitsandbytes torchao``."""
+    skipped = []
+    found = [r for r in B._adam8bit_peers(n, skipped) if r[0] == peer]
+    if not found:
+        pytest.skip(dict(skipped).get(peer, f"{peer} did not run"))
+    _, step, state_bytes, size = found[0]
+    benchmark.group = f"adam|{n}|state"
+    benchmark.name = peer
+    benchmark.extra_info.update(state_bytes=state_bytes, size=size)
+    benchmark(step)

@@ -10,6 +10,7 @@ each benchmark first checks its own result against the reference, then times.
 """
 import dataclasses
 import time
+import types
 
 import numpy as np
 
@@ -506,20 +507,75 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
                     state_bytes += sum(a.nbytes for a in (r.b.state_absmax or {}).values())
                     runners.append((dict(optimizer=name, size=n, state=state,
                                          parallel=parallel, state_bytes=int(state_bytes)), r))
+            skipped = []
+            if name == "adam":
+                for label, step, nbytes, peer_n in _adam8bit_peers(n, skipped):
+                    runners.append((dict(optimizer=name, size=peer_n, state=label,
+                                         parallel=True, state_bytes=nbytes),
+                                    types.SimpleNamespace(step=step)))
             times = time_interleaved([r.step for _, r in runners], min_time=min_time)
             base = {row["parallel"]: t for (row, _), t in zip(runners, times)
                     if row["state"] == "float32"}
             for (row, _), t in zip(runners, times):
                 row.update(seconds=t, speedup_vs_float32_state=base[row["parallel"]] / t)
                 rows.append(row)
+            for label, why in skipped:
+                rows.append(dict(optimizer=name, size=n, state=label, parallel=True,
+                                 skipped=why))
     return rows
 
 
+PEERS_8BIT = (("bitsandbytes Adam8bit", "bitsandbytes", "optim.Adam8bit"),
+              ("torchao AdamW8bit", "torchao.optim", "AdamW8bit"))
+
+
+def _adam8bit_peers(n, skipped, seed=0):
+    """``(label, step, state bytes, size)`` for each 8-bit Adam peer that imports and steps
+    here (torch threads set to Numba's); the others go to ``skipped`` as ``(label, why)``.
+    torchao quantizes a tensor only when its size is a multiple of its block (256), so it gets
+    ``n`` rounded down to one; bitsandbytes gets ``n``."""
+    import importlib
+    out = []
+    try:
+        import torch
+    except ImportError as e:
+        skipped.extend((label, f"torch: {e}") for label, _, _ in PEERS_8BIT)
+        return out
+    import numba
+    torch.set_num_threads(numba.get_num_threads())
+    rng = np.random.default_rng(seed)
+    for label, module, attr in PEERS_8BIT:
+        size = n - n % 256 if module.startswith("torchao") else n
+        try:
+            cls = importlib.import_module(module)
+            for part in attr.split("."):
+                cls = getattr(cls, part)
+            p = torch.nn.Parameter(torch.from_numpy(rng.standard_normal(size).astype(np.float32)))
+            p.grad = torch.from_numpy(rng.standard_normal(size).astype(np.float32))
+            kw = dict(weight_decay=0.0) if "AdamW" in attr else {}
+            opt = cls([p], lr=1e-3, **kw)
+            opt.step()
+            state_bytes = 0
+            for v in opt.state[p].values():
+                parts = [getattr(v, k) for k in ("codes", "scale") if hasattr(v, k)] or [v]
+                state_bytes += sum(int(t.numel()) * t.element_size() for t in parts
+                                   if isinstance(t, torch.Tensor) and t.dim() > 0)
+        except Exception as e:           # not installed, or no CPU path in this version
+            skipped.append((label, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"))
+            continue
+        out.append((label, opt.step, state_bytes, size))
+    return out
+
+
 def format_state_table(rows):
-    lines = [f"{'optimizer':<10} {'size':>10} {'state':>9} {'kernel':>8} {'time':>10} "
+    lines = [f"{'optimizer':<10} {'size':>10} {'state':>21} {'kernel':>8} {'time':>10} "
              f"{'vs float32 state':>17} {'state MB':>9}"]
     for r in rows:
-        lines.append(f"{r['optimizer']:<10} {r['size']:>10} {r['state']:>9} "
+        if "skipped" in r:
+            lines.append(f"{r['optimizer']:<10} {r['size']:>10} {r['state']:>21} skipped: "
+                         f"{r['skipped']}")
+            continue
+        lines.append(f"{r['optimizer']:<10} {r['size']:>10} {r['state']:>21} "
                      f"{'parallel' if r['parallel'] else 'serial':>8} "
                      f"{r['seconds'] * 1e3:8.3f}ms {r['speedup_vs_float32_state']:16.2f}x "
                      f"{r['state_bytes'] / 1e6:9.2f}")

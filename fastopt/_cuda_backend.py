@@ -247,6 +247,8 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     compiled = {}
     bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
     bf16 = any(bits)
+    if bf16:
+        from .precision import rounding_key
     if bf16 and spec.kernel.norm_names:
         raise NotImplementedError(f"{spec.step_name}(): bfloat16 state on CUDA for an "
                                   f"optimizer with a per-tensor pre-pass ({spec.name}) is "
@@ -268,7 +270,6 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
             packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st)
         extra = ()
         if bf16:              # the rounding key of this step and the first element's index
-            from .precision import rounding_key
             extra = (np.uint64(0 if seed is None else rounding_key(seed, t)), np.int64(offset))
         with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
             kernel[blocks, threads](*args, *extra, packed)

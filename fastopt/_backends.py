@@ -241,13 +241,22 @@ class _cpu_prepass:
 
 
 # ---------------------------------------------------------------- parameter groups
-def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, seed=None):
+def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, seed=None,
+                   q8=None):
     """``run(t, rows_now=None, factor=None)`` for one validated grouped step: ``rows`` are the
     groups' validated hyperparameters, ``segments`` ``((lo, hi, row), ...)`` the element
     ranges (flat indices, in order, non-empty, not overlapping). Each segment is stepped
     exactly as its slice alone would be: NumPy runs the reference per segment, the CPU one
     compiled call for all of them and CUDA one launch (``kernels/groups.py``; a pre-pass per
-    segment, bfloat16 state or a param copy: one call per segment)."""
+    segment, bfloat16 state or a param copy: one call per segment). ``q8``: ``(block_size,
+    {field: scales})`` for 8-bit state."""
+    if q8 is not None:
+        if backend == "numpy":
+            return _q8_numpy_grouped(spec, arrays, dtype, rows, segments, *q8)
+        if backend == "cpu":
+            return _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, *q8)
+        from ._cuda_backend import cuda_q8_grouped_runner
+        return cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, *q8)
     if backend == "numpy":
         return _numpy_grouped(spec, arrays, dtype, rows, segments, seed)
     if backend == "cpu":
@@ -290,13 +299,35 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
             rows, segments)
     import numba
 
-    from .kernels import cpu
     from .kernels import groups as grouped
-    st = np.dtype(dtype).type
     ph = placeholder(dtype)
     flat = all(a is None or a.ndim == 1 for a in sources)
     static = kernel_args(sources, None, ph)
     n = int(arrays["param"].size)
+
+    def build(kernels, kinds, scaled, par, table):
+        threads = numba.get_num_threads() if par else 1
+        items, starts = grouped.cpu_items(segments, kinds, n, threads * GROUP_CHUNKS_PER_THREAD)
+        driver = grouped.cpu_driver(tuple(kernels), len(sources), par)
+        if flat:    # the same argument types at every call: skip Numba's type resolution
+            driver = compiled_entry(driver, static + [table, items, starts])
+        return driver, items, starts
+
+    def call(work, table, par):
+        driver, items, starts = work
+        args = static if flat else kernel_args(sources, None, ph, flatten=True)
+        driver(*args, table, items, starts)
+    return _one_call(spec, dtype, rows, segments, n, parallel, build, call)
+
+
+def _one_call(spec, dtype, rows, segments, n, parallel, build, call):
+    """``run(t, rows_now=None, factor=None)`` of a grouped step in one compiled call: the
+    record's serial kernel per *kind* (distinct option combination of the rows), the work
+    ``build(kernels, kinds, scaled, parallel, table)`` makes for them (kept while the kinds stay
+    the same: scheduled rows step after step), and ``call(work, table, parallel)`` with this
+    step's rows of packed scalars in ``table``."""
+    from .kernels import cpu
+    st = np.dtype(dtype).type
     n_scalars = len(spec.kernel.scalars)
     # one row of packed scalars per group; the scaled kernels take the gradient factor last
     tables = {False: np.zeros((len(rows), n_scalars), st),
@@ -304,8 +335,6 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
     plans, built = {}, {}
 
     def plan(rows_now, t, scaled, par):
-        """The driver (one serial kernel per kind: per distinct option combination of the
-        rows) and its work items."""
         fam = cpu.family(spec.kernel, scaled)
         kernels, kinds = [], []
         for lo, hi, r in segments:
@@ -314,15 +343,9 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
                 kernels.append(kernel)
             kinds.append(kernels.index(kernel))
         key = (scaled, par, tuple(kernels), tuple(kinds))
-        work = built.get(key)        # (scheduled rows: the same kinds step after step)
+        work = built.get(key)
         if work is None:
-            threads = numba.get_num_threads() if par else 1
-            items, starts = grouped.cpu_items(segments, kinds, n,
-                                              threads * GROUP_CHUNKS_PER_THREAD)
-            driver = grouped.cpu_driver(tuple(kernels), len(sources), par)
-            if flat:    # the same argument types at every call: skip Numba's type resolution
-                driver = compiled_entry(driver, static + [tables[scaled], items, starts])
-            work = built[key] = (driver, items, starts)
+            work = built[key] = build(kernels, kinds, scaled, par, tables[scaled])
         return work
 
     def run(t, rows_now=None, factor=None):
@@ -332,7 +355,7 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
         par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
         if rows_now is None:       # no schedules: the options depend on t only via t == 1
             rows_now = rows
-            # (the chunks are cut for the thread count of the first call: elements are
+            # (the work is cut for the thread count of the first call: elements are
             # independent, so another count changes no bit, only the balance)
             key = (t == 1, scaled, par)
             work = plans.get(key)
@@ -348,9 +371,7 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
             spec.fill_scalar_rows(rows_now, t, table)
         if par and not _threads.READY:
             _threads.ensure_pool()
-        driver, items, starts = work
-        args = static if flat else kernel_args(sources, None, ph, flatten=True)
-        driver(*args, table, items, starts)
+        call(work, table, par)
     return run
 
 
@@ -368,19 +389,53 @@ def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
     return run
 
 
+def _q8_numpy_grouped(spec, arrays, dtype, rows, segments, block, scales):
+    """The NumPy reference of a grouped step on 8-bit state: the whole state dequantized,
+    each segment's reference step on its slices (its row's hyperparameters), the state
+    quantized back in the buffer's blocks (a block may hold pieces of two groups)."""
+    from . import quantization
+
+    def run(t, rows_now=None, factor=None):
+        def update(work):
+            _per_segment(lambda a, hp, lo: _numpy_runner(spec, a, dtype, hp), work, rows,
+                         segments)(t, rows_now, factor)
+        quantization.with_dequantized(arrays, scales, spec.kernel, block, update)
+    return run
+
+
+def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales):
+    """A grouped step on 8-bit state in one compiled call: the block driver
+    (``kernels.quant8.grouped_driver``) dequantizes each block, runs each of its pieces (the
+    segments cut at block boundaries) with the serial kernel of the piece's kind and its
+    group's row of scalars, and quantizes the block back."""
+    import numba
+
+    from .kernels import quant8
+    n = int(arrays["param"].size)
+    quantized, args = _q8_args(spec, arrays, dtype, scales)
+
+    def build(kernels, kinds, scaled, par, table):
+        items, bstarts = quant8.block_items(segments, kinds, n, block)
+        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par), items,
+                bstarts)
+
+    def call(work, table, par):
+        driver, items, bstarts = work
+        chunks = numba.get_num_threads() * Q8_CHUNKS_PER_THREAD if par else 1
+        driver(*args, table, items, bstarts, block, chunks)
+    return _one_call(spec, dtype, rows, segments, n, parallel, build, call)
+
+
 Q8_CHUNKS_PER_THREAD = 8     # runs of blocks per thread in a parallel 8-bit step
 
 
-def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
-    """A CPU step on 8-bit state: the record's serial kernel body inside a block driver
-    (``kernels.quant8``): per block, dequantize into an L1 row, update, quantize back."""
-    import numba
-
+def _q8_args(spec, arrays, dtype, scales):
+    """``(quantized, args)`` for a block driver (``kernels.quant8``): per array of the record,
+    whether it is 8-bit state, and the driver's arguments (each 8-bit array as codes, scales,
+    map values, first table, midpoints; a missing array as a placeholder)."""
     from . import quantization
-    from .kernels import cpu, quant8
     st = np.dtype(dtype).type
     ph = placeholder(dtype)
-    n = int(arrays["param"].size)
     names = spec.kernel.arrays
     quantized = tuple(name in scales for name in names)
     args = []
@@ -392,6 +447,19 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
                      qm.mid.astype(st)]
         else:
             args.append(ph if a is None else a.reshape(-1))
+    return quantized, args
+
+
+def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
+    """A CPU step on 8-bit state: the record's serial kernel body inside a block driver
+    (``kernels.quant8``): per block, dequantize into an L1 row, update, quantize back."""
+    import numba
+
+    from .kernels import cpu, quant8
+    st = np.dtype(dtype).type
+    n = int(arrays["param"].size)
+    names = spec.kernel.arrays
+    quantized, args = _q8_args(spec, arrays, dtype, scales)
     drivers = {}
     scalars = spec.kernel_scalars(hp, 1, st)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)

@@ -249,10 +249,6 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     bf16 = any(bits)
     if bf16:
         from .precision import rounding_key
-    if bf16 and spec.kernel.norm_names:
-        raise NotImplementedError(f"{spec.step_name}(): bfloat16 state on CUDA for an "
-                                  f"optimizer with a per-tensor pre-pass ({spec.name}) is "
-                                  f"not implemented yet")
 
     def make(scaled, options):
         if bf16:
@@ -267,7 +263,8 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
                                                         compiled, make)
         blocks, threads = _grid(kernels, n)
         if spec.kernel.norm_names:
-            packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st)
+            packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st,
+                              bits if bf16 else None)
         extra = ()
         if bf16:              # the rounding key of this step and the first element's index
             extra = (np.uint64(0 if seed is None else rounding_key(seed, t)), np.int64(offset))
@@ -293,11 +290,10 @@ def _launch_parts(spec, hp, t, factor, st, compiled, make):
     return options, scaled, kernel, packed
 
 
-def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
-    """``run(t)`` for a step on 8-bit state on the device (``kernels.quant8.cuda_source``):
-    one thread block per quantization block, the map's tables copied to the device once."""
+def _q8_device_args(spec, arrays, dtype, scales):
+    """``(args, quantized)`` of an 8-bit kernel (``kernels.quant8.cuda_source``): each 8-bit
+    array as codes, scales and the map's tables (copied to the device once)."""
     from . import quantization
-    kernels = _kernels()
     cuda = _cuda()
     st = np.dtype(dtype).type
     ph = _placeholder(cuda, dtype)
@@ -312,12 +308,21 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
                      cuda.to_device(qm.mid.astype(st))]
         else:
             args.append(ph if a is None else as_device_array(a).reshape(-1))
+    return args, tuple(quantized)
+
+
+def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
+    """``run(t)`` for a step on 8-bit state on the device (``kernels.quant8.cuda_source``):
+    one thread block per quantization block, the map's tables copied to the device once."""
+    kernels = _kernels()
+    st = np.dtype(dtype).type
+    args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     n = int(np.prod(arrays["param"].shape))
     nb = -(-n // block)
     compiled = {}
 
     def make(scaled, options):
-        return kernels.get_q8(spec.kernel, scaled, options, tuple(quantized),
+        return kernels.get_q8(spec.kernel, scaled, options, quantized,
                               np.dtype(dtype).name, block % 32 == 0)
 
     def run(t, hp_now=None, factor=None):
@@ -331,19 +336,44 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     return run
 
 
-def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st):
+def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
+    """A grouped step on 8-bit device state: one launch, one thread block per quantization
+    block as :func:`cuda_q8_runner`, each thread stepping its element with the kernel and the
+    row of scalars of its segment (the segments a device array made once, the rows by value
+    with the launch: at most ``GROUPED_MAX_ROWS`` distinct rows, checked before any write)."""
+    kernels = _kernels()
+    args, quantized = _q8_device_args(spec, arrays, dtype, scales)
+    nb = -(-int(np.prod(arrays["param"].shape)) // block)
+
+    def get_kernel(scaled, option_sets):
+        return kernels.get_q8_grouped(spec.kernel, scaled, option_sets, len(rows), quantized,
+                                      np.dtype(dtype).name, block % 32 == 0)
+
+    def launch(kernel, segs, packed):
+        blocks = _grid(kernels, nb * block)[0]
+        with kernels.exact():
+            kernel[min(blocks, nb), block](*args, segs, packed)
+    return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch)
+
+
+def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st, bits=None):
     """The read-only pre-pass of a spec whose kernel record has ``norms``, on the device: the
     segment's sums of squares per chunk (``kernels.cuda.get_norms``, a fixed order), added on
     the host in order; returns the scalars with those ``spec.segment_scalars`` sets replaced.
-    One host synchronization per segment and step."""
+    One host synchronization per segment and step. ``bits``: which arrays hold bfloat16
+    state (read through bfloat16 views)."""
     k = len(spec.kernel.norm_names)
     n = args[0].shape[0]
     chunks = -(-n // config.NORM_CHUNK)
     out = _cuda().device_array((chunks, k), np.float64)
+    grid = (min(chunks, 8192), kernels.NORM_THREADS)
     with kernels.exact():
-        kernels.get_norms(spec.kernel, scaled, options, k)[min(chunks, 8192),
-                                                           kernels.NORM_THREADS](
-            args, packed, config.NORM_CHUNK, out)
+        if bits is None:
+            kernels.get_norms(spec.kernel, scaled, options, k)[grid](
+                args, packed, config.NORM_CHUNK, out)
+        else:
+            kernels.get_norms_bf16(spec.kernel, scaled, options, k, bits)[grid](
+                *args, np.uint64(0), np.int64(0), packed, config.NORM_CHUNK, out)
     sums = np.cumsum(out.copy_to_host(), axis=0)[-1]
     packed = list(packed)
     index = {name: i for i, name in enumerate(spec.kernel.scalars)}
@@ -375,16 +405,31 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
                 segment_run(t, rows_now[r], factor)
         return run
     kernels = _kernels()
-    cuda = _cuda()
-    ph = _placeholder(cuda, dtype)
+    ph = _placeholder(_cuda(), dtype)
     args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
     n = args[0].shape[0]
+
+    def get_kernel(scaled, option_sets):
+        return kernels.get_grouped(spec.kernel, scaled, option_sets, len(rows))
+
+    def launch(kernel, segs, packed):
+        blocks, threads = _grid(kernels, n)
+        with kernels.exact():
+            kernel[blocks, threads](*args, segs, packed)
+    return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch)
+
+
+def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch):
+    """``run(t, rows_now=None, factor=None)`` of a grouped step in one launch:
+    ``get_kernel(scaled, option_sets)`` (one kind per distinct option combination of the rows),
+    the segments ``(lo, hi, row, kind)`` as a device array made once per set of kinds, and
+    ``launch(kernel, segs, rows)`` with every row's scalars in one flat tuple (the gradient
+    factor last in each row when there is one). ``n == 0``: nothing to launch."""
+    cuda = _cuda()
     st = np.dtype(dtype).type
     plans = {}
 
     def plan(rows_now, t, scaled):
-        """The kernel (one kind per distinct option combination of the rows) and the
-        segments ``(lo, hi, row, kind)`` as a device array."""
         option_sets, kinds = [], []
         for _, _, r in segments:
             options = spec.options(rows_now[r], t)
@@ -396,8 +441,7 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
         if work is None:
             segs = np.array([(lo, hi, r, k) for (lo, hi, r), k in zip(segments, kinds)],
                             np.int64)
-            kernel = kernels.get_grouped(spec.kernel, scaled, option_sets, len(rows))
-            work = plans[key] = (kernel, cuda.to_device(segs))
+            work = plans[key] = (get_kernel(scaled, option_sets), cuda.to_device(segs))
         return work
 
     def run(t, rows_now=None, factor=None):
@@ -417,10 +461,7 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
             flat_rows += spec.kernel_scalars(hp, t, st).tolist()
             if scaled:
                 flat_rows.append(factor)
-        packed = tuple(st(v) for v in flat_rows)
-        blocks, threads = _grid(kernels, n)
-        with kernels.exact():
-            kernel[blocks, threads](*args, segs, packed)
+        launch(kernel, segs, tuple(st(v) for v in flat_rows))
     return run
 
 

@@ -336,13 +336,13 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
         raise ValueError(f"{owner}.rounding_seed must be None or an int in [0, 2**64), got "
                          f"{seed!r}")
     q8 = _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, name)
-    if q8 is not None:
+    if q8 is not None and rows is None:
         run = _backends.runner(spec, name, arrays, dtype, hp, parallel, q8=q8)
     elif rows is None:
         run = _backends.runner(spec, name, arrays, dtype, hp, parallel, seed)
     else:
         run = _backends.grouped_runner(spec, name, arrays, dtype, row_hps, rows.segments,
-                                       parallel, seed)
+                                       parallel, seed, q8=q8)
         schedules = rows.schedules if rows.scheduled else None      # the rows' own
     prep = Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
                     dtype, None if checked == NO_LOOP else checked, rows)
@@ -365,9 +365,12 @@ def _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, backend):
     if spec.kernel.norm_names:
         raise NotImplementedError(f"{owner}: 8-bit state for {spec.name} (a per-tensor "
                                   f"pre-pass) is not implemented yet")
-    if rows is not None:
-        raise NotImplementedError(f"{owner}: groups= or layout= with 8-bit state is not "
-                                  f"implemented yet")
+    if rows is not None and backend == "cuda":
+        from ._cuda_backend import GROUPED_MAX_ROWS
+        if len(rows.templates) > GROUPED_MAX_ROWS:
+            raise NotImplementedError(f"{owner}: groups= with 8-bit state on CUDA takes at "
+                                      f"most {GROUPED_MAX_ROWS} distinct sets of values (they "
+                                      f"travel with the launch), got {len(rows.templates)}")
     if copy is not None:
         raise NotImplementedError(f"{owner}: param_copy with 8-bit state is not implemented "
                                   f"yet (it is written with bfloat16 or full-precision state)")

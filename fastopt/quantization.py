@@ -160,12 +160,20 @@ def numpy_step(reference, arrays, quantized, record, block, *args):
     """Run a NumPy reference on ``arrays`` whose 8-bit state (``quantized``: ``{field: scales}``
     for the ``uint8`` code arrays) is dequantized first and quantized back after, block by
     block; the other arrays are updated in place as usual."""
+    with_dequantized(arrays, quantized, record, block, lambda work: reference(work, *args))
+
+
+def with_dequantized(arrays, quantized, record, block, update):
+    """``update(work)`` on ``arrays`` with each 8-bit state array (``quantized``: ``{field:
+    scales}``) replaced by its dequantized values, then those values quantized back (codes and
+    scales written in place). ``update`` changes ``work``'s arrays in place (slices of them,
+    for a grouped step)."""
     dtype = arrays["param"].dtype
     work = dict(arrays)
     for f in quantized:
         work[f] = dequantize(arrays[f].reshape(-1), quantized[f], block,
                              qmap_for(record, f), dtype).reshape(arrays[f].shape)
-    reference(work, *args)
+    update(work)
     for f, scales in quantized.items():
         codes, new = quantize(work[f].reshape(-1), block, qmap_for(record, f))
         arrays[f][...] = codes.reshape(arrays[f].shape)

@@ -308,34 +308,84 @@ def get_bf16(record, scaled, options, bits, stochastic):
     return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic))
 
 
-def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False):
+def python_bf16_norms_kernel(record, scaled, options, k, bits):
+    """The uncompiled pre-pass kernel of ``record`` on bfloat16 state (``bits[j]``: array
+    ``j`` holds bfloat16 bits): ``kernel(a0, .., key, offset, s, chunk, out)`` runs the
+    pre-pass (:func:`python_norms_kernel`, a device function) on the arrays with those wrapped
+    as bfloat16 views. The pre-pass only reads, so the views never round."""
+    from numba import config as numba_config
+
+    from . import precision
+    from .record import _define
+    # (a device function under the simulator too: it swaps in its fake ``cuda`` module then)
+    body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k))
+    if numba_config.ENABLE_CUDASIM:
+        def view(a, key, offset, stochastic):
+            return precision.SimBF16(a, key, offset, stochastic)
+    else:
+        view = precision.bf16_view
+    params = ", ".join(f"a{j}" for j in range(len(bits)))
+    arrs = "".join(f"view(a{j}, key, offset, False), " if b else f"a{j}, "
+                   for j, b in enumerate(bits))
+    return _define(f"def bf16_norms({params}, key, offset, s, chunk, out):\n"
+                   f"    body(({arrs}), s, chunk, out)\n", "bf16_norms",
+                   f"bf16_norms_{record.name}", body=body, view=view)
+
+
+def get_norms_bf16(record, scaled, options, k, bits):
+    """The ``cuda.jit`` pre-pass kernel of ``record`` on bfloat16 state (lazy)."""
+    key = ("norms_bf16", record, bool(scaled), k, tuple(bits)) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_bf16_norms_kernel(record, scaled, options, k, bits))
+
+
+def _q8_body(record, scaled, options, unpack):
+    """The record's kernel body for one element of an 8-bit kernel (its loop bound to
+    ``range``: the kernel hands it one-element slices), a device function off the simulator."""
+    from numba import config as numba_config
+    elem = _device.get((record, bool(scaled)))
+    if elem is None:
+        python_kernel(record, scaled, **options)        # compiles and keeps the adapter
+        elem = _device[(record, bool(scaled))]
+    body = bind(record.body(**options), elem=elem, loop=range, unpack=unpack)
+    return body if numba_config.ENABLE_CUDASIM else cuda.jit(device=True)(body)
+
+
+def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
+                     option_sets=None, n_rows=0):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
-    scalars)``, launched with one thread per element of a quantization block."""
+    scalars)``, launched with one thread per element of a quantization block. ``option_sets``
+    (a list of option dicts, one per kind) and ``n_rows``: the grouped kernel,
+    ``kernel(<arrays>, segs, rows)``."""
     import numpy as np
     from numba import config as numba_config
     from numba import float32, float64, int64, uint8, uint32, uint64
 
     from . import quant8
     from .record import _define
-    elem = _device.get((record, bool(scaled)))
-    if elem is None:
-        python_kernel(record, scaled, **options)        # compiles and keeps the adapter
-        elem = _device[(record, bool(scaled))]
-    body = bind(record.body(**options), elem=elem, loop=range, unpack=unpack_tuple)
     sim = numba_config.ENABLE_CUDASIM
-    if not sim:
-        body = cuda.jit(device=True)(body)
+    bodies = {}
+    if option_sets is None:
+        bodies["body"] = _q8_body(record, scaled, options, unpack_tuple)
+    else:
+        from .groups import row_unpack_source
+        k = len(record.scalars) + bool(scaled)
+        unpack = _define(row_unpack_source(k, n_rows), "unpack", f"row_unpack_{k}_{n_rows}")
+        if not sim:
+            unpack = cuda.jit(device=True)(unpack)
+        for q, opts in enumerate(option_sets):
+            bodies[f"body{q}"] = _q8_body(record, scaled, opts, unpack)
     mag = (np.uint32(0x7FFFFFFF) if dtype_name == "float32"
            else np.uint64(0x7FFFFFFFFFFFFFFF))
     warp = bool(warp) and not sim          # (the simulator has no warp shuffles)
-    return _define(quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp),
-                   "q8_kernel",
-                   f"q8_{record.name}", cuda=cuda, body=body, float32=float32,
+    src = quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp,
+                             0 if option_sets is None else len(option_sets))
+    return _define(src, "q8_kernel",
+                   f"q8_{record.name}", cuda=cuda, float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
                    from_uint=quant8.sim_from_uint if sim else quant8.from_uint, MAG=mag,
-                   CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK)
+                   CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK, **bodies)
 
 
 def get_q8(record, scaled, options, quantized, dtype_name, warp=False):
@@ -345,6 +395,15 @@ def get_q8(record, scaled, options, quantized, dtype_name, warp=False):
         sorted(options.items()))
     return _lazy(key, lambda: python_q8_kernel(record, scaled, options, quantized,
                                                dtype_name, warp))
+
+
+def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, warp=False):
+    """The ``cuda.jit`` grouped kernel of ``record`` on 8-bit state (lazy, one per tuple of
+    option sets, number of rows and combination)."""
+    key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
+           bool(warp)) + tuple(tuple(sorted(o.items())) for o in option_sets)
+    return _lazy(key, lambda: python_q8_kernel(record, scaled, None, quantized, dtype_name,
+                                               warp, option_sets, n_rows))
 
 
 def launch_config(n, threads_per_block, max_blocks):

@@ -89,9 +89,24 @@ _drivers = {}
 _lock = threading.Lock()
 
 
-def _source(n_arrays, quantized, parallel):
+def _kind_calls(n_kinds, body_args, row, indent):
+    """Source lines: ``body<kind>(<body_args>, <row>)``, chosen by the variable ``kind`` when
+    there are several kinds."""
+    lines = []
+    for q in range(n_kinds):
+        call = f"body{q}({', '.join(body_args)}, {row})"
+        if n_kinds == 1:
+            return [indent + call]
+        lines += [f"{indent}{'if' if q == 0 else 'elif'} kind == {q}:", f"{indent}    {call}"]
+    return lines
+
+
+def _source(n_arrays, quantized, parallel, n_kinds=0):
     """The block driver's source for a record with ``n_arrays`` arrays, ``quantized[j]`` True
-    where array ``j`` is 8-bit state."""
+    where array ``j`` is 8-bit state. ``n_kinds`` > 0: the grouped driver, which runs, per
+    block, the block's *pieces* (``items[bstarts[b]:bstarts[b + 1]]``, rows ``(lo, hi, row,
+    kind)`` in buffer order, :func:`block_items`) between the dequantization and the
+    quantization, each with the serial kernel of its kind and its row of the scalar table."""
     params, body_args, setup, deq, quant = [], [], [], [], []
     for j in range(n_arrays):
         if quantized[j]:
@@ -100,12 +115,22 @@ def _source(n_arrays, quantized, parallel):
             deq.append(f"            dequantize_block(c{j}, lo, k, s{j}[b], v{j}, cast, w{j})")
             quant.append(f"            s{j}[b] = quantize_block(w{j}, k, c{j}, lo, f{j}, d{j}, "
                          f"cast)")
-            body_args.append(f"w{j}[:k]")
+            body_args.append(f"w{j}[:k]" if not n_kinds else f"w{j}[u:e]")
         else:
             params.append(f"a{j}")
-            body_args.append(f"a{j}[lo:hi]")
+            body_args.append(f"a{j}[lo:hi]" if not n_kinds else f"a{j}[lo + u:lo + e]")
+    if n_kinds:
+        head = f"def q8_grouped({', '.join(params)}, table, items, bstarts, block, chunks):"
+        calls = ["            for it in range(bstarts[b], bstarts[b + 1]):",
+                 "                u = items[it, 0] - lo",
+                 "                e = items[it, 1] - lo",
+                 "                kind = items[it, 3]"]
+        calls += _kind_calls(n_kinds, body_args, "table[items[it, 2]]", " " * 16)
+    else:
+        head = f"def q8_driver({', '.join(params)}, sc, block, chunks):"
+        calls = [f"            body({', '.join(body_args)}, sc)"]
     loop = "prange" if parallel else "range"
-    lines = [f"def q8_driver({', '.join(params)}, sc, block, chunks):",
+    lines = [head,
              "    n = a0.shape[0]",
              "    nb = (n + block - 1) // block",
              "    per = (nb + chunks - 1) // chunks",
@@ -119,9 +144,23 @@ def _source(n_arrays, quantized, parallel):
              "            hi = min(n, lo + block)",
              "            k = hi - lo",
              *deq,
-             f"            body({', '.join(body_args)}, sc)",
+             *calls,
              *quant]
     return "\n".join(lines) + "\n"
+
+
+def _compile(key, src, name, parallel, bodies):
+    fn = _drivers.get(key)
+    if fn is None:
+        with _lock:
+            fn = _drivers.get(key)
+            if fn is None:
+                scope = dict(np=np, prange=prange, dequantize_block=dequantize_block,
+                             quantize_block=quantize_block, **bodies)
+                exec(compile(src, f"<fastopt.kernels.quant8 {name}>", "exec"), scope)
+                fn = _drivers[key] = njit(parallel=bool(parallel), **DRIVER_OPTIONS)(
+                    scope[name])
+    return fn
 
 
 def driver(body, n_arrays, quantized, parallel):
@@ -129,20 +168,39 @@ def driver(body, n_arrays, quantized, parallel):
     combination): ``driver(<arrays, each 8-bit one as codes, scales, map values, first table,
     midpoints>, scalars, block, chunks)``. Compiled on first use, not cached on disk
     (it calls a kernel chosen at run time)."""
-    key = (body, tuple(quantized), bool(parallel))
-    fn = _drivers.get(key)
-    if fn is None:
-        with _lock:
-            fn = _drivers.get(key)
-            if fn is None:
-                scope = dict(np=np, prange=prange, body=body, dequantize_block=dequantize_block,
-                             quantize_block=quantize_block)
-                src = _source(n_arrays, quantized, parallel)
-                exec(compile(src, "<fastopt.kernels.quant8 driver>", "exec"), scope)
-                fn = _drivers[key] = njit(parallel=bool(parallel), **DRIVER_OPTIONS)(
-                    scope["q8_driver"])
-    return fn
+    return _compile((body, tuple(quantized), bool(parallel)),
+                    _source(n_arrays, quantized, parallel), "q8_driver", parallel,
+                    dict(body=body))
 
+
+def grouped_driver(bodies, n_arrays, quantized, parallel):
+    """The compiled grouped block driver around ``bodies`` (the record's serial kernels, one
+    per kind): ``driver(<arrays as for driver>, table, items, bstarts, block, chunks)``; row
+    ``r`` of ``table`` is the packed scalars of row ``r`` of the groups."""
+    bodies = tuple(bodies)
+    return _compile(("grouped", bodies, tuple(quantized), bool(parallel)),
+                    _source(n_arrays, quantized, parallel, len(bodies)), "q8_grouped",
+                    parallel, {f"body{q}": b for q, b in enumerate(bodies)})
+
+
+def block_items(segments, kinds, n, block):
+    """``(items, bstarts)`` for :func:`grouped_driver`: ``segments`` ``((lo, hi, row), ...)``
+    in order covering ``[0, n)``, ``kinds[s]`` segment ``s``'s kind, cut at every block
+    boundary into items ``(lo, hi, row, kind)``; block ``b``'s items are
+    ``bstarts[b] .. bstarts[b + 1] - 1``."""
+    parts = []
+    for (lo, hi, row), kind in zip(segments, kinds):
+        if hi <= lo:
+            continue
+        edges = np.arange((lo // block + 1) * block, hi, block, dtype=np.int64)
+        starts = np.concatenate([[lo], edges])
+        ends = np.concatenate([edges, [hi]])
+        parts.append(np.stack([starts, ends, np.full_like(starts, row),
+                               np.full_like(starts, kind)], axis=1))
+    items = np.concatenate(parts) if parts else np.zeros((0, 4), np.int64)
+    nb = -(-n // block)
+    bstarts = np.searchsorted(items[:, 0], np.arange(nb + 1, dtype=np.int64) * block)
+    return np.ascontiguousarray(items, np.int64), bstarts.astype(np.int64)
 
 
 # ---------------------------------------------------------------- on CUDA
@@ -152,7 +210,7 @@ def _warp_max(indent):
             f"{indent}    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))"]
 
 
-def cuda_source(n_arrays, quantized, dtype_name, warp=False):
+def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x`` = the quantization block, at most ``CUDA_MAX_BLOCK``), blocks in a
     grid-stride loop. Thread ``j`` dequantizes element ``j`` of the block into a one-element
@@ -160,7 +218,11 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False):
     to ``range``), then the block takes the absmax of each new state as the largest magnitude
     bits (a maximum: any order gives the same answer; ``warp``: warp shuffles then one
     shared-memory stage, for blocks of a multiple of 32 threads, else a shared-memory tree) and
-    each thread writes its code; the arithmetic is the CPU driver's, operation for operation."""
+    each thread writes its code; the arithmetic is the CPU driver's, operation for operation.
+    ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each thread finds the
+    segment of its element (a binary search over ``segs``, rows ``(lo, hi, row, kind)`` in
+    buffer order) and runs the body of the segment's kind with its row of scalars (``(rows,
+    row)``, ``kernels.groups.row_unpack_source``)."""
     params, body_args, deq, red = [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
@@ -206,7 +268,23 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False):
         else:
             params.append(f"a{j}")
             body_args.append(f"a{j}[i:i + 1]")
-    lines = [f"def q8_kernel({', '.join(params)}, sc):",
+    if n_kinds:
+        call = ["            s0 = 0",
+                "            s1 = segs.shape[0] - 1",
+                "            while s0 < s1:",
+                "                mid = (s0 + s1 + 1) // 2",
+                "                if segs[mid, 0] <= i:",
+                "                    s0 = mid",
+                "                else:",
+                "                    s1 = mid - 1",
+                "            kind = segs[s0, 3]",
+                "            sc = (rows, segs[s0, 2])"]
+        call += _kind_calls(n_kinds, body_args, "sc", " " * 12)
+        head = f"def q8_kernel({', '.join(params)}, segs, rows):"
+    else:
+        call = [f"            body({', '.join(body_args)}, sc)"]
+        head = f"def q8_kernel({', '.join(params)}, sc):"
+    lines = [head,
              "    n = a0.shape[0]",
              "    nt = cuda.blockDim.x",
              "    tid = cuda.threadIdx.x",
@@ -217,7 +295,7 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False):
              "        active = i < n",
              *deq,
              "        if active:",
-             f"            body({', '.join(body_args)}, sc)",
+             *call,
              *red]
     return "\n".join(lines) + "\n"
 

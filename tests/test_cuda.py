@@ -241,6 +241,33 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
         assert ("shfl.sync.bfly" in ptx) == warp
 
 
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+def test_grouped_8bit_state_kernel_compiles_to_ptx(no_driver_device):
+    """The grouped 8-bit kernel (Adam, two kinds: with and without weight decay; two rows of
+    scalars): the 8-bit kernel's loads, stores and absmax, float32 math only, no FMA."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    spec = fastopt.registry.get("adam")
+    option_sets = [spec.options(spec.validate(dict(spec.defaults, weight_decay=wd)), 2)
+                   for wd in (0.0, 0.01)]
+    assert option_sets[0] != option_sets[1]
+    _, sig = _ptx_signature(spec, {}, np.float32)
+    f32 = types.Array(types.float32, 1, "C")
+    u8 = types.Array(types.uint8, 1, "C")
+    sig = sig[:2] + (u8, f32, f32, u8, f32) * 2 + (sig[4], types.Array(types.int64, 2, "C"),
+                                                   types.UniTuple(types.float32,
+                                                                  2 * len(spec.kernel.scalars)))
+    kernel = ck.python_q8_kernel(spec.kernel, False, None, (False, False, True, True, False),
+                                 "float32", True, option_sets, 2)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+    assert "fma." not in ptx and "st.global.u8" in ptx and "shfl.sync.bfly" in ptx
+
+
 PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 
@@ -270,6 +297,35 @@ def test_pre_pass_kernel_compiles_to_ptx(spec, no_driver_device):
     assert not f64_math, f"float64 per-element math in a float32 pre-pass: {f64_math[:5]}"
     if "math.sqrt" in inspect.getsource(spec.kernel.elem):
         assert "sqrt.rn.f32" in ptx
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", PREPASS_SPECS, ids=lambda s: s.name)
+def test_pre_pass_on_bfloat16_state_compiles_to_ptx(spec, no_driver_device):
+    """The pre-pass reading bfloat16 state (every state array as bits): 16-bit loads of the
+    state, float32 per-element math, float64 accumulation, no stores but the chunk sums."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    combo = testinfo.option_combinations(spec)[-1]
+    hp = spec.validate(dict(spec.defaults, **combo))
+    n = len(spec.kernel.arrays)
+    f32, u16 = types.Array(types.float32, 1, "C"), types.Array(types.uint16, 1, "C")
+    bits = (False, False) + (True,) * (n - 2)
+    sig = ((f32, f32) + (u16,) * (n - 2) + (types.uint64, types.int64,
+                                             types.UniTuple(types.float32,
+                                                            len(spec.kernel.scalars)),
+                                             types.int64, types.Array(types.float64, 2, "C")))
+    kernel = ck.python_bf16_norms_kernel(spec.kernel, False, spec.options(hp, 2),
+                                         len(spec.kernel.norm_names), bits)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    assert "ld.global.u16" in ptx and "add.rn.f64" in ptx and "fma." not in ptx
+    assert "st.global.u16" not in ptx and "st.global.f32" not in ptx
+    f64_math = [line.strip() for line in ptx.splitlines()
+                if ("div" in line or "sqrt" in line) and ".f64" in line]
+    assert not f64_math, f"float64 per-element math in a float32 pre-pass: {f64_math[:5]}"
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")

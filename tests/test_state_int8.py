@@ -235,16 +235,81 @@ def test_a_bad_8bit_step_writes_nothing(spoil, error, match):
         _unchanged(b, snap)
 
 
-def test_groups_with_8bit_state_are_refused_before_any_write():
-    rng = np.random.default_rng(5)
-    b = fastopt.AdamBuffers.zeros(rng.standard_normal(5000).astype(np.float32),
-                                  rng.standard_normal(5000).astype(np.float32),
-                                  state_dtype="int8")
-    snap = _snapshot(b)
-    groups = fastopt.Groups(5000, [{"range": (0, 100), "lr": 0.1}])
-    with pytest.raises(NotImplementedError, match="groups"):
-        fastopt.adam_step(b, groups=groups)
-    _unchanged(b, snap)
+def _group_values(spec):
+    """Two groups' own values: a larger lr, and weight decay where the optimizer has it (a
+    second option combination: a second kernel in the one call)."""
+    names = {h.name for h in spec.hypers}
+    lr = spec.defaults["lr"]
+    second = {"weight_decay": 0.05} if "weight_decay" in names else {"lr": lr * 0.5}
+    return {"lr": lr * 3}, second
+
+
+@pytest.mark.parametrize("spec", EIGHT_BIT, ids=lambda s: s.name)
+def test_groups_with_8bit_state_cpu_equals_numpy(spec):
+    # groups cut the buffer across 8-bit blocks (block 64): each block is dequantized, each of
+    # its pieces stepped with its group's values, and the block quantized back, in one call;
+    # the NumPy reference dequantizes the whole state, steps each group's slice, quantizes
+    combo = combos(spec)[-1]          # every option on: the most state
+    n = 3001
+    first, second = _group_values(spec)
+    groups = fastopt.Groups(n, [dict(range=(0, 700), **first), dict(range=(1000, 1333), **second),
+                                dict(range=(2000, 2016), **first)])
+    kw, (a, b), rng = _pair(spec, combo, n, np.float32, seed=6)
+    c = _pair(spec, combo, n, np.float32, seed=6)[1][0]
+    parallel = [False, True] if spec.name == "adam" else [False]
+    for step in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        for x, backend, par in ((a, "cpu", parallel[0]), (c, "cpu", parallel[-1]),
+                                (b, "numpy", None)):
+            x.grad[...] = g
+            _step.step(spec, x, backend=backend, parallel=par, groups=groups,
+                       max_grad_norm=1.0 if step == 1 else None, **kw)
+    _assert_same(a, b, f"{spec.name} grouped serial")
+    _assert_same(c, b, f"{spec.name} grouped parallel={parallel[-1]}")
+    assert a.state_dtype == "int8"
+
+
+def test_8bit_groups_with_the_calls_values_step_as_no_groups():
+    # the block cutting itself changes nothing: groups that repeat the call's values give the
+    # ungrouped step's codes, scales and parameters bit for bit (parallel: threads take runs of
+    # blocks, so the pieces of a block never straddle two threads)
+    spec = next(s for s in EIGHT_BIT if s.name == "adam")
+    n = 5000
+    same = np.float64(spec.defaults["lr"])      # equal value, another type: rows of their own
+    groups = fastopt.Groups(n, [{"range": (10, 99), "lr": same}, {"range": (130, 4321),
+                                                                   "lr": same}])
+    assert len(_step._Rows(spec, groups, dict(spec.defaults), n).segments) == 5
+    for parallel in (True,):
+        kw, (a, b), rng = _pair(spec, {}, n, np.float32, seed=7)
+        for _ in range(3):
+            g = rng.standard_normal(n).astype(np.float32)
+            a.grad[...] = g
+            b.grad[...] = g
+            _step.step(spec, a, backend="cpu", parallel=parallel, groups=groups, **kw)
+            _step.step(spec, b, backend="cpu", parallel=parallel, **kw)
+        _assert_same(a, b, f"parallel={parallel}")
+
+
+def test_block_items_cover_the_buffer_once():
+    from fastopt.kernels.quant8 import block_items
+    rng = np.random.default_rng(8)
+    for _ in range(20):
+        n = int(rng.integers(1, 3000))
+        block = int(rng.choice([1, 7, 64, 256]))
+        cuts = np.unique(np.concatenate([[0, n], rng.integers(0, n, 5)]))
+        segments = [(int(lo), int(hi), k % 3) for k, (lo, hi) in enumerate(zip(cuts[:-1],
+                                                                                cuts[1:]))]
+        items, bstarts = block_items(segments, [r for _, _, r in segments], n, block)
+        assert bstarts[0] == 0 and bstarts[-1] == len(items)
+        assert np.all(np.diff(bstarts) >= 0)
+        covered = np.zeros(n, int)
+        for b in range(len(bstarts) - 1):
+            for lo, hi, row, kind in items[bstarts[b]:bstarts[b + 1]]:
+                assert b * block <= lo < hi <= min(n, (b + 1) * block)
+                seg = next(s for s in segments if s[0] <= lo and hi <= s[1])
+                assert row == kind == seg[2]
+                covered[lo:hi] += 1
+        assert np.all(covered == 1)
 
 
 def test_checkpoint_keeps_8bit_state_as_is(tmp_path):

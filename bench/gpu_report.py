@@ -17,7 +17,9 @@ prints its traceback and the others still run. What it measures (float32 unless 
 4. step + global-norm clipping: fastopt ``adam_step(max_grad_norm=1)`` vs
    ``clip_grad_norm_`` + fused Adam;
 5. every optimizer at 1e7 and 1e8: fastopt CUDA vs torch's best (fused where it has one, else
-   foreach), GB/s of the optimizer's own traffic, fraction of the measured copy bandwidth.
+   foreach), GB/s of the optimizer's own traffic, fraction of the measured copy bandwidth;
+6. (by name) the launch sweep, a host profile, groups, compressed state, compressed state with
+   groups and LAMB (see each section's docstring).
 
 Times: CUDA events around ``reps`` back-to-back steps after warm-up, the median of 5 such
 repeats, per step; events measure the GPU's timeline, so host overhead between launches counts
@@ -474,9 +476,42 @@ def bf16_state_on_device():
     return out
 
 
+@section("state_groups")
+def state_with_groups_on_device():
+    """Compressed state with groups and LAMB on the device, 1e7 and 1e8, per step (CUDA
+    events): AdamW on 8-bit state plain vs 10 groups (two kernels: with and without weight
+    decay) in one launch, and float32 state with the same groups; LAMB over 10 equal tensors
+    with float32 vs bfloat16 state."""
+    from fastopt.loopbench import _even_groups
+    out = {}
+    for n in (10_000_000, 100_000_000):
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(n).astype(np.float32)
+        g = rng.standard_normal(n).astype(np.float32)
+        groups = _even_groups(n)
+        kw = dict(decoupled_weight_decay=True)
+        row = {}
+        for label, opts, grp in (("AdamW 8-bit", dict(state_dtype="int8"), None),
+                                 ("AdamW 8-bit, 10 groups", dict(state_dtype="int8"), groups),
+                                 ("AdamW float32, 10 groups", {}, groups)):
+            b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy(), **opts))
+            row[label] = event_time(lambda: fastopt.adam_step(b, groups=grp, **kw),
+                                    reps_for(n))
+        layout = [n // 10] * 9 + [n - 9 * (n // 10)]
+        for label, opts in (("LAMB float32 state, 10 tensors", {}),
+                            ("LAMB bfloat16 state, 10 tensors", dict(state_dtype="bfloat16"))):
+            b = fastopt.to_device(fastopt.LAMBBuffers.zeros(p.copy(), g.copy(), **opts))
+            row[label] = event_time(lambda: fastopt.lamb_step(b, layout=layout,
+                                                              weight_decay=0.01), reps_for(n))
+        out[n] = row
+        print(f"n={n}: " + ", ".join(f"{k} {us(v)}" for k, v in row.items()), flush=True)
+    return out
+
+
 SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "every": every_optimizer, "bitwise": bitwise, "launch": launch_sweep,
-            "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device}
+            "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device,
+            "state_groups": state_with_groups_on_device}
 
 
 def main(out, names=tuple(SECTIONS)):

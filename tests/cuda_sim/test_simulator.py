@@ -31,7 +31,6 @@ from fastopt import config, registry, testinfo  # noqa: E402
 from fastopt.kernels.cuda import NVVM_CONTRACTION  # noqa: E402
 
 SPECS = list(registry.REGISTRY.values())
-CASES = [(s, c) for s in SPECS for c in testinfo.option_combinations(s)]
 ULP = {np.float32: 2, np.float64: 1}
 
 
@@ -55,9 +54,18 @@ def _pair(spec, combo, dtype, n, seed=0):
     return kw, host, dev, rng
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("spec,combo", CASES, ids=[
-    f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items()) for s, c in CASES])
+# every option combination in both dtypes; a record with a pre-pass (LAMB, whose simulated
+# 256-thread reduction blocks cost ~4 s a case) takes each combination in one dtype, the two
+# dtypes alternating (on a real GPU: both)
+MATCH_CASES = [(s, c, dt) for s in SPECS
+               for i, c in enumerate(testinfo.option_combinations(s))
+               for dt in (np.float32, np.float64)
+               if REAL_GPU or not s.kernel.norm_names or i % 2 == (dt == np.float64)]
+
+
+@pytest.mark.parametrize("spec,combo,dtype", MATCH_CASES, ids=[
+    f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items()) + f"-{np.dtype(dt).name}"
+    for s, c, dt in MATCH_CASES])
 def test_cuda_matches_cpu(spec, combo, dtype):
     tpb = config.CUDA_THREADS_PER_BLOCK
     assert tpb == 32
@@ -340,13 +348,13 @@ def test_8bit_state_with_groups_on_the_device_matches_the_cpu(spec, combo, dtype
     where the optimizer has one: two kernels): the CPU's codes, scales and parameters."""
     kw = dict(spec.defaults, **combo)
     hp = spec.validate(kw)
-    n = 70 if not REAL_GPU else 100_003
+    n = 45 if not REAL_GPU else 100_003
     block = 32 if not REAL_GPU else 256
     first = next(h for h in spec.hypers if h.kind == "real" and h.schedulable)
     g0 = {first.name: hp[first.name] * 0.5 if hp[first.name] else 0.01}
     if "weight_decay" in spec.defaults:
         g0["weight_decay"] = 0.0 if hp["weight_decay"] else 0.01
-    groups = fastopt.Groups(n, [dict(range=(5, 40), **g0), {"ranges": [(50, 61), (66, n)]}])
+    groups = fastopt.Groups(n, [dict(range=(5, 20), **g0), {"ranges": [(25, 31), (36, n)]}])
     rng = np.random.default_rng(9)
     host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(dtype), np.zeros(n, dtype),
                                   state_dtype="int8", block_size=block, min_8bit_size=0,

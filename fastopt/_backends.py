@@ -74,8 +74,7 @@ def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
         else:
             spec.reference(given, hp_now, t, st)
         if copy is not None:
-            from .precision import to_bfloat16
-            copy[...] = to_bfloat16(arrays["param"])
+            _write_copy(dict(arrays, param_copy=copy))
     return run
 
 
@@ -384,9 +383,19 @@ def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
     def run(t, hp_now=None, factor=None):
         hp_now = hp if hp_now is None else hp_now
         given = arrays if factor is None else dict(arrays, grad=arrays["grad"] * st(factor))
-        quantization.numpy_step(spec.reference, given, scales, spec.kernel, block, hp_now, t,
-                                st)
+        quantization.numpy_step(spec.reference, {k: a for k, a in given.items()
+                                                 if k != "param_copy"},
+                                scales, spec.kernel, block, hp_now, t, st)
+        _write_copy(arrays)
     return run
+
+
+def _write_copy(arrays):
+    """The NumPy reference's param copy: the new parameters rounded to bfloat16."""
+    copy = arrays.get("param_copy")
+    if copy is not None:
+        from .precision import to_bfloat16
+        copy[...] = to_bfloat16(arrays["param"])
 
 
 def _q8_numpy_grouped(spec, arrays, dtype, rows, segments, block, scales):
@@ -395,11 +404,14 @@ def _q8_numpy_grouped(spec, arrays, dtype, rows, segments, block, scales):
     quantized back in the buffer's blocks (a block may hold pieces of two groups)."""
     from . import quantization
 
+    plain = {k: a for k, a in arrays.items() if k != "param_copy"}
+
     def run(t, rows_now=None, factor=None):
         def update(work):
             _per_segment(lambda a, hp, lo: _numpy_runner(spec, a, dtype, hp), work, rows,
                          segments)(t, rows_now, factor)
-        quantization.with_dequantized(arrays, scales, spec.kernel, block, update)
+        quantization.with_dequantized(plain, scales, spec.kernel, block, update)
+        _write_copy(arrays)
     return run
 
 
@@ -416,8 +428,8 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
 
     def build(kernels, kinds, scaled, par, table):
         items, bstarts = quant8.block_items(segments, kinds, n, block)
-        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par), items,
-                bstarts)
+        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par,
+                                      arrays.get("param_copy") is not None), items, bstarts)
 
     def call(work, table, par):
         driver, items, bstarts = work
@@ -432,7 +444,8 @@ Q8_CHUNKS_PER_THREAD = 8     # runs of blocks per thread in a parallel 8-bit ste
 def _q8_args(spec, arrays, dtype, scales):
     """``(quantized, args)`` for a block driver (``kernels.quant8``): per array of the record,
     whether it is 8-bit state, and the driver's arguments (each 8-bit array as codes, scales,
-    map values, first table, midpoints; a missing array as a placeholder)."""
+    map values, first table, midpoints; a missing array as a placeholder; then the param copy
+    when there is one)."""
     from . import quantization
     st = np.dtype(dtype).type
     ph = placeholder(dtype)
@@ -447,6 +460,8 @@ def _q8_args(spec, arrays, dtype, scales):
                      qm.mid.astype(st)]
         else:
             args.append(ph if a is None else a.reshape(-1))
+    if arrays.get("param_copy") is not None:
+        args.append(arrays["param_copy"].reshape(-1))
     return quantized, args
 
 
@@ -460,6 +475,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     n = int(arrays["param"].size)
     names = spec.kernel.arrays
     quantized, args = _q8_args(spec, arrays, dtype, scales)
+    copy = arrays.get("param_copy") is not None
     drivers = {}
     scalars = spec.kernel_scalars(hp, 1, st)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
@@ -475,7 +491,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
         drv = drivers.get(key)
         if drv is None:
             body = cpu.family(spec.kernel, scaled).get(False, **options)
-            drv = drivers[key] = quant8.driver(body, len(names), quantized, par)
+            drv = drivers[key] = quant8.driver(body, len(names), quantized, par, copy)
         if par and not _threads.READY:
             _threads.ensure_pool()
         packed = _pack(spec, hp_now, t, scalars, scaled_scalars, factor)

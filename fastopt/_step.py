@@ -335,7 +335,7 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
                              or not 0 <= seed < 2 ** 64):
         raise ValueError(f"{owner}.rounding_seed must be None or an int in [0, 2**64), got "
                          f"{seed!r}")
-    q8 = _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, name)
+    q8 = _check_8bit(spec, buffers, arrays, owner, rows, seed, name)
     if q8 is not None and rows is None:
         run = _backends.runner(spec, name, arrays, dtype, hp, parallel, q8=q8)
     elif rows is None:
@@ -353,7 +353,7 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
     return prep
 
 
-def _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, backend):
+def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
     """``(block_size, {field: scales})`` when the step's state is 8-bit codes, else None;
     every check before anything is written."""
     fields = [f for f, a in arrays.items() if getattr(a, "dtype", None) == np.uint8]
@@ -371,9 +371,6 @@ def _check_8bit(spec, buffers, arrays, owner, rows, copy, seed, backend):
             raise NotImplementedError(f"{owner}: groups= with 8-bit state on CUDA takes at "
                                       f"most {GROUPED_MAX_ROWS} distinct sets of values (they "
                                       f"travel with the launch), got {len(rows.templates)}")
-    if copy is not None:
-        raise NotImplementedError(f"{owner}: param_copy with 8-bit state is not implemented "
-                                  f"yet (it is written with bfloat16 or full-precision state)")
     if seed is not None:
         raise ValueError(f"{owner}.rounding_seed is set but the state is 8-bit; stochastic "
                          f"rounding is for bfloat16 state")

@@ -19,7 +19,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .precision import _f32_as_u32
+from .precision import _f32_as_u32, f32_to_bf16
 
 DRIVER_OPTIONS = dict(error_model="numpy", nogil=True, fastmath=False)
 INLINE = dict(error_model="numpy", inline="always", fastmath=False)
@@ -30,8 +30,9 @@ def dequantize_block(codes, lo, k, scale, values, cast, out):
     """``out[:k]`` = ``values[codes[lo + j]] * scale`` (in the buffer dtype)."""
     cast[0] = scale
     s = cast[0]
+    c = codes[lo:lo + k]        # (indices from 0: no negative-index wraparound per element)
     for j in range(k):
-        out[j] = values[codes[lo + j]] * s
+        out[j] = values[c[j]] * s
 
 
 @njit(**INLINE)
@@ -78,11 +79,23 @@ def quantize_block(w, k, codes, lo, first, mid, cast):
     s = cast[0]
     zero = s == 0
     inv = one / s if not zero else s
+    c = codes[lo:lo + k]
     for j in range(k):
         x = w[j] * inv                       # a zero block: 0 * 0 = +0 (the reference's 0)
         base = np.int64(first[_cell(x)])
-        codes[lo + j] = base + (mid[base] < x)
+        c[j] = base + (mid[base] < x)
     return scale
+
+
+@njit(**INLINE)
+def copy_block(p, pc, lo, hi):
+    """``pc[lo:hi]`` = ``p[lo:hi]`` rounded to bfloat16 bits (the param copy). On slices: a
+    loop over ``p[j]`` with ``j`` from ``lo`` checks each index for wraparound and does not
+    vectorize (7x slower)."""
+    x = p[lo:hi]
+    y = pc[lo:hi]
+    for j in range(hi - lo):
+        y[j] = f32_to_bf16(x[j])
 
 
 _drivers = {}
@@ -101,12 +114,14 @@ def _kind_calls(n_kinds, body_args, row, indent):
     return lines
 
 
-def _source(n_arrays, quantized, parallel, n_kinds=0):
+def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False):
     """The block driver's source for a record with ``n_arrays`` arrays, ``quantized[j]`` True
     where array ``j`` is 8-bit state. ``n_kinds`` > 0: the grouped driver, which runs, per
     block, the block's *pieces* (``items[bstarts[b]:bstarts[b + 1]]``, rows ``(lo, hi, row,
     kind)`` in buffer order, :func:`block_items`) between the dequantization and the
-    quantization, each with the serial kernel of its kind and its row of the scalar table."""
+    quantization, each with the serial kernel of its kind and its row of the scalar table.
+    ``copy``: the driver takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
+    writes the block's new parameters to it (rounded to nearest even) while they are in L1."""
     params, body_args, setup, deq, quant = [], [], [], [], []
     for j in range(n_arrays):
         if quantized[j]:
@@ -119,6 +134,9 @@ def _source(n_arrays, quantized, parallel, n_kinds=0):
         else:
             params.append(f"a{j}")
             body_args.append(f"a{j}[lo:hi]" if not n_kinds else f"a{j}[lo + u:lo + e]")
+    if copy:
+        params.append("pc")
+        quant.append("            copy_block(a0, pc, lo, hi)")
     if n_kinds:
         head = f"def q8_grouped({', '.join(params)}, table, items, bstarts, block, chunks):"
         calls = ["            for it in range(bstarts[b], bstarts[b + 1]):",
@@ -156,30 +174,30 @@ def _compile(key, src, name, parallel, bodies):
             fn = _drivers.get(key)
             if fn is None:
                 scope = dict(np=np, prange=prange, dequantize_block=dequantize_block,
-                             quantize_block=quantize_block, **bodies)
+                             quantize_block=quantize_block, copy_block=copy_block, **bodies)
                 exec(compile(src, f"<fastopt.kernels.quant8 {name}>", "exec"), scope)
                 fn = _drivers[key] = njit(parallel=bool(parallel), **DRIVER_OPTIONS)(
                     scope[name])
     return fn
 
 
-def driver(body, n_arrays, quantized, parallel):
+def driver(body, n_arrays, quantized, parallel, copy=False):
     """The compiled block driver around ``body`` (a record's serial kernel for one option
     combination): ``driver(<arrays, each 8-bit one as codes, scales, map values, first table,
-    midpoints>, scalars, block, chunks)``. Compiled on first use, not cached on disk
-    (it calls a kernel chosen at run time)."""
-    return _compile((body, tuple(quantized), bool(parallel)),
-                    _source(n_arrays, quantized, parallel), "q8_driver", parallel,
+    midpoints>, [param copy,] scalars, block, chunks)``. Compiled on first use, not cached on
+    disk (it calls a kernel chosen at run time)."""
+    return _compile((body, tuple(quantized), bool(parallel), bool(copy)),
+                    _source(n_arrays, quantized, parallel, copy=copy), "q8_driver", parallel,
                     dict(body=body))
 
 
-def grouped_driver(bodies, n_arrays, quantized, parallel):
+def grouped_driver(bodies, n_arrays, quantized, parallel, copy=False):
     """The compiled grouped block driver around ``bodies`` (the record's serial kernels, one
-    per kind): ``driver(<arrays as for driver>, table, items, bstarts, block, chunks)``; row
-    ``r`` of ``table`` is the packed scalars of row ``r`` of the groups."""
+    per kind): ``driver(<arrays as for driver>, [param copy,] table, items, bstarts, block,
+    chunks)``; row ``r`` of ``table`` is the packed scalars of row ``r`` of the groups."""
     bodies = tuple(bodies)
-    return _compile(("grouped", bodies, tuple(quantized), bool(parallel)),
-                    _source(n_arrays, quantized, parallel, len(bodies)), "q8_grouped",
+    return _compile(("grouped", bodies, tuple(quantized), bool(parallel), bool(copy)),
+                    _source(n_arrays, quantized, parallel, len(bodies), copy), "q8_grouped",
                     parallel, {f"body{q}": b for q, b in enumerate(bodies)})
 
 

@@ -218,7 +218,7 @@ def _unchanged(b, snap):
         np.float64)), TypeError, "float32"),
     (lambda b: setattr(b, "block_size", 0), ValueError, "block_size"),
     (lambda b: setattr(b, "state_absmax", None), TypeError, "state_absmax"),
-    (lambda b: setattr(b, "param_copy", np.zeros(5000, np.uint16)), NotImplementedError,
+    (lambda b: setattr(b, "param_copy", np.zeros(5000, np.float16)), TypeError,
      "param_copy"),
 ])
 def test_a_bad_8bit_step_writes_nothing(spoil, error, match):
@@ -288,6 +288,27 @@ def test_8bit_groups_with_the_calls_values_step_as_no_groups():
             _step.step(spec, a, backend="cpu", parallel=parallel, groups=groups, **kw)
             _step.step(spec, b, backend="cpu", parallel=parallel, **kw)
         _assert_same(a, b, f"parallel={parallel}")
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "groups"])
+def test_8bit_state_writes_the_param_copy_in_the_same_pass(grouped):
+    # the block driver writes the block's new parameters, rounded to bfloat16, to param_copy
+    # while they are in L1; the NumPy reference rounds the whole parameter after its step
+    spec = next(s for s in EIGHT_BIT if s.name == "adam")
+    n = 3001
+    groups = (fastopt.Groups(n, [{"range": (100, 1234), "lr": 1e-2, "weight_decay": 0.1}])
+              if grouped else None)
+    kw, (a, b), rng = _pair(spec, {}, n, np.float32, seed=10)
+    for x in (a, b):
+        x.param_copy = np.zeros(n, np.uint16)
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        for x, backend in ((a, "cpu"), (b, "numpy")):
+            x.grad[...] = g
+            _step.step(spec, x, backend=backend, parallel=True, groups=groups, **kw)
+        assert_bitwise(a.param_copy, fastopt.to_bfloat16(a.param), "param_copy")
+    _assert_same(a, b, "param_copy")
+    assert_bitwise(a.param_copy, b.param_copy, "param_copy")
 
 
 def test_block_items_cover_the_buffer_once():

@@ -321,9 +321,11 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     nb = -(-n // block)
     compiled = {}
 
+    per, nt = q8_threads(block)
+
     def make(scaled, options):
         return kernels.get_q8(spec.kernel, scaled, options, quantized,
-                              np.dtype(dtype).name, block % 32 == 0)
+                              np.dtype(dtype).name, nt % 32 == 0, per)
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
@@ -332,8 +334,18 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
         _, _, kernel, packed = _launch_parts(spec, hp_now, t, factor, st, compiled, make)
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
-            kernel[min(blocks, nb), block](*args, packed)
+            kernel[min(blocks, nb), nt](*args, packed)
     return run
+
+
+def q8_threads(block):
+    """``(per_thread, threads)`` of the 8-bit kernels for quantization blocks of ``block``
+    elements: the most elements per thread up to ``config.CUDA_8BIT_PER_THREAD`` that divides
+    the block, and the threads per block that leaves."""
+    per = max(1, int(config.CUDA_8BIT_PER_THREAD))
+    while block % per:
+        per -= 1
+    return per, block // per
 
 
 def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
@@ -345,14 +357,16 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
 
+    per, nt = q8_threads(block)
+
     def get_kernel(scaled, option_sets):
         return kernels.get_q8_grouped(spec.kernel, scaled, option_sets, len(rows), quantized,
-                                      np.dtype(dtype).name, block % 32 == 0)
+                                      np.dtype(dtype).name, nt % 32 == 0, per)
 
     def launch(kernel, segs, packed):
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
-            kernel[min(blocks, nb), block](*args, segs, packed)
+            kernel[min(blocks, nb), nt](*args, segs, packed)
     return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch)
 
 

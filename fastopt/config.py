@@ -14,6 +14,7 @@ attribute                      environment variable                default
 ``CUDA_THREADS_PER_BLOCK``     ``FASTOPT_CUDA_THREADS_PER_BLOCK``  ``256``
 ``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``         ``0`` (0: no fixed cap)
 ``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``      ``64`` (0: no cap)
+``CUDA_8BIT_PER_THREAD``       ``FASTOPT_CUDA_8BIT_PER_THREAD``    ``4``
 ``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``           ``1000`` (or ``"keep"``)
 =============================  ==================================  ===========================
 
@@ -31,6 +32,10 @@ most ``CUDA_BLOCKS_PER_SM`` x the GPU's multiprocessor count (and at most ``CUDA
 when that is set); a grid-stride loop covers the rest. Measured on an H200 (132 SMs), Adam at
 1e8 float32: one element per thread 1066 us (2627 GB/s), 64 blocks per SM 867 us (3228 GB/s);
 4 per SM 1043 us, 16 per SM 921 us; 512 threads per block the same as 256, 1024 slower.
+
+``CUDA_8BIT_PER_THREAD``: elements of a quantization block each thread of the CUDA 8-bit
+kernels takes (the most up to this that divides the block; a block of 256 runs on 64
+threads): more loads in flight per thread, fewer threads per barrier. CHOSEN_8BIT
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
@@ -95,6 +100,7 @@ _DEFAULTS = {
     "CUDA_THREADS_PER_BLOCK": ("FASTOPT_CUDA_THREADS_PER_BLOCK", 256),
     "CUDA_MAX_BLOCKS": ("FASTOPT_CUDA_MAX_BLOCKS", 0),
     "CUDA_BLOCKS_PER_SM": ("FASTOPT_CUDA_BLOCKS_PER_SM", 64),
+    "CUDA_8BIT_PER_THREAD": ("FASTOPT_CUDA_8BIT_PER_THREAD", 4),
     "OMP_SPINCOUNT": ("FASTOPT_OMP_SPINCOUNT", None),
 }
 
@@ -102,6 +108,7 @@ PARALLEL_THRESHOLD = 32768
 CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 0
 CUDA_BLOCKS_PER_SM = 64
+CUDA_8BIT_PER_THREAD = 4
 OMP_SPINCOUNT = 1000
 
 

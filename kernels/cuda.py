@@ -351,12 +351,12 @@ def _q8_body(record, scaled, options, unpack):
 
 
 def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
-                     option_sets=None, n_rows=0):
+                     option_sets=None, n_rows=0, per_thread=1):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
-    scalars)``, launched with one thread per element of a quantization block. ``option_sets``
-    (a list of option dicts, one per kind) and ``n_rows``: the grouped kernel,
-    ``kernel(<arrays>, segs, rows)``."""
+    scalars)``, launched with ``block // per_thread`` threads per quantization block of
+    ``block`` elements. ``option_sets`` (a list of option dicts, one per kind) and ``n_rows``:
+    the grouped kernel, ``kernel(<arrays>, segs, rows)``."""
     import numpy as np
     from numba import config as numba_config
     from numba import float32, float64, int64, uint8, uint32, uint64
@@ -379,7 +379,7 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
            else np.uint64(0x7FFFFFFFFFFFFFFF))
     warp = bool(warp) and not sim          # (the simulator has no warp shuffles)
     src = quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp,
-                             0 if option_sets is None else len(option_sets))
+                             0 if option_sets is None else len(option_sets), per_thread)
     return _define(src, "q8_kernel",
                    f"q8_{record.name}", cuda=cuda, float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
@@ -388,22 +388,23 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
                    CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK, **bodies)
 
 
-def get_q8(record, scaled, options, quantized, dtype_name, warp=False):
+def get_q8(record, scaled, options, quantized, dtype_name, warp=False, per_thread=1):
     """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination;
-    ``warp``: the block size is a multiple of 32, the absmax by warp shuffles)."""
-    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name, bool(warp)) + tuple(
-        sorted(options.items()))
+    ``warp``: the threads per block are a multiple of 32, the absmax by warp shuffles)."""
+    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name, bool(warp),
+           int(per_thread)) + tuple(sorted(options.items()))
     return _lazy(key, lambda: python_q8_kernel(record, scaled, options, quantized,
-                                               dtype_name, warp))
+                                               dtype_name, warp, per_thread=per_thread))
 
 
-def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, warp=False):
+def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, warp=False,
+                   per_thread=1):
     """The ``cuda.jit`` grouped kernel of ``record`` on 8-bit state (lazy, one per tuple of
     option sets, number of rows and combination)."""
     key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
-           bool(warp)) + tuple(tuple(sorted(o.items())) for o in option_sets)
+           bool(warp), int(per_thread)) + tuple(tuple(sorted(o.items())) for o in option_sets)
     return _lazy(key, lambda: python_q8_kernel(record, scaled, None, quantized, dtype_name,
-                                               warp, option_sets, n_rows))
+                                               warp, option_sets, n_rows, per_thread))
 
 
 def launch_config(n, threads_per_block, max_blocks):

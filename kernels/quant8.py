@@ -228,31 +228,36 @@ def _warp_max(indent):
             f"{indent}    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))"]
 
 
-def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0):
+def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thread=1):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
-    (``blockDim.x`` = the quantization block, at most ``CUDA_MAX_BLOCK``), blocks in a
-    grid-stride loop. Thread ``j`` dequantizes element ``j`` of the block into a one-element
-    local array per 8-bit state, runs the record's body on one-element slices (its loop bound
-    to ``range``), then the block takes the absmax of each new state as the largest magnitude
-    bits (a maximum: any order gives the same answer; ``warp``: warp shuffles then one
-    shared-memory stage, for blocks of a multiple of 32 threads, else a shared-memory tree) and
-    each thread writes its code; the arithmetic is the CPU driver's, operation for operation.
-    ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each thread finds the
-    segment of its element (a binary search over ``segs``, rows ``(lo, hi, row, kind)`` in
-    buffer order) and runs the body of the segment's kind with its row of scalars (``(rows,
-    row)``, ``kernels.groups.row_unpack_source``)."""
+    (``blockDim.x * per_thread`` = the quantization block, ``blockDim.x`` at most
+    ``CUDA_MAX_BLOCK``), blocks in a grid-stride loop. Thread ``t`` takes elements ``t, t + nt,
+    .., t + (per_thread - 1) * nt`` of the block (``nt`` threads: each of those loads is
+    coalesced across the threads, and a thread has ``per_thread`` loads in flight): it
+    dequantizes them into local arrays (one per 8-bit state), runs the record's body on each
+    element's one-element slices (its loop bound to ``range``), then the block takes the
+    absmax of each new state as the largest magnitude bits (a maximum: any order gives the
+    same answer; ``warp``: warp shuffles then one shared-memory stage, for a multiple of 32
+    threads, else a shared-memory tree) and each thread writes its codes; the arithmetic is
+    the CPU driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
+    ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
+    ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
+    runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``)."""
+    E = int(per_thread)
     params, body_args, deq, red = [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
         if quantized[j]:
             params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
-            deq += [f"        w{j} = cuda.local.array(1, {dtype_name})",
-                    "        if active:",
-                    f"            w{j}[0] = v{j}[c{j}[i]] * {dtype_name}(s{j}[b])"]
-            body_args.append(f"w{j}")
+            deq += [f"        w{j} = cuda.local.array({E}, {dtype_name})",
+                    f"        sd{j} = {dtype_name}(s{j}[b])"]
+            body_args.append(f"w{j}[e:e + 1]")
+            red += ["        v = int64(0)",
+                    f"        for e in range({E}):",
+                    "            if base_i + e * nt < n:",
+                    f"                v = max(v, int64(as_uint(w{j}[e]) & MAG))"]
             if warp:        # shuffles within each warp, then across the warps' maxima
-                red += [f"        v = int64(as_uint(w{j}[0]) & MAG) if active else int64(0)",
-                        *_warp_max("        "),
+                red += [*_warp_max("        "),
                         "        if tid % 32 == 0:",
                         "            sh[tid // 32] = v",
                         "        cuda.syncthreads()",
@@ -262,9 +267,8 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0):
                         "            if tid == 0:",
                         "                sh[0] = v",
                         "        cuda.syncthreads()"]
-            else:           # a tree in shared memory (any block size)
-                red += [f"        sh[tid] = int64(as_uint(w{j}[0]) & MAG) if active "
-                        f"else int64(0)",
+            else:           # a tree in shared memory (any number of threads)
+                red += ["        sh[tid] = v",
                         "        cuda.syncthreads()",
                         "        half = 1",
                         "        while half < nt:",
@@ -276,43 +280,54 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0):
                     "        cuda.syncthreads()",
                     "        if tid == 0:",
                     f"            s{j}[b] = scale{j}",
-                    "        if active:",
-                    f"            sd = {dtype_name}(scale{j})",
-                    f"            inv = {dtype_name}(1) / sd if sd != 0 else sd",
-                    f"            x = w{j}[0] * inv",
-                    "            cell = as_uint(float32(x)) >> uint32(16)",
-                    f"            base = int64(f{j}[cell])",
-                    f"            c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
+                    f"        sq = {dtype_name}(scale{j})",
+                    f"        inv = {dtype_name}(1) / sq if sq != 0 else sq",
+                    f"        for e in range({E}):",
+                    "            i = base_i + e * nt",
+                    "            if i < n:",
+                    f"                x = w{j}[e] * inv",
+                    "                cell = as_uint(float32(x)) >> uint32(16)",
+                    f"                base = int64(f{j}[cell])",
+                    f"                c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
         else:
             params.append(f"a{j}")
             body_args.append(f"a{j}[i:i + 1]")
+    loads = [f"        for e in range({E}):",
+             "            i = base_i + e * nt",
+             "            if i < n:"]
+    for j in range(n_arrays):
+        if quantized[j]:
+            loads.append(f"                w{j}[e] = v{j}[c{j}[i]] * sd{j}")
     if n_kinds:
-        call = ["            s0 = 0",
-                "            s1 = segs.shape[0] - 1",
-                "            while s0 < s1:",
-                "                mid = (s0 + s1 + 1) // 2",
-                "                if segs[mid, 0] <= i:",
-                "                    s0 = mid",
-                "                else:",
-                "                    s1 = mid - 1",
-                "            kind = segs[s0, 3]",
-                "            sc = (rows, segs[s0, 2])"]
-        call += _kind_calls(n_kinds, body_args, "sc", " " * 12)
+        call = ["                s0 = 0",
+                "                s1 = segs.shape[0] - 1",
+                "                while s0 < s1:",
+                "                    mid = (s0 + s1 + 1) // 2",
+                "                    if segs[mid, 0] <= i:",
+                "                        s0 = mid",
+                "                    else:",
+                "                        s1 = mid - 1",
+                "                kind = segs[s0, 3]",
+                "                sc = (rows, segs[s0, 2])"]
+        call += _kind_calls(n_kinds, body_args, "sc", " " * 16)
         head = f"def q8_kernel({', '.join(params)}, segs, rows):"
     else:
-        call = [f"            body({', '.join(body_args)}, sc)"]
+        call = [f"                body({', '.join(body_args)}, sc)"]
         head = f"def q8_kernel({', '.join(params)}, sc):"
     lines = [head,
              "    n = a0.shape[0]",
              "    nt = cuda.blockDim.x",
              "    tid = cuda.threadIdx.x",
              "    sh = cuda.shared.array(CUDA_MAX_BLOCK, int64)",
-             "    nb = (n + nt - 1) // nt",
+             f"    bs = nt * {E}",
+             "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
-             "        i = b * nt + tid",
-             "        active = i < n",
+             "        base_i = b * bs + tid",
              *deq,
-             "        if active:",
+             *loads,
+             f"        for e in range({E}):",
+             "            i = base_i + e * nt",
+             "            if i < n:",
              *call,
              *red]
     return "\n".join(lines) + "\n"

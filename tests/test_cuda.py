@@ -231,7 +231,8 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
     for warp in (False, True):
         kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
-                                     (False, False) + (True,) * (n - 2), "float32", warp)
+                                     (False, False) + (True,) * (n - 2), "float32", warp,
+                                     per_thread=4)
         with ck.exact():
             ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
         f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
@@ -260,7 +261,7 @@ def test_grouped_8bit_state_kernel_compiles_to_ptx(no_driver_device):
                                                    types.UniTuple(types.float32,
                                                                   2 * len(spec.kernel.scalars)))
     kernel = ck.python_q8_kernel(spec.kernel, False, None, (False, False, True, True, False),
-                                 "float32", True, option_sets, 2)
+                                 "float32", True, option_sets, 2, per_thread=4)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]

@@ -368,6 +368,26 @@ def test_8bit_state_with_groups_on_the_device_matches_the_cpu(spec, combo, dtype
         assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
+@pytest.mark.parametrize("per_thread", [1, 3], ids=["1-per-thread", "3-per-thread"])
+def test_8bit_kernel_elements_per_thread_change_no_bit(per_thread, monkeypatch):
+    """The 8-bit kernels with 1 element per thread and with 3 (blocks of 24 elements: 8
+    threads) equal the CPU, as the default 4 does above."""
+    monkeypatch.setattr(config, "CUDA_8BIT_PER_THREAD", per_thread)
+    spec = registry.get("adam")
+    n = 53
+    rng = np.random.default_rng(12)
+    host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                     np.zeros(n, np.float32), state_dtype="int8",
+                                     block_size=24, min_8bit_size=0)
+    dev = fastopt.to_device(host)
+    kw = dict(spec.defaults, weight_decay=0.01)
+    back = _step_both(registry.step_function(spec), kw, host, dev, rng, 2)
+    for name, a in host.arrays().items():
+        assert np.array_equal(a, back.arrays()[name]), name
+    for name, a in host.state_absmax.items():
+        assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
+
+
 def test_8bit_groups_on_the_device_refuse_too_many_rows_before_any_write():
     from fastopt._cuda_backend import GROUPED_MAX_ROWS
     n = 64

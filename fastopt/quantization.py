@@ -133,13 +133,15 @@ def block_scales(w, block):
 
 def quantize(w, block, qmap):
     """(codes, scales) of the 1-D float array ``w`` in blocks of ``block``: each block
-    multiplied by ``1 / absmax`` (float32 absmax; a zero block stays zero), then the nearest
-    map entry."""
+    multiplied by ``1 / absmax`` (float32 absmax; a zero block stays zero, and so does a
+    block whose ``1 / absmax`` overflows: absmax below ~2.9e-39 in float32, where the
+    product would be inf and take the wrong end of the map), then the nearest map entry."""
     w = np.asarray(w)
     scales = block_scales(w, block)
     s = scales.astype(w.dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = np.where(s == 0, s, w.dtype.type(1) / np.where(s == 0, 1, s))
+        inv = np.where(np.isinf(inv), w.dtype.type(0), inv)     # absmax < 1 / FLT_MAX: zeros
     x = w * np.repeat(inv, block)[:w.shape[0]]
     return quantize_values(x, qmap), scales
 

@@ -353,7 +353,7 @@ def _q8_body(record, scaled, options, unpack):
 def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
                      option_sets=None, n_rows=0, per_thread=1):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
-    ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
+    ``kernel(<arrays, each 8-bit one as codes, scales, map values, midpoints>,
     scalars)``, launched with ``block // per_thread`` threads per quantization block of
     ``block`` elements. ``option_sets`` (a list of option dicts, one per kind) and ``n_rows``:
     the grouped kernel, ``kernel(<arrays>, segs, rows)``."""
@@ -381,7 +381,7 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
     src = quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp,
                              0 if option_sets is None else len(option_sets), per_thread)
     return _define(src, "q8_kernel",
-                   f"q8_{record.name}", cuda=cuda, float32=float32,
+                   f"q8_{record.name}", cuda=cuda, math=math, float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
                    from_uint=quant8.sim_from_uint if sim else quant8.from_uint, MAG=mag,

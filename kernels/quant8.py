@@ -12,6 +12,7 @@ read once and written at most once; the float state never leaves the cache.
 The arithmetic is the NumPy reference's (``fastopt.quantization``), operation for operation,
 so the results are bitwise equal for any thread count (blocks are independent).
 """
+import math
 import threading
 
 import numpy as np
@@ -79,6 +80,8 @@ def quantize_block(w, k, codes, lo, first, mid, cast):
     s = cast[0]
     zero = s == 0
     inv = one / s if not zero else s
+    if math.isinf(inv):     # an absmax below 1 / FLT_MAX (float32): the block is stored as 0
+        inv = s - s
     c = codes[lo:lo + k]
     for j in range(k):
         x = w[j] * inv                       # a zero block: 0 * 0 = +0 (the reference's 0)
@@ -238,17 +241,26 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     element's one-element slices (its loop bound to ``range``), then the block takes the
     absmax of each new state as the largest magnitude bits (a maximum: any order gives the
     same answer; ``warp``: warp shuffles then one shared-memory stage, for a multiple of 32
-    threads, else a shared-memory tree) and each thread writes its codes; the arithmetic is
-    the CPU driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
+    threads, else a shared-memory tree) and each thread writes its codes. The maps' values and
+    midpoints are copied to shared memory once per thread block; a code is the number of
+    midpoints below the value, found by a binary search there (the CPU's ``first`` table plus
+    one comparison gives the same count, ``fastopt.quantization``; a 64 KiB table read at
+    scattered addresses per element is the slow part on a GPU). The arithmetic is the CPU
+    driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
     ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
     ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
     runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``)."""
     E = int(per_thread)
-    params, body_args, deq, red = [], [], [], []
+    params, body_args, deq, red, tables = [], [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
         if quantized[j]:
-            params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
+            params += [f"c{j}", f"s{j}", f"v{j}", f"d{j}"]
+            tables += [f"    tv{j} = cuda.shared.array(256, {dtype_name})",
+                       f"    td{j} = cuda.shared.array(256, {dtype_name})",
+                       "    for k in range(tid, 256, nt):",
+                       f"        tv{j}[k] = v{j}[k]",
+                       f"        td{j}[k] = d{j}[k]"]
             deq += [f"        w{j} = cuda.local.array({E}, {dtype_name})",
                     f"        sd{j} = {dtype_name}(s{j}[b])"]
             body_args.append(f"w{j}[e:e + 1]")
@@ -282,13 +294,21 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
                     f"            s{j}[b] = scale{j}",
                     f"        sq = {dtype_name}(scale{j})",
                     f"        inv = {dtype_name}(1) / sq if sq != 0 else sq",
+                    "        if math.isinf(inv):",
+                    "            inv = sq - sq",
                     f"        for e in range({E}):",
                     "            i = base_i + e * nt",
                     "            if i < n:",
                     f"                x = w{j}[e] * inv",
-                    "                cell = as_uint(float32(x)) >> uint32(16)",
-                    f"                base = int64(f{j}[cell])",
-                    f"                c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
+                    "                lo = 0",
+                    "                hi = 255",
+                    "                while lo < hi:",
+                    "                    m = (lo + hi) // 2",
+                    f"                    if td{j}[m] < x:",
+                    "                        lo = m + 1",
+                    "                    else:",
+                    "                        hi = m",
+                    f"                c{j}[i] = uint8(lo)"]
         else:
             params.append(f"a{j}")
             body_args.append(f"a{j}[i:i + 1]")
@@ -297,7 +317,7 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
              "            if i < n:"]
     for j in range(n_arrays):
         if quantized[j]:
-            loads.append(f"                w{j}[e] = v{j}[c{j}[i]] * sd{j}")
+            loads.append(f"                w{j}[e] = tv{j}[c{j}[i]] * sd{j}")
     if n_kinds:
         call = ["                s0 = 0",
                 "                s1 = segs.shape[0] - 1",
@@ -319,6 +339,8 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
              "    nt = cuda.blockDim.x",
              "    tid = cuda.threadIdx.x",
              "    sh = cuda.shared.array(CUDA_MAX_BLOCK, int64)",
+             *tables,
+             "    cuda.syncthreads()",
              f"    bs = nt * {E}",
              "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",

@@ -292,7 +292,7 @@ def _launch_parts(spec, hp, t, factor, st, compiled, make):
 
 def _q8_device_args(spec, arrays, dtype, scales):
     """``(args, quantized)`` of an 8-bit kernel (``kernels.quant8.cuda_source``): each 8-bit
-    array as codes, scales, the map's values and midpoints (copied to the device once)."""
+    array as codes, scales and the map's tables (copied to the device once)."""
     from . import quantization
     cuda = _cuda()
     st = np.dtype(dtype).type
@@ -304,7 +304,8 @@ def _q8_device_args(spec, arrays, dtype, scales):
         if name in scales:
             qm = quantization.qmap_for(spec.kernel, name)
             args += [as_device_array(a).reshape(-1), as_device_array(scales[name]),
-                     cuda.to_device(qm.values.astype(st)), cuda.to_device(qm.mid.astype(st))]
+                     cuda.to_device(qm.values.astype(st)), cuda.to_device(qm.first),
+                     cuda.to_device(qm.mid.astype(st))]
         else:
             args.append(ph if a is None else as_device_array(a).reshape(-1))
     return args, tuple(quantized)

@@ -353,7 +353,7 @@ def _q8_body(record, scaled, options, unpack):
 def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
                      option_sets=None, n_rows=0, per_thread=1):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
-    ``kernel(<arrays, each 8-bit one as codes, scales, map values, midpoints>,
+    ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
     scalars)``, launched with ``block // per_thread`` threads per quantization block of
     ``block`` elements. ``option_sets`` (a list of option dicts, one per kind) and ``n_rows``:
     the grouped kernel, ``kernel(<arrays>, segs, rows)``."""

@@ -241,26 +241,17 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     element's one-element slices (its loop bound to ``range``), then the block takes the
     absmax of each new state as the largest magnitude bits (a maximum: any order gives the
     same answer; ``warp``: warp shuffles then one shared-memory stage, for a multiple of 32
-    threads, else a shared-memory tree) and each thread writes its codes. The maps' values and
-    midpoints are copied to shared memory once per thread block; a code is the number of
-    midpoints below the value, found by a binary search there (the CPU's ``first`` table plus
-    one comparison gives the same count, ``fastopt.quantization``; a 64 KiB table read at
-    scattered addresses per element is the slow part on a GPU). The arithmetic is the CPU
-    driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
+    threads, else a shared-memory tree) and each thread writes its codes; the arithmetic is
+    the CPU driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
     ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
     ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
     runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``)."""
     E = int(per_thread)
-    params, body_args, deq, red, tables = [], [], [], [], []
+    params, body_args, deq, red = [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
         if quantized[j]:
-            params += [f"c{j}", f"s{j}", f"v{j}", f"d{j}"]
-            tables += [f"    tv{j} = cuda.shared.array(256, {dtype_name})",
-                       f"    td{j} = cuda.shared.array(256, {dtype_name})",
-                       "    for k in range(tid, 256, nt):",
-                       f"        tv{j}[k] = v{j}[k]",
-                       f"        td{j}[k] = d{j}[k]"]
+            params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
             deq += [f"        w{j} = cuda.local.array({E}, {dtype_name})",
                     f"        sd{j} = {dtype_name}(s{j}[b])"]
             body_args.append(f"w{j}[e:e + 1]")
@@ -300,15 +291,9 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
                     "            i = base_i + e * nt",
                     "            if i < n:",
                     f"                x = w{j}[e] * inv",
-                    "                lo = 0",
-                    "                hi = 255",
-                    "                while lo < hi:",
-                    "                    m = (lo + hi) // 2",
-                    f"                    if td{j}[m] < x:",
-                    "                        lo = m + 1",
-                    "                    else:",
-                    "                        hi = m",
-                    f"                c{j}[i] = uint8(lo)"]
+                    "                cell = as_uint(float32(x)) >> uint32(16)",
+                    f"                base = int64(f{j}[cell])",
+                    f"                c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
         else:
             params.append(f"a{j}")
             body_args.append(f"a{j}[i:i + 1]")
@@ -317,7 +302,7 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
              "            if i < n:"]
     for j in range(n_arrays):
         if quantized[j]:
-            loads.append(f"                w{j}[e] = tv{j}[c{j}[i]] * sd{j}")
+            loads.append(f"                w{j}[e] = v{j}[c{j}[i]] * sd{j}")
     if n_kinds:
         call = ["                s0 = 0",
                 "                s1 = segs.shape[0] - 1",
@@ -339,8 +324,6 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
              "    nt = cuda.blockDim.x",
              "    tid = cuda.threadIdx.x",
              "    sh = cuda.shared.array(CUDA_MAX_BLOCK, int64)",
-             *tables,
-             "    cuda.syncthreads()",
              f"    bs = nt * {E}",
              "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",

@@ -217,8 +217,7 @@ def test_bfloat16_state_kernel_compiles_to_ptx(spec, stochastic, no_driver_devic
 @pytest.mark.parametrize("spec", BF16_SPECS, ids=lambda s: s.name)
 def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     """The CUDA kernel on 8-bit state (the last option combination, every state array as
-    codes + scales + values + midpoints): byte loads and stores of the codes, the tables and the
-    absmax in shared memory,
+    codes + scales + tables): byte loads and stores of the codes, a shared-memory absmax,
     float32 math only, no fused multiply-add."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
@@ -229,7 +228,7 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     n = len(spec.kernel.arrays)
     f32 = types.Array(types.float32, 1, "C")
     u8 = types.Array(types.uint8, 1, "C")
-    sig = sig[:2] + (u8, f32, f32, f32) * (n - 2) + (sig[-1],)
+    sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
     for warp in (False, True):
         kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
                                      (False, False) + (True,) * (n - 2), "float32", warp,
@@ -258,7 +257,7 @@ def test_grouped_8bit_state_kernel_compiles_to_ptx(no_driver_device):
     _, sig = _ptx_signature(spec, {}, np.float32)
     f32 = types.Array(types.float32, 1, "C")
     u8 = types.Array(types.uint8, 1, "C")
-    sig = sig[:2] + (u8, f32, f32, f32) * 2 + (sig[4], types.Array(types.int64, 2, "C"),
+    sig = sig[:2] + (u8, f32, f32, u8, f32) * 2 + (sig[4], types.Array(types.int64, 2, "C"),
                                                    types.UniTuple(types.float32,
                                                                   2 * len(spec.kernel.scalars)))
     kernel = ck.python_q8_kernel(spec.kernel, False, None, (False, False, True, True, False),

@@ -388,6 +388,29 @@ def test_8bit_kernel_elements_per_thread_change_no_bit(per_thread, monkeypatch):
         assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # (the simulator's
+def test_8bit_block_whose_inverse_absmax_overflows_is_zeros_on_the_device():  # NumPy division)
+    """Momentum on 8-bit state, one block of gradients ~1e-40 (1 / absmax overflows in
+    float32): stored as zeros, the CPU's codes and scales."""
+    n = 64
+    g = np.linspace(-1, 1, n).astype(np.float32)
+    g[:32] *= np.float32(1e-40)
+    host = fastopt.MomentumBuffers.zeros(np.ones(n, np.float32), g.copy(), state_dtype="int8",
+                                         block_size=32, min_8bit_size=0)
+    dev = fastopt.to_device(host)
+    fastopt.momentum_step(host, momentum=0.9, backend="cpu")
+    fastopt.momentum_step(dev, momentum=0.9)
+    back = fastopt.to_host(dev)
+    for name, a in host.arrays().items():
+        assert np.array_equal(a, back.arrays()[name]), name
+    for name, a in host.state_absmax.items():
+        assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
+    field = next(iter(host.state_absmax))
+    assert 0 < host.state_absmax[field][0] < 1e-38
+    codes = host.arrays()[field][:32]
+    assert np.all(codes == codes[0])            # all the map's zero
+
+
 def test_8bit_groups_on_the_device_refuse_too_many_rows_before_any_write():
     from fastopt._cuda_backend import GROUPED_MAX_ROWS
     n = 64

@@ -93,9 +93,6 @@ def test_state_precision(benchmark, spec, n, state_dtype):
     target's case); every stateful optimizer at the MLP's size."""
     if n == 10_000_000 and spec.name != "adam":
         pytest.skip("1e7 state-precision rows: Adam only (runtime)")
-    if state_dtype == "int8" and spec.kernel.norm_names:
-        pytest.skip(f"8-bit state is not implemented for {spec.name} (its pre-pass reads "
-                    f"the state)")
     w = B.Workload(spec, n, np.float32,
                    state_dtype=None if state_dtype == "float32" else state_dtype)
     runner = B.make_runner("cpu-parallel" if n >= 10_000_000 else "cpu", w)

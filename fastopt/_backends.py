@@ -312,7 +312,7 @@ def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
             driver = compiled_entry(driver, static + [table, items, starts])
         return driver, items, starts
 
-    def call(work, table, par):
+    def call(work, table, par, rows_now, t, scaled):
         driver, items, starts = work
         args = static if flat else kernel_args(sources, None, ph, flatten=True)
         driver(*args, table, items, starts)
@@ -323,8 +323,8 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call):
     """``run(t, rows_now=None, factor=None)`` of a grouped step in one compiled call: the
     record's serial kernel per *kind* (distinct option combination of the rows), the work
     ``build(kernels, kinds, scaled, parallel, table)`` makes for them (kept while the kinds stay
-    the same: scheduled rows step after step), and ``call(work, table, parallel)`` with this
-    step's rows of packed scalars in ``table``."""
+    the same: scheduled rows step after step), and ``call(work, table, parallel, rows, t,
+    scaled)`` with this step's rows of packed scalars in ``table``."""
     from .kernels import cpu
     st = np.dtype(dtype).type
     n_scalars = len(spec.kernel.scalars)
@@ -370,7 +370,7 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call):
             spec.fill_scalar_rows(rows_now, t, table)
         if par and not _threads.READY:
             _threads.ensure_pool()
-        call(work, table, par)
+        call(work, table, par, rows_now, t, scaled)
     return run
 
 
@@ -425,17 +425,34 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
     from .kernels import quant8
     n = int(arrays["param"].size)
     quantized, args = _q8_args(spec, arrays, dtype, scales)
+    copy = arrays.get("param_copy") is not None
+    prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, n, block)
+    of_row = None
+    if prepass is not None:     # a value per segment (LAMB's trust ratio): a row per segment
+        of_row = [r for _, _, r in segments]
+        rows = [rows[r] for r in of_row]
+        segments = [(lo, hi, i) for i, (lo, hi, _) in enumerate(segments)]
 
     def build(kernels, kinds, scaled, par, table):
         items, bstarts = quant8.block_items(segments, kinds, n, block)
-        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par,
-                                      arrays.get("param_copy") is not None), items, bstarts)
+        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par, copy),
+                items, bstarts)
 
-    def call(work, table, par):
+    def call(work, table, par, rows_now, t, scaled):
+        if prepass is not None:
+            for i, (lo, hi, _) in enumerate(segments):
+                prepass(table[i], rows_now[i], t, spec.options(rows_now[i], t), scaled, par,
+                        lo, hi)
         driver, items, bstarts = work
         chunks = numba.get_num_threads() * Q8_CHUNKS_PER_THREAD if par else 1
         driver(*args, table, items, bstarts, block, chunks)
-    return _one_call(spec, dtype, rows, segments, n, parallel, build, call)
+    run = _one_call(spec, dtype, rows, segments, n, parallel, build, call)
+    if of_row is None:
+        return run
+
+    def run_by_segment(t, rows_now=None, factor=None):
+        run(t, None if rows_now is None else [rows_now[r] for r in of_row], factor)
+    return run_by_segment
 
 
 Q8_CHUNKS_PER_THREAD = 8     # runs of blocks per thread in a parallel 8-bit step
@@ -476,6 +493,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     names = spec.kernel.arrays
     quantized, args = _q8_args(spec, arrays, dtype, scales)
     copy = arrays.get("param_copy") is not None
+    prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, n, block)
     drivers = {}
     scalars = spec.kernel_scalars(hp, 1, st)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
@@ -495,6 +513,33 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
         if par and not _threads.READY:
             _threads.ensure_pool()
         packed = _pack(spec, hp_now, t, scalars, scaled_scalars, factor)
+        if prepass is not None:
+            prepass(packed, hp_now, t, options, scaled, par, 0, n)
         chunks = numba.get_num_threads() * Q8_CHUNKS_PER_THREAD if par else 1
         drv(*args, packed, block, chunks)
     return run
+
+
+def _q8_prepass(spec, quantized, args, n, block):
+    """For a record with norms (LAMB) on 8-bit state: ``prepass(packed, hp, t, options,
+    scaled, parallel, lo, hi)`` sums elements ``lo .. hi - 1`` (``kernels.quant8.prepass``:
+    chunk by chunk on the dequantized state, the float pre-pass's order) and writes the
+    scalars ``spec.segment_scalars`` derives from the sums into ``packed`` (rounded to its
+    dtype). None for a record without norms."""
+    if not spec.kernel.norm_names:
+        return None
+    from .kernels import quant8, reductions
+    k = len(spec.kernel.norm_names)
+    index = {name: i for i, name in enumerate(spec.kernel.scalars)}
+    fns = {}
+
+    def prepass(packed, hp, t, options, scaled, par, lo, hi):
+        key = (scaled, par) + tuple(options.items())
+        fn = fns.get(key)
+        if fn is None:
+            norms = reductions.segment_norms(spec.kernel, scaled, False, options, k)
+            fn = fns[key] = quant8.prepass(norms, len(spec.kernel.arrays), quantized, par)
+        sums = fn(*args, packed, config.NORM_CHUNK, block, lo, hi, k)
+        for name, value in spec.segment_scalars(hp, t, tuple(sums.tolist())).items():
+            packed[index[name]] = value
+    return prepass

@@ -362,9 +362,10 @@ def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
     if backend == "cuda" and buffers.block_size > 1024:
         raise NotImplementedError(f"{owner}: 8-bit state on CUDA takes blocks of at most 1024 "
                                   f"elements, got block_size={buffers.block_size}")
-    if spec.kernel.norm_names:
-        raise NotImplementedError(f"{owner}: 8-bit state for {spec.name} (a per-tensor "
-                                  f"pre-pass) is not implemented yet")
+    if spec.kernel.norm_names and backend == "cuda":
+        raise NotImplementedError(f"{owner}: 8-bit state on CUDA for {spec.name} (a "
+                                  f"per-tensor pre-pass) is not implemented yet (it is on the "
+                                  f"CPU)")
     if rows is not None and backend == "cuda":
         from ._cuda_backend import GROUPED_MAX_ROWS
         if len(rows.templates) > GROUPED_MAX_ROWS:

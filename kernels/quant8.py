@@ -204,6 +204,64 @@ def grouped_driver(bodies, n_arrays, quantized, parallel, copy=False):
                     parallel, {f"body{q}": b for q, b in enumerate(bodies)})
 
 
+@njit(**INLINE)
+def dequantize_range(codes, scales, values, block, cs, ce, cast, out):
+    """``out[:ce - cs]`` = the values of elements ``cs .. ce - 1`` (blocks of ``block``)."""
+    j = cs
+    while j < ce:
+        b = j // block
+        e = min(ce, (b + 1) * block)
+        dequantize_block(codes, j, e - j, scales[b], values, cast, out[j - cs:])
+        j = e
+
+
+def _prepass_source(n_arrays, quantized, parallel):
+    """The source of the 8-bit pre-pass (a record with norms, LAMB): ``q8_norms(<arrays as
+    for driver>, sc, chunk, block, lo, hi, k)`` -> the ``k`` sums over elements ``lo .. hi -
+    1``: per chunk of ``chunk`` elements from ``lo`` (the unit of the float pre-pass), the
+    8-bit arrays are dequantized into scratch rows and the record's serial pre-pass
+    (``norms``, ``kernels.reductions.segment_norms``) sums that one chunk; the chunk sums are
+    added in order, as the float pre-pass adds them: the same bits as the float pre-pass on
+    the dequantized state."""
+    params, arrs, setup, deq = [], [], [], []
+    for j in range(n_arrays):
+        if quantized[j]:
+            params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
+            setup.append(f"        w{j} = np.empty(chunk, a0.dtype)")
+            deq.append(f"        dequantize_range(c{j}, s{j}, v{j}, block, cs, ce, cast, w{j})")
+            arrs.append(f"w{j}[:ce - cs]")
+        else:
+            params.append(f"a{j}")
+            arrs.append(f"a{j}[cs:ce]")
+    lines = [f"def q8_norms({', '.join(params)}, sc, chunk, block, lo, hi, k):",
+             "    n_chunks = (hi - lo + chunk - 1) // chunk",
+             "    partial = np.empty((n_chunks, k), np.float64)",
+             f"    for c in {'prange' if parallel else 'range'}(n_chunks):",
+             "        cs = lo + c * chunk",
+             "        ce = min(hi, cs + chunk)",
+             "        cast = np.empty(1, a0.dtype)",
+             *setup,
+             *deq,
+             f"        t = norms(({', '.join(arrs)},), sc, chunk)",
+             "        for q in range(k):",
+             "            partial[c, q] = t[q]",
+             "    totals = np.zeros(k, np.float64)",
+             "    for c in range(n_chunks):",
+             "        for q in range(k):",
+             "            totals[q] += partial[c, q]",
+             "    return totals"]
+    return "\n".join(lines) + "\n"
+
+
+def prepass(norms, n_arrays, quantized, parallel):
+    """The compiled 8-bit pre-pass around ``norms`` (the record's serial pre-pass for one
+    option combination, :func:`kernels.reductions.segment_norms`); see
+    :func:`_prepass_source`."""
+    return _compile(("norms", norms, tuple(quantized), bool(parallel)),
+                    _prepass_source(n_arrays, quantized, parallel), "q8_norms", parallel,
+                    dict(norms=norms, dequantize_range=dequantize_range))
+
+
 def block_items(segments, kinds, n, block):
     """``(items, bstarts)`` for :func:`grouped_driver`: ``segments`` ``((lo, hi, row), ...)``
     in order covering ``[0, n)``, ``kinds[s]`` segment ``s``'s kind, cut at every block

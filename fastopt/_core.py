@@ -112,13 +112,27 @@ def check_group(named, owner):
 
 
 def check_param_copy(copy, named, owner):
-    """Validate ``buffers.param_copy`` against the validated arrays ``named``: a host
-    ``uint16`` array (bfloat16 bits) of the parameter's shape, C-contiguous, writable, sharing
-    memory with none of them; the parameter float32."""
+    """Validate ``buffers.param_copy`` against the validated arrays ``named``: a ``uint16``
+    array (bfloat16 bits) of the parameter's shape, on the parameter's side (host or the same
+    CUDA device), C-contiguous, writable, sharing memory with none of them; the parameter
+    float32."""
     param = named["param"]
     if is_cuda_array(copy) or is_cuda_array(param):
-        raise NotImplementedError(f"{owner}.param_copy on CUDA is not implemented yet (host "
-                                  f"arrays only)")
+        if not (is_cuda_array(copy) and is_cuda_array(param)):
+            raise TypeError(f"{owner}.param_copy and {owner}.param must both be host arrays "
+                            f"or both CUDA arrays, got {_describe(copy)} and "
+                            f"{_describe(param)}")
+        from ._cuda_backend import _interface, check_device_group
+        cdt = np.dtype(_interface(copy, f"{owner}.param_copy")["typestr"])
+        pdt = np.dtype(_interface(param, f"{owner}.param")["typestr"])
+        if cdt != np.uint16:
+            raise TypeError(f"{owner}.param_copy must be a uint16 array of bfloat16 bits, got "
+                            f"dtype {cdt}")
+        if pdt != np.float32:
+            raise TypeError(f"{owner}.param_copy (bfloat16) needs float32 parameters, got "
+                            f"{pdt}")
+        check_device_group(dict(named, param_copy=copy), owner)   # shape, layout, overlap
+        return copy
     if not isinstance(copy, np.ndarray) or copy.dtype != np.uint16:
         raise TypeError(f"{owner}.param_copy must be a numpy uint16 array of bfloat16 bits "
                         f"(fastopt.to_bfloat16 makes one), got {_describe(copy)}")

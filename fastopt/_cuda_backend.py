@@ -170,12 +170,11 @@ def full_like(a, value=0.0):
 
 
 def _copy_buffers(buffers, move):
-    if buffers.param_copy is not None:
-        raise NotImplementedError("a param_copy is not implemented on CUDA yet; the buffers "
-                                  "stay on the host")
     arrays = {n: move(a) for n, a in buffers.arrays().items()}
     p, g = arrays.pop("param"), arrays.pop("grad")
     out = type(buffers)(p, g, step=buffers.step, **arrays)
+    if buffers.param_copy is not None:                  # the bfloat16 copy of the weights
+        out.param_copy = move(buffers.param_copy)
     out.rounding_seed = buffers.rounding_seed          # bfloat16 state's stochastic rounding
     if getattr(buffers, "state_absmax", None) is not None:       # 8-bit state: its scales
         out.state_absmax = {f: move(a) for f, a in buffers.state_absmax.items()}
@@ -236,7 +235,8 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     once: the step driver re-validates when an array's pointer, shape or strides change.
     bfloat16 state (``uint16`` arrays): the record's body with those arrays as bfloat16 views
     (``kernels.cuda.get_bf16``), rounding to nearest, or stochastically when ``seed`` is set
-    (element indices from ``offset``)."""
+    (element indices from ``offset``); a ``param_copy`` (uint16) is written by the same kernel
+    (the parameter wrapped with it, ``kernels.precision.param_with_copy``)."""
     kernels = _kernels()
     cuda = _cuda()
     ph = _placeholder(cuda, dtype)
@@ -247,12 +247,16 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     compiled = {}
     bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
     bf16 = any(bits)
-    if bf16:
+    copy = arrays.get("param_copy")
+    copy = () if copy is None else (as_device_array(copy).reshape(-1),)
+    views = bf16 or bool(copy)       # the kernel of bfloat16 views and/or a param copy
+    if views:
         from .precision import rounding_key
 
     def make(scaled, options):
-        if bf16:
-            return kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None)
+        if views:
+            return kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None,
+                                    bool(copy))
         return kernels.get(spec.kernel, scaled, **options)
 
     def run(t, hp_now=None, factor=None):
@@ -266,8 +270,9 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
             packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st,
                               bits if bf16 else None)
         extra = ()
-        if bf16:              # the rounding key of this step and the first element's index
-            extra = (np.uint64(0 if seed is None else rounding_key(seed, t)), np.int64(offset))
+        if views:             # the rounding key of this step and the first element's index
+            extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
+                            np.int64(offset))
         with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
             kernel[blocks, threads](*args, *extra, packed)
     return run
@@ -406,7 +411,7 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     or, for a record with a pre-pass (a norm per segment) or more than ``GROUPED_MAX_ROWS``
     rows, one launch per segment on flat device views of it, with its group's scalars."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
-    bits = any(np.dtype(a.dtype) == np.uint16 for a in flat.values())
+    bits = any(np.dtype(a.dtype) == np.uint16 for a in flat.values())     # (or a param copy)
     if spec.kernel.norm_names or len(rows) > GROUPED_MAX_ROWS or bits:
         runs = []
         for lo, hi, r in segments:

@@ -267,20 +267,23 @@ def get_grouped(record, scaled, option_sets, n_rows):
     return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows))
 
 
-def bf16_source(n_arrays, bits, stochastic):
-    """The source of a kernel for bfloat16 state: ``kernel(a0, .., key, offset, s)`` runs the
-    record's body (a device function) with each array ``j`` where ``bits[j]`` wrapped as a
-    bfloat16 view (``kernels.precision``), which decodes on read and rounds on write."""
-    params = ", ".join(f"a{j}" for j in range(n_arrays))
-    args = ", ".join(f"view(a{j}, key, offset, {bool(stochastic)!r})" if bits[j] else f"a{j}"
-                     for j in range(n_arrays))
+def bf16_source(n_arrays, bits, stochastic, copy=False):
+    """The source of a kernel for bfloat16 state: ``kernel(a0, .., [pc,] key, offset, s)`` runs
+    the record's body (a device function) with each array ``j`` where ``bits[j]`` wrapped as a
+    bfloat16 view (``kernels.precision``), which decodes on read and rounds on write;
+    ``copy``: the parameter wrapped with its bfloat16 copy ``pc`` (written in the same pass)."""
+    params = ", ".join(f"a{j}" for j in range(n_arrays)) + (", pc" if copy else "")
+    args = [f"view(a{j}, key, offset, {bool(stochastic)!r})" if bits[j] else f"a{j}"
+            for j in range(n_arrays)]
+    if copy:
+        args[0] = "pcopy(a0, pc)"
     return (f"def bf16_kernel({params}, key, offset, s):\n"
-            f"    body({args}, s)\n")
+            f"    body({', '.join(args)}, s)\n")
 
 
-def python_bf16_kernel(record, scaled, options, bits, stochastic):
+def python_bf16_kernel(record, scaled, options, bits, stochastic, copy=False):
     """The uncompiled kernel of ``record`` on bfloat16 state (``bits[j]``: array ``j`` holds
-    bfloat16 bits; ``stochastic``: stochastic rounding)."""
+    bfloat16 bits; ``stochastic``: stochastic rounding; ``copy``: with a param copy)."""
     from numba import config as numba_config
 
     from . import precision
@@ -290,6 +293,7 @@ def python_bf16_kernel(record, scaled, options, bits, stochastic):
 
         def view(a, key, offset, stochastic):
             return precision.SimBF16(a, key, offset, stochastic)
+        pcopy = precision.SimParamCopy
     else:
         key = ("plainbody", record, bool(scaled)) + tuple(sorted(options.items()))
         body = _device.get(key)
@@ -297,15 +301,18 @@ def python_bf16_kernel(record, scaled, options, bits, stochastic):
             body = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled,
                                                                       **options))
         view = precision.bf16_view
-    return _define(bf16_source(len(record.arrays), bits, stochastic), "bf16_kernel",
-                   f"bf16_{record.name}", body=body, view=view)
+        pcopy = precision.param_with_copy
+    return _define(bf16_source(len(record.arrays), bits, stochastic, copy), "bf16_kernel",
+                   f"bf16_{record.name}", body=body, view=view, pcopy=pcopy)
 
 
-def get_bf16(record, scaled, options, bits, stochastic):
-    """The ``cuda.jit`` kernel of ``record`` on bfloat16 state (lazy, one per combination)."""
-    key = ("bf16", record, bool(scaled), tuple(bits), bool(stochastic)) + tuple(
+def get_bf16(record, scaled, options, bits, stochastic, copy=False):
+    """The ``cuda.jit`` kernel of ``record`` on bfloat16 state and/or with a param copy (lazy,
+    one per combination)."""
+    key = ("bf16", record, bool(scaled), tuple(bits), bool(stochastic), bool(copy)) + tuple(
         sorted(options.items()))
-    return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic))
+    return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic,
+                                                 copy))
 
 
 def python_bf16_norms_kernel(record, scaled, options, k, bits):

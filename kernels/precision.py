@@ -291,6 +291,41 @@ def bf16_view(typingctx, bits, key, offset, stochastic):
     return ret(bits, key, offset, stochastic), codegen
 
 
+@intrinsic
+def param_with_copy(typingctx, param, copy):
+    """The parameter with its bfloat16 copy (:class:`ParamWithCopy`'s type) inside a CUDA
+    kernel: writing element ``i`` writes ``param[i]`` and ``copy[i]`` (rounded to nearest
+    even). No reference counting (CUDA kernels run without NRT)."""
+    if not (isinstance(param, types.Array) and param.dtype == types.float32
+            and isinstance(copy, types.Array) and copy.dtype == types.uint16):
+        return None
+    ret = ParamCopyType(param, copy)
+
+    def codegen(context, builder, sig, args):
+        s = cgutils.create_struct_proxy(ret)(context, builder)
+        s.param = args[0]
+        s.copy = args[1]
+        return s._getvalue()
+    return ret(param, copy), codegen
+
+
+class SimParamCopy:
+    """What :func:`param_with_copy` gives a kernel under Numba's CUDA simulator."""
+
+    def __init__(self, param, copy):
+        self.param, self.copy = param, copy
+        self.shape = param.shape
+        self.dtype = param.dtype
+
+    def __getitem__(self, i):
+        return self.param[i]
+
+    def __setitem__(self, i, v):
+        x = np.float32(v)
+        self.param[i] = x
+        SimBF16(self.copy, 0, 0, False)[i] = x
+
+
 class SimBF16:
     """What :func:`bf16_view` gives a kernel under Numba's CUDA simulator (which runs kernels
     as Python): the same decoding and rounding, in NumPy integer arithmetic."""

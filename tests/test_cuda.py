@@ -214,6 +214,30 @@ def test_bfloat16_state_kernel_compiles_to_ptx(spec, stochastic, no_driver_devic
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("state_bits", [False, True], ids=["float32-state", "bfloat16-state"])
+def test_param_copy_kernel_compiles_to_ptx(state_bits, no_driver_device):
+    """Adam writing a bfloat16 param copy in its own kernel: 16-bit stores of the copy next to
+    the float32 parameter stores, float32 math only, no fused multiply-add."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    spec = fastopt.registry.get("adam")
+    hp, sig = _ptx_signature(spec, {}, np.float32)
+    n = len(spec.kernel.arrays)
+    u16 = types.Array(types.uint16, 1, "C")
+    bits = (False, False) + (state_bits,) * (n - 2)
+    arrays = tuple(u16 if b else sig[j] for j, b in enumerate(bits))
+    sig = arrays + (u16, types.uint64, types.int64, sig[-1])
+    kernel = ck.python_bf16_kernel(spec.kernel, False, spec.options(hp, 2), bits, False, True)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+    assert "fma." not in ptx and "st.global.f32" in ptx and "st.global.u16" in ptx
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
 @pytest.mark.parametrize("spec", BF16_SPECS, ids=lambda s: s.name)
 def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     """The CUDA kernel on 8-bit state (the last option combination, every state array as

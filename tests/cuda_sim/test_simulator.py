@@ -427,6 +427,50 @@ def test_8bit_groups_on_the_device_refuse_too_many_rows_before_any_write():
         assert np.array_equal(a, back.arrays()[name]), name
 
 
+@pytest.mark.parametrize("state", [None, "bfloat16"], ids=["float32-state", "bfloat16-state"])
+def test_param_copy_on_the_device_matches_the_cpu(state):
+    """A bfloat16 param copy on the device, written by the step's own kernel (the parameter
+    wrapped with its copy), with and without groups (segment by segment): the CPU's
+    parameters, state and copy; ``to_device`` / ``to_host`` carry the copy."""
+    n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
+    rng = np.random.default_rng(15)
+    for groups in (None, fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05,
+                                             "weight_decay": 0.1}])):
+        host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                         np.zeros(n, np.float32), state_dtype=state)
+        host.param_copy = fastopt.to_bfloat16(host.param)
+        dev = fastopt.to_device(host)
+        assert dev.param_copy is not None
+        back = _step_both(registry.step_function(registry.get("adam")),
+                          dict(lr=1e-3, groups=groups), host, dev, rng, 2)
+        assert np.array_equal(back.param_copy, host.param_copy)
+        assert np.array_equal(back.param_copy, fastopt.to_bfloat16(back.param))
+        for name, a in host.arrays().items():
+            worst = int(_ulp_diff(a, back.arrays()[name]).max()) if a.dtype != np.uint16 else \
+                int(np.abs(a.astype(np.int64) - back.arrays()[name].astype(np.int64)).max())
+            bound = 0 if (REAL_GPU and not NVVM_CONTRACTION) or a.dtype == np.uint16 else 2
+            assert worst <= bound, name
+
+
+def test_param_copy_refusals_on_the_device_write_nothing():
+    n = 64
+    host = fastopt.AdamBuffers.zeros(np.ones(n, np.float32), np.ones(n, np.float32))
+    dev = fastopt.to_device(host)
+    dev.param_copy = np.zeros(n, np.uint16)                 # a host copy of device weights
+    with pytest.raises(TypeError, match="host arrays or both CUDA arrays"):
+        fastopt.adam_step(dev)
+    q8 = fastopt.to_device(fastopt.AdamBuffers.zeros(np.ones(n, np.float32),
+                                                     np.ones(n, np.float32),
+                                                     state_dtype="int8", block_size=32,
+                                                     min_8bit_size=0))
+    q8.param_copy = cuda.to_device(np.zeros(n, np.uint16))
+    with pytest.raises(NotImplementedError, match="param_copy with 8-bit state on CUDA"):
+        fastopt.adam_step(q8)
+    for b in (dev, q8):
+        back = fastopt.to_host(b)
+        assert back.step == 0 and np.all(back.param == 1)
+
+
 def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu():
     """Groups on bfloat16 state step segment by segment on the device (stochastic rounding
     with each segment's element offset): the CPU's bits."""

@@ -314,7 +314,8 @@ def test_8bit_state_on_the_device_matches_the_cpu(spec, combo, dtype):
     """Block-wise 8-bit state on CUDA (one thread block per quantization block; blocks of 32
     here: one full block and a partial one): the CPU's codes, scales and parameters bit for bit, for every
     optimizer with state (its last option combination), float32 and float64; a record with a
-    pre-pass (LAMB) refuses 8-bit state when the buffers are made."""
+    pre-pass (LAMB) refuses 8-bit state on the device, when the buffers are made there or
+    when a step is asked of them, before any write."""
     kw = dict(spec.defaults, **combo)
     hp = spec.validate(kw)
     n = 40 if not REAL_GPU else 100_003
@@ -322,9 +323,16 @@ def test_8bit_state_on_the_device_matches_the_cpu(spec, combo, dtype):
     rng = np.random.default_rng(6)
     make = dict(state_dtype="int8", block_size=block, min_8bit_size=0,
                 **spec.state_options(hp))
-    if spec.kernel.norm_names:
-        with pytest.raises(NotImplementedError, match="8-bit"):
-            spec.buffers_cls.zeros(np.zeros(n, dtype), np.zeros(n, dtype), **make)
+    if spec.kernel.norm_names:      # (built on the CPU only): refused on the device
+        with pytest.raises(NotImplementedError, match="8-bit state on CUDA"):
+            spec.buffers_cls.zeros(cuda.to_device(np.zeros(n, dtype)),
+                                   cuda.to_device(np.zeros(n, dtype)), **make)
+        dev = fastopt.to_device(spec.buffers_cls.zeros(np.ones(n, dtype), np.ones(n, dtype),
+                                                       **make))
+        with pytest.raises(NotImplementedError, match="8-bit state on CUDA"):
+            registry.step_function(spec)(dev, **kw)
+        back = fastopt.to_host(dev)
+        assert back.step == 0 and np.all(back.param == 1)
         return
     host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(dtype), np.zeros(n, dtype),
                                   **make)

@@ -297,7 +297,8 @@ def _launch_parts(spec, hp, t, factor, st, compiled, make):
 
 def _q8_device_args(spec, arrays, dtype, scales):
     """``(args, quantized)`` of an 8-bit kernel (``kernels.quant8.cuda_source``): each 8-bit
-    array as codes, scales and the map's tables (copied to the device once)."""
+    array as codes, scales and the map's tables (copied to the device once); then the param
+    copy when there is one."""
     from . import quantization
     cuda = _cuda()
     st = np.dtype(dtype).type
@@ -313,6 +314,8 @@ def _q8_device_args(spec, arrays, dtype, scales):
                      cuda.to_device(qm.mid.astype(st))]
         else:
             args.append(ph if a is None else as_device_array(a).reshape(-1))
+    if arrays.get("param_copy") is not None:
+        args.append(as_device_array(arrays["param_copy"]).reshape(-1))
     return args, tuple(quantized)
 
 
@@ -330,7 +333,8 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
 
     def make(scaled, options):
         return kernels.get_q8(spec.kernel, scaled, options, quantized,
-                              np.dtype(dtype).name, nt % 32 == 0, per)
+                              np.dtype(dtype).name, nt % 32 == 0, per,
+                              arrays.get("param_copy") is not None)
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
@@ -366,7 +370,8 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
 
     def get_kernel(scaled, option_sets):
         return kernels.get_q8_grouped(spec.kernel, scaled, option_sets, len(rows), quantized,
-                                      np.dtype(dtype).name, nt % 32 == 0, per)
+                                      np.dtype(dtype).name, nt % 32 == 0, per,
+                                      arrays.get("param_copy") is not None)
 
     def launch(kernel, segs, packed):
         blocks = _grid(kernels, nb * block)[0]

@@ -366,10 +366,6 @@ def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
         raise NotImplementedError(f"{owner}: 8-bit state on CUDA for {spec.name} (a "
                                   f"per-tensor pre-pass) is not implemented yet (it is on the "
                                   f"CPU)")
-    if backend == "cuda" and arrays.get("param_copy") is not None:
-        raise NotImplementedError(f"{owner}: param_copy with 8-bit state on CUDA is not "
-                                  f"implemented yet (it is on the CPU; on CUDA with bfloat16 "
-                                  f"or full-precision state)")
     if rows is not None and backend == "cuda":
         from ._cuda_backend import GROUPED_MAX_ROWS
         if len(rows.templates) > GROUPED_MAX_ROWS:

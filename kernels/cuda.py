@@ -358,12 +358,13 @@ def _q8_body(record, scaled, options, unpack):
 
 
 def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
-                     option_sets=None, n_rows=0, per_thread=1):
+                     option_sets=None, n_rows=0, per_thread=1, copy=False):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
     scalars)``, launched with ``block // per_thread`` threads per quantization block of
     ``block`` elements. ``option_sets`` (a list of option dicts, one per kind) and ``n_rows``:
-    the grouped kernel, ``kernel(<arrays>, segs, rows)``."""
+    the grouped kernel, ``kernel(<arrays>, segs, rows)``. ``copy``: a bfloat16 param copy
+    after the arrays, written in the same pass."""
     import numpy as np
     from numba import config as numba_config
     from numba import float32, float64, int64, uint8, uint32, uint64
@@ -385,33 +386,38 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
     mag = (np.uint32(0x7FFFFFFF) if dtype_name == "float32"
            else np.uint64(0x7FFFFFFFFFFFFFFF))
     warp = bool(warp) and not sim          # (the simulator has no warp shuffles)
+    from .precision import f32_to_bf16
     src = quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp,
-                             0 if option_sets is None else len(option_sets), per_thread)
+                             0 if option_sets is None else len(option_sets), per_thread, copy)
     return _define(src, "q8_kernel",
-                   f"q8_{record.name}", cuda=cuda, math=math, float32=float32,
+                   f"q8_{record.name}", cuda=cuda, math=math, f32_to_bf16=f32_to_bf16,
+                   float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
                    from_uint=quant8.sim_from_uint if sim else quant8.from_uint, MAG=mag,
                    CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK, **bodies)
 
 
-def get_q8(record, scaled, options, quantized, dtype_name, warp=False, per_thread=1):
+def get_q8(record, scaled, options, quantized, dtype_name, warp=False, per_thread=1,
+           copy=False):
     """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination;
     ``warp``: the threads per block are a multiple of 32, the absmax by warp shuffles)."""
     key = ("q8", record, bool(scaled), tuple(quantized), dtype_name, bool(warp),
-           int(per_thread)) + tuple(sorted(options.items()))
+           int(per_thread), bool(copy)) + tuple(sorted(options.items()))
     return _lazy(key, lambda: python_q8_kernel(record, scaled, options, quantized,
-                                               dtype_name, warp, per_thread=per_thread))
+                                               dtype_name, warp, per_thread=per_thread,
+                                               copy=copy))
 
 
 def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, warp=False,
-                   per_thread=1):
+                   per_thread=1, copy=False):
     """The ``cuda.jit`` grouped kernel of ``record`` on 8-bit state (lazy, one per tuple of
     option sets, number of rows and combination)."""
     key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
-           bool(warp), int(per_thread)) + tuple(tuple(sorted(o.items())) for o in option_sets)
+           bool(warp), int(per_thread), bool(copy)) + tuple(tuple(sorted(o.items()))
+                                                         for o in option_sets)
     return _lazy(key, lambda: python_q8_kernel(record, scaled, None, quantized, dtype_name,
-                                               warp, option_sets, n_rows, per_thread))
+                                               warp, option_sets, n_rows, per_thread, copy))
 
 
 def launch_config(n, threads_per_block, max_blocks):

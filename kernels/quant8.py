@@ -289,7 +289,8 @@ def _warp_max(indent):
             f"{indent}    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))"]
 
 
-def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thread=1):
+def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thread=1,
+                copy=False):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x * per_thread`` = the quantization block, ``blockDim.x`` at most
     ``CUDA_MAX_BLOCK``), blocks in a grid-stride loop. Thread ``t`` takes elements ``t, t + nt,
@@ -303,7 +304,9 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     the CPU driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
     ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
     ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
-    runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``)."""
+    runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``).
+    ``copy``: the kernel takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
+    writes each new parameter to it, rounded to nearest even."""
     E = int(per_thread)
     params, body_args, deq, red = [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
@@ -361,6 +364,8 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     for j in range(n_arrays):
         if quantized[j]:
             loads.append(f"                w{j}[e] = v{j}[c{j}[i]] * sd{j}")
+    if copy:
+        params.append("pc")
     if n_kinds:
         call = ["                s0 = 0",
                 "                s1 = segs.shape[0] - 1",
@@ -377,6 +382,8 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     else:
         call = [f"                body({', '.join(body_args)}, sc)"]
         head = f"def q8_kernel({', '.join(params)}, sc):"
+    if copy:
+        call.append("                pc[i] = f32_to_bf16(a0[i])")
     lines = [head,
              "    n = a0.shape[0]",
              "    nt = cuda.blockDim.x",

@@ -253,12 +253,16 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     f32 = types.Array(types.float32, 1, "C")
     u8 = types.Array(types.uint8, 1, "C")
     sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
+    u16 = types.Array(types.uint16, 1, "C")
     for warp in (False, True):
+        # (warp shuffles: with a bfloat16 param copy written next to the parameter)
         kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
                                      (False, False) + (True,) * (n - 2), "float32", warp,
-                                     per_thread=4)
+                                     per_thread=4, copy=warp)
         with ck.exact():
-            ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+            ptx, _ = cuda.compile_ptx(kernel, sig[:-1] + ((u16,) if warp else ()) + sig[-1:],
+                                      cc=(8, 0))
+        assert ("st.global.u16" in ptx) == warp
         f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
         assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
         assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx

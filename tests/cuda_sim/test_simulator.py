@@ -467,16 +467,37 @@ def test_param_copy_refusals_on_the_device_write_nothing():
     dev.param_copy = np.zeros(n, np.uint16)                 # a host copy of device weights
     with pytest.raises(TypeError, match="host arrays or both CUDA arrays"):
         fastopt.adam_step(dev)
-    q8 = fastopt.to_device(fastopt.AdamBuffers.zeros(np.ones(n, np.float32),
-                                                     np.ones(n, np.float32),
-                                                     state_dtype="int8", block_size=32,
-                                                     min_8bit_size=0))
-    q8.param_copy = cuda.to_device(np.zeros(n, np.uint16))
-    with pytest.raises(NotImplementedError, match="param_copy with 8-bit state on CUDA"):
-        fastopt.adam_step(q8)
-    for b in (dev, q8):
+    dev2 = fastopt.to_device(host)
+    dev2.param_copy = cuda.to_device(np.zeros(2 * n, np.uint16))          # the wrong shape
+    with pytest.raises(ValueError, match="shape"):
+        fastopt.adam_step(dev2)
+    for b in (dev, dev2):
         back = fastopt.to_host(b)
-        assert back.step == 0 and np.all(back.param == 1)
+        assert back.step == 0 and np.all(back.param == 1) and not np.any(back.param_copy)
+
+
+def test_8bit_state_with_a_param_copy_on_the_device_matches_the_cpu():
+    """8-bit state with a bfloat16 param copy on the device, with and without groups: each
+    thread writes its new parameters' copy after the body; the CPU's codes, scales,
+    parameters and copy."""
+    n = 45 if not REAL_GPU else 100_003
+    block = 32 if not REAL_GPU else 256
+    rng = np.random.default_rng(16)
+    for groups in (None, fastopt.Groups(n, [{"range": (5, 20), "lr": 0.05,
+                                             "weight_decay": 0.1}])):
+        host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                         np.zeros(n, np.float32), state_dtype="int8",
+                                         block_size=block, min_8bit_size=0)
+        host.param_copy = fastopt.to_bfloat16(host.param)
+        dev = fastopt.to_device(host)
+        back = _step_both(registry.step_function(registry.get("adam")),
+                          dict(lr=1e-3, groups=groups), host, dev, rng, 2)
+        assert np.array_equal(back.param_copy, host.param_copy)
+        assert np.array_equal(back.param_copy, fastopt.to_bfloat16(back.param))
+        for name, a in host.arrays().items():
+            assert np.array_equal(a, back.arrays()[name]), name
+        for name, a in host.state_absmax.items():
+            assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
 def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu():

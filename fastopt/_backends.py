@@ -380,12 +380,13 @@ def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
     from . import quantization
     st = np.dtype(dtype).type
 
+    plain = {k: a for k, a in arrays.items() if k != "param_copy"}
+
     def run(t, hp_now=None, factor=None):
         hp_now = hp if hp_now is None else hp_now
-        given = arrays if factor is None else dict(arrays, grad=arrays["grad"] * st(factor))
-        quantization.numpy_step(spec.reference, {k: a for k, a in given.items()
-                                                 if k != "param_copy"},
-                                scales, spec.kernel, block, hp_now, t, st)
+        given = plain if factor is None else dict(plain, grad=plain["grad"] * st(factor))
+        quantization.numpy_step(spec.reference, given, scales, spec.kernel, block, hp_now, t,
+                                st)
         _write_copy(arrays)
     return run
 
@@ -426,7 +427,7 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
     n = int(arrays["param"].size)
     quantized, args = _q8_args(spec, arrays, dtype, scales)
     copy = arrays.get("param_copy") is not None
-    prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, n, block)
+    prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     of_row = None
     if prepass is not None:     # a value per segment (LAMB's trust ratio): a row per segment
         of_row = [r for _, _, r in segments]
@@ -493,7 +494,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     names = spec.kernel.arrays
     quantized, args = _q8_args(spec, arrays, dtype, scales)
     copy = arrays.get("param_copy") is not None
-    prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, n, block)
+    prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     drivers = {}
     scalars = spec.kernel_scalars(hp, 1, st)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
@@ -520,7 +521,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     return run
 
 
-def _q8_prepass(spec, quantized, args, n, block):
+def _q8_prepass(spec, quantized, args, block):
     """For a record with norms (LAMB) on 8-bit state: ``prepass(packed, hp, t, options,
     scaled, parallel, lo, hi)`` sums elements ``lo .. hi - 1`` (``kernels.quant8.prepass``:
     chunk by chunk on the dequantized state, the float pre-pass's order) and writes the

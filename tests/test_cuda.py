@@ -195,17 +195,24 @@ def test_bfloat16_state_kernel_compiles_to_ptx(spec, stochastic, no_driver_devic
     """The CUDA kernel on bfloat16 state (the last option combination, every state array as
     bfloat16 bits): 16-bit loads and stores of the state, float32 math only, no fused
     multiply-add."""
+    n = len(spec.kernel.arrays)
+    _bf16_kernel_ptx(spec, testinfo.option_combinations(spec)[-1],
+                     (False, False) + (True,) * (n - 2), stochastic, False, no_driver_device)
+
+
+def _bf16_kernel_ptx(spec, combo, bits, stochastic, copy, no_driver_device):
+    """Compile the bfloat16-views kernel (``bits``: which arrays are bfloat16; ``copy``: with a
+    param copy) to PTX and check it: float32 math only, no FMA, float32 and 16-bit stores."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
         no_driver_device((8, 0))
-    combo = testinfo.option_combinations(spec)[-1]
     hp, sig = _ptx_signature(spec, combo, np.float32)
-    n = len(spec.kernel.arrays)
-    bits = (False, False) + (True,) * (n - 2)
     u16 = types.Array(types.uint16, 1, "C")
-    sig = sig[:2] + (u16,) * (n - 2) + (types.uint64, types.int64, sig[-1])
-    kernel = ck.python_bf16_kernel(spec.kernel, False, spec.options(hp, 2), bits, stochastic)
+    arrays = tuple(u16 if b else sig[j] for j, b in enumerate(bits))
+    sig = arrays + ((u16,) if copy else ()) + (types.uint64, types.int64, sig[-1])
+    kernel = ck.python_bf16_kernel(spec.kernel, False, spec.options(hp, 2), bits, stochastic,
+                                   copy)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
@@ -218,23 +225,10 @@ def test_bfloat16_state_kernel_compiles_to_ptx(spec, stochastic, no_driver_devic
 def test_param_copy_kernel_compiles_to_ptx(state_bits, no_driver_device):
     """Adam writing a bfloat16 param copy in its own kernel: 16-bit stores of the copy next to
     the float32 parameter stores, float32 math only, no fused multiply-add."""
-    from numba import cuda, types
-    from fastopt.kernels import cuda as ck
-    if not fastopt.cuda_available():
-        no_driver_device((8, 0))
     spec = fastopt.registry.get("adam")
-    hp, sig = _ptx_signature(spec, {}, np.float32)
     n = len(spec.kernel.arrays)
-    u16 = types.Array(types.uint16, 1, "C")
-    bits = (False, False) + (state_bits,) * (n - 2)
-    arrays = tuple(u16 if b else sig[j] for j, b in enumerate(bits))
-    sig = arrays + (u16, types.uint64, types.int64, sig[-1])
-    kernel = ck.python_bf16_kernel(spec.kernel, False, spec.options(hp, 2), bits, False, True)
-    with ck.exact():
-        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
-    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
-    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
-    assert "fma." not in ptx and "st.global.f32" in ptx and "st.global.u16" in ptx
+    _bf16_kernel_ptx(spec, {}, (False, False) + (state_bits,) * (n - 2), False, True,
+                     no_driver_device)
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")

@@ -34,11 +34,15 @@ def _run_pair(spec, combo, dtype, n, steps=10, seed=0, hp=None):
                          ids=[f"{s.name}-" + "-".join(f"{k}={v}" for k, v in c.items())
                               for s, c in CASES])
 def test_cpu_equals_numpy_bitwise(spec, combo, dtype):
+    # every size for every combination and dtype, but the ~1M one (the NumPy reference's
+    # cost) for each combination in one dtype, alternating: each combination meets the large
+    # size once and each dtype meets it in half the combinations
+    large = (combos(spec).index(combo) + DTYPES.index(dtype)) % 2 == 0
     all_threads = numba.get_num_threads()
     try:
         for threads in sorted({1, all_threads}):
             numba.set_num_threads(threads)
-            for n in sizes():
+            for n in sizes() if large else sizes()[:-1]:
                 a, b = _run_pair(spec, combo, dtype, n)
                 assert_buffers_bitwise(a, b, f"{spec.name} {combo} n={n} threads={threads}")
     finally:

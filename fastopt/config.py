@@ -37,7 +37,8 @@ when that is set); a grid-stride loop covers the rest. Measured on an H200 (132 
 kernels takes (the most up to this that divides the block; a block of 256 runs on 64
 threads): more loads in flight per thread, fewer threads per barrier. Measured on an H200,
 Adam 1e8 float32 parameters with 8-bit state (one call each): 1 per thread 2581 us, 2: 2110
-us, 4: 2177 us, 8: 3362 us, 16: 6590 us; at 1e7 4 was the fastest (221 us vs 264-338).
+us, 4: 2177 us, 8: 3362 us, 16: 6590 us; at 1e7 4 was the fastest (221 us; the others
+264-656 us).
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,

@@ -7,7 +7,7 @@ import threading
 
 from numba import prange
 
-from .decorators import KernelFamily, cpu_device, kernel_family
+from .decorators import KernelFamily, cpu_device, kernel_family, source_files
 
 _families = {}
 _lock = threading.Lock()
@@ -25,7 +25,8 @@ def family(record, scaled=False):
                 record.check()
                 elem = cpu_device(record.adapter(cpu_device(record.elem), scaled))
                 fam = _families[key] = KernelFamily(
-                    record.body, suffix="_scaled" if scaled else "", elem=elem, loop=prange,
+                    record.body, suffix="_scaled" if scaled else "",
+                    sources=source_files(record.elem, record.body), elem=elem, loop=prange,
                     unpack=cpu_device(record.unpack(scaled)))
     return fam
 

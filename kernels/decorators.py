@@ -14,13 +14,24 @@
   carries the option values: Numba's symbol names are made from it, the argument types and a
   per-process counter, so without them two option combinations of one body loaded from the
   cache could share a symbol, and code linking both would call the wrong one.
+* The qualified name also ends in :func:`source_tag`, a hash of every module of this package
+  and of the files that define the record's functions. Numba checks a cached function
+  against its own source file only, not against the functions it calls, and fastopt's kernels
+  call functions bound in from other files (a record's per-element function inside
+  ``kernels.reductions``' pre-pass, the adapters ``kernels.record`` generates): without the
+  tag, a changed per-element function (a new fastopt version installed over the old one's
+  ``__pycache__``, or a user's own record edited) could run the old code from the cache, with
+  no error.
 
 Every kernel uses ``error_model='numpy'`` (the Python error model's division checks block
 vectorization) and never ``fastmath`` (it reorders arithmetic and drops NaN handling, which
 would break bitwise equality with the NumPy reference). Nothing is compiled at import time:
 dispatchers compile on first call and are cached on disk (``cache=True``).
 """
+import functools
+import hashlib
 import inspect
+import os
 import threading
 import types
 
@@ -35,14 +46,41 @@ def cpu_device(fn):
     return njit(**DEVICE_OPTIONS)(fn)
 
 
-def bind(fn, suffix="", **names):
+def source_files(*fns):
+    """The source files of ``fns`` (Python functions or Numba dispatchers) that exist on disk
+    (a generated function's "file" is a tag such as ``<fastopt.kernels ...>``)."""
+    files = []
+    for fn in fns:
+        code = getattr(getattr(fn, "py_func", fn), "__code__", None)
+        if code is not None and os.path.isfile(code.co_filename):
+            files.append(os.path.abspath(code.co_filename))
+    return tuple(sorted(set(files)))
+
+
+@functools.lru_cache(maxsize=None)
+def source_tag(files=()):
+    """12 hex digits of the SHA-256 of this package's modules and of ``files`` (paths), in
+    sorted order: part of every cached kernel's qualified name (see the module docstring)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    paths = sorted({os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py")}
+                   | set(files))
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            h.update(hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()[:12]
+
+
+def bind(fn, suffix="", sources=(), **names):
     """A copy of ``fn`` (code, closure) whose globals also hold ``names`` (a target's ``elem``
-    and ``loop``, see ``kernels.loops``) and whose qualified name ends in ``suffix``."""
+    and ``loop``, see ``kernels.loops``) and whose qualified name ends in ``suffix`` and the
+    :func:`source_tag` of this package and ``sources`` (paths: the files of the functions
+    bound in from outside it, :func:`source_files`)."""
     scope = dict(fn.__globals__)
     scope.update(names)
     twin = types.FunctionType(fn.__code__, scope, fn.__name__ + suffix, fn.__defaults__,
                               fn.__closure__)
-    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__qualname__ = f"{fn.__qualname__}{suffix}_src{source_tag(tuple(sources))}"
     twin.__module__ = fn.__module__
     twin.__doc__ = fn.__doc__
     return twin
@@ -56,10 +94,11 @@ class KernelFamily:
     parameters.
     """
 
-    def __init__(self, factory, suffix="", **names):
+    def __init__(self, factory, suffix="", sources=(), **names):
         self.name = factory.__name__
         self.factory = factory
         self.suffix = suffix       # keeps variants of one body apart in Numba's disk cache
+        self.sources = sources     # files of functions bound in (see bind)
         self.names = names
         self.option_names = tuple(inspect.signature(factory).parameters)
         self._cache = {}
@@ -91,7 +130,7 @@ class KernelFamily:
                     suffix = (self.suffix + ("_parallel" if parallel else "_serial")
                               + (f"_o{tag}" if tag else ""))
                     fn = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
-                        bind(body, suffix, **self.names))
+                        bind(body, suffix, self.sources, **self.names))
                     self._cache[key] = fn
         self._fast[(parallel,) + tuple(options.items())] = fn
         return fn

@@ -236,7 +236,7 @@ def segment_norms(record, scaled, parallel, options, k=None):
     key = (record, bool(scaled), bool(parallel), opts)
     fn = _compiled.get(key)
     if fn is None:
-        from .decorators import bind, cpu_device
+        from .decorators import bind, cpu_device, source_files
         adapter = cpu_device(record.norms_adapter(cpu_device(record.elem), options, scaled,
                                                   chunked=True, lanes=_lanes8_rows))
         # the record's name and the options in the qualified name keep Numba's disk cache
@@ -245,7 +245,8 @@ def segment_norms(record, scaled, parallel, options, k=None):
                   f"{'_scaled' if scaled else ''}{'_parallel' if parallel else '_serial'}")
         fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
             bind(_segment_norms_body(len(record.norm_arrays), len(record.norms)), suffix,
-                 norms=adapter, unpack=cpu_device(record.unpack(scaled))))
+                 source_files(record.elem), norms=adapter,
+                 unpack=cpu_device(record.unpack(scaled))))
     return fn
 
 

@@ -104,3 +104,62 @@ def test_options_must_match_the_body():
 def test_scalars_are_placed_by_name_not_position():
     src = KernelRecord("ok", _elem, _body, ("param", "grad"), ("mom", "lr")).adapter_source()
     assert "_elem(x0, x1, sc[1], sc[0], flag)" in src
+
+
+_NORMS_RECORD = '''
+from fastopt.kernels.record import KernelRecord, elem, loop, unpack  # noqa: F401
+
+
+def probe_elem(p, g, lr, flag):
+    r = g * FACTOR
+    return p - lr * r, p, r
+
+
+def probe_body(flag):
+    def probe(p, g, s):
+        sc = unpack(s)
+        for i in loop(p.shape[0]):
+            pn, _, _ = elem(p[i], g[i], sc, flag)
+            p[i] = pn
+    return probe
+
+
+RECORD = KernelRecord(name="probe", elem=probe_elem, body=probe_body,
+                      arrays=("param", "grad"), scalars=("lr",),
+                      norm_arrays=("param",), norms=(2,), norm_names=("param", "update"))
+'''
+
+_RUN_PROBE = '''
+import sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import probe_record
+from fastopt.kernels import cpu, reductions
+p, g = np.full(1000, 2.0), np.ones(1000)
+s = np.array([0.5])
+sums = reductions.segment_norms(probe_record.RECORD, False, False, dict(flag=False))(
+    (p, g), s, 4096)
+cpu.family(probe_record.RECORD).get(False, flag=False)(p, g, s)
+print(sums[0], sums[1], p[0])
+'''
+
+
+def test_a_changed_per_element_function_is_not_run_from_numbas_disk_cache(tmp_path):
+    """Numba checks a cached function against its own file only; the pre-pass
+    (``kernels.reductions``) and the kernel bodies call a record's per-element function bound in
+    from another file. Editing that function must recompile both, not load the old code."""
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    module = tmp_path / "probe_record.py"
+
+    def run(factor):
+        module.write_text(f"FACTOR = 1.0\n{_NORMS_RECORD}".replace("g * FACTOR",
+                                                                      f"g * {factor}"))
+        out = subprocess.run([sys.executable, "-c", _RUN_PROBE, str(tmp_path)], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        return [float(x) for x in out]
+
+    assert run(3.0) == [4000.0, 9000.0, 2.0 - 0.5 * 3.0]
+    assert list((tmp_path / "cache").rglob("*.nbi")), "nothing was cached"
+    assert run(5.0) == [4000.0, 25000.0, 2.0 - 0.5 * 5.0]

@@ -113,14 +113,13 @@ class KernelRecord:
         """Source of ``norms_packed(arrs, i, sc)``: element ``i`` of each of ``norm_arrays``,
         then ``elem`` on element ``i`` of each array with the option values ``options`` (a
         dict, compile-time constants) and its values at the positions ``norms``.
-        ``chunked``: ``norms_chunk(arrs, start, size, sc, out, lanes)`` instead, for elements
-        ``start .. start + size - 1``: it writes the ``norms`` values to ``out[0, :size],
-        out[1, :size], ...`` (a loop over 1-D slices and rows, the form LLVM vectorizes:
-        indexing the arrays' tuple and a 2-D table in the loop made the loop 3-4x slower in
-        isolation) and returns ``lanes`` (eight float64 lane sums per array of
-        ``norm_arrays``, at least eight) with the squares of those arrays' elements added,
-        straight from the slices (``_lanes``; a partial last row of eight goes to lanes 0, 1, ...: only the last
-        piece of a chunk may have one)."""
+        ``chunked``: ``norms_chunk(arrs, start, size, sc, out)`` instead, for elements
+        ``start .. start + size - 1``: it writes, in the order of ``norm_names``, the
+        ``norm_arrays``' elements and then the ``norms`` values to ``out[0, :size], out[1,
+        :size], ...`` (one loop over 1-D slices and rows, the form LLVM vectorizes: indexing
+        the arrays' tuple and a 2-D table in the loop made the loop 3-4x slower in isolation),
+        so that the caller sums every row's squares in one loop whose independent lane
+        chains overlap (``kernels.reductions``)."""
         self.check()
         if (len(self.norm_names) != len(self.norm_arrays) + len(self.norms)
                 or not self.norm_names):
@@ -147,36 +146,21 @@ class KernelRecord:
             picked = "".join(f"arrs[{q}][i], " for q in raw)
             picked += "".join(f"v[{j}], " for j in self.norms)
             return f"def norms_packed(arrs, i, sc):\n    v = {call}\n    return ({picked})\n"
-        lines = ["def norms_chunk(arrs, start, size, sc, out, lanes):"]
+        lines = ["def norms_chunk(arrs, start, size, sc, out):"]
         lines += [f"    x{q} = arrs[{q}][start:start + size]" for q in range(n)]
+        lines += [f"    o{k} = out[{k}]" for k in range(len(self.norm_names))]
+        lines.append("    for j in range(size):")
         if self.norms:
-            lines += [f"    o{k} = out[{k}]" for k in range(len(self.norms))]
-            lines += ["    for j in range(size):", f"        v = {call}"]
-            lines += [f"        o{k}[j] = v[{j}]" for k, j in enumerate(self.norms)]
-        if not raw:
-            lines.append("    return lanes")
-            return "\n".join(lines) + "\n"
-        lines.append("    full = size // 8")
-        out = []
-        for r, q in enumerate(raw):
-            lines.append(f"    l{r} = _lanes(x{q}.reshape((1, size)), 1, full, "
-                         f"lanes[{8 * r}:{8 * r + 8}])")
-            lines.append(f"    t{r} = [l{r}[j] for j in range(8)]")
-            lines.append("    for j in range(size - 8 * full):")
-            lines.append(f"        w = np.float64(x{q}[8 * full + j])")
-            lines.append(f"        t{r}[j] += w * w")
-            out += [f"t{r}[{j}]" for j in range(8)]
-        lines.append(f"    return ({', '.join(out)},)")
+            lines.append(f"        v = {call}")
+        lines += [f"        o{r}[j] = x{q}[j]" for r, q in enumerate(raw)]
+        lines += [f"        o{len(raw) + k}[j] = v[{j}]" for k, j in enumerate(self.norms)]
         return "\n".join(lines) + "\n"
 
-    def norms_adapter(self, compiled_elem, options, scaled=False, chunked=False, lanes=None):
-        """The pre-pass adapter as a plain Python function calling ``compiled_elem``
-        (``lanes``: the lane-sum intrinsic the chunked form calls)."""
-        import numpy as np
+    def norms_adapter(self, compiled_elem, options, scaled=False, chunked=False):
+        """The pre-pass adapter as a plain Python function calling ``compiled_elem``."""
         name = "norms_chunk" if chunked else "norms_packed"
         return _define(self.norms_adapter_source(options, scaled, chunked), name,
-                       f"{name}_{self.name}{'_scaled' if scaled else ''}", _elem=compiled_elem,
-                       _lanes=lanes, np=np)
+                       f"{name}_{self.name}{'_scaled' if scaled else ''}", _elem=compiled_elem)
 
     def unpack(self, scaled=False):
         """``unpack(s)`` as a plain Python function: the packed scalars as a tuple (one more

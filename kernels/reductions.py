@@ -165,64 +165,57 @@ def chunked_sum_of_squares(parallel):
 norms = unpack = None
 
 
-def _segment_norms_body(k_raw, k):
+def _segment_norms_body(rows):
     """The pre-pass of a kernel record with norms (see ``kernels.record``): for each chunk,
     ``PIECE`` elements at a time, the chunked adapter (``norms``, the options fixed in it)
-    writes the ``k`` computed values of every element into a scratch table of the buffer
-    dtype (a loop LLVM vectorizes) and adds the squares of the ``k_raw`` raw arrays' elements
-    to their lanes straight from the slices; the table's squares are added to their lanes
-    (:func:`_lanes8_rows`). Then each sum's eight lanes are combined in a fixed tree and the
-    chunk sums added in order: the same chunks, lanes and order as ``_sum_of_squares``, so
-    the NumPy reference (``fastopt.scaling``) matches it bit for bit, for any thread count.
-    Sums: the raw arrays' first, then the computed values'."""
-    RAW0 = (0.0,) * (8 * max(k_raw, 1))
-    ZEROS = (0.0,) * (8 * max(k, 1))
-    kk = max(k, 1)
+    writes the ``rows`` values whose squares are summed (the record's ``norm_arrays``'
+    elements, then its computed ``norms`` values) into a scratch table of the buffer dtype
+    (a loop LLVM vectorizes), and the table's squares are added to their lanes in one loop
+    (:func:`_lanes8_rows`; each row's lane chain is independent of the others', so their
+    additions overlap where one row after another would wait on each addition's latency).
+    Then each sum's eight lanes are combined in a fixed tree and the chunk sums added in
+    order: the same chunks, lanes and order as ``_sum_of_squares``, so the NumPy reference
+    (``fastopt.scaling``) matches it bit for bit, for any thread count. The sums come in the
+    order of the record's ``norm_names``."""
+    ZEROS = (0.0,) * (8 * rows)
 
     def segment_norms(arrs, s, chunk):
         sc = unpack(s)
         n = arrs[0].shape[0]
         n_chunks = (n + chunk - 1) // chunk
-        partial = np.empty((n_chunks, k_raw + k), np.float64)
+        partial = np.empty((n_chunks, rows), np.float64)
         # chunks are handed out in TASKS runs of consecutive chunks, each run with one
         # scratch table (one allocation per run, not per chunk); a chunk's sums do not depend
         # on which run or thread computes them
         per_task = max(1, (n_chunks + TASKS - 1) // TASKS)
         n_tasks = (n_chunks + per_task - 1) // per_task
         for task in prange(n_tasks):
-            tmp = np.empty((kk, PIECE), arrs[0].dtype)
+            tmp = np.empty((rows, PIECE), arrs[0].dtype)
             for c in range(task * per_task, min(n_chunks, (task + 1) * per_task)):
                 start = c * chunk
                 size = min(n, start + chunk) - start
                 # the chunk in pieces of PIECE elements (a scratch table that stays in L1),
                 # each piece's values added to the chunk's lanes in element order
                 lanes = ZEROS
-                raw = RAW0
                 done = piece = full = 0
                 while done < size:
                     piece = min(PIECE, size - done)
-                    raw = norms(arrs, start + done, piece, sc, tmp, raw)
+                    norms(arrs, start + done, piece, sc, tmp)
                     full = piece // 8
-                    if k:
-                        lanes = _lanes8_rows(tmp, k, full, lanes)
+                    lanes = _lanes8_rows(tmp, rows, full, lanes)
                     done += piece
-                rest = [lanes[j] for j in range(8 * kk)]
-                for q in range(k):          # the last, partial row of eight: lane j, in order
+                rest = [lanes[j] for j in range(8 * rows)]
+                for q in range(rows):       # the last, partial row of eight: lane j, in order
                     for j in range(piece - 8 * full):
                         v = np.float64(tmp[q, 8 * full + j])
                         rest[8 * q + j] += v * v
-                for q in range(k_raw):
-                    partial[c, q] = (((raw[8 * q] + raw[8 * q + 1])
-                                      + (raw[8 * q + 2] + raw[8 * q + 3]))
-                                     + ((raw[8 * q + 4] + raw[8 * q + 5])
-                                        + (raw[8 * q + 6] + raw[8 * q + 7])))
-                for q in range(k):
+                for q in range(rows):
                     a = rest[8 * q:8 * q + 8]
-                    partial[c, k_raw + q] = (((a[0] + a[1]) + (a[2] + a[3]))
-                                             + ((a[4] + a[5]) + (a[6] + a[7])))
-        totals = np.zeros(k_raw + k, np.float64)
+                    partial[c, q] = (((a[0] + a[1]) + (a[2] + a[3]))
+                                     + ((a[4] + a[5]) + (a[6] + a[7])))
+        totals = np.zeros(rows, np.float64)
         for c in range(n_chunks):
-            for j in range(k_raw + k):
+            for j in range(rows):
                 totals[j] += partial[c, j]
         return totals
     return segment_norms
@@ -238,13 +231,13 @@ def segment_norms(record, scaled, parallel, options, k=None):
     if fn is None:
         from .decorators import bind, cpu_device, source_files
         adapter = cpu_device(record.norms_adapter(cpu_device(record.elem), options, scaled,
-                                                  chunked=True, lanes=_lanes8_rows))
+                                                  chunked=True))
         # the record's name and the options in the qualified name keep Numba's disk cache
         # entries apart (the options live in the adapter, a global the cache does not key on)
         suffix = (f"_{record.name}_{''.join(str(int(o)) for o in opts)}"
                   f"{'_scaled' if scaled else ''}{'_parallel' if parallel else '_serial'}")
         fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
-            bind(_segment_norms_body(len(record.norm_arrays), len(record.norms)), suffix,
+            bind(_segment_norms_body(len(record.norm_names)), suffix,
                  source_files(record.elem), norms=adapter,
                  unpack=cpu_device(record.unpack(scaled))))
     return fn

@@ -86,7 +86,8 @@ def _scalars(hp, t):
     b1, b2 = hp["beta1"], hp["beta2"]
     # step: lr until the pre-pass replaces it with lr * trust (_segment_scalars)
     return dict(step=hp["lr"], beta1=b1, omb1=1.0 - b1, beta2=b2, omb2=1.0 - b2,
-                bc1=1.0 - b1 ** t, bc2=1.0 - b2 ** t, eps=hp["eps"], wd=hp["weight_decay"])
+                ibc1=1.0 / (1.0 - b1 ** t), ibc2=1.0 / (1.0 - b2 ** t), eps=hp["eps"],
+                wd=hp["weight_decay"])
 
 
 def _segment_scalars(hp, t, sums):

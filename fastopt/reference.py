@@ -248,7 +248,8 @@ def lamb(arrays, hp, t, st):
     m[...] = st(b1) * m + st(1.0 - b1) * g
     v[...] = st(b2) * v + st(1.0 - b2) * (g * g)
     if hp["bias_correction"]:
-        r = (m / st(1.0 - b1 ** t)) / (np.sqrt(v / st(1.0 - b2 ** t)) + st(hp["eps"]))
+        r = (m * st(1.0 / (1.0 - b1 ** t))) / (np.sqrt(v * st(1.0 / (1.0 - b2 ** t)))
+                                                 + st(hp["eps"]))
     else:
         r = m / (np.sqrt(v) + st(hp["eps"]))
     if wd != 0.0:

@@ -481,7 +481,7 @@ def state_with_groups_on_device():
     """Compressed state with groups and LAMB on the device, 1e7 and 1e8, per step (CUDA
     events): AdamW on 8-bit state plain vs 10 groups (two kernels: with and without weight
     decay) in one launch, and float32 state with the same groups; LAMB over 10 equal tensors
-    with float32 vs bfloat16 state."""
+    with float32, bfloat16 and 8-bit state."""
     from fastopt.loopbench import _even_groups
     out = {}
     for n in (10_000_000, 100_000_000):
@@ -499,7 +499,8 @@ def state_with_groups_on_device():
                                     reps_for(n))
         layout = [n // 10] * 9 + [n - 9 * (n // 10)]
         for label, opts in (("LAMB float32 state, 10 tensors", {}),
-                            ("LAMB bfloat16 state, 10 tensors", dict(state_dtype="bfloat16"))):
+                            ("LAMB bfloat16 state, 10 tensors", dict(state_dtype="bfloat16")),
+                            ("LAMB 8-bit state, 10 tensors", dict(state_dtype="int8"))):
             b = fastopt.to_device(fastopt.LAMBBuffers.zeros(p.copy(), g.copy(), **opts))
             row[label] = event_time(lambda: fastopt.lamb_step(b, layout=layout,
                                                               weight_decay=0.01), reps_for(n))

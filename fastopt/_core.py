@@ -284,11 +284,6 @@ class Buffers:
                 raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state on CUDA "
                                           f"takes blocks of at most 1024 elements (one thread "
                                           f"per element), got block_size={block_size}")
-            if cls.spec.kernel.norm_names and is_cuda_array(param):
-                raise NotImplementedError(f"{cls.__name__}.zeros(): 8-bit state on CUDA for "
-                                          f"an optimizer with a per-tensor pre-pass "
-                                          f"({cls.spec.name}) is not implemented yet (it is on "
-                                          f"the CPU)")
             if stochastic_rounding:
                 raise ValueError(f"{cls.__name__}.zeros(): stochastic_rounding needs "
                                  f"state_dtype='bfloat16'")

@@ -336,11 +336,17 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
                               np.dtype(dtype).name, nt % 32 == 0, per,
                               arrays.get("param_copy") is not None)
 
+    state = args[:-1] if arrays.get("param_copy") is not None else args
+
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
-        _, _, kernel, packed = _launch_parts(spec, hp_now, t, factor, st, compiled, make)
+        options, scaled, kernel, packed = _launch_parts(spec, hp_now, t, factor, st,
+                                                        compiled, make)
+        if spec.kernel.norm_names:
+            packed = _prepass(spec, kernels, state, packed, options, scaled, hp_now, t, st,
+                              q8=(quantized, block, 0, n))
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
             kernel[min(blocks, nb), nt](*args, packed)
@@ -365,6 +371,18 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     kernels = _kernels()
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
+    st = np.dtype(dtype).type
+    state = args[:-1] if arrays.get("param_copy") is not None else args
+    of_row = None
+    if spec.kernel.norm_names:  # a value per segment (LAMB's trust ratio): a row per segment
+        of_row = [r for _, _, r in segments]
+        rows = [rows[r] for r in of_row]
+        segments = [(lo, hi, i) for i, (lo, hi, _) in enumerate(segments)]
+
+    def prepass(i, row, hp, t, scaled):
+        lo, hi, _ = segments[i]
+        return _prepass(spec, kernels, state, row, spec.options(hp, t), scaled, hp, t, st,
+                        q8=(quantized, block, lo, hi))
 
     per, nt = q8_threads(block)
 
@@ -377,22 +395,36 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
             kernel[min(blocks, nb), nt](*args, segs, packed)
-    return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch)
+    run = _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch,
+                      None if of_row is None else prepass)
+    if of_row is None:
+        return run
+
+    def run_by_segment(t, rows_now=None, factor=None):
+        run(t, None if rows_now is None else [rows_now[r] for r in of_row], factor)
+    return run_by_segment
 
 
-def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st, bits=None):
+def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st, bits=None, q8=None):
     """The read-only pre-pass of a spec whose kernel record has ``norms``, on the device: the
     segment's sums of squares per chunk (``kernels.cuda.get_norms``, a fixed order), added on
     the host in order; returns the scalars with those ``spec.segment_scalars`` sets replaced.
     One host synchronization per segment and step. ``bits``: which arrays hold bfloat16
-    state (read through bfloat16 views)."""
+    state (read through bfloat16 views). ``q8``: ``(quantized, block, lo, hi)``, the arrays
+    are an 8-bit kernel's (:func:`_q8_device_args`, no param copy) and the segment is elements
+    ``lo .. hi - 1`` (8-bit state read through dequantizing views)."""
     k = len(spec.kernel.norm_names)
-    n = args[0].shape[0]
+    n = args[0].shape[0] if q8 is None else q8[3] - q8[2]
     chunks = -(-n // config.NORM_CHUNK)
     out = _cuda().device_array((chunks, k), np.float64)
     grid = (min(chunks, 8192), kernels.NORM_THREADS)
     with kernels.exact():
-        if bits is None:
+        if q8 is not None:
+            quantized, block, lo, hi = q8
+            kernels.get_norms_q8(spec.kernel, scaled, options, k, quantized)[grid](
+                *args, np.int64(block), np.int64(lo), np.int64(hi), packed,
+                config.NORM_CHUNK, out)
+        elif bits is None:
             kernels.get_norms(spec.kernel, scaled, options, k)[grid](
                 args, packed, config.NORM_CHUNK, out)
         else:
@@ -443,12 +475,14 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch)
 
 
-def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch):
+def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None):
     """``run(t, rows_now=None, factor=None)`` of a grouped step in one launch:
     ``get_kernel(scaled, option_sets)`` (one kind per distinct option combination of the rows),
     the segments ``(lo, hi, row, kind)`` as a device array made once per set of kinds, and
     ``launch(kernel, segs, rows)`` with every row's scalars in one flat tuple (the gradient
-    factor last in each row when there is one). ``n == 0``: nothing to launch."""
+    factor last in each row when there is one). ``n == 0``: nothing to launch. ``prepass(r,
+    row, hp, t, scaled)``: row ``r``'s scalars (a tuple of the buffer dtype) with what its
+    pre-pass sets (a record with norms: one row per segment)."""
     cuda = _cuda()
     st = np.dtype(dtype).type
     plans = {}
@@ -481,11 +515,13 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch):
             work = plan(rows_now, t, scaled)
         kernel, segs = work
         flat_rows = []
-        for hp in rows_now:
-            flat_rows += spec.kernel_scalars(hp, t, st).tolist()
+        for r, hp in enumerate(rows_now):
+            row = spec.kernel_scalars(hp, t, st).tolist()
             if scaled:
-                flat_rows.append(factor)
-        launch(kernel, segs, tuple(st(v) for v in flat_rows))
+                row.append(factor)
+            row = tuple(st(v) for v in row)
+            flat_rows += row if prepass is None else prepass(r, row, hp, t, scaled)
+        launch(kernel, segs, tuple(flat_rows))
     return run
 
 

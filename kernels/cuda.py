@@ -345,6 +345,38 @@ def get_norms_bf16(record, scaled, options, k, bits):
     return _lazy(key, lambda: python_bf16_norms_kernel(record, scaled, options, k, bits))
 
 
+def python_q8_norms_kernel(record, scaled, options, k, quantized):
+    """The uncompiled pre-pass kernel of ``record`` on 8-bit state (``quantized[j]``: array
+    ``j`` is 8-bit, passed as codes, scales, map values, first table and midpoints, as to
+    :func:`python_q8_kernel`): ``kernel(<arrays>, block, lo, hi, s, chunk, out)`` runs the
+    pre-pass (:func:`python_norms_kernel`) over elements ``lo .. hi - 1``, the 8-bit arrays
+    read through dequantizing views (``kernels.quant8.q8_view``), the others as slices."""
+    from numba import config as numba_config
+
+    from . import quant8
+    from .record import _define
+    body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k))
+    params, arrs = [], []
+    for j, q in enumerate(quantized):
+        if q:
+            params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
+            arrs.append(f"view(c{j}, s{j}, v{j}, block, lo)")
+        else:
+            params.append(f"a{j}")
+            arrs.append(f"a{j}[lo:hi]")
+    view = quant8.SimQ8 if numba_config.ENABLE_CUDASIM else quant8.q8_view
+    return _define(f"def q8_norms({', '.join(params)}, block, lo, hi, s, chunk, out):\n"
+                   f"    body(({', '.join(arrs)},), s, chunk, out)\n", "q8_norms",
+                   f"q8_norms_{record.name}", body=body, view=view)
+
+
+def get_norms_q8(record, scaled, options, k, quantized):
+    """The ``cuda.jit`` pre-pass kernel of ``record`` on 8-bit state (lazy)."""
+    key = ("norms_q8", record, bool(scaled), k, tuple(quantized)) + tuple(
+        sorted(options.items()))
+    return _lazy(key, lambda: python_q8_norms_kernel(record, scaled, options, k, quantized))
+
+
 def _q8_body(record, scaled, options, unpack):
     """The record's kernel body for one element of an 8-bit kernel (its loop bound to
     ``range``: the kernel hands it one-element slices), a device function off the simulator."""

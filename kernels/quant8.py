@@ -13,12 +13,15 @@ The arithmetic is the NumPy reference's (``fastopt.quantization``), operation fo
 so the results are bitwise equal for any thread count (blocks are independent).
 """
 import math
+import operator
 import threading
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic, overload
+from numba.core import cgutils
+from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
+                             register_model)
 
 from .precision import _f32_as_u32, f32_to_bf16
 
@@ -446,3 +449,77 @@ def sim_from_uint(u, like):
     like = np.asarray(like)
     ut = np.uint32 if like.dtype == np.float32 else np.uint64
     return np.asarray(u, ut).view(like.dtype)[()]
+
+
+# ---------------------------------------------------------------- read in place (CUDA pre-pass)
+class Q8ViewType(types.Type):
+    """The Numba type of an 8-bit state array read element by element inside a CUDA kernel:
+    item ``i`` is ``values[codes[lo + i]] * scales[(lo + i) // block]`` in the dtype of
+    ``values`` (the float32 scale widened first for float64), the dequantization of the
+    block driver (:func:`dequantize_block`) for one element. Read-only: LAMB's device
+    pre-pass (``kernels.cuda.get_norms_q8``) sees 8-bit state through it."""
+
+    def __init__(self, codes, scales, values):
+        self.codes, self.scales, self.values = codes, scales, values
+        super().__init__(name=f"Q8View({codes}, {scales}, {values})")
+
+
+@register_model(Q8ViewType)
+class _Q8ViewModel(models.StructModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, [("codes", fe_type.codes), ("scales", fe_type.scales),
+                                        ("values", fe_type.values), ("block", types.int64),
+                                        ("lo", types.int64)])
+
+
+for _field in ("codes", "scales", "values", "block", "lo"):
+    make_attribute_wrapper(Q8ViewType, _field, _field)
+
+
+@intrinsic
+def q8_view(typingctx, codes, scales, values, block, lo):
+    """A :class:`Q8ViewType` over device arrays inside a CUDA kernel (no reference counting:
+    CUDA kernels run without NRT)."""
+    if not (isinstance(codes, types.Array) and codes.dtype == types.uint8
+            and isinstance(scales, types.Array) and scales.dtype == types.float32
+            and isinstance(values, types.Array)
+            and values.dtype in (types.float32, types.float64)
+            and isinstance(block, types.Integer) and isinstance(lo, types.Integer)):
+        return None
+    ret = Q8ViewType(codes, scales, values)
+
+    def codegen(context, builder, sig, args):
+        s = cgutils.create_struct_proxy(ret)(context, builder)
+        s.codes, s.scales, s.values = args[0], args[1], args[2]
+        s.block = context.cast(builder, args[3], sig.args[3], types.int64)
+        s.lo = context.cast(builder, args[4], sig.args[4], types.int64)
+        return s._getvalue()
+    return ret(codes, scales, values, block, lo), codegen
+
+
+@overload(operator.getitem)
+def _q8_getitem(a, i):
+    if isinstance(a, Q8ViewType) and isinstance(i, types.Integer):
+        if a.values.dtype == types.float32:
+            def impl32(a, i):
+                j = a.lo + i
+                return a.values[a.codes[j]] * a.scales[j // a.block]
+            return impl32
+
+        def impl64(a, i):
+            j = a.lo + i
+            return a.values[a.codes[j]] * np.float64(a.scales[j // a.block])
+        return impl64
+
+
+class SimQ8:
+    """What :func:`q8_view` gives a kernel under Numba's CUDA simulator (which runs kernels as
+    Python): the same dequantization, in NumPy scalars."""
+
+    def __init__(self, codes, scales, values, block, lo):
+        self.codes, self.scales, self.values = codes, scales, values
+        self.block, self.lo = int(block), int(lo)
+
+    def __getitem__(self, i):
+        j = self.lo + int(i)
+        return self.values[self.codes[j]] * self.values.dtype.type(self.scales[j // self.block])

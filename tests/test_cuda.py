@@ -323,9 +323,11 @@ def test_pre_pass_kernel_compiles_to_ptx(spec, no_driver_device):
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("state", ["bfloat16", "int8"])
 @pytest.mark.parametrize("spec", PREPASS_SPECS, ids=lambda s: s.name)
-def test_pre_pass_on_bfloat16_state_compiles_to_ptx(spec, no_driver_device):
-    """The pre-pass reading bfloat16 state (every state array as bits): 16-bit loads of the
+def test_pre_pass_on_compressed_state_compiles_to_ptx(spec, state, no_driver_device):
+    """The pre-pass reading compressed state (every state array as bfloat16 bits, or as 8-bit
+    codes, scales and tables read through dequantizing views): 16-bit or byte loads of the
     state, float32 per-element math, float64 accumulation, no stores but the chunk sums."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
@@ -333,19 +335,27 @@ def test_pre_pass_on_bfloat16_state_compiles_to_ptx(spec, no_driver_device):
         no_driver_device((8, 0))
     combo = testinfo.option_combinations(spec)[-1]
     hp = spec.validate(dict(spec.defaults, **combo))
-    n = len(spec.kernel.arrays)
-    f32, u16 = types.Array(types.float32, 1, "C"), types.Array(types.uint16, 1, "C")
-    bits = (False, False) + (True,) * (n - 2)
-    sig = ((f32, f32) + (u16,) * (n - 2) + (types.uint64, types.int64,
-                                             types.UniTuple(types.float32,
-                                                            len(spec.kernel.scalars)),
-                                             types.int64, types.Array(types.float64, 2, "C")))
-    kernel = ck.python_bf16_norms_kernel(spec.kernel, False, spec.options(hp, 2),
-                                         len(spec.kernel.norm_names), bits)
+    n, k = len(spec.kernel.arrays), len(spec.kernel.norm_names)
+    f32 = types.Array(types.float32, 1, "C")
+    tail = (types.UniTuple(types.float32, len(spec.kernel.scalars)), types.int64,
+            types.Array(types.float64, 2, "C"))
+    compressed = (False, False) + (True,) * (n - 2)
+    if state == "bfloat16":
+        sig = ((f32, f32) + (types.Array(types.uint16, 1, "C"),) * (n - 2)
+               + (types.uint64, types.int64) + tail)
+        kernel = ck.python_bf16_norms_kernel(spec.kernel, False, spec.options(hp, 2), k,
+                                             compressed)
+        load, store = "ld.global.u16", "st.global.u16"
+    else:
+        u8 = types.Array(types.uint8, 1, "C")
+        sig = (f32, f32) + (u8, f32, f32, u8, f32) * (n - 2) + (types.int64,) * 3 + tail
+        kernel = ck.python_q8_norms_kernel(spec.kernel, False, spec.options(hp, 2), k,
+                                           compressed)
+        load, store = "ld.global.u8", "st.global.u8"
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
-    assert "ld.global.u16" in ptx and "add.rn.f64" in ptx and "fma." not in ptx
-    assert "st.global.u16" not in ptx and "st.global.f32" not in ptx
+    assert load in ptx and "add.rn.f64" in ptx and "fma." not in ptx
+    assert store not in ptx and "st.global.f32" not in ptx
     f64_math = [line.strip() for line in ptx.splitlines()
                 if ("div" in line or "sqrt" in line) and ".f64" in line]
     assert not f64_math, f"float64 per-element math in a float32 pre-pass: {f64_math[:5]}"

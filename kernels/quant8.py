@@ -24,6 +24,7 @@ from numba.extending import (intrinsic, make_attribute_wrapper, models, overload
                              register_model)
 
 from .precision import _f32_as_u32, f32_to_bf16
+from .reductions import TASKS
 
 DRIVER_OPTIONS = dict(error_model="numpy", nogil=True, fastmath=False)
 INLINE = dict(error_model="numpy", inline="always", fastmath=False)
@@ -225,13 +226,15 @@ def _prepass_source(n_arrays, quantized, parallel):
     8-bit arrays are dequantized into scratch rows and the record's serial pre-pass
     (``norms``, ``kernels.reductions.segment_norms``) sums that one chunk; the chunk sums are
     added in order, as the float pre-pass adds them: the same bits as the float pre-pass on
-    the dequantized state."""
+    the dequantized state. Chunks are handed out in runs (``kernels.reductions.TASKS`` of
+    them), each with its scratch rows allocated once."""
     params, arrs, setup, deq = [], [], [], []
     for j in range(n_arrays):
         if quantized[j]:
             params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
             setup.append(f"        w{j} = np.empty(chunk, a0.dtype)")
-            deq.append(f"        dequantize_range(c{j}, s{j}, v{j}, block, cs, ce, cast, w{j})")
+            deq.append(f"            dequantize_range(c{j}, s{j}, v{j}, block, cs, ce, cast, "
+                       f"w{j})")
             arrs.append(f"w{j}[:ce - cs]")
         else:
             params.append(f"a{j}")
@@ -239,15 +242,18 @@ def _prepass_source(n_arrays, quantized, parallel):
     lines = [f"def q8_norms({', '.join(params)}, sc, chunk, block, lo, hi, k):",
              "    n_chunks = (hi - lo + chunk - 1) // chunk",
              "    partial = np.empty((n_chunks, k), np.float64)",
-             f"    for c in {'prange' if parallel else 'range'}(n_chunks):",
-             "        cs = lo + c * chunk",
-             "        ce = min(hi, cs + chunk)",
+             f"    per_task = max(1, (n_chunks + {TASKS} - 1) // {TASKS})",
+             "    n_tasks = (n_chunks + per_task - 1) // per_task",
+             f"    for task in {'prange' if parallel else 'range'}(n_tasks):",
              "        cast = np.empty(1, a0.dtype)",
              *setup,
+             "        for c in range(task * per_task, min(n_chunks, (task + 1) * per_task)):",
+             "            cs = lo + c * chunk",
+             "            ce = min(hi, cs + chunk)",
              *deq,
-             f"        t = norms(({', '.join(arrs)},), sc, chunk)",
-             "        for q in range(k):",
-             "            partial[c, q] = t[q]",
+             f"            t = norms(({', '.join(arrs)},), sc, chunk)",
+             "            for q in range(k):",
+             "                partial[c, q] = t[q]",
              "    totals = np.zeros(k, np.float64)",
              "    for c in range(n_chunks):",
              "        for q in range(k):",

@@ -62,12 +62,17 @@ def source_tag(files=()):
     """12 hex digits of the SHA-256 of this package's modules and of ``files`` (paths), in
     sorted order: part of every cached kernel's qualified name (see the module docstring)."""
     here = os.path.dirname(os.path.abspath(__file__))
-    paths = sorted({os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py")}
-                   | set(files))
+    try:
+        own = {os.path.join(here, f) for f in os.listdir(here) if f.endswith(".py")}
+    except OSError:         # no source directory (a frozen or zipped install): the files given
+        own = set()
     h = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as fh:
-            h.update(hashlib.sha256(fh.read()).digest())
+    for path in sorted(own | set(files)):
+        try:
+            with open(path, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+        except OSError:
+            h.update(path.encode())
     return h.hexdigest()[:12]
 
 

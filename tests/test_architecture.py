@@ -163,3 +163,25 @@ def test_a_changed_per_element_function_is_not_run_from_numbas_disk_cache(tmp_pa
     assert run(3.0) == [4000.0, 9000.0, 2.0 - 0.5 * 3.0]
     assert list((tmp_path / "cache").rglob("*.nbi")), "nothing was cached"
     assert run(5.0) == [4000.0, 25000.0, 2.0 - 0.5 * 5.0]
+
+
+def test_source_tag_follows_the_files_and_survives_a_missing_source_directory(tmp_path,
+                                                                              monkeypatch):
+    from fastopt.kernels import decorators
+    f = tmp_path / "elem.py"
+    f.write_text("x = 1\n")
+    first = decorators.source_tag((str(f),))
+    f.write_text("x = 2\n")
+    decorators.source_tag.cache_clear()
+    assert decorators.source_tag((str(f),)) != first
+    assert decorators.source_tag(()) != decorators.source_tag((str(f),))
+
+    def no_dir(path):
+        raise FileNotFoundError(path)
+    monkeypatch.setattr(decorators.os, "listdir", no_dir)
+    decorators.source_tag.cache_clear()
+    try:        # a frozen or zipped install: the package's own files are not on disk
+        assert len(decorators.source_tag((str(f),))) == 12
+        assert decorators.source_tag((str(tmp_path / "gone.py"),))
+    finally:
+        decorators.source_tag.cache_clear()

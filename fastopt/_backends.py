@@ -222,13 +222,12 @@ class _cpu_prepass:
 
     def __init__(self, spec):
         self.spec = spec
-        self.k = len(spec.kernel.norm_names)
         self.index = {name: i for i, name in enumerate(spec.kernel.scalars)}
         self.fns = {}
 
     def compile(self, key, scaled, par, options, typed, scalars):
         from .kernels import reductions
-        fn = reductions.segment_norms(self.spec.kernel, scaled, par, options, self.k)
+        fn = reductions.segment_norms(self.spec.kernel, scaled, par, options)
         if typed is not None:           # bfloat16 state: see compiled_entry
             fn = compiled_entry(fn, (tuple(typed), scalars, config.NORM_CHUNK))
         self.fns[key] = fn
@@ -538,7 +537,7 @@ def _q8_prepass(spec, quantized, args, block):
         key = (scaled, par) + tuple(options.items())
         fn = fns.get(key)
         if fn is None:
-            norms = reductions.segment_norms(spec.kernel, scaled, False, options, k)
+            norms = reductions.segment_norms(spec.kernel, scaled, False, options)
             fn = fns[key] = quant8.prepass(norms, len(spec.kernel.arrays), quantized, par)
         sums = fn(*args, packed, config.NORM_CHUNK, block, lo, hi, k)
         for name, value in spec.segment_scalars(hp, t, tuple(sums.tolist())).items():

@@ -221,7 +221,7 @@ def _segment_norms_body(rows):
     return segment_norms
 
 
-def segment_norms(record, scaled, parallel, options, k=None):
+def segment_norms(record, scaled, parallel, options):
     """The compiled pre-pass of ``record`` for these option values (a dict, the record's
     order): ``fn(arrays_tuple, packed_scalars, chunk)`` -> the sums of squares, in the
     order of ``record.norm_names``."""

@@ -348,26 +348,30 @@ def _same_8bit_state(spec, host, back):
         assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
-def test_8bit_lamb_per_tensor_on_the_device_matches_the_cpu():
-    """LAMB on 8-bit state over three tensors that cut the quantization blocks (a pre-pass and
-    a row of scalars per tensor, one launch), with a weight decay in one group: the CPU's
-    codes and scales, parameters within the simulator bound; more tensors than one launch
-    takes are refused before any write."""
+NORM_SPECS = [s for s in SPECS if s.kernel.norm_names]
+
+
+@pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: s.name)
+def test_8bit_state_per_tensor_on_the_device_matches_the_cpu(spec):
+    """A record with a per-tensor pre-pass (LAMB) on 8-bit state over three tensors that cut
+    the quantization blocks (a pre-pass and a row of scalars per tensor, one launch), with a
+    weight decay in one group: the CPU's codes and scales, parameters within the simulator
+    bound; more tensors than one launch takes are refused before any write."""
     from fastopt._cuda_backend import GROUPED_MAX_ROWS
-    spec = registry.get("lamb")
     n = 45 if not REAL_GPU else 100_003
     layout = [10, 25, n - 35]
     groups = fastopt.Groups(n, [{"range": (10, 35), "weight_decay": 0.1}])
     rng = np.random.default_rng(16)
-    host = fastopt.LAMBBuffers.zeros(rng.standard_normal(n).astype(np.float32),
-                                     np.zeros(n, np.float32), state_dtype="int8",
-                                     block_size=32, min_8bit_size=0)
+    host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(np.float32),
+                                  np.zeros(n, np.float32), state_dtype="int8",
+                                  block_size=32, min_8bit_size=0)
     dev = fastopt.to_device(host)
-    back = _step_both(fastopt.lamb_step, dict(layout=layout, groups=groups), host, dev, rng, 2)
+    fn = registry.step_function(spec)
+    back = _step_both(fn, dict(layout=layout, groups=groups), host, dev, rng, 2)
     _same_8bit_state(spec, host, back)
     too_many = [1] * (GROUPED_MAX_ROWS + 1) + [n - GROUPED_MAX_ROWS - 1]
     with pytest.raises(NotImplementedError, match="tensors"):
-        fastopt.lamb_step(dev, layout=too_many)
+        fn(dev, layout=too_many)
     again = fastopt.to_host(dev)
     assert again.step == back.step
     for name, a in back.arrays().items():

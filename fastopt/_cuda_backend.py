@@ -366,8 +366,10 @@ def q8_threads(block):
 def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     """A grouped step on 8-bit device state: one launch, one thread block per quantization
     block as :func:`cuda_q8_runner`, each thread stepping its element with the kernel and the
-    row of scalars of its segment (the segments a device array made once, the rows by value
-    with the launch: at most ``GROUPED_MAX_ROWS`` distinct rows, checked before any write)."""
+    row of scalars of its segment (the segments a device array made once; the rows by value
+    with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied
+    before each launch: a quantization block may hold pieces of several segments, so it
+    cannot be split into one launch per segment as the float kernels are)."""
     kernels = _kernels()
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
@@ -385,13 +387,17 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
                         q8=(quantized, block, lo, hi))
 
     per, nt = q8_threads(block)
+    in_array = len(rows) > GROUPED_MAX_ROWS
 
     def get_kernel(scaled, option_sets):
-        return kernels.get_q8_grouped(spec.kernel, scaled, option_sets, len(rows), quantized,
+        return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
+                                      None if in_array else len(rows), quantized,
                                       np.dtype(dtype).name, nt % 32 == 0, per,
                                       arrays.get("param_copy") is not None)
 
     def launch(kernel, segs, packed):
+        if in_array:
+            packed = _cuda().to_device(np.array(packed, st))
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
             kernel[min(blocks, nb), nt](*args, segs, packed)

@@ -362,16 +362,6 @@ def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
     if backend == "cuda" and buffers.block_size > 1024:
         raise NotImplementedError(f"{owner}: 8-bit state on CUDA takes blocks of at most 1024 "
                                   f"elements, got block_size={buffers.block_size}")
-    if rows is not None and backend == "cuda":
-        from ._cuda_backend import GROUPED_MAX_ROWS
-        if spec.kernel.norm_names:      # a row of scalars per tensor (its trust ratio)
-            n_rows, what = len(rows.segments), "tensors (layout= or groups=)"
-        else:
-            n_rows, what = len(rows.templates), "distinct sets of values (groups=)"
-        if n_rows > GROUPED_MAX_ROWS:
-            raise NotImplementedError(f"{owner}: 8-bit state on CUDA takes at most "
-                                      f"{GROUPED_MAX_ROWS} {what} in one step (their scalars "
-                                      f"travel with the launch), got {n_rows}")
     if seed is not None:
         raise ValueError(f"{owner}.rounding_seed is set but the state is 8-bit; stochastic "
                          f"rounding is for bfloat16 state")

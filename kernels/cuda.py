@@ -390,7 +390,7 @@ def _q8_body(record, scaled, options, unpack):
 
 
 def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
-                     option_sets=None, n_rows=0, per_thread=1, copy=False):
+                     option_sets=None, n_rows=0, per_thread=1, copy=False, array_rows=False):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
     scalars)``, launched with ``block // per_thread`` threads per quantization block of
@@ -410,7 +410,8 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
     else:
         from .groups import row_unpack_source
         k = len(record.scalars) + bool(scaled)
-        unpack = _define(row_unpack_source(k, n_rows), "unpack", f"row_unpack_{k}_{n_rows}")
+        unpack = _define(row_unpack_source(k, n_rows, array_rows), "unpack",
+                         f"row_unpack_{k}_{'array' if array_rows else n_rows}")
         if not sim:
             unpack = cuda.jit(device=True)(unpack)
         for q, opts in enumerate(option_sets):
@@ -444,12 +445,14 @@ def get_q8(record, scaled, options, quantized, dtype_name, warp=False, per_threa
 def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, warp=False,
                    per_thread=1, copy=False):
     """The ``cuda.jit`` grouped kernel of ``record`` on 8-bit state (lazy, one per tuple of
-    option sets, number of rows and combination)."""
+    option sets, number of rows and combination). ``n_rows=None``: the rows of scalars come
+    in a 1-D device array (any number of them) instead of a tuple passed with the launch."""
     key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
            bool(warp), int(per_thread), bool(copy)) + tuple(tuple(sorted(o.items()))
                                                          for o in option_sets)
     return _lazy(key, lambda: python_q8_kernel(record, scaled, None, quantized, dtype_name,
-                                               warp, option_sets, n_rows, per_thread, copy))
+                                               warp, option_sets, n_rows or 0, per_thread,
+                                               copy, n_rows is None))
 
 
 def launch_config(n, threads_per_block, max_blocks):

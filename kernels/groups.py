@@ -114,11 +114,15 @@ def cuda_source(n_arrays, n_kinds):
     return "\n".join(lines) + "\n"
 
 
-def row_unpack_source(k, n_rows):
+def row_unpack_source(k, n_rows, array=False):
     """``unpack(s)`` for the CUDA driver's bodies: ``s = (rows, r)``, the scalars of row ``r``
     (``k`` per row, ``n_rows`` rows) as a tuple. Each row is read with constant indices under
     a branch on ``r`` (indices computed at run time compiled, for Adam with two rows, to ~4x
-    the PTX: a chain of selects per scalar)."""
+    the PTX: a chain of selects per scalar). ``array``: ``rows`` is a 1-D device array (any
+    number of rows, read at ``r * k + j``) instead of a tuple passed with the launch."""
+    if array:
+        items = "".join(f"rows[base + {j}], " for j in range(k))
+        return f"def unpack(s):\n    rows = s[0]\n    base = s[1] * {k}\n    return ({items})\n"
     lines = ["def unpack(s):", "    rows = s[0]", "    r = s[1]"]
     for q in range(n_rows):
         items = "".join(f"rows[{q * k + j}], " for j in range(k))

@@ -265,9 +265,11 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
-def test_grouped_8bit_state_kernel_compiles_to_ptx(no_driver_device):
+@pytest.mark.parametrize("array_rows", [False, True], ids=["rows-with-launch", "rows-in-array"])
+def test_grouped_8bit_state_kernel_compiles_to_ptx(array_rows, no_driver_device):
     """The grouped 8-bit kernel (Adam, two kinds: with and without weight decay; two rows of
-    scalars): the 8-bit kernel's loads, stores and absmax, float32 math only, no FMA."""
+    scalars passed with the launch, or any number in a device array): the 8-bit kernel's
+    loads, stores and absmax, float32 math only, no FMA."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
@@ -279,11 +281,13 @@ def test_grouped_8bit_state_kernel_compiles_to_ptx(no_driver_device):
     _, sig = _ptx_signature(spec, {}, np.float32)
     f32 = types.Array(types.float32, 1, "C")
     u8 = types.Array(types.uint8, 1, "C")
+    rows = (f32 if array_rows else types.UniTuple(types.float32,
+                                                  2 * len(spec.kernel.scalars)))
     sig = sig[:2] + (u8, f32, f32, u8, f32) * 2 + (sig[4], types.Array(types.int64, 2, "C"),
-                                                   types.UniTuple(types.float32,
-                                                                  2 * len(spec.kernel.scalars)))
+                                                   rows)
     kernel = ck.python_q8_kernel(spec.kernel, False, None, (False, False, True, True, False),
-                                 "float32", True, option_sets, 2, per_thread=4)
+                                 "float32", True, option_sets, 2, per_thread=4,
+                                 array_rows=array_rows)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]

@@ -351,14 +351,18 @@ def _same_8bit_state(spec, host, back):
 NORM_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 
+@pytest.mark.parametrize("rows_in_array", [False, True], ids=["rows-with-launch",
+                                                         "rows-in-array"])
 @pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: s.name)
-def test_8bit_state_per_tensor_on_the_device_matches_the_cpu(spec):
+def test_8bit_state_per_tensor_on_the_device_matches_the_cpu(spec, rows_in_array,
+                                                             monkeypatch):
     """A record with a per-tensor pre-pass (LAMB) on 8-bit state over three tensors that cut
     the quantization blocks (a pre-pass and a row of scalars per tensor, one launch), with a
     weight decay in one group: the CPU's codes and scales, parameters within the simulator
-    bound; and with more tensors than rows of scalars travel with a launch (in a device
-    array then)."""
-    from fastopt._cuda_backend import GROUPED_MAX_ROWS
+    bound; also with the rows in a device array (as past ``GROUPED_MAX_ROWS`` tensors, here
+    set to 2 so that three tensors take that path in the simulator's time)."""
+    if rows_in_array:
+        monkeypatch.setattr("fastopt._cuda_backend.GROUPED_MAX_ROWS", 2)
     n = 45 if not REAL_GPU else 100_003
     layout = [10, 25, n - 35]
     groups = fastopt.Groups(n, [{"range": (10, 35), "weight_decay": 0.1}])
@@ -369,9 +373,6 @@ def test_8bit_state_per_tensor_on_the_device_matches_the_cpu(spec):
     dev = fastopt.to_device(host)
     fn = registry.step_function(spec)
     back = _step_both(fn, dict(layout=layout, groups=groups), host, dev, rng, 2)
-    _same_8bit_state(spec, host, back)
-    many = [1] * (GROUPED_MAX_ROWS + 1) + [n - GROUPED_MAX_ROWS - 1]
-    back = _step_both(fn, dict(layout=many), host, fastopt.to_device(host), rng, 2)
     _same_8bit_state(spec, host, back)
 
 

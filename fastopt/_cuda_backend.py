@@ -368,8 +368,8 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     block as :func:`cuda_q8_runner`, each thread stepping its element with the kernel and the
     row of scalars of its segment (the segments a device array made once; the rows by value
     with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied
-    before each launch: a quantization block may hold pieces of several segments, so it
-    cannot be split into one launch per segment as the float kernels are)."""
+    before each launch; a quantization block may hold pieces of several segments, so a
+    record with a pre-pass is one launch here too, after one pre-pass per segment)."""
     kernels = _kernels()
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
@@ -387,20 +387,14 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
                         q8=(quantized, block, lo, hi))
 
     per, nt = q8_threads(block)
-    in_array = len(rows) > GROUPED_MAX_ROWS
+    launch = _grouped_launch(kernels, args, dtype, len(rows),
+                             lambda: (min(_grid(kernels, nb * block)[0], nb), nt))
 
     def get_kernel(scaled, option_sets):
         return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
-                                      None if in_array else len(rows), quantized,
-                                      np.dtype(dtype).name, nt % 32 == 0, per,
+                                      None if len(rows) > GROUPED_MAX_ROWS else len(rows),
+                                      quantized, np.dtype(dtype).name, nt % 32 == 0, per,
                                       arrays.get("param_copy") is not None)
-
-    def launch(kernel, segs, packed):
-        if in_array:
-            packed = _cuda().to_device(np.array(packed, st))
-        blocks = _grid(kernels, nb * block)[0]
-        with kernels.exact():
-            kernel[min(blocks, nb), nt](*args, segs, packed)
     run = _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch,
                       None if of_row is None else prepass)
     if of_row is None:
@@ -444,18 +438,20 @@ def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st, bits=None,
     return tuple(packed)
 
 
-GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: one launch per segment (the scalars
-                         # travel with the launch, whose arguments are limited to 4 KiB)
+GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: in a device array copied before the
+                         # launch (they travel with the launch, whose arguments are limited to
+                         # 4 KiB)
 
 
 def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     """A grouped step on device arrays: one launch for all segments (``kernels.groups``; the
-    segments as a small device array made once, the rows of scalars by value with the launch),
-    or, for a record with a pre-pass (a norm per segment) or more than ``GROUPED_MAX_ROWS``
-    rows, one launch per segment on flat device views of it, with its group's scalars."""
+    segments as a small device array made once, the rows of scalars by value with the launch,
+    or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied before the launch),
+    or, for a record with a pre-pass (a norm per segment) or bfloat16 state or a param copy,
+    one launch per segment on flat device views of it, with its group's scalars."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
     bits = any(np.dtype(a.dtype) == np.uint16 for a in flat.values())     # (or a param copy)
-    if spec.kernel.norm_names or len(rows) > GROUPED_MAX_ROWS or bits:
+    if spec.kernel.norm_names or bits:
         runs = []
         for lo, hi, r in segments:
             runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
@@ -470,15 +466,29 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     ph = _placeholder(_cuda(), dtype)
     args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
     n = args[0].shape[0]
+    launch = _grouped_launch(kernels, args, dtype, len(rows),
+                             lambda: _grid(kernels, n))
 
     def get_kernel(scaled, option_sets):
-        return kernels.get_grouped(spec.kernel, scaled, option_sets, len(rows))
+        return kernels.get_grouped(spec.kernel, scaled, option_sets,
+                                   None if len(rows) > GROUPED_MAX_ROWS else len(rows))
+    return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch)
+
+
+def _grouped_launch(kernels, args, dtype, n_rows, grid):
+    """``launch(kernel, segs, rows)`` of a one-launch grouped kernel over ``args``: the rows of
+    scalars (a flat tuple) go with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in
+    a 1-D device array copied first (the kernel then built for array rows). ``grid()``: the
+    launch's ``(blocks, threads)``."""
+    in_array = n_rows > GROUPED_MAX_ROWS
+    st = np.dtype(dtype).type
 
     def launch(kernel, segs, packed):
-        blocks, threads = _grid(kernels, n)
+        if in_array:
+            packed = _cuda().to_device(np.array(packed, st))
         with kernels.exact():
-            kernel[blocks, threads](*args, segs, packed)
-    return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch)
+            kernel[grid()](*args, segs, packed)
+    return launch
 
 
 def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None):

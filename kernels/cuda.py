@@ -236,14 +236,16 @@ def python_kernel(record, scaled=False, **options):
 def _device_body(record, scaled, options, n_rows):
     """The record's kernel body for these option values as a CUDA *device* function (its
     grid-stride loop inside) taking its scalars as ``(rows, row)`` (``n_rows`` rows in one
-    flat tuple), for the grouped driver."""
+    flat tuple; ``None``: any number of rows in a 1-D device array), for the grouped
+    driver."""
     key = ("body", record, bool(scaled), n_rows) + tuple(sorted(options.items()))
     fn = _device.get(key)
     if fn is None:
         from .groups import row_unpack_source
         from .record import _define
         k = len(record.scalars) + bool(scaled)
-        unpack = cuda.jit(device=True)(_define(row_unpack_source(k, n_rows), "unpack",
+        unpack = cuda.jit(device=True)(_define(row_unpack_source(k, n_rows or 0,
+                                                                 n_rows is None), "unpack",
                                                f"row_unpack_{k}_{n_rows}"))
         body = python_kernel(record, scaled, **options)
         fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack))
@@ -253,7 +255,7 @@ def _device_body(record, scaled, options, n_rows):
 def python_grouped_kernel(record, scaled, option_sets, n_rows):
     """The uncompiled one-launch grouped kernel of ``record`` (``kernels.groups``):
     ``kernel(<arrays...>, segs, rows)``, one kind per entry of ``option_sets`` (dicts),
-    ``n_rows`` rows of scalars."""
+    ``n_rows`` rows of scalars (``None``: rows in a 1-D device array)."""
     from .groups import python_cuda_driver
     bodies = [_device_body(record, scaled, options, n_rows) for options in option_sets]
     return python_cuda_driver(bodies, len(record.arrays))

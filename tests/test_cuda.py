@@ -164,7 +164,9 @@ GROUPED_SPECS = [s for s in SPECS if not s.kernel.norm_names]
 @pytest.mark.parametrize("spec", GROUPED_SPECS, ids=lambda s: s.name)
 def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
     """The one-launch grouped kernel (two kinds: the first and last option combinations), as
-    fastopt launches it: float32 only, no fused multiply-add, both kinds' math present."""
+    fastopt launches it: float32 only, no fused multiply-add, both kinds' math present; every
+    other registered optimizer with its rows of scalars in a device array (as past
+    ``GROUPED_MAX_ROWS`` rows) instead of a tuple passed with the launch."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
@@ -175,9 +177,12 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
     if option_sets[0] == option_sets[1]:
         option_sets = option_sets[:1]
     _, sig = _ptx_signature(spec, {}, np.float32)
+    array_rows = SPECS.index(spec) % 2 == 1
     sig = sig[:-1] + (types.Array(types.int64, 2, "C"),
+                      types.Array(types.float32, 1, "C") if array_rows else
                       types.UniTuple(types.float32, 2 * len(spec.kernel.scalars)))
-    kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets, 2)
+    kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets,
+                                      None if array_rows else 2)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]

@@ -610,6 +610,34 @@ def test_a_grouped_step_is_one_launch_and_matches_the_cpu(spec, monkeypatch):
         assert int(_ulp_diff(a, back.arrays()[name]).max()) <= bound, name
 
 
+def test_more_groups_than_rows_travel_with_a_launch_are_still_one_launch(monkeypatch):
+    """More distinct rows of scalars than ``GROUPED_MAX_ROWS`` (17 learning rates): the rows
+    go in a device array, one launch per step (it was one per segment), equal to the CPU's
+    grouped step."""
+    from fastopt._cuda_backend import GROUPED_MAX_ROWS
+    from fastopt.kernels import cuda as kc
+    spec = registry.get("adam")
+    n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
+    groups = fastopt.Groups(n, [{"range": (3 * k, 3 * k + 3), "lr": 1e-3 * (k + 2)}
+                                for k in range(GROUPED_MAX_ROWS + 1)])
+    kw, host, dev, rng = _pair(spec, {}, np.float32, n, seed=18)
+    grouped = _CountLaunches(kc.get_grouped)
+    single = _CountLaunches(kc.get)
+    monkeypatch.setattr(kc, "get_grouped", grouped)
+    monkeypatch.setattr(kc, "get", single)
+    for _ in range(2):
+        g = rng.standard_normal(n).astype(np.float32)
+        host.grad[...] = g
+        dev.grad.copy_to_device(g)
+        fastopt.adam_step(host, backend="cpu", groups=groups, **kw)
+        fastopt.adam_step(dev, groups=groups, **kw)
+    assert grouped.launches == 2 and single.launches == 0
+    back = fastopt.to_host(dev)
+    for name, a in host.arrays().items():
+        bound = 0 if REAL_GPU and not NVVM_CONTRACTION else testinfo.info(spec).simulator_ulp
+        assert int(_ulp_diff(a, back.arrays()[name]).max()) <= bound, name
+
+
 def test_groups_on_the_device_match_the_cpu():
     n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
     groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05, "weight_decay": 0.1},

@@ -230,13 +230,14 @@ def _placeholder(cuda, dtype):
     return _PLACEHOLDERS[key]
 
 
-def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
+def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0, prepass=True):
     """``run(t)`` for one validated step on device arrays. The flat device views are made
     once: the step driver re-validates when an array's pointer, shape or strides change.
     bfloat16 state (``uint16`` arrays): the record's body with those arrays as bfloat16 views
     (``kernels.cuda.get_bf16``), rounding to nearest, or stochastically when ``seed`` is set
     (element indices from ``offset``); a ``param_copy`` (uint16) is written by the same kernel
-    (the parameter wrapped with it, ``kernels.precision.param_with_copy``)."""
+    (the parameter wrapped with it, ``kernels.precision.param_with_copy``). ``prepass=False``:
+    a record with a pre-pass gets its scalars from the caller (``run(..., scalars=)``)."""
     kernels = _kernels()
     cuda = _cuda()
     ph = _placeholder(cuda, dtype)
@@ -259,16 +260,21 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0):
                                     bool(copy))
         return kernels.get(spec.kernel, scaled, **options)
 
-    def run(t, hp_now=None, factor=None):
+    pre = None
+    if spec.kernel.norm_names and prepass:
+        pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
+
+    def run(t, hp_now=None, factor=None, scalars=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
         options, scaled, kernel, packed = _launch_parts(spec, hp_now, t, factor, st,
                                                         compiled, make)
         blocks, threads = _grid(kernels, n)
-        if spec.kernel.norm_names:
-            packed = _prepass(spec, kernels, args, packed, options, scaled, hp_now, t, st,
-                              bits if bf16 else None)
+        if scalars is not None:
+            packed = scalars
+        elif pre is not None:
+            packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         extra = ()
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
@@ -336,7 +342,10 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
                               np.dtype(dtype).name, nt % 32 == 0, per,
                               arrays.get("param_copy") is not None)
 
-    state = args[:-1] if arrays.get("param_copy") is not None else args
+    pre = None
+    if spec.kernel.norm_names:
+        pre = _PrePass(spec, _q8_state_args(args, arrays), [(0, n)], dtype,
+                       q8=(quantized, block))
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
@@ -344,9 +353,8 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
         hp_now = hp if hp_now is None else hp_now
         options, scaled, kernel, packed = _launch_parts(spec, hp_now, t, factor, st,
                                                         compiled, make)
-        if spec.kernel.norm_names:
-            packed = _prepass(spec, kernels, state, packed, options, scaled, hp_now, t, st,
-                              q8=(quantized, block, 0, n))
+        if pre is not None:
+            packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         blocks = _grid(kernels, nb * block)[0]
         with kernels.exact():
             kernel[min(blocks, nb), nt](*args, packed)
@@ -368,74 +376,130 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     block as :func:`cuda_q8_runner`, each thread stepping its element with the kernel and the
     row of scalars of its segment (the segments a device array made once; the rows by value
     with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied
-    before each launch; a quantization block may hold pieces of several segments, so a
-    record with a pre-pass is one launch here too, after one pre-pass per segment)."""
+    before each launch; a quantization block may hold pieces of several segments). A record
+    with a pre-pass: a row per segment, after one pre-pass launch for all of them
+    (:class:`_PrePass`)."""
     kernels = _kernels()
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
-    st = np.dtype(dtype).type
-    state = args[:-1] if arrays.get("param_copy") is not None else args
-    of_row = None
-    if spec.kernel.norm_names:  # a value per segment (LAMB's trust ratio): a row per segment
-        of_row = [r for _, _, r in segments]
-        rows = [rows[r] for r in of_row]
-        segments = [(lo, hi, i) for i, (lo, hi, _) in enumerate(segments)]
-
-    def prepass(i, row, hp, t, scaled):
-        lo, hi, _ = segments[i]
-        return _prepass(spec, kernels, state, row, spec.options(hp, t), scaled, hp, t, st,
-                        q8=(quantized, block, lo, hi))
-
     per, nt = q8_threads(block)
-    launch = _grouped_launch(kernels, args, dtype, len(rows),
-                             lambda: (min(_grid(kernels, nb * block)[0], nb), nt))
 
-    def get_kernel(scaled, option_sets):
-        return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
-                                      None if len(rows) > GROUPED_MAX_ROWS else len(rows),
-                                      quantized, np.dtype(dtype).name, nt % 32 == 0, per,
-                                      arrays.get("param_copy") is not None)
-    run = _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch,
-                      None if of_row is None else prepass)
-    if of_row is None:
-        return run
+    def make_run(rows, segments, prepass=None):
+        launch = _grouped_launch(kernels, args, dtype, len(rows),
+                                 lambda: (min(_grid(kernels, nb * block)[0], nb), nt))
+
+        def get_kernel(scaled, option_sets):
+            return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
+                                          None if len(rows) > GROUPED_MAX_ROWS else len(rows),
+                                          quantized, np.dtype(dtype).name, nt % 32 == 0, per,
+                                          arrays.get("param_copy") is not None)
+        return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch, prepass)
+
+    if not spec.kernel.norm_names:
+        return make_run(rows, segments)
+    return _row_per_segment(rows, segments, lambda rows, segments: make_run(
+        rows, segments, _PrePass(spec, _q8_state_args(args, arrays),
+                                 [(lo, hi) for lo, hi, _ in segments], dtype,
+                                 q8=(quantized, block))))
+
+
+def _q8_state_args(args, arrays):
+    """An 8-bit kernel's arguments without its param copy (what the pre-pass reads)."""
+    return args[:-1] if arrays.get("param_copy") is not None else args
+
+
+class _PrePass:
+    """The read-only pre-pass of a spec whose kernel record has ``norms`` (LAMB's per-tensor
+    norms), on the device, over every segment of one arena in one launch per option combination
+    (in practice one launch, whatever the number of segments): chunks of ``config.NORM_CHUNK``
+    elements from each segment's start (a table of ``(start, end, row)`` made once), each
+    chunk's sums of squares in a fixed order (``kernels.cuda.get_norms``), each segment's chunk
+    sums added on the host in order, so a segment gets the bits it gets when stepped alone. One
+    host synchronization per launch. ``segments``: ``[(lo, hi), ...]``, segment ``i`` with row
+    ``i``; ``args``: the record's arrays over the arena. ``bits``: which arrays hold bfloat16
+    state (read through bfloat16 views); ``q8``: ``(quantized, block)``, the arrays are an
+    8-bit kernel's (:func:`_q8_device_args`, no param copy), the 8-bit ones read through
+    dequantizing views."""
+
+    def __init__(self, spec, args, segments, dtype, bits=None, q8=None):
+        self.spec, self.args, self.bits, self.q8 = spec, args, bits, q8
+        self.k = len(spec.kernel.norm_names)
+        self.st = np.dtype(dtype).type
+        self.index = {name: i for i, name in enumerate(spec.kernel.scalars)}
+        chunk = config.NORM_CHUNK
+        table, self.spans = [], []
+        for i, (lo, hi) in enumerate(segments):
+            first = len(table)
+            table += [(a, min(hi, a + chunk), i) for a in range(lo, hi, chunk)]
+            self.spans.append((first, len(table)))
+        self.table = np.array(table, np.int64).reshape(-1, 3)
+        self.tables = {}            # a tuple of segments: their chunks' table, sums' array
+        self.upload = _DeviceRows(dtype)
+
+    def _launch(self, kernels, members, options, scaled, rows):
+        """The chunk sums of segments ``members`` (one option combination), on the host."""
+        spec, k = self.spec, self.k
+        made = self.tables.get(members)
+        if made is None:           # the chunks' table and their sums' array, made once
+            picked = np.concatenate([self.table[a:b] for a, b in
+                                     (self.spans[i] for i in members)])
+            made = self.tables[members] = (_cuda().to_device(picked), len(picked),
+                                           _cuda().device_array((len(picked), k), np.float64))
+        table, chunks, out = made
+        n_rows = rows.shape[0]
+        if n_rows > GROUPED_MAX_ROWS:
+            rows, n_rows = self.upload(rows.ravel()), None
+        else:
+            rows = tuple(rows.ravel())
+        grid = (min(chunks, 8192), kernels.NORM_THREADS)
+        with kernels.exact():
+            if self.q8 is not None:
+                quantized, block = self.q8
+                kernels.get_norms_q8(spec.kernel, scaled, options, k, quantized, n_rows)[grid](
+                    *self.args, np.int64(block), table, rows, out)
+            elif self.bits is None:
+                kernels.get_norms(spec.kernel, scaled, options, k, n_rows)[grid](
+                    self.args, table, rows, out)
+            else:
+                kernels.get_norms_bf16(spec.kernel, scaled, options, k, self.bits, n_rows)[
+                    grid](*self.args, np.uint64(0), np.int64(0), table, rows, out)
+        return out.copy_to_host()
+
+    def __call__(self, rows, hps, t, scaled):
+        """``rows`` (a 2-D array of the buffer dtype: row ``i`` segment ``i``'s scalars, the
+        gradient factor last when ``scaled``; ``hps[i]`` its hyperparameters) with what
+        ``spec.segment_scalars`` sets from each segment's sums replaced (in place)."""
+        kernels = _kernels()
+        spec = self.spec
+        kinds = {}
+        for i, hp in enumerate(hps):
+            if self.spans[i][1] > self.spans[i][0]:         # (an empty segment: no chunks)
+                kinds.setdefault(tuple(spec.options(hp, t).items()), []).append(i)
+        sums = np.zeros((len(rows), self.k))
+        for options, members in kinds.items():
+            host = self._launch(kernels, tuple(members), dict(options), scaled, rows)
+            at = 0
+            for i in members:
+                a, b = self.spans[i]
+                sums[i] = np.cumsum(host[at:at + b - a], axis=0)[-1]
+                at += b - a
+        for i in range(len(rows)):
+            for name, value in spec.segment_scalars(hps[i], t, tuple(sums[i].tolist())).items():
+                rows[i, self.index[name]] = self.st(value)
+        return rows
+
+
+def _row_per_segment(rows, segments, make_run):
+    """A grouped step of a record with a pre-pass, which sets a value per segment (LAMB's
+    trust ratio): ``make_run(rows, segments)`` gets one row per segment (segment ``i`` with row
+    ``i``), and the ``run(t, rows_now=None, factor=None)`` returned takes the groups' rows."""
+    of_row = [r for _, _, r in segments]
+    run = make_run([rows[r] for r in of_row],
+                   [(lo, hi, i) for i, (lo, hi, _) in enumerate(segments)])
 
     def run_by_segment(t, rows_now=None, factor=None):
         run(t, None if rows_now is None else [rows_now[r] for r in of_row], factor)
     return run_by_segment
-
-
-def _prepass(spec, kernels, args, packed, options, scaled, hp, t, st, bits=None, q8=None):
-    """The read-only pre-pass of a spec whose kernel record has ``norms``, on the device: the
-    segment's sums of squares per chunk (``kernels.cuda.get_norms``, a fixed order), added on
-    the host in order; returns the scalars with those ``spec.segment_scalars`` sets replaced.
-    One host synchronization per segment and step. ``bits``: which arrays hold bfloat16
-    state (read through bfloat16 views). ``q8``: ``(quantized, block, lo, hi)``, the arrays
-    are an 8-bit kernel's (:func:`_q8_device_args`, no param copy) and the segment is elements
-    ``lo .. hi - 1`` (8-bit state read through dequantizing views)."""
-    k = len(spec.kernel.norm_names)
-    n = args[0].shape[0] if q8 is None else q8[3] - q8[2]
-    chunks = -(-n // config.NORM_CHUNK)
-    out = _cuda().device_array((chunks, k), np.float64)
-    grid = (min(chunks, 8192), kernels.NORM_THREADS)
-    with kernels.exact():
-        if q8 is not None:
-            quantized, block, lo, hi = q8
-            kernels.get_norms_q8(spec.kernel, scaled, options, k, quantized)[grid](
-                *args, np.int64(block), np.int64(lo), np.int64(hi), packed,
-                config.NORM_CHUNK, out)
-        elif bits is None:
-            kernels.get_norms(spec.kernel, scaled, options, k)[grid](
-                args, packed, config.NORM_CHUNK, out)
-        else:
-            kernels.get_norms_bf16(spec.kernel, scaled, options, k, bits)[grid](
-                *args, np.uint64(0), np.int64(0), packed, config.NORM_CHUNK, out)
-    sums = np.cumsum(out.copy_to_host(), axis=0)[-1]
-    packed = list(packed)
-    index = {name: i for i, name in enumerate(spec.kernel.scalars)}
-    for name, value in spec.segment_scalars(hp, t, tuple(sums.tolist())).items():
-        packed[index[name]] = st(value)
-    return tuple(packed)
 
 
 GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: in a device array copied before the
@@ -446,46 +510,104 @@ GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: in a device array copi
 def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     """A grouped step on device arrays: one launch for all segments (``kernels.groups``; the
     segments as a small device array made once, the rows of scalars by value with the launch,
-    or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied before the launch),
-    or, for a record with a pre-pass (a norm per segment) or bfloat16 state or a param copy,
-    one launch per segment on flat device views of it, with its group's scalars."""
+    or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied before the launch).
+    A record with a pre-pass (a norm per segment): a row per segment, after one pre-pass launch
+    for all of them (:class:`_PrePass`). bfloat16 state or a param copy: one launch per
+    segment on flat device views of it, with its group's scalars (after the one pre-pass)."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
-    bits = any(np.dtype(a.dtype) == np.uint16 for a in flat.values())     # (or a param copy)
-    if spec.kernel.norm_names or bits:
-        runs = []
-        for lo, hi, r in segments:
-            runs.append((cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype,
-                                     rows[r], seed, lo), r))
-
-        def run(t, rows_now=None, factor=None):
-            rows_now = rows if rows_now is None else rows_now
-            for segment_run, r in runs:
-                segment_run(t, rows_now[r], factor)
-        return run
     kernels = _kernels()
     ph = _placeholder(_cuda(), dtype)
     args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
     n = args[0].shape[0]
-    launch = _grouped_launch(kernels, args, dtype, len(rows),
-                             lambda: _grid(kernels, n))
+    bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
+    if any(bits) or "param_copy" in flat:
+        return _per_segment_runner(spec, flat, args, dtype, rows, segments, seed,
+                                   bits if any(bits) else None)
 
-    def get_kernel(scaled, option_sets):
-        return kernels.get_grouped(spec.kernel, scaled, option_sets,
-                                   None if len(rows) > GROUPED_MAX_ROWS else len(rows))
-    return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch)
+    def make_run(rows, segments, prepass=None):
+        launch = _grouped_launch(kernels, args, dtype, len(rows), lambda: _grid(kernels, n))
+
+        def get_kernel(scaled, option_sets):
+            return kernels.get_grouped(spec.kernel, scaled, option_sets,
+                                       None if len(rows) > GROUPED_MAX_ROWS else len(rows))
+        return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass)
+
+    if not spec.kernel.norm_names:
+        return make_run(rows, segments)
+    return _row_per_segment(rows, segments, lambda rows, segments: make_run(
+        rows, segments, _PrePass(spec, args, [(lo, hi) for lo, hi, _ in segments], dtype)))
+
+
+def _per_segment_runner(spec, flat, args, dtype, rows, segments, seed, bits):
+    """A grouped step on bfloat16 state and/or with a param copy: one launch per segment on
+    flat device views (:func:`cuda_runner`), a record with a pre-pass after one pre-pass launch
+    for all segments (``args``: the record's arrays over the whole arena; ``bits``: which of
+    them hold bfloat16 state)."""
+    pre = None
+    if spec.kernel.norm_names:
+        pre = _PrePass(spec, args, [(lo, hi) for lo, hi, _ in segments], dtype, bits)
+    runs = [(cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype, rows[r], seed,
+                         lo, prepass=False), r) for lo, hi, r in segments]
+    st = np.dtype(dtype).type
+
+    def run(t, rows_now=None, factor=None):
+        rows_now = rows if rows_now is None else rows_now
+        scalars = [None] * len(runs)
+        if pre is not None:
+            hps = [rows_now[r] for _, r in runs]
+            scalars = [tuple(row) for row in pre(_rows(spec, hps, t, st, factor), hps, t,
+                                                  factor is not None)]
+        for (segment_run, r), s in zip(runs, scalars):
+            segment_run(t, rows_now[r], factor, s)
+    return run
+
+
+class _DeviceRows:
+    """Rows of scalars in a device array, for one launch site, uploaded without a host
+    synchronization: a device array made once is filled by an asynchronous copy on the default
+    stream (ordered with the launches) from one of ``RING`` page-locked host buffers, each
+    reused only after the copy that read it has run (an event each). (``cuda.to_device`` per
+    launch allocated device memory and made a blocking copy, which waits for the GPU: the
+    host's launch work then no longer overlaps the previous kernel.) Under the simulator:
+    ``to_device``."""
+    RING = 4
+
+    def __init__(self, dtype):
+        self.st = np.dtype(dtype).type
+        self.size = -1
+
+    def __call__(self, values):
+        cuda = _cuda()
+        if simulator_active():
+            return cuda.to_device(np.array(values, self.st))
+        n = len(values)
+        if n != self.size:
+            self.dev = cuda.device_array(n, self.st)
+            self.host = [cuda.pinned_array(n, self.st) for _ in range(self.RING)]
+            self.done = [cuda.event(timing=False) for _ in range(self.RING)]
+            self.used = [False] * self.RING
+            self.size, self.next = n, 0
+        j = self.next
+        self.next = (j + 1) % self.RING
+        if self.used[j]:
+            self.done[j].synchronize()
+        self.host[j][:] = values
+        stream = cuda.default_stream()
+        self.dev.copy_to_device(self.host[j], stream=stream)
+        self.done[j].record(stream)
+        self.used[j] = True
+        return self.dev
 
 
 def _grouped_launch(kernels, args, dtype, n_rows, grid):
     """``launch(kernel, segs, rows)`` of a one-launch grouped kernel over ``args``: the rows of
     scalars (a flat tuple) go with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in
-    a 1-D device array copied first (the kernel then built for array rows). ``grid()``: the
-    launch's ``(blocks, threads)``."""
-    in_array = n_rows > GROUPED_MAX_ROWS
-    st = np.dtype(dtype).type
+    a 1-D device array copied first (:class:`_DeviceRows`; the kernel then built for array
+    rows). ``grid()``: the launch's ``(blocks, threads)``."""
+    upload = _DeviceRows(dtype) if n_rows > GROUPED_MAX_ROWS else None
 
     def launch(kernel, segs, packed):
-        if in_array:
-            packed = _cuda().to_device(np.array(packed, st))
+        packed = upload(packed.ravel()) if upload is not None else tuple(packed.ravel())
         with kernels.exact():
             kernel[grid()](*args, segs, packed)
     return launch
@@ -495,10 +617,10 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
     """``run(t, rows_now=None, factor=None)`` of a grouped step in one launch:
     ``get_kernel(scaled, option_sets)`` (one kind per distinct option combination of the rows),
     the segments ``(lo, hi, row, kind)`` as a device array made once per set of kinds, and
-    ``launch(kernel, segs, rows)`` with every row's scalars in one flat tuple (the gradient
-    factor last in each row when there is one). ``n == 0``: nothing to launch. ``prepass(r,
-    row, hp, t, scaled)``: row ``r``'s scalars (a tuple of the buffer dtype) with what its
-    pre-pass sets (a record with norms: one row per segment)."""
+    ``launch(kernel, segs, rows)`` with every row's scalars in a 2-D array of the buffer
+    dtype (the gradient factor last in each row when there is one; :func:`_rows`). ``n == 0``:
+    nothing to launch. ``prepass(rows, hps, t, scaled)``: ``rows`` with what the pre-pass sets
+    (a record with norms: one row per segment, :class:`_PrePass`)."""
     cuda = _cuda()
     st = np.dtype(dtype).type
     plans = {}
@@ -530,15 +652,26 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         else:
             work = plan(rows_now, t, scaled)
         kernel, segs = work
-        flat_rows = []
-        for r, hp in enumerate(rows_now):
-            row = spec.kernel_scalars(hp, t, st).tolist()
-            if scaled:
-                row.append(factor)
-            row = tuple(st(v) for v in row)
-            flat_rows += row if prepass is None else prepass(r, row, hp, t, scaled)
-        launch(kernel, segs, tuple(flat_rows))
+        packed = _rows(spec, rows_now, t, st, factor)
+        if prepass is not None:
+            packed = prepass(packed, rows_now, t, scaled)
+        launch(kernel, segs, packed)
     return run
+
+
+def _rows(spec, hps, t, st, factor=None):
+    """The rows of packed scalars of ``hps`` at step ``t`` as a 2-D array of ``st`` (the
+    gradient factor last in each row when given), each distinct row computed once (a row per
+    tensor repeats its group's: :func:`_row_per_segment`)."""
+    k = len(spec.kernel.scalars)
+    first = {}
+    which = [first.setdefault(id(hp), len(first)) for hp in hps]
+    distinct = list({id(hp): hp for hp in hps}.values())
+    out = np.empty((len(distinct), k + (factor is not None)), st)
+    spec.fill_scalar_rows(distinct, t, out[:, :k])
+    if factor is not None:
+        out[:, k] = factor
+    return out if len(distinct) == len(hps) else out[which]
 
 
 def device_sum_of_squares(g, chunk):

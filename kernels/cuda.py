@@ -141,21 +141,22 @@ norms = unpack = None
 
 
 def _segment_norms_body(k):
-    """The CUDA pre-pass of a kernel record with ``norms``: ``out[c, j]`` = the sum of squares
-    (float64) of value ``j`` over chunk ``c``, in the order of :func:`chunk_sum_of_squares`
-    (thread-strided, then a fixed tree); the host adds the chunk sums in order."""
-    def segment_norms(arrs, s, chunk, out):
-        sc = unpack(s)
+    """The CUDA pre-pass of a kernel record with ``norms``, over every segment (tensor) of an
+    arena in one launch: ``out[c, j]`` = the sum of squares (float64) of value ``j`` over chunk
+    ``c``, elements ``chunks[c, 0] .. chunks[c, 1] - 1`` with the scalars of row ``chunks[c,
+    2]`` (``rows`` as the grouped kernels take them), in the order of
+    :func:`chunk_sum_of_squares` (thread-strided, then a fixed tree); the host adds each
+    segment's chunk sums in order."""
+    def segment_norms(arrs, chunks, rows, out):
         sh = cuda.shared.array((NORMS_MAX, NORM_THREADS), float64)
         acc = cuda.local.array(NORMS_MAX, float64)
         tid = cuda.threadIdx.x
-        n = arrs[0].shape[0]
-        for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
-            start = c * chunk
-            end = min(n, start + chunk)
+        for c in range(cuda.blockIdx.x, chunks.shape[0], cuda.gridDim.x):
+            end = chunks[c, 1]
+            sc = unpack((rows, chunks[c, 2]))
             for j in range(k):
                 acc[j] = 0.0
-            i = start + tid
+            i = chunks[c, 0] + tid
             while i < end:
                 vals = norms(arrs, i, sc)
                 for j in range(k):
@@ -183,9 +184,10 @@ _compiled = {}
 _lock = threading.Lock()
 
 
-def python_norms_kernel(record, scaled, options, k):
+def python_norms_kernel(record, scaled, options, k, n_rows=1):
     """The uncompiled pre-pass kernel of ``record`` (a record with ``norms``) for these option
-    values: ``kernel(arrays_tuple, scalars_tuple, chunk, out)``."""
+    values: ``kernel(arrays_tuple, chunks, rows, out)`` (:func:`_segment_norms_body`; ``n_rows``
+    rows of scalars in one flat tuple, ``None``: in a 1-D device array)."""
     if k > NORMS_MAX:
         raise ValueError(f"kernel record {record.name!r}: its norms function returns {k} "
                          f"values; the CUDA pre-pass takes at most {NORMS_MAX}")
@@ -194,13 +196,29 @@ def python_norms_kernel(record, scaled, options, k):
     if elem is None:
         elem = _device[key] = cuda.jit(device=True)(record.elem)
     adapter = cuda.jit(device=True)(record.norms_adapter(elem, options, scaled))
-    return bind(_segment_norms_body(k), norms=adapter, unpack=unpack_tuple)
+    return bind(_segment_norms_body(k), norms=adapter,
+                unpack=_row_unpack(len(record.scalars) + bool(scaled), n_rows))
 
 
-def get_norms(record, scaled, options, k):
-    """The ``cuda.jit`` pre-pass kernel of ``record`` (lazy, one per option combination)."""
-    key = ("norms", record, bool(scaled), k) + tuple(sorted(options.items()))
-    return _lazy(key, lambda: python_norms_kernel(record, scaled, options, k))
+def get_norms(record, scaled, options, k, n_rows=1):
+    """The ``cuda.jit`` pre-pass kernel of ``record`` (lazy, one per option combination and
+    number of rows)."""
+    key = ("norms", record, bool(scaled), k, n_rows) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_norms_kernel(record, scaled, options, k, n_rows))
+
+
+def _row_unpack(k, n_rows):
+    """``unpack((rows, r))`` as a device function: row ``r`` of ``n_rows`` rows of ``k``
+    scalars (``kernels.groups.row_unpack_source``; ``None``: rows in a device array)."""
+    key = ("unpack", k, n_rows)
+    fn = _device.get(key)
+    if fn is None:
+        from .groups import row_unpack_source
+        from .record import _define
+        fn = _device[key] = cuda.jit(device=True)(_define(
+            row_unpack_source(k, n_rows or 0, n_rows is None), "unpack",
+            f"row_unpack_{k}_{n_rows}"))
+    return fn
 
 
 def _lazy(key, python):
@@ -241,12 +259,7 @@ def _device_body(record, scaled, options, n_rows):
     key = ("body", record, bool(scaled), n_rows) + tuple(sorted(options.items()))
     fn = _device.get(key)
     if fn is None:
-        from .groups import row_unpack_source
-        from .record import _define
-        k = len(record.scalars) + bool(scaled)
-        unpack = cuda.jit(device=True)(_define(row_unpack_source(k, n_rows or 0,
-                                                                 n_rows is None), "unpack",
-                                               f"row_unpack_{k}_{n_rows}"))
+        unpack = _row_unpack(len(record.scalars) + bool(scaled), n_rows)
         body = python_kernel(record, scaled, **options)
         fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack))
     return fn
@@ -317,9 +330,9 @@ def get_bf16(record, scaled, options, bits, stochastic, copy=False):
                                                  copy))
 
 
-def python_bf16_norms_kernel(record, scaled, options, k, bits):
+def python_bf16_norms_kernel(record, scaled, options, k, bits, n_rows=1):
     """The uncompiled pre-pass kernel of ``record`` on bfloat16 state (``bits[j]``: array
-    ``j`` holds bfloat16 bits): ``kernel(a0, .., key, offset, s, chunk, out)`` runs the
+    ``j`` holds bfloat16 bits): ``kernel(a0, .., key, offset, chunks, rows, out)`` runs the
     pre-pass (:func:`python_norms_kernel`, a device function) on the arrays with those wrapped
     as bfloat16 views. The pre-pass only reads, so the views never round."""
     from numba import config as numba_config
@@ -327,7 +340,7 @@ def python_bf16_norms_kernel(record, scaled, options, k, bits):
     from . import precision
     from .record import _define
     # (a device function under the simulator too: it swaps in its fake ``cuda`` module then)
-    body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k))
+    body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k, n_rows))
     if numba_config.ENABLE_CUDASIM:
         def view(a, key, offset, stochastic):
             return precision.SimBF16(a, key, offset, stochastic)
@@ -336,47 +349,50 @@ def python_bf16_norms_kernel(record, scaled, options, k, bits):
     params = ", ".join(f"a{j}" for j in range(len(bits)))
     arrs = "".join(f"view(a{j}, key, offset, False), " if b else f"a{j}, "
                    for j, b in enumerate(bits))
-    return _define(f"def bf16_norms({params}, key, offset, s, chunk, out):\n"
-                   f"    body(({arrs}), s, chunk, out)\n", "bf16_norms",
+    return _define(f"def bf16_norms({params}, key, offset, chunks, rows, out):\n"
+                   f"    body(({arrs}), chunks, rows, out)\n", "bf16_norms",
                    f"bf16_norms_{record.name}", body=body, view=view)
 
 
-def get_norms_bf16(record, scaled, options, k, bits):
+def get_norms_bf16(record, scaled, options, k, bits, n_rows=1):
     """The ``cuda.jit`` pre-pass kernel of ``record`` on bfloat16 state (lazy)."""
-    key = ("norms_bf16", record, bool(scaled), k, tuple(bits)) + tuple(sorted(options.items()))
-    return _lazy(key, lambda: python_bf16_norms_kernel(record, scaled, options, k, bits))
+    key = ("norms_bf16", record, bool(scaled), k, tuple(bits), n_rows) + tuple(
+        sorted(options.items()))
+    return _lazy(key, lambda: python_bf16_norms_kernel(record, scaled, options, k, bits,
+                                                       n_rows))
 
 
-def python_q8_norms_kernel(record, scaled, options, k, quantized):
+def python_q8_norms_kernel(record, scaled, options, k, quantized, n_rows=1):
     """The uncompiled pre-pass kernel of ``record`` on 8-bit state (``quantized[j]``: array
     ``j`` is 8-bit, passed as codes, scales, map values, first table and midpoints, as to
-    :func:`python_q8_kernel`): ``kernel(<arrays>, block, lo, hi, s, chunk, out)`` runs the
-    pre-pass (:func:`python_norms_kernel`) over elements ``lo .. hi - 1``, the 8-bit arrays
-    read through dequantizing views (``kernels.quant8.q8_view``), the others as slices."""
+    :func:`python_q8_kernel`): ``kernel(<arrays>, block, chunks, rows, out)`` runs the pre-pass
+    (:func:`python_norms_kernel`) with the 8-bit arrays read through dequantizing views
+    (``kernels.quant8.q8_view``)."""
     from numba import config as numba_config
 
     from . import quant8
     from .record import _define
-    body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k))
+    body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k, n_rows))
     params, arrs = [], []
     for j, q in enumerate(quantized):
         if q:
             params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
-            arrs.append(f"view(c{j}, s{j}, v{j}, block, lo)")
+            arrs.append(f"view(c{j}, s{j}, v{j}, block, 0)")
         else:
             params.append(f"a{j}")
-            arrs.append(f"a{j}[lo:hi]")
+            arrs.append(f"a{j}")
     view = quant8.SimQ8 if numba_config.ENABLE_CUDASIM else quant8.q8_view
-    return _define(f"def q8_norms({', '.join(params)}, block, lo, hi, s, chunk, out):\n"
-                   f"    body(({', '.join(arrs)},), s, chunk, out)\n", "q8_norms",
+    return _define(f"def q8_norms({', '.join(params)}, block, chunks, rows, out):\n"
+                   f"    body(({', '.join(arrs)},), chunks, rows, out)\n", "q8_norms",
                    f"q8_norms_{record.name}", body=body, view=view)
 
 
-def get_norms_q8(record, scaled, options, k, quantized):
+def get_norms_q8(record, scaled, options, k, quantized, n_rows=1):
     """The ``cuda.jit`` pre-pass kernel of ``record`` on 8-bit state (lazy)."""
-    key = ("norms_q8", record, bool(scaled), k, tuple(quantized)) + tuple(
+    key = ("norms_q8", record, bool(scaled), k, tuple(quantized), n_rows) + tuple(
         sorted(options.items()))
-    return _lazy(key, lambda: python_q8_norms_kernel(record, scaled, options, k, quantized))
+    return _lazy(key, lambda: python_q8_norms_kernel(record, scaled, options, k, quantized,
+                                                     n_rows))
 
 
 def _q8_body(record, scaled, options, unpack):

@@ -304,10 +304,13 @@ PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("n_rows", [2, None], ids=["rows-with-launch", "rows-in-array"])
 @pytest.mark.parametrize("spec", PREPASS_SPECS, ids=lambda s: s.name)
-def test_pre_pass_kernel_compiles_to_ptx(spec, no_driver_device):
-    """A per-segment pre-pass (LAMB's norms) in float32: float32 loads and per-element math
-    (no float64 division or square root), float64 accumulation, a shared-memory tree."""
+def test_pre_pass_kernel_compiles_to_ptx(spec, n_rows, no_driver_device):
+    """The pre-pass (LAMB's norms, every segment of an arena in one launch, each chunk with
+    its segment's row of scalars) in float32: float32 loads and per-element math (no float64
+    division or square root), float64 accumulation, a shared-memory tree; the rows by value
+    with the launch or in a device array."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
@@ -315,11 +318,12 @@ def test_pre_pass_kernel_compiles_to_ptx(spec, no_driver_device):
     combo = testinfo.option_combinations(spec)[-1]
     hp = spec.validate(dict(spec.defaults, **combo))
     arr = types.Array(types.float32, 1, "C")
-    sig = (types.UniTuple(arr, len(spec.kernel.arrays)),
-           types.UniTuple(types.float32, len(spec.kernel.scalars)), types.int64,
-           types.Array(types.float64, 2, "C"))
+    rows = (types.UniTuple(types.float32, n_rows * len(spec.kernel.scalars)) if n_rows
+            else arr)
+    sig = (types.UniTuple(arr, len(spec.kernel.arrays)), types.Array(types.int64, 2, "C"),
+           rows, types.Array(types.float64, 2, "C"))
     kernel = ck.python_norms_kernel(spec.kernel, False, spec.options(hp, 2),
-                                    len(spec.kernel.norm_names))
+                                    len(spec.kernel.norm_names), n_rows)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     assert "ld.global.f32" in ptx and "bar.sync" in ptx and ".shared" in ptx
@@ -346,7 +350,8 @@ def test_pre_pass_on_compressed_state_compiles_to_ptx(spec, state, no_driver_dev
     hp = spec.validate(dict(spec.defaults, **combo))
     n, k = len(spec.kernel.arrays), len(spec.kernel.norm_names)
     f32 = types.Array(types.float32, 1, "C")
-    tail = (types.UniTuple(types.float32, len(spec.kernel.scalars)), types.int64,
+    tail = (types.Array(types.int64, 2, "C"),
+            types.UniTuple(types.float32, len(spec.kernel.scalars)),
             types.Array(types.float64, 2, "C"))
     compressed = (False, False) + (True,) * (n - 2)
     if state == "bfloat16":
@@ -357,7 +362,7 @@ def test_pre_pass_on_compressed_state_compiles_to_ptx(spec, state, no_driver_dev
         load, store = "ld.global.u16", "st.global.u16"
     else:
         u8 = types.Array(types.uint8, 1, "C")
-        sig = (f32, f32) + (u8, f32, f32, u8, f32) * (n - 2) + (types.int64,) * 3 + tail
+        sig = (f32, f32) + (u8, f32, f32, u8, f32) * (n - 2) + (types.int64,) + tail
         kernel = ck.python_q8_norms_kernel(spec.kernel, False, spec.options(hp, 2), k,
                                            compressed)
         load, store = "ld.global.u8", "st.global.u8"

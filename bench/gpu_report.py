@@ -509,10 +509,100 @@ def state_with_groups_on_device():
     return out
 
 
+@section("lamb")
+def lamb_on_device(n=10_000_000):
+    """Steps over many tensors or groups on the device, at 1e7 elements: LAMB float32 in 1, 10
+    and 100 equal tensors (its per-tensor pre-pass), Adam plain and with 10 and 40 groups of
+    distinct learning rates (40: rows of scalars in a device array); per step on the GPU's
+    timeline (CUDA events) and the host's time per call (calls issued back to back, the clock
+    read before the final synchronization: above the event time, the host is the limit), and
+    a host profile of LAMB over 10 tensors and of Adam with 40 groups."""
+    import cProfile
+    import io
+    import pstats
+    from fastopt.groups import Groups
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    out = {}
+
+    def host_time(fn, reps):
+        for _ in range(3):
+            fn()
+        cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        host = (time.perf_counter() - t0) / reps
+        cuda.synchronize()
+        return host
+
+    def profile(fn, steps=20):
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(steps):
+            fn()
+        cuda.synchronize()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(12)
+        return text.getvalue()
+
+    cases = {}
+    b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
+    cases["adam"] = (lambda b=b: fastopt.adam_step(b))
+    for k in (10, 40):
+        edges = np.linspace(0, n, k + 1).astype(int)
+        groups = Groups(n, [{"range": (int(a), int(c)), "lr": 1e-3 * (1 + i / k)}
+                            for i, (a, c) in enumerate(zip(edges[:-1], edges[1:]))])
+        b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
+        cases[f"adam, {k} groups of distinct lr"] = (
+            lambda b=b, groups=groups: fastopt.adam_step(b, groups=groups))
+    for tensors in (1, 10, 100):
+        layout = [n // tensors] * (tensors - 1) + [n - (tensors - 1) * (n // tensors)]
+        b = fastopt.to_device(fastopt.LAMBBuffers.zeros(p.copy(), g.copy()))
+        cases[f"lamb, {tensors} tensors"] = (
+            lambda b=b, layout=layout: fastopt.lamb_step(b, layout=layout, weight_decay=0.01))
+    from fastopt import _cuda_backend
+
+    def rows_in_array(step):
+        def fn():
+            saved = _cuda_backend.GROUPED_MAX_ROWS
+            _cuda_backend.GROUPED_MAX_ROWS = 0
+            try:
+                step()
+            finally:
+                _cuda_backend.GROUPED_MAX_ROWS = saved
+        return fn
+    for name in ("adam, 10 groups of distinct lr", "lamb, 10 tensors"):
+        step = cases[name].__defaults__      # (fresh buffers: a runner keeps its row mode)
+        if name.startswith("adam"):
+            b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
+            cases[name + ", rows in array"] = rows_in_array(
+                lambda b=b, groups=step[1]: fastopt.adam_step(b, groups=groups))
+        else:
+            b = fastopt.to_device(fastopt.LAMBBuffers.zeros(p.copy(), g.copy()))
+            cases[name + ", rows in array"] = rows_in_array(
+                lambda b=b, layout=step[1]: fastopt.lamb_step(b, layout=layout,
+                                                              weight_decay=0.01))
+    for name, fn in cases.items():
+        reps = reps_for(n)
+        ev = event_time(fn, reps)
+        host = host_time(fn, reps)
+        out[name] = {"event_s": ev, "host_s": host}
+        print(f"{name:48s} GPU timeline {us(ev)}, host per call {us(host)}", flush=True)
+    for name in ("lamb, 10 tensors", "adam, 40 groups of distinct lr"):
+        text = profile(cases[name])
+        out[f"profile: {name}"] = text
+        print(f"-- profile, 20 steps: {name}")
+        print("\n".join(line[:150] for line in text.splitlines()[:20]), flush=True)
+    return out
+
+
 SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "every": every_optimizer, "bitwise": bitwise, "launch": launch_sweep,
             "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device,
-            "state_groups": state_with_groups_on_device}
+            "state_groups": state_with_groups_on_device, "lamb": lamb_on_device}
 
 
 def main(out, names=tuple(SECTIONS)):

@@ -386,7 +386,7 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
 
     def make_run(rows, segments, prepass=None):
         launch = _grouped_launch(kernels, args, dtype, len(rows),
-                                 lambda: (min(_grid(kernels, nb * block)[0], nb), nt))
+                                 lambda segs: (min(_grid(kernels, nb * block)[0], nb), nt))
 
         def get_kernel(scaled, option_sets):
             return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
@@ -525,12 +525,16 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
                                    bits if any(bits) else None)
 
     def make_run(rows, segments, prepass=None):
-        launch = _grouped_launch(kernels, args, dtype, len(rows), lambda: _grid(kernels, n))
+        from .kernels.groups import cuda_tiles
+        blocks, threads = _grid(kernels, n)
+        launch = _grouped_launch(kernels, args, dtype, len(rows),
+                                 lambda tiles: (min(blocks, tiles.shape[0]), threads))
 
         def get_kernel(scaled, option_sets):
             return kernels.get_grouped(spec.kernel, scaled, option_sets,
                                        None if len(rows) > GROUPED_MAX_ROWS else len(rows))
-        return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass)
+        return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass,
+                           lambda segs: cuda_tiles(segs, n, blocks, threads))
 
     if not spec.kernel.norm_names:
         return make_run(rows, segments)
@@ -603,24 +607,25 @@ def _grouped_launch(kernels, args, dtype, n_rows, grid):
     """``launch(kernel, segs, rows)`` of a one-launch grouped kernel over ``args``: the rows of
     scalars (a flat tuple) go with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in
     a 1-D device array copied first (:class:`_DeviceRows`; the kernel then built for array
-    rows). ``grid()``: the launch's ``(blocks, threads)``."""
+    rows). ``grid(segs)``: the launch's ``(blocks, threads)``."""
     upload = _DeviceRows(dtype) if n_rows > GROUPED_MAX_ROWS else None
 
     def launch(kernel, segs, packed):
         packed = upload(packed.ravel()) if upload is not None else tuple(packed.ravel())
         with kernels.exact():
-            kernel[grid()](*args, segs, packed)
+            kernel[grid(segs)](*args, segs, packed)
     return launch
 
 
-def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None):
+def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None, cut=None):
     """``run(t, rows_now=None, factor=None)`` of a grouped step in one launch:
     ``get_kernel(scaled, option_sets)`` (one kind per distinct option combination of the rows),
     the segments ``(lo, hi, row, kind)`` as a device array made once per set of kinds, and
     ``launch(kernel, segs, rows)`` with every row's scalars in a 2-D array of the buffer
     dtype (the gradient factor last in each row when there is one; :func:`_rows`). ``n == 0``:
     nothing to launch. ``prepass(rows, hps, t, scaled)``: ``rows`` with what the pre-pass sets
-    (a record with norms: one row per segment, :class:`_PrePass`)."""
+    (a record with norms: one row per segment, :class:`_PrePass`). ``cut(segs)``: the
+    table the kernel takes instead of the segments' (the float kernel's tiles)."""
     cuda = _cuda()
     st = np.dtype(dtype).type
     plans = {}
@@ -637,6 +642,8 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         if work is None:
             segs = np.array([(lo, hi, r, k) for (lo, hi, r), k in zip(segments, kinds)],
                             np.int64)
+            if cut is not None:
+                segs = cut(segs)
             work = plans[key] = (get_kernel(scaled, option_sets), cuda.to_device(segs))
         return work
 

@@ -86,6 +86,13 @@ def grid_range(n):
 
 
 @cuda.jit(device=True)
+def block_range(n):
+    """This thread's indices of a block-stride loop over ``n`` elements (the grouped kernel's
+    bodies: each block steps its own tiles)."""
+    return range(cuda.threadIdx.x, n, cuda.blockDim.x)
+
+
+@cuda.jit(device=True)
 def unpack_tuple(s):
     """On CUDA the scalars already arrive as a tuple."""
     return s
@@ -252,16 +259,17 @@ def python_kernel(record, scaled=False, **options):
 
 
 def _device_body(record, scaled, options, n_rows):
-    """The record's kernel body for these option values as a CUDA *device* function (its
-    grid-stride loop inside) taking its scalars as ``(rows, row)`` (``n_rows`` rows in one
-    flat tuple; ``None``: any number of rows in a 1-D device array), for the grouped
-    driver."""
+    """The record's kernel body for these option values as a CUDA *device* function (a
+    block-stride loop inside: :func:`block_range`) taking its scalars as ``(rows, row)``
+    (``n_rows`` rows in one flat tuple; ``None``: any number of rows in a 1-D device array),
+    for the grouped driver."""
     key = ("body", record, bool(scaled), n_rows) + tuple(sorted(options.items()))
     fn = _device.get(key)
     if fn is None:
         unpack = _row_unpack(len(record.scalars) + bool(scaled), n_rows)
         body = python_kernel(record, scaled, **options)
-        fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack))
+        fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack,
+                                                       loop=block_range))
     return fn
 
 

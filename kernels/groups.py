@@ -99,19 +99,42 @@ def cpu_items(segments, kinds, n, chunks):
 
 
 def cuda_source(n_arrays, n_kinds):
-    """The CUDA driver's source: ``grouped(a0, .., segs, rows)``; every thread walks the
-    segments (``segs``, a device array of rows ``(lo, hi, row, kind)``) and runs the body of
-    the segment's kind, whose grid-stride loop gives it its elements of the slice, with the
-    scalars ``(rows, row)``: ``rows`` is every row's scalars in one flat tuple, passed by value
-    with the launch (:func:`row_unpack_source` takes the row out of it)."""
+    """The CUDA driver's source: ``grouped(a0, .., tiles, rows)``; each thread block takes
+    tiles (``tiles``, a device array of rows ``(lo, hi, row, kind)``: the segments cut into
+    pieces of about one block's share of the arena, :func:`cuda_tiles`) in a grid-stride loop
+    over tiles, and runs the body of the tile's kind on the tile's slice, whose block-local
+    loop gives each thread its elements, with the scalars ``(rows, row)``: ``rows`` is every
+    row's scalars in one flat tuple passed by value with the launch, or a device array
+    (:func:`row_unpack_source` takes the row out of it). (Before: every thread walked every
+    segment with a grid-stride loop over it; a grid sized for the arena then mostly found no
+    work in a small segment: 40 segments of 1e7 elements took 8.6x a plain step on an H100.)"""
     params = ", ".join(f"a{j}" for j in range(n_arrays))
-    lines = [f"def grouped({params}, segs, rows):",
-             "    for s in range(segs.shape[0]):",
-             "        lo = segs[s, 0]",
-             "        hi = segs[s, 1]",
-             "        kind = segs[s, 3]",
-             *_call_lines(n_arrays, n_kinds, " " * 8, "(rows, segs[s, 2])")]
+    lines = [f"def grouped({params}, tiles, rows):",
+             "    for s in range(cuda.blockIdx.x, tiles.shape[0], cuda.gridDim.x):",
+             "        lo = tiles[s, 0]",
+             "        hi = tiles[s, 1]",
+             "        kind = tiles[s, 3]",
+             *_call_lines(n_arrays, n_kinds, " " * 8, "(rows, tiles[s, 2])")]
     return "\n".join(lines) + "\n"
+
+
+def cuda_tiles(segments, n, blocks, threads):
+    """The tiles of :func:`cuda_source` for ``segments`` ``((lo, hi, row, kind), ...)``
+    covering ``[0, n)``: each segment cut from its start into tiles of one size, a multiple of
+    ``threads``, about ``n / blocks`` elements (at least ``threads``), so that ``blocks``
+    blocks get about one tile each. Elements are independent: how they are cut changes no
+    bit."""
+    tile = max(1, -(-(-(-n // max(1, blocks))) // threads)) * threads
+    out = []
+    for lo, hi, row, kind in segments:
+        starts = np.arange(lo, hi, tile, dtype=np.int64)
+        piece = np.empty((starts.size, 4), np.int64)
+        piece[:, 0] = starts
+        piece[:, 1] = np.minimum(starts + tile, hi)
+        piece[:, 2] = row
+        piece[:, 3] = kind
+        out.append(piece)
+    return np.concatenate(out) if out else np.empty((0, 4), np.int64)
 
 
 def row_unpack_source(k, n_rows, array=False):
@@ -137,7 +160,8 @@ def row_unpack_source(k, n_rows, array=False):
 def python_cuda_driver(device_bodies, n_arrays):
     """The uncompiled CUDA driver around ``device_bodies`` (the record's kernel bodies
     compiled as CUDA device functions, one per kind)."""
-    scope = {f"body{k}": b for k, b in enumerate(device_bodies)}
+    from numba import cuda
+    scope = dict(cuda=cuda, **{f"body{k}": b for k, b in enumerate(device_bodies)})
     exec(compile(cuda_source(n_arrays, len(device_bodies)),
                  "<fastopt.kernels.groups cuda driver>", "exec"), scope)
     return scope["grouped"]

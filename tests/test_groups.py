@@ -261,6 +261,15 @@ def test_a_call_schedule_that_every_group_overrides_is_not_evaluated_each_step()
         fastopt.sgd_step(c, lr=breaks_later)
 
 
+def _random_segments(rng, n):
+    """Random segments ``(lo, hi, row, kind)`` covering ``[0, n)`` in order."""
+    cuts = sorted(set(rng.integers(1, n, size=rng.integers(0, 12)).tolist()) - {0, n}) \
+        if n > 1 else []
+    edges = [0] + cuts + [n]
+    return [(a, b, int(rng.integers(0, 3)), int(rng.integers(0, 2)))
+            for a, b in zip(edges[:-1], edges[1:])]
+
+
 def test_cpu_items_cover_every_element_once_in_equal_chunks():
     """The grouped CPU driver's work items: in order, each inside one segment with that
     segment's row and kind, together exactly [0, n), cut at aligned chunk boundaries."""
@@ -268,10 +277,7 @@ def test_cpu_items_cover_every_element_once_in_equal_chunks():
     rng = np.random.default_rng(5)
     for n in (1, 15, 16, 17, 1000, 109_810):
         for _ in range(20):
-            cuts = sorted(set(rng.integers(1, n, size=rng.integers(0, 12)).tolist()) - {0, n}) \
-                if n > 1 else []
-            edges = [0] + cuts + [n]
-            segments = [(a, b, int(rng.integers(0, 3))) for a, b in zip(edges[:-1], edges[1:])]
+            segments = [(a, b, r) for a, b, r, _ in _random_segments(rng, n)]
             kinds = [int(rng.integers(0, 2)) for _ in segments]
             chunks = int(rng.integers(1, 17))
             items, starts = cpu_items(segments, kinds, n, chunks)
@@ -287,6 +293,33 @@ def test_cpu_items_cover_every_element_once_in_equal_chunks():
             for c in range(len(starts) - 1):       # chunk c's items start on a boundary
                 if starts[c + 1] > starts[c]:
                     assert items[starts[c], 0] % ALIGN == 0 or items[starts[c], 0] == 0
+
+
+def test_cuda_tiles_cover_every_element_once_about_one_per_block():
+    """The grouped CUDA kernel's tiles: in order, each inside one segment with that segment's
+    row and kind, together exactly [0, n); within a segment one size, a multiple of the
+    threads per block, about n / blocks (so the blocks get about one tile each)."""
+    from fastopt.kernels.groups import cuda_tiles
+    rng = np.random.default_rng(6)
+    for n in (1, 255, 256, 257, 1000, 109_810):
+        for _ in range(20):
+            segments = _random_segments(rng, n)
+            threads = int(rng.choice([32, 256]))
+            blocks = int(rng.integers(1, 600))
+            tiles = cuda_tiles(np.array(segments, np.int64), n, blocks, threads)
+            size = max(tiles[:, 1] - tiles[:, 0])
+            assert size % threads == 0 or len(tiles) == len(segments)
+            assert size <= n / blocks + threads
+            pos = 0
+            for lo, hi, row, kind in tiles.tolist():
+                assert lo == pos and hi > lo
+                s = next(i for i, (a, b, _, _) in enumerate(segments) if a <= lo < b)
+                a, b, r, k = segments[s]
+                assert hi <= b and (row, kind) == (r, k)
+                assert (lo - a) % size == 0 and (hi - lo == size or hi == b)
+                pos = hi
+            assert pos == n
+            assert len(tiles) <= blocks + len(segments)
 
 
 def test_a_grouped_cpu_step_is_one_compiled_call(monkeypatch):

@@ -694,7 +694,12 @@ def test_per_tensor_pre_pass_is_one_launch_for_every_tensor(spec, rows_in_array,
         at += b.param.shape[0]
 
 
-def test_groups_on_the_device_match_the_cpu():
+@pytest.mark.parametrize("max_blocks", [0, 2], ids=["default-grid", "two-blocks"])
+def test_groups_on_the_device_match_the_cpu(max_blocks, monkeypatch):
+    """Groups on the device equal the CPU's grouped step; with the default grid (tiles of
+    one block's width, more tiles than blocks: some blocks take two) and with two blocks
+    (tiles of two elements per thread, each block taking several)."""
+    monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", max_blocks)
     n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
     groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05, "weight_decay": 0.1},
                                 {"ranges": [(50, 60), (70, n)], "beta1": 0.5}])

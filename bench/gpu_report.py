@@ -513,7 +513,8 @@ def state_with_groups_on_device():
 def lamb_on_device(n=10_000_000):
     """Steps over many tensors or groups on the device, at 1e7 elements: LAMB float32 in 1, 10
     and 100 equal tensors (its per-tensor pre-pass), Adam plain and with 10 and 40 groups of
-    distinct learning rates (40: rows of scalars in a device array); per step on the GPU's
+    distinct learning rates (40: rows of scalars in a device array), and with 10 groups on
+    bfloat16 state; per step on the GPU's
     timeline (CUDA events) and the host's time per call (calls issued back to back, the clock
     read before the final synchronization: above the event time, the host is the limit), and
     a host profile of LAMB over 10 tensors and of Adam with 40 groups."""
@@ -558,6 +559,11 @@ def lamb_on_device(n=10_000_000):
         b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
         cases[f"adam, {k} groups of distinct lr"] = (
             lambda b=b, groups=groups: fastopt.adam_step(b, groups=groups))
+    b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy(),
+                                                    state_dtype="bfloat16"))
+    groups10 = cases["adam, 10 groups of distinct lr"].__defaults__[1]
+    cases["adam, bfloat16 state, 10 groups"] = (
+        lambda b=b: fastopt.adam_step(b, groups=groups10))
     for tensors in (1, 10, 100):
         layout = [n // tensors] * (tensors - 1) + [n - (tensors - 1) * (n // tensors)]
         b = fastopt.to_device(fastopt.LAMBBuffers.zeros(p.copy(), g.copy()))

@@ -230,14 +230,13 @@ def _placeholder(cuda, dtype):
     return _PLACEHOLDERS[key]
 
 
-def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0, prepass=True):
+def cuda_runner(spec, arrays, dtype, hp, seed=None):
     """``run(t)`` for one validated step on device arrays. The flat device views are made
     once: the step driver re-validates when an array's pointer, shape or strides change.
     bfloat16 state (``uint16`` arrays): the record's body with those arrays as bfloat16 views
     (``kernels.cuda.get_bf16``), rounding to nearest, or stochastically when ``seed`` is set
-    (element indices from ``offset``); a ``param_copy`` (uint16) is written by the same kernel
-    (the parameter wrapped with it, ``kernels.precision.param_with_copy``). ``prepass=False``:
-    a record with a pre-pass gets its scalars from the caller (``run(..., scalars=)``)."""
+    (from each element's index); a ``param_copy`` (uint16) is written by the same kernel
+    (the parameter wrapped with it, ``kernels.precision.param_with_copy``)."""
     kernels = _kernels()
     cuda = _cuda()
     ph = _placeholder(cuda, dtype)
@@ -261,24 +260,22 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None, offset=0, prepass=True):
         return kernels.get(spec.kernel, scaled, **options)
 
     pre = None
-    if spec.kernel.norm_names and prepass:
+    if spec.kernel.norm_names:
         pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
 
-    def run(t, hp_now=None, factor=None, scalars=None):
+    def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
         options, scaled, kernel, packed = _launch_parts(spec, hp_now, t, factor, st,
                                                         compiled, make)
         blocks, threads = _grid(kernels, n)
-        if scalars is not None:
-            packed = scalars
-        elif pre is not None:
+        if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         extra = ()
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
-                            np.int64(offset))
+                            np.int64(0))
         with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
             kernel[blocks, threads](*args, *extra, packed)
     return run
@@ -508,62 +505,47 @@ GROUPED_MAX_ROWS = 16    # more distinct rows of scalars: in a device array copi
 
 
 def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
-    """A grouped step on device arrays: one launch for all segments (``kernels.groups``; the
-    segments as a small device array made once, the rows of scalars by value with the launch,
-    or, more than ``GROUPED_MAX_ROWS`` of them, in a device array copied before the launch).
-    A record with a pre-pass (a norm per segment): a row per segment, after one pre-pass launch
-    for all of them (:class:`_PrePass`). bfloat16 state or a param copy: one launch per
-    segment on flat device views of it, with its group's scalars (after the one pre-pass)."""
+    """A grouped step on device arrays: one launch for all segments (``kernels.groups``: the
+    segments cut into tiles, a small device array made once; the rows of scalars by value with
+    the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in a device array). A record with a
+    pre-pass (a norm per segment): a row per segment, after one pre-pass launch for all of them
+    (:class:`_PrePass`). bfloat16 state and/or a param copy: the same kernel with those arrays
+    wrapped as in :func:`cuda_runner` (stochastic rounding from each element's index in the
+    arena, as when a segment is stepped alone)."""
     flat = {k: as_device_array(a).reshape(-1) for k, a in arrays.items()}
     kernels = _kernels()
     ph = _placeholder(_cuda(), dtype)
     args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
     n = args[0].shape[0]
     bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
-    if any(bits) or "param_copy" in flat:
-        return _per_segment_runner(spec, flat, args, dtype, rows, segments, seed,
-                                   bits if any(bits) else None)
+    copy = flat.get("param_copy")
+    views = any(bits) or copy is not None
+    pc = () if copy is None else (copy,)
+
+    def more(t):            # before the tiles: the param copy, the rounding key, the offset
+        from .precision import rounding_key
+        return pc + (np.uint64(0 if seed is None else rounding_key(seed, t)), np.int64(0))
+    extra = more if views else None
 
     def make_run(rows, segments, prepass=None):
         from .kernels.groups import cuda_tiles
         blocks, threads = _grid(kernels, n)
         launch = _grouped_launch(kernels, args, dtype, len(rows),
-                                 lambda tiles: (min(blocks, tiles.shape[0]), threads))
+                                 lambda tiles: (min(blocks, tiles.shape[0]), threads), extra)
 
         def get_kernel(scaled, option_sets):
             return kernels.get_grouped(spec.kernel, scaled, option_sets,
-                                       None if len(rows) > GROUPED_MAX_ROWS else len(rows))
+                                       None if len(rows) > GROUPED_MAX_ROWS else len(rows),
+                                       bits if views else None, seed is not None,
+                                       copy is not None)
         return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass,
                            lambda segs: cuda_tiles(segs, n, blocks, threads))
 
     if not spec.kernel.norm_names:
         return make_run(rows, segments)
     return _row_per_segment(rows, segments, lambda rows, segments: make_run(
-        rows, segments, _PrePass(spec, args, [(lo, hi) for lo, hi, _ in segments], dtype)))
-
-
-def _per_segment_runner(spec, flat, args, dtype, rows, segments, seed, bits):
-    """A grouped step on bfloat16 state and/or with a param copy: one launch per segment on
-    flat device views (:func:`cuda_runner`), a record with a pre-pass after one pre-pass launch
-    for all segments (``args``: the record's arrays over the whole arena; ``bits``: which of
-    them hold bfloat16 state)."""
-    pre = None
-    if spec.kernel.norm_names:
-        pre = _PrePass(spec, args, [(lo, hi) for lo, hi, _ in segments], dtype, bits)
-    runs = [(cuda_runner(spec, {k: a[lo:hi] for k, a in flat.items()}, dtype, rows[r], seed,
-                         lo, prepass=False), r) for lo, hi, r in segments]
-    st = np.dtype(dtype).type
-
-    def run(t, rows_now=None, factor=None):
-        rows_now = rows if rows_now is None else rows_now
-        scalars = [None] * len(runs)
-        if pre is not None:
-            hps = [rows_now[r] for _, r in runs]
-            scalars = [tuple(row) for row in pre(_rows(spec, hps, t, st, factor), hps, t,
-                                                  factor is not None)]
-        for (segment_run, r), s in zip(runs, scalars):
-            segment_run(t, rows_now[r], factor, s)
-    return run
+        rows, segments, _PrePass(spec, args, [(lo, hi) for lo, hi, _ in segments], dtype,
+                                 bits if any(bits) else None)))
 
 
 class _DeviceRows:
@@ -603,17 +585,19 @@ class _DeviceRows:
         return self.dev
 
 
-def _grouped_launch(kernels, args, dtype, n_rows, grid):
-    """``launch(kernel, segs, rows)`` of a one-launch grouped kernel over ``args``: the rows of
-    scalars (a flat tuple) go with the launch, or, more than ``GROUPED_MAX_ROWS`` of them, in
-    a 1-D device array copied first (:class:`_DeviceRows`; the kernel then built for array
-    rows). ``grid(segs)``: the launch's ``(blocks, threads)``."""
+def _grouped_launch(kernels, args, dtype, n_rows, grid, extra=None):
+    """``launch(kernel, segs, rows, t)`` of a one-launch grouped kernel over ``args``: the
+    rows of scalars (a flat tuple) go with the launch, or, more than ``GROUPED_MAX_ROWS`` of
+    them, in a 1-D device array copied first (:class:`_DeviceRows`; the kernel then built for
+    array rows). ``grid(segs)``: the launch's ``(blocks, threads)``; ``extra(t)``: arguments
+    between the arrays and ``segs``."""
     upload = _DeviceRows(dtype) if n_rows > GROUPED_MAX_ROWS else None
 
-    def launch(kernel, segs, packed):
+    def launch(kernel, segs, packed, t):
         packed = upload(packed.ravel()) if upload is not None else tuple(packed.ravel())
+        more = () if extra is None else extra(t)
         with kernels.exact():
-            kernel[grid(segs)](*args, segs, packed)
+            kernel[grid(segs)](*args, *more, segs, packed)
     return launch
 
 
@@ -621,7 +605,7 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
     """``run(t, rows_now=None, factor=None)`` of a grouped step in one launch:
     ``get_kernel(scaled, option_sets)`` (one kind per distinct option combination of the rows),
     the segments ``(lo, hi, row, kind)`` as a device array made once per set of kinds, and
-    ``launch(kernel, segs, rows)`` with every row's scalars in a 2-D array of the buffer
+    ``launch(kernel, segs, rows, t)`` with every row's scalars in a 2-D array of the buffer
     dtype (the gradient factor last in each row when there is one; :func:`_rows`). ``n == 0``:
     nothing to launch. ``prepass(rows, hps, t, scaled)``: ``rows`` with what the pre-pass sets
     (a record with norms: one row per segment, :class:`_PrePass`). ``cut(segs)``: the
@@ -662,7 +646,7 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         packed = _rows(spec, rows_now, t, st, factor)
         if prepass is not None:
             packed = prepass(packed, rows_now, t, scaled)
-        launch(kernel, segs, packed)
+        launch(kernel, segs, packed, t)
     return run
 
 

@@ -273,21 +273,37 @@ def _device_body(record, scaled, options, n_rows):
     return fn
 
 
-def python_grouped_kernel(record, scaled, option_sets, n_rows):
+def python_grouped_kernel(record, scaled, option_sets, n_rows, bits=None, stochastic=False,
+                          copy=False):
     """The uncompiled one-launch grouped kernel of ``record`` (``kernels.groups``):
-    ``kernel(<arrays...>, segs, rows)``, one kind per entry of ``option_sets`` (dicts),
-    ``n_rows`` rows of scalars (``None``: rows in a 1-D device array)."""
+    ``kernel(<arrays...>, tiles, rows)``, one kind per entry of ``option_sets`` (dicts),
+    ``n_rows`` rows of scalars (``None``: rows in a 1-D device array). ``bits`` (which arrays
+    hold bfloat16 state), ``stochastic``, ``copy`` (a bfloat16 param copy):
+    ``kernel(<arrays...>, [pc,] key, offset, tiles, rows)``, the arrays wrapped as in
+    :func:`python_bf16_kernel`."""
+    from numba import config as numba_config
+
+    from . import precision
     from .groups import python_cuda_driver
     bodies = [_device_body(record, scaled, options, n_rows) for options in option_sets]
-    return python_cuda_driver(bodies, len(record.arrays))
+    if numba_config.ENABLE_CUDASIM:
+        def view(a, key, offset, stochastic):
+            return precision.SimBF16(a, key, offset, stochastic)
+        pcopy = precision.SimParamCopy
+    else:
+        view, pcopy = precision.bf16_view, precision.param_with_copy
+    return python_cuda_driver(bodies, len(record.arrays), bits, stochastic, copy, view=view,
+                              pcopy=pcopy)
 
 
-def get_grouped(record, scaled, option_sets, n_rows):
-    """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets and
-    number of rows)."""
-    key = ("grouped", record, bool(scaled), n_rows) + tuple(tuple(sorted(o.items()))
-                                                            for o in option_sets)
-    return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows))
+def get_grouped(record, scaled, option_sets, n_rows, bits=None, stochastic=False, copy=False):
+    """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets,
+    number of rows and state format)."""
+    key = ("grouped", record, bool(scaled), n_rows, None if bits is None else tuple(bits),
+           bool(stochastic), bool(copy)) + tuple(tuple(sorted(o.items()))
+                                                for o in option_sets)
+    return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows, bits,
+                                                    stochastic, copy))
 
 
 def bf16_source(n_arrays, bits, stochastic, copy=False):

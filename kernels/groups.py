@@ -31,8 +31,9 @@ _drivers = {}
 _lock = threading.Lock()
 
 
-def _call_lines(n_arrays, n_kinds, indent, row):
-    args = ", ".join(f"a{j}[lo:hi]" for j in range(n_arrays))
+def _call_lines(n_arrays, n_kinds, indent, row, wrap=None):
+    args = ", ".join((wrap[j] if wrap and wrap[j] else "{}").format(f"a{j}[lo:hi]")
+                     for j in range(n_arrays))
     lines = []
     for k in range(n_kinds):
         if n_kinds == 1:
@@ -98,7 +99,7 @@ def cpu_items(segments, kinds, n, chunks):
     return (np.array(items, np.int64).reshape(-1, 4), np.array(starts, np.int64))
 
 
-def cuda_source(n_arrays, n_kinds):
+def cuda_source(n_arrays, n_kinds, bits=None, stochastic=False, copy=False):
     """The CUDA driver's source: ``grouped(a0, .., tiles, rows)``; each thread block takes
     tiles (``tiles``, a device array of rows ``(lo, hi, row, kind)``: the segments cut into
     pieces of about one block's share of the arena, :func:`cuda_tiles`) in a grid-stride loop
@@ -107,14 +108,25 @@ def cuda_source(n_arrays, n_kinds):
     row's scalars in one flat tuple passed by value with the launch, or a device array
     (:func:`row_unpack_source` takes the row out of it). (Before: every thread walked every
     segment with a grid-stride loop over it; a grid sized for the arena then mostly found no
-    work in a small segment: 40 segments of 1e7 elements took 8.6x a plain step on an H100.)"""
+    work in a small segment: 40 segments of 1e7 elements took 8.6x a plain step on an H100.)
+    ``bits[j]``: array ``j`` holds bfloat16 state, passed to the body as a bfloat16 view
+    (``view``, rounding from ``key`` and the element's index in the arena, ``offset + lo +
+    i``); ``copy``: the parameter wrapped with its bfloat16 copy ``pc`` (``pcopy``); both then
+    come before ``tiles``: ``grouped(a0, .., [pc,] key, offset, tiles, rows)``."""
     params = ", ".join(f"a{j}" for j in range(n_arrays))
+    wrap = None
+    if bits is not None or copy:
+        wrap = [f"view({{}}, key, offset + lo, {bool(stochastic)!r})" if bits and bits[j]
+                else None for j in range(n_arrays)]
+        if copy:
+            wrap[0] = "pcopy({}, pc[lo:hi])"
+        params += (", pc" if copy else "") + ", key, offset"
     lines = [f"def grouped({params}, tiles, rows):",
              "    for s in range(cuda.blockIdx.x, tiles.shape[0], cuda.gridDim.x):",
              "        lo = tiles[s, 0]",
              "        hi = tiles[s, 1]",
              "        kind = tiles[s, 3]",
-             *_call_lines(n_arrays, n_kinds, " " * 8, "(rows, tiles[s, 2])")]
+             *_call_lines(n_arrays, n_kinds, " " * 8, "(rows, tiles[s, 2])", wrap)]
     return "\n".join(lines) + "\n"
 
 
@@ -157,11 +169,13 @@ def row_unpack_source(k, n_rows, array=False):
     return "\n".join(lines) + "\n"
 
 
-def python_cuda_driver(device_bodies, n_arrays):
+def python_cuda_driver(device_bodies, n_arrays, bits=None, stochastic=False, copy=False,
+                       **names):
     """The uncompiled CUDA driver around ``device_bodies`` (the record's kernel bodies
-    compiled as CUDA device functions, one per kind)."""
+    compiled as CUDA device functions, one per kind); ``bits``, ``stochastic``, ``copy``: see
+    :func:`cuda_source` (``names``: its ``view`` and ``pcopy``)."""
     from numba import cuda
-    scope = dict(cuda=cuda, **{f"body{k}": b for k, b in enumerate(device_bodies)})
-    exec(compile(cuda_source(n_arrays, len(device_bodies)),
+    scope = dict(cuda=cuda, **names, **{f"body{k}": b for k, b in enumerate(device_bodies)})
+    exec(compile(cuda_source(n_arrays, len(device_bodies), bits, stochastic, copy),
                  "<fastopt.kernels.groups cuda driver>", "exec"), scope)
     return scope["grouped"]

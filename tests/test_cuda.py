@@ -157,7 +157,15 @@ def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
     assert "bar.sync" in ptx and ".shared" in ptx
 
 
-GROUPED_SPECS = [s for s in SPECS if not s.kernel.norm_names]
+GROUPED_SPECS = list(SPECS)     # (LAMB too: one launch after its pre-pass, a row per tensor)
+
+
+def _two_kinds(spec):
+    """The option sets of ``spec``'s first and last option combinations (one if equal)."""
+    combos = testinfo.option_combinations(spec)
+    option_sets = [spec.options(spec.validate(dict(spec.defaults, **c)), 2)
+                   for c in (combos[0], combos[-1])]
+    return option_sets[:1] if option_sets[0] == option_sets[1] else option_sets
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
@@ -171,11 +179,7 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
         no_driver_device((8, 0))
-    combos = testinfo.option_combinations(spec)
-    option_sets = [spec.options(spec.validate(dict(spec.defaults, **c)), 2)
-                   for c in (combos[0], combos[-1])]
-    if option_sets[0] == option_sets[1]:
-        option_sets = option_sets[:1]
+    option_sets = _two_kinds(spec)
     _, sig = _ptx_signature(spec, {}, np.float32)
     array_rows = SPECS.index(spec) % 2 == 1
     sig = sig[:-1] + (types.Array(types.int64, 2, "C"),
@@ -191,6 +195,35 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
 
 
 BF16_SPECS = [s for s in SPECS if len(s.kernel.arrays) > 2 and not s.kernel.norm_names]
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", [s for s in SPECS if len(s.kernel.arrays) > 2],
+                         ids=lambda s: s.name)
+def test_grouped_bfloat16_kernel_compiles_to_ptx(spec, no_driver_device):
+    """The one-launch grouped kernel on bfloat16 state with a bfloat16 param copy (two kinds,
+    stochastic rounding for every other optimizer): 16-bit loads and stores of the state and
+    the copy, float32 math only, no fused multiply-add."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    option_sets = _two_kinds(spec)
+    n = len(spec.kernel.arrays)
+    f32, u16 = types.Array(types.float32, 1, "C"), types.Array(types.uint16, 1, "C")
+    bits = (False, False) + (True,) * (n - 2)
+    sig = ((f32, f32) + (u16,) * (n - 2) + (u16, types.uint64, types.int64,
+                                           types.Array(types.int64, 2, "C"),
+                                           types.UniTuple(types.float32,
+                                                          2 * len(spec.kernel.scalars))))
+    kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets, 2, bits,
+                                      SPECS.index(spec) % 2 == 1, True)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 grouped kernel: {f64[:5]}"
+    assert "fma." not in ptx and "ld.global.u16" in ptx and "st.global.u16" in ptx
+    assert "st.global.f32" in ptx
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")

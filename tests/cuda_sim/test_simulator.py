@@ -481,7 +481,7 @@ def test_8bit_groups_with_more_rows_than_a_launch_takes_match_the_cpu():
 @pytest.mark.parametrize("state", [None, "bfloat16"], ids=["float32-state", "bfloat16-state"])
 def test_param_copy_on_the_device_matches_the_cpu(state):
     """A bfloat16 param copy on the device, written by the step's own kernel (the parameter
-    wrapped with its copy), with and without groups (segment by segment): the CPU's
+    wrapped with its copy), with and without groups (one launch): the CPU's
     parameters, state and copy; ``to_device`` / ``to_host`` carry the copy."""
     n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
     rng = np.random.default_rng(15)
@@ -543,9 +543,14 @@ def test_8bit_state_with_a_param_copy_on_the_device_matches_the_cpu():
             assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
-def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu():
-    """Groups on bfloat16 state step segment by segment on the device (stochastic rounding
-    with each segment's element offset): the CPU's bits."""
+def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu(monkeypatch):
+    """Groups on bfloat16 state on the device, one launch (it was one per segment; stochastic
+    rounding from each element's index in the arena): the CPU's bits."""
+    from fastopt.kernels import cuda as kc
+    grouped = _CountLaunches(kc.get_grouped)
+    single = _CountLaunches(kc.get_bf16)
+    monkeypatch.setattr(kc, "get_grouped", grouped)
+    monkeypatch.setattr(kc, "get_bf16", single)
     n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
     groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 0.05, "weight_decay": 0.1}])
     rng = np.random.default_rng(8)
@@ -559,6 +564,7 @@ def test_bfloat16_state_with_groups_on_the_device_matches_the_cpu():
         dev.grad.copy_to_device(g)
         fastopt.adam_step(host, lr=1e-3, groups=groups, backend="cpu")
         fastopt.adam_step(dev, lr=1e-3, groups=groups)
+    assert grouped.launches == 3 and single.launches == 0
     back = fastopt.to_host(dev)
     for name, a in host.arrays().items():
         assert np.array_equal(a, back.arrays()[name]), name
@@ -648,33 +654,40 @@ def test_more_groups_than_rows_travel_with_a_launch_are_still_one_launch(monkeyp
         assert int(_ulp_diff(a, back.arrays()[name]).max()) <= bound, name
 
 
-@pytest.mark.parametrize("rows_in_array", [False, True], ids=["rows-with-launch",
-                                                         "rows-in-array"])
+@pytest.mark.parametrize("rows_in_array,state", [(False, None), (True, None),
+                                                 (False, "bfloat16")],
+                         ids=["rows-with-launch", "rows-in-array", "bfloat16-state"])
 @pytest.mark.parametrize("spec", NORM_SPECS, ids=lambda s: s.name)
-def test_per_tensor_pre_pass_is_one_launch_for_every_tensor(spec, rows_in_array, monkeypatch):
+def test_per_tensor_pre_pass_is_one_launch_for_every_tensor(spec, rows_in_array, state,
+                                                            monkeypatch):
     """A record with a per-tensor pre-pass (LAMB) over several tensors: one pre-pass launch and
     one update launch per step, whatever the number of tensors (it was two launches and a host
     synchronization per tensor: 3.3 ms a step for 10 tensors at 1e7 on an H100, 35 ms for
     100), and every tensor bit for bit what stepping it alone on the device gives (chunks start
     at each tensor's start; chunks of 8 elements here, so tensors span several); also with the
-    rows in a device array (as past ``GROUPED_MAX_ROWS`` tensors; set to 2 here)."""
+    rows in a device array (as past ``GROUPED_MAX_ROWS`` tensors; set to 2 here), and on
+    bfloat16 state (rounded to nearest)."""
     from fastopt.kernels import cuda as kc
     if rows_in_array:
         monkeypatch.setattr("fastopt._cuda_backend.GROUPED_MAX_ROWS", 2)
     monkeypatch.setattr(config, "NORM_CHUNK", 8)
     layout = [9, 20, 1, 15]
     n = sum(layout)
-    kw, host, dev, rng = _pair(spec, {}, np.float32, n, seed=21)
-    kw = dict(kw, weight_decay=0.01)
+    rng = np.random.default_rng(21)
+    kw = dict(spec.defaults, weight_decay=0.01)
+    param = rng.standard_normal(n).astype(np.float32)
+    dev = fastopt.to_device(spec.buffers_cls.zeros(param, np.zeros(n, np.float32),
+                                                   state_dtype=state))
     alone = []
     for lo, hi in zip(np.cumsum([0] + layout[:-1]), np.cumsum(layout)):
         alone.append(fastopt.to_device(spec.buffers_cls.zeros(
-            host.param[lo:hi].copy(), np.zeros(hi - lo, np.float32))))
+            param[lo:hi].copy(), np.zeros(hi - lo, np.float32), state_dtype=state)))
     fn = registry.step_function(spec)
+    getter = "get_norms" if state is None else "get_norms_bf16"
     grouped = _CountLaunches(kc.get_grouped)
-    norms = _CountLaunches(kc.get_norms)
+    norms = _CountLaunches(getattr(kc, getter))
     monkeypatch.setattr(kc, "get_grouped", grouped)
-    monkeypatch.setattr(kc, "get_norms", norms)
+    monkeypatch.setattr(kc, getter, norms)
     starts = np.cumsum([0] + layout[:-1])
     for _ in range(2):
         g = rng.standard_normal(n).astype(np.float32)

@@ -671,7 +671,7 @@ def test_per_tensor_pre_pass_is_one_launch_for_every_tensor(spec, rows_in_array,
     if rows_in_array:
         monkeypatch.setattr("fastopt._cuda_backend.GROUPED_MAX_ROWS", 2)
     monkeypatch.setattr(config, "NORM_CHUNK", 8)
-    layout = [9, 20, 1, 15]
+    layout = [9, 12, 1]
     n = sum(layout)
     rng = np.random.default_rng(21)
     kw = dict(spec.defaults, weight_decay=0.01)

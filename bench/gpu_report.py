@@ -408,8 +408,9 @@ def host_profile(n=100_000, steps=300):
 @section("groups")
 def groups_on_device():
     """Adam(W) float32 with parameter groups on the device: plain step vs 10 groups (one per
-    MLP tensor / 10 equal ranges; two kernels: with and without weight decay) in one launch vs
-    one launch per segment (the earlier way), and torch AdamW(fused) with the same two groups
+    MLP tensor / 10 equal ranges; two kernels: with and without weight decay) in one launch,
+    with the rows of scalars passed with the launch and in a device array (as past
+    ``GROUPED_MAX_ROWS`` rows), and torch AdamW(fused) with the same two groups
     (decay / no decay) over the same tensors; per step, CUDA events."""
     from fastopt import _cuda_backend
     from fastopt.loopbench import _even_groups, _mlp_groups
@@ -422,7 +423,7 @@ def groups_on_device():
 
         def buffers():
             return fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
-        plain, one, per = buffers(), buffers(), buffers()
+        plain, one, arr = buffers(), buffers(), buffers()
         kw = dict(decoupled_weight_decay=True)
         row = {"plain": event_time(lambda: fastopt.adam_step(plain, **kw), reps_for(n)),
                "groups, one launch": event_time(
@@ -430,12 +431,12 @@ def groups_on_device():
         saved = _cuda_backend.GROUPED_MAX_ROWS
         _cuda_backend.GROUPED_MAX_ROWS = 0
         try:
-            row["groups, launch per segment"] = event_time(
-                lambda: fastopt.adam_step(per, groups=groups, **kw), reps_for(n))
+            row["groups, rows in a device array"] = event_time(
+                lambda: fastopt.adam_step(arr, groups=groups, **kw), reps_for(n))
         finally:
             _cuda_backend.GROUPED_MAX_ROWS = saved
         same = all(np.array_equal(a.copy_to_host(), b.copy_to_host())
-                   for a, b in zip(one.arrays().values(), per.arrays().values()))
+                   for a, b in zip(one.arrays().values(), arr.arrays().values()))
         tensors = []
         for seg_lo, seg_hi, _ in groups.segments:
             tensors.append(torch.nn.Parameter(torch.tensor(p[seg_lo:seg_hi], device=DEV)))
@@ -445,9 +446,9 @@ def groups_on_device():
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
                                  {"params": rest, "weight_decay": 0.0}], lr=1e-3, fused=True)
         row["torch AdamW(fused), 2 groups"] = event_time(opt.step, reps_for(n))
-        out[n] = dict(row, one_launch_equals_per_segment=same)
+        out[n] = dict(row, rows_in_array_equal=same)
         print(f"n={n}: " + ", ".join(f"{k} {us(v)}" for k, v in row.items())
-              + f"; one launch == per segment bitwise: {same}", flush=True)
+              + f"; rows in an array == rows with the launch, bitwise: {same}", flush=True)
     return out
 
 

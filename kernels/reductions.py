@@ -161,24 +161,49 @@ def chunked_sum_of_squares(parallel):
 
 
 # ---------------------------------------------------------------- per-segment pre-pass
-# bound per compiled pre-pass by kernels.decorators.bind (the record's adapter, its unpack)
-norms = unpack = None
+# bound per compiled pre-pass by kernels.decorators.bind (the record's adapter, its unpack, the
+# per-chunk helper)
+norms = unpack = chunk_norms = None
+
+
+def _chunk_norms_body(rows):
+    """``chunk_norms(arrs, start, size, sc, tmp, partial, c)``: the pre-pass's sums of one chunk
+    (elements ``start .. start + size - 1``, scalars ``sc``) into ``partial[c]``: ``PIECE``
+    elements at a time, the chunked adapter (``norms``, the options fixed in it) writes the
+    ``rows`` values whose squares are summed (the record's ``norm_arrays``' elements, then its
+    computed ``norms`` values) into the scratch table ``tmp`` of the buffer dtype (a loop LLVM
+    vectorizes), and the table's squares are added to their lanes in one loop
+    (:func:`_lanes8_rows`; each row's lane chain is independent of the others', so their
+    additions overlap where one row after another would wait on each addition's latency).
+    Then each sum's eight lanes are combined in a fixed tree: the chunks, lanes and order of
+    ``_sum_of_squares``, so the NumPy reference (``fastopt.scaling``) matches it bit for bit."""
+    ZEROS = (0.0,) * (8 * rows)
+
+    def chunk_norms_(arrs, start, size, sc, tmp, partial, c):
+        lanes = ZEROS
+        done = piece = full = 0
+        while done < size:
+            piece = min(PIECE, size - done)
+            norms(arrs, start + done, piece, sc, tmp)
+            full = piece // 8
+            lanes = _lanes8_rows(tmp, rows, full, lanes)
+            done += piece
+        rest = [lanes[j] for j in range(8 * rows)]
+        for q in range(rows):       # the last, partial row of eight: lane j, in order
+            for j in range(piece - 8 * full):
+                v = np.float64(tmp[q, 8 * full + j])
+                rest[8 * q + j] += v * v
+        for q in range(rows):
+            a = rest[8 * q:8 * q + 8]
+            partial[c, q] = (((a[0] + a[1]) + (a[2] + a[3]))
+                             + ((a[4] + a[5]) + (a[6] + a[7])))
+    return chunk_norms_
 
 
 def _segment_norms_body(rows):
-    """The pre-pass of a kernel record with norms (see ``kernels.record``): for each chunk,
-    ``PIECE`` elements at a time, the chunked adapter (``norms``, the options fixed in it)
-    writes the ``rows`` values whose squares are summed (the record's ``norm_arrays``'
-    elements, then its computed ``norms`` values) into a scratch table of the buffer dtype
-    (a loop LLVM vectorizes), and the table's squares are added to their lanes in one loop
-    (:func:`_lanes8_rows`; each row's lane chain is independent of the others', so their
-    additions overlap where one row after another would wait on each addition's latency).
-    Then each sum's eight lanes are combined in a fixed tree and the chunk sums added in
-    order: the same chunks, lanes and order as ``_sum_of_squares``, so the NumPy reference
-    (``fastopt.scaling``) matches it bit for bit, for any thread count. The sums come in the
-    order of the record's ``norm_names``."""
-    ZEROS = (0.0,) * (8 * rows)
-
+    """The pre-pass of a kernel record with norms (see ``kernels.record``) over one tensor:
+    each chunk's sums (:func:`_chunk_norms_body`), the chunk sums added in order, for any
+    thread count. The sums come in the order of the record's ``norm_names``."""
     def segment_norms(arrs, s, chunk):
         sc = unpack(s)
         n = arrs[0].shape[0]
@@ -193,26 +218,7 @@ def _segment_norms_body(rows):
             tmp = np.empty((rows, PIECE), arrs[0].dtype)
             for c in range(task * per_task, min(n_chunks, (task + 1) * per_task)):
                 start = c * chunk
-                size = min(n, start + chunk) - start
-                # the chunk in pieces of PIECE elements (a scratch table that stays in L1),
-                # each piece's values added to the chunk's lanes in element order
-                lanes = ZEROS
-                done = piece = full = 0
-                while done < size:
-                    piece = min(PIECE, size - done)
-                    norms(arrs, start + done, piece, sc, tmp)
-                    full = piece // 8
-                    lanes = _lanes8_rows(tmp, rows, full, lanes)
-                    done += piece
-                rest = [lanes[j] for j in range(8 * rows)]
-                for q in range(rows):       # the last, partial row of eight: lane j, in order
-                    for j in range(piece - 8 * full):
-                        v = np.float64(tmp[q, 8 * full + j])
-                        rest[8 * q + j] += v * v
-                for q in range(rows):
-                    a = rest[8 * q:8 * q + 8]
-                    partial[c, q] = (((a[0] + a[1]) + (a[2] + a[3]))
-                                     + ((a[4] + a[5]) + (a[6] + a[7])))
+                chunk_norms(arrs, start, min(n, start + chunk) - start, sc, tmp, partial, c)
         totals = np.zeros(rows, np.float64)
         for c in range(n_chunks):
             for j in range(rows):
@@ -221,12 +227,49 @@ def _segment_norms_body(rows):
     return segment_norms
 
 
-def segment_norms(record, scaled, parallel, options):
+def _segments_norms_body(rows):
+    """The pre-pass over many tensors in one call: ``segs[s] = (lo, hi, row)``, tensor ``s``
+    with the scalars ``table[row]``; returns ``totals[s]``, the sums tensor ``s`` gets alone
+    (:func:`_segment_norms_body`: chunks from its start, added in order), the chunks of all
+    tensors handed out together in ``TASKS`` runs (one call and one parallel region for the
+    whole model, where a call per tensor cost ~8 us, and a parallel region ~20-40 us)."""
+    def segments_norms(arrs, table, segs, chunk):
+        n_segs = segs.shape[0]
+        first = np.empty(n_segs + 1, np.int64)
+        first[0] = 0
+        for s in range(n_segs):
+            first[s + 1] = first[s] + (segs[s, 1] - segs[s, 0] + chunk - 1) // chunk
+        n_chunks = first[n_segs]
+        partial = np.empty((n_chunks, rows), np.float64)
+        per_task = max(1, (n_chunks + TASKS - 1) // TASKS)
+        n_tasks = (n_chunks + per_task - 1) // per_task
+        for task in prange(n_tasks):
+            tmp = np.empty((rows, PIECE), arrs[0].dtype)
+            c0 = task * per_task
+            s = np.searchsorted(first, c0, side="right") - 1
+            for c in range(c0, min(n_chunks, c0 + per_task)):
+                while first[s + 1] <= c:
+                    s += 1
+                start = segs[s, 0] + (c - first[s]) * chunk
+                chunk_norms(arrs, start, min(segs[s, 1], start + chunk) - start,
+                            unpack(table[segs[s, 2]]), tmp, partial, c)
+        totals = np.zeros((n_segs, rows), np.float64)
+        for s in range(n_segs):
+            for c in range(first[s], first[s + 1]):
+                for j in range(rows):
+                    totals[s, j] += partial[c, j]
+        return totals
+    return segments_norms
+
+
+def segment_norms(record, scaled, parallel, options, many=False):
     """The compiled pre-pass of ``record`` for these option values (a dict, the record's
     order): ``fn(arrays_tuple, packed_scalars, chunk)`` -> the sums of squares, in the
-    order of ``record.norm_names``."""
+    order of ``record.norm_names``. ``many``: over many tensors in one call,
+    ``fn(arrays_tuple, table, segs, chunk)`` -> a row of sums per tensor
+    (:func:`_segments_norms_body`)."""
     opts = tuple(bool(options[name]) for name in record.options)
-    key = (record, bool(scaled), bool(parallel), opts)
+    key = (record, bool(scaled), bool(parallel), opts, bool(many))
     fn = _compiled.get(key)
     if fn is None:
         from .decorators import bind, cpu_device, source_files
@@ -236,9 +279,12 @@ def segment_norms(record, scaled, parallel, options):
         # entries apart (the options live in the adapter, a global the cache does not key on)
         suffix = (f"_{record.name}_{''.join(str(int(o)) for o in opts)}"
                   f"{'_scaled' if scaled else ''}{'_parallel' if parallel else '_serial'}")
+        sources = source_files(record.elem)
+        rows = len(record.norm_names)
+        helper = cpu_device(bind(_chunk_norms_body(rows), suffix, sources, norms=adapter))
+        body = (_segments_norms_body if many else _segment_norms_body)(rows)
         fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(
-            bind(_segment_norms_body(len(record.norm_names)), suffix,
-                 source_files(record.elem), norms=adapter,
+            bind(body, suffix, sources, chunk_norms=helper,
                  unpack=cpu_device(record.unpack(scaled))))
     return fn
 

@@ -153,11 +153,17 @@ def test_layout_is_refused_by_optimizers_without_a_pre_pass():
         _step.step(registry.get("adam"), b, layout=[2, 2])
 
 
+@pytest.mark.parametrize("one_call", [True, False], ids=["one-call", "per-tensor"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_pre_pass_is_the_same_for_any_thread_count_and_for_numpy(dtype):
-    """2e5 elements (49 norm chunks): serial, parallel and the reference give the same bits,
-    with clipping (the factor enters the pre-pass too)."""
-    from fastopt import _step, registry
+def test_pre_pass_is_the_same_for_any_thread_count_and_for_numpy(dtype, one_call,
+                                                                  monkeypatch):
+    """2e5 elements (49 norm chunks) in three tensors: serial, parallel and the reference give
+    the same bits, with clipping (the factor enters the pre-pass too); with every tensor's
+    pre-pass in one call and then one grouped call (small tensors), and tensor by tensor (what
+    large tensors take: ``ONE_CALL_PREPASS_MAX_MEAN``, set to 0 here)."""
+    from fastopt import _backends, _step, registry
+    if not one_call:
+        monkeypatch.setattr(_backends, "ONE_CALL_PREPASS_MAX_MEAN", 0)
     spec = registry.get("lamb")
     rng = np.random.default_rng(4)
     n = 200_003

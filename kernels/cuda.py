@@ -281,19 +281,25 @@ def python_grouped_kernel(record, scaled, option_sets, n_rows, bits=None, stocha
     hold bfloat16 state), ``stochastic``, ``copy`` (a bfloat16 param copy):
     ``kernel(<arrays...>, [pc,] key, offset, tiles, rows)``, the arrays wrapped as in
     :func:`python_bf16_kernel`."""
+    from .groups import python_cuda_driver
+    bodies = [_device_body(record, scaled, options, n_rows) for options in option_sets]
+    view, pcopy = _bf16_wrappers()
+    return python_cuda_driver(bodies, len(record.arrays), bits, stochastic, copy, view=view,
+                              pcopy=pcopy)
+
+
+def _bf16_wrappers():
+    """``(view, pcopy)``: what wraps bfloat16 state (``view(bits, key, offset, stochastic)``)
+    and a parameter with its bfloat16 copy (``pcopy(param, copy)``) inside a kernel: the
+    ``kernels.precision`` intrinsics, or their Python twins under the simulator."""
     from numba import config as numba_config
 
     from . import precision
-    from .groups import python_cuda_driver
-    bodies = [_device_body(record, scaled, options, n_rows) for options in option_sets]
     if numba_config.ENABLE_CUDASIM:
         def view(a, key, offset, stochastic):
             return precision.SimBF16(a, key, offset, stochastic)
-        pcopy = precision.SimParamCopy
-    else:
-        view, pcopy = precision.bf16_view, precision.param_with_copy
-    return python_cuda_driver(bodies, len(record.arrays), bits, stochastic, copy, view=view,
-                              pcopy=pcopy)
+        return view, precision.SimParamCopy
+    return precision.bf16_view, precision.param_with_copy
 
 
 def get_grouped(record, scaled, option_sets, n_rows, bits=None, stochastic=False, copy=False):
@@ -325,22 +331,16 @@ def python_bf16_kernel(record, scaled, options, bits, stochastic, copy=False):
     bfloat16 bits; ``stochastic``: stochastic rounding; ``copy``: with a param copy)."""
     from numba import config as numba_config
 
-    from . import precision
     from .record import _define
+    view, pcopy = _bf16_wrappers()
     if numba_config.ENABLE_CUDASIM:
         body = python_kernel(record, scaled, **options)
-
-        def view(a, key, offset, stochastic):
-            return precision.SimBF16(a, key, offset, stochastic)
-        pcopy = precision.SimParamCopy
     else:
         key = ("plainbody", record, bool(scaled)) + tuple(sorted(options.items()))
         body = _device.get(key)
         if body is None:
             body = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled,
                                                                       **options))
-        view = precision.bf16_view
-        pcopy = precision.param_with_copy
     return _define(bf16_source(len(record.arrays), bits, stochastic, copy), "bf16_kernel",
                    f"bf16_{record.name}", body=body, view=view, pcopy=pcopy)
 
@@ -359,17 +359,10 @@ def python_bf16_norms_kernel(record, scaled, options, k, bits, n_rows=1):
     ``j`` holds bfloat16 bits): ``kernel(a0, .., key, offset, chunks, rows, out)`` runs the
     pre-pass (:func:`python_norms_kernel`, a device function) on the arrays with those wrapped
     as bfloat16 views. The pre-pass only reads, so the views never round."""
-    from numba import config as numba_config
-
-    from . import precision
     from .record import _define
     # (a device function under the simulator too: it swaps in its fake ``cuda`` module then)
     body = cuda.jit(device=True)(python_norms_kernel(record, scaled, options, k, n_rows))
-    if numba_config.ENABLE_CUDASIM:
-        def view(a, key, offset, stochastic):
-            return precision.SimBF16(a, key, offset, stochastic)
-    else:
-        view = precision.bf16_view
+    view = _bf16_wrappers()[0]
     params = ", ".join(f"a{j}" for j in range(len(bits)))
     arrs = "".join(f"view(a{j}, key, offset, False), " if b else f"a{j}, "
                    for j, b in enumerate(bits))

@@ -12,10 +12,11 @@ drivers generated here do exactly that, without one Python call (or one launch) 
   generated Numba function walks them, ``prange`` over chunks, calling the record's *serial*
   kernel of that kind on the slices, with row ``row`` of the scalar table. Elements are
   independent, so how the work is cut changes no bit.
-* CUDA (:func:`python_cuda_driver`): one kernel whose threads walk the segments (a small
-  device array of ``(lo, hi, row, kind)``, uploaded once) and run the record's kernel body,
-  compiled as a device function with its grid-stride loop, on each segment's slice; the rows
-  of scalars travel by value with the launch, as one flat tuple.
+* CUDA (:func:`python_cuda_driver`): one kernel whose thread blocks take *tiles*, the segments
+  cut into pieces of about one block's share (:func:`cuda_tiles`, a small device array of
+  ``(lo, hi, row, kind)``, uploaded once), and run the record's kernel body, compiled as a
+  device function with a block-local loop, on each tile's slice; the rows of scalars travel
+  by value with the launch as one flat tuple, or in a device array.
 
 The drivers call kernels chosen at run time, so they are compiled on first use in a process
 and not cached on disk (as ``kernels.quant8``'s block driver).

@@ -351,8 +351,8 @@ def _cpu_grouped_prepass(spec, segments, args):
 
     def prepass(table, hps, t, scaled, par):
         kinds = {}
-        for i, options in enumerate(_options_of(spec, hps, t)):
-            kinds.setdefault(options, []).append(i)
+        for i, hp in enumerate(hps):
+            kinds.setdefault(tuple(spec.options(hp, t).items()), []).append(i)
         sums = np.empty((len(hps), len(spec.kernel.norm_names)))
         arrays = tuple(args())
         for options, members in kinds.items():
@@ -428,14 +428,6 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
             prepass(table, rows_now, t, scaled, par)
         call(work, table, par, rows_now, t, scaled)
     return run
-
-
-def _options_of(spec, hps, t):
-    """``tuple(spec.options(hp, t).items())`` for each of ``hps``, each distinct set once (a
-    row per tensor repeats its group's)."""
-    seen = {}
-    return [seen[id(hp)] if id(hp) in seen else
-            seen.setdefault(id(hp), tuple(spec.options(hp, t).items())) for hp in hps]
 
 
 def _fill_rows(spec, hps, t, out):

@@ -468,11 +468,10 @@ class _PrePass:
         ``spec.segment_scalars`` sets from each segment's sums replaced (in place)."""
         kernels = _kernels()
         spec = self.spec
-        from ._backends import _options_of
         kinds = {}
-        for i, options in enumerate(_options_of(spec, hps, t)):
+        for i, hp in enumerate(hps):
             if self.spans[i][1] > self.spans[i][0]:         # (an empty segment: no chunks)
-                kinds.setdefault(options, []).append(i)
+                kinds.setdefault(tuple(spec.options(hp, t).items()), []).append(i)
         sums = np.zeros((len(rows), self.k))
         for options, members in kinds.items():
             host = self._launch(kernels, tuple(members), dict(options), scaled, rows)
@@ -653,15 +652,17 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
 
 def _rows(spec, hps, t, st, factor=None):
     """The rows of packed scalars of ``hps`` at step ``t`` as a 2-D array of ``st`` (the
-    gradient factor last in each row when given; each distinct row computed once:
-    ``_backends._fill_rows``)."""
-    from ._backends import _fill_rows
+    gradient factor last in each row when given), each distinct row computed once (a row per
+    tensor repeats its group's: :func:`_row_per_segment`)."""
     k = len(spec.kernel.scalars)
-    out = np.empty((len(hps), k + (factor is not None)), st)
-    _fill_rows(spec, hps, t, out[:, :k])
+    first = {}
+    which = [first.setdefault(id(hp), len(first)) for hp in hps]
+    distinct = list({id(hp): hp for hp in hps}.values())
+    out = np.empty((len(distinct), k + (factor is not None)), st)
+    spec.fill_scalar_rows(distinct, t, out[:, :k])
     if factor is not None:
         out[:, k] = factor
-    return out
+    return out if len(distinct) == len(hps) else out[which]
 
 
 def device_sum_of_squares(g, chunk):

@@ -222,7 +222,6 @@ class _cpu_prepass:
 
     def __init__(self, spec):
         self.spec = spec
-        self.index = {name: i for i, name in enumerate(spec.kernel.scalars)}
         self.fns = {}
 
     def compile(self, key, scaled, par, options, typed, scalars):
@@ -234,8 +233,7 @@ class _cpu_prepass:
 
     def run(self, key, args, packed, hp, t):
         sums = self.fns[key](tuple(args), packed, config.NORM_CHUNK)
-        for name, value in self.spec.segment_scalars(hp, t, tuple(sums.tolist())).items():
-            packed[self.index[name]] = value
+        self.spec.fill_segment_rows((hp,), t, sums, packed[None, :])
 
 
 # ---------------------------------------------------------------- parameter groups
@@ -345,14 +343,11 @@ def _cpu_grouped_prepass(spec, segments, args):
     each segment's sums are the bits it gets stepped alone), then ``spec.segment_scalars``
     written into each segment's row (rounded to the table's dtype). ``args()``: the arrays."""
     from .kernels import reductions
-    index = {name: i for i, name in enumerate(spec.kernel.scalars)}
     segs = np.array(segments, np.int64).reshape(-1, 3)
     fns, picked = {}, {}
 
     def prepass(table, hps, t, scaled, par):
-        kinds = {}
-        for i, hp in enumerate(hps):
-            kinds.setdefault(tuple(spec.options(hp, t).items()), []).append(i)
+        kinds = spec.option_kinds(hps, t)
         sums = np.empty((len(hps), len(spec.kernel.norm_names)))
         arrays = tuple(args())
         for options, members in kinds.items():
@@ -367,9 +362,7 @@ def _cpu_grouped_prepass(spec, segments, args):
                 these = picked[members] = (segs if len(members) == len(hps)
                                            else np.ascontiguousarray(segs[list(members)]))
             sums[list(members)] = fn(arrays, table, these, config.NORM_CHUNK)
-        for i, hp in enumerate(hps):
-            for name, value in spec.segment_scalars(hp, t, tuple(sums[i].tolist())).items():
-                table[i, index[name]] = value
+        spec.fill_segment_rows(hps, t, sums, table)
     return prepass
 
 
@@ -419,7 +412,7 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
         else:
             work = plan(rows_now, t, scaled, par)
         table = tables[scaled]
-        _fill_rows(spec, rows_now, t, table[:, :n_scalars])
+        spec.fill_scalar_rows(rows_now, t, table[:, :n_scalars])
         if scaled:
             table[:, n_scalars] = factor
         if par and not _threads.READY:
@@ -428,19 +421,6 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
             prepass(table, rows_now, t, scaled, par)
         call(work, table, par, rows_now, t, scaled)
     return run
-
-
-def _fill_rows(spec, hps, t, out):
-    """``spec.fill_scalar_rows`` with each distinct hyperparameter set computed once (a row per
-    segment repeats its group's: LAMB over many tensors)."""
-    first = {}
-    which = [first.setdefault(id(hp), len(first)) for hp in hps]
-    if len(first) == len(hps):
-        spec.fill_scalar_rows(hps, t, out)
-        return
-    distinct = np.empty((len(first),) + out.shape[1:], out.dtype)
-    spec.fill_scalar_rows(list({id(hp): hp for hp in hps}.values()), t, distinct)
-    out[:] = distinct[which]
 
 
 def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
@@ -600,7 +580,6 @@ def _q8_prepass(spec, quantized, args, block):
         return None
     from .kernels import quant8, reductions
     k = len(spec.kernel.norm_names)
-    index = {name: i for i, name in enumerate(spec.kernel.scalars)}
     fns = {}
 
     def prepass(packed, hp, t, options, scaled, par, lo, hi):
@@ -610,6 +589,5 @@ def _q8_prepass(spec, quantized, args, block):
             norms = reductions.segment_norms(spec.kernel, scaled, False, options)
             fn = fns[key] = quant8.prepass(norms, len(spec.kernel.arrays), quantized, par)
         sums = fn(*args, packed, config.NORM_CHUNK, block, lo, hi, k)
-        for name, value in spec.segment_scalars(hp, t, tuple(sums.tolist())).items():
-            packed[index[name]] = value
+        spec.fill_segment_rows((hp,), t, sums, packed[None, :])
     return prepass

@@ -421,8 +421,6 @@ class _PrePass:
     def __init__(self, spec, args, segments, dtype, bits=None, q8=None):
         self.spec, self.args, self.bits, self.q8 = spec, args, bits, q8
         self.k = len(spec.kernel.norm_names)
-        self.st = np.dtype(dtype).type
-        self.index = {name: i for i, name in enumerate(spec.kernel.scalars)}
         chunk = config.NORM_CHUNK
         table, self.spans = [], []
         for i, (lo, hi) in enumerate(segments):
@@ -468,22 +466,38 @@ class _PrePass:
         ``spec.segment_scalars`` sets from each segment's sums replaced (in place)."""
         kernels = _kernels()
         spec = self.spec
-        kinds = {}
-        for i, hp in enumerate(hps):
-            if self.spans[i][1] > self.spans[i][0]:         # (an empty segment: no chunks)
-                kinds.setdefault(tuple(spec.options(hp, t).items()), []).append(i)
         sums = np.zeros((len(rows), self.k))
-        for options, members in kinds.items():
+        for options, members in spec.option_kinds(hps, t).items():
+            members = [i for i in members if self.spans[i][1] > self.spans[i][0]]
+            if not members:                 # (empty segments: no chunks, sums of 0)
+                continue
             host = self._launch(kernels, tuple(members), dict(options), scaled, rows)
-            at = 0
-            for i in members:
-                a, b = self.spans[i]
-                sums[i] = np.cumsum(host[at:at + b - a], axis=0)[-1]
-                at += b - a
-        for i in range(len(rows)):
-            for name, value in spec.segment_scalars(hps[i], t, tuple(sums[i].tolist())).items():
-                rows[i, self.index[name]] = self.st(value)
+            sums[members] = sums_in_order(host, [self.spans[i][1] - self.spans[i][0]
+                                                 for i in members])
+        spec.fill_segment_rows(hps, t, sums, rows)
         return rows
+
+
+def sums_in_order(parts, counts, padded_max=128):
+    """Row ``s``: the next ``counts[s]`` (> 0) rows of ``parts`` (float64, one after the
+    other) added in order, as ``np.cumsum`` adds them: each tensor's chunk sums, the order the
+    tensor's sums have when it is stepped alone. Tensors of at most ``padded_max`` chunks in
+    one ``np.cumsum``, padded with zeros to the longest of them (adding +0.0 to a sum of
+    squares changes no bit; a call per tensor cost ~2.5 us each), longer ones (and all of
+    eight or fewer tensors) one by one."""
+    counts = np.asarray(counts, np.int64)
+    starts = np.cumsum(counts) - counts
+    out = np.empty((len(counts),) + parts.shape[1:])
+    long = counts > (padded_max if len(counts) > 8 else 0)      # a few: one by one
+    for s in np.flatnonzero(long):
+        out[s] = np.cumsum(parts[starts[s]:starts[s] + counts[s]], axis=0)[-1]
+    short = np.flatnonzero(~long)
+    if short.size:
+        cols = np.arange(counts[short].max())
+        index = np.where(cols < counts[short, None], starts[short, None] + cols, len(parts))
+        padded = np.concatenate([parts, np.zeros((1,) + parts.shape[1:])])
+        out[short] = np.cumsum(padded[index], axis=1)[:, -1]
+    return out
 
 
 def _row_per_segment(rows, segments, make_run):
@@ -652,17 +666,14 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
 
 def _rows(spec, hps, t, st, factor=None):
     """The rows of packed scalars of ``hps`` at step ``t`` as a 2-D array of ``st`` (the
-    gradient factor last in each row when given), each distinct row computed once (a row per
-    tensor repeats its group's: :func:`_row_per_segment`)."""
+    gradient factor last in each row when given; ``spec.fill_scalar_rows`` computes each
+    distinct row once: a row per tensor repeats its group's, :func:`_row_per_segment`)."""
     k = len(spec.kernel.scalars)
-    first = {}
-    which = [first.setdefault(id(hp), len(first)) for hp in hps]
-    distinct = list({id(hp): hp for hp in hps}.values())
-    out = np.empty((len(distinct), k + (factor is not None)), st)
-    spec.fill_scalar_rows(distinct, t, out[:, :k])
+    out = np.empty((len(hps), k + (factor is not None)), st)
+    spec.fill_scalar_rows(hps, t, out[:, :k])
     if factor is not None:
         out[:, k] = factor
-    return out if len(distinct) == len(hps) else out[which]
+    return out
 
 
 def device_sum_of_squares(g, chunk):

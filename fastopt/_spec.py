@@ -16,6 +16,20 @@ import numpy as np
 from ._core import check_flag, check_real
 
 
+def distinct(items):
+    """``(unique, which)``: the distinct objects of ``items`` by identity, in first-seen order,
+    and ``which``, a list with the position in ``unique`` of each item (the rows of a grouped
+    step: a row per tensor repeats its group's hyperparameter dict)."""
+    first, unique = {}, []
+    which = [first.setdefault(id(x), len(first)) for x in items]
+    if len(first) == len(items):
+        return list(items), which
+    for x in items:
+        if len(unique) == first[id(x)]:
+            unique.append(x)
+    return unique, which
+
+
 @dataclasses.dataclass(frozen=True)
 class Hyper:
     """One hyperparameter: ``kind`` is ``"real"`` (with an interval) or ``"flag"``."""
@@ -81,8 +95,11 @@ class OptimizerSpec:
     step_fn: object            # the public step function
     cross_check: object = None  # hp -> None, raises on an inconsistent combination
     # a kernel record with ``norms`` (a per-segment pre-pass): (hp, t, sums) -> {scalar name:
-    # value}, the update's scalars that depend on the segment's sums of squares (float64,
-    # one per value of ``norms``, in order); they replace those of ``scalars``
+    # values}, the update's scalars that depend on a segment's sums of squares; ``sums`` has
+    # a float64 array per name of the record's ``norm_names`` (in order), an item per segment
+    # stepped with ``hp``, and each value is an array of an item per segment (or one value
+    # for all); Python floats in and out when the step has one segment (a NumPy call costs
+    # ~1 us); they replace those of ``scalars`` (``fill_segment_rows``)
     segment_scalars: object = None
 
     def __post_init__(self):
@@ -101,6 +118,7 @@ class OptimizerSpec:
         pick = (operator.itemgetter(*names) if len(names) > 1
                 else lambda d: tuple(d[n] for n in names))
         object.__setattr__(self, "_pick_scalars", pick)
+        object.__setattr__(self, "_scalar_index", {n: i for i, n in enumerate(names)})
 
     # -------------------------------------------------------------- hyperparameters
     @property
@@ -178,9 +196,51 @@ class OptimizerSpec:
 
     def fill_scalar_rows(self, hps, t, out):
         """:meth:`fill_scalars` for several hyperparameter sets at once: row ``r`` of ``out``
-        (2-D, the buffer dtype) gets the scalars of ``hps[r]`` (a grouped step's rows)."""
+        (2-D, the buffer dtype) gets the scalars of ``hps[r]`` (a grouped step's rows), each
+        distinct set (:func:`distinct`: a row per tensor repeats its group's) computed once."""
         pick, scalars = self._pick_scalars, self.scalars
-        out[:] = [pick(scalars(hp, t)) for hp in hps]
+        unique, which = distinct(hps)
+        if len(unique) == len(hps):
+            out[:] = [pick(scalars(hp, t)) for hp in hps]
+        else:
+            out[:] = np.array([pick(scalars(hp, t)) for hp in unique], out.dtype)[which]
+        return out
+
+    def option_kinds(self, hps, t):
+        """``{options: [i, ...]}``: the rows ``hps[i]`` of each distinct option combination at
+        step ``t`` (the options of each distinct set computed once), the rows in order."""
+        unique, which = distinct(hps)
+        options = [tuple(self.options(hp, t).items()) for hp in unique]
+        kinds = {}
+        for i, j in enumerate(which):
+            kinds.setdefault(options[j], []).append(i)
+        return kinds
+
+    def fill_segment_rows(self, hps, t, sums, out):
+        """Write what ``segment_scalars`` derives from each segment's sums of squares into the
+        segment's row of packed scalars: row ``i`` of ``out`` (2-D, the buffer dtype, each
+        value rounded once) from ``sums[i]`` (float64, in the order of the record's
+        ``norm_names``) and ``hps[i]``. ``segment_scalars`` is called once per distinct
+        hyperparameter set, with a float64 array per sum (its segments' values, in order), or
+        with floats when there is one segment in all."""
+        sums = np.asarray(sums, np.float64).reshape(len(hps), -1)
+        if len(hps) == 1:           # one tensor: floats
+            for name, value in self.segment_scalars(hps[0], t, tuple(sums[0].tolist())).items():
+                out[0, self._scalar_index[name]] = value
+            return out
+        unique, which = distinct(hps)
+        if len(unique) == 1:
+            parts = [(unique[0], slice(None))]
+        else:
+            which = np.array(which)
+            order = np.argsort(which, kind="stable")
+            cuts = np.searchsorted(which[order], np.arange(len(unique) + 1))
+            parts = [(hp, order[cuts[j]:cuts[j + 1]]) for j, hp in enumerate(unique)]
+        index = self._scalar_index
+        for hp, members in parts:
+            values = self.segment_scalars(hp, t, tuple(sums[members].T))
+            for name, value in values.items():
+                out[members, index[name]] = value
         return out
 
     def kernel_scalars(self, hp, t, scalar_type):

@@ -80,6 +80,55 @@ def test_trust_ratio_is_one_when_a_norm_is_zero():
     np.testing.assert_allclose(p[8:], 2.0 - 0.1 * 4.0 / (2 * r0) * r0, rtol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_segment_rows_equal_the_trust_ratio_of_each_tensor_alone(dtype):
+    """The rows of many tensors are filled by one call per distinct hyperparameter set, on
+    arrays of sums (``OptimizerSpec.fill_segment_rows``), one tensor's with floats; each row
+    must hold what the trust ratio of its own tensor gives in Python floats (the paper's
+    formula, written here), rounded once, edge cases included, both ways."""
+    from fastopt._spec import distinct
+    spec = fastopt.registry.REGISTRY["lamb"]
+    a = dict(spec.defaults, lr=0.1, trust_eps=0.0)
+    b = dict(spec.defaults, lr=1e-3, trust_eps=1e-6)
+    c = dict(spec.defaults, lr=3e-2, trust_eps=0.5)
+    hps = [a, b, a, c, b, a, c, c, a, b]
+    inf, nan = math.inf, math.nan
+    sums = np.array([[4.0, 9.0], [0.0, 1.0], [1.0, 0.0], [2.0, 3.0], [nan, 1.0], [1.0, nan],
+                     [inf, 1.0], [1.0, inf], [inf, inf], [1e-300, 1e300]])
+    unique, which = distinct(hps)
+    assert [id(h) for h in unique] == [id(a), id(b), id(c)] and which == [0, 1, 0, 2, 1, 0,
+                                                                           2, 2, 0, 1]
+    k = spec.kernel.scalars.index("step")
+    table = np.full((len(hps), len(spec.kernel.scalars) + 1), 7.0, dtype)
+    spec.fill_segment_rows(hps, 5, sums, table)
+    for i, hp in enumerate(hps):
+        w, u = math.sqrt(sums[i, 0]), math.sqrt(sums[i, 1])
+        trust = w / (u + hp["trust_eps"]) if w > 0.0 and u > 0.0 else 1.0
+        assert_bitwise(table[i, k], dtype(hp["lr"] * trust))
+        assert np.all(np.delete(table[i], k) == 7.0)      # nothing else written
+        alone = np.full_like(table[:1], 7.0)              # one tensor: the float path
+        spec.fill_segment_rows([hp], 5, sums[i], alone)
+        assert_bitwise(alone[0], table[i])
+    rows = np.empty((len(hps), len(spec.kernel.scalars)), dtype)
+    spec.fill_scalar_rows(hps, 5, rows)
+    for i, hp in enumerate(hps):
+        assert_bitwise(rows[i], spec.kernel_scalars(hp, 5, dtype))
+
+
+@pytest.mark.parametrize("counts", [[1], [3, 1], [25] * 100, [2442] + [1] * 50,
+                                    [129, 128, 1, 5, 7, 2, 9, 4, 4, 1, 1, 6]])
+def test_device_chunk_sums_are_added_in_each_tensors_own_order(counts):
+    """On CUDA the pre-pass returns every chunk's sums; the host adds each tensor's in order
+    (``np.cumsum``, what the tensor gets stepped alone), many tensors at once, padded."""
+    from fastopt._cuda_backend import sums_in_order
+    rng = np.random.default_rng(len(counts))
+    parts = rng.random((sum(counts), 2)) * 10.0 ** rng.uniform(-8, 8, (sum(counts), 1))
+    parts[rng.random(len(parts)) < 0.1] = 0.0
+    ends = np.cumsum(counts)
+    expected = [np.cumsum(parts[e - c:e], axis=0)[-1] for e, c in zip(ends, counts)]
+    assert_bitwise(sums_in_order(parts, counts), np.array(expected))
+
+
 def test_layout_sizes_flatparams_and_groups_give_the_same_tensors():
     rng = np.random.default_rng(2)
     fp = fastopt.FlatParams({"W": (20, 10), "b": (10,), "V": (10, 5)}, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastopt {compare,download-mnist} ...``."""
+"""Command line: ``python -m fastopt {compare,bench,profile,download-mnist} ...``."""
 import argparse
 import os
 import sys
@@ -312,10 +312,11 @@ def build_parser():
     c.add_argument("--lr", type=_lr, default=None,
                    help="learning rate of every optimizer (default: 0.01 for the blog's four, "
                         "each other optimizer's own)")
-    c.add_argument("--optimizers", type=_optimizer_list, default=["SGD", "Momentum",
-                                                                   "RMSprop", "Adam"],
-                   help="comma-separated names (SGD,Momentum,RMSprop,Adam,Nesterov,AdaGrad,"
-                        "Adadelta,Adamax,NAdam,RAdam,Lion) or 'all'; default: the blog's four")
+    from . import registry
+    from .experiment import BLOG_OPTIMIZERS, OPTIMIZERS
+    c.add_argument("--optimizers", type=_optimizer_list, default=list(BLOG_OPTIMIZERS),
+                   help=f"comma-separated names ({', '.join(OPTIMIZERS)}) or 'all'; default: "
+                        "the blog's four")
     c.add_argument("--backend", choices=["numpy", "cpu"], default="cpu")
     c.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     c.add_argument("--seed", type=_seed, default=0, help="random seed (>= 0)")
@@ -355,7 +356,8 @@ def build_parser():
     pr.add_argument("--sizes", type=_sizes, default=None,
                     help="comma-separated, e.g. 1e4,1e6 (default 1e4..1e8 within memory)")
     pr.add_argument("--optimizers", default=None,
-                    help="comma-separated subset of adam,rmsprop,momentum,sgd")
+                    help=f"comma-separated subset of {', '.join(registry.REGISTRY)} "
+                         "(default: all)")
     pr.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     pr.add_argument("--out", default="results/profile", help="output directory")
     pr.set_defaults(func=_cmd_profile)

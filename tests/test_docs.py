@@ -4,6 +4,7 @@ registered optimizer's module must have examples."""
 import doctest
 import importlib
 import pkgutil
+import re
 
 import numpy as np
 import pytest
@@ -53,3 +54,21 @@ def test_readme_quickstart_runs(monkeypatch, tmp_path):
         exec(compile(code, "README quickstart", "exec"), scope)
     assert scope["buffers"].step == 200
     assert scope["fp"].params["W"][0, 0] == np.float32(0.01)
+
+
+def _help(command):
+    from fastopt.__main__ import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return " ".join(sub.format_help().split())
+
+
+@pytest.mark.parametrize("command", ["compare", "profile"])
+def test_cli_help_names_every_registered_optimizer(command):
+    """The ``--optimizers`` help of ``compare`` and ``profile`` lists what they accept: every
+    registered optimizer (a new one is named there with no edit of the CLI)."""
+    from fastopt.experiment import OPTIMIZERS
+    words = set(re.findall(r"\w+", _help(command)))
+    names = OPTIMIZERS if command == "compare" else registry.REGISTRY
+    assert len(names) >= len(registry.REGISTRY)
+    assert set(names) <= words, sorted(set(names) - words)

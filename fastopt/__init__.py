@@ -5,10 +5,15 @@ Public API::
     adam_step, rmsprop_step, sgd_step, lion_step, ...       one fused in-place step
     AdamBuffers, RMSpropBuffers, ...                         parameter, gradient and state
     FlatParams                                               one arena, named views
+    Groups                                                   per-range hyperparameters
+    grad_norm, LossScaler                                    clipping's norm, loss scaling
+    fastopt.schedules                                        hyperparameter schedules
     save_checkpoint, load_checkpoint                         atomic, checksummed
     to_device, to_host                                       move buffers to/from a GPU
     to_bfloat16, from_bfloat16                               bfloat16 state bits (precision)
     fastopt.compat                                           the blog's classes, drop-in
+    fastopt.torch                                            torch.optim-style front end
+    fastopt.distributed                                      sharded state over MPI
     fastopt.config                                           tunables
     fastopt.registry.REGISTRY                                the optimizers, as data
 

@@ -19,7 +19,8 @@ prints its traceback and the others still run. What it measures (float32 unless 
 5. every optimizer at 1e7 and 1e8: fastopt CUDA vs torch's best (fused where it has one, else
    foreach), GB/s of the optimizer's own traffic, fraction of the measured copy bandwidth;
 6. (by name) the launch sweep, a host profile, groups, compressed state, compressed state with
-   groups and LAMB (see each section's docstring).
+   groups, LAMB, and ``paths``: fastopt's direct launch vs numba-cuda's (see each section's
+   docstring).
 
 Times: CUDA events around ``reps`` back-to-back steps after warm-up, the median of 5 such
 repeats, per step; events measure the GPU's timeline, so host overhead between launches counts
@@ -405,6 +406,116 @@ def host_profile(n=100_000, steps=300):
     return {"wall_s": wall, "profile": text}
 
 
+def host_time(fn, reps):
+    """The host's time per call: ``reps`` calls issued back to back, the clock read before the
+    final synchronization (above the event time, the host is the limit)."""
+    for _ in range(3):
+        fn()
+    cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    host = (time.perf_counter() - t0) / reps
+    cuda.synchronize()
+    return host
+
+
+def rows_in_array(step):
+    """``step`` run with the grouped kernels' rows of scalars in a device array (as past
+    ``GROUPED_MAX_ROWS`` distinct rows) instead of with the launch."""
+    from fastopt import _cuda_backend
+
+    def fn():
+        saved = _cuda_backend.GROUPED_MAX_ROWS
+        _cuda_backend.GROUPED_MAX_ROWS = 0
+        try:
+            step()
+        finally:
+            _cuda_backend.GROUPED_MAX_ROWS = saved
+    return fn
+
+
+@section("paths")
+def launch_paths():
+    """fastopt's direct launch (``fastopt._launch``) vs numba-cuda's, one process, per step:
+    Adam plain, with 10 groups of distinct learning rates (90 scalars with the launch) and
+    with them in a device array, LAMB over 10 tensors, and 8-bit Adam, at the MLP's size and
+    1e7; GPU timeline (events) and host time per call; after 20 steps each way from the same
+    start, the arrays compared bit for bit. Then the number of distinct rows of scalars up to
+    which passing them with the launch beats the device array (Adam, 1e7, direct launch)."""
+    from fastopt import _launch, config
+    from fastopt.groups import Groups
+    out = {}
+
+    def groups_of(n, k):
+        edges = np.linspace(0, n, k + 1).astype(int)
+        return Groups(n, [{"range": (int(a), int(c)), "lr": 1e-3 * (1 + i / k)}
+                          for i, (a, c) in enumerate(zip(edges[:-1], edges[1:]))])
+
+    for n in (B.MLP_SIZE, 10_000_000):
+        rng = np.random.default_rng(0)
+        p = rng.standard_normal(n).astype(np.float32)
+        g = rng.standard_normal(n).astype(np.float32)
+        g10 = groups_of(n, 10)
+        layout = [n // 10] * 9 + [n - 9 * (n // 10)]
+        cases = {
+            "adam": (lambda: fastopt.AdamBuffers.zeros(p.copy(), g.copy()),
+                     lambda b: fastopt.adam_step(b)),
+            "adam, 10 groups, rows with the launch": (
+                lambda: fastopt.AdamBuffers.zeros(p.copy(), g.copy()),
+                lambda b: fastopt.adam_step(b, groups=g10)),
+            "adam, 10 groups, rows in an array": (
+                lambda: fastopt.AdamBuffers.zeros(p.copy(), g.copy()),
+                lambda b: rows_in_array(lambda: fastopt.adam_step(b, groups=g10))()),
+            "lamb, 10 tensors": (lambda: fastopt.LAMBBuffers.zeros(p.copy(), g.copy()),
+                                 lambda b: fastopt.lamb_step(b, layout=layout,
+                                                             weight_decay=0.01)),
+            "adam, 8-bit state": (
+                lambda: fastopt.AdamBuffers.zeros(p.copy(), g.copy(), state_dtype="int8"),
+                lambda b: fastopt.adam_step(b)),
+        }
+        for name, (make, step) in cases.items():
+            row, final = {}, {}
+            for path in (1, 0):
+                config.CUDA_FAST_LAUNCH = path
+                before = dict(_launch.STATS)
+                b = fastopt.to_device(make())
+                fn = (lambda b=b: step(b))
+                for _ in range(20):
+                    fn()
+                final[path] = {k: a.copy_to_host() for k, a in b.arrays().items()
+                               if hasattr(a, "copy_to_host")}
+                label = "direct" if path else "numba-cuda"
+                row[label] = {"event_s": event_time(fn, reps_for(n)),
+                              "host_s": host_time(fn, reps_for(n)),
+                              "launches": {k: _launch.STATS[k] - before[k] for k in before}}
+            config.CUDA_FAST_LAUNCH = 1
+            same = all(np.array_equal(final[1][k].view(np.uint8), final[0][k].view(np.uint8))
+                       for k in final[1])
+            out[f"{name}, n={n}"] = dict(row, bitwise_equal=same)
+            print(f"n={n:>9} {name:40s} direct: GPU {us(row['direct']['event_s'])}, host "
+                  f"{us(row['direct']['host_s'])} | numba-cuda: GPU "
+                  f"{us(row['numba-cuda']['event_s'])}, host {us(row['numba-cuda']['host_s'])}"
+                  f" | bitwise {same} | launches {row['direct']['launches']}", flush=True)
+    n = 10_000_000
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    sweep = {}
+    for k in (1, 2, 3, 4, 6, 8, 12, 16):
+        gk = groups_of(n, k)
+        b1 = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
+        b2 = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
+        with_launch = event_time(lambda: fastopt.adam_step(b1, groups=gk), reps_for(n))
+        in_array = event_time(rows_in_array(lambda: fastopt.adam_step(b2, groups=gk)),
+                              reps_for(n))
+        sweep[k] = {"with_launch_s": with_launch, "in_array_s": in_array}
+        print(f"  {k:2d} distinct rows, 1e7: with the launch {us(with_launch)}, "
+              f"in an array {us(in_array)}", flush=True)
+    out["rows_sweep_1e7"] = sweep
+    return out
+
+
 @section("groups")
 def groups_on_device():
     """Adam(W) float32 with parameter groups on the device: plain step vs 10 groups (one per
@@ -528,17 +639,6 @@ def lamb_on_device(n=10_000_000):
     g = rng.standard_normal(n).astype(np.float32)
     out = {}
 
-    def host_time(fn, reps):
-        for _ in range(3):
-            fn()
-        cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        host = (time.perf_counter() - t0) / reps
-        cuda.synchronize()
-        return host
-
     def profile(fn, steps=20):
         prof = cProfile.Profile()
         prof.enable()
@@ -570,17 +670,6 @@ def lamb_on_device(n=10_000_000):
         b = fastopt.to_device(fastopt.LAMBBuffers.zeros(p.copy(), g.copy()))
         cases[f"lamb, {tensors} tensors"] = (
             lambda b=b, layout=layout: fastopt.lamb_step(b, layout=layout, weight_decay=0.01))
-    from fastopt import _cuda_backend
-
-    def rows_in_array(step):
-        def fn():
-            saved = _cuda_backend.GROUPED_MAX_ROWS
-            _cuda_backend.GROUPED_MAX_ROWS = 0
-            try:
-                step()
-            finally:
-                _cuda_backend.GROUPED_MAX_ROWS = saved
-        return fn
     for name in ("adam, 10 groups of distinct lr", "lamb, 10 tensors"):
         step = cases[name].__defaults__      # (fresh buffers: a runner keeps its row mode)
         if name.startswith("adam"):
@@ -609,7 +698,8 @@ def lamb_on_device(n=10_000_000):
 SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "every": every_optimizer, "bitwise": bitwise, "launch": launch_sweep,
             "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device,
-            "state_groups": state_with_groups_on_device, "lamb": lamb_on_device}
+            "state_groups": state_with_groups_on_device, "lamb": lamb_on_device,
+            "paths": launch_paths}
 
 
 def main(out, names=tuple(SECTIONS)):

@@ -7,6 +7,7 @@ arrays, torch CUDA tensors); they are used in place, zero-copy.
 import numpy as np
 
 from . import config
+from ._launch import Launcher
 
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '
                  '(and an NVIDIA GPU with its driver, or NUMBA_ENABLE_CUDASIM=1 for the '
@@ -262,6 +263,7 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     pre = None
     if spec.kernel.norm_names:
         pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
+    launch = Launcher()
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
@@ -276,8 +278,7 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
                             np.int64(0))
-        with kernels.exact():             # compiled without FMA contraction: rounds as the CPU
-            kernel[blocks, threads](*args, *extra, packed)
+        launch(kernel, blocks, threads, *args, *extra, packed)
     return run
 
 
@@ -343,6 +344,7 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     if spec.kernel.norm_names:
         pre = _PrePass(spec, _q8_state_args(args, arrays), [(0, n)], dtype,
                        q8=(quantized, block))
+    launch = Launcher()
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
@@ -353,8 +355,7 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
         if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         blocks = _grid(kernels, nb * block)[0]
-        with kernels.exact():
-            kernel[min(blocks, nb), nt](*args, packed)
+        launch(kernel, min(blocks, nb), nt, *args, packed)
     return run
 
 
@@ -430,6 +431,7 @@ class _PrePass:
         self.table = np.array(table, np.int64).reshape(-1, 3)
         self.tables = {}            # a tuple of segments: their chunks' table, sums' array
         self.upload = _DeviceRows(dtype)
+        self.launch = Launcher()
 
     def _launch(self, kernels, members, options, scaled, rows):
         """The chunk sums of segments ``members`` (one option combination), on the host."""
@@ -447,17 +449,17 @@ class _PrePass:
         else:
             rows = tuple(rows.ravel())
         grid = (min(chunks, 8192), kernels.NORM_THREADS)
-        with kernels.exact():
-            if self.q8 is not None:
-                quantized, block = self.q8
-                kernels.get_norms_q8(spec.kernel, scaled, options, k, quantized, n_rows)[grid](
-                    *self.args, np.int64(block), table, rows, out)
-            elif self.bits is None:
-                kernels.get_norms(spec.kernel, scaled, options, k, n_rows)[grid](
-                    self.args, table, rows, out)
-            else:
-                kernels.get_norms_bf16(spec.kernel, scaled, options, k, self.bits, n_rows)[
-                    grid](*self.args, np.uint64(0), np.int64(0), table, rows, out)
+        if self.q8 is not None:
+            quantized, block = self.q8
+            self.launch(kernels.get_norms_q8(spec.kernel, scaled, options, k, quantized, n_rows),
+                        *grid, *self.args, np.int64(block), table, rows, out)
+        elif self.bits is None:
+            self.launch(kernels.get_norms(spec.kernel, scaled, options, k, n_rows), *grid,
+                        self.args, table, rows, out)
+        else:
+            self.launch(kernels.get_norms_bf16(spec.kernel, scaled, options, k, self.bits,
+                                               n_rows), *grid,
+                        *self.args, np.uint64(0), np.int64(0), table, rows, out)
         return out.copy_to_host()
 
     def __call__(self, rows, hps, t, scaled):
@@ -606,12 +608,12 @@ def _grouped_launch(kernels, args, dtype, n_rows, grid, extra=None):
     array rows). ``grid(segs)``: the launch's ``(blocks, threads)``; ``extra(t)``: arguments
     between the arrays and ``segs``."""
     upload = _DeviceRows(dtype) if n_rows > GROUPED_MAX_ROWS else None
+    launcher = Launcher()
 
     def launch(kernel, segs, packed, t):
         packed = upload(packed.ravel()) if upload is not None else tuple(packed.ravel())
         more = () if extra is None else extra(t)
-        with kernels.exact():
-            kernel[grid(segs)](*args, *more, segs, packed)
+        launcher(kernel, *grid(segs), *args, *more, segs, packed)
     return launch
 
 

@@ -15,6 +15,7 @@ attribute                      environment variable                default
 ``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``         ``0`` (0: no fixed cap)
 ``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``      ``64`` (0: no cap)
 ``CUDA_8BIT_PER_THREAD``       ``FASTOPT_CUDA_8BIT_PER_THREAD``    ``4``
+``CUDA_FAST_LAUNCH``           ``FASTOPT_CUDA_FAST_LAUNCH``        ``1`` (0: numba-cuda's launch)
 ``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``           ``1000`` (or ``"keep"``)
 =============================  ==================================  ===========================
 
@@ -39,6 +40,10 @@ threads): more loads in flight per thread, fewer threads per barrier. Measured o
 Adam 1e8 float32 parameters with 8-bit state (one call each): 1 per thread 2581 us, 2: 2110
 us, 4: 2177 us, 8: 3362 us, 16: 6590 us; at 1e7 4 was the fastest (221 us; the others
 264-656 us).
+
+``CUDA_FAST_LAUNCH``: launch fastopt's CUDA kernels without numba-cuda's per-call argument
+handling once a kernel's argument list has been checked against numba-cuda's own
+(``fastopt._launch``); ``0`` launches every call through numba-cuda.
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
@@ -104,6 +109,7 @@ _DEFAULTS = {
     "CUDA_MAX_BLOCKS": ("FASTOPT_CUDA_MAX_BLOCKS", 0),
     "CUDA_BLOCKS_PER_SM": ("FASTOPT_CUDA_BLOCKS_PER_SM", 64),
     "CUDA_8BIT_PER_THREAD": ("FASTOPT_CUDA_8BIT_PER_THREAD", 4),
+    "CUDA_FAST_LAUNCH": ("FASTOPT_CUDA_FAST_LAUNCH", 1),
     "OMP_SPINCOUNT": ("FASTOPT_OMP_SPINCOUNT", None),
 }
 
@@ -112,6 +118,7 @@ CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 0
 CUDA_BLOCKS_PER_SM = 64
 CUDA_8BIT_PER_THREAD = 4
+CUDA_FAST_LAUNCH = 1
 OMP_SPINCOUNT = 1000
 
 

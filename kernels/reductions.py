@@ -43,10 +43,11 @@ def _lane_items(builder, acc):
 
 
 @intrinsic
-def _lanes8(typingctx, x, start, rows):
-    """The eight lane sums of squares (float64) of ``x[start:start + 8 * rows]``: lane ``j``
-    is ``x[start + j]**2 + x[start + 8 + j]**2 + ...``, summed in that order. ``x``: a 1-D
-    C-contiguous float32 or float64 array (the caller checks the bounds)."""
+def _lanes8(typingctx, x, start, end):
+    """The eight lane sums of squares (float64) of ``x[start:end]``: lane ``j`` is
+    ``x[start + j]**2 + x[start + 8 + j]**2 + ...``, summed in that order, the last, partial
+    row of eight (if any) included. ``x``: a 1-D C-contiguous float32 or float64 array (the
+    caller checks the bounds)."""
     if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
             and x.dtype in (types.float32, types.float64)):
         return None
@@ -55,15 +56,28 @@ def _lanes8(typingctx, x, start, rows):
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
-        start, rows = args[1], args[2]
+        start, end = args[1], args[2]
+        eight = ir.Constant(start.type, LANES)
+        rows = builder.sdiv(builder.sub(end, start), eight)
         vec = ir.VectorType(ir.DoubleType(), LANES)
         acc = cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * LANES))
         with cgutils.for_range(builder, rows) as loop:
-            offset = builder.add(start, builder.mul(loop.index, ir.Constant(start.type, LANES)))
+            offset = builder.add(start, builder.mul(loop.index, eight))
             _add_squares(context, builder, aryty, ary.data, offset, acc)
+        last = builder.add(start, builder.mul(rows, eight))
+        for j in range(LANES - 1):          # the partial row: lane j, if element j is there
+            at = builder.add(last, ir.Constant(start.type, j))
+            with builder.if_then(builder.icmp_signed("<", at, end)):
+                v = builder.load(builder.gep(ary.data, [at]))
+                if aryty.dtype != types.float64:
+                    v = builder.fpext(v, ir.DoubleType())
+                lanes = builder.load(acc)
+                j_ = ir.Constant(ir.IntType(32), j)
+                total = builder.fadd(builder.extract_element(lanes, j_), builder.fmul(v, v))
+                builder.store(builder.insert_element(lanes, total, j_), acc)
         return context.make_tuple(builder, ret, _lane_items(builder, acc))
 
-    return ret(x, start, rows), codegen
+    return ret(x, start, end), codegen
 
 
 @intrinsic
@@ -113,16 +127,11 @@ def _lanes8_rows(typingctx, table, k, rows, init):
 @njit(error_model="numpy", inline="always")
 def _chunk_sum(x, start, end):
     """The sum of squares (float64) of ``x[start:end]``: eight lanes (element ``start + 8k
-    + j`` in lane ``j``, each lane in order), combined in a fixed tree."""
-    rows = (end - start) // 8
-    lanes = _lanes8(x, start, rows)
-    rest = [lanes[j] for j in range(8)]
-    i = start + 8 * rows
-    for j in range(end - i):            # the last, partial row: lane j, in order
-        v = np.float64(x[i + j])
-        rest[j] += v * v
-    return (((rest[0] + rest[1]) + (rest[2] + rest[3]))
-            + ((rest[4] + rest[5]) + (rest[6] + rest[7])))
+    + j`` in lane ``j``, each lane in order), combined in a fixed tree. (The partial last row
+    is added inside :func:`_lanes8`: a list of the lanes, allocated per chunk, made the norm
+    ~15% slower.)"""
+    r0, r1, r2, r3, r4, r5, r6, r7 = _lanes8(x, start, end)
+    return ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
 
 
 def _per_chunk_sum(x, chunk):

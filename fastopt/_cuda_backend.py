@@ -690,7 +690,10 @@ def device_sum_of_squares(g, chunk):
     if n == 0:
         return 0.0
     chunks = -(-n // chunk)
-    out = _cuda().device_array(chunks, np.float64)
-    with kernels.exact():
-        kernels.chunk_sum_of_squares[min(chunks, 8192), kernels.NORM_THREADS](x, chunk, out)
+    out = _cuda().device_array(chunks, np.float64)       # (per call: steps on two threads)
+    _NORM_LAUNCH(kernels.chunk_sum_of_squares, min(chunks, 8192), kernels.NORM_THREADS,
+                 x, np.int64(chunk), out)
     return float(np.cumsum(out.copy_to_host())[-1])
+
+
+_NORM_LAUNCH = Launcher(keep_arrays=False)   # (a gradient's view is made per call)

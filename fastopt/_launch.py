@@ -145,11 +145,13 @@ def _api():
 class Launcher:
     """``launcher(dispatcher, griddim, blockdim, *args)``: launch a numba-cuda kernel (see the
     module docstring). One per launch site: it keeps the device arrays it has seen (at most
-    ``MAX_ARRAYS``), which the site holds anyway."""
+    ``MAX_ARRAYS``), which the site holds anyway; ``keep_arrays=False`` (a site called with
+    new arrays each time, which it should not keep alive): each array converted per call."""
 
-    def __init__(self):
+    def __init__(self, keep_arrays=True):
         self.entries = {}       # id(dispatcher) -> (dispatcher, _Entry or None)
         self.arrays = {}        # id(array) -> (array, its kernel arguments)
+        self.keep_arrays = keep_arrays
         self.fast = self.slow = 0
 
     def __call__(self, dispatcher, griddim, blockdim, *args):
@@ -182,6 +184,8 @@ class Launcher:
                 raise _Mismatch
             out, retr = [], []
             kernel._prepare_args(ty, value, stream, retr, out)
+            if not self.keep_arrays:
+                return out
             if len(self.arrays) >= MAX_ARRAYS:
                 self.arrays.clear()
             self.arrays[id(value)] = (value, out)

@@ -197,16 +197,25 @@ def _chunk_norms_body(rows):
             full = piece // 8
             lanes = _lanes8_rows(tmp, rows, full, lanes)
             done += piece
+        if piece == 8 * full:       # no partial row (all but a tensor's last chunk): no list
+            for q in range(rows):
+                partial[c, q] = _tree8(lanes, 8 * q)
+            return
         rest = [lanes[j] for j in range(8 * rows)]
         for q in range(rows):       # the last, partial row of eight: lane j, in order
             for j in range(piece - 8 * full):
                 v = np.float64(tmp[q, 8 * full + j])
                 rest[8 * q + j] += v * v
         for q in range(rows):
-            a = rest[8 * q:8 * q + 8]
-            partial[c, q] = (((a[0] + a[1]) + (a[2] + a[3]))
-                             + ((a[4] + a[5]) + (a[6] + a[7])))
+            partial[c, q] = _tree8(rest, 8 * q)
     return chunk_norms_
+
+
+@njit(error_model="numpy", inline="always")
+def _tree8(a, o):
+    """The eight lane sums ``a[o:o + 8]`` combined in the fixed tree."""
+    return (((a[o] + a[o + 1]) + (a[o + 2] + a[o + 3]))
+            + ((a[o + 4] + a[o + 5]) + (a[o + 6] + a[o + 7])))
 
 
 def _segment_norms_body(rows):

@@ -697,3 +697,31 @@ def device_sum_of_squares(g, chunk):
 
 
 _NORM_LAUNCH = Launcher(keep_arrays=False)   # (a gradient's view is made per call)
+
+
+class DeviceNorm:
+    """``norm()``: :func:`device_sum_of_squares` of one validated device gradient (the same
+    kernel, order and bits), for its steps' reduction pass: the flat view, the chunk sums'
+    device array and a page-locked host array for them made once, the kernel launched
+    directly (``fastopt._launch``). Kept with the step's validation (``_step.Prepared``), so
+    one buffers object's steps, which hold its lock, are its only users."""
+
+    def __init__(self, g, chunk):
+        cuda = _cuda()
+        self.kernels = _kernels()
+        self.x = as_device_array(g).reshape(-1)
+        self.chunk = np.int64(chunk)
+        self.chunks = -(-self.x.shape[0] // chunk)
+        self.out = cuda.device_array(max(1, self.chunks), np.float64)
+        self.host = (np.empty(max(1, self.chunks)) if simulator_active()
+                     else cuda.pinned_array(max(1, self.chunks), np.float64))
+        self.launch = Launcher()
+
+    def __call__(self):
+        if self.chunks == 0:
+            return 0.0
+        k = self.kernels
+        self.launch(k.chunk_sum_of_squares, min(self.chunks, 8192), k.NORM_THREADS, self.x,
+                    self.chunk, self.out)
+        self.out.copy_to_host(self.host)
+        return float(np.cumsum(self.host)[-1])

@@ -55,7 +55,7 @@ class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
                  "schedules", "template", "dtype", "checked_loop", "rows", "seed", "copy",
-                 "q8")
+                 "q8", "norm")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
                  template=None, dtype=None, checked_loop=None, rows=None):
@@ -66,6 +66,7 @@ class Prepared:
         self.seed = None        # the buffers' rounding_seed it was built for (set by _validate)
         self.copy = None        # and their param_copy
         self.q8 = None          # and their 8-bit state: (block_size, ((field, scales), ...))
+        self.norm = None        # a device gradient's norm pass (_cuda_backend.DeviceNorm)
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -368,10 +369,11 @@ def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
     return check_8bit_scales(buffers, arrays, owner)
 
 
-def _loop_factor(buffers, checked):
+def _loop_factor(buffers, checked, prep=None):
     """The reduction pass of a step with training-loop options: the gradient's norm (of the
     unscaled gradient), whether it is finite, and the one factor (1 / grad_scale times the
-    clip coefficient) the kernel multiplies the gradient by. ``None``: skip this step."""
+    clip coefficient) the kernel multiplies the gradient by. ``None``: skip this step.
+    ``prep``: the step's :class:`Prepared` (a device gradient's norm pass is kept in it)."""
     max_norm, scale, skip = checked
     inv = 1.0 if scale is None else 1.0 / scale
     if max_norm is None and not skip:
@@ -388,6 +390,11 @@ def _loop_factor(buffers, checked):
         return inv
     if type(g) is np.ndarray:               # validated by the step: no second check
         norm = math.sqrt(scaling.sum_of_squares(g)) * inv
+    elif prep is not None:                  # a device gradient (validated by the step)
+        if prep.norm is None:               # its flat view and buffers, made once per call
+            from ._cuda_backend import DeviceNorm
+            prep.norm = DeviceNorm(g, scaling.NORM_CHUNK)
+        norm = math.sqrt(prep.norm()) * inv
     else:
         norm = scaling.grad_norm(g) * inv
     buffers.grad_norm = norm
@@ -432,7 +439,7 @@ def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=
             prep.run(t, prep.scheduled_hp(t - 1))
         else:
             hp_now = None if prep.schedules is None else prep.scheduled_hp(t - 1)
-            factor = _loop_factor(buffers, prep.checked_loop)
+            factor = _loop_factor(buffers, prep.checked_loop, prep)
             if factor is None:            # non-finite gradient, skip_nonfinite: no write
                 return buffers
             # a factor of exactly 1 (skip_nonfinite alone, or a norm under max_grad_norm)

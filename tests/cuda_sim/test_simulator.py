@@ -229,12 +229,20 @@ def test_loop_options_on_the_device_match_the_cpu(loop):
         fastopt.adam_step(dev, **loop)
         if "max_grad_norm" in loop:
             assert dev.grad_norm == pytest.approx(host.grad_norm, rel=1e-14)
+            # the step's norm pass (made once, _cuda_backend.DeviceNorm) is grad_norm's
+            inv = 1.0 / loop.get("grad_scale", 1.0)
+            assert dev.grad_norm == fastopt.grad_norm(dev.grad) * inv
         else:
             assert dev.grad_norm is host.grad_norm is None     # no norm pass was needed
     back = fastopt.to_host(dev)
     assert back.step == host.step == 3
     for name, a in host.arrays().items():
         assert int(_ulp_diff(a, back.arrays()[name]).max()) <= ULP[np.float32], name
+    if "max_grad_norm" in loop:
+        made = dev._prepared.norm
+        assert made is not None
+        fastopt.adam_step(dev, **loop)
+        assert dev._prepared.norm is made                     # kept with the validated call
 
 
 def test_skip_nonfinite_on_the_device_writes_nothing():

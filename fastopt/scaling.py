@@ -167,7 +167,10 @@ def all_finite(x):
     return total == total
 
 
-# the finiteness pass goes parallel at this multiple of PARALLEL_THRESHOLD: it is cheap per
-# element, so threads pay off later (measured at the MLP's 109,810 float32: 4.7 us serial,
-# 6.5 us on 2 threads)
-FINITE_PARALLEL_FACTOR = 4
+# the finiteness pass goes parallel at this multiple of PARALLEL_THRESHOLD. Alone it is cheap
+# per element (at the MLP's 109,810 float32: 4.7 us serial, 6.5 us on 2 threads), but in a
+# step it sits between parallel regions: run serially there (factor 4) the pool's threads fell
+# asleep and the parallel update woke them, which on a 2-core Zen 3 VM made skip_nonfinite
+# steps 137-154 us against 46-57 us plain at the MLP's size; at the step's own threshold
+# (factor 1) 44-61 us against 36-49 us (three runs each, 2026-11-27)
+FINITE_PARALLEL_FACTOR = 1

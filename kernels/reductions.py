@@ -125,13 +125,19 @@ def _lanes8_rows(typingctx, table, k, rows, init):
 
 
 @njit(error_model="numpy", inline="always")
+def _tree8(a, o):
+    """The eight lane sums ``a[o:o + 8]`` combined in the fixed tree."""
+    return (((a[o] + a[o + 1]) + (a[o + 2] + a[o + 3]))
+            + ((a[o + 4] + a[o + 5]) + (a[o + 6] + a[o + 7])))
+
+
+@njit(error_model="numpy", inline="always")
 def _chunk_sum(x, start, end):
     """The sum of squares (float64) of ``x[start:end]``: eight lanes (element ``start + 8k
     + j`` in lane ``j``, each lane in order), combined in a fixed tree. (The partial last row
     is added inside :func:`_lanes8`: a list of the lanes, allocated per chunk, made the norm
     ~15% slower.)"""
-    r0, r1, r2, r3, r4, r5, r6, r7 = _lanes8(x, start, end)
-    return ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    return _tree8(_lanes8(x, start, end), 0)
 
 
 def _per_chunk_sum(x, chunk):
@@ -209,13 +215,6 @@ def _chunk_norms_body(rows):
         for q in range(rows):
             partial[c, q] = _tree8(rest, 8 * q)
     return chunk_norms_
-
-
-@njit(error_model="numpy", inline="always")
-def _tree8(a, o):
-    """The eight lane sums ``a[o:o + 8]`` combined in the fixed tree."""
-    return (((a[o] + a[o + 1]) + (a[o + 2] + a[o + 3]))
-            + ((a[o + 4] + a[o + 5]) + (a[o + 6] + a[o + 7])))
 
 
 def _segment_norms_body(rows):

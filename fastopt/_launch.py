@@ -4,9 +4,9 @@
 launch: it types every argument, then converts each one (``_Kernel._prepare_args``: for a
 device array a strided memory view and its fields, for every scalar of a tuple a chain of type
 comparisons and a ``ctypes`` value). A step of the MLP's size is a few microseconds of GPU
-work, so that host time was the step's time (measured on an H100: ~90-170 us per plain step,
-~450 us for Adam with 10 groups of distinct learning rates, whose 90 scalars travel with the
-launch).
+work, so that host time was the step's time (measured: ~90-170 us per plain step at the MLP's
+size on an H200, ~450 us on an H100 for Adam with 10 groups of distinct learning rates, whose
+90 scalars travel with the launch).
 
 A :class:`Launcher` belongs to one launch site (a step runner), whose arguments keep their
 types from call to call. A kernel's first launch there goes through numba-cuda as usual (it

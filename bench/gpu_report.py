@@ -420,6 +420,15 @@ def host_time(fn, reps):
     return host
 
 
+def distinct_lr_groups(n, k):
+    """``k`` equal ranges of ``n`` elements, each with its own learning rate (``k`` distinct
+    rows of scalars)."""
+    from fastopt.groups import Groups
+    edges = np.linspace(0, n, k + 1).astype(int)
+    return Groups(n, [{"range": (int(a), int(c)), "lr": 1e-3 * (1 + i / k)}
+                      for i, (a, c) in enumerate(zip(edges[:-1], edges[1:]))])
+
+
 def rows_in_array(step):
     """``step`` run with the grouped kernels' rows of scalars in a device array (as past
     ``GROUPED_MAX_ROWS`` distinct rows) instead of with the launch."""
@@ -444,19 +453,12 @@ def launch_paths():
     start, the arrays compared bit for bit. Then the number of distinct rows of scalars up to
     which passing them with the launch beats the device array (Adam, 1e7, direct launch)."""
     from fastopt import _launch, config
-    from fastopt.groups import Groups
     out = {}
-
-    def groups_of(n, k):
-        edges = np.linspace(0, n, k + 1).astype(int)
-        return Groups(n, [{"range": (int(a), int(c)), "lr": 1e-3 * (1 + i / k)}
-                          for i, (a, c) in enumerate(zip(edges[:-1], edges[1:]))])
-
     for n in (B.MLP_SIZE, 10_000_000):
         rng = np.random.default_rng(0)
         p = rng.standard_normal(n).astype(np.float32)
         g = rng.standard_normal(n).astype(np.float32)
-        g10 = groups_of(n, 10)
+        g10 = distinct_lr_groups(n, 10)
         layout = [n // 10] * 9 + [n - 9 * (n // 10)]
         cases = {
             "adam": (lambda: fastopt.AdamBuffers.zeros(p.copy(), g.copy()),
@@ -476,20 +478,24 @@ def launch_paths():
         }
         for name, (make, step) in cases.items():
             row, final = {}, {}
-            for path in (1, 0):
-                config.CUDA_FAST_LAUNCH = path
-                before = dict(_launch.STATS)
-                b = fastopt.to_device(make())
-                fn = (lambda b=b: step(b))
-                for _ in range(20):
-                    fn()
-                final[path] = {k: a.copy_to_host() for k, a in b.arrays().items()
-                               if hasattr(a, "copy_to_host")}
-                label = "direct" if path else "numba-cuda"
-                row[label] = {"event_s": event_time(fn, reps_for(n)),
-                              "host_s": host_time(fn, reps_for(n)),
-                              "launches": {k: _launch.STATS[k] - before[k] for k in before}}
-            config.CUDA_FAST_LAUNCH = 1
+            saved = config.CUDA_FAST_LAUNCH
+            try:
+                for path in (1, 0):
+                    config.CUDA_FAST_LAUNCH = path
+                    before = dict(_launch.STATS)
+                    b = fastopt.to_device(make())
+                    fn = (lambda b=b: step(b))
+                    for _ in range(20):
+                        fn()
+                    final[path] = {k: a.copy_to_host() for k, a in b.arrays().items()
+                                   if hasattr(a, "copy_to_host")}
+                    label = "direct" if path else "numba-cuda"
+                    row[label] = {"event_s": event_time(fn, reps_for(n)),
+                                  "host_s": host_time(fn, reps_for(n)),
+                                  "launches": {k: _launch.STATS[k] - before[k]
+                                               for k in before}}
+            finally:
+                config.CUDA_FAST_LAUNCH = saved
             same = all(np.array_equal(final[1][k].view(np.uint8), final[0][k].view(np.uint8))
                        for k in final[1])
             out[f"{name}, n={n}"] = dict(row, bitwise_equal=same)
@@ -503,7 +509,7 @@ def launch_paths():
     g = rng.standard_normal(n).astype(np.float32)
     sweep = {}
     for k in (1, 2, 3, 4, 6, 8, 12, 16):
-        gk = groups_of(n, k)
+        gk = distinct_lr_groups(n, k)
         b1 = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
         b2 = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
         with_launch = event_time(lambda: fastopt.adam_step(b1, groups=gk), reps_for(n))
@@ -633,7 +639,6 @@ def lamb_on_device(n=10_000_000):
     import cProfile
     import io
     import pstats
-    from fastopt.groups import Groups
     rng = np.random.default_rng(0)
     p = rng.standard_normal(n).astype(np.float32)
     g = rng.standard_normal(n).astype(np.float32)
@@ -654,9 +659,7 @@ def lamb_on_device(n=10_000_000):
     b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
     cases["adam"] = (lambda b=b: fastopt.adam_step(b))
     for k in (10, 40):
-        edges = np.linspace(0, n, k + 1).astype(int)
-        groups = Groups(n, [{"range": (int(a), int(c)), "lr": 1e-3 * (1 + i / k)}
-                            for i, (a, c) in enumerate(zip(edges[:-1], edges[1:]))])
+        groups = distinct_lr_groups(n, k)
         b = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), g.copy()))
         cases[f"adam, {k} groups of distinct lr"] = (
             lambda b=b, groups=groups: fastopt.adam_step(b, groups=groups))

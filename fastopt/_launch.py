@@ -96,8 +96,8 @@ def same_arguments(ours, theirs):
 class _Entry:
     """A compiled kernel's direct launch: its argument converters and launch objects."""
 
-    def __init__(self, kernel, argtypes, converters, stream, api):
-        self.kernel, self.argtypes, self.converters = kernel, argtypes, converters
+    def __init__(self, kernel, converters, stream, api):
+        self.kernel, self.converters = kernel, converters
         self.stream, self.api = stream, api
         self.configs = {}
 
@@ -152,14 +152,12 @@ class Launcher:
         self.entries = {}       # id(dispatcher) -> (dispatcher, _Entry or None)
         self.arrays = {}        # id(array) -> (array, its kernel arguments)
         self.keep_arrays = keep_arrays
-        self.fast = self.slow = 0
 
     def __call__(self, dispatcher, griddim, blockdim, *args):
         held = self.entries.get(id(dispatcher))
         if held is not None and held[1] is not None and config.CUDA_FAST_LAUNCH:
             try:
                 held[1].launch(griddim, blockdim, args)
-                self.fast += 1
                 STATS["direct"] += 1
                 return
             except _Mismatch:
@@ -167,7 +165,6 @@ class Launcher:
         from .kernels.cuda import exact
         with exact():                     # compiled without FMA contraction (first launch)
             dispatcher[griddim, blockdim](*args)
-        self.slow += 1
         STATS["numba"] += 1
         if held is None:
             entry = self._learn(dispatcher, args)
@@ -212,7 +209,7 @@ class Launcher:
             converters = [_converter(t, part) for t in argtypes]
             if any(c is None for c in converters):
                 return None
-            entry = _Entry(kernel, argtypes, converters, stream, api)
+            entry = _Entry(kernel, converters, stream, api)
             ours = entry.build(args)
             theirs, retr = [], []
             for t, v in zip(argtypes, args):

@@ -14,7 +14,8 @@ prints its traceback and the others still run. What it measures (float32 unless 
 3. Adam: fastopt CUDA (one launch, one flat arena) vs ``torch.optim.Adam`` fused / foreach /
    for-loop on the same GPU, at the MLP's 10 tensors (109,810) and at 1e6, 1e7, 1e8 in one
    tensor; the same trajectory (10 steps) compared against torch's fused Adam;
-4. step + global-norm clipping: fastopt ``adam_step(max_grad_norm=1)`` vs
+4. step + global-norm clipping: fastopt ``adam_step(max_grad_norm=1)`` (its factor left on the
+   device, and with ``config.CUDA_DEVICE_CLIP = 0`` from the host: both timed, bits compared) vs
    ``clip_grad_norm_`` + fused Adam;
 5. every optimizer at 1e7 and 1e8: fastopt CUDA vs torch's best (fused where it has one, else
    foreach), GB/s of the optimizer's own traffic, fraction of the measured copy bandwidth;
@@ -42,6 +43,7 @@ import torch  # noqa: E402
 from numba import cuda  # noqa: E402
 
 import fastopt  # noqa: E402
+from fastopt import config  # noqa: E402
 from fastopt import benchmarks as B  # noqa: E402
 from fastopt import registry, testinfo  # noqa: E402
 
@@ -265,6 +267,25 @@ def clip_vs_torch():
                                             reps_for(n))
         row["fastopt_clip_s"] = event_time(
             lambda: fastopt.adam_step(b, lr=1e-3, max_grad_norm=1.0), reps_for(n))
+        # the same with the factor passed from the host (it waits for the norm each step),
+        # and both settings' bits after 5 steps from one start
+        saved = config.CUDA_DEVICE_CLIP
+        try:
+            config.CUDA_DEVICE_CLIP = 0
+            row["fastopt_clip_host_factor_s"] = event_time(
+                lambda: fastopt.adam_step(b, lr=1e-3, max_grad_norm=1.0), reps_for(n))
+            finals = []
+            for device_clip in (1, 0):
+                config.CUDA_DEVICE_CLIP = device_clip
+                bb, _, _ = _fastopt_adam(ps, gs)
+                for _ in range(5):
+                    fastopt.adam_step(bb, lr=1e-3, max_grad_norm=1.0)
+                finals.append((bb.param.copy_to_host(), bb.grad_norm))
+            row["device_factor_bitwise"] = bool(
+                np.array_equal(finals[0][0].view(np.uint32), finals[1][0].view(np.uint32))
+                and finals[0][1] == finals[1][1])
+        finally:
+            config.CUDA_DEVICE_CLIP = saved
         opt, tps = _torch_adam(ps, gs, "fused", lr=1e-3)
 
         def torch_step():
@@ -276,7 +297,9 @@ def clip_vs_torch():
         row["clip_over_plain"] = row["fastopt_clip_s"] / row["fastopt_plain_s"]
         rows.append(row)
         print(f"  {label:>16}: fastopt plain {us(row['fastopt_plain_s'])}  clip "
-              f"{us(row['fastopt_clip_s'])} (x{row['clip_over_plain']:.2f})  torch clip+fused "
+              f"{us(row['fastopt_clip_s'])} (x{row['clip_over_plain']:.2f}; host factor "
+              f"{us(row['fastopt_clip_host_factor_s'])}, same bits: "
+              f"{row['device_factor_bitwise']})  torch clip+fused "
               f"{us(row['torch_clip_fused_s'])}  | x{row['speedup']:.2f}", flush=True)
     return rows
 

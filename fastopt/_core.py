@@ -201,6 +201,29 @@ def check_8bit_scales(buffers, arrays, owner):
 
 # ----------------------------------------------------------------------------- buffers
 
+class _LastStep:
+    """``grad_norm`` / ``found_inf`` of :class:`Buffers`: the value the last step with
+    ``max_grad_norm`` / ``skip_nonfinite`` set. A clipped CUDA step leaves its norm on the
+    device (``Buffers.last_norm_pending``); reading either attribute then copies it to the host
+    (waiting for the step's reduction pass) once."""
+
+    def __init__(self, name, default):
+        self.name, self.default = name, default
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self.default
+        d = obj.__dict__
+        if "_pending_norm" in d:
+            obj._resolve_norm()
+        return d.get(self.name, self.default)
+
+    def __set__(self, obj, value):
+        if "_pending_norm" in obj.__dict__:
+            obj._resolve_norm()
+        obj.__dict__[self.name] = value
+
+
 class Buffers:
     """Base class of the per-optimizer buffer records.
 
@@ -213,8 +236,9 @@ class Buffers:
     spec = None             # the optimizer's spec
     optimizer = ""          # registry name
     state_fields = ()       # every state array this optimizer may have
-    grad_norm = None        # the last step's gradient norm (with max_grad_norm / skip_nonfinite)
-    found_inf = False       # whether the last such step found a non-finite gradient
+    grad_norm = _LastStep("grad_norm", None)   # the last step's gradient norm (with
+    # max_grad_norm / skip_nonfinite), and whether that step found a non-finite gradient
+    found_inf = _LastStep("found_inf", False)
     skipped_steps = 0       # steps skipped by skip_nonfinite
     rounding_seed = None    # bfloat16 state: None rounds to nearest, an int stochastically
     param_copy = None       # bfloat16 bits (uint16) of the parameter, written by every step
@@ -241,7 +265,23 @@ class Buffers:
         # lose increments of .step)
         self._lock = threading.Lock()
 
+    def last_norm_pending(self, norm, inv):
+        """The last step's gradient norm is ``sqrt(norm.total()) * inv``, still on the
+        device (``_cuda_backend.DeviceNorm``): read when ``grad_norm`` or ``found_inf`` is."""
+        d = self.__dict__
+        d.pop("grad_norm", None)
+        d.pop("found_inf", None)
+        d["_pending_norm"] = (norm, inv)
+
+    def _resolve_norm(self):
+        norm, inv = self.__dict__.pop("_pending_norm")
+        value = math.sqrt(norm.total()) * inv
+        self.__dict__["grad_norm"] = value
+        self.__dict__["found_inf"] = not math.isfinite(value)
+
     def __getstate__(self):
+        if "_pending_norm" in self.__dict__:
+            self._resolve_norm()
         state = dict(self.__dict__)
         state.pop("_lock", None)
         state.pop("_prepared", None)

@@ -255,6 +255,9 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
         from .precision import rounding_key
 
     def make(scaled, options):
+        if scaled == DEVICE_FACTOR:
+            return kernels.get_factor(spec.kernel, options, bits if views else None,
+                                      seed is not None, bool(copy))
         if views:
             return kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None,
                                     bool(copy))
@@ -278,23 +281,36 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
                             np.int64(0))
+        if scaled == DEVICE_FACTOR:
+            extra += (factor,)
         launch(kernel, blocks, threads, *args, *extra, packed)
+    # a clipped step may leave its gradient factor on the device (``_step._loop_factor``) for
+    # this runner's kernels to read there; a pre-pass (LAMB's trust ratios) takes it as a
+    # scalar from the host
+    run.device_factor = pre is None
     return run
+
+
+DEVICE_FACTOR = "device"     # ``scaled`` of a kernel reading the gradient factor on the device
+                             # (``kernels.cuda.DEVICE_FACTOR``)
 
 
 def _launch_parts(spec, hp, t, factor, st, compiled, make):
     """``(options, scaled, kernel, scalars)`` of step ``t``: the kernel for these options
     (``make(scaled, options)`` on first use, kept in ``compiled``) and the scalars as a tuple of
     the buffer dtype (a tuple travels with the launch; an array would be copied to the device),
-    with the gradient factor last when there is one."""
+    with the gradient factor last when there is one (a float; a device array: ``scaled`` is
+    :data:`DEVICE_FACTOR` and the kernel takes the array before the scalars)."""
     options = spec.options(hp, t)
     scaled = factor is not None
+    if scaled and not isinstance(factor, (float, np.floating)):
+        scaled = DEVICE_FACTOR            # a device array: the kernel reads the factor there
     key = (scaled,) + tuple(options.items())
     kernel = compiled.get(key)
     if kernel is None:
         kernel = compiled[key] = make(scaled, options)
     packed = tuple(spec.kernel_scalars(hp, t, st))
-    if scaled:
+    if scaled is True:
         packed += (st(factor),)
     return options, scaled, kernel, packed
 
@@ -394,7 +410,9 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
         return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch, prepass)
 
     if not spec.kernel.norm_names:
-        return make_run(rows, segments)
+        run = make_run(rows, segments)
+        run.device_factor = True       # (a clipped step's factor may stay on the device)
+        return run
     return _row_per_segment(rows, segments, lambda rows, segments: make_run(
         rows, segments, _PrePass(spec, _q8_state_args(args, arrays),
                                  [(lo, hi) for lo, hi, _ in segments], dtype,
@@ -558,7 +576,9 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
                            lambda segs: cuda_tiles(segs, n, blocks, threads))
 
     if not spec.kernel.norm_names:
-        return make_run(rows, segments)
+        run = make_run(rows, segments)
+        run.device_factor = True       # (a clipped step's factor may stay on the device)
+        return run
     return _row_per_segment(rows, segments, lambda rows, segments: make_run(
         rows, segments, _PrePass(spec, args, [(lo, hi) for lo, hi, _ in segments], dtype,
                                  bits if any(bits) else None)))
@@ -610,8 +630,10 @@ def _grouped_launch(kernels, args, dtype, n_rows, grid, extra=None):
     upload = _DeviceRows(dtype) if n_rows > GROUPED_MAX_ROWS else None
     launcher = Launcher()
 
-    def launch(kernel, segs, packed, t):
+    def launch(kernel, segs, packed, t, factor=None):
         packed = upload(packed.ravel()) if upload is not None else tuple(packed.ravel())
+        if factor is not None:          # a gradient factor left on the device: read there
+            packed = (packed, factor)
         more = () if extra is None else extra(t)
         launcher(kernel, *grid(segs), *args, *more, segs, packed)
     return launch
@@ -625,7 +647,9 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
     dtype (the gradient factor last in each row when there is one; :func:`_rows`). ``n == 0``:
     nothing to launch. ``prepass(rows, hps, t, scaled)``: ``rows`` with what the pre-pass sets
     (a record with norms: one row per segment, :class:`_PrePass`). ``cut(segs)``: the
-    table the kernel takes instead of the segments' (the float kernel's tiles)."""
+    table the kernel takes instead of the segments' (the float kernel's tiles). A ``factor``
+    that is a device array (a clipped step's, left on the device) is not written in the rows:
+    the kernel reads it after each row (``launch(..., factor)``)."""
     cuda = _cuda()
     st = np.dtype(dtype).type
     plans = {}
@@ -651,6 +675,9 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         if n == 0:
             return
         scaled = factor is not None
+        on_device = scaled and not isinstance(factor, (float, np.floating))
+        if on_device:                # the kernel reads it after each row's scalars
+            scaled = DEVICE_FACTOR
         if rows_now is None:         # no schedules: the options depend on t only via t == 1
             rows_now = rows
             work = plans.get((t == 1, scaled))
@@ -659,10 +686,13 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         else:
             work = plan(rows_now, t, scaled)
         kernel, segs = work
-        packed = _rows(spec, rows_now, t, st, factor)
+        packed = _rows(spec, rows_now, t, st, None if on_device else factor)
         if prepass is not None:
             packed = prepass(packed, rows_now, t, scaled)
-        launch(kernel, segs, packed, t)
+        if on_device:
+            launch(kernel, segs, packed, t, factor)
+        else:
+            launch(kernel, segs, packed, t)
     return run
 
 
@@ -681,47 +711,65 @@ def _rows(spec, hps, t, st, factor=None):
 def device_sum_of_squares(g, chunk):
     """The sum of squares (float64) of a device array, deterministic: chunks of ``chunk``
     elements (``fastopt.config.NORM_CHUNK``) reduced on the device in a fixed order
-    (``kernels.cuda.chunk_sum_of_squares``), the chunk sums added on the host in order. Not the
-    CPU's lane order, so it equals the CPU's norm to rounding, not bit for bit."""
+    (``kernels.cuda.chunk_sum_of_squares``), the chunk sums combined on the device in a fixed
+    order too (``kernels.cuda.finish_sum_of_squares``). Not the CPU's lane order, so it equals
+    the CPU's norm to rounding, not bit for bit; a clipped CUDA step's norm is this one."""
     check_device_group({"grad": g}, "grad_norm()")
-    kernels = _kernels()
     x = as_device_array(g).reshape(-1)
-    n = x.shape[0]
-    if n == 0:
+    if x.shape[0] == 0:
         return 0.0
-    chunks = -(-n // chunk)
-    out = _cuda().device_array(chunks, np.float64)       # (per call: steps on two threads)
-    _NORM_LAUNCH(kernels.chunk_sum_of_squares, min(chunks, 8192), kernels.NORM_THREADS,
-                 x, np.int64(chunk), out)
-    return float(np.cumsum(out.copy_to_host())[-1])
+    return DeviceNorm(x, chunk, launch=_NORM_LAUNCH, pinned=False)()
 
 
 _NORM_LAUNCH = Launcher(keep_arrays=False)   # (a gradient's view is made per call)
 
 
 class DeviceNorm:
-    """``norm()``: :func:`device_sum_of_squares` of one validated device gradient (the same
-    kernel, order and bits), for its steps' reduction pass: the flat view, the chunk sums'
-    device array and a page-locked host array for them made once, the kernel launched
+    """The reduction pass of one validated device gradient (:func:`device_sum_of_squares`:
+    the same kernels, order and bits) for its steps: ``norm()`` returns the sum of squares
+    (one 8-byte copy to the host); ``factor(inv, max_norm)`` leaves the clipped step's
+    gradient factor on the device and returns its one-element array, the host waiting for
+    nothing (the norm stays on the device until ``total()`` is read: the buffers'
+    ``grad_norm``). The flat view and the device arrays are made once, the kernels launched
     directly (``fastopt._launch``). Kept with the step's validation (``_step.Prepared``), so
-    one buffers object's steps, which hold its lock, are its only users."""
+    one buffers object's steps, which hold its lock, are its only users. ``dtype``: the
+    buffers' (the factor's); ``pinned``: the host's copy of the sum in page-locked memory
+    (made once per gradient; a one-off norm takes ordinary memory)."""
 
-    def __init__(self, g, chunk):
+    def __init__(self, g, chunk, dtype=np.float64, launch=None, pinned=True):
         cuda = _cuda()
         self.kernels = _kernels()
         self.x = as_device_array(g).reshape(-1)
         self.chunk = np.int64(chunk)
         self.chunks = -(-self.x.shape[0] // chunk)
-        self.out = cuda.device_array(max(1, self.chunks), np.float64)
-        self.host = (np.empty(max(1, self.chunks)) if simulator_active()
-                     else cuda.pinned_array(max(1, self.chunks), np.float64))
-        self.launch = Launcher()
+        self.partial = cuda.device_array(max(1, self.chunks), np.float64)
+        self.sum = cuda.device_array(1, np.float64)
+        self.fac = cuda.device_array(1, dtype)
+        self.no_factor = cuda.device_array(0, dtype)
+        self.host = (cuda.pinned_array(1, np.float64) if pinned and not simulator_active()
+                     else np.empty(1))
+        self.launch = Launcher() if launch is None else launch
+
+    def _reduce(self, inv, max_norm, fac):
+        k = self.kernels
+        self.launch(k.chunk_sum_of_squares, min(self.chunks, 8192), k.NORM_THREADS, self.x,
+                    self.chunk, self.partial)
+        self.launch(k.finish_sum_of_squares, 1, k.NORM_THREADS, self.partial,
+                    np.float64(inv), np.float64(max_norm), self.sum, fac)
 
     def __call__(self):
         if self.chunks == 0:
             return 0.0
-        k = self.kernels
-        self.launch(k.chunk_sum_of_squares, min(self.chunks, 8192), k.NORM_THREADS, self.x,
-                    self.chunk, self.out)
-        self.out.copy_to_host(self.host)
-        return float(np.cumsum(self.host)[-1])
+        self._reduce(1.0, 0.0, self.no_factor)
+        return self.total()
+
+    def total(self):
+        """The sum of squares the last launch left on the device (waits for it)."""
+        self.sum.copy_to_host(self.host)
+        return float(self.host[0])
+
+    def factor(self, inv, max_norm):
+        """Launch the reduction pass of a clipped step (``chunks > 0``): the gradient factor
+        ``inv * min(1, max_norm / (sqrt(sum) * inv + 1e-6))`` in :attr:`fac`, returned."""
+        self._reduce(inv, max_norm, self.fac)
+        return self.fac

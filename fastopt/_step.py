@@ -25,7 +25,7 @@ import threading
 
 import numpy as np
 
-from . import _backends, scaling
+from . import _backends, config, scaling
 from ._core import (check_8bit_scales, check_flag, check_group, check_param_copy, check_real,
                     check_step, is_cuda_array)
 
@@ -393,7 +393,13 @@ def _loop_factor(buffers, checked, prep=None):
     elif prep is not None:                  # a device gradient (validated by the step)
         if prep.norm is None:               # its flat view and buffers, made once per call
             from ._cuda_backend import DeviceNorm
-            prep.norm = DeviceNorm(g, scaling.NORM_CHUNK)
+            prep.norm = DeviceNorm(g, scaling.NORM_CHUNK, prep.dtype)
+        if (not skip and prep.norm.chunks and config.CUDA_DEVICE_CLIP
+                and getattr(prep.run, "device_factor", False)):
+            # clipping without skipping: the factor is computed and read on the device, the
+            # host waits for nothing; the norm is read when the buffers' grad_norm is
+            buffers.last_norm_pending(prep.norm, inv)
+            return prep.norm.factor(inv, max_norm)
         norm = math.sqrt(prep.norm()) * inv
     else:
         norm = scaling.grad_norm(g) * inv
@@ -443,8 +449,10 @@ def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=
             if factor is None:            # non-finite gradient, skip_nonfinite: no write
                 return buffers
             # a factor of exactly 1 (skip_nonfinite alone, or a norm under max_grad_norm)
-            # changes no bit: the plain kernel runs, without the multiplication
-            prep.run(t, hp_now, None if factor == 1.0 else factor)
+            # changes no bit: the plain kernel runs, without the multiplication (a factor
+            # left on the device is read there: the kernel multiplies, by 1 too)
+            prep.run(t, hp_now, None if isinstance(factor, (float, np.floating))
+                     and factor == 1.0 else factor)
         buffers.step = t
     finally:
         lock.release()

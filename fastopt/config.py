@@ -16,6 +16,8 @@ attribute                      environment variable                default
 ``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``      ``64`` (0: no cap)
 ``CUDA_8BIT_PER_THREAD``       ``FASTOPT_CUDA_8BIT_PER_THREAD``    ``4``
 ``CUDA_FAST_LAUNCH``           ``FASTOPT_CUDA_FAST_LAUNCH``        ``1`` (0: numba-cuda's launch)
+``CUDA_DEVICE_CLIP``           ``FASTOPT_CUDA_DEVICE_CLIP``        ``1`` (0: the host waits for
+                                                                   the norm)
 ``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``           ``1000`` (or ``"keep"``)
 =============================  ==================================  ===========================
 
@@ -44,6 +46,14 @@ us, 4: 2177 us, 8: 3362 us, 16: 6590 us; at 1e7 4 was the fastest (221 us; the o
 ``CUDA_FAST_LAUNCH``: launch fastopt's CUDA kernels without numba-cuda's per-call argument
 handling once a kernel's argument list has been checked against numba-cuda's own
 (``fastopt._launch``); ``0`` launches every call through numba-cuda.
+
+``CUDA_DEVICE_CLIP``: a clipped CUDA step (``max_grad_norm``, without ``skip_nonfinite``)
+computes its gradient factor on the device and its update kernel reads it there, so the host
+never waits for the norm (the buffers' ``grad_norm`` is read from the device when asked for);
+``0`` copies the norm to the host and passes the factor with the launch, as a step with
+``skip_nonfinite`` must (it decides on the host whether the step happens). Both give the same
+bits. Steps with a per-tensor pre-pass (LAMB) and 8-bit CUDA steps take the factor from the
+host either way.
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
@@ -110,6 +120,7 @@ _DEFAULTS = {
     "CUDA_BLOCKS_PER_SM": ("FASTOPT_CUDA_BLOCKS_PER_SM", 64),
     "CUDA_8BIT_PER_THREAD": ("FASTOPT_CUDA_8BIT_PER_THREAD", 4),
     "CUDA_FAST_LAUNCH": ("FASTOPT_CUDA_FAST_LAUNCH", 1),
+    "CUDA_DEVICE_CLIP": ("FASTOPT_CUDA_DEVICE_CLIP", 1),
     "OMP_SPINCOUNT": ("FASTOPT_OMP_SPINCOUNT", None),
 }
 
@@ -119,6 +130,7 @@ CUDA_MAX_BLOCKS = 0
 CUDA_BLOCKS_PER_SM = 64
 CUDA_8BIT_PER_THREAD = 4
 CUDA_FAST_LAUNCH = 1
+CUDA_DEVICE_CLIP = 1
 OMP_SPINCOUNT = 1000
 
 

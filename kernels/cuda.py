@@ -109,6 +109,22 @@ def fill(a, value):
 NORM_THREADS = 256     # fixed: the combine order of a chunk's partial sums depends on it
 
 
+@cuda.jit(device=True)
+def tree_sum(sh, tid, acc):
+    """The ``NORM_THREADS`` threads' ``acc`` (float64) added in a fixed tree in the shared
+    array ``sh`` (thread ``tid`` with ``tid + half``, halving); every thread gets the total.
+    The caller synchronizes before ``sh`` is written again."""
+    sh[tid] = acc
+    cuda.syncthreads()
+    s = NORM_THREADS // 2
+    while s > 0:
+        if tid < s:
+            sh[tid] += sh[tid + s]
+        cuda.syncthreads()
+        s //= 2
+    return sh[0]
+
+
 @_kernel_jit
 def chunk_sum_of_squares(x, chunk, out):
     """``out[c]`` = the sum of squares (float64) of chunk ``c`` of ``x`` (``chunk`` elements),
@@ -127,17 +143,37 @@ def chunk_sum_of_squares(x, chunk, out):
             v = float64(x[i])
             acc += v * v
             i += NORM_THREADS
-        sh[tid] = acc
-        cuda.syncthreads()
-        s = NORM_THREADS // 2
-        while s > 0:
-            if tid < s:
-                sh[tid] += sh[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        total = tree_sum(sh, tid, acc)
         if tid == 0:
-            out[c] = sh[0]
+            out[c] = total
         cuda.syncthreads()
+
+
+@_kernel_jit
+def finish_sum_of_squares(partial, inv, max_norm, total, factor):
+    """One block of ``NORM_THREADS`` threads: ``total[0]`` = the sum of the chunk sums
+    ``partial`` (float64) in a fixed order: thread ``j`` adds ``partial[j], partial[j + 256],
+    ...`` in order, then the partial sums are combined in the fixed tree of
+    :func:`chunk_sum_of_squares`. ``factor`` (one element, the buffers' dtype; empty: none):
+    the factor a clipped step multiplies the gradient by, computed from the total as the host
+    computes it (``fastopt._step._loop_factor``, float64, then rounded once to the buffers'
+    dtype): ``norm = sqrt(total) * inv``, ``clip = min(1, max_norm / (norm + 1e-6))`` (NaN
+    when the norm is), ``inv * clip``. The step then reads it on the device: no round trip."""
+    sh = cuda.shared.array(NORM_THREADS, float64)
+    tid = cuda.threadIdx.x
+    acc = float64(0.0)
+    i = tid
+    while i < partial.shape[0]:
+        acc += partial[i]
+        i += NORM_THREADS
+    t = tree_sum(sh, tid, acc)
+    if tid == 0:
+        total[0] = t
+        if factor.shape[0] > 0:
+            norm = math.sqrt(t) * inv
+            coef = max_norm / (norm + 1e-6)
+            clip = coef if coef < 1.0 or coef != coef else 1.0
+            factor[0] = inv * clip
 
 
 NORMS_MAX = 4          # the most values a record's ``norms`` may return
@@ -214,18 +250,22 @@ def get_norms(record, scaled, options, k, n_rows=1):
     return _lazy(key, lambda: python_norms_kernel(record, scaled, options, k, n_rows))
 
 
-def _row_unpack(k, n_rows):
+def _row_unpack(k, n_rows, factor=False):
     """``unpack((rows, r))`` as a device function: row ``r`` of ``n_rows`` rows of ``k``
-    scalars (``kernels.groups.row_unpack_source``; ``None``: rows in a device array)."""
-    key = ("unpack", k, n_rows)
+    scalars (``kernels.groups.row_unpack_source``; ``None``: rows in a device array;
+    ``factor``: ``unpack(((rows, fac), r))``, the row's scalars and then ``fac[0]``)."""
+    key = ("unpack", k, n_rows, bool(factor))
     fn = _device.get(key)
     if fn is None:
         from .groups import row_unpack_source
         from .record import _define
         fn = _device[key] = cuda.jit(device=True)(_define(
-            row_unpack_source(k, n_rows or 0, n_rows is None), "unpack",
-            f"row_unpack_{k}_{n_rows}"))
+            row_unpack_source(k, n_rows or 0, n_rows is None, bool(factor)), "unpack",
+            f"row_unpack_{k}_{n_rows}{'_factor' if factor else ''}"))
     return fn
+
+
+DEVICE_FACTOR = "device"   # ``scaled`` of a kernel that reads the gradient factor on the device
 
 
 def _lazy(key, python):
@@ -263,11 +303,14 @@ def _device_body(record, scaled, options, n_rows):
     block-stride loop inside: :func:`block_range`) taking its scalars as ``(rows, row)``
     (``n_rows`` rows in one flat tuple; ``None``: any number of rows in a 1-D device array),
     for the grouped driver."""
-    key = ("body", record, bool(scaled), n_rows) + tuple(sorted(options.items()))
+    key = ("body", record, scaled, n_rows) + tuple(sorted(options.items()))
     fn = _device.get(key)
     if fn is None:
-        unpack = _row_unpack(len(record.scalars) + bool(scaled), n_rows)
-        body = python_kernel(record, scaled, **options)
+        if scaled == DEVICE_FACTOR:       # each row's scalars, then the device's factor
+            unpack = _row_unpack(len(record.scalars), n_rows, True)
+        else:
+            unpack = _row_unpack(len(record.scalars) + bool(scaled), n_rows)
+        body = python_kernel(record, bool(scaled), **options)
         fn = _device[key] = cuda.jit(device=True)(bind(body, unpack=unpack,
                                                        loop=block_range))
     return fn
@@ -280,7 +323,8 @@ def python_grouped_kernel(record, scaled, option_sets, n_rows, bits=None, stocha
     ``n_rows`` rows of scalars (``None``: rows in a 1-D device array). ``bits`` (which arrays
     hold bfloat16 state), ``stochastic``, ``copy`` (a bfloat16 param copy):
     ``kernel(<arrays...>, [pc,] key, offset, tiles, rows)``, the arrays wrapped as in
-    :func:`python_bf16_kernel`."""
+    :func:`python_bf16_kernel`. ``scaled``: ``True``, each row ends with the gradient factor;
+    :data:`DEVICE_FACTOR`, ``rows`` is ``(rows, fac)`` and ``fac[0]`` follows each row."""
     from .groups import python_cuda_driver
     bodies = [_device_body(record, scaled, options, n_rows) for options in option_sets]
     view, pcopy = _bf16_wrappers()
@@ -305,7 +349,7 @@ def _bf16_wrappers():
 def get_grouped(record, scaled, option_sets, n_rows, bits=None, stochastic=False, copy=False):
     """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets,
     number of rows and state format)."""
-    key = ("grouped", record, bool(scaled), n_rows, None if bits is None else tuple(bits),
+    key = ("grouped", record, scaled, n_rows, None if bits is None else tuple(bits),
            bool(stochastic), bool(copy)) + tuple(tuple(sorted(o.items()))
                                                 for o in option_sets)
     return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows, bits,
@@ -317,32 +361,44 @@ def bf16_source(n_arrays, bits, stochastic, copy=False):
     the record's body (a device function) with each array ``j`` where ``bits[j]`` wrapped as a
     bfloat16 view (``kernels.precision``), which decodes on read and rounds on write;
     ``copy``: the parameter wrapped with its bfloat16 copy ``pc`` (written in the same pass)."""
+    params, args = _wrapped_args(n_arrays, bits, stochastic, copy)
+    return (f"def bf16_kernel({params}, key, offset, s):\n"
+            f"    body({', '.join(args)}, s)\n")
+
+
+def _wrapped_args(n_arrays, bits, stochastic, copy):
+    """``(params, args)`` of a kernel on bfloat16 state and/or with a param copy: its array
+    parameters and the body's arguments, arrays ``j`` with ``bits[j]`` as bfloat16 views and
+    the parameter wrapped with its copy ``pc`` when ``copy``."""
     params = ", ".join(f"a{j}" for j in range(n_arrays)) + (", pc" if copy else "")
     args = [f"view(a{j}, key, offset, {bool(stochastic)!r})" if bits[j] else f"a{j}"
             for j in range(n_arrays)]
     if copy:
         args[0] = "pcopy(a0, pc)"
-    return (f"def bf16_kernel({params}, key, offset, s):\n"
-            f"    body({', '.join(args)}, s)\n")
+    return params, args
+
+
+def _body_function(record, scaled, options):
+    """The record's plain kernel body as a device function called from a wrapping kernel (the
+    Python body under the simulator, whose device functions swap in its fake ``cuda``)."""
+    from numba import config as numba_config
+    if numba_config.ENABLE_CUDASIM:
+        return python_kernel(record, scaled, **options)
+    key = ("plainbody", record, bool(scaled)) + tuple(sorted(options.items()))
+    body = _device.get(key)
+    if body is None:
+        body = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled, **options))
+    return body
 
 
 def python_bf16_kernel(record, scaled, options, bits, stochastic, copy=False):
     """The uncompiled kernel of ``record`` on bfloat16 state (``bits[j]``: array ``j`` holds
     bfloat16 bits; ``stochastic``: stochastic rounding; ``copy``: with a param copy)."""
-    from numba import config as numba_config
-
     from .record import _define
     view, pcopy = _bf16_wrappers()
-    if numba_config.ENABLE_CUDASIM:
-        body = python_kernel(record, scaled, **options)
-    else:
-        key = ("plainbody", record, bool(scaled)) + tuple(sorted(options.items()))
-        body = _device.get(key)
-        if body is None:
-            body = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled,
-                                                                      **options))
     return _define(bf16_source(len(record.arrays), bits, stochastic, copy), "bf16_kernel",
-                   f"bf16_{record.name}", body=body, view=view, pcopy=pcopy)
+                   f"bf16_{record.name}", body=_body_function(record, scaled, options),
+                   view=view, pcopy=pcopy)
 
 
 def get_bf16(record, scaled, options, bits, stochastic, copy=False):
@@ -352,6 +408,41 @@ def get_bf16(record, scaled, options, bits, stochastic, copy=False):
         sorted(options.items()))
     return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic,
                                                  copy))
+
+
+def factor_source(n_arrays, bits=None, stochastic=False, copy=False):
+    """The source of a kernel that reads the gradient factor from the device:
+    ``kernel(a0, .., [pc, key, offset,] fac, s)`` runs the record's *scaled* body (a device
+    function) with the scalars ``s`` and ``fac[0]`` after them, the factor the clipped step's
+    reduction pass left in ``fac`` (:func:`finish_sum_of_squares`), so the host never waits
+    for the norm. ``bits`` (not None: the arrays wrapped as in :func:`bf16_source`)."""
+    if bits is None:
+        params, args = ", ".join(f"a{j}" for j in range(n_arrays)), [f"a{j}" for j in
+                                                                     range(n_arrays)]
+    else:
+        params, args = _wrapped_args(n_arrays, bits, stochastic, copy)
+        params += ", key, offset"
+    return (f"def factor_kernel({params}, fac, s):\n"
+            f"    body({', '.join(args)}, s + (fac[0],))\n")
+
+
+def python_factor_kernel(record, options, bits=None, stochastic=False, copy=False):
+    """The uncompiled kernel of ``record`` with the gradient factor read from the device
+    (:func:`factor_source`)."""
+    from .record import _define
+    view, pcopy = _bf16_wrappers()
+    return _define(factor_source(len(record.arrays), bits, stochastic, copy),
+                   "factor_kernel", f"factor_{record.name}",
+                   body=_body_function(record, True, options), view=view, pcopy=pcopy)
+
+
+def get_factor(record, options, bits=None, stochastic=False, copy=False):
+    """The ``cuda.jit`` kernel of ``record`` reading the gradient factor from the device
+    (lazy, one per combination; ``bits``: bfloat16 state and/or a param copy, as
+    :func:`get_bf16`)."""
+    key = ("factor", record, None if bits is None else tuple(bits), bool(stochastic),
+           bool(copy)) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_factor_kernel(record, options, bits, stochastic, copy))
 
 
 def python_bf16_norms_kernel(record, scaled, options, k, bits, n_rows=1):

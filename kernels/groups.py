@@ -150,18 +150,23 @@ def cuda_tiles(segments, n, blocks, threads):
     return np.concatenate(out) if out else np.empty((0, 4), np.int64)
 
 
-def row_unpack_source(k, n_rows, array=False):
+def row_unpack_source(k, n_rows, array=False, factor=False):
     """``unpack(s)`` for the CUDA driver's bodies: ``s = (rows, r)``, the scalars of row ``r``
     (``k`` per row, ``n_rows`` rows) as a tuple. Each row is read with constant indices under
     a branch on ``r`` (indices computed at run time compiled, for Adam with two rows, to ~4x
     the PTX: a chain of selects per scalar). ``array``: ``rows`` is a 1-D device array (any
-    number of rows, read at ``r * k + j``) instead of a tuple passed with the launch."""
+    number of rows, read at ``r * k + j``) instead of a tuple passed with the launch.
+    ``factor``: ``s = ((rows, fac), r)``, and every row's scalars are followed by ``fac[0]``
+    (a clipped step's gradient factor, left on the device)."""
+    get = "s[0][0]" if factor else "s[0]"
+    tail = "s[0][1][0], " if factor else ""
     if array:
-        items = "".join(f"rows[base + {j}], " for j in range(k))
-        return f"def unpack(s):\n    rows = s[0]\n    base = s[1] * {k}\n    return ({items})\n"
-    lines = ["def unpack(s):", "    rows = s[0]", "    r = s[1]"]
+        items = "".join(f"rows[base + {j}], " for j in range(k)) + tail
+        return (f"def unpack(s):\n    rows = {get}\n    base = s[1] * {k}\n"
+                f"    return ({items})\n")
+    lines = ["def unpack(s):", f"    rows = {get}", "    r = s[1]"]
     for q in range(n_rows):
-        items = "".join(f"rows[{q * k + j}], " for j in range(k))
+        items = "".join(f"rows[{q * k + j}], " for j in range(k)) + tail
         if q == n_rows - 1:
             lines.append(f"    return ({items})")
         else:

@@ -157,6 +157,58 @@ def test_norm_kernel_compiles_to_ptx(dtype, no_driver_device):
     assert "bar.sync" in ptx and ".shared" in ptx
 
 
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_finish_kernel_compiles_to_ptx(dtype, no_driver_device):
+    """The clipped step's factor on the device: the chunk sums added in float64 in a
+    shared-memory tree, a correctly rounded square root and division (no approximation, no
+    contraction), the factor rounded once to the buffers' dtype and stored."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    nb = getattr(types, dtype)
+    f64 = types.Array(types.float64, 1, "C")
+    sig = (f64, types.float64, types.float64, f64, types.Array(nb, 1, "C"))
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(ck.finish_sum_of_squares.py_func, sig, cc=(8, 0))
+    assert "sqrt.rn.f64" in ptx and "div.rn.f64" in ptx and "fma." not in ptx
+    assert "bar.sync" in ptx and f"st.global.f{nb.bitwidth}" in ptx
+    if dtype == "float32":
+        assert "cvt.rn.f32.f64" in ptx
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_device_factor_kernel_compiles_to_ptx(spec, no_driver_device):
+    """Every optimizer's kernel that reads a clipped step's gradient factor from the device
+    (``kernels.cuda.get_factor``), float32, as fastopt launches it: no float64 instruction,
+    no fused multiply-add, the factor loaded from global memory; bfloat16 state and a param
+    copy for every other optimizer with state."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    hp, sig = _ptx_signature(spec, {}, np.float32)
+    n = len(spec.kernel.arrays)
+    bits = None
+    if n > 2 and SPECS.index(spec) % 2 == 0:
+        bits = (False, False) + (True,) * (n - 2)
+        u16 = types.Array(types.uint16, 1, "C")
+        sig = (sig[:2] + (u16,) * (n - 2) + (u16, types.uint64, types.int64)
+               + sig[-1:])
+    sig = sig[:-1] + (types.Array(types.float32, 1, "C"),) + sig[-1:]
+    kernel = ck.python_factor_kernel(spec.kernel, spec.options(hp, 2), bits, False,
+                                     bits is not None)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
+    assert "fma." not in ptx and "ld.global.f32" in ptx
+    assert ("st.global.u16" in ptx or "st.global.b16" in ptx) if bits else (
+        "st.global.f32" in ptx)
+
+
 GROUPED_SPECS = list(SPECS)     # (LAMB too: one launch after its pre-pass, a row per tensor)
 
 
@@ -186,6 +238,31 @@ def test_grouped_kernel_compiles_to_ptx(spec, no_driver_device):
                       types.Array(types.float32, 1, "C") if array_rows else
                       types.UniTuple(types.float32, 2 * len(spec.kernel.scalars)))
     kernel = ck.python_grouped_kernel(spec.kernel, False, option_sets,
+                                      None if array_rows else 2)
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
+    f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
+    assert not f64, f"float64 instructions in a float32 grouped kernel: {f64[:5]}"
+    assert "fma." not in ptx and "st.global.f32" in ptx
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("array_rows", [False, True], ids=["rows-tuple", "rows-array"])
+def test_grouped_kernel_reading_a_device_factor_compiles_to_ptx(array_rows, no_driver_device):
+    """The grouped kernel of a clipped step whose factor stays on the device: ``rows`` is
+    ``(rows, fac)``, the factor loaded after each row's scalars; float32 only, no contraction."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    spec = registry.get("adam")
+    option_sets = _two_kinds(spec)
+    _, sig = _ptx_signature(spec, {}, np.float32)
+    rows = (types.Array(types.float32, 1, "C") if array_rows else
+            types.UniTuple(types.float32, 2 * len(spec.kernel.scalars)))
+    sig = sig[:-1] + (types.Array(types.int64, 2, "C"),
+                      types.Tuple((rows, types.Array(types.float32, 1, "C"))))
+    kernel = ck.python_grouped_kernel(spec.kernel, ck.DEVICE_FACTOR, option_sets,
                                       None if array_rows else 2)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))

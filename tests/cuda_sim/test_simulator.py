@@ -257,6 +257,98 @@ def test_skip_nonfinite_on_the_device_writes_nothing():
     assert np.all(back.param == 1.0)
 
 
+# on a real GPU every optimizer in three formats; in the simulator (whose 256-thread norm
+# blocks cost ~3 s a case) one case of each format and LAMB, which keeps the host's factor
+DEVICE_CLIP_CASES = [(s, dt, state) for s in SPECS for dt, state in
+                     [(np.float32, None), (np.float64, None), (np.float32, "bfloat16")]
+                     if (state is None or s.required_state(s.validate(dict(s.defaults))))
+                     and (REAL_GPU or (s.name, np.dtype(dt).name, state) in {
+                         ("adam", "float32", None), ("momentum", "float64", None),
+                         ("rmsprop", "float32", "bfloat16"), ("lamb", "float32", None)})]
+
+
+@pytest.mark.parametrize("spec,dtype,state", DEVICE_CLIP_CASES, ids=[
+    f"{s.name}-{np.dtype(dt).name}-{st or 'plain'}" for s, dt, st in DEVICE_CLIP_CASES])
+def test_a_clip_factor_left_on_the_device_gives_the_host_paths_bits(spec, dtype, state,
+                                                                    monkeypatch):
+    """A clipped step leaves its gradient factor on the device and the kernel reads it there
+    (config.CUDA_DEVICE_CLIP): the same bits, grad_norm and found_inf as the factor passed from
+    the host; the norm is read from the device only when grad_norm is (LAMB, whose pre-pass
+    takes the factor from the host, and skip_nonfinite always take the host's path)."""
+    rng = np.random.default_rng(11)
+    n = 3 * config.NORM_CHUNK + 5 if REAL_GPU else 75
+    kw = dict(spec.defaults, **testinfo.info(spec).peer_settings)
+    p0 = rng.standard_normal(n).astype(dtype)
+    zeros = dict(state_dtype=state) if state else {}
+
+    def buffers():
+        b = fastopt.to_device(spec.buffers_cls.zeros(p0.copy(), np.zeros(n, dtype), **zeros))
+        if state:
+            b.param_copy = cuda.to_device(np.zeros(n, np.uint16))
+        return b
+    on, off = buffers(), buffers()
+    pattern = [dict(max_grad_norm=0.5), dict(max_grad_norm=0.5, grad_scale=4.0),  # clipped,
+               dict(max_grad_norm=1e9), dict(max_grad_norm=0.5)]   # 1, 0 (inf * 0: NaN)
+    last = len(pattern) - 1
+    for i, loop in enumerate(pattern):
+        g = (rng.standard_normal(n) * 3).astype(dtype)
+        if i == last:
+            g[n // 2] = np.inf
+        for b, device_clip in ((on, 1), (off, 0)):
+            b.grad.copy_to_device(g)
+            monkeypatch.setattr(config, "CUDA_DEVICE_CLIP", device_clip)
+            spec.step_fn(b, **kw, **loop)
+        left = "_pending_norm" in on.__dict__
+        assert left == (not spec.kernel.norm_names)      # on the device until asked for
+        assert "_pending_norm" not in off.__dict__
+        if i == 1:                                       # pickling reads it too
+            saved = on.__getstate__()
+            assert "_pending_norm" not in saved and saved["grad_norm"] == off.grad_norm
+        assert on.grad_norm == off.grad_norm or (on.grad_norm != on.grad_norm
+                                                 and off.grad_norm != off.grad_norm)
+        assert isinstance(on.grad_norm, float)
+        assert on.found_inf == off.found_inf == (i == last)
+        assert "_pending_norm" not in on.__dict__        # read once, then kept
+    assert on.step == off.step == len(pattern)
+    a, b = fastopt.to_host(on), fastopt.to_host(off)
+    for name, x in a.arrays().items():
+        y = b.arrays()[name]
+        same = (x.view(np.uint8) == y.view(np.uint8)).reshape(x.size, -1).all(axis=1)
+        both_nan = np.isnan(x) & np.isnan(y) if x.dtype.kind == "f" else False
+        assert np.all(same | both_nan), name         # NaN signs not promised (README)
+    if state:
+        assert np.array_equal(on.param_copy.copy_to_host(), off.param_copy.copy_to_host())
+
+
+@pytest.mark.parametrize("k", [2, 17], ids=["rows-with-the-launch", "rows-in-an-array"])
+def test_a_grouped_step_reads_a_clip_factor_left_on_the_device(k, monkeypatch):
+    """The one-launch grouped kernel takes the factor from the device after each group's row
+    of scalars (rows with the launch, and past GROUPED_MAX_ROWS in a device array): the same
+    bits as the factor passed in every row from the host."""
+    from fastopt._cuda_backend import GROUPED_MAX_ROWS
+    assert (k > GROUPED_MAX_ROWS) == (k == 17)
+    n = 75
+    rng = np.random.default_rng(12)
+    edges = np.linspace(0, n, k + 1).astype(int)
+    groups = fastopt.Groups(n, [{"range": (int(a), int(b)), "lr": 1e-3 * (1 + i)}
+                                for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))])
+    p0 = rng.standard_normal(n).astype(np.float32)
+    on, off = (fastopt.to_device(fastopt.AdamBuffers.zeros(p0.copy(), np.zeros(n, np.float32)))
+               for _ in range(2))
+    for loop in (dict(max_grad_norm=0.5), dict(max_grad_norm=0.5, grad_scale=4.0)):
+        g = (rng.standard_normal(n) * 3).astype(np.float32)
+        for b, device_clip in ((on, 1), (off, 0)):
+            b.grad.copy_to_device(g)
+            monkeypatch.setattr(config, "CUDA_DEVICE_CLIP", device_clip)
+            fastopt.adam_step(b, groups=groups, **loop)
+        assert "_pending_norm" in on.__dict__
+        assert on.grad_norm == off.grad_norm and not on.found_inf
+    a, b = fastopt.to_host(on), fastopt.to_host(off)
+    for name, x in a.arrays().items():
+        assert np.array_equal(x.view(np.uint32), b.arrays()[name].view(np.uint32)), name
+    assert not np.array_equal(a.param, p0)
+
+
 def _with_state(spec):
     """The first and last option combinations of ``spec`` that allocate state."""
     combos = [c for c in testinfo.option_combinations(spec)

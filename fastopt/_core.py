@@ -204,7 +204,7 @@ def check_8bit_scales(buffers, arrays, owner):
 class _LastStep:
     """``grad_norm`` / ``found_inf`` of :class:`Buffers`: the value the last step with
     ``max_grad_norm`` / ``skip_nonfinite`` set. A clipped CUDA step leaves its norm on the
-    device (``Buffers.last_norm_pending``); reading either attribute then copies it to the host
+    device (``Buffers._norm_pending``); reading either attribute then copies it to the host
     (waiting for the step's reduction pass) once."""
 
     def __init__(self, name, default):
@@ -265,7 +265,7 @@ class Buffers:
         # lose increments of .step)
         self._lock = threading.Lock()
 
-    def last_norm_pending(self, norm, inv):
+    def _norm_pending(self, norm, inv):
         """The last step's gradient norm is ``sqrt(norm.total()) * inv``, still on the
         device (``_cuda_backend.DeviceNorm``): read when ``grad_norm`` or ``found_inf`` is."""
         d = self.__dict__

@@ -410,9 +410,7 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
         return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch, prepass)
 
     if not spec.kernel.norm_names:
-        run = make_run(rows, segments)
-        run.device_factor = True       # (a clipped step's factor may stay on the device)
-        return run
+        return make_run(rows, segments)
     return _row_per_segment(rows, segments, lambda rows, segments: make_run(
         rows, segments, _PrePass(spec, _q8_state_args(args, arrays),
                                  [(lo, hi) for lo, hi, _ in segments], dtype,

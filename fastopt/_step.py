@@ -398,7 +398,7 @@ def _loop_factor(buffers, checked, prep=None):
                 and getattr(prep.run, "device_factor", False)):
             # clipping without skipping: the factor is computed and read on the device, the
             # host waits for nothing; the norm is read when the buffers' grad_norm is
-            buffers.last_norm_pending(prep.norm, inv)
+            buffers._norm_pending(prep.norm, inv)
             return prep.norm.factor(inv, max_norm)
         norm = math.sqrt(prep.norm()) * inv
     else:

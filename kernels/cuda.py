@@ -417,8 +417,8 @@ def factor_source(n_arrays, bits=None, stochastic=False, copy=False):
     reduction pass left in ``fac`` (:func:`finish_sum_of_squares`), so the host never waits
     for the norm. ``bits`` (not None: the arrays wrapped as in :func:`bf16_source`)."""
     if bits is None:
-        params, args = ", ".join(f"a{j}" for j in range(n_arrays)), [f"a{j}" for j in
-                                                                     range(n_arrays)]
+        args = [f"a{j}" for j in range(n_arrays)]
+        params = ", ".join(args)
     else:
         params, args = _wrapped_args(n_arrays, bits, stochastic, copy)
         params += ", key, offset"

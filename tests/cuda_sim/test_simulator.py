@@ -349,6 +349,30 @@ def test_a_grouped_step_reads_a_clip_factor_left_on_the_device(k, monkeypatch):
     assert not np.array_equal(a.param, p0)
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "groups"])
+def test_8bit_steps_clip_with_the_hosts_factor_either_way(grouped, monkeypatch):
+    """8-bit CUDA steps take a clipped step's factor from the host whatever
+    config.CUDA_DEVICE_CLIP says: both settings step, and give the same bits."""
+    n = 45
+    groups = (fastopt.Groups(n, [{"range": (5, 20), "lr": 2e-3}, {"range": (25, n)}])
+              if grouped else None)
+    rng = np.random.default_rng(13)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 3).astype(np.float32)
+    out = []
+    for device_clip in (1, 0):
+        b = fastopt.to_device(fastopt.AdamBuffers.zeros(
+            p0.copy(), np.zeros(n, np.float32), state_dtype="int8", block_size=32,
+            min_8bit_size=0))
+        b.grad.copy_to_device(g)
+        monkeypatch.setattr(config, "CUDA_DEVICE_CLIP", device_clip)
+        fastopt.adam_step(b, max_grad_norm=0.5, groups=groups)
+        assert "_pending_norm" not in b.__dict__ and b.grad_norm > 0.5
+        out.append(fastopt.to_host(b))
+    for name, a in out[0].arrays().items():
+        assert np.array_equal(a, out[1].arrays()[name]), name
+
+
 def _with_state(spec):
     """The first and last option combinations of ``spec`` that allocate state."""
     combos = [c for c in testinfo.option_combinations(spec)

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import config
 from ._launch import Launcher
+from .kernels.record import DEVICE_FACTOR
 
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '
                  '(and an NVIDIA GPU with its driver, or NUMBA_ENABLE_CUDASIM=1 for the '
@@ -290,9 +291,6 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     run.device_factor = pre is None
     return run
 
-
-DEVICE_FACTOR = "device"     # ``scaled`` of a kernel reading the gradient factor on the device
-                             # (``kernels.cuda.DEVICE_FACTOR``)
 
 
 def _launch_parts(spec, hp, t, factor, st, compiled, make):
@@ -743,7 +741,7 @@ class DeviceNorm:
         self.partial = cuda.device_array(max(1, self.chunks), np.float64)
         self.sum = cuda.device_array(1, np.float64)
         self.fac = cuda.device_array(1, dtype)
-        self.no_factor = cuda.device_array(0, dtype)
+        self.no_factor = self.fac[:0]         # (a norm alone: no factor written)
         self.host = (cuda.pinned_array(1, np.float64) if pinned and not simulator_active()
                      else np.empty(1))
         self.launch = Launcher() if launch is None else launch

@@ -29,6 +29,7 @@ import threading
 from numba import cuda, float64
 
 from .decorators import bind
+from .record import DEVICE_FACTOR
 
 _device = {}
 
@@ -264,8 +265,6 @@ def _row_unpack(k, n_rows, factor=False):
             f"row_unpack_{k}_{n_rows}{'_factor' if factor else ''}"))
     return fn
 
-
-DEVICE_FACTOR = "device"   # ``scaled`` of a kernel that reads the gradient factor on the device
 
 
 def _lazy(key, python):

@@ -34,6 +34,12 @@ import dataclasses
 import inspect
 
 
+# ``scaled`` of a kernel whose gradient factor stays on the device (a clipped CUDA step's, read
+# from a one-element array after the scalars, ``kernels.cuda``), where ``True`` passes it as the
+# last packed scalar and ``False`` has none
+DEVICE_FACTOR = "device"
+
+
 class KernelRecordError(TypeError):
     """A kernel record whose names do not match its per-element function or body."""
 

@@ -107,7 +107,15 @@ def fill(a, value):
         a[i] = value
 
 
-NORM_THREADS = 256     # fixed: the combine order of a chunk's partial sums depends on it
+def _norm_threads():
+    """256, fixed: the combine order of a chunk's partial sums depends on it. Under Numba's
+    CUDA simulator (tests only), which runs one Python thread per CUDA thread, 32: the same
+    order for a narrower block, and an eighth of the threads to simulate."""
+    from numba import config as numba_config
+    return 32 if numba_config.ENABLE_CUDASIM else 256
+
+
+NORM_THREADS = _norm_threads()
 
 
 @cuda.jit(device=True)

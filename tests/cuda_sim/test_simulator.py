@@ -63,13 +63,21 @@ def _pair(spec, combo, dtype, n, seed=0):
     return kw, host, dev, rng
 
 
-# every option combination in both dtypes; a record with a pre-pass (LAMB, whose simulated
-# 256-thread reduction blocks cost ~4 s a case) takes each combination in one dtype, the two
-# dtypes alternating (on a real GPU: both)
-MATCH_CASES = [(s, c, dt) for s in SPECS
-               for i, c in enumerate(testinfo.option_combinations(s))
-               for dt in (np.float32, np.float64)
-               if REAL_GPU or not s.kernel.norm_names or i % 2 == (dt == np.float64)]
+# every option combination, each in one dtype: float64 where the sum of its options' indices in
+# the grid is odd (a half fraction: each value of each option meets both dtypes when there are two
+# options or more; an optimizer with one or two combinations takes both dtypes in each); on a
+# real GPU: every combination in both dtypes
+def _match_cases(spec):
+    grid = testinfo.info(spec).option_grid
+    combos = testinfo.option_combinations(spec)
+
+    def odd(combo):
+        return sum(list(grid[n]).index(v) for n, v in combo.items()) % 2 == 1
+    return [(spec, c, dt) for c in combos for dt in (np.float32, np.float64)
+            if REAL_GPU or len(combos) <= 2 or odd(c) == (dt == np.float64)]
+
+
+MATCH_CASES = [case for s in SPECS for case in _match_cases(s)]
 
 
 @pytest.mark.parametrize("spec,combo,dtype", MATCH_CASES, ids=[

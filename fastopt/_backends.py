@@ -11,6 +11,7 @@ dtype or writability change).
 import numpy as np
 
 from . import _threads, config
+from ._spec import distinct
 
 BACKENDS = ("numpy", "cpu", "cuda")
 
@@ -381,6 +382,7 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
     tables = {False: np.zeros((len(rows), n_scalars), st),
               True: np.zeros((len(rows), n_scalars + 1), st)}
     plans, built = {}, {}
+    rows_distinct = distinct(rows)     # the rows of a step without schedules, every step
 
     def plan(rows_now, t, scaled, par):
         fam = cpu.family(spec.kernel, scaled)
@@ -412,7 +414,8 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
         else:
             work = plan(rows_now, t, scaled, par)
         table = tables[scaled]
-        spec.fill_scalar_rows(rows_now, t, table[:, :n_scalars])
+        spec.fill_scalar_rows(rows_now, t, table[:, :n_scalars],
+                              rows_distinct if rows_now is rows else None)
         if scaled:
             table[:, n_scalars] = factor
         if par and not _threads.READY:

@@ -194,12 +194,14 @@ class OptimizerSpec:
         out[:] = self._pick_scalars(self.scalars(hp, t))
         return out
 
-    def fill_scalar_rows(self, hps, t, out):
+    def fill_scalar_rows(self, hps, t, out, unique_which=None):
         """:meth:`fill_scalars` for several hyperparameter sets at once: row ``r`` of ``out``
         (2-D, the buffer dtype) gets the scalars of ``hps[r]`` (a grouped step's rows), each
-        distinct set (:func:`distinct`: a row per tensor repeats its group's) computed once."""
+        distinct set (:func:`distinct`: a row per tensor repeats its group's) computed once.
+        ``unique_which``: ``distinct(hps)``, when the caller keeps it (the same rows at every
+        step)."""
         pick, scalars = self._pick_scalars, self.scalars
-        unique, which = distinct(hps)
+        unique, which = distinct(hps) if unique_which is None else unique_which
         if len(unique) == len(hps):
             out[:] = [pick(scalars(hp, t)) for hp in hps]
         else:

@@ -33,3 +33,20 @@ def test_loop_option(benchmark, n, name):
     benchmark.group = f"loop|{n}"
     benchmark.name = name
     benchmark(step)
+
+
+def test_serial_rows_are_compared_with_the_serial_step(monkeypatch):
+    """At the MLP's size the table also has the serial plain and grouped steps (what a user's
+    loop runs by default), each serial row's ratio taken against the serial plain step."""
+    monkeypatch.setattr(loopbench, "time_interleaved",
+                        lambda fns, min_time: [float(i + 1) for i in range(len(fns))])
+    rows = loopbench.measure(sizes=(B.MLP_SIZE,))
+    by = {r["case"]: r for r in rows}
+    serial = by[loopbench.SERIAL_PLAIN]
+    assert sorted(c for c in by if c.endswith(loopbench.SERIAL)) == [
+        "fastopt step, 10 groups, serial", loopbench.SERIAL_PLAIN]
+    for r in rows:
+        base = serial if r["case"].endswith(loopbench.SERIAL) else rows[0]
+        assert r["vs_plain_step"] == r["seconds"] / base["seconds"]
+    assert serial["vs_plain_step"] == 1.0 and serial is not rows[0]
+    assert loopbench.SERIAL_PLAIN not in loopbench.cases(10)

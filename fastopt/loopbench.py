@@ -8,6 +8,8 @@ import numpy as np
 from .benchmarks import MLP_SIZE, format_seconds, time_interleaved
 
 MAX_NORM = 1.0
+SERIAL = ", serial"                    # rows of serial steps, compared with SERIAL_PLAIN
+SERIAL_PLAIN = "fastopt step" + SERIAL
 
 
 def _mlp_groups(n):
@@ -57,6 +59,17 @@ def cases(n, seed=0):
         f"fastopt step, {len(groups.groups)} groups": lambda: fastopt.adam_step(
             b["groups"], decoupled_weight_decay=True, groups=groups),
     }
+    if n == MLP_SIZE:
+        # the MLP as a user's loop steps it by default (serially: README "Threads"), where
+        # the benchmarks' thread policy steps it in parallel; compared with each other
+        from . import _step, registry
+        spec = registry.get("adam")
+        bs = {k: buffers() for k in ("plain serial", "groups serial")}
+        out[SERIAL_PLAIN] = lambda: _step.step(spec, bs["plain serial"], parallel=False,
+                                               decoupled_weight_decay=True)
+        out[f"fastopt step, {len(groups.groups)} groups{SERIAL}"] = lambda: _step.step(
+            spec, bs["groups serial"], parallel=False, decoupled_weight_decay=True,
+            groups=groups)
 
     def numpy_clip():
         norm = float(np.linalg.norm(g))
@@ -90,10 +103,12 @@ def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
     for n in sizes:
         named = cases(n)
         times = time_interleaved(list(named.values()), min_time=min_time)
+        by_name = dict(zip(named, times))
         base = times[0]
         clip = times[1]
         for name, t in zip(named, times):
-            row = dict(size=n, case=name, seconds=t, vs_plain_step=t / base)
+            plain = by_name[SERIAL_PLAIN] if name.endswith(SERIAL) else base
+            row = dict(size=n, case=name, seconds=t, vs_plain_step=t / plain)
             if name.startswith("torch clip"):
                 row["vs_fused_clip"] = t / clip
             rows.append(row)
@@ -102,7 +117,7 @@ def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
 
 def format_table(rows):
     lines = ["training-loop options, Adam(W) float32 (max_grad_norm=1.0; groups: one per MLP "
-             "tensor / 10 equal ranges, 2 value sets)",
+             "tensor / 10 equal ranges, 2 value sets; serial rows against the serial step)",
              f"{'size':>10}  {'case':<42} {'time':>10} {'vs plain step':>14}"]
     for r in rows:
         extra = (f"  (fused clip is {r['vs_fused_clip']:.2f}x faster)"

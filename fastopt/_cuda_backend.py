@@ -292,7 +292,6 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     return run
 
 
-
 def _launch_parts(spec, hp, t, factor, st, compiled, make):
     """``(options, scaled, kernel, scalars)`` of step ``t``: the kernel for these options
     (``make(scaled, options)`` on first use, kept in ``compiled``) and the scalars as a tuple of

@@ -274,7 +274,6 @@ def _row_unpack(k, n_rows, factor=False):
     return fn
 
 
-
 def _lazy(key, python):
     """The ``cuda.jit`` kernel under ``key``, compiled from ``python()`` on first use."""
     kernel = _compiled.get(key)

@@ -65,13 +65,15 @@ BLAS for the cores). ``fastopt.config.thread_report()`` says what was applied.
 ``THREAD_WAIT``: the wait policy of ``python -m fastopt bench`` / ``profile`` and the benchmark
 suites, applied by :func:`set_thread_wait` unless the environment already chooses: back-to-back
 optimizer steps pay ~13 us of thread wake-up per parallel call with passive waiting, so the
-benchmarks let threads spin briefly (``GOMP_SPINCOUNT=1000``, tens of microseconds) for fastopt
-and torch alike. They also report rows under the default policy (README, "Benchmarks").
+benchmarks let threads spin briefly (``GOMP_SPINCOUNT=1000``, ~10 us) for fastopt and torch
+alike; that is a short spin (``SHORT_SPIN``), so the threshold stays 131072 under it. They
+also report rows under the default policy (README, "Benchmarks").
 """
 
 # not a tunable: the chunk of every deterministic reduction (the gradient norm, LAMB's
 # per-tensor pre-pass). The norms' bits depend on it, and not on the thread count.
 NORM_CHUNK = 4096
+import math
 import os
 
 
@@ -100,17 +102,57 @@ def _spincount_from_env():
     return check_spincount(raw, f"environment variable FASTOPT_OMP_SPINCOUNT={raw!r}")
 
 
-def _default_parallel_threshold():
-    """131072 under fastopt's own policy (a training loop: a parallel call pays for waking
-    threads that slept through the matmuls; measured in the MLP loop on 2 cores, the serial
-    step wins at 109,810 parameters) and under passive waiting; 32768 when the environment
-    makes the threads spin (``OMP_WAIT_POLICY=ACTIVE``, ``GOMP_SPINCOUNT > 0``: back-to-back
-    steps, as the benchmarks run) or fastopt is told to ``"keep"`` libgomp's long spin."""
+# a spin count below this is short: between back-to-back steps of a model the MLP's size the
+# threads are already asleep (libgomp's count of polls before it sleeps; fastopt's own and the
+# benchmarks' 1000 is one). Measured on a 2-core Zen 3 VM, Adam float32, serial vs parallel step
+# interleaved (2026-11-27): GOMP_SPINCOUNT=1000: the parallel step 1.40-2.50x the serial one's
+# time at 32,768 elements, 0.94-4.6x at 65,536, 0.96-1.05x at 109,810, 0.92-0.93x at 131,072;
+# 2000-3000: 0.94-1.25x at 32,768 (a wash); 10000: 1.01x and 0.81x at 32,768 and 109,810;
+# 300000 (libgomp's default): 0.89x and 0.87x. (libgomp estimates 100,000 polls per ms: 1000
+# is ~10 us, about the host work of one step)
+SHORT_SPIN = 10000
+
+
+def gomp_spin_count(text):
+    """``GOMP_SPINCOUNT`` as libgomp reads it: an integer with an optional ``k``/``M``/``G``/
+    ``T`` suffix (thousands), or ``infinite``/``infinity`` (``math.inf``); ``None`` when
+    libgomp would not accept it (it then keeps its default)."""
+    text = str(text).strip().lower()
+    if text.startswith(("infinite", "infinity")) and not text[8:].strip():
+        return math.inf
+    scale = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12}.get(text[-1:], 1)
+    digits = text[:-1].strip() if scale > 1 else text
+    return int(digits) * scale if digits.isdigit() else None
+
+
+def spin_length():
+    """How many polls Numba's OpenMP threads make before sleeping, as libgomp will read the
+    environment (``GOMP_SPINCOUNT``, else ``OMP_WAIT_POLICY``: ACTIVE spins without end,
+    PASSIVE not at all, else libgomp's 300000), or fastopt's own ``OMP_SPINCOUNT`` when the
+    environment chooses nothing (``"keep"``: libgomp's 300000)."""
     policy = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
     spin = os.environ.get("GOMP_SPINCOUNT", "").strip()
+    count = gomp_spin_count(spin) if spin else None
+    if count is not None:
+        return count
+    if policy == "ACTIVE":
+        return math.inf
+    if policy == "PASSIVE":
+        return 0
     if policy or spin:
-        return 131072 if policy == "PASSIVE" or spin == "0" else 32768
-    return 32768 if globals().get("OMP_SPINCOUNT", 1000) == "keep" else 131072
+        return 300000
+    own = globals().get("OMP_SPINCOUNT", 1000)
+    return 300000 if own == "keep" else own
+
+
+def _default_parallel_threshold():
+    """32768 when Numba's threads spin long enough to be awake for the next back-to-back step
+    (:func:`spin_length` at least ``SHORT_SPIN``: ``OMP_WAIT_POLICY=ACTIVE``, libgomp's
+    default spin, ``"keep"``); 131072 under a short spin or passive waiting: fastopt's own
+    policy (a training loop: a parallel call pays for waking threads that slept through the
+    matmuls; measured in the MLP loop on 2 cores, the serial step wins at 109,810 parameters)
+    and the benchmarks' (their back-to-back steps outlast a spin of 1000: ``SHORT_SPIN``)."""
+    return 32768 if spin_length() >= SHORT_SPIN else 131072
 
 
 _DEFAULTS = {

@@ -8,8 +8,8 @@ import numpy as np
 from .benchmarks import MLP_SIZE, format_seconds, time_interleaved
 
 MAX_NORM = 1.0
-SERIAL = ", serial"                    # rows of serial steps, compared with SERIAL_PLAIN
-SERIAL_PLAIN = "fastopt step" + SERIAL
+PARALLEL = ", parallel"                # rows of parallel steps, compared with PARALLEL_PLAIN
+PARALLEL_PLAIN = "fastopt step" + PARALLEL
 
 
 def _mlp_groups(n):
@@ -60,15 +60,15 @@ def cases(n, seed=0):
             b["groups"], decoupled_weight_decay=True, groups=groups),
     }
     if n == MLP_SIZE:
-        # the MLP as a user's loop steps it by default (serially: README "Threads"), where
-        # the benchmarks' thread policy steps it in parallel; compared with each other
+        # the MLP's size steps serially by default, under the benchmarks' short spin too
+        # (fastopt.config.SHORT_SPIN); the parallel steps for comparison, each against the other
         from . import _step, registry
         spec = registry.get("adam")
-        bs = {k: buffers() for k in ("plain serial", "groups serial")}
-        out[SERIAL_PLAIN] = lambda: _step.step(spec, bs["plain serial"], parallel=False,
-                                               decoupled_weight_decay=True)
-        out[f"fastopt step, {len(groups.groups)} groups{SERIAL}"] = lambda: _step.step(
-            spec, bs["groups serial"], parallel=False, decoupled_weight_decay=True,
+        bs = {k: buffers() for k in ("plain parallel", "groups parallel")}
+        out[PARALLEL_PLAIN] = lambda: _step.step(spec, bs["plain parallel"], parallel=True,
+                                                 decoupled_weight_decay=True)
+        out[f"fastopt step, {len(groups.groups)} groups{PARALLEL}"] = lambda: _step.step(
+            spec, bs["groups parallel"], parallel=True, decoupled_weight_decay=True,
             groups=groups)
 
     def numpy_clip():
@@ -107,7 +107,7 @@ def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
         base = times[0]
         clip = times[1]
         for name, t in zip(named, times):
-            plain = by_name[SERIAL_PLAIN] if name.endswith(SERIAL) else base
+            plain = by_name[PARALLEL_PLAIN] if name.endswith(PARALLEL) else base
             row = dict(size=n, case=name, seconds=t, vs_plain_step=t / plain)
             if name.startswith("torch clip"):
                 row["vs_fused_clip"] = t / clip
@@ -117,7 +117,7 @@ def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
 
 def format_table(rows):
     lines = ["training-loop options, Adam(W) float32 (max_grad_norm=1.0; groups: one per MLP "
-             "tensor / 10 equal ranges, 2 value sets; serial rows against the serial step)",
+             "tensor / 10 equal ranges, 2 value sets; parallel rows against the parallel step)",
              f"{'size':>10}  {'case':<42} {'time':>10} {'vs plain step':>14}"]
     for r in rows:
         extra = (f"  (fused clip is {r['vs_fused_clip']:.2f}x faster)"

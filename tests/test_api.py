@@ -1,4 +1,5 @@
 """API behaviour: FlatParams, config, checkpoints, convergence, dtype, compilation."""
+import math
 import numpy as np
 import pytest
 
@@ -188,6 +189,31 @@ def test_config_reset_and_environment(monkeypatch):
                                      "OMP_SPINCOUNT"}
 
 
+@pytest.mark.parametrize("spin, count, threshold", [
+    ("1000", 1000, 131072), (" 5000 ", 5000, 131072), ("0", 0, 131072),
+    ("10000", 10000, 32768), ("10k", 10000, 32768), ("2M", 2000000, 32768),
+    ("infinite", math.inf, 32768), ("Infinity", math.inf, 32768),
+    ("lots", None, 32768), ("5x", None, 32768)])
+def test_threshold_follows_the_spin_length(spin, count, threshold, no_wait_policy,
+                                           monkeypatch):
+    """The lower threshold only where threads spin long enough to be awake for the next
+    back-to-back step; a count libgomp rejects leaves libgomp's long default."""
+    assert config.gomp_spin_count(spin) == count
+    monkeypatch.setenv("GOMP_SPINCOUNT", spin)
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == threshold
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")      # GOMP_SPINCOUNT counts first
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == (32768 if count is None else threshold)
+    monkeypatch.setenv("GOMP_SPINCOUNT", "")
+    monkeypatch.setenv("FASTOPT_OMP_SPINCOUNT", "20000")   # fastopt's own count, long
+    monkeypatch.setenv("OMP_WAIT_POLICY", "")
+    config.reset()
+    assert config.PARALLEL_THRESHOLD == 32768
+    monkeypatch.delenv("FASTOPT_OMP_SPINCOUNT")
+    config.reset()
+
+
 def test_bench_wait_policy_applies_unless_the_user_chose(no_wait_policy, monkeypatch):
     def blank():
         no_wait_policy()
@@ -196,7 +222,7 @@ def test_bench_wait_policy_applies_unless_the_user_chose(no_wait_policy, monkeyp
     assert config.PARALLEL_THRESHOLD == 131072
     assert config.set_thread_wait("bench") == {"OMP_WAIT_POLICY": None,
                                                "GOMP_SPINCOUNT": "1000"}
-    assert config.PARALLEL_THRESHOLD == 32768      # back-to-back steps: threads spinning
+    assert config.PARALLEL_THRESHOLD == 131072     # a short spin: asleep by the next step
     blank()
     config.PARALLEL_THRESHOLD = 5000               # an explicit choice is kept
     config.set_thread_wait("bench")

@@ -122,7 +122,7 @@ def gomp_spin_count(text):
         return math.inf
     scale = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12}.get(text[-1:], 1)
     digits = text[:-1].strip() if scale > 1 else text
-    return int(digits) * scale if digits.isdigit() else None
+    return int(digits) * scale if digits.isascii() and digits.isdigit() else None
 
 
 def spin_length():

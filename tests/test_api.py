@@ -193,7 +193,7 @@ def test_config_reset_and_environment(monkeypatch):
     ("1000", 1000, 131072), (" 5000 ", 5000, 131072), ("0", 0, 131072),
     ("10000", 10000, 32768), ("10k", 10000, 32768), ("2M", 2000000, 32768),
     ("infinite", math.inf, 32768), ("Infinity", math.inf, 32768),
-    ("lots", None, 32768), ("5x", None, 32768)])
+    ("lots", None, 32768), ("5x", None, 32768), ("\u0661\u0660\u0660", None, 32768)])
 def test_threshold_follows_the_spin_length(spin, count, threshold, no_wait_policy,
                                            monkeypatch):
     """The lower threshold only where threads spin long enough to be awake for the next

@@ -18,15 +18,17 @@ drivers generated here do exactly that, without one Python call (or one launch) 
   device function with a block-local loop, on each tile's slice; the rows of scalars travel
   by value with the launch as one flat tuple, or in a device array.
 
-The drivers call kernels chosen at run time, so they are compiled on first use in a process
-and not cached on disk (as ``kernels.quant8``'s block driver).
+The drivers call kernels chosen at run time. The CPU driver (as ``kernels.quant8``'s block
+driver) is compiled on first use and cached on disk through a generated source file named by
+a hash of its source and of the kernels it calls (``kernels.decorators.compile_generated``).
 """
 import threading
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-DRIVER_OPTIONS = dict(error_model="numpy", nogil=True, fastmath=False)
+from .decorators import compile_generated
+
 
 _drivers = {}
 _lock = threading.Lock()
@@ -70,9 +72,8 @@ def cpu_driver(bodies, n_arrays, parallel):
             if fn is None:
                 scope = dict(prange=prange, **{f"body{k}": b for k, b in enumerate(bodies)})
                 src = cpu_source(n_arrays, len(bodies), parallel)
-                exec(compile(src, "<fastopt.kernels.groups cpu driver>", "exec"), scope)
-                fn = _drivers[key] = njit(parallel=bool(parallel), **DRIVER_OPTIONS)(
-                    scope["grouped"])
+                fn = _drivers[key] = compile_generated(src, "grouped", scope, parallel,
+                                                       bodies)
     return fn
 
 

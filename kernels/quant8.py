@@ -23,10 +23,10 @@ from numba.core import cgutils
 from numba.extending import (intrinsic, make_attribute_wrapper, models, overload,
                              register_model)
 
+from .decorators import compile_generated
 from .precision import _f32_as_u32, f32_to_bf16
 from .reductions import TASKS
 
-DRIVER_OPTIONS = dict(error_model="numpy", nogil=True, fastmath=False)
 INLINE = dict(error_model="numpy", inline="always", fastmath=False)
 
 
@@ -182,17 +182,16 @@ def _compile(key, src, name, parallel, bodies):
             if fn is None:
                 scope = dict(np=np, prange=prange, dequantize_block=dequantize_block,
                              quantize_block=quantize_block, copy_block=copy_block, **bodies)
-                exec(compile(src, f"<fastopt.kernels.quant8 {name}>", "exec"), scope)
-                fn = _drivers[key] = njit(parallel=bool(parallel), **DRIVER_OPTIONS)(
-                    scope[name])
+                fn = _drivers[key] = compile_generated(src, name, scope, parallel,
+                                                       tuple(bodies.values()))
     return fn
 
 
 def driver(body, n_arrays, quantized, parallel, copy=False):
     """The compiled block driver around ``body`` (a record's serial kernel for one option
     combination): ``driver(<arrays, each 8-bit one as codes, scales, map values, first table,
-    midpoints>, [param copy,] scalars, block, chunks)``. Compiled on first use, not cached on
-    disk (it calls a kernel chosen at run time)."""
+    midpoints>, [param copy,] scalars, block, chunks)``. Compiled on first use and cached on
+    disk (it calls a kernel chosen at run time: ``kernels.decorators.compile_generated``)."""
     return _compile((body, tuple(quantized), bool(parallel), bool(copy)),
                     _source(n_arrays, quantized, parallel, copy=copy), "q8_driver", parallel,
                     dict(body=body))

@@ -32,6 +32,8 @@ import functools
 import hashlib
 import inspect
 import os
+import sys
+import tempfile
 import threading
 import types
 
@@ -150,9 +152,6 @@ def kernel_family(factory):
 
 
 # ---------------------------------------------------------------- generated drivers, cached
-GENERATED_OPTIONS = dict(error_model="numpy", nogil=True, fastmath=False)
-
-
 def generated_dir():
     """Where generated drivers' sources are written so that Numba can cache them on disk:
     ``fastopt-generated`` under ``NUMBA_CACHE_DIR`` when that is set, else under
@@ -182,7 +181,6 @@ def _write_once(path, text):
             return fh.read() == text
     except OSError:
         pass
-    import tempfile
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
@@ -227,13 +225,12 @@ def compile_generated(src, name, scope, parallel, callees=()):
             + "".join(f"# calls {_identity(c)}\n" for c in callees)
             + src.replace(f"def {name}(", f"def {unique}(", 1))
     path = os.path.join(generated_dir(), unique + ".py")
-    options = dict(GENERATED_OPTIONS, parallel=bool(parallel))
+    options = dict(KERNEL_OPTIONS, parallel=bool(parallel))
     if _write_once(path, text):
         code = compile(text, path, "exec")
         # a registered module: a cached function's environment is rebuilt on loading by
         # importing its module by name (an unregistered one is Numba's "<dynamic>", which
         # cannot be imported)
-        import sys
         modname = f"fastopt_generated_{unique}"
         module = sys.modules.get(modname)
         if module is None:
@@ -242,8 +239,8 @@ def compile_generated(src, name, scope, parallel, callees=()):
             module.__dict__.update(scope)
             exec(code, module.__dict__)
             sys.modules[modname] = module
-        return njit(cache=True, **options)(module.__dict__[unique])
+        return njit(**options)(module.__dict__[unique])
     code = compile(text, f"<fastopt generated {name}>", "exec")
     module = dict(scope)
     exec(code, module)
-    return njit(**options)(module[unique])
+    return njit(**dict(options, cache=False))(module[unique])

@@ -107,7 +107,7 @@ def _spincount_from_env():
 # benchmarks' 1000 is one). Measured on a 2-core Zen 3 VM, Adam float32, serial vs parallel step
 # interleaved (2026-11-27): GOMP_SPINCOUNT=1000: the parallel step 1.40-2.50x the serial one's
 # time at 32,768 elements, 0.94-4.6x at 65,536, 0.96-1.05x at 109,810, 0.92-0.93x at 131,072;
-# 2000-3000: 0.94-1.25x at 32,768 (a wash); 10000: 1.01x and 0.81x at 32,768 and 109,810;
+# 2000-3000: 0.88-1.25x at 32,768 (a wash); 10000: 1.01x and 0.81x at 32,768 and 109,810;
 # 300000 (libgomp's default): 0.89x and 0.87x. (libgomp estimates 100,000 polls per ms: 1000
 # is ~10 us, about the host work of one step)
 SHORT_SPIN = 10000

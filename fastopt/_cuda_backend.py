@@ -255,10 +255,14 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     if views:
         from .precision import rounding_key
 
-    def make(scaled, options):
+    def make(scaled, options, pairs=None):
         if scaled == DEVICE_FACTOR:
+            if pairs:
+                return kernels.get_factor(spec.kernel, options, pairs=pairs)
             return kernels.get_factor(spec.kernel, options, bits if views else None,
                                       seed is not None, bool(copy))
+        if pairs:
+            return kernels.get_pairs(spec.kernel, scaled, pairs, **options)
         if views:
             return kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None,
                                     bool(copy))
@@ -268,28 +272,81 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     if spec.kernel.norm_names:
         pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
     launch = Launcher()
+    words = None
+    if seed is None and not copy:
+        words = _pair_words(cuda, kernels, spec, args, ph, dtype)
+    if words is not None:        # two elements per access; an odd last element alone
+        paired, tail, kinds = words
+        compiled_pairs = {}
+
+        def make_pairs(scaled, options):
+            return make(scaled, options, kinds)
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
-        options, scaled, kernel, packed = _launch_parts(spec, hp_now, t, factor, st,
-                                                        compiled, make)
-        blocks, threads = _grid(kernels, n)
+        pairs = words is not None and config.CUDA_PAIRS
+        options, scaled, kernel, packed = _launch_parts(
+            spec, hp_now, t, factor, st, *((compiled_pairs, make_pairs) if pairs
+                                           else (compiled, make)))
         if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
+        fac = (factor,) if scaled == DEVICE_FACTOR else ()
+        if pairs:
+            blocks, threads = _grid(kernels, paired[0].shape[0])
+            launch(kernel, blocks, threads, *paired, *fac, packed)
+            if tail is None:
+                return
+            key = (scaled,) + tuple(options.items())      # the one-element kernel, as
+            kernel = compiled.get(key)                     # _launch_parts keys it
+            if kernel is None:
+                kernel = compiled[key] = make(scaled, options)
         extra = ()
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
-                            np.int64(0))
-        if scaled == DEVICE_FACTOR:
-            extra += (factor,)
-        launch(kernel, blocks, threads, *args, *extra, packed)
+                            np.int64(n - 1 if pairs else 0))
+        if not pairs:
+            blocks, threads = _grid(kernels, n)
+            launch(kernel, blocks, threads, *args, *extra, *fac, packed)
+        else:
+            launch(kernel, 1, 32, *tail, *extra, *fac, packed)
     # a clipped step may leave its gradient factor on the device (``_step._loop_factor``) for
     # this runner's kernels to read there; a pre-pass (LAMB's trust ratios) takes it as a
     # scalar from the host
     run.device_factor = pre is None
     return run
+
+
+def _pair_words(cuda, kernels, spec, args, ph, dtype):
+    """``(paired, tail, kinds)`` when a float32 step can run on words of two elements
+    (``kernels.cuda.python_pair_kernel``; it does while ``config.CUDA_PAIRS``): each array's
+    first ``2k`` elements as ``k`` words (``uint64`` for float32 arrays, ``uint32`` for bfloat16
+    state; a placeholder stays one, of the state's kind), its odd last element as a
+    one-element view (``tail``, ``None`` when the length is even) and each array's kind;
+    ``None`` when not:
+    float64, fewer than two elements, an array that does not start on a word boundary, or a
+    record whose per-element function returns no tuple. (The caller asks only without
+    stochastic rounding and without a param copy, whose kernels take element indices.)"""
+    n = args[0].shape[0]
+    if np.dtype(dtype) != np.float32 or n < 2 or not kernels.pairs_supported(spec.kernel):
+        return None
+    half = {np.dtype(np.float32): (np.uint64, kernels.F32),
+            np.dtype(np.uint16): (np.uint32, kernels.BF16)}
+    real = [a for a in args if a is not ph]
+    if any(np.dtype(a.dtype) not in half
+           or interface(a)["data"][0] % (2 * np.dtype(a.dtype).itemsize) for a in real):
+        return None
+    state = [np.dtype(a.dtype) for a, name in zip(args, spec.kernel.arrays)
+             if a is not ph and name not in ("param", "grad")]
+    word, kind = half[state[0] if state else np.dtype(np.float32)]
+    wph = _placeholder(cuda, word)
+    even = n - n % 2
+    paired = tuple(wph if a is ph else a[:even].view(half[np.dtype(a.dtype)][0])
+                   for a in args)
+    kinds = tuple(kind if a is ph else half[np.dtype(a.dtype)][1] for a in args)
+    tail = tuple(ph if a is ph else a[even:] for a in args) if n % 2 else None
+    return paired, tail, kinds
 
 
 def _launch_parts(spec, hp, t, factor, st, compiled, make):

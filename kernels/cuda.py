@@ -26,6 +26,7 @@ import contextlib
 import math
 import threading
 
+import numpy as np
 from numba import cuda, float64
 
 from .decorators import bind
@@ -295,13 +296,151 @@ def get(record, scaled=False, **options):
 def python_kernel(record, scaled=False, **options):
     """The uncompiled kernel of ``record``: its body bound to the CUDA target (used by
     :func:`get` and by ``cuda.compile_ptx``)."""
+    return bind(record.body(**options), elem=_elem_device(record, scaled), loop=grid_range,
+                unpack=unpack_tuple)
+
+
+def _elem_device(record, scaled):
+    """The record's packed per-element adapter as a CUDA device function (made once)."""
     key = (record, bool(scaled))
     elem = _device.get(key)
     if elem is None:
         record.check()
         elem = _device[key] = cuda.jit(device=True)(
             record.adapter(cuda.jit(device=True)(record.elem), scaled))
-    return bind(record.body(**options), elem=elem, loop=grid_range, unpack=unpack_tuple)
+    return elem
+
+
+# ---------------------------------------------------------------- two elements per access
+F32, BF16 = "f32", "bf16"       # the kinds of word: two float32 (uint64), two bfloat16 (uint32)
+
+
+def n_outputs(record):
+    """How many values ``record.elem`` returns (it is plain Python: called once on 0.5s with
+    every option False), or ``None`` when that call fails or returns no tuple."""
+    import inspect
+    params = list(inspect.signature(record.elem).parameters)
+    n = len(record.arrays)
+    kw = {name: 0.5 for name in params[n:n + len(record.scalars)]}
+    kw.update({name: False for name in record.options})
+    try:
+        out = record.elem(*([0.5] * n), **kw)
+    except Exception:
+        return None
+    return len(out) if isinstance(out, tuple) else None
+
+
+def pair_source(record, n_out, kinds):
+    """Source of ``elem_pair(<words...>, sc, <options>)``: each argument a word holding two
+    neighbouring elements (``lo``: the first, ``hi``: the second, as float32; a word of two
+    float32 or of two bfloat16, by its type), the record's packed adapter run on the first
+    halves and on the second halves, and each of its ``n_out`` values packed back into a word
+    of the kind of the array it is written to (``kinds``, one per array: a body writes the
+    per-element function's values to its arrays other than the gradient, in order; values past
+    those are written nowhere and packed as float32). The same operations per element as the
+    one-element kernels, so the same bits."""
+    n = len(record.arrays)
+    opts = list(record.options)
+    sig = ", ".join([f"x{j}" for j in range(n)] + ["sc"] + opts)
+    first = ", ".join([f"lo(x{j})" for j in range(n)] + ["sc"] + opts)
+    second = ", ".join([f"hi(x{j})" for j in range(n)] + ["sc"] + opts)
+    dest = [k for name, k in zip(record.arrays, kinds) if name != "grad"]
+    packers = [("pack16" if k < len(dest) and dest[k] == BF16 else "pack")
+               for k in range(n_out)]
+    outs = "".join(f"{f}(a[{k}], b[{k}]), " for k, f in enumerate(packers))
+    return (f"def elem_pair({sig}):\n"
+            f"    a = _elem({first})\n"
+            f"    b = _elem({second})\n"
+            f"    return ({outs})\n")
+
+
+_word_helpers = []
+
+
+def _pair_helpers():
+    """``(lo, hi, pack, pack16)``: a word's first and second element as float32 (by the word's
+    type: ``uint64`` two float32, ``uint32`` two bfloat16), two float32 packed into a ``uint64``
+    word, and rounded to nearest-even bfloat16 into a ``uint32`` word (``kernels.precision``'s
+    bit casts and rounding), or their NumPy twins under the simulator."""
+    from numba import config as numba_config
+    if numba_config.ENABLE_CUDASIM:
+        from .precision import SimBF16
+
+        def half(w, k):
+            if isinstance(w, np.uint32):
+                return SimBF16(np.array([w], np.uint32).view(np.uint16), 0, 0, False)[k]
+            return np.array([w], np.uint64).view(np.float32)[k]
+
+        def pack(a, b):
+            return np.array([a, b], np.float32).view(np.uint64)[0]
+
+        def pack16(a, b):
+            bits = np.zeros(2, np.uint16)
+            SimBF16(bits, 0, 0, False)[0] = a
+            SimBF16(bits, 0, 0, False)[1] = b
+            return bits.view(np.uint32)[0]
+        return (lambda w: half(w, 0)), (lambda w: half(w, 1)), pack, pack16
+    if not _word_helpers:
+        from .precision import f32_to_bf16, _f32_as_u32, word_hi, word_lo
+
+        @cuda.jit(device=True)
+        def lo(w):
+            return word_lo(w)
+
+        @cuda.jit(device=True)
+        def hi(w):
+            return word_hi(w)
+
+        @cuda.jit(device=True)
+        def pack(a, b):
+            return (np.uint64(_f32_as_u32(np.float32(a)))
+                    | (np.uint64(_f32_as_u32(np.float32(b))) << np.uint64(32)))
+
+        @cuda.jit(device=True)
+        def pack16(a, b):
+            return (np.uint32(f32_to_bf16(np.float32(a)))
+                    | (np.uint32(f32_to_bf16(np.float32(b))) << np.uint32(16)))
+        _word_helpers.extend((lo, hi, pack, pack16))
+    return tuple(_word_helpers)
+
+
+_supported = {}
+
+
+def pairs_supported(record):
+    """Whether ``record``'s kernels can run on words of two elements (its per-element function
+    returns a tuple)."""
+    ok = _supported.get(record)
+    if ok is None:
+        ok = _supported[record] = n_outputs(record) is not None
+    return ok
+
+
+def python_pair_kernel(record, scaled=False, kinds=None, **options):
+    """The uncompiled kernel of ``record`` on words of two elements: the same body, its arrays
+    word views of the arrays (half as long: ``uint64`` for float32 arrays, ``uint32`` for
+    bfloat16 state, ``kinds`` one per array, all float32 when ``None``), its ``elem`` the pair
+    adapter (:func:`pair_source`)."""
+    kinds = tuple(kinds or (F32,) * len(record.arrays))
+    key = ("pair", record, bool(scaled), kinds)
+    elem = _device.get(key)
+    if elem is None:
+        from .record import _define
+        lo, hi, pack, pack16 = _pair_helpers()
+        elem = _device[key] = cuda.jit(device=True)(_define(
+            pair_source(record, n_outputs(record), kinds), "elem_pair",
+            f"pair_{record.name}", _elem=_elem_device(record, scaled), lo=lo, hi=hi,
+            pack=pack, pack16=pack16))
+    return bind(record.body(**options), "_pairs", elem=elem, loop=grid_range,
+                unpack=unpack_tuple)
+
+
+def get_pairs(record, scaled=False, kinds=None, **options):
+    """The ``cuda.jit`` kernel of ``record`` on words of two elements (lazy, as :func:`get`;
+    ``kinds`` as :func:`python_pair_kernel`)."""
+    kinds = tuple(kinds or (F32,) * len(record.arrays))
+    key = ("pairs", record, bool(scaled), kinds) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_pair_kernel(record, scaled, kinds, **options))
 
 
 def _device_body(record, scaled, options, n_rows):
@@ -384,16 +523,22 @@ def _wrapped_args(n_arrays, bits, stochastic, copy):
     return params, args
 
 
-def _body_function(record, scaled, options):
+def _body_function(record, scaled, options, pairs=None):
     """The record's plain kernel body as a device function called from a wrapping kernel (the
-    Python body under the simulator, whose device functions swap in its fake ``cuda``)."""
+    Python body under the simulator, whose device functions swap in its fake ``cuda``);
+    ``pairs``: its body on words of two elements of these kinds (:func:`python_pair_kernel`)."""
     from numba import config as numba_config
-    if numba_config.ENABLE_CUDASIM:
+
+    def make():
+        if pairs:
+            return python_pair_kernel(record, scaled, pairs, **options)
         return python_kernel(record, scaled, **options)
-    key = ("plainbody", record, bool(scaled)) + tuple(sorted(options.items()))
+    if numba_config.ENABLE_CUDASIM:
+        return make()
+    key = ("plainbody", record, bool(scaled), pairs) + tuple(sorted(options.items()))
     body = _device.get(key)
     if body is None:
-        body = _device[key] = cuda.jit(device=True)(python_kernel(record, scaled, **options))
+        body = _device[key] = cuda.jit(device=True)(make())
     return body
 
 
@@ -432,23 +577,27 @@ def factor_source(n_arrays, bits=None, stochastic=False, copy=False):
             f"    body({', '.join(args)}, s + (fac[0],))\n")
 
 
-def python_factor_kernel(record, options, bits=None, stochastic=False, copy=False):
+def python_factor_kernel(record, options, bits=None, stochastic=False, copy=False,
+                         pairs=None):
     """The uncompiled kernel of ``record`` with the gradient factor read from the device
-    (:func:`factor_source`)."""
+    (:func:`factor_source`); ``pairs``: on words of two elements of these kinds (one per
+    array, :func:`python_pair_kernel`)."""
     from .record import _define
     view, pcopy = _bf16_wrappers()
     return _define(factor_source(len(record.arrays), bits, stochastic, copy),
-                   "factor_kernel", f"factor_{record.name}",
-                   body=_body_function(record, True, options), view=view, pcopy=pcopy)
+                   "factor_kernel", f"factor_{record.name}{'_pairs' if pairs else ''}",
+                   body=_body_function(record, True, options, pairs), view=view, pcopy=pcopy)
 
 
-def get_factor(record, options, bits=None, stochastic=False, copy=False):
+def get_factor(record, options, bits=None, stochastic=False, copy=False, pairs=None):
     """The ``cuda.jit`` kernel of ``record`` reading the gradient factor from the device
     (lazy, one per combination; ``bits``: bfloat16 state and/or a param copy, as
-    :func:`get_bf16`)."""
+    :func:`get_bf16`; ``pairs``: on words of two elements of these kinds)."""
+    pairs = tuple(pairs) if pairs else None
     key = ("factor", record, None if bits is None else tuple(bits), bool(stochastic),
-           bool(copy)) + tuple(sorted(options.items()))
-    return _lazy(key, lambda: python_factor_kernel(record, options, bits, stochastic, copy))
+           bool(copy), pairs) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_factor_kernel(record, options, bits, stochastic, copy,
+                                                   pairs))
 
 
 def python_bf16_norms_kernel(record, scaled, options, k, bits, n_rows=1):

@@ -137,6 +137,34 @@ def f32_to_bf16(x):
                      >> np.uint32(16))
 
 
+def word_lo(w):
+    """The first element of a word of two (inside a kernel): a ``uint64`` word's first float32,
+    a ``uint32`` word's first bfloat16 as float32 (exact). Elements are little-endian: element
+    ``2j`` is the low half of word ``j``."""
+    raise NotImplementedError("word_lo runs inside kernels only")
+
+
+def word_hi(w):
+    """The second element of a word of two, as :func:`word_lo`."""
+    raise NotImplementedError("word_hi runs inside kernels only")
+
+
+@overload(word_lo)
+def _word_lo(w):
+    if w == types.uint64:
+        return lambda w: _u32_as_f32(w)                      # the low 32 bits
+    if w == types.uint32:
+        return lambda w: _u32_as_f32((w & np.uint32(0xFFFF)) << np.uint32(16))
+
+
+@overload(word_hi)
+def _word_hi(w):
+    if w == types.uint64:
+        return lambda w: _u32_as_f32(w >> np.uint64(32))
+    if w == types.uint32:
+        return lambda w: _u32_as_f32(w & np.uint32(0xFFFF0000))
+
+
 @njit(inline="always", error_model="numpy")
 def splitmix64(x):
     """SplitMix64's output function of the uint64 ``x`` (wrapping arithmetic)."""

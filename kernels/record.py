@@ -16,6 +16,10 @@ is built, so that a mismatch is an error, never a silent reordering):
   *adapter* generated here that takes the scalars as one tuple ``sc`` (in the record's order,
   which is also the order the host packs them in) and passes each to the per-element function
   under its parameter name;
+* the body writes ``elem``'s values, in order, to its arrays other than the gradient (values
+  past those are written nowhere) and passes array values to ``elem`` unchanged: the CUDA
+  kernels on words of two elements (``kernels.cuda.pair_source``) run the same body on words
+  and pack each value for the array it goes to (``tests/cuda_sim`` checks every record);
 * every scalar already has the buffer dtype (the host computes derived scalars in float64 and
   rounds them once), so no float64 literal enters a float32 kernel;
 * optionally, ``norm_arrays`` (array names) and ``norms`` (the positions of some of

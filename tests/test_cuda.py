@@ -126,6 +126,42 @@ def test_float32_ptx_has_no_float64_arithmetic(spec, combo, cc, record_property,
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
+def test_two_elements_per_access_ptx_moves_words(spec, no_driver_device):
+    """The kernel on words of two elements (config.CUDA_PAIRS) loads and stores 64-bit words
+    of float32 and, with bfloat16 state, 32-bit words of it, nothing narrower; it takes float32
+    scalars and rounds as the one-element kernel does (no float64, no multiply-add); its
+    per-element math is there twice (each sqrt at least twice)."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((9, 0))
+    combo = testinfo.option_combinations(spec)[0]
+    hp, sig = _ptx_signature(spec, combo, np.float32)
+    assert ck.pairs_supported(spec.kernel)
+    state = spec.required_state(hp)
+    for bf16 in (False, True) if state else (False,):
+        kinds = [ck.BF16 if bf16 and name not in ("param", "grad") else ck.F32
+                 for name in spec.kernel.arrays]
+        words = tuple(types.Array(types.uint32 if k == ck.BF16 else types.uint64, 1, "C")
+                      for k in kinds) + sig[-1:]
+        with ck.exact():
+            ptx, _ = cuda.compile_ptx(ck.python_pair_kernel(spec.kernel, False, kinds,
+                                                            **spec.options(hp, 2)),
+                                      words, cc=(9, 0))
+        lines = [line.strip() for line in ptx.splitlines()]
+        moves = {x.split()[0] for x in lines if x.startswith(("ld.global", "st.global"))}
+        want = {"ld.global.u64", "st.global.u64"}
+        if bf16:
+            want |= {"ld.global.u32", "st.global.u32"}
+        assert moves == want, sorted(moves)
+        assert not [x for x in lines if ".f64" in x or "fma." in x]
+        if "math.sqrt" in inspect.getsource(spec.kernel.elem):
+            # once per element of a word; LLVM may unroll the loop (more, never fewer)
+            assert sum("sqrt" in x for x in lines) >= 2
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
 def test_exact_turns_off_contraction_only_inside_it(no_driver_device):
     """Outside ``kernels.cuda.exact()`` NVVM still contracts (other code's kernels are not
     changed); inside, the same kernel has no fma instruction."""

@@ -110,6 +110,86 @@ def test_cuda_matches_cpu(spec, combo, dtype):
             assert worst <= bound, f"{name}: {worst} ulp"
 
 
+def _same_bits(x, y):
+    same = (x.view(np.uint8) == y.view(np.uint8)).reshape(x.size, -1).all(axis=1)
+    return bool(np.all(same | (np.isnan(x) & np.isnan(y))))   # NaN signs not promised
+
+
+PAIR_CASES = [(s, None) for s in SPECS] + [
+    (s, "bfloat16") for s in SPECS if s.required_state(s.validate(dict(s.defaults)))]
+
+
+@pytest.mark.parametrize("spec,state", PAIR_CASES, ids=[f"{s.name}-{st or 'float32'}"
+                                                       for s, st in PAIR_CASES])
+def test_two_elements_per_access_give_the_one_element_kernels_bits(spec, state, monkeypatch):
+    """config.CUDA_PAIRS: a float32 step runs its body on words of two elements (64-bit words
+    of float32, 32-bit words of bfloat16 state; an odd last element in a one-element launch);
+    the same bits as one element per access, with a host factor (grad_scale), a device factor
+    (max_grad_norm) and a non-finite gradient, at even and odd lengths; the words' kernels are
+    the ones that ran."""
+    from fastopt.kernels import cuda as ck
+    fn = registry.step_function(spec)
+    kw = dict(spec.defaults, **testinfo.info(spec).peer_settings)
+    kw.pop("layout", None)                  # LAMB: the whole buffer one tensor (no groups)
+    zeros = dict(state_dtype=state) if state else {}
+    loops = [{}, dict(grad_scale=4.0), dict(max_grad_norm=0.5), {}]
+    for n in (2, 65) if not REAL_GPU else (2, 65, 100_002, 100_003):
+        rng = np.random.default_rng(n)
+        p0 = rng.standard_normal(n).astype(np.float32)
+        gs = [(rng.standard_normal(n) * 3).astype(np.float32) for _ in loops]
+        gs[-1][n - 1] = np.nan
+        runs = {}
+        for pairs in (1, 0):
+            monkeypatch.setattr(config, "CUDA_PAIRS", pairs)
+            b = fastopt.to_device(spec.buffers_cls.zeros(p0.copy(), np.zeros(n, np.float32),
+                                                         **zeros))
+            for g, loop in zip(gs, loops):
+                b.grad.copy_to_device(g)
+                fn(b, **kw, **loop)
+            runs[pairs] = fastopt.to_host(b)
+            if pairs:                                    # (kinds: index 3, 5 of the keys)
+                kinds = [k[3] for k in ck._compiled if k[:2] == ("pairs", spec.kernel)]
+                kinds += [k[5] for k in ck._compiled
+                          if k[0] == "factor" and k[1] is spec.kernel and k[5]]
+                assert any((ck.BF16 in k) == bool(state) for k in kinds), \
+                    "the two-element kernels did not run"
+        for name, x in runs[1].arrays().items():
+            y = runs[0].arrays()[name]
+            assert x.dtype == y.dtype and _same_bits(x, y), (n, name)
+
+
+def test_two_elements_per_access_need_arrays_on_word_boundaries():
+    """A view that starts off a word's boundary, float64 and fewer than two elements step one
+    element per access (``_cuda_backend._pair_words`` says no); bfloat16 state makes 32-bit
+    words, and so does an absent array's placeholder then."""
+    from fastopt import _cuda_backend as cb
+    from fastopt.kernels import cuda as ck
+    spec = registry.get("momentum")
+    ph = cb._placeholder(cuda, np.float32)
+
+    def words(arrays, dtype=np.float32):
+        return cb._pair_words(cuda, ck, spec, arrays, ph, dtype)
+    arena = cuda.to_device(np.zeros(3 * 9, np.float32))
+    ok = [arena[0:8], arena[8:16], arena[16:24]]
+    paired, tail, _ = words(ok)
+    assert [a.shape[0] for a in paired] == [4, 4, 4] and tail is None
+    assert all(np.dtype(a.dtype) == np.uint64 for a in paired)
+    paired, tail, _ = words([arena[0:7], arena[8:15], arena[16:23]])
+    assert [a.shape[0] for a in paired] == [3, 3, 3] and [a.shape[0] for a in tail] == [1] * 3
+    assert words([arena[1:9], arena[10:18], arena[18:26]]) is None      # 4-byte boundary
+    assert words([arena[0:1], arena[8:9], arena[16:17]]) is None        # one element
+    d = cuda.to_device(np.zeros(24))
+    assert words([d[0:8], d[8:16], d[16:24]], np.float64) is None
+    spec = registry.get("adam")                   # param, grad, exp_avg, exp_avg_sq, (max)
+    bits = cuda.to_device(np.zeros(40, np.uint16))
+    paired, tail, kinds = words([arena[0:8], arena[8:16], bits[0:8], bits[8:16], ph])
+    assert kinds == (ck.F32, ck.F32, ck.BF16, ck.BF16, ck.BF16)
+    assert [np.dtype(a.dtype) for a in paired] == [np.uint64] * 2 + [np.uint32] * 3
+    assert words([arena[0:8], arena[8:16], bits[1:9], bits[9:17], ph]) is None
+    paired, _, kinds = words([arena[0:8], arena[8:16], arena[16:24], arena[0:8], ph])
+    assert kinds == (ck.F32,) * 5 and np.dtype(paired[4].dtype) == np.uint64
+
+
 def test_zeros_allocates_state_on_the_device():
     p = cuda.to_device(np.ones(10, np.float32))
     g = cuda.to_device(np.ones(10, np.float32))

@@ -19,7 +19,10 @@ prints its traceback and the others still run. What it measures (float32 unless 
    ``clip_grad_norm_`` + fused Adam;
 5. every optimizer at 1e7 and 1e8: fastopt CUDA vs torch's best (fused where it has one, else
    foreach), GB/s of the optimizer's own traffic, fraction of the measured copy bandwidth;
-6. (by name) the launch sweep, a host profile, groups, compressed state, compressed state with
+6. ``pairs``: two elements per access against one (``config.CUDA_PAIRS``), every optimizer,
+   float32 and bfloat16 state, with the bits of both compared; ``pairs_host``: the same where
+   the host is the limit (Adam at the MLP's size and 1e6: timeline and host time per call);
+7. (by name) the launch sweep, a host profile, groups, compressed state, compressed state with
    groups, LAMB, and ``paths``: fastopt's direct launch vs numba-cuda's (see each section's
    docstring).
 
@@ -66,7 +69,11 @@ def section(name):
     return wrap
 
 
-def event_time(fn, reps, warm=3, repeats=5):
+def event_time(fn, reps, warm=3, repeats=5, ahead=False):
+    """Seconds per call of ``fn`` on the GPU's timeline: CUDA events around ``reps`` calls after
+    ``warm``, the median of ``repeats`` (host time between launches counts). ``ahead``: a ~20
+    ms sleep kernel goes first, so the host has queued every launch before the first event:
+    the kernels' own time."""
     for _ in range(warm):
         fn()
     torch.cuda.synchronize()
@@ -74,6 +81,8 @@ def event_time(fn, reps, warm=3, repeats=5):
     for _ in range(repeats):
         s = torch.cuda.Event(enable_timing=True)
         e = torch.cuda.Event(enable_timing=True)
+        if ahead:
+            torch.cuda._sleep(40_000_000)
         s.record()
         for _ in range(reps):
             fn()
@@ -81,6 +90,11 @@ def event_time(fn, reps, warm=3, repeats=5):
         e.synchronize()
         times.append(s.elapsed_time(e) / 1e3 / reps)
     return float(np.median(times))
+
+
+def gpu_time(fn, reps):
+    """The GPU's time per call alone (:func:`event_time` with ``ahead``)."""
+    return event_time(fn, reps, ahead=True)
 
 
 def reps_for(n):
@@ -291,7 +305,8 @@ def clip_vs_torch():
         def torch_step():
             torch.nn.utils.clip_grad_norm_(tps, 1.0)
             opt.step()
-        # clip_grad_norm_ scales the gradients in place: restore them between measurements
+        # (clip_grad_norm_ scales the gradients in place: after the first step their norm
+        # is 1 and the factor ~1; the work per step is the same)
         row["torch_clip_fused_s"] = event_time(torch_step, reps_for(n))
         row["speedup"] = row["torch_clip_fused_s"] / row["fastopt_clip_s"]
         row["clip_over_plain"] = row["fastopt_clip_s"] / row["fastopt_plain_s"]
@@ -372,6 +387,127 @@ def every_optimizer():
             b = p = g = opt = None
             torch.cuda.empty_cache()
     return rows
+
+
+@section("pairs")
+def pairs_vs_single():
+    """Two elements per access (``config.CUDA_PAIRS``: 64-bit words of float32, 32-bit words of
+    bfloat16 state) against one, every optimizer at 1e7 and 1e8, float32 state and (where the
+    optimizer has state) bfloat16 state: GPU time per step (:func:`gpu_time`), the two
+    settings interleaved over three rounds (medians), each setting's timeline once
+    (:func:`event_time`), torch's best on float32; then 5 steps of each setting from one start,
+    every array compared bit for bit."""
+    rows = []
+    saved = config.CUDA_PAIRS
+    try:
+        for n in (10**7, 10**8):
+            for spec in registry.REGISTRY.values():
+                for state in (None, "bfloat16"):
+                    w = B.Workload(spec, 10, np.float32)
+                    if state and not spec.required_state(w.hp):
+                        continue
+                    rows.append(_pairs_case(spec, w, n, state))
+                    torch.cuda.empty_cache()
+    finally:
+        config.CUDA_PAIRS = saved
+    return rows
+
+
+@section("pairs_host")
+def pairs_host_bound():
+    """Where the host is the limit (Adam, float32, the MLP's 10 tensors in one arena and 1e6
+    elements): the timeline per step (:func:`event_time`) and the host's time per call
+    (:func:`host_time`) with two elements per access and with one, interleaved over three
+    rounds (medians), and torch's fused Adam."""
+    rows = []
+    saved = config.CUDA_PAIRS
+    try:
+        for label, shapes in [("MLP (10 tensors)", B.MLP_SHAPES), ("1e6", [(10**6,)])]:
+            gen = torch.Generator(device=DEV).manual_seed(0)
+            ps = [torch.randn(s, device=DEV, generator=gen) for s in shapes]
+            gs = [torch.randn(s, device=DEV, generator=gen) for s in shapes]
+            n = sum(p.numel() for p in ps)
+            row = {"case": label, "n": n}
+            made = {}
+            for pairs in (1, 0):
+                config.CUDA_PAIRS = pairs
+                made[pairs] = _fastopt_adam(ps, gs)[0]
+                fastopt.adam_step(made[pairs], lr=1e-3)
+            times = {(k, pairs): [] for k in ("event", "host") for pairs in (1, 0)}
+            for _ in range(3):
+                for pairs in (1, 0):
+                    b = made[pairs]
+                    config.CUDA_PAIRS = pairs
+                    times[("event", pairs)].append(
+                        event_time(lambda: fastopt.adam_step(b, lr=1e-3), reps_for(n)))
+                    times[("host", pairs)].append(
+                        host_time(lambda: fastopt.adam_step(b, lr=1e-3), reps_for(n)))
+            for (k, pairs), v in times.items():
+                row[f"{k}_{'pairs' if pairs else 'single'}_s"] = float(np.median(v))
+            opt, _ = _torch_adam(ps, gs, "fused", lr=1e-3)
+            row["torch_fused_s"] = event_time(opt.step, reps_for(n))
+            rows.append(row)
+            print(f"  {label:>16}: timeline pairs {us(row['event_pairs_s'])} single "
+                  f"{us(row['event_single_s'])}; host per call pairs {us(row['host_pairs_s'])}"
+                  f" single {us(row['host_single_s'])}; torch fused "
+                  f"{us(row['torch_fused_s'])}", flush=True)
+    finally:
+        config.CUDA_PAIRS = saved
+    return rows
+
+
+def _pairs_case(spec, w, n, state):
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    p = torch.randn(n, device=DEV, generator=gen)
+    g = torch.randn(n, device=DEV, generator=gen)
+    fn = registry.step_function(spec)
+    kw = dict(w.kwargs)
+    zeros = dict(spec.state_options(w.hp), **({"state_dtype": state} if state else {}))
+
+    keep = []                              # the torch tensors under the numba views
+
+    def make(pairs, steps=1):
+        config.CUDA_PAIRS = pairs          # (read at every step)
+        keep.append(p.clone())
+        b = spec.buffers_cls.zeros(cuda.as_cuda_array(keep[-1]), cuda.as_cuda_array(g),
+                                   **zeros)
+        for _ in range(steps):
+            fn(b, **kw)
+        return b
+    row = {"optimizer": spec.name, "n": n, "state": state or "float32"}
+    reps = reps_for(n)
+    on, off = make(1), make(0)
+    t_on, t_off = [], []
+    for _ in range(3):
+        config.CUDA_PAIRS = 1
+        t_on.append(gpu_time(lambda: fn(on, **kw), reps))
+        config.CUDA_PAIRS = 0
+        t_off.append(gpu_time(lambda: fn(off, **kw), reps))
+    row["pairs_s"], row["single_s"] = float(np.median(t_on)), float(np.median(t_off))
+    config.CUDA_PAIRS = 1
+    row["pairs_timeline_s"] = event_time(lambda: fn(on, **kw), reps)
+    row["speedup"] = row["single_s"] / row["pairs_s"]
+    on = off = None
+    a, b = make(1, 5), make(0, 5)
+    row["same_bits"] = all(
+        np.array_equal(np.asarray(x.copy_to_host()).view(np.uint8),
+                       np.asarray(b.arrays()[k].copy_to_host()).view(np.uint8))
+        for k, x in a.arrays().items())
+    del a, b
+    keep.clear()
+    how = ""
+    if state is None:
+        opt, how = _torch_peer(spec, w.hp, [p], [g])
+        if opt is not None:
+            row["torch"] = how
+            row["torch_s"] = event_time(opt.step, reps)
+            how = f" | {how} {us(row['torch_s'])} (x{row['torch_s'] / row['pairs_s']:.2f})"
+        else:
+            how = f" | {how}"
+    print(f"  {spec.name:>9} {n:.0e} {row['state']:>8}: pairs {us(row['pairs_s'])} single "
+          f"{us(row['single_s'])} x{row['speedup']:.2f}  timeline {us(row['pairs_timeline_s'])}"
+          f"  same bits: {row['same_bits']}{how}", flush=True)
+    return row
 
 
 @section("launch configuration sweep (Adam, 1e8)")
@@ -722,7 +858,9 @@ def lamb_on_device(n=10_000_000):
 
 
 SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
-            "every": every_optimizer, "bitwise": bitwise, "launch": launch_sweep,
+            "every": every_optimizer, "pairs": pairs_vs_single, "pairs_host": pairs_host_bound,
+            "bitwise": bitwise,
+            "launch": launch_sweep,
             "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device,
             "state_groups": state_with_groups_on_device, "lamb": lamb_on_device,
             "paths": launch_paths}

@@ -591,3 +591,48 @@ def test_grid_is_capped_per_multiprocessor(monkeypatch):
     monkeypatch.setattr(config, "CUDA_BLOCKS_PER_SM", 0)
     monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 0)
     assert cb._grid(ck, 10**8) == (390625, 256)
+
+
+@needs_numba_cuda
+@pytest.mark.skipif(simulator_active(), reason="the simulator's arrays are another type")
+def test_a_prepared_step_checks_numba_device_arrays_by_identity(monkeypatch):
+    """numba's own device arrays cannot change pointer, shape, strides or dtype: a prepared
+    step checks them by identity, without reading their ``__cuda_array_interface__`` again each
+    step (~3-5 us an array); any other device array (torch, CuPy: resizable in place) is read
+    each step, and a changed pointer makes the step validate again."""
+    import ctypes
+    import types
+
+    from numba.cuda.cudadrv import devicearray as da
+
+    from fastopt import _step
+
+    class Pointer:                      # a device pointer with no memory behind it (no GPU)
+        device_ctypes_pointer = handle = ctypes.c_void_p(1 << 20)
+    a = da.DeviceNDArray((8,), (4,), np.dtype(np.float32), stream=0, gpu_data=Pointer())
+
+    class Other:
+        ptr = 1 << 21
+
+        @property
+        def __cuda_array_interface__(self):
+            return {"data": (self.ptr, False), "shape": (8,), "strides": None,
+                    "typestr": "<f4", "version": 3}
+    other = Other()
+    reads = []
+    interface = da.DeviceNDArray.__cuda_array_interface__
+    monkeypatch.setattr(da.DeviceNDArray, "__cuda_array_interface__",
+                        property(lambda self: reads.append(1) or interface.fget(self)))
+    spec = registry.get("sgd")
+    prep = _step.Prepared(spec, "cuda", None, (), {"param": a, "grad": other}, run=None)
+    buffers = types.SimpleNamespace(param=a, grad=other, rounding_seed=None, param_copy=None)
+    assert _step._fixed(a) and not _step._fixed(other)
+    reads.clear()
+    assert prep.matches(spec, buffers, "cuda", None, ())
+    assert reads == []
+    other.ptr += 4096                                   # re-pointed in place
+    assert not prep.matches(spec, buffers, "cuda", None, ())
+    buffers.param = da.DeviceNDArray((8,), (4,), np.dtype(np.float32), stream=0,
+                                     gpu_data=Pointer())
+    other.ptr -= 4096
+    assert not prep.matches(spec, buffers, "cuda", None, ())     # another array object

@@ -281,6 +281,13 @@ def clip_vs_torch():
                                             reps_for(n))
         row["fastopt_clip_s"] = event_time(
             lambda: fastopt.adam_step(b, lr=1e-3, max_grad_norm=1.0), reps_for(n))
+        # the GPU's own time of both (the host ahead): what the norm pass costs the device
+        row["fastopt_plain_gpu_s"] = gpu_time(lambda: fastopt.adam_step(b, lr=1e-3),
+                                              reps_for(n))
+        row["fastopt_clip_gpu_s"] = gpu_time(
+            lambda: fastopt.adam_step(b, lr=1e-3, max_grad_norm=1.0), reps_for(n))
+        row["fastopt_clip_host_s"] = host_time(
+            lambda: fastopt.adam_step(b, lr=1e-3, max_grad_norm=1.0), reps_for(n))
         # the same with the factor passed from the host (it waits for the norm each step),
         # and both settings' bits after 5 steps from one start
         saved = config.CUDA_DEVICE_CLIP
@@ -315,7 +322,10 @@ def clip_vs_torch():
               f"{us(row['fastopt_clip_s'])} (x{row['clip_over_plain']:.2f}; host factor "
               f"{us(row['fastopt_clip_host_factor_s'])}, same bits: "
               f"{row['device_factor_bitwise']})  torch clip+fused "
-              f"{us(row['torch_clip_fused_s'])}  | x{row['speedup']:.2f}", flush=True)
+              f"{us(row['torch_clip_fused_s'])}  | x{row['speedup']:.2f}\n"
+              f"{'':>18}GPU time alone: plain {us(row['fastopt_plain_gpu_s'])}  clip "
+              f"{us(row['fastopt_clip_gpu_s'])}; host per clipped call "
+              f"{us(row['fastopt_clip_host_s'])}", flush=True)
     return rows
 
 

@@ -324,10 +324,10 @@ def _pair_words(cuda, kernels, spec, args, ph, dtype):
     first ``2k`` elements as ``k`` words (``uint64`` for float32 arrays, ``uint32`` for bfloat16
     state; a placeholder stays one, of the state's kind), its odd last element as a
     one-element view (``tail``, ``None`` when the length is even) and each array's kind;
-    ``None`` when not:
-    float64, fewer than two elements, an array that does not start on a word boundary, or a
-    record whose per-element function returns no tuple. (The caller asks only without
-    stochastic rounding and without a param copy, whose kernels take element indices.)"""
+    ``None`` for float64, fewer than two elements, an array that does not start on a word
+    boundary, or a record whose per-element function returns no tuple. (The caller asks only
+    without stochastic rounding and without a param copy, whose kernels take element
+    indices.)"""
     n = args[0].shape[0]
     if np.dtype(dtype) != np.float32 or n < 2 or not kernels.pairs_supported(spec.kernel):
         return None

@@ -298,10 +298,7 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
             launch(kernel, blocks, threads, *paired, *fac, packed)
             if tail is None:
                 return
-            key = (scaled,) + tuple(options.items())      # the one-element kernel, as
-            kernel = compiled.get(key)                     # _launch_parts keys it
-            if kernel is None:
-                kernel = compiled[key] = make(scaled, options)
+            kernel = _kernel_for(compiled, make, scaled, options)   # one element per access
         extra = ()
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
@@ -349,6 +346,16 @@ def _pair_words(cuda, kernels, spec, args, ph, dtype):
     return paired, tail, kinds
 
 
+def _kernel_for(compiled, make, scaled, options):
+    """The kernel for ``scaled`` and these option values: ``make(scaled, options)`` on first
+    use, kept in ``compiled``."""
+    key = (scaled,) + tuple(options.items())
+    kernel = compiled.get(key)
+    if kernel is None:
+        kernel = compiled[key] = make(scaled, options)
+    return kernel
+
+
 def _launch_parts(spec, hp, t, factor, st, compiled, make):
     """``(options, scaled, kernel, scalars)`` of step ``t``: the kernel for these options
     (``make(scaled, options)`` on first use, kept in ``compiled``) and the scalars as a tuple of
@@ -359,10 +366,7 @@ def _launch_parts(spec, hp, t, factor, st, compiled, make):
     scaled = factor is not None
     if scaled and not isinstance(factor, (float, np.floating)):
         scaled = DEVICE_FACTOR            # a device array: the kernel reads the factor there
-    key = (scaled,) + tuple(options.items())
-    kernel = compiled.get(key)
-    if kernel is None:
-        kernel = compiled[key] = make(scaled, options)
+    kernel = _kernel_for(compiled, make, scaled, options)
     packed = tuple(spec.kernel_scalars(hp, t, st))
     if scaled is True:
         packed += (st(factor),)

@@ -23,6 +23,7 @@ bits until LTO was turned off for them).
 This module imports ``numba.cuda``; fastopt imports it only when a CUDA path is used.
 """
 import contextlib
+import inspect
 import math
 import threading
 
@@ -318,7 +319,6 @@ F32, BF16 = "f32", "bf16"       # the kinds of word: two float32 (uint64), two b
 def n_outputs(record):
     """How many values ``record.elem`` returns (it is plain Python: called once on 0.5s with
     every option False), or ``None`` when that call fails or returns no tuple."""
-    import inspect
     params = list(inspect.signature(record.elem).parameters)
     n = len(record.arrays)
     kw = {name: 0.5 for name in params[n:n + len(record.scalars)]}

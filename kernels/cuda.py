@@ -141,15 +141,36 @@ def chunk_sum_of_squares(x, chunk, out):
     """``out[c]`` = the sum of squares (float64) of chunk ``c`` of ``x`` (``chunk`` elements),
     in a fixed order: thread ``j`` of the block sums elements ``j, j + 256, ...`` of the chunk
     in order, then the 256 partial sums are combined in a fixed tree. Blocks take chunks in a
-    grid-stride loop, so the result does not depend on the grid size."""
+    grid-stride loop, so the result does not depend on the grid size. A thread loads eight of
+    its elements before adding them (in the same order): eight loads in flight, not one (the
+    pass ran at ~1.7 TB/s on an H200 with one)."""
     sh = cuda.shared.array(NORM_THREADS, float64)
     tid = cuda.threadIdx.x
     n = x.shape[0]
+    t = NORM_THREADS
     for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
         start = c * chunk
         end = min(n, start + chunk)
         acc = float64(0.0)
         i = start + tid
+        while i + 7 * t < end:
+            v0 = float64(x[i])
+            v1 = float64(x[i + t])
+            v2 = float64(x[i + 2 * t])
+            v3 = float64(x[i + 3 * t])
+            v4 = float64(x[i + 4 * t])
+            v5 = float64(x[i + 5 * t])
+            v6 = float64(x[i + 6 * t])
+            v7 = float64(x[i + 7 * t])
+            acc += v0 * v0
+            acc += v1 * v1
+            acc += v2 * v2
+            acc += v3 * v3
+            acc += v4 * v4
+            acc += v5 * v5
+            acc += v6 * v6
+            acc += v7 * v7
+            i += 8 * t
         while i < end:
             v = float64(x[i])
             acc += v * v

@@ -298,82 +298,110 @@ def _warp_max(indent):
 
 
 def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thread=1,
-                copy=False):
+                copy=False, grad=1):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x * per_thread`` = the quantization block, ``blockDim.x`` at most
     ``CUDA_MAX_BLOCK``), blocks in a grid-stride loop. Thread ``t`` takes elements ``t, t + nt,
     .., t + (per_thread - 1) * nt`` of the block (``nt`` threads: each of those loads is
-    coalesced across the threads, and a thread has ``per_thread`` loads in flight): it
-    dequantizes them into local arrays (one per 8-bit state), runs the record's body on each
-    element's one-element slices (its loop bound to ``range``), then the block takes the
-    absmax of each new state as the largest magnitude bits (a maximum: any order gives the
-    same answer; ``warp``: warp shuffles then one shared-memory stage, for a multiple of 32
-    threads, else a shared-memory tree) and each thread writes its codes; the arithmetic is
-    the CPU driver's, operation for operation. ``n_kinds`` > 0: a grouped step,
-    ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
-    ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
-    runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``).
-    ``copy``: the kernel takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
-    writes each new parameter to it, rounded to nearest even."""
+    coalesced across the threads). Three phases: a thread first loads all its elements of
+    every array (8-bit state dequantized) into local arrays, so that its loads are in flight
+    together (the body's stores to the parameter would otherwise order each element's loads
+    after the previous element's stores: one memory latency per element); then runs the
+    record's body on each element's one-element local slices (its loop bound to ``range``)
+    and stores the arrays other than the gradient (``grad``: its position) back; then the
+    block takes the absmax of each new state as the largest magnitude bits (a maximum: any
+    order gives the same answer; ``warp``: warp shuffles then one shared-memory stage for all
+    the 8-bit arrays together, in two halves of the shared array used in turn by successive
+    blocks, for a multiple of 32 threads; else a shared-memory tree per array) and each thread
+    writes its codes; the arithmetic is the CPU driver's, operation for operation. An array
+    of the record that the step does not have (a zero-length placeholder) is neither loaded
+    nor stored. ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each
+    element's segment is found by a binary search over ``segs`` (rows ``(lo, hi, row, kind)``
+    in buffer order) and the body of the segment's kind runs with its row of scalars
+    (``(rows, row)``, ``kernels.groups.row_unpack_source``). ``copy``: the kernel takes ``pc``
+    after the arrays, the parameter's bfloat16 copy, and writes each new parameter to it,
+    rounded to nearest even."""
     E = int(per_thread)
-    params, body_args, deq, red = [], [], [], []
+    q = [j for j in range(n_arrays) if quantized[j]]
+    params, body_args, local, loads, stores = [], [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
         if quantized[j]:
             params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
-            deq += [f"        w{j} = cuda.local.array({E}, {dtype_name})",
-                    f"        sd{j} = {dtype_name}(s{j}[b])"]
+            local += [f"    w{j} = cuda.local.array({E}, {dtype_name})"]
+            loads += [f"        sd{j} = {dtype_name}(s{j}[b])"]
             body_args.append(f"w{j}[e:e + 1]")
-            red += ["        v = int64(0)",
-                    f"        for e in range({E}):",
-                    "            if base_i + e * nt < n:",
-                    f"                v = max(v, int64(as_uint(w{j}[e]) & MAG))"]
-            if warp:        # shuffles within each warp, then across the warps' maxima
-                red += [*_warp_max("        "),
-                        "        if tid % 32 == 0:",
-                        "            sh[tid // 32] = v",
-                        "        cuda.syncthreads()",
-                        "        if tid < 32:",
-                        "            v = sh[tid] if tid < nt // 32 else int64(0)",
-                        *_warp_max("            "),
-                        "            if tid == 0:",
-                        "                sh[0] = v",
-                        "        cuda.syncthreads()"]
-            else:           # a tree in shared memory (any number of threads)
-                red += ["        sh[tid] = v",
-                        "        cuda.syncthreads()",
-                        "        half = 1",
-                        "        while half < nt:",
-                        "            if tid % (2 * half) == 0 and tid + half < nt:",
-                        "                sh[tid] = max(sh[tid], sh[tid + half])",
-                        "            cuda.syncthreads()",
-                        "            half *= 2"]
-            red += [f"        scale{j} = float32(from_uint({utype}(sh[0]), {dtype_name}(0)))",
-                    "        cuda.syncthreads()",
-                    "        if tid == 0:",
-                    f"            s{j}[b] = scale{j}",
-                    f"        sq = {dtype_name}(scale{j})",
-                    f"        inv = {dtype_name}(1) / sq if sq != 0 else sq",
-                    "        if math.isinf(inv):",
-                    "            inv = sq - sq",
-                    f"        for e in range({E}):",
-                    "            i = base_i + e * nt",
-                    "            if i < n:",
-                    f"                x = w{j}[e] * inv",
-                    "                cell = as_uint(float32(x)) >> uint32(16)",
-                    f"                base = int64(f{j}[cell])",
-                    f"                c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
         else:
             params.append(f"a{j}")
-            body_args.append(f"a{j}[i:i + 1]")
-    loads = [f"        for e in range({E}):",
-             "            i = base_i + e * nt",
-             "            if i < n:"]
+            local += [f"    w{j} = cuda.local.array({E}, {dtype_name})"]
+            if j >= 2:      # (param and grad are always there)
+                local.append(f"    has{j} = a{j}.shape[0] == n")
+            body_args.append(f"w{j}[e:e + 1]")
+    loads += [f"        for e in range({E}):",
+              "            i = base_i + e * nt",
+              "            if i < n:"]
     for j in range(n_arrays):
         if quantized[j]:
             loads.append(f"                w{j}[e] = v{j}[c{j}[i]] * sd{j}")
+        else:
+            loads += ([f"                w{j}[e] = a{j}[i]"] if j < 2 else
+                      [f"                if has{j}:", f"                    w{j}[e] = a{j}[i]"])
+    for j in range(n_arrays):
+        if not quantized[j] and j != grad:
+            stores += ([f"                a{j}[i] = w{j}[e]"] if j < 2 else
+                       [f"                if has{j}:", f"                    a{j}[i] = w{j}[e]"])
     if copy:
         params.append("pc")
+        stores.append("                pc[i] = f32_to_bf16(w0[e])")
+    red = []
+    for j in q:
+        red += [f"        v{j}m = int64(0)",
+                f"        for e in range({E}):",
+                "            if base_i + e * nt < n:",
+                f"                v{j}m = max(v{j}m, int64(as_uint(w{j}[e]) & MAG))"]
+    if warp:        # shuffles within each warp, then across the warps' maxima, all arrays at once
+        red += ["        half = (b - cuda.blockIdx.x) // cuda.gridDim.x % 2 * (CUDA_MAX_BLOCK // 2)"]
+        for k, j in enumerate(q):
+            red += [f"        v = v{j}m", *_warp_max("        "),
+                    "        if tid % 32 == 0:",
+                    f"            sh[half + {k * 33} + tid // 32] = v"]
+        red += ["        cuda.syncthreads()",
+                "        if tid < 32:"]
+        for k, j in enumerate(q):
+            red += [f"            v = sh[half + {k * 33} + tid] if tid < nt // 32 else int64(0)",
+                    *_warp_max("            "),
+                    "            if tid == 0:",
+                    f"                sh[half + {k * 33 + 32}] = v"]
+        red += ["        cuda.syncthreads()"]
+        for k, j in enumerate(q):
+            red += [f"        scale{j} = float32(from_uint({utype}(sh[half + {k * 33 + 32}]), "
+                    f"{dtype_name}(0)))"]
+    else:           # a tree in shared memory per array (any number of threads)
+        for j in q:
+            red += [f"        sh[tid] = v{j}m",
+                    "        cuda.syncthreads()",
+                    "        h = 1",
+                    "        while h < nt:",
+                    "            if tid % (2 * h) == 0 and tid + h < nt:",
+                    "                sh[tid] = max(sh[tid], sh[tid + h])",
+                    "            cuda.syncthreads()",
+                    "            h *= 2",
+                    f"        scale{j} = float32(from_uint({utype}(sh[0]), {dtype_name}(0)))",
+                    "        cuda.syncthreads()"]
+    for j in q:
+        red += ["        if tid == 0:",
+                f"            s{j}[b] = scale{j}",
+                f"        sq = {dtype_name}(scale{j})",
+                f"        inv = {dtype_name}(1) / sq if sq != 0 else sq",
+                "        if math.isinf(inv):",
+                "            inv = sq - sq",
+                f"        for e in range({E}):",
+                "            i = base_i + e * nt",
+                "            if i < n:",
+                f"                x = w{j}[e] * inv",
+                "                cell = as_uint(float32(x)) >> uint32(16)",
+                f"                base = int64(f{j}[cell])",
+                f"                c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
     if n_kinds:
         call = ["                s0 = 0",
                 "                s1 = segs.shape[0] - 1",
@@ -390,23 +418,22 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     else:
         call = [f"                body({', '.join(body_args)}, sc)"]
         head = f"def q8_kernel({', '.join(params)}, sc):"
-    if copy:
-        call.append("                pc[i] = f32_to_bf16(a0[i])")
     lines = [head,
              "    n = a0.shape[0]",
              "    nt = cuda.blockDim.x",
              "    tid = cuda.threadIdx.x",
              "    sh = cuda.shared.array(CUDA_MAX_BLOCK, int64)",
+             *local,
              f"    bs = nt * {E}",
              "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
              "        base_i = b * bs + tid",
-             *deq,
              *loads,
              f"        for e in range({E}):",
              "            i = base_i + e * nt",
              "            if i < n:",
              *call,
+             *stores,
              *red]
     return "\n".join(lines) + "\n"
 

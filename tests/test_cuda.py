@@ -393,7 +393,9 @@ def test_param_copy_kernel_compiles_to_ptx(state_bits, no_driver_device):
 def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     """The CUDA kernel on 8-bit state (the last option combination, every state array as
     codes + scales + tables): byte loads and stores of the codes, a shared-memory absmax,
-    float32 math only, no fused multiply-add."""
+    float32 math only, no fused multiply-add; a thread's loads of all its elements (parameter,
+    gradient, codes and their map values) come before its first store (with the body's loads
+    after each element's store, as before, every element cost one more memory latency)."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
@@ -419,6 +421,9 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
         assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx
         assert ".shared" in ptx and "st.global.f32" in ptx
         assert ("shfl.sync.bfly" in ptx) == warp
+        ops = re.findall(r"^\s*(ld|st)\.global", ptx, re.M)
+        nq = n - 2
+        assert ops.index("st") >= 4 * (2 + 2 * nq), (ops.index("st"), nq)
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")

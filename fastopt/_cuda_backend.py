@@ -411,8 +411,9 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
 
     def make(scaled, options):
         return kernels.get_q8(spec.kernel, scaled, options, quantized,
-                              np.dtype(dtype).name, nt % 32 == 0, per,
-                              arrays.get("param_copy") is not None)
+                              np.dtype(dtype).name, per,
+                              arrays.get("param_copy") is not None, nt,
+                              config.CUDA_8BIT_THREADS_PER_SM)
 
     pre = None
     if spec.kernel.norm_names:
@@ -463,8 +464,9 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
         def get_kernel(scaled, option_sets):
             return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
                                           None if len(rows) > GROUPED_MAX_ROWS else len(rows),
-                                          quantized, np.dtype(dtype).name, nt % 32 == 0, per,
-                                          arrays.get("param_copy") is not None)
+                                          quantized, np.dtype(dtype).name, per,
+                                          arrays.get("param_copy") is not None, nt,
+                                          config.CUDA_8BIT_THREADS_PER_SM)
         return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch, prepass)
 
     if not spec.kernel.norm_names:

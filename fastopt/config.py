@@ -4,24 +4,26 @@ Change them by assignment (``fastopt.config.PARALLEL_THRESHOLD = 1 << 20``), res
 defaults with :func:`reset`, or set the environment variables below before importing fastopt
 (``reset()`` reads them again).
 
-=============================  ==================================  ===========================
-attribute                      environment variable                default
-=============================  ==================================  ===========================
-``PARALLEL_THRESHOLD``         ``FASTOPT_PARALLEL_THRESHOLD``      ``32768`` elements
-                                                                   (``131072`` unless the
-                                                                   environment or ``"keep"``
-                                                                   makes threads spin long)
-``CUDA_THREADS_PER_BLOCK``     ``FASTOPT_CUDA_THREADS_PER_BLOCK``  ``256``
-``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``         ``0`` (0: no fixed cap)
-``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``      ``64`` (0: no cap)
-``CUDA_8BIT_PER_THREAD``       ``FASTOPT_CUDA_8BIT_PER_THREAD``    ``4``
-``CUDA_FAST_LAUNCH``           ``FASTOPT_CUDA_FAST_LAUNCH``        ``1`` (0: numba-cuda's launch)
-``CUDA_DEVICE_CLIP``           ``FASTOPT_CUDA_DEVICE_CLIP``        ``1`` (0: the host waits for
-                                                                   the norm)
-``CUDA_PAIRS``                 ``FASTOPT_CUDA_PAIRS``              ``1`` (0: one element per
-                                                                   access)
-``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``           ``1000`` (or ``"keep"``)
-=============================  ==================================  ===========================
+=============================  ======================================  =======================
+attribute                      environment variable                    default
+=============================  ======================================  =======================
+``PARALLEL_THRESHOLD``         ``FASTOPT_PARALLEL_THRESHOLD``          ``32768`` elements
+                                                                       (``131072`` unless the
+                                                                       environment or ``"keep"``
+                                                                       makes threads spin long)
+``CUDA_THREADS_PER_BLOCK``     ``FASTOPT_CUDA_THREADS_PER_BLOCK``      ``256``
+``CUDA_MAX_BLOCKS``            ``FASTOPT_CUDA_MAX_BLOCKS``             ``0`` (0: no fixed cap)
+``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``          ``64`` (0: no cap)
+``CUDA_8BIT_PER_THREAD``       ``FASTOPT_CUDA_8BIT_PER_THREAD``        ``4``
+``CUDA_8BIT_THREADS_PER_SM``   ``FASTOPT_CUDA_8BIT_THREADS_PER_SM``    ``1024`` (0: no bound)
+``CUDA_FAST_LAUNCH``           ``FASTOPT_CUDA_FAST_LAUNCH``            ``1`` (0: numba-cuda's
+                                                                       launch)
+``CUDA_DEVICE_CLIP``           ``FASTOPT_CUDA_DEVICE_CLIP``            ``1`` (0: the host waits for
+                                                                       the norm)
+``CUDA_PAIRS``                 ``FASTOPT_CUDA_PAIRS``                  ``1`` (0: one element per
+                                                                       access)
+``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``               ``1000`` (or ``"keep"``)
+=============================  ======================================  =======================
 
 ``PARALLEL_THRESHOLD``: buffers with at least this many elements use the ``parallel=True``
 kernel; smaller ones use its serial twin, because launching Numba's thread pool costs
@@ -40,10 +42,15 @@ when that is set); a grid-stride loop covers the rest. Measured on an H200 (132 
 
 ``CUDA_8BIT_PER_THREAD``: elements of a quantization block each thread of the CUDA 8-bit
 kernels takes (the most up to this that divides the block; a block of 256 runs on 64
-threads): more loads in flight per thread, fewer threads per barrier. Measured on an H200,
-Adam 1e8 float32 parameters with 8-bit state (one call each): 1 per thread 2581 us, 2: 2110
-us, 4: 2177 us, 8: 3362 us, 16: 6590 us; at 1e7 4 was the fastest (221 us; the others
-264-656 us).
+threads): more loads in flight per thread, fewer threads per barrier.
+
+``CUDA_8BIT_THREADS_PER_SM``: the 8-bit kernels are compiled for at least this many resident
+threads per multiprocessor (CUDA launch bounds: the compiler caps their registers to fit;
+0: no bound). Measured on an H200, Adam 1e8 float32 parameters with 8-bit state, GPU time per
+step (2026-11-27, ``bench/gpu_probes/q8.py``, one call): 4 per thread 1790 us unbounded (102
+registers), 1499 us for >= 768 threads, 1187 us for >= 1024 (64 registers, 60 bytes
+spilled); 2 per thread 1403 / 1268 / 1260 us; 1 per thread 1788-1817 us; at 1e7 too 4 per
+thread for >= 1024 was the fastest (126 us; the others 134-192 us).
 
 ``CUDA_FAST_LAUNCH``: launch fastopt's CUDA kernels without numba-cuda's per-call argument
 handling once a kernel's argument list has been checked against numba-cuda's own
@@ -173,6 +180,7 @@ _DEFAULTS = {
     "CUDA_MAX_BLOCKS": ("FASTOPT_CUDA_MAX_BLOCKS", 0),
     "CUDA_BLOCKS_PER_SM": ("FASTOPT_CUDA_BLOCKS_PER_SM", 64),
     "CUDA_8BIT_PER_THREAD": ("FASTOPT_CUDA_8BIT_PER_THREAD", 4),
+    "CUDA_8BIT_THREADS_PER_SM": ("FASTOPT_CUDA_8BIT_THREADS_PER_SM", 1024),
     "CUDA_FAST_LAUNCH": ("FASTOPT_CUDA_FAST_LAUNCH", 1),
     "CUDA_DEVICE_CLIP": ("FASTOPT_CUDA_DEVICE_CLIP", 1),
     "CUDA_PAIRS": ("FASTOPT_CUDA_PAIRS", 1),
@@ -184,6 +192,7 @@ CUDA_THREADS_PER_BLOCK = 256
 CUDA_MAX_BLOCKS = 0
 CUDA_BLOCKS_PER_SM = 64
 CUDA_8BIT_PER_THREAD = 4
+CUDA_8BIT_THREADS_PER_SM = 1024
 CUDA_FAST_LAUNCH = 1
 CUDA_DEVICE_CLIP = 1
 CUDA_PAIRS = 1

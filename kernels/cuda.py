@@ -297,14 +297,15 @@ def _row_unpack(k, n_rows, factor=False):
     return fn
 
 
-def _lazy(key, python):
-    """The ``cuda.jit`` kernel under ``key``, compiled from ``python()`` on first use."""
+def _lazy(key, python, jit=None):
+    """The ``cuda.jit`` kernel under ``key``, compiled from ``python()`` on first use (by
+    ``jit``, default :func:`_kernel_jit`)."""
     kernel = _compiled.get(key)
     if kernel is None:
         with _lock:
             kernel = _compiled.get(key)
             if kernel is None:
-                kernel = _compiled[key] = _kernel_jit(python())
+                kernel = _compiled[key] = (jit or _kernel_jit)(python())
     return kernel
 
 
@@ -688,11 +689,11 @@ def _q8_body(record, scaled, options, unpack):
         python_kernel(record, scaled, **options)        # compiles and keeps the adapter
         elem = _device[(record, bool(scaled))]
     body = bind(record.body(**options), elem=elem, loop=range, unpack=unpack)
-    return body if numba_config.ENABLE_CUDASIM else cuda.jit(device=True)(body)
+    return body if numba_config.ENABLE_CUDASIM else cuda.jit(device=True, forceinline=True)(body)
 
 
-def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
-                     option_sets=None, n_rows=0, per_thread=1, copy=False, array_rows=False):
+def python_q8_kernel(record, scaled, options, quantized, dtype_name, option_sets=None,
+                     n_rows=0, per_thread=1, copy=False, array_rows=False):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
     scalars)``, launched with ``block // per_thread`` threads per quantization block of
@@ -720,41 +721,58 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, warp=False,
             bodies[f"body{q}"] = _q8_body(record, scaled, opts, unpack)
     mag = (np.uint32(0x7FFFFFFF) if dtype_name == "float32"
            else np.uint64(0x7FFFFFFFFFFFFFFF))
-    warp = bool(warp) and not sim          # (the simulator has no warp shuffles)
     from .precision import f32_to_bf16
-    src = quant8.cuda_source(len(record.arrays), quantized, dtype_name, warp,
-                             0 if option_sets is None else len(option_sets), per_thread, copy)
+    src = quant8.cuda_source(len(record.arrays), quantized, dtype_name,
+                             0 if option_sets is None else len(option_sets), per_thread, copy,
+                             record.arrays.index("grad"))
     return _define(src, "q8_kernel",
                    f"q8_{record.name}", cuda=cuda, math=math, f32_to_bf16=f32_to_bf16,
                    float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
                    from_uint=quant8.sim_from_uint if sim else quant8.from_uint, MAG=mag,
-                   CUDA_MAX_BLOCK=quant8.CUDA_MAX_BLOCK, **bodies)
+                   **bodies)
 
 
-def get_q8(record, scaled, options, quantized, dtype_name, warp=False, per_thread=1,
-           copy=False):
+def _q8_jit(kernel, threads, min_threads):
+    """``_kernel_jit`` for an 8-bit kernel launched with ``threads`` per block, compiled for at
+    least ``min_threads`` resident threads per multiprocessor (CUDA launch bounds, which cap
+    its registers; 0: no bound). Written out element by element, a thread's elements live in
+    registers (Adam, 4 per thread: 102 registers unbounded, 640 threads per SM)."""
+    from numba import config as numba_config
+    if numba_config.ENABLE_CUDASIM or not min_threads or not threads:
+        return _kernel_jit(kernel)
+    return cuda.jit(kernel, lto=False,
+                    launch_bounds=(int(threads), max(1, int(min_threads) // int(threads))))
+
+
+def _lazy_q8(key, threads, min_threads, python):
+    return _lazy(key + (int(threads or 0), int(min_threads or 0)), python,
+                 lambda kernel: _q8_jit(kernel, threads, min_threads))
+
+
+def get_q8(record, scaled, options, quantized, dtype_name, per_thread=1, copy=False,
+           threads=None, min_threads=0):
     """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination;
-    ``warp``: the threads per block are a multiple of 32, the absmax by warp shuffles)."""
-    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name, bool(warp),
+    ``threads`` per block and ``min_threads`` per multiprocessor: its launch bounds,
+    :func:`_q8_jit`)."""
+    key = ("q8", record, bool(scaled), tuple(quantized), dtype_name,
            int(per_thread), bool(copy)) + tuple(sorted(options.items()))
-    return _lazy(key, lambda: python_q8_kernel(record, scaled, options, quantized,
-                                               dtype_name, warp, per_thread=per_thread,
-                                               copy=copy))
+    return _lazy_q8(key, threads, min_threads, lambda: python_q8_kernel(
+        record, scaled, options, quantized, dtype_name, per_thread=per_thread, copy=copy))
 
 
-def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, warp=False,
-                   per_thread=1, copy=False):
+def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, per_thread=1,
+                   copy=False, threads=None, min_threads=0):
     """The ``cuda.jit`` grouped kernel of ``record`` on 8-bit state (lazy, one per tuple of
     option sets, number of rows and combination). ``n_rows=None``: the rows of scalars come
     in a 1-D device array (any number of them) instead of a tuple passed with the launch."""
     key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
-           bool(warp), int(per_thread), bool(copy)) + tuple(tuple(sorted(o.items()))
-                                                         for o in option_sets)
-    return _lazy(key, lambda: python_q8_kernel(record, scaled, None, quantized, dtype_name,
-                                               warp, option_sets, n_rows or 0, per_thread,
-                                               copy, n_rows is None))
+           int(per_thread), bool(copy)) + tuple(tuple(sorted(o.items()))
+                                                for o in option_sets)
+    return _lazy_q8(key, threads, min_threads, lambda: python_q8_kernel(
+        record, scaled, None, quantized, dtype_name, option_sets, n_rows or 0, per_thread,
+        copy, n_rows is None))
 
 
 def launch_config(n, threads_per_block, max_blocks):

@@ -291,14 +291,27 @@ def block_items(segments, kinds, n, block):
 
 
 # ---------------------------------------------------------------- on CUDA
-def _warp_max(indent):
-    """Source lines: ``v`` becomes the maximum of ``v`` over the 32 lanes of the warp."""
-    return [f"{indent}for off in (16, 8, 4, 2, 1):",
-            f"{indent}    v = max(v, cuda.shfl_xor_sync(0xFFFFFFFF, v, off))"]
+UNROLL_MAX = 8      # elements per thread written out one by one (more: a loop)
 
 
-def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thread=1,
-                copy=False, grad=1):
+def _each(E, body):
+    """Source lines: ``body`` (lines at 16 spaces, ``@E`` standing for the element's position
+    in the thread's elements) for each of a thread's ``E`` elements that is inside the buffer,
+    ``i`` its index. Written out element by element (constant positions: the local arrays stay
+    in registers) up to ``UNROLL_MAX``, else a loop."""
+    if E > UNROLL_MAX:
+        return [f"        for e in range({E}):", "            i = base_i + uint64(e) * unt",
+                "            if i < un:", *(line.replace("@E", "e") for line in body)]
+    out = []
+    for e in range(E):
+        out += [f"        i = base_i + uint64({e}) * unt",
+                "        if i < un:",
+                *(line[4:].replace("@E", str(e)) for line in body)]
+    return out
+
+
+def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False,
+                grad=1):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x * per_thread`` = the quantization block, ``blockDim.x`` at most
     ``CUDA_MAX_BLOCK``), blocks in a grid-stride loop. Thread ``t`` takes elements ``t, t + nt,
@@ -310,104 +323,79 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
     record's body on each element's one-element local slices (its loop bound to ``range``)
     and stores the arrays other than the gradient (``grad``: its position) back; then the
     block takes the absmax of each new state as the largest magnitude bits (a maximum: any
-    order gives the same answer; ``warp``: warp shuffles then one shared-memory stage for all
-    the 8-bit arrays together, in two halves of the shared array used in turn by successive
-    blocks, for a multiple of 32 threads; else a shared-memory tree per array) and each thread
-    writes its codes; the arithmetic is the CPU driver's, operation for operation. An array
-    of the record that the step does not have (a zero-length placeholder) is neither loaded
-    nor stored. ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each
-    element's segment is found by a binary search over ``segs`` (rows ``(lo, hi, row, kind)``
-    in buffer order) and the body of the segment's kind runs with its row of scalars
-    (``(rows, row)``, ``kernels.groups.row_unpack_source``). ``copy``: the kernel takes ``pc``
-    after the arrays, the parameter's bfloat16 copy, and writes each new parameter to it,
-    rounded to nearest even."""
+    order gives the same answer), each thread adding its own maximum with a shared-memory
+    atomic max, one barrier for all the 8-bit arrays, and each thread writes its codes; the
+    arithmetic is the CPU driver's, operation for operation. The atomics go to one of three
+    rows of shared memory in turn (successive blocks of the loop): thread 0 clears the next
+    row before the barrier, which no thread reads any more (the barrier before proves it)
+    and none writes before this one. Element indices are unsigned (no negative-index
+    wraparound on each access). An array of the record that the step does not have (a
+    zero-length placeholder) is neither loaded nor stored. ``n_kinds`` > 0: a grouped step,
+    ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
+    ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
+    runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``).
+    ``copy``: the kernel takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
+    writes each new parameter to it, rounded to nearest even."""
     E = int(per_thread)
     q = [j for j in range(n_arrays) if quantized[j]]
-    params, body_args, local, loads, stores = [], [], [], [], []
+    nq = max(1, len(q))
+    params, body_args, local, sds, loads, stores = [], [], [], [], [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
+        local.append(f"    w{j} = cuda.local.array({E}, {dtype_name})")
+        body_args.append(f"w{j}[@E:@E + 1]")
         if quantized[j]:
             params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
-            local += [f"    w{j} = cuda.local.array({E}, {dtype_name})"]
-            loads += [f"        sd{j} = {dtype_name}(s{j}[b])"]
-            body_args.append(f"w{j}[e:e + 1]")
+            sds.append(f"        sd{j} = {dtype_name}(s{j}[b])")
         else:
             params.append(f"a{j}")
-            local += [f"    w{j} = cuda.local.array({E}, {dtype_name})"]
             if j >= 2:      # (param and grad are always there)
                 local.append(f"    has{j} = a{j}.shape[0] == n")
-            body_args.append(f"w{j}[e:e + 1]")
-    loads += [f"        for e in range({E}):",
-              "            i = base_i + e * nt",
-              "            if i < n:"]
     for j in range(n_arrays):
         if quantized[j]:
-            loads.append(f"                w{j}[e] = v{j}[c{j}[i]] * sd{j}")
+            loads.append(f"                w{j}[@E] = v{j}[c{j}[i]] * sd{j}")
+        elif j < 2:
+            loads.append(f"                w{j}[@E] = a{j}[i]")
         else:
-            loads += ([f"                w{j}[e] = a{j}[i]"] if j < 2 else
-                      [f"                if has{j}:", f"                    w{j}[e] = a{j}[i]"])
+            loads += [f"                if has{j}:", f"                    w{j}[@E] = a{j}[i]"]
+    loads = _each(E, loads)
     for j in range(n_arrays):
         if not quantized[j] and j != grad:
-            stores += ([f"                a{j}[i] = w{j}[e]"] if j < 2 else
-                       [f"                if has{j}:", f"                    a{j}[i] = w{j}[e]"])
+            stores += ([f"                a{j}[i] = w{j}[@E]"] if j < 2 else
+                       [f"                if has{j}:", f"                    a{j}[i] = w{j}[@E]"])
     if copy:
         params.append("pc")
-        stores.append("                pc[i] = f32_to_bf16(w0[e])")
+        stores.append("                pc[i] = f32_to_bf16(w0[@E])")
     red = []
-    for j in q:
-        red += [f"        v{j}m = int64(0)",
-                f"        for e in range({E}):",
-                "            if base_i + e * nt < n:",
-                f"                v{j}m = max(v{j}m, int64(as_uint(w{j}[e]) & MAG))"]
-    if warp:        # shuffles within each warp, then across the warps' maxima, all arrays at once
-        red += ["        half = (b - cuda.blockIdx.x) // cuda.gridDim.x % 2 * (CUDA_MAX_BLOCK // 2)"]
-        for k, j in enumerate(q):
-            red += [f"        v = v{j}m", *_warp_max("        "),
-                    "        if tid % 32 == 0:",
-                    f"            sh[half + {k * 33} + tid // 32] = v"]
-        red += ["        cuda.syncthreads()",
-                "        if tid < 32:"]
-        for k, j in enumerate(q):
-            red += [f"            v = sh[half + {k * 33} + tid] if tid < nt // 32 else int64(0)",
-                    *_warp_max("            "),
-                    "            if tid == 0:",
-                    f"                sh[half + {k * 33 + 32}] = v"]
-        red += ["        cuda.syncthreads()"]
-        for k, j in enumerate(q):
-            red += [f"        scale{j} = float32(from_uint({utype}(sh[half + {k * 33 + 32}]), "
-                    f"{dtype_name}(0)))"]
-    else:           # a tree in shared memory per array (any number of threads)
-        for j in q:
-            red += [f"        sh[tid] = v{j}m",
-                    "        cuda.syncthreads()",
-                    "        h = 1",
-                    "        while h < nt:",
-                    "            if tid % (2 * h) == 0 and tid + h < nt:",
-                    "                sh[tid] = max(sh[tid], sh[tid + h])",
-                    "            cuda.syncthreads()",
-                    "            h *= 2",
-                    f"        scale{j} = float32(from_uint({utype}(sh[0]), {dtype_name}(0)))",
-                    "        cuda.syncthreads()"]
-    for j in q:
-        red += ["        if tid == 0:",
+    for k, j in enumerate(q):
+        red += [f"        m = {utype}(0)",
+                *_each(E, [f"                m = max(m, as_uint(w{j}[@E]) & MAG)"]),
+                f"        cuda.atomic.max(sh, row + {k}, m)"]
+    red += ["        if tid == 0:",
+            f"            for k in range({nq}):",
+            f"                sh[nxt + k] = {utype}(0)",
+            "        cuda.syncthreads()"]
+    for k, j in enumerate(q):
+        red += [f"        scale{j} = float32(from_uint(sh[row + {k}], {dtype_name}(0)))",
+                "        if tid == 0:",
                 f"            s{j}[b] = scale{j}",
                 f"        sq = {dtype_name}(scale{j})",
                 f"        inv = {dtype_name}(1) / sq if sq != 0 else sq",
                 "        if math.isinf(inv):",
                 "            inv = sq - sq",
-                f"        for e in range({E}):",
-                "            i = base_i + e * nt",
-                "            if i < n:",
-                f"                x = w{j}[e] * inv",
-                "                cell = as_uint(float32(x)) >> uint32(16)",
-                f"                base = int64(f{j}[cell])",
-                f"                c{j}[i] = uint8(base + (1 if d{j}[base] < x else 0))"]
+                *_each(E, [f"                x = w{j}[@E] * inv",
+                           "                cell = as_uint(float32(x)) >> uint32(16)",
+                           f"                code = uint32(f{j}[cell])",
+                           f"                if d{j}[code] < x:",
+                           "                    code += uint32(1)",
+                           f"                c{j}[i] = uint8(code)"])]
     if n_kinds:
-        call = ["                s0 = 0",
+        call = ["                ii = int64(i)",
+                "                s0 = 0",
                 "                s1 = segs.shape[0] - 1",
                 "                while s0 < s1:",
                 "                    mid = (s0 + s1 + 1) // 2",
-                "                    if segs[mid, 0] <= i:",
+                "                    if segs[mid, 0] <= ii:",
                 "                        s0 = mid",
                 "                    else:",
                 "                        s1 = mid - 1",
@@ -420,21 +408,27 @@ def cuda_source(n_arrays, quantized, dtype_name, warp=False, n_kinds=0, per_thre
         head = f"def q8_kernel({', '.join(params)}, sc):"
     lines = [head,
              "    n = a0.shape[0]",
+             "    un = uint64(n)",
              "    nt = cuda.blockDim.x",
+             "    unt = uint64(nt)",
              "    tid = cuda.threadIdx.x",
-             "    sh = cuda.shared.array(CUDA_MAX_BLOCK, int64)",
+             f"    sh = cuda.shared.array({3 * nq}, {utype})",
              *local,
+             "    if tid == 0:",
+             f"        for k in range({3 * nq}):",
+             f"            sh[k] = {utype}(0)",
+             "    cuda.syncthreads()",
+             "    row = 0",
              f"    bs = nt * {E}",
              "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
-             "        base_i = b * bs + tid",
+             f"        nxt = row + {nq} if row < {2 * nq} else 0",
+             "        base_i = uint64(b) * uint64(bs) + uint64(tid)",
+             *sds,
              *loads,
-             f"        for e in range({E}):",
-             "            i = base_i + e * nt",
-             "            if i < n:",
-             *call,
-             *stores,
-             *red]
+             *_each(E, call + stores),
+             *red,
+             "        row = nxt"]
     return "\n".join(lines) + "\n"
 
 

@@ -407,23 +407,43 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     u8 = types.Array(types.uint8, 1, "C")
     sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
     u16 = types.Array(types.uint16, 1, "C")
-    for warp in (False, True):
-        # (warp shuffles: with a bfloat16 param copy written next to the parameter)
+    for copy in (False, True):
+        # (with and without a bfloat16 param copy written next to the parameter)
         kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
-                                     (False, False) + (True,) * (n - 2), "float32", warp,
-                                     per_thread=4, copy=warp)
+                                     (False, False) + (True,) * (n - 2), "float32",
+                                     per_thread=4, copy=copy)
         with ck.exact():
-            ptx, _ = cuda.compile_ptx(kernel, sig[:-1] + ((u16,) if warp else ()) + sig[-1:],
+            ptx, _ = cuda.compile_ptx(kernel, sig[:-1] + ((u16,) if copy else ()) + sig[-1:],
                                       cc=(8, 0))
-        assert ("st.global.u16" in ptx) == warp
+        assert ("st.global.u16" in ptx) == copy
         f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
         assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
         assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx
         assert ".shared" in ptx and "st.global.f32" in ptx
-        assert ("shfl.sync.bfly" in ptx) == warp
+        # the absmax: one 32-bit shared-memory atomic max per thread and 8-bit array
+        assert "atom.shared.max.u32" in ptx and "shfl" not in ptx
         ops = re.findall(r"^\s*(ld|st)\.global", ptx, re.M)
         nq = n - 2
         assert ops.index("st") >= 4 * (2 + 2 * nq), (ops.index("st"), nq)
+
+
+@needs_numba_cuda
+@pytest.mark.skipif(simulator_active(), reason="the simulator takes no launch bounds")
+def test_8bit_kernels_are_compiled_with_launch_bounds():
+    """An 8-bit kernel for ``threads`` per block and a budget of resident threads per
+    multiprocessor carries the CUDA launch bounds (threads, budget // threads), one kernel per
+    budget, none for 0; the grouped kernels take the same bound. (That the step passes
+    ``config.CUDA_8BIT_THREADS_PER_SM``: tests/cuda_sim.)"""
+    from fastopt.kernels import cuda as ck
+    spec = fastopt.registry.get("adam")
+    options = spec.options(spec.validate(dict(spec.defaults)), 2)
+    quantized = (False, False, True, True, False)
+    for budget, bounds in ((1024, (64, 16)), (768, (64, 12)), (0, None)):
+        k = ck.get_q8(spec.kernel, False, options, quantized, "float32", 4, False, 64, budget)
+        assert k.targetoptions["launch_bounds"] == bounds
+    grouped = ck.get_q8_grouped(spec.kernel, False, [options], 1, quantized, "float32", 2,
+                                False, 128, 1024)
+    assert grouped.targetoptions["launch_bounds"] == (128, 8)
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
@@ -448,13 +468,13 @@ def test_grouped_8bit_state_kernel_compiles_to_ptx(array_rows, no_driver_device)
     sig = sig[:2] + (u8, f32, f32, u8, f32) * 2 + (sig[4], types.Array(types.int64, 2, "C"),
                                                    rows)
     kernel = ck.python_q8_kernel(spec.kernel, False, None, (False, False, True, True, False),
-                                 "float32", True, option_sets, 2, per_thread=4,
+                                 "float32", option_sets, 2, per_thread=4,
                                  array_rows=array_rows)
     with ck.exact():
         ptx, _ = cuda.compile_ptx(kernel, sig, cc=(8, 0))
     f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
     assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
-    assert "fma." not in ptx and "st.global.u8" in ptx and "shfl.sync.bfly" in ptx
+    assert "fma." not in ptx and "st.global.u8" in ptx and "atom.shared.max.u32" in ptx
 
 
 PREPASS_SPECS = [s for s in SPECS if s.kernel.norm_names]

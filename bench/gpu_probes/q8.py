@@ -1,8 +1,11 @@
-"""GPU probe: where the time of the CUDA Adam step on 8-bit state goes (it took ~2100 us at
-1e8 where float32 state took ~690 us and the bytes say ~400 us). GPU time alone per step for:
-the gradient random vs constant (a constant gradient puts every element of a warp in the same
-table cell: no divergent gathers), elements per thread 1/2/4/8, quantization blocks of 256 and
-1024, and a hand kernel that moves the same bytes with no table (the floor).
+"""GPU probe: the CUDA Adam step on 8-bit state (it took ~2100 us at 1e8 where float32 state
+took ~690 us and the bytes say ~400 us). GPU time alone per step: float32 and bfloat16 state,
+8-bit state at 1, 2 and 4 elements per thread, each compiled for at least 0 (no bound), 768 and
+1024 resident threads per multiprocessor (``config.CUDA_8BIT_THREADS_PER_SM``; when the
+output in bench/figures/gpu_q8_h200.txt was measured, ``kernels.cuda.Q8_THREADS_PER_SM``, the
+same launch bounds), and a hand kernel that moves the 8-bit step's bytes with no table (the
+floor). (Its first version compared
+a random against a constant gradient and blocks of 1024: bench/figures/gpu_q8_h200.txt.)
 
     python bench/gpu_probes/q8.py      (from the repository root; a CUDA GPU, torch)
 """
@@ -49,15 +52,15 @@ def main():
         g = rng.standard_normal(n).astype(np.float32)
         rows = {}
         rows["float32 state"] = step_time(fastopt.AdamBuffers.zeros(p.copy(), g.copy()), reps)
-        cases = [(per, 256, "random g") for per in (1, 2, 4, 8)]
-        cases += [(4, 1024, "random g"), (4, 256, "constant g")]
-        for per, block, gl in cases:
-            config.CUDA_8BIT_PER_THREAD = per
-            gg = g if gl == "random g" else np.full(n, 0.3, np.float32)
-            rows[f"8-bit per={per} block={block} {gl}"] = step_time(
-                fastopt.AdamBuffers.zeros(p.copy(), gg.copy(), state_dtype="int8",
-                                          block_size=block), reps)
-        config.CUDA_8BIT_PER_THREAD = 4
+        rows["bfloat16 state"] = step_time(
+            fastopt.AdamBuffers.zeros(p.copy(), g.copy(), state_dtype="bfloat16"), reps)
+        for per in (1, 2, 4):
+            for budget in (0, 768, 1024):
+                config.CUDA_8BIT_PER_THREAD = per
+                config.CUDA_8BIT_THREADS_PER_SM = budget
+                rows[f"8-bit per={per} threads/SM>={budget}"] = step_time(
+                    fastopt.AdamBuffers.zeros(p.copy(), g.copy(), state_dtype="int8"), reps)
+        config.reset()
         dp, dg = cuda.to_device(p), cuda.to_device(g)
         dm = cuda.to_device(np.zeros(n, np.uint8))
         dv = cuda.to_device(np.zeros(n, np.uint8))

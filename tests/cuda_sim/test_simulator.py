@@ -631,10 +631,13 @@ def test_8bit_state_with_groups_on_the_device_matches_the_cpu(spec, combo, dtype
         assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
-@pytest.mark.parametrize("per_thread", [1, 3], ids=["1-per-thread", "3-per-thread"])
+@pytest.mark.parametrize("per_thread", [1, 3, 12], ids=lambda k: f"{k}-per-thread")
 def test_8bit_kernel_elements_per_thread_change_no_bit(per_thread, monkeypatch):
-    """The 8-bit kernels with 1 element per thread and with 3 (blocks of 24 elements: 8
-    threads) equal the CPU, as the default 4 does above."""
+    """The 8-bit kernels with 1 element per thread, with 3 (blocks of 24 elements: 8 threads)
+    and with 12 (2 threads; more than ``kernels.quant8.UNROLL_MAX``: the elements in a loop,
+    not written out) equal the CPU, as the default 4 does above."""
+    from fastopt.kernels import quant8
+    assert (per_thread > quant8.UNROLL_MAX) == (per_thread == 12)
     monkeypatch.setattr(config, "CUDA_8BIT_PER_THREAD", per_thread)
     spec = registry.get("adam")
     n = 53
@@ -649,6 +652,28 @@ def test_8bit_kernel_elements_per_thread_change_no_bit(per_thread, monkeypatch):
         assert np.array_equal(a, back.arrays()[name]), name
     for name, a in host.state_absmax.items():
         assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
+
+
+def test_8bit_steps_pass_the_configured_threads_per_sm(monkeypatch):
+    """The 8-bit step asks for its kernel with its threads per block and
+    ``config.CUDA_8BIT_THREADS_PER_SM`` (the launch bounds; the simulator compiles none), the
+    grouped step too."""
+    from fastopt.kernels import cuda as ck
+    seen = []
+    for name in ("get_q8", "get_q8_grouped"):
+        real = getattr(ck, name)
+        monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: (
+            seen.append((_n, a[-2:])), _r(*a, **k))[1])
+    monkeypatch.setattr(config, "CUDA_8BIT_THREADS_PER_SM", 768)
+    n = 64
+    host = fastopt.AdamBuffers.zeros(np.ones(n, np.float32), np.full(n, 0.5, np.float32),
+                                     state_dtype="int8", block_size=32, min_8bit_size=0)
+    dev = fastopt.to_device(host)
+    fastopt.adam_step(dev)
+    groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 1e-2}])
+    fastopt.adam_step(dev, groups=groups)
+    per = config.CUDA_8BIT_PER_THREAD
+    assert seen == [("get_q8", (32 // per, 768)), ("get_q8_grouped", (32 // per, 768))]
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # (the simulator's

@@ -723,8 +723,7 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, option_sets
            else np.uint64(0x7FFFFFFFFFFFFFFF))
     from .precision import f32_to_bf16
     src = quant8.cuda_source(len(record.arrays), quantized, dtype_name,
-                             0 if option_sets is None else len(option_sets), per_thread, copy,
-                             record.arrays.index("grad"))
+                             0 if option_sets is None else len(option_sets), per_thread, copy)
     return _define(src, "q8_kernel",
                    f"q8_{record.name}", cuda=cuda, math=math, f32_to_bf16=f32_to_bf16,
                    float32=float32,

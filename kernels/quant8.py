@@ -310,8 +310,7 @@ def _each(E, body):
     return out
 
 
-def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False,
-                grad=1):
+def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x * per_thread`` = the quantization block, ``blockDim.x`` at most
     ``CUDA_MAX_BLOCK``), blocks in a grid-stride loop. Thread ``t`` takes elements ``t, t + nt,
@@ -321,19 +320,20 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
     together (the body's stores to the parameter would otherwise order each element's loads
     after the previous element's stores: one memory latency per element); then runs the
     record's body on each element's one-element local slices (its loop bound to ``range``)
-    and stores the arrays other than the gradient (``grad``: its position) back; then the
-    block takes the absmax of each new state as the largest magnitude bits (a maximum: any
-    order gives the same answer), each thread adding its own maximum with a shared-memory
-    atomic max, one barrier for all the 8-bit arrays, and each thread writes its codes; the
-    arithmetic is the CPU driver's, operation for operation. The atomics go to one of three
-    rows of shared memory in turn (successive blocks of the loop): thread 0 clears the next
-    row before the barrier, which no thread reads any more (the barrier before proves it)
-    and none writes before this one. Element indices are unsigned (no negative-index
-    wraparound on each access). An array of the record that the step does not have (a
-    zero-length placeholder) is neither loaded nor stored. ``n_kinds`` > 0: a grouped step,
-    ``kernel(<arrays>, segs, rows)``: each element's segment is found by a binary search over
-    ``segs`` (rows ``(lo, hi, row, kind)`` in buffer order) and the body of the segment's kind
-    runs with its row of scalars (``(rows, row)``, ``kernels.groups.row_unpack_source``).
+    and stores the arrays other than the gradient back (arrays 0 and 1 are the parameter and
+    the gradient, ``kernels.record``); then the block takes the absmax of each new state as
+    the largest magnitude bits (a maximum: any order gives the same answer), each thread
+    adding its own maximum with a shared-memory atomic max, one barrier for all the 8-bit
+    arrays, and each thread writes its codes; the arithmetic is the CPU driver's, operation
+    for operation. The atomics go to one of three rows of shared memory in turn (successive
+    blocks of the loop): thread 0 clears the next row before the barrier, which no thread
+    reads any more (the barrier before proves it) and none writes before this one. Element
+    indices are unsigned (no negative-index wraparound on each access). An array of the
+    record that the step does not have (a zero-length placeholder) is neither loaded nor
+    stored. ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each
+    element's segment is found by a binary search over ``segs`` (rows ``(lo, hi, row,
+    kind)`` in buffer order) and the body of the segment's kind runs with its row of scalars
+    (``(rows, row)``, ``kernels.groups.row_unpack_source``).
     ``copy``: the kernel takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
     writes each new parameter to it, rounded to nearest even."""
     E = int(per_thread)
@@ -360,7 +360,7 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
             loads += [f"                if has{j}:", f"                    w{j}[@E] = a{j}[i]"]
     loads = _each(E, loads)
     for j in range(n_arrays):
-        if not quantized[j] and j != grad:
+        if not quantized[j] and j != 1:
             stores += ([f"                a{j}[i] = w{j}[@E]"] if j < 2 else
                        [f"                if has{j}:", f"                    a{j}[i] = w{j}[@E]"])
     if copy:

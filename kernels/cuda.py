@@ -61,11 +61,11 @@ def _install_no_contraction():
 NVVM_CONTRACTION = not _install_no_contraction()   # True: kernels compile with NVVM's FMAs
 
 
-def _kernel_jit(fn=None):
-    """``cuda.jit`` for fastopt's kernels: no link-time optimization (see the module docstring);
-    the simulator's ``jit`` has no such option."""
+def _kernel_jit(fn=None, **target):
+    """``cuda.jit`` for fastopt's kernels: no link-time optimization (see the module docstring),
+    plus ``target`` options (launch bounds); the simulator's ``jit`` takes none of them."""
     from numba import config as numba_config
-    options = {} if numba_config.ENABLE_CUDASIM else {"lto": False}
+    options = {} if numba_config.ENABLE_CUDASIM else {"lto": False, **target}
     if fn is None:
         return cuda.jit(**options)
     return cuda.jit(fn, **options)
@@ -738,11 +738,10 @@ def _q8_jit(kernel, threads, min_threads):
     least ``min_threads`` resident threads per multiprocessor (CUDA launch bounds, which cap
     its registers; 0: no bound). Written out element by element, a thread's elements live in
     registers (Adam, 4 per thread: 102 registers unbounded, 640 threads per SM)."""
-    from numba import config as numba_config
-    if numba_config.ENABLE_CUDASIM or not min_threads or not threads:
+    if not min_threads or not threads:
         return _kernel_jit(kernel)
-    return cuda.jit(kernel, lto=False,
-                    launch_bounds=(int(threads), max(1, int(min_threads) // int(threads))))
+    return _kernel_jit(kernel, launch_bounds=(int(threads),
+                                              max(1, int(min_threads) // int(threads))))
 
 
 def _lazy_q8(key, threads, min_threads, python):

@@ -272,47 +272,79 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     if spec.kernel.norm_names:
         pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
     launch = Launcher()
-    words = None
+    # the wide layouts, preferred first: (on now?, word views, tail, tail start, kernels made,
+    # make(scaled, options), words); an odd tail steps in a second, one-element launch
+    wide = []
     if seed is None and not copy:
+        quads = _quad_words(cuda, spec, args, ph, dtype)
+        if quads is not None:
+            qviews, qtail, qkinds = quads
+            wide.append((lambda: config.CUDA_PAIRS and config.CUDA_QUADS, qviews, qtail,
+                         n - n % 4, {}, lambda scaled, options: kernels.get_quads(
+                             spec.kernel, scaled, qkinds, options), n // 4))
         words = _pair_words(cuda, kernels, spec, args, ph, dtype)
-    if words is not None:        # two elements per access; an odd last element alone
-        paired, tail, kinds = words
-        compiled_pairs = {}
-
-        def make_pairs(scaled, options):
-            return make(scaled, options, kinds)
+        if words is not None:        # two elements per access
+            paired, tail, kinds = words
+            wide.append((lambda: config.CUDA_PAIRS, paired, tail, n - n % 2, {},
+                         lambda scaled, options: make(scaled, options, kinds), n // 2))
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
-        pairs = words is not None and config.CUDA_PAIRS
+        use = next((w for w in wide if w[0]()), None)
         options, scaled, kernel, packed = _launch_parts(
-            spec, hp_now, t, factor, st, *((compiled_pairs, make_pairs) if pairs
-                                           else (compiled, make)))
+            spec, hp_now, t, factor, st, *((use[4], use[5]) if use else (compiled, make)))
         if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         fac = (factor,) if scaled == DEVICE_FACTOR else ()
-        if pairs:
-            blocks, threads = _grid(kernels, paired[0].shape[0])
-            launch(kernel, blocks, threads, *paired, *fac, packed)
-            if tail is None:
+        start = 0
+        if use is not None:
+            _, views_, tail_, start, _, _, count = use
+            blocks, threads = _grid(kernels, count)
+            launch(kernel, blocks, threads, *views_, *fac, packed)
+            if tail_ is None:
                 return
             kernel = _kernel_for(compiled, make, scaled, options)   # one element per access
         extra = ()
         if views:             # the rounding key of this step and the first element's index
             extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
-                            np.int64(n - 1 if pairs else 0))
-        if not pairs:
+                            np.int64(start))
+        if use is None:
             blocks, threads = _grid(kernels, n)
             launch(kernel, blocks, threads, *args, *extra, *fac, packed)
         else:
-            launch(kernel, 1, 32, *tail, *extra, *fac, packed)
+            launch(kernel, 1, 32, *tail_, *extra, *fac, packed)
     # a clipped step may leave its gradient factor on the device (``_step._loop_factor``) for
     # this runner's kernels to read there; a pre-pass (LAMB's trust ratios) takes it as a
     # scalar from the host
     run.device_factor = pre is None
     return run
+
+
+def _quad_words(cuda, spec, args, ph, dtype):
+    """``(quads, tail, kinds)`` when a float32 step on bfloat16 state can run on words of four
+    elements (``kernels.cuda.quad_source``; it does while ``config.CUDA_PAIRS`` and
+    ``config.CUDA_QUADS``): each array's first ``4k`` elements as ``uint64`` words (two per
+    four float32, one per four bfloat16; a placeholder an empty one), its last ``n % 4``
+    elements as views (``tail``, ``None`` when there are none) and each array's kind;
+    ``None`` without bfloat16 state, for float64, fewer than four elements, or an array that
+    does not start on a 64-bit boundary."""
+    from .kernels import cuda as kernels
+    n = args[0].shape[0]
+    real = [a for a in args if a is not ph]
+    kind = {np.dtype(np.float32): kernels.F32, np.dtype(np.uint16): kernels.BF16}
+    if (np.dtype(dtype) != np.float32 or n < 4
+            or not any(np.dtype(a.dtype) == np.uint16 for a in real)
+            or any(np.dtype(a.dtype) not in kind or interface(a)["data"][0] % 8
+                   for a in real)):
+        return None
+    n4 = n - n % 4
+    wph = _placeholder(cuda, np.uint64)
+    quads = tuple(wph if a is ph else a[:n4].view(np.uint64) for a in args)
+    kinds = tuple(kernels.BF16 if a is ph else kind[np.dtype(a.dtype)] for a in args)
+    tail = tuple(ph if a is ph else a[n4:] for a in args) if n % 4 else None
+    return quads, tail, kinds
 
 
 def _pair_words(cuda, kernels, spec, args, ph, dtype):
@@ -397,9 +429,52 @@ def _q8_device_args(spec, arrays, dtype, scales):
     return args, tuple(quantized)
 
 
+def _q8_words(args, quantized, dtype, per, copy):
+    """The word views of an 8-bit kernel's arrays (``kernels.quant8.cuda_source`` with
+    ``words``), after ``args`` (:func:`_q8_device_args`): each float32 array's first ``4 * (n
+    // 4)`` elements as ``uint64`` words (a placeholder: an empty ``uint64`` one), each 8-bit
+    array's codes as ``uint32`` words, the param copy as ``uint64`` words; ``None`` (the
+    strided layout, element by element) unless ``config.CUDA_8BIT_WORDS`` is set, the
+    parameters are float32, a thread takes ``quant8.WORD`` elements, the buffer has a whole
+    word and every array starts on a word boundary."""
+    from .kernels import quant8
+    n = args[0].shape[0]
+    n4 = n - n % quant8.WORD
+    if (not config.CUDA_8BIT_WORDS or np.dtype(dtype) != np.float32 or per != quant8.WORD
+            or n4 == 0):
+        return None
+    words, k = [], 0
+
+    def view(a, word):
+        if interface(a)["data"][0] % np.dtype(word).itemsize:
+            raise _Unaligned
+        return a[:n4].view(word)
+    try:
+        for q in quantized:
+            a = args[k]
+            if q:
+                words.append(view(a, np.uint32))
+                k += 5
+            else:
+                words.append(view(a, np.uint64) if a.shape[0] == n
+                             else _placeholder(_cuda(), np.uint64))
+                k += 1
+        if copy:
+            words.append(view(args[k], np.uint64))
+    except _Unaligned:
+        return None
+    return tuple(words)
+
+
+class _Unaligned(Exception):
+    pass
+
+
 def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     """``run(t)`` for a step on 8-bit state on the device (``kernels.quant8.cuda_source``):
-    one thread block per quantization block, the map's tables copied to the device once."""
+    one thread block per quantization block, the map's tables copied to the device once; a
+    thread's four neighbouring elements as words where :func:`_q8_words` allows (decided when
+    the runner is made)."""
     kernels = _kernels()
     st = np.dtype(dtype).type
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
@@ -408,12 +483,13 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     compiled = {}
 
     per, nt = q8_threads(block)
+    copy = arrays.get("param_copy") is not None
+    words = _q8_words(args, quantized, dtype, per, copy)
 
     def make(scaled, options):
         return kernels.get_q8(spec.kernel, scaled, options, quantized,
-                              np.dtype(dtype).name, per,
-                              arrays.get("param_copy") is not None, nt,
-                              config.CUDA_8BIT_THREADS_PER_SM)
+                              np.dtype(dtype).name, per, copy, nt,
+                              config.CUDA_8BIT_THREADS_PER_SM, words is not None)
 
     pre = None
     if spec.kernel.norm_names:
@@ -430,7 +506,7 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
         if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         blocks = _grid(kernels, nb * block)[0]
-        launch(kernel, min(blocks, nb), nt, *args, packed)
+        launch(kernel, min(blocks, nb), nt, *args, *(words or ()), packed)
     return run
 
 
@@ -456,17 +532,18 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
     per, nt = q8_threads(block)
+    copy = arrays.get("param_copy") is not None
+    words = _q8_words(args, quantized, dtype, per, copy)
 
     def make_run(rows, segments, prepass=None):
-        launch = _grouped_launch(kernels, args, dtype, len(rows),
+        launch = _grouped_launch(kernels, list(args) + list(words or ()), dtype, len(rows),
                                  lambda segs: (min(_grid(kernels, nb * block)[0], nb), nt))
 
         def get_kernel(scaled, option_sets):
             return kernels.get_q8_grouped(spec.kernel, scaled, option_sets,
                                           None if len(rows) > GROUPED_MAX_ROWS else len(rows),
-                                          quantized, np.dtype(dtype).name, per,
-                                          arrays.get("param_copy") is not None, nt,
-                                          config.CUDA_8BIT_THREADS_PER_SM)
+                                          quantized, np.dtype(dtype).name, per, copy, nt,
+                                          config.CUDA_8BIT_THREADS_PER_SM, words is not None)
         return _one_launch(spec, dtype, rows, segments, nb, get_kernel, launch, prepass)
 
     if not spec.kernel.norm_names:

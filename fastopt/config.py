@@ -16,12 +16,16 @@ attribute                      environment variable                    default
 ``CUDA_BLOCKS_PER_SM``         ``FASTOPT_CUDA_BLOCKS_PER_SM``          ``64`` (0: no cap)
 ``CUDA_8BIT_PER_THREAD``       ``FASTOPT_CUDA_8BIT_PER_THREAD``        ``4``
 ``CUDA_8BIT_THREADS_PER_SM``   ``FASTOPT_CUDA_8BIT_THREADS_PER_SM``    ``1024`` (0: no bound)
+``CUDA_8BIT_WORDS``            ``FASTOPT_CUDA_8BIT_WORDS``             ``1`` (0: strided, element
+                                                                       by element)
 ``CUDA_FAST_LAUNCH``           ``FASTOPT_CUDA_FAST_LAUNCH``            ``1`` (0: numba-cuda's
                                                                        launch)
 ``CUDA_DEVICE_CLIP``           ``FASTOPT_CUDA_DEVICE_CLIP``            ``1`` (0: the host waits for
                                                                        the norm)
 ``CUDA_PAIRS``                 ``FASTOPT_CUDA_PAIRS``                  ``1`` (0: one element per
                                                                        access)
+``CUDA_QUADS``                 ``FASTOPT_CUDA_QUADS``                  ``1`` (0: bfloat16 state
+                                                                       in pairs)
 ``OMP_SPINCOUNT``              ``FASTOPT_OMP_SPINCOUNT``               ``1000`` (or ``"keep"``)
 =============================  ======================================  =======================
 
@@ -52,6 +56,17 @@ registers), 1499 us for >= 768 threads, 1187 us for >= 1024 (64 registers, 60 by
 spilled); 2 per thread 1403 / 1268 / 1260 us; 1 per thread 1788-1817 us; at 1e7 too 4 per
 thread for >= 1024 was the fastest (126 us; the others 134-192 us).
 
+``CUDA_8BIT_WORDS``: with float32 parameters and 4 elements per thread, a thread of an 8-bit
+kernel takes four *neighbouring* elements and reads and writes them as words (its float32
+values as two 64-bit words per array, its codes of each 8-bit state as one 32-bit word, the
+param copy as one 64-bit word) instead of four elements strided by the thread count, one
+access each; the same bits (``kernels.quant8.cuda_source``). Read when a step's launcher is
+made (the first step on a set of device buffers); buffers whose arrays do not start on a word
+boundary keep the strided layout. Measured on an H200 (``bench/gpu_report.py OUT layouts``,
+2026-11-27, GPU time per step, float32 parameters): Adam 1e8 719.9 us with words against
+1181.8 us strided (float32 state 694.2 us), 1e7 76.7 against 123.0 us (72.0 us); the other
+optimizers at 1e7 0.92-0.99x float32 state's time with words, 0.55-0.90x strided.
+
 ``CUDA_FAST_LAUNCH``: launch fastopt's CUDA kernels without numba-cuda's per-call argument
 handling once a kernel's argument list has been checked against numba-cuda's own
 (``fastopt._launch``); ``0`` launches every call through numba-cuda.
@@ -73,6 +88,17 @@ A thread then has twice the bytes in flight for the same number of memory instru
 H200 the float32 step was bound by loads in flight, not bytes (README, "GPU"). Measured there
 (GPU time per step, every optimizer, 1e7 and 1e8): 1.07-1.41x faster with float32 state,
 1.16-1.67x with bfloat16 state (LAMB 1e7 bfloat16 not timed meaningfully), the same bits.
+
+``CUDA_QUADS``: with ``CUDA_PAIRS``, a float32 step on bfloat16 state (same conditions) runs
+on words of *four* neighbouring elements instead: a thread loads its four parameters and
+gradients as two 64-bit words each and its four values of each bfloat16 state as one 64-bit
+word, runs the record's body on each element (local copies) and stores the words back
+(``kernels.cuda.quad_source``); the last ``n % 4`` elements step in a second, one-element
+launch. The same bits. Measured on an H200 (``bench/gpu_report.py OUT layouts``, 2026-11-27,
+GPU time per step, float32 parameters, bfloat16 state): Adam 1e8 488.1 us against 557.4 us in
+pairs (float32 state 694.2 us: 1.42x against 1.25x), 1e7 53.4 against 60.8 us (72.0 us:
+1.35x against 1.18x); the other optimizers at 1e7 1.19-1.40x float32 state's speed (pairs
+1.15-1.23x).
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,
@@ -181,9 +207,11 @@ _DEFAULTS = {
     "CUDA_BLOCKS_PER_SM": ("FASTOPT_CUDA_BLOCKS_PER_SM", 64),
     "CUDA_8BIT_PER_THREAD": ("FASTOPT_CUDA_8BIT_PER_THREAD", 4),
     "CUDA_8BIT_THREADS_PER_SM": ("FASTOPT_CUDA_8BIT_THREADS_PER_SM", 1024),
+    "CUDA_8BIT_WORDS": ("FASTOPT_CUDA_8BIT_WORDS", 1),
     "CUDA_FAST_LAUNCH": ("FASTOPT_CUDA_FAST_LAUNCH", 1),
     "CUDA_DEVICE_CLIP": ("FASTOPT_CUDA_DEVICE_CLIP", 1),
     "CUDA_PAIRS": ("FASTOPT_CUDA_PAIRS", 1),
+    "CUDA_QUADS": ("FASTOPT_CUDA_QUADS", 1),
     "OMP_SPINCOUNT": ("FASTOPT_OMP_SPINCOUNT", None),
 }
 
@@ -193,9 +221,11 @@ CUDA_MAX_BLOCKS = 0
 CUDA_BLOCKS_PER_SM = 64
 CUDA_8BIT_PER_THREAD = 4
 CUDA_8BIT_THREADS_PER_SM = 1024
+CUDA_8BIT_WORDS = 1
 CUDA_FAST_LAUNCH = 1
 CUDA_DEVICE_CLIP = 1
 CUDA_PAIRS = 1
+CUDA_QUADS = 1
 OMP_SPINCOUNT = 1000
 
 

@@ -693,13 +693,14 @@ def _q8_body(record, scaled, options, unpack):
 
 
 def python_q8_kernel(record, scaled, options, quantized, dtype_name, option_sets=None,
-                     n_rows=0, per_thread=1, copy=False, array_rows=False):
+                     n_rows=0, per_thread=1, copy=False, array_rows=False, words=False):
     """The uncompiled kernel of ``record`` on 8-bit state (``kernels.quant8.cuda_source``):
     ``kernel(<arrays, each 8-bit one as codes, scales, map values, first table, midpoints>,
     scalars)``, launched with ``block // per_thread`` threads per quantization block of
     ``block`` elements. ``option_sets`` (a list of option dicts, one per kind) and ``n_rows``:
     the grouped kernel, ``kernel(<arrays>, segs, rows)``. ``copy``: a bfloat16 param copy
-    after the arrays, written in the same pass."""
+    after the arrays, written in the same pass. ``words``: four neighbouring elements per
+    thread, read and written as words (their views after the arrays and the copy)."""
     import numpy as np
     from numba import config as numba_config
     from numba import float32, float64, int64, uint8, uint32, uint64
@@ -723,7 +724,8 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, option_sets
            else np.uint64(0x7FFFFFFFFFFFFFFF))
     from .precision import f32_to_bf16
     src = quant8.cuda_source(len(record.arrays), quantized, dtype_name,
-                             0 if option_sets is None else len(option_sets), per_thread, copy)
+                             0 if option_sets is None else len(option_sets), per_thread, copy,
+                             words)
     return _define(src, "q8_kernel",
                    f"q8_{record.name}", cuda=cuda, math=math, f32_to_bf16=f32_to_bf16,
                    float32=float32,
@@ -750,27 +752,28 @@ def _lazy_q8(key, threads, min_threads, python):
 
 
 def get_q8(record, scaled, options, quantized, dtype_name, per_thread=1, copy=False,
-           threads=None, min_threads=0):
+           threads=None, min_threads=0, words=False):
     """The ``cuda.jit`` kernel of ``record`` on 8-bit state (lazy, one per combination;
     ``threads`` per block and ``min_threads`` per multiprocessor: its launch bounds,
     :func:`_q8_jit`)."""
     key = ("q8", record, bool(scaled), tuple(quantized), dtype_name,
-           int(per_thread), bool(copy)) + tuple(sorted(options.items()))
+           int(per_thread), bool(copy), bool(words)) + tuple(sorted(options.items()))
     return _lazy_q8(key, threads, min_threads, lambda: python_q8_kernel(
-        record, scaled, options, quantized, dtype_name, per_thread=per_thread, copy=copy))
+        record, scaled, options, quantized, dtype_name, per_thread=per_thread, copy=copy,
+        words=words))
 
 
 def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, per_thread=1,
-                   copy=False, threads=None, min_threads=0):
+                   copy=False, threads=None, min_threads=0, words=False):
     """The ``cuda.jit`` grouped kernel of ``record`` on 8-bit state (lazy, one per tuple of
     option sets, number of rows and combination). ``n_rows=None``: the rows of scalars come
     in a 1-D device array (any number of them) instead of a tuple passed with the launch."""
     key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
-           int(per_thread), bool(copy)) + tuple(tuple(sorted(o.items()))
-                                                for o in option_sets)
+           int(per_thread), bool(copy), bool(words)) + tuple(tuple(sorted(o.items()))
+                                                             for o in option_sets)
     return _lazy_q8(key, threads, min_threads, lambda: python_q8_kernel(
         record, scaled, None, quantized, dtype_name, option_sets, n_rows or 0, per_thread,
-        copy, n_rows is None))
+        copy, n_rows is None, words))
 
 
 def launch_config(n, threads_per_block, max_blocks):
@@ -778,3 +781,82 @@ def launch_config(n, threads_per_block, max_blocks):
     if max_blocks:
         blocks = min(blocks, max_blocks)
     return blocks, threads_per_block
+
+
+# ---------------------------------------------------------------- four elements per thread
+def quad_source(kinds, factor=False):
+    """Source of ``quad_kernel(a0, .., [fac,] sc)`` over words of four neighbouring elements:
+    ``kinds`` one per array, :data:`F32` (its ``uint64`` view: elements ``4q .. 4q + 3`` in
+    words ``2q`` and ``2q + 1``) or :data:`BF16` (bfloat16 state, its ``uint64`` view: four
+    elements in word ``q``); an empty array is a placeholder (the record's option leaves it
+    alone). Thread by thread over the quads (grid-stride, unsigned indices): every array's four
+    elements loaded into local arrays first (all the loads in flight together), the record's
+    body run on each element's one-element local slices (its loop bound to ``range``, as the
+    8-bit kernels do), then the arrays other than the gradient (arrays 0 and 1 are the
+    parameter and the gradient, ``kernels.record``) packed and stored back, bfloat16 rounded
+    to nearest even: the one-element kernels' operations, so their bits. ``factor``: the
+    gradient factor read from ``fac[0]`` after the scalars (a clipped step's, left on the
+    device; the body is the scaled one)."""
+    n = len(kinds)
+    lines = [f"def quad_kernel({', '.join(f'a{j}' for j in range(n))}, "
+             f"{'fac, ' if factor else ''}sc):"]
+    lines.append("    nq = uint64(a0.shape[0] // 2)")
+    lines += [f"    w{j} = cuda.local.array(4, float32)" for j in range(n)]
+    lines += [f"    has{j} = a{j}.shape[0] > 0" for j in range(2, n)]
+    if factor:
+        lines.append("    s = sc + (fac[0],)")
+    lines.append("    for q in range(uint64(cuda.grid(1)), nq, uint64(cuda.gridsize(1))):")
+    for j, kind in enumerate(kinds):
+        if kind == BF16:
+            load = [f"x = a{j}[q]"] + [
+                f"w{j}[{e}] = from_uint(uint32((x >> uint64({16 * e})) & uint64(0xFFFF))"
+                f" << uint32(16), float32(0))" for e in range(4)]
+        else:
+            load = [f"x = a{j}[uint64(2) * q]", f"y = a{j}[uint64(2) * q + uint64(1)]"] + [
+                f"w{j}[{e}] = from_uint(uint32({v} {op} uint64({k})), float32(0))"
+                for e, (v, op, k) in enumerate((("x", "&", 0xFFFFFFFF), ("x", ">>", 32),
+                                                ("y", "&", 0xFFFFFFFF), ("y", ">>", 32)))]
+        pad = "        " if j < 2 else "            "
+        lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in load]
+    args = lambda e: ", ".join(f"w{j}[{e}:{e + 1}]" for j in range(n))  # noqa: E731
+    lines += [f"        body({args(e)}, {'s' if factor else 'sc'})" for e in range(4)]
+    for j, kind in enumerate(kinds):
+        if j == 1:
+            continue
+        if kind == BF16:
+            store = [f"a{j}[q] = " + " | ".join(
+                f"(uint64(f32_to_bf16(w{j}[{e}])) << uint64({16 * e}))" for e in range(4))]
+        else:
+            store = [f"a{j}[uint64(2) * q{off}] = (uint64(as_uint(w{j}[{e}])) | "
+                     f"(uint64(as_uint(w{j}[{e + 1}])) << uint64(32)))"
+                     for off, e in (("", 0), (" + uint64(1)", 2))]
+        pad = "        " if j < 2 else "            "
+        lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in store]
+    return "\n".join(lines) + "\n"
+
+
+def python_quad_kernel(record, scaled, kinds, options):
+    """The uncompiled kernel of ``record`` on words of four elements (:func:`quad_source`;
+    ``scaled`` :data:`DEVICE_FACTOR`: the factor read on the device)."""
+    from numba import config as numba_config
+    from numba import float32, uint32, uint64
+
+    from . import quant8
+    from .precision import f32_to_bf16
+    from .record import _define
+    sim = numba_config.ENABLE_CUDASIM
+    factor = scaled == DEVICE_FACTOR
+    body = _q8_body(record, bool(scaled), options, unpack_tuple)
+    return _define(quad_source(tuple(kinds), factor), "quad_kernel", f"quads_{record.name}",
+                   cuda=cuda, body=body, float32=float32, uint32=uint32, uint64=uint64,
+                   f32_to_bf16=f32_to_bf16,
+                   as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
+                   from_uint=quant8.sim_from_uint if sim else quant8.from_uint)
+
+
+def get_quads(record, scaled, kinds, options):
+    """The ``cuda.jit`` kernel of ``record`` on words of four elements (lazy, one per
+    combination)."""
+    key = ("quads", record, scaled if scaled == DEVICE_FACTOR else bool(scaled),
+           tuple(kinds)) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_quad_kernel(record, scaled, kinds, options))

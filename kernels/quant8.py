@@ -294,82 +294,136 @@ def block_items(segments, kinds, n, block):
 UNROLL_MAX = 8      # elements per thread written out one by one (more: a loop)
 
 
-def _each(E, body):
+def _each(E, body, stride="unt"):
     """Source lines: ``body`` (lines at 16 spaces, ``@E`` standing for the element's position
     in the thread's elements) for each of a thread's ``E`` elements that is inside the buffer,
-    ``i`` its index. Written out element by element (constant positions: the local arrays stay
-    in registers) up to ``UNROLL_MAX``, else a loop."""
+    ``i`` its index (``base_i`` + the position times ``stride``: the thread count when a
+    thread's elements are strided, ``"1"`` when they are neighbours). Written out element by
+    element (constant positions: the local arrays stay in registers) up to ``UNROLL_MAX``,
+    else a loop."""
+    step = "" if stride == "1" else f" * {stride}"
     if E > UNROLL_MAX:
-        return [f"        for e in range({E}):", "            i = base_i + uint64(e) * unt",
+        return [f"        for e in range({E}):", f"            i = base_i + uint64(e){step}",
                 "            if i < un:", *(line.replace("@E", "e") for line in body)]
     out = []
     for e in range(E):
-        out += [f"        i = base_i + uint64({e}) * unt",
+        out += [f"        i = base_i + uint64({e}){step}",
                 "        if i < un:",
                 *(line[4:].replace("@E", str(e)) for line in body)]
     return out
 
 
-def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False):
+WORD = 4            # elements per word of the neighbouring layout (a uint32 of codes)
+
+
+def _lo(x):
+    return f"from_uint(uint32({x} & uint64(0xFFFFFFFF)), float32(0))"
+
+
+def _hi(x):
+    return f"from_uint(uint32({x} >> uint64(32)), float32(0))"
+
+
+def _pack(a, b):
+    return f"(uint64(as_uint({a})) | (uint64(as_uint({b})) << uint64(32)))"
+
+
+def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False,
+                words=False):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
     (``blockDim.x * per_thread`` = the quantization block, ``blockDim.x`` at most
     ``CUDA_MAX_BLOCK``), blocks in a grid-stride loop. Thread ``t`` takes elements ``t, t + nt,
     .., t + (per_thread - 1) * nt`` of the block (``nt`` threads: each of those loads is
-    coalesced across the threads). Three phases: a thread first loads all its elements of
-    every array (8-bit state dequantized) into local arrays, so that its loads are in flight
-    together (the body's stores to the parameter would otherwise order each element's loads
-    after the previous element's stores: one memory latency per element); then runs the
-    record's body on each element's one-element local slices (its loop bound to ``range``)
-    and stores the arrays other than the gradient back (arrays 0 and 1 are the parameter and
-    the gradient, ``kernels.record``); then the block takes the absmax of each new state as
-    the largest magnitude bits (a maximum: any order gives the same answer), each thread
-    adding its own maximum with a shared-memory atomic max, one barrier for all the 8-bit
-    arrays, and each thread writes its codes; the arithmetic is the CPU driver's, operation
-    for operation. The atomics go to one of three rows of shared memory in turn (successive
-    blocks of the loop): thread 0 clears the next row before the barrier, which no thread
-    reads any more (the barrier before proves it) and none writes before this one. Element
-    indices are unsigned (no negative-index wraparound on each access). An array of the
-    record that the step does not have (a zero-length placeholder) is neither loaded nor
-    stored. ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each
+    coalesced across the threads), or, with ``words`` (float32, 4 elements per thread), the
+    four neighbours ``4t .. 4t + 3``, read and written as words: its parameters and every other
+    float32 array as two 64-bit words, its codes of each 8-bit state as one 32-bit word (a
+    third of the memory instructions; on an H200, Adam at 1e8: 638-667 us against 1169 us
+    strided, ``bench/gpu_probes/q8_words.py``). The word views come after the arrays and the
+    param copy (``aw<j>``: ``uint64`` of a float32 array's first ``4 * (n // 4)`` elements;
+    ``cw<j>``: ``uint32`` of an 8-bit array's codes; ``pcw``: ``uint64`` of the copy); a
+    thread whose four elements are not all inside the buffer takes them one by one.
+
+    Three phases: a thread first loads all its elements of every array (8-bit state
+    dequantized) into local arrays, so that its loads are in flight together (the body's
+    stores to the parameter would otherwise order each element's loads after the previous
+    element's stores: one memory latency per element); then runs the record's body on each
+    element's one-element local slices (its loop bound to ``range``) and stores the arrays
+    other than the gradient back (arrays 0 and 1 are the parameter and the gradient,
+    ``kernels.record``); then the block takes the absmax of each new state as the largest
+    magnitude bits (a maximum: any order gives the same answer), each thread adding its own
+    maximum with a shared-memory atomic max, one barrier for all the 8-bit arrays, and each
+    thread writes its codes; the arithmetic is the CPU driver's, operation for operation, so
+    both layouts give the same bits. The atomics go to one of three rows of shared memory in
+    turn (successive blocks of the loop): thread 0 clears the next row before the barrier,
+    which no thread reads any more (the barrier before proves it) and none writes before this
+    one. Element indices are unsigned (no negative-index wraparound on each access). An array
+    of the record that the step does not have (a zero-length placeholder) is neither loaded
+    nor stored. ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each
     element's segment is found by a binary search over ``segs`` (rows ``(lo, hi, row,
     kind)`` in buffer order) and the body of the segment's kind runs with its row of scalars
     (``(rows, row)``, ``kernels.groups.row_unpack_source``).
     ``copy``: the kernel takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
     writes each new parameter to it, rounded to nearest even."""
     E = int(per_thread)
+    if words and (E != WORD or dtype_name != "float32"):
+        raise ValueError(f"the word layout takes {WORD} float32 elements per thread, not "
+                         f"{E} {dtype_name}")
+    stride = "1" if words else "unt"
     q = [j for j in range(n_arrays) if quantized[j]]
     nq = max(1, len(q))
-    params, body_args, local, sds, loads, stores = [], [], [], [], [], []
+    params, wparams, body_args, local, sds, loads, stores = [], [], [], [], [], [], []
+    wloads, wstores = [], []
     utype = "uint32" if dtype_name == "float32" else "uint64"
     for j in range(n_arrays):
         local.append(f"    w{j} = cuda.local.array({E}, {dtype_name})")
         body_args.append(f"w{j}[@E:@E + 1]")
         if quantized[j]:
             params += [f"c{j}", f"s{j}", f"v{j}", f"f{j}", f"d{j}"]
+            wparams.append(f"cw{j}")
             sds.append(f"        sd{j} = {dtype_name}(s{j}[b])")
         else:
             params.append(f"a{j}")
+            wparams.append(f"aw{j}")
             if j >= 2:      # (param and grad are always there)
                 local.append(f"    has{j} = a{j}.shape[0] == n")
     for j in range(n_arrays):
         if quantized[j]:
             loads.append(f"                w{j}[@E] = v{j}[c{j}[i]] * sd{j}")
-        elif j < 2:
+            wloads.append(f"            cq = cw{j}[qw]")
+            wloads += [f"            w{j}[{e}] = v{j}[(cq >> uint32({8 * e})) & uint32(255)]"
+                       f" * sd{j}" for e in range(WORD)]
+            continue
+        words_in = [f"x = aw{j}[uint64(2) * qw]", f"y = aw{j}[uint64(2) * qw + uint64(1)]",
+                    f"w{j}[0] = {_lo('x')}", f"w{j}[1] = {_hi('x')}",
+                    f"w{j}[2] = {_lo('y')}", f"w{j}[3] = {_hi('y')}"]
+        if j < 2:
             loads.append(f"                w{j}[@E] = a{j}[i]")
+            wloads += ["            " + line for line in words_in]
         else:
             loads += [f"                if has{j}:", f"                    w{j}[@E] = a{j}[i]"]
-    loads = _each(E, loads)
+            wloads += [f"            if has{j}:", *("                " + line
+                                                     for line in words_in)]
+    loads = _each(E, loads, stride)
     for j in range(n_arrays):
         if not quantized[j] and j != 1:
             stores += ([f"                a{j}[i] = w{j}[@E]"] if j < 2 else
                        [f"                if has{j}:", f"                    a{j}[i] = w{j}[@E]"])
+            words_out = [f"aw{j}[uint64(2) * qw] = {_pack(f'w{j}[0]', f'w{j}[1]')}",
+                         f"aw{j}[uint64(2) * qw + uint64(1)] = "
+                         f"{_pack(f'w{j}[2]', f'w{j}[3]')}"]
+            wstores += (["            " + line for line in words_out] if j < 2 else
+                        [f"            if has{j}:", *("                " + line
+                                                      for line in words_out)])
     if copy:
         params.append("pc")
+        wparams.append("pcw")
         stores.append("                pc[i] = f32_to_bf16(w0[@E])")
+        wstores.append("            pcw[qw] = " + " | ".join(
+            f"(uint64(f32_to_bf16(w0[{e}])) << uint64({16 * e}))" for e in range(WORD)))
     red = []
     for k, j in enumerate(q):
         red += [f"        m = {utype}(0)",
-                *_each(E, [f"                m = max(m, as_uint(w{j}[@E]) & MAG)"]),
+                *_each(E, [f"                m = max(m, as_uint(w{j}[@E]) & MAG)"], stride),
                 f"        cuda.atomic.max(sh, row + {k}, m)"]
     red += ["        if tid == 0:",
             f"            for k in range({nq}):",
@@ -382,13 +436,23 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
                 f"        sq = {dtype_name}(scale{j})",
                 f"        inv = {dtype_name}(1) / sq if sq != 0 else sq",
                 "        if math.isinf(inv):",
-                "            inv = sq - sq",
-                *_each(E, [f"                x = w{j}[@E] * inv",
-                           "                cell = as_uint(float32(x)) >> uint32(16)",
-                           f"                code = uint32(f{j}[cell])",
-                           f"                if d{j}[code] < x:",
-                           "                    code += uint32(1)",
-                           f"                c{j}[i] = uint8(code)"])]
+                "            inv = sq - sq"]
+        encode = [f"                x = w{j}[@E] * inv",
+                  "                cell = as_uint(float32(x)) >> uint32(16)",
+                  f"                code = uint32(f{j}[cell])",
+                  f"                if d{j}[code] < x:",
+                  "                    code += uint32(1)"]
+        if not words:
+            red += _each(E, encode + [f"                c{j}[i] = uint8(code)"], stride)
+            continue
+        red += [f"        k{e} = uint32(0)" for e in range(WORD)]
+        red += _each(E, encode + ["                k@E = code"], stride)
+        red += ["        if full:",
+                f"            cw{j}[qw] = " + " | ".join(
+                    f"(k{e} << uint32({8 * e}))" for e in range(WORD)),
+                "        else:",
+                *("    " + line for line in _each(E, [f"                c{j}[i] = uint8(k@E)"],
+                                                   stride))]
     if n_kinds:
         call = ["                ii = int64(i)",
                 "                s0 = 0",
@@ -402,10 +466,26 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
                 "                kind = segs[s0, 3]",
                 "                sc = (rows, segs[s0, 2])"]
         call += _kind_calls(n_kinds, body_args, "sc", " " * 16)
-        head = f"def q8_kernel({', '.join(params)}, segs, rows):"
+        tail = "segs, rows"
     else:
         call = [f"                body({', '.join(body_args)}, sc)"]
-        head = f"def q8_kernel({', '.join(params)}, sc):"
+        tail = "sc"
+    head = f"def q8_kernel({', '.join(params + (wparams if words else []))}, {tail}):"
+    if words:
+        first = ["        base_i = uint64(b) * uint64(bs) + uint64(tid) * uint64(4)",
+                 "        qw = base_i >> uint64(2)",
+                 "        full = base_i + uint64(4) <= un",
+                 *sds,
+                 "        if full:", *wloads,
+                 "        else:", *("    " + line for line in loads),
+                 *_each(E, call, stride),
+                 "        if full:", *wstores,
+                 "        else:", *("    " + line for line in _each(E, stores, stride))]
+    else:
+        first = ["        base_i = uint64(b) * uint64(bs) + uint64(tid)",
+                 *sds,
+                 *loads,
+                 *_each(E, call + stores)]
     lines = [head,
              "    n = a0.shape[0]",
              "    un = uint64(n)",
@@ -423,10 +503,7 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
              "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
              f"        nxt = row + {nq} if row < {2 * nq} else 0",
-             "        base_i = uint64(b) * uint64(bs) + uint64(tid)",
-             *sds,
-             *loads,
-             *_each(E, call + stores),
+             *first,
              *red,
              "        row = nxt"]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
 """CUDA without a GPU: the simulator suite (in a subprocess), PTX inspection, clear errors."""
 import inspect
+import itertools
 import os
 import re
 import subprocess
@@ -159,6 +160,41 @@ def test_two_elements_per_access_ptx_moves_words(spec, no_driver_device):
         if "math.sqrt" in inspect.getsource(spec.kernel.elem):
             # once per element of a word; LLVM may unroll the loop (more, never fewer)
             assert sum("sqrt" in x for x in lines) >= 2
+
+
+QUAD_SPECS = [s for s in SPECS if s.required_state(s.validate(dict(s.defaults)))]
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("spec", QUAD_SPECS[::2], ids=lambda s: s.name)   # (half: CI time)
+def test_four_elements_per_access_ptx_moves_64_bit_words(spec, no_driver_device):
+    """The kernel on words of four elements (config.CUDA_QUADS, bfloat16 state; the scaled
+    body reading the clip factor on the device too) loads and stores 64-bit words only (two of
+    float32, one of bfloat16 per four elements), takes float32 scalars and rounds as the
+    one-element kernel does (no float64, no multiply-add); its per-element math is there four
+    times (each sqrt at least four times)."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    from fastopt.kernels.record import DEVICE_FACTOR
+    if not fastopt.cuda_available():
+        no_driver_device((9, 0))
+    combo = testinfo.option_combinations(spec)[0]
+    hp, sig = _ptx_signature(spec, combo, np.float32)
+    kinds = [ck.F32 if name in ("param", "grad") else ck.BF16 for name in spec.kernel.arrays]
+    u64 = types.Array(types.uint64, 1, "C")
+    for scaled in (False, DEVICE_FACTOR):
+        fac = (types.Array(types.float32, 1, "C"),) if scaled else ()
+        kernel = ck.python_quad_kernel(spec.kernel, scaled, kinds, spec.options(hp, 2))
+        with ck.exact():
+            ptx, _ = cuda.compile_ptx(kernel, (u64,) * len(kinds) + fac + sig[-1:],
+                                      cc=(9, 0))
+        lines = [line.strip() for line in ptx.splitlines()]
+        moves = {x.split()[0] for x in lines if x.startswith(("ld.global", "st.global"))}
+        assert moves == ({"ld.global.u64", "st.global.u64"}
+                         | ({"ld.global.f32"} if scaled else set())), sorted(moves)
+        assert not [x for x in lines if ".f64" in x or "fma." in x]
+        if "math.sqrt" in inspect.getsource(spec.kernel.elem):
+            assert sum("sqrt" in x for x in lines) >= 4
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
@@ -407,15 +443,22 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     u8 = types.Array(types.uint8, 1, "C")
     sig = sig[:2] + (u8, f32, f32, u8, f32) * (n - 2) + (sig[-1],)
     u16 = types.Array(types.uint16, 1, "C")
-    for copy in (False, True):
-        # (with and without a bfloat16 param copy written next to the parameter)
+    u32 = types.Array(types.uint32, 1, "C")
+    u64 = types.Array(types.uint64, 1, "C")
+    for copy, words in itertools.product((False, True), (False, True)):
+        # (with and without a bfloat16 param copy written next to the parameter; strided or
+        # four neighbours per thread as words, their word views after the arrays and copy)
         kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
                                      (False, False) + (True,) * (n - 2), "float32",
-                                     per_thread=4, copy=copy)
+                                     per_thread=4, copy=copy, words=words)
+        views = ((u64, u64) + (u32,) * (n - 2) + ((u64,) if copy else ())) if words else ()
         with ck.exact():
-            ptx, _ = cuda.compile_ptx(kernel, sig[:-1] + ((u16,) if copy else ()) + sig[-1:],
-                                      cc=(8, 0))
+            ptx, _ = cuda.compile_ptx(kernel, sig[:-1] + ((u16,) if copy else ()) + views
+                                      + sig[-1:], cc=(8, 0))
         assert ("st.global.u16" in ptx) == copy
+        if words:       # the word path: 64-bit words of float32 and of the copy, 32-bit codes
+            for op in ("ld.global.u64", "st.global.u64", "ld.global.u32", "st.global.u32"):
+                assert op in ptx, op
         f64 = [line.strip() for line in ptx.splitlines() if ".f64" in line]
         assert not f64, f"float64 instructions in a float32 kernel: {f64[:5]}"
         assert "fma." not in ptx and "st.global.u8" in ptx and "bar.sync" in ptx

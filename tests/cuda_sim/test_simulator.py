@@ -126,39 +126,48 @@ PAIR_CASES = [(s, None) for s in SPECS] + [
                                                        for s, st in PAIR_CASES])
 def test_two_elements_per_access_give_the_one_element_kernels_bits(spec, state, monkeypatch):
     """config.CUDA_PAIRS: a float32 step runs its body on words of two elements (64-bit words
-    of float32, 32-bit words of bfloat16 state; an odd last element in a one-element launch);
-    the same bits as one element per access, with a host factor (grad_scale), a device factor
-    (max_grad_norm) and a non-finite gradient, at even and odd lengths; the words' kernels are
-    the ones that ran."""
+    of float32, 32-bit words of bfloat16 state; an odd last element in a one-element launch),
+    and with config.CUDA_QUADS a step on bfloat16 state on words of four (its last ``n % 4``
+    elements in a one-element launch); the same bits as one element per access, with a host
+    factor (grad_scale), a device factor (max_grad_norm) and a non-finite gradient, at lengths
+    with a partial last word; the words' kernels are the ones that ran."""
     from fastopt.kernels import cuda as ck
     fn = registry.step_function(spec)
     kw = dict(spec.defaults, **testinfo.info(spec).peer_settings)
     kw.pop("layout", None)                  # LAMB: the whole buffer one tensor (no groups)
     zeros = dict(state_dtype=state) if state else {}
     loops = [{}, dict(grad_scale=4.0), dict(max_grad_norm=0.5), {}]
-    for n in (2, 65) if not REAL_GPU else (2, 65, 100_002, 100_003):
+    modes = [(1, 1), (1, 0), (0, 0)] if state else [(1, 1), (0, 0)]
+    asked = []                          # the keys of the kernels the steps ask for
+    lazy = ck._lazy
+    monkeypatch.setattr(ck, "_lazy", lambda key, *a: (asked.append(key), lazy(key, *a))[1])
+    for n in (2, 67) if not REAL_GPU else (2, 67, 100_002, 100_003):
         rng = np.random.default_rng(n)
         p0 = rng.standard_normal(n).astype(np.float32)
         gs = [(rng.standard_normal(n) * 3).astype(np.float32) for _ in loops]
         gs[-1][n - 1] = np.nan
         runs = {}
-        for pairs in (1, 0):
+        for pairs, quads in modes:
             monkeypatch.setattr(config, "CUDA_PAIRS", pairs)
+            monkeypatch.setattr(config, "CUDA_QUADS", quads)
+            asked.clear()
             b = fastopt.to_device(spec.buffers_cls.zeros(p0.copy(), np.zeros(n, np.float32),
                                                          **zeros))
             for g, loop in zip(gs, loops):
                 b.grad.copy_to_device(g)
                 fn(b, **kw, **loop)
-            runs[pairs] = fastopt.to_host(b)
-            if pairs:                                    # (kinds: index 3, 5 of the keys)
-                kinds = [k[3] for k in ck._compiled if k[:2] == ("pairs", spec.kernel)]
-                kinds += [k[5] for k in ck._compiled
-                          if k[0] == "factor" and k[1] is spec.kernel and k[5]]
-                assert any((ck.BF16 in k) == bool(state) for k in kinds), \
-                    "the two-element kernels did not run"
-        for name, x in runs[1].arrays().items():
-            y = runs[0].arrays()[name]
-            assert x.dtype == y.dtype and _same_bits(x, y), (n, name)
+            runs[pairs, quads] = fastopt.to_host(b)
+            ran = {k[0] for k in asked if len(k) > 1 and k[1] is spec.kernel}
+            ran |= {"pairs" for k in asked if k[0] == "factor" and k[1] is spec.kernel
+                    and k[5]}                    # (a factor kernel on pairs: kinds at 5)
+            want = ("quads" if state and quads and n >= 4 else "pairs") if pairs else None
+            assert want is None or want in ran, (n, pairs, quads, ran)
+            if want == "quads":
+                assert "pairs" not in ran
+        for mode, run in runs.items():
+            for name, x in run.arrays().items():
+                y = runs[0, 0].arrays()[name]
+                assert x.dtype == y.dtype and _same_bits(x, y), (n, mode, name)
 
 
 def test_two_elements_per_access_need_arrays_on_word_boundaries():
@@ -654,6 +663,63 @@ def test_8bit_kernel_elements_per_thread_change_no_bit(per_thread, monkeypatch):
         assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
 
 
+@pytest.mark.parametrize("words", [True, False], ids=["words", "strided"])
+def test_8bit_word_and_strided_layouts_equal_the_cpu(words, monkeypatch):
+    """The 8-bit kernels with a thread's four neighbouring elements as words
+    (``config.CUDA_8BIT_WORDS``) and with four strided elements, on a buffer whose last word
+    and last block are partial (53 elements, blocks of 24), AMSGrad (a third 8-bit array) and a
+    bfloat16 param copy, plain and grouped: the CPU's
+    codes, scales, parameters and copy; the word layout is the one the step asks for."""
+    from fastopt.kernels import cuda as ck
+    seen = []
+    real = ck.get_q8
+    monkeypatch.setattr(ck, "get_q8", lambda *a, **k: (seen.append(a[-1]), real(*a, **k))[1])
+    monkeypatch.setattr(config, "CUDA_8BIT_WORDS", int(words))
+    monkeypatch.setattr(config, "CUDA_8BIT_PER_THREAD", 4)
+    spec = registry.get("adam")
+    n = 53
+    rng = np.random.default_rng(14)
+    host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                     np.zeros(n, np.float32), state_dtype="int8",
+                                     block_size=24, min_8bit_size=0, amsgrad=True)
+    host.param_copy = fastopt.to_bfloat16(host.param)
+    dev = fastopt.to_device(host)
+    kw = dict(spec.defaults, weight_decay=0.01, amsgrad=True)
+    back = _step_both(registry.step_function(spec), kw, host, dev, rng, 2)
+    groups = fastopt.Groups(n, [{"range": (3, 30), "lr": 1e-2}])
+    back = _step_both(registry.step_function(spec), dict(kw, groups=groups), host,
+                      fastopt.to_device(back), rng, 1)
+    assert seen and all(w == words for w in seen)
+    for name, a in host.arrays().items():
+        assert np.array_equal(a, back.arrays()[name]), name
+    assert np.array_equal(host.param_copy, back.param_copy)
+    for name, a in host.state_absmax.items():
+        assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
+
+
+def test_8bit_word_views_need_word_boundaries():
+    """The word layout's views (``_q8_words``): ``uint64`` words of the float32 arrays'
+    whole words, ``uint32`` words of the codes, an empty word array for a placeholder; none
+    (the strided layout) for an array that does not start on a word boundary, float64, fewer
+    than four elements, or another number of elements per thread."""
+    from fastopt import _cuda_backend as cb
+    from numba import cuda
+    n = 10
+    p, g = cuda.to_device(np.zeros(n, np.float32)), cuda.to_device(np.zeros(n, np.float32))
+    codes, other = cuda.to_device(np.zeros(n, np.uint8)), cuda.device_array(1, np.float32)
+    ph = cuda.device_array(0, np.float32)
+    args = [p, g, codes, other, other, other, other, ph]
+    q = (False, False, True, False)
+    words = cb._q8_words(args, q, np.float32, 4, False)
+    assert [w.dtype for w in words] == [np.uint64, np.uint64, np.uint32, np.uint64]
+    assert [w.shape[0] for w in words] == [4, 4, 2, 0]
+    big = cuda.to_device(np.zeros(n + 1, np.float32))
+    assert cb._q8_words([big[1:]] + args[1:], q, np.float32, 4, False) is None
+    assert cb._q8_words(args, q, np.float32, 2, False) is None
+    assert cb._q8_words(args, q, np.float64, 4, False) is None
+    assert cb._q8_words([p[:3], g[:3]] + args[2:], q, np.float32, 4, False) is None
+
+
 def test_8bit_steps_pass_the_configured_threads_per_sm(monkeypatch):
     """The 8-bit step asks for its kernel with its threads per block and
     ``config.CUDA_8BIT_THREADS_PER_SM`` (the launch bounds; the simulator compiles none), the
@@ -663,7 +729,7 @@ def test_8bit_steps_pass_the_configured_threads_per_sm(monkeypatch):
     for name in ("get_q8", "get_q8_grouped"):
         real = getattr(ck, name)
         monkeypatch.setattr(ck, name, lambda *a, _r=real, _n=name, **k: (
-            seen.append((_n, a[-2:])), _r(*a, **k))[1])
+            seen.append((_n, a[-3:])), _r(*a, **k))[1])
     monkeypatch.setattr(config, "CUDA_8BIT_THREADS_PER_SM", 768)
     n = 64
     host = fastopt.AdamBuffers.zeros(np.ones(n, np.float32), np.full(n, 0.5, np.float32),
@@ -673,7 +739,9 @@ def test_8bit_steps_pass_the_configured_threads_per_sm(monkeypatch):
     groups = fastopt.Groups(n, [{"range": (0, 40), "lr": 1e-2}])
     fastopt.adam_step(dev, groups=groups)
     per = config.CUDA_8BIT_PER_THREAD
-    assert seen == [("get_q8", (32 // per, 768)), ("get_q8_grouped", (32 // per, 768))]
+    words = per == 4                # (and the word layout: float32, 4 per thread)
+    assert seen == [("get_q8", (32 // per, 768, words)),
+                    ("get_q8_grouped", (32 // per, 768, words))]
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")   # (the simulator's

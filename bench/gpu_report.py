@@ -23,7 +23,8 @@ prints its traceback and the others still run. What it measures (float32 unless 
    float32 and bfloat16 state, with the bits of both compared; ``pairs_host``: the same where
    the host is the limit (Adam at the MLP's size and 1e6: timeline and host time per call);
 7. (by name) the launch sweep, a host profile, groups, compressed state, compressed state with
-   groups, LAMB, and ``paths``: fastopt's direct launch vs numba-cuda's (see each section's
+   groups, LAMB, ``paths``: fastopt's direct launch vs numba-cuda's, and ``layouts``: the word
+   layouts of bfloat16 and 8-bit state against the ones before them (see each section's
    docstring).
 
 Times: CUDA events around ``reps`` back-to-back steps after warm-up, the median of 5 such
@@ -763,6 +764,81 @@ def bf16_state_on_device():
     return out
 
 
+def _layout_buffers(spec, n, opts, setting, steps=0):
+    """Device buffers of ``spec`` (float32 parameters, ``opts`` for ``zeros``) whose first step
+    ran under the config ``setting`` (the 8-bit layout is chosen when a step's launcher is
+    made; the others are read at every step), then ``steps`` more steps."""
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    hp = spec.validate(dict(spec.defaults))
+    b = fastopt.to_device(spec.buffers_cls.zeros(p, g, **spec.state_options(hp), **opts))
+    for k, v in setting.items():
+        setattr(config, k, v)
+    fn = registry.step_function(spec)
+    for _ in range(1 + steps):
+        fn(b)
+    return b
+
+
+@section("layouts")
+def wide_layouts(sizes=(10**7, 10**8), every=10**7):
+    """The word layouts of compressed state, GPU time per step (:func:`gpu_time`): bfloat16
+    state on words of four elements (``config.CUDA_QUADS``) against words of two, and 8-bit
+    state with four neighbouring elements per thread as words (``config.CUDA_8BIT_WORDS``)
+    against four strided ones, with float32 state as the base: Adam at 1e7 and 1e8 (settings
+    interleaved over three rounds, medians) and every optimizer with state at 1e7 (one round);
+    then 3 steps of each setting from one start, every array and scale compared bit for bit."""
+    saved = {k: getattr(config, k) for k in ("CUDA_QUADS", "CUDA_8BIT_WORDS", "CUDA_PAIRS")}
+    cases = [("float32", {}, {}),
+             ("bf16 quads", dict(state_dtype="bfloat16"), {"CUDA_QUADS": 1}),
+             ("bf16 pairs", dict(state_dtype="bfloat16"), {"CUDA_QUADS": 0}),
+             ("int8 words", dict(state_dtype="int8"), {"CUDA_8BIT_WORDS": 1}),
+             ("int8 strided", dict(state_dtype="int8"), {"CUDA_8BIT_WORDS": 0})]
+    out = []
+    try:
+        jobs = [(registry.get("adam"), n, 3) for n in sizes]
+        jobs += [(spec, every, 1) for spec in registry.REGISTRY.values()
+                 if spec.name != "adam" and spec.required_state(
+                     spec.validate(dict(spec.defaults)))]
+        for spec, n, rounds in jobs:
+            fn = registry.step_function(spec)
+            made = {label: _layout_buffers(spec, n, opts, setting)
+                    for label, opts, setting in cases}
+            times = {label: [] for label in made}
+            for _ in range(rounds):
+                for label, opts, setting in cases:
+                    for k, v in setting.items():
+                        setattr(config, k, v)
+                    b = made[label]
+                    times[label].append(gpu_time(lambda: fn(b), reps_for(n)))
+            made = None
+            row = {"optimizer": spec.name, "n": n}
+            row.update({f"{k}_s": float(np.median(v)) for k, v in times.items()})
+            same = {}
+            for x, y in (("bf16 quads", "bf16 pairs"), ("int8 words", "int8 strided")):
+                bx, by = (_layout_buffers(spec, n, o, st, 2)
+                          for label, o, st in cases if label in (x, y))
+                arrs = [(bx.arrays()[k], by.arrays()[k]) for k in bx.arrays()]
+                arrs += [(v, by.state_absmax[k])
+                         for k, v in (getattr(bx, "state_absmax", None) or {}).items()]
+                same[x] = all(np.array_equal(np.asarray(u.copy_to_host()).view(np.uint8),
+                                             np.asarray(w.copy_to_host()).view(np.uint8))
+                              for u, w in arrs)
+                bx = by = arrs = None
+            row["same_bits"] = same
+            base = row["float32_s"]
+            out.append(row)
+            print(f"  {spec.name:>9} {n:.0e}: " + ", ".join(
+                f"{k} {us(float(np.median(v)))} ({base / float(np.median(v)):.2f}x)"
+                for k, v in times.items()) + f"; same bits {same}", flush=True)
+            torch.cuda.empty_cache()
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)
+    return out
+
+
 @section("state_groups")
 def state_with_groups_on_device():
     """Compressed state with groups and LAMB on the device, 1e7 and 1e8, per step (CUDA
@@ -873,6 +949,7 @@ SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "launch": launch_sweep,
             "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device,
             "state_groups": state_with_groups_on_device, "lamb": lamb_on_device,
+            "layouts": wide_layouts,
             "paths": launch_paths}
 
 

@@ -1,4 +1,4 @@
-"""GPU probe, prepared for the next device session: would Adam with bfloat16 state (nearest
+"""GPU probe (written for a device session): would Adam with bfloat16 state (nearest
 rounding) reach the issue's 1.3x over float32 state on the GPU (two elements per access gave
 1.24x at 1e8 on an H200) with four neighbouring elements per thread: its parameters and
 gradients in two 64-bit words each, its first and second moments in one 64-bit word each (four
@@ -10,6 +10,9 @@ time per step against the product kernel (two elements per access) and float32 s
     NUMBA_ENABLE_CUDASIM=1 python bench/gpu_probes/bf16_quads.py     (bits only)
 
 The sizes are multiples of 4 (the kernel has no partial word).
+
+Run on an H200 on 2026-11-27: bit-equal; 1e7 53.2 us (quads) / 60.4 (pairs) / 71.3 (float32
+state), 1e8 489.5 / 557.8 / 694.2 us. The product now has this layout (``config.CUDA_QUADS``).
 """
 import os
 import sys

@@ -847,8 +847,10 @@ def device_sum_of_squares(g, chunk):
     """The sum of squares (float64) of a device array, deterministic: chunks of ``chunk``
     elements (``fastopt.config.NORM_CHUNK``) reduced on the device in a fixed order
     (``kernels.cuda.chunk_sum_of_squares``), the chunk sums combined on the device in a fixed
-    order too (``kernels.cuda.finish_sum_of_squares``). Not the CPU's lane order, so it equals
-    the CPU's norm to rounding, not bit for bit; a clipped CUDA step's norm is this one."""
+    order too (``kernels.cuda.finish_sum_of_squares``), both in one launch
+    (``kernels.cuda.sum_of_squares``: the last block to finish adds). Not the CPU's lane
+    order, so it equals the CPU's norm to rounding, not bit for bit; a clipped CUDA step's
+    norm is this one."""
     check_device_group({"grad": g}, "grad_norm()")
     x = as_device_array(g).reshape(-1)
     if x.shape[0] == 0:
@@ -880,6 +882,7 @@ class DeviceNorm:
         self.partial = cuda.device_array(max(1, self.chunks), np.float64)
         self.sum = cuda.device_array(1, np.float64)
         self.fac = cuda.device_array(1, dtype)
+        self.done = cuda.to_device(np.zeros(1, np.int32))   # (the last block resets it)
         self.no_factor = self.fac[:0]         # (a norm alone: no factor written)
         self.host = (cuda.pinned_array(1, np.float64) if pinned and not simulator_active()
                      else np.empty(1))
@@ -887,10 +890,9 @@ class DeviceNorm:
 
     def _reduce(self, inv, max_norm, fac):
         k = self.kernels
-        self.launch(k.chunk_sum_of_squares, min(self.chunks, 8192), k.NORM_THREADS, self.x,
-                    self.chunk, self.partial)
-        self.launch(k.finish_sum_of_squares, 1, k.NORM_THREADS, self.partial,
-                    np.float64(inv), np.float64(max_norm), self.sum, fac)
+        self.launch(k.sum_of_squares, min(self.chunks, 8192), k.NORM_THREADS, self.x,
+                    self.chunk, self.partial, self.done, np.float64(inv),
+                    np.float64(max_norm), self.sum, fac)
 
     def __call__(self):
         if self.chunks == 0:

@@ -410,7 +410,7 @@ def _loop_factor(buffers, checked, prep=None):
     elif prep is not None:                  # a device gradient (validated by the step)
         if prep.norm is None:               # its flat view and buffers, made once per call
             from ._cuda_backend import DeviceNorm
-            prep.norm = DeviceNorm(g, scaling.NORM_CHUNK, prep.dtype)
+            prep.norm = DeviceNorm(g, config.CUDA_NORM_CHUNK, prep.dtype)
         if (not skip and prep.norm.chunks and config.CUDA_DEVICE_CLIP
                 and getattr(prep.run, "device_factor", False)):
             # clipping without skipping: the factor is computed and read on the device, the

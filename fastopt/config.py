@@ -118,6 +118,12 @@ also report rows under the default policy (README, "Benchmarks").
 # not a tunable: the chunk of every deterministic reduction (the gradient norm, LAMB's
 # per-tensor pre-pass). The norms' bits depend on it, and not on the thread count.
 NORM_CHUNK = 4096
+# not a tunable either: the chunk of a device gradient's norm (a clipped CUDA step's, and
+# grad_norm of a device array): one thread block reduces a chunk, in a fixed order. Measured
+# on an H200 (bench/gpu_probes/norm_chunk.py, 2026-11-27, clipped Adam's GPU time over a plain
+# step's): 4096 1.27x at 1e7 / 1.20x at 1e8, 8192 1.22 / 1.17, 16384 1.21 / 1.17, 32768
+# 1.26 / 1.16, 65536 1.38 / 1.17
+CUDA_NORM_CHUNK = 16384
 import math
 import os
 

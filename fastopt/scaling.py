@@ -122,7 +122,7 @@ def grad_norm(g):
     """
     if is_cuda_array(g):
         from ._cuda_backend import device_sum_of_squares
-        return math.sqrt(device_sum_of_squares(g, NORM_CHUNK))
+        return math.sqrt(device_sum_of_squares(g, config.CUDA_NORM_CHUNK))
     return math.sqrt(sum_of_squares(_flat_float(g)))
 
 

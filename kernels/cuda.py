@@ -28,7 +28,7 @@ import math
 import threading
 
 import numpy as np
-from numba import cuda, float64
+from numba import cuda, float64, int32
 
 from .decorators import bind
 from .record import DEVICE_FACTOR
@@ -136,16 +136,10 @@ def tree_sum(sh, tid, acc):
     return sh[0]
 
 
-@_kernel_jit
-def chunk_sum_of_squares(x, chunk, out):
-    """``out[c]`` = the sum of squares (float64) of chunk ``c`` of ``x`` (``chunk`` elements),
-    in a fixed order: thread ``j`` of the block sums elements ``j, j + 256, ...`` of the chunk
-    in order, then the 256 partial sums are combined in a fixed tree. Blocks take chunks in a
-    grid-stride loop, so the result does not depend on the grid size. A thread loads eight of
-    its elements before adding them (in the same order): eight loads in flight, not one (the
-    pass ran at ~1.7 TB/s on an H200 with one)."""
-    sh = cuda.shared.array(NORM_THREADS, float64)
-    tid = cuda.threadIdx.x
+@cuda.jit(device=True)
+def chunk_sums(x, chunk, out, sh, tid):
+    """This block's chunks of :func:`chunk_sum_of_squares` (grid-stride), their sums in
+    ``out``; every thread returns after the block's last barrier."""
     n = x.shape[0]
     t = NORM_THREADS
     for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
@@ -182,6 +176,32 @@ def chunk_sum_of_squares(x, chunk, out):
 
 
 @_kernel_jit
+def chunk_sum_of_squares(x, chunk, out):
+    """``out[c]`` = the sum of squares (float64) of chunk ``c`` of ``x`` (``chunk`` elements),
+    in a fixed order: thread ``j`` of the block sums elements ``j, j + 256, ...`` of the chunk
+    in order, then the 256 partial sums are combined in a fixed tree. Blocks take chunks in a
+    grid-stride loop, so the result does not depend on the grid size. A thread loads eight of
+    its elements before adding them (in the same order): eight loads in flight, not one (the
+    pass ran at ~1.7 TB/s on an H200 with one)."""
+    sh = cuda.shared.array(NORM_THREADS, float64)
+    chunk_sums(x, chunk, out, sh, cuda.threadIdx.x)
+
+
+@cuda.jit(device=True)
+def finish(acc, inv, max_norm, total, factor, sh, tid):
+    """The end of :func:`finish_sum_of_squares` (one block of ``NORM_THREADS``), from each
+    thread's sum ``acc`` of its chunk sums."""
+    t = tree_sum(sh, tid, acc)
+    if tid == 0:
+        total[0] = t
+        if factor.shape[0] > 0:
+            norm = math.sqrt(t) * inv
+            coef = max_norm / (norm + 1e-6)
+            clip = coef if coef < 1.0 or coef != coef else 1.0
+            factor[0] = inv * clip
+
+
+@_kernel_jit
 def finish_sum_of_squares(partial, inv, max_norm, total, factor):
     """One block of ``NORM_THREADS`` threads: ``total[0]`` = the sum of the chunk sums
     ``partial`` (float64) in a fixed order: thread ``j`` adds ``partial[j], partial[j + 256],
@@ -198,14 +218,38 @@ def finish_sum_of_squares(partial, inv, max_norm, total, factor):
     while i < partial.shape[0]:
         acc += partial[i]
         i += NORM_THREADS
-    t = tree_sum(sh, tid, acc)
+    finish(acc, inv, max_norm, total, factor, sh, tid)
+
+
+@_kernel_jit
+def sum_of_squares(x, chunk, out, done, inv, max_norm, total, factor):
+    """:func:`chunk_sum_of_squares` and :func:`finish_sum_of_squares` in one launch, the same
+    operations in the same order (so the same bits): each block writes its chunks' sums, makes
+    them visible to the whole device (a memory fence) and takes a ticket from ``done[0]`` (an
+    ``int32``, 0 before the launch); the block that takes the last ticket (every other block
+    has written its sums by then) adds them up as the finishing kernel does, reading each
+    with an atomic add of 0.0 (which returns the value in L2, never a stale line of its own
+    L1, and leaves it as it is: a sum of squares is never -0.0), and sets ``done[0]`` back to
+    0 for the next launch. One launch and its gap fewer per clipped step (the pattern of
+    CUDA's threadFenceReduction sample)."""
+    sh = cuda.shared.array(NORM_THREADS, float64)
+    last = cuda.shared.array(1, int32)
+    tid = cuda.threadIdx.x
+    chunk_sums(x, chunk, out, sh, tid)
+    cuda.threadfence()
     if tid == 0:
-        total[0] = t
-        if factor.shape[0] > 0:
-            norm = math.sqrt(t) * inv
-            coef = max_norm / (norm + 1e-6)
-            clip = coef if coef < 1.0 or coef != coef else 1.0
-            factor[0] = inv * clip
+        ticket = cuda.atomic.add(done, 0, 1)
+        last[0] = 1 if ticket == cuda.gridDim.x - 1 else 0
+    cuda.syncthreads()
+    if last[0]:
+        acc = float64(0.0)
+        i = tid
+        while i < out.shape[0]:
+            acc += cuda.atomic.add(out, i, 0.0)   # (a read from L2: the sum as written)
+            i += NORM_THREADS
+        finish(acc, inv, max_norm, total, factor, sh, tid)
+        if tid == 0:
+            done[0] = 0
 
 
 NORMS_MAX = 4          # the most values a record's ``norms`` may return

@@ -257,6 +257,30 @@ def test_finish_kernel_compiles_to_ptx(dtype, no_driver_device):
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_one_launch_norm_pass_compiles_to_ptx(dtype, no_driver_device):
+    """The norm pass in one launch (``kernels.cuda.sum_of_squares``): the chunk kernel's loads
+    and tree, a device-wide memory fence before each block's ticket (a global atomic add),
+    the chunk sums read back with float64 atomic adds, the finishing kernel's correctly
+    rounded square root and division, no contraction."""
+    from numba import cuda, types
+    from fastopt.kernels import cuda as ck
+    if not fastopt.cuda_available():
+        no_driver_device((8, 0))
+    nb = getattr(types, dtype)
+    f64 = types.Array(types.float64, 1, "C")
+    sig = (types.Array(nb, 1, "C"), types.int64, f64, types.Array(types.int32, 1, "C"),
+           types.float64, types.float64, f64, types.Array(nb, 1, "C"))
+    with ck.exact():
+        ptx, _ = cuda.compile_ptx(ck.sum_of_squares.py_func, sig, cc=(8, 0))
+    assert f"ld.global.f{nb.bitwidth}" in ptx and "add.rn.f64" in ptx and "fma." not in ptx
+    assert "membar.gl" in ptx or "fence.sc.gpu" in ptx or "fence.acq_rel.gpu" in ptx
+    assert re.search(r"atom\.global\.add\.u32|atom\.global\.add\.s32", ptx)
+    assert "atom.global.add.f64" in ptx
+    assert "sqrt.rn.f64" in ptx and "div.rn.f64" in ptx and "bar.sync" in ptx
+
+
+@pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_device_factor_kernel_compiles_to_ptx(spec, no_driver_device):
     """Every optimizer's kernel that reads a clipped step's gradient factor from the device

@@ -1,7 +1,8 @@
 """GPU probe: the device norm pass of a clipped step (``kernels.cuda.chunk_sum_of_squares``)
 with one load in flight per thread (as it was: ~24 us at 1e7 on an H200, ~1.7 TB/s) against
 eight (as it is now: the same additions in the same order, so the same bits), and torch's
-``linalg.vector_norm`` for scale. GPU time alone.
+``linalg.vector_norm`` for scale; then the pass with its finishing kernel (two launches)
+against both in one launch (``kernels.cuda.sum_of_squares``). GPU time alone.
 
     python bench/gpu_probes/norm_pass.py      (from the repository root; a CUDA GPU, torch)
 """
@@ -60,6 +61,24 @@ def main():
         print(f"n={n:>11}: one in flight {t_old * 1e6:8.1f} us, eight {t_new * 1e6:8.1f} us "
               f"({t_old / t_new:.2f}x, {gbs:.0f} GB/s), torch vector_norm "
               f"{t_torch * 1e6:8.1f} us; chunk sums bitwise equal: {same}", flush=True)
+        # the whole pass of a clipped step: the chunk kernel + the finishing kernel (two
+        # launches) against both in one launch (kernels.cuda.sum_of_squares)
+        tot2, fac2 = cuda.device_array(1, np.float64), cuda.device_array(1, np.float32)
+        tot1, fac1 = cuda.device_array(1, np.float64), cuda.device_array(1, np.float32)
+        done = cuda.to_device(np.zeros(1, np.int32))
+
+        def two():
+            ck.chunk_sum_of_squares[grid, 256](dx, chunk, new)
+            ck.finish_sum_of_squares[1, 256](new, 1.0, 1.0, tot2, fac2)
+
+        def one():
+            ck.sum_of_squares[grid, 256](dx, chunk, old, done, 1.0, 1.0, tot1, fac1)
+        with ck.exact():
+            t_two, t_one = gpu_time(two, reps), gpu_time(one, reps)
+        same = (tot1.copy_to_host().tobytes() == tot2.copy_to_host().tobytes()
+                and fac1.copy_to_host().tobytes() == fac2.copy_to_host().tobytes())
+        print(f"n={n:>11}: norm pass + factor, two launches {t_two * 1e6:8.1f} us, one launch "
+              f"{t_one * 1e6:8.1f} us; same total and factor: {same}", flush=True)
 
 
 if __name__ == "__main__":

@@ -305,13 +305,47 @@ def test_a_scheduled_lr_on_the_device_matches_the_cpu():
     assert int(_ulp_diff(host.param, back.param).max()) <= ULP[np.float32]
 
 
-def test_device_grad_norm_equals_the_cpu_norm_to_rounding():
+def test_device_grad_norm_equals_the_cpu_norm_to_rounding(monkeypatch):
+    """``grad_norm`` of a device array (the device's chunks and order) equals the CPU's to
+    rounding and is deterministic, with one chunk and several (``config.CUDA_NORM_CHUNK``
+    made small here: 7 chunks, the last partial)."""
+    from fastopt.kernels import cuda as ck
+    monkeypatch.setattr(config, "CUDA_NORM_CHUNK", 2 * ck.NORM_THREADS)
     rng = np.random.default_rng(5)
-    for n in (0, 1, 300, 4096 + 7):
+    for n in (0, 1, 300, 6 * config.CUDA_NORM_CHUNK + 7):
         g = rng.standard_normal(n).astype(np.float32)
         host, dev = fastopt.grad_norm(g), fastopt.grad_norm(cuda.to_device(g))
         assert dev == pytest.approx(host, rel=1e-14, abs=0.0)
         assert fastopt.grad_norm(cuda.to_device(g)) == dev        # deterministic
+
+
+def test_one_launch_norm_pass_gives_the_two_kernels_bits():
+    """``kernels.cuda.sum_of_squares`` (the chunk sums and the finish in one launch, the last
+    block adding) gives the chunk kernel + finishing kernel's total and clip factor bit for
+    bit, with fewer blocks than chunks and as many, launch after launch (its ticket counter
+    back at 0 after each), float32 and float64."""
+    from fastopt.kernels import cuda as ck
+    rng = np.random.default_rng(17)
+    chunk = 4 * ck.NORM_THREADS
+    for dtype, n in ((np.float32, 21 * chunk + 5), (np.float64, 3 * chunk)):
+        chunks = -(-n // chunk)
+        x = cuda.to_device((rng.standard_normal(n) * 3).astype(dtype))
+        partial = cuda.device_array(chunks, np.float64)
+        want_t, want_f = cuda.device_array(1, np.float64), cuda.device_array(1, dtype)
+        ck.chunk_sum_of_squares[5, ck.NORM_THREADS](x, np.int64(chunk), partial)
+        ck.finish_sum_of_squares[1, ck.NORM_THREADS](partial, 0.5, 2.0, want_t, want_f)
+        done = cuda.to_device(np.zeros(1, np.int32))
+        for blocks in (3, chunks, 3):
+            out = cuda.device_array(chunks, np.float64)
+            t, f = cuda.device_array(1, np.float64), cuda.device_array(1, dtype)
+            ck.sum_of_squares[blocks, ck.NORM_THREADS](x, np.int64(chunk), out, done, 0.5,
+                                                       2.0, t, f)
+            assert done.copy_to_host()[0] == 0
+            assert t.copy_to_host().view(np.uint64)[0] == want_t.copy_to_host().view(
+                np.uint64)[0]
+            assert f.copy_to_host().tobytes() == want_f.copy_to_host().tobytes()
+            assert np.array_equal(out.copy_to_host(), partial.copy_to_host())
+        assert 0 < want_f.copy_to_host()[0] < 0.5           # (the factor clips here)
 
 
 @pytest.mark.parametrize("loop", [dict(grad_scale=1024.0), dict(max_grad_norm=0.5),
@@ -375,8 +409,11 @@ def test_a_clip_factor_left_on_the_device_gives_the_host_paths_bits(spec, dtype,
     (config.CUDA_DEVICE_CLIP): the same bits, grad_norm and found_inf as the factor passed from
     the host; the norm is read from the device only when grad_norm is (LAMB, whose pre-pass
     takes the factor from the host, and skip_nonfinite always take the host's path)."""
+    from fastopt.kernels import cuda as ck
     rng = np.random.default_rng(11)
-    n = 3 * config.NORM_CHUNK + 5 if REAL_GPU else 75
+    if not REAL_GPU:           # (several chunks of the device's norm pass at a simulated size)
+        monkeypatch.setattr(config, "CUDA_NORM_CHUNK", 2 * ck.NORM_THREADS)
+    n = 3 * config.CUDA_NORM_CHUNK + 5 if REAL_GPU else 75 + 2 * config.CUDA_NORM_CHUNK
     kw = dict(spec.defaults, **testinfo.info(spec).peer_settings)
     p0 = rng.standard_normal(n).astype(dtype)
     zeros = dict(state_dtype=state) if state else {}

@@ -72,3 +72,24 @@ def test_cli_help_names_every_registered_optimizer(command):
     names = OPTIMIZERS if command == "compare" else registry.REGISTRY
     assert len(names) >= len(registry.REGISTRY)
     assert set(names) <= words, sorted(set(names) - words)
+
+
+def test_every_tunable_is_in_the_readme_and_the_config_docstring():
+    """Each of ``fastopt.config``'s tunables has a row in the README's configuration table,
+    with its environment variable and default, and a row in the module's docstring table."""
+    import os
+    from fastopt import config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("## Configuration"):]
+    section = section[:section.index("\n## ", 1)]
+    rows = {m.group(1): (m.group(2), m.group(3))
+            for m in re.finditer(r"^\| `(\w+)` \| `(\w+)` \| ([^|]+) \|", section, re.M)}
+    for name, (var, default) in config._DEFAULTS.items():
+        assert name in rows, f"config.{name} has no row in the README's configuration table"
+        assert rows[name][0] == var
+        if isinstance(default, int):
+            assert rows[name][1].strip().startswith(str(default)), (name, rows[name][1])
+        assert f"``{name}``" in config.__doc__ and f"``{var}``" in config.__doc__, name
+    assert set(rows) == set(config._DEFAULTS)

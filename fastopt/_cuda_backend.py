@@ -342,6 +342,7 @@ def _quad_words(cuda, spec, args, ph, dtype):
     n4 = n - n % 4
     wph = _placeholder(cuda, np.uint64)
     quads = tuple(wph if a is ph else a[:n4].view(np.uint64) for a in args)
+    # (a placeholder's kind only shapes code its kernel never runs: the array is empty)
     kinds = tuple(kernels.BF16 if a is ph else kind[np.dtype(a.dtype)] for a in args)
     tail = tuple(ph if a is ph else a[n4:] for a in args) if n % 4 else None
     return quads, tail, kinds
@@ -845,7 +846,7 @@ def _rows(spec, hps, t, st, factor=None):
 
 def device_sum_of_squares(g, chunk):
     """The sum of squares (float64) of a device array, deterministic: chunks of ``chunk``
-    elements (``fastopt.config.NORM_CHUNK``) reduced on the device in a fixed order
+    elements (``fastopt.config.CUDA_NORM_CHUNK``) reduced on the device in a fixed order
     (``kernels.cuda.chunk_sum_of_squares``), the chunk sums combined on the device in a fixed
     order too (``kernels.cuda.finish_sum_of_squares``), both in one launch
     (``kernels.cuda.sum_of_squares``: the last block to finish adds). Not the CPU's lane

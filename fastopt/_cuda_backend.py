@@ -273,20 +273,27 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
         pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
     launch = Launcher()
     # the wide layouts, preferred first: (on now?, word views, tail, tail start, kernels made,
-    # make(scaled, options), words); an odd tail steps in a second, one-element launch
+    # make(scaled, options), words, more(t): the arguments after the views, the tail's param
+    # copy); a tail steps in a second, one-element launch
     wide = []
+    quads = _quad_words(cuda, spec, args, ph, dtype, copy)
+    if quads is not None:
+        qviews, qtail, qkinds, qcopy, qcopy_tail = quads
+        stochastic = seed is not None
+
+        def quad_more(t):
+            return qcopy + ((np.uint64(rounding_key(seed, t)),) if stochastic else ())
+        wide.append((lambda: config.CUDA_PAIRS and config.CUDA_QUADS, qviews, qtail,
+                     n - n % 4, {}, lambda scaled, options: kernels.get_quads(
+                         spec.kernel, scaled, qkinds, options, stochastic, bool(copy)),
+                     n // 4, quad_more, qcopy_tail))
     if seed is None and not copy:
-        quads = _quad_words(cuda, spec, args, ph, dtype)
-        if quads is not None:
-            qviews, qtail, qkinds = quads
-            wide.append((lambda: config.CUDA_PAIRS and config.CUDA_QUADS, qviews, qtail,
-                         n - n % 4, {}, lambda scaled, options: kernels.get_quads(
-                             spec.kernel, scaled, qkinds, options), n // 4))
         words = _pair_words(cuda, kernels, spec, args, ph, dtype)
         if words is not None:        # two elements per access
             paired, tail, kinds = words
             wide.append((lambda: config.CUDA_PAIRS, paired, tail, n - n % 2, {},
-                         lambda scaled, options: make(scaled, options, kinds), n // 2))
+                         lambda scaled, options: make(scaled, options, kinds), n // 2,
+                         lambda t: (), ()))
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
@@ -298,18 +305,18 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
         if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         fac = (factor,) if scaled == DEVICE_FACTOR else ()
-        start = 0
+        start, pc = 0, copy
         if use is not None:
-            _, views_, tail_, start, _, _, count = use
+            _, views_, tail_, start, _, _, count, more, pc = use
             blocks, threads = _grid(kernels, count)
-            launch(kernel, blocks, threads, *views_, *fac, packed)
+            launch(kernel, blocks, threads, *views_, *more(t), *fac, packed)
             if tail_ is None:
                 return
             kernel = _kernel_for(compiled, make, scaled, options)   # one element per access
         extra = ()
         if views:             # the rounding key of this step and the first element's index
-            extra = copy + (np.uint64(0 if seed is None else rounding_key(seed, t)),
-                            np.int64(start))
+            extra = pc + (np.uint64(0 if seed is None else rounding_key(seed, t)),
+                          np.int64(start))
         if use is None:
             blocks, threads = _grid(kernels, n)
             launch(kernel, blocks, threads, *args, *extra, *fac, packed)
@@ -322,12 +329,13 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     return run
 
 
-def _quad_words(cuda, spec, args, ph, dtype):
-    """``(quads, tail, kinds)`` when a float32 step on bfloat16 state can run on words of four
-    elements (``kernels.cuda.quad_source``; it does while ``config.CUDA_PAIRS`` and
-    ``config.CUDA_QUADS``): each array's first ``4k`` elements as ``uint64`` words (two per
+def _quad_words(cuda, spec, args, ph, dtype, copy=()):
+    """``(quads, tail, kinds, pc, pc_tail)`` when a float32 step on bfloat16 state can run on
+    words of four elements (``kernels.cuda.quad_source``; it does while ``config.CUDA_PAIRS``
+    and ``config.CUDA_QUADS``): each array's first ``4k`` elements as ``uint64`` words (two per
     four float32, one per four bfloat16; a placeholder an empty one), its last ``n % 4``
-    elements as views (``tail``, ``None`` when there are none) and each array's kind;
+    elements as views (``tail``, ``None`` when there are none) and each array's kind; with a
+    param copy (``copy``: ``(pc,)``) its words and its tail the same way (else ``()`` twice);
     ``None`` without bfloat16 state, for float64, fewer than four elements, or an array that
     does not start on a 64-bit boundary."""
     from .kernels import cuda as kernels
@@ -337,7 +345,7 @@ def _quad_words(cuda, spec, args, ph, dtype):
     if (np.dtype(dtype) != np.float32 or n < 4
             or not any(np.dtype(a.dtype) == np.uint16 for a in real)
             or any(np.dtype(a.dtype) not in kind or interface(a)["data"][0] % 8
-                   for a in real)):
+                   for a in real + list(copy))):
         return None
     n4 = n - n % 4
     wph = _placeholder(cuda, np.uint64)
@@ -345,7 +353,8 @@ def _quad_words(cuda, spec, args, ph, dtype):
     # (a placeholder's kind only shapes code its kernel never runs: the array is empty)
     kinds = tuple(kernels.BF16 if a is ph else kind[np.dtype(a.dtype)] for a in args)
     tail = tuple(ph if a is ph else a[n4:] for a in args) if n % 4 else None
-    return quads, tail, kinds
+    pc = tuple(c[:n4].view(np.uint64) for c in copy)
+    return quads, tail, kinds, pc, tuple(c[n4:] for c in copy)
 
 
 def _pair_words(cuda, kernels, spec, args, ph, dtype):

@@ -89,16 +89,19 @@ H200 the float32 step was bound by loads in flight, not bytes (README, "GPU"). M
 (GPU time per step, every optimizer, 1e7 and 1e8): 1.07-1.41x faster with float32 state,
 1.16-1.67x with bfloat16 state (LAMB 1e7 bfloat16 not timed meaningfully), the same bits.
 
-``CUDA_QUADS``: with ``CUDA_PAIRS``, a float32 step on bfloat16 state (same conditions) runs
-on words of *four* neighbouring elements instead: a thread loads its four parameters and
-gradients as two 64-bit words each and its four values of each bfloat16 state as one 64-bit
-word, runs the record's body on each element (local copies) and stores the words back
-(``kernels.cuda.quad_source``); the last ``n % 4`` elements step in a second, one-element
-launch. The same bits. Measured on an H200 (``bench/gpu_report.py OUT layouts``, 2026-11-27,
+``CUDA_QUADS``: with ``CUDA_PAIRS``, a float32 step on bfloat16 state (rounded to nearest or
+stochastically, with or without a param copy; not groups) whose arrays start on a 64-bit
+boundary runs on words of *four* neighbouring elements instead: a thread loads its four
+parameters and gradients as two 64-bit words each and its four values of each bfloat16 state
+as one 64-bit word, runs the record's body on each element (local copies) and stores the
+words back (``kernels.cuda.quad_source``); the last ``n % 4`` elements step in a second,
+one-element launch. The same bits. Measured on an H200 (``bench/gpu_report.py OUT layouts``, 2026-11-27,
 GPU time per step, float32 parameters, bfloat16 state): Adam 1e8 488.1 us against 557.4 us in
 pairs (float32 state 694.2 us: 1.42x against 1.25x), 1e7 53.4 against 60.8 us (72.0 us:
 1.35x against 1.18x); the other optimizers at 1e7 1.19-1.40x float32 state's speed (pairs
-1.15-1.23x).
+1.15-1.23x). Stochastic rounding (each element's hash index ``4q + e``) and the param copy
+(one 64-bit word of four) joined this layout after that device session: the same bits as one
+element per access in the simulator, not yet timed or run on a GPU.
 
 ``OMP_SPINCOUNT`` (``FASTOPT_OMP_SPINCOUNT``, default ``1000``): how long Numba's OpenMP threads
 spin before they sleep. Unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``,

@@ -828,22 +828,27 @@ def launch_config(n, threads_per_block, max_blocks):
 
 
 # ---------------------------------------------------------------- four elements per thread
-def quad_source(kinds, factor=False):
-    """Source of ``quad_kernel(a0, .., [fac,] sc)`` over words of four neighbouring elements:
-    ``kinds`` one per array, :data:`F32` (its ``uint64`` view: elements ``4q .. 4q + 3`` in
-    words ``2q`` and ``2q + 1``) or :data:`BF16` (bfloat16 state, its ``uint64`` view: four
-    elements in word ``q``); an empty array is a placeholder (the record's option leaves it
-    alone). Thread by thread over the quads (grid-stride, unsigned indices): every array's four
-    elements loaded into local arrays first (all the loads in flight together), the record's
-    body run on each element's one-element local slices (its loop bound to ``range``, as the
-    8-bit kernels do), then the arrays other than the gradient (arrays 0 and 1 are the
-    parameter and the gradient, ``kernels.record``) packed and stored back, bfloat16 rounded
-    to nearest even: the one-element kernels' operations, so their bits. ``factor``: the
-    gradient factor read from ``fac[0]`` after the scalars (a clipped step's, left on the
-    device; the body is the scaled one)."""
+def quad_source(kinds, factor=False, stochastic=False, copy=False):
+    """Source of ``quad_kernel(a0, .., [pc,] [key,] [fac,] sc)`` over words of four
+    neighbouring elements: ``kinds`` one per array, :data:`F32` (its ``uint64`` view: elements
+    ``4q .. 4q + 3`` in words ``2q`` and ``2q + 1``) or :data:`BF16` (bfloat16 state, its
+    ``uint64`` view: four elements in word ``q``); an empty array is a placeholder (the
+    record's option leaves it alone). Thread by thread over the quads (grid-stride, unsigned
+    indices): every array's four elements loaded into local arrays first (all the loads in
+    flight together), the record's body run on each element's one-element local slices (its
+    loop bound to ``range``, as the 8-bit kernels do), then the arrays other than the gradient
+    (arrays 0 and 1 are the parameter and the gradient, ``kernels.record``) packed and stored
+    back, bfloat16 rounded to nearest even, or with ``stochastic`` from ``key`` and each
+    element's index ``4q + e`` (the one-element kernels' rounding of the element: the launch
+    covers the buffer from its first element): the one-element kernels' operations, so their
+    bits. ``copy``: ``pc`` (the ``uint64`` view of the parameter's bfloat16 copy) gets the four
+    new parameters rounded to nearest even. ``factor``: the gradient factor read from
+    ``fac[0]`` after the scalars (a clipped step's, left on the device; the body is the scaled
+    one)."""
     n = len(kinds)
-    lines = [f"def quad_kernel({', '.join(f'a{j}' for j in range(n))}, "
-             f"{'fac, ' if factor else ''}sc):"]
+    head = [f"a{j}" for j in range(n)] + (["pc"] if copy else []) + (
+        ["key"] if stochastic else []) + (["fac"] if factor else []) + ["sc"]
+    lines = [f"def quad_kernel({', '.join(head)}):"]
     lines.append("    nq = uint64(a0.shape[0] // 2)")
     lines += [f"    w{j} = cuda.local.array(4, float32)" for j in range(n)]
     lines += [f"    has{j} = a{j}.shape[0] > 0" for j in range(2, n)]
@@ -864,43 +869,53 @@ def quad_source(kinds, factor=False):
         lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in load]
     args = lambda e: ", ".join(f"w{j}[{e}:{e + 1}]" for j in range(n))  # noqa: E731
     lines += [f"        body({args(e)}, {'s' if factor else 'sc'})" for e in range(4)]
+
+    def bf16(j, e, rounding):
+        if rounding:
+            return f"f32_to_bf16_stochastic(w{j}[{e}], key, uint64(4) * q + uint64({e}))"
+        return f"f32_to_bf16(w{j}[{e}])"
     for j, kind in enumerate(kinds):
         if j == 1:
             continue
         if kind == BF16:
             store = [f"a{j}[q] = " + " | ".join(
-                f"(uint64(f32_to_bf16(w{j}[{e}])) << uint64({16 * e}))" for e in range(4))]
+                f"(uint64({bf16(j, e, stochastic)}) << uint64({16 * e}))" for e in range(4))]
         else:
             store = [f"a{j}[uint64(2) * q{off}] = (uint64(as_uint(w{j}[{e}])) | "
                      f"(uint64(as_uint(w{j}[{e + 1}])) << uint64(32)))"
                      for off, e in (("", 0), (" + uint64(1)", 2))]
         pad = "        " if j < 2 else "            "
         lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in store]
+    if copy:
+        lines.append("        pc[q] = " + " | ".join(
+            f"(uint64({bf16(0, e, False)}) << uint64({16 * e}))" for e in range(4)))
     return "\n".join(lines) + "\n"
 
 
-def python_quad_kernel(record, scaled, kinds, options):
+def python_quad_kernel(record, scaled, kinds, options, stochastic=False, copy=False):
     """The uncompiled kernel of ``record`` on words of four elements (:func:`quad_source`;
     ``scaled`` :data:`DEVICE_FACTOR`: the factor read on the device)."""
     from numba import config as numba_config
     from numba import float32, uint32, uint64
 
     from . import quant8
-    from .precision import f32_to_bf16
+    from .precision import f32_to_bf16, f32_to_bf16_stochastic
     from .record import _define
     sim = numba_config.ENABLE_CUDASIM
     factor = scaled == DEVICE_FACTOR
     body = _q8_body(record, bool(scaled), options, unpack_tuple)
-    return _define(quad_source(tuple(kinds), factor), "quad_kernel", f"quads_{record.name}",
-                   cuda=cuda, body=body, float32=float32, uint32=uint32, uint64=uint64,
-                   f32_to_bf16=f32_to_bf16,
+    return _define(quad_source(tuple(kinds), factor, stochastic, copy), "quad_kernel",
+                   f"quads_{record.name}", cuda=cuda, body=body, float32=float32,
+                   uint32=uint32, uint64=uint64, f32_to_bf16=f32_to_bf16,
+                   f32_to_bf16_stochastic=f32_to_bf16_stochastic,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
                    from_uint=quant8.sim_from_uint if sim else quant8.from_uint)
 
 
-def get_quads(record, scaled, kinds, options):
+def get_quads(record, scaled, kinds, options, stochastic=False, copy=False):
     """The ``cuda.jit`` kernel of ``record`` on words of four elements (lazy, one per
     combination)."""
     key = ("quads", record, scaled if scaled == DEVICE_FACTOR else bool(scaled),
-           tuple(kinds)) + tuple(sorted(options.items()))
-    return _lazy(key, lambda: python_quad_kernel(record, scaled, kinds, options))
+           tuple(kinds), bool(stochastic), bool(copy)) + tuple(sorted(options.items()))
+    return _lazy(key, lambda: python_quad_kernel(record, scaled, kinds, options,
+                                                 stochastic, copy))

@@ -169,7 +169,8 @@ QUAD_SPECS = [s for s in SPECS if s.required_state(s.validate(dict(s.defaults)))
 @pytest.mark.parametrize("spec", QUAD_SPECS[::2], ids=lambda s: s.name)   # (half: CI time)
 def test_four_elements_per_access_ptx_moves_64_bit_words(spec, no_driver_device):
     """The kernel on words of four elements (config.CUDA_QUADS, bfloat16 state; the scaled
-    body reading the clip factor on the device too) loads and stores 64-bit words only (two of
+    body reading the clip factor on the device, and stochastic rounding with a param copy,
+    too) loads and stores 64-bit words only (two of
     float32, one of bfloat16 per four elements), takes float32 scalars and rounds as the
     one-element kernel does (no float64, no multiply-add); its per-element math is there four
     times (each sqrt at least four times)."""
@@ -182,11 +183,14 @@ def test_four_elements_per_access_ptx_moves_64_bit_words(spec, no_driver_device)
     hp, sig = _ptx_signature(spec, combo, np.float32)
     kinds = [ck.F32 if name in ("param", "grad") else ck.BF16 for name in spec.kernel.arrays]
     u64 = types.Array(types.uint64, 1, "C")
-    for scaled in (False, DEVICE_FACTOR):
+    for scaled, stochastic, copy in ((False, False, False), (DEVICE_FACTOR, False, False),
+                                     (False, True, True)):
         fac = (types.Array(types.float32, 1, "C"),) if scaled else ()
-        kernel = ck.python_quad_kernel(spec.kernel, scaled, kinds, spec.options(hp, 2))
+        more = ((u64,) if copy else ()) + ((types.uint64,) if stochastic else ())
+        kernel = ck.python_quad_kernel(spec.kernel, scaled, kinds, spec.options(hp, 2),
+                                       stochastic, copy)
         with ck.exact():
-            ptx, _ = cuda.compile_ptx(kernel, (u64,) * len(kinds) + fac + sig[-1:],
+            ptx, _ = cuda.compile_ptx(kernel, (u64,) * len(kinds) + more + fac + sig[-1:],
                                       cc=(9, 0))
         lines = [line.strip() for line in ptx.splitlines()]
         moves = {x.split()[0] for x in lines if x.startswith(("ld.global", "st.global"))}

@@ -170,6 +170,46 @@ def test_two_elements_per_access_give_the_one_element_kernels_bits(spec, state, 
                 assert x.dtype == y.dtype and _same_bits(x, y), (n, mode, name)
 
 
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_four_elements_per_access_round_stochastically_and_copy_as_one_element(name,
+                                                                               monkeypatch):
+    """config.CUDA_QUADS with stochastic rounding (each element's hash index ``4q + e``, the
+    tail's from its start) and a bfloat16 param copy (a 64-bit word of four): the one-element
+    kernels' bits, plain, with a host factor and with a device factor, at a length with a
+    partial last word; the four-element kernels are the ones that ran."""
+    from fastopt.kernels import cuda as ck
+    spec = registry.get(name)
+    fn = registry.step_function(spec)
+    asked = []
+    lazy = ck._lazy
+    monkeypatch.setattr(ck, "_lazy", lambda key, *a: (asked.append(key), lazy(key, *a))[1])
+    n = 67 if not REAL_GPU else 100_003
+    rng = np.random.default_rng(21)
+    p0 = rng.standard_normal(n).astype(np.float32)
+    gs = [(rng.standard_normal(n) * 3).astype(np.float32) for _ in range(3)]
+    loops = [{}, dict(grad_scale=4.0), dict(max_grad_norm=0.5)]
+    runs = {}
+    for quads in (1, 0):
+        monkeypatch.setattr(config, "CUDA_QUADS", quads)
+        asked.clear()
+        host = spec.buffers_cls.zeros(p0.copy(), np.zeros(n, np.float32),
+                                      state_dtype="bfloat16", stochastic_rounding=True,
+                                      seed=5)
+        host.param_copy = fastopt.to_bfloat16(host.param)
+        b = fastopt.to_device(host)
+        for g, loop in zip(gs, loops):
+            b.grad.copy_to_device(g)
+            fn(b, **loop)
+        runs[quads] = fastopt.to_host(b)
+        quad_keys = [k for k in asked if k[0] == "quads" and k[1] is spec.kernel]
+        assert bool(quad_keys) == bool(quads)
+        assert all(k[4:6] == (True, True) for k in quad_keys)    # stochastic, copy
+    for name_, x in runs[1].arrays().items():
+        assert _same_bits(x, runs[0].arrays()[name_]), name_
+    assert np.array_equal(runs[1].param_copy, runs[0].param_copy)
+    assert np.array_equal(runs[1].param_copy, fastopt.to_bfloat16(runs[1].param))
+
+
 def test_two_elements_per_access_need_arrays_on_word_boundaries():
     """A view that starts off a word's boundary, float64 and fewer than two elements step one
     element per access (``_cuda_backend._pair_words`` says no); bfloat16 state makes 32-bit

@@ -4,6 +4,8 @@
 Device arrays are numba device arrays or any object with ``__cuda_array_interface__`` (CuPy
 arrays, torch CUDA tensors); they are used in place, zero-copy.
 """
+import typing
+
 import numpy as np
 
 from . import config
@@ -272,10 +274,7 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     if spec.kernel.norm_names:
         pre = _PrePass(spec, args, [(0, n)], dtype, bits if bf16 else None)
     launch = Launcher()
-    # the wide layouts, preferred first: (on now?, word views, tail, tail start, kernels made,
-    # make(scaled, options), words, more(t): the arguments after the views, the tail's param
-    # copy); a tail steps in a second, one-element launch
-    wide = []
+    wide = []                      # the word layouts that apply, preferred first
     quads = _quad_words(cuda, spec, args, ph, dtype, copy)
     if quads is not None:
         qviews, qtail, qkinds, qcopy, qcopy_tail = quads
@@ -283,35 +282,37 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
 
         def quad_more(t):
             return qcopy + ((np.uint64(rounding_key(seed, t)),) if stochastic else ())
-        wide.append((lambda: config.CUDA_PAIRS and config.CUDA_QUADS, qviews, qtail,
-                     n - n % 4, {}, lambda scaled, options: kernels.get_quads(
-                         spec.kernel, scaled, qkinds, options, stochastic, bool(copy)),
-                     n // 4, quad_more, qcopy_tail))
+        wide.append(_Wide(lambda: config.CUDA_PAIRS and config.CUDA_QUADS, qviews, n // 4,
+                          qtail, n - n % 4, qcopy_tail, {},
+                          lambda scaled, options: kernels.get_quads(
+                              spec.kernel, scaled, qkinds, options, stochastic, bool(copy)),
+                          quad_more))
     if seed is None and not copy:
         words = _pair_words(cuda, kernels, spec, args, ph, dtype)
         if words is not None:        # two elements per access
             paired, tail, kinds = words
-            wide.append((lambda: config.CUDA_PAIRS, paired, tail, n - n % 2, {},
-                         lambda scaled, options: make(scaled, options, kinds), n // 2,
-                         lambda t: (), ()))
+            wide.append(_Wide(lambda: config.CUDA_PAIRS, paired, n // 2, tail, n - n % 2, (),
+                              {}, lambda scaled, options: make(scaled, options, kinds),
+                              lambda t: ()))
 
     def run(t, hp_now=None, factor=None):
         if n == 0:
             return
         hp_now = hp if hp_now is None else hp_now
-        use = next((w for w in wide if w[0]()), None)
+        use = next((w for w in wide if w.on()), None)
         options, scaled, kernel, packed = _launch_parts(
-            spec, hp_now, t, factor, st, *((use[4], use[5]) if use else (compiled, make)))
+            spec, hp_now, t, factor, st, *((use.compiled, use.make) if use
+                                           else (compiled, make)))
         if pre is not None:
             packed = tuple(pre(np.array([packed], st), [hp_now], t, scaled)[0])
         fac = (factor,) if scaled == DEVICE_FACTOR else ()
         start, pc = 0, copy
         if use is not None:
-            _, views_, tail_, start, _, _, count, more, pc = use
-            blocks, threads = _grid(kernels, count)
-            launch(kernel, blocks, threads, *views_, *more(t), *fac, packed)
-            if tail_ is None:
+            blocks, threads = _grid(kernels, use.words)
+            launch(kernel, blocks, threads, *use.views, *use.more(t), *fac, packed)
+            if use.tail is None:
                 return
+            start, pc = use.start, use.tail_copy
             kernel = _kernel_for(compiled, make, scaled, options)   # one element per access
         extra = ()
         if views:             # the rounding key of this step and the first element's index
@@ -321,12 +322,30 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
             blocks, threads = _grid(kernels, n)
             launch(kernel, blocks, threads, *args, *extra, *fac, packed)
         else:
-            launch(kernel, 1, 32, *tail_, *extra, *fac, packed)
+            launch(kernel, 1, 32, *use.tail, *extra, *fac, packed)
     # a clipped step may leave its gradient factor on the device (``_step._loop_factor``) for
     # this runner's kernels to read there; a pre-pass (LAMB's trust ratios) takes it as a
     # scalar from the host
     run.device_factor = pre is None
     return run
+
+
+class _Wide(typing.NamedTuple):
+    """A word layout of :func:`cuda_runner`'s step: whether it is on now (``config``), the
+    arrays' word views and how many words (threads' items) they hold, the elements it leaves
+    (``tail``, views, or ``None``) from ``start`` with the param copy's tail, the kernels made
+    for it and ``make(scaled, options)``, and ``more(t)``: the arguments between the views and
+    the factor (the copy's words, the rounding key). The tail steps in a second, one-element
+    launch."""
+    on: object
+    views: tuple
+    words: int
+    tail: object
+    start: int
+    tail_copy: tuple
+    compiled: dict
+    make: object
+    more: object
 
 
 def _quad_words(cuda, spec, args, ph, dtype, copy=()):
@@ -344,7 +363,7 @@ def _quad_words(cuda, spec, args, ph, dtype, copy=()):
     kind = {np.dtype(np.float32): kernels.F32, np.dtype(np.uint16): kernels.BF16}
     if (np.dtype(dtype) != np.float32 or n < 4
             or not any(np.dtype(a.dtype) == np.uint16 for a in real)
-            or any(np.dtype(a.dtype) not in kind or interface(a)["data"][0] % 8
+            or any(np.dtype(a.dtype) not in kind or not _on_boundary(a, 8)
                    for a in real + list(copy))):
         return None
     n4 = n - n % 4
@@ -374,7 +393,7 @@ def _pair_words(cuda, kernels, spec, args, ph, dtype):
             np.dtype(np.uint16): (np.uint32, kernels.BF16)}
     real = [a for a in args if a is not ph]
     if any(np.dtype(a.dtype) not in half
-           or interface(a)["data"][0] % (2 * np.dtype(a.dtype).itemsize) for a in real):
+           or not _on_boundary(a, 2 * np.dtype(a.dtype).itemsize) for a in real):
         return None
     state = [np.dtype(a.dtype) for a, name in zip(args, spec.kernel.arrays)
              if a is not ph and name not in ("param", "grad")]
@@ -453,31 +472,23 @@ def _q8_words(args, quantized, dtype, per, copy):
     if (not config.CUDA_8BIT_WORDS or np.dtype(dtype) != np.float32 or per != quant8.WORD
             or n4 == 0):
         return None
-    words, k = [], 0
-
-    def view(a, word):
-        if interface(a)["data"][0] % np.dtype(word).itemsize:
-            raise _Unaligned
-        return a[:n4].view(word)
-    try:
-        for q in quantized:
-            a = args[k]
-            if q:
-                words.append(view(a, np.uint32))
-                k += 5
-            else:
-                words.append(view(a, np.uint64) if a.shape[0] == n
-                             else _placeholder(_cuda(), np.uint64))
-                k += 1
-        if copy:
-            words.append(view(args[k], np.uint64))
-    except _Unaligned:
+    views, k = [], 0                  # (array, word type, or None: a placeholder)
+    for q in quantized:
+        views.append((args[k], np.uint32) if q else
+                     (args[k], np.uint64 if args[k].shape[0] == n else None))
+        k += 5 if q else 1
+    if copy:
+        views.append((args[k], np.uint64))
+    if not all(w is None or _on_boundary(a, np.dtype(w).itemsize) for a, w in views):
         return None
-    return tuple(words)
+    return tuple(_placeholder(_cuda(), np.uint64) if w is None else a[:n4].view(w)
+                 for a, w in views)
 
 
-class _Unaligned(Exception):
-    pass
+def _on_boundary(a, nbytes):
+    """Whether device array ``a`` starts on an ``nbytes`` boundary (a word view of it is
+    aligned)."""
+    return interface(a)["data"][0] % nbytes == 0
 
 
 def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):

@@ -855,16 +855,14 @@ def quad_source(kinds, factor=False, stochastic=False, copy=False):
     if factor:
         lines.append("    s = sc + (fac[0],)")
     lines.append("    for q in range(uint64(cuda.grid(1)), nq, uint64(cuda.gridsize(1))):")
+    from .quant8 import word_bf16, word_hi, word_lo, word_pack, word_pack16
     for j, kind in enumerate(kinds):
         if kind == BF16:
-            load = [f"x = a{j}[q]"] + [
-                f"w{j}[{e}] = from_uint(uint32((x >> uint64({16 * e})) & uint64(0xFFFF))"
-                f" << uint32(16), float32(0))" for e in range(4)]
+            load = [f"x = a{j}[q]"] + [f"w{j}[{e}] = {word_bf16('x', e)}" for e in range(4)]
         else:
-            load = [f"x = a{j}[uint64(2) * q]", f"y = a{j}[uint64(2) * q + uint64(1)]"] + [
-                f"w{j}[{e}] = from_uint(uint32({v} {op} uint64({k})), float32(0))"
-                for e, (v, op, k) in enumerate((("x", "&", 0xFFFFFFFF), ("x", ">>", 32),
-                                                ("y", "&", 0xFFFFFFFF), ("y", ">>", 32)))]
+            load = [f"x = a{j}[uint64(2) * q]", f"y = a{j}[uint64(2) * q + uint64(1)]",
+                    f"w{j}[0] = {word_lo('x')}", f"w{j}[1] = {word_hi('x')}",
+                    f"w{j}[2] = {word_lo('y')}", f"w{j}[3] = {word_hi('y')}"]
         pad = "        " if j < 2 else "            "
         lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in load]
     args = lambda e: ", ".join(f"w{j}[{e}:{e + 1}]" for j in range(n))  # noqa: E731
@@ -878,17 +876,14 @@ def quad_source(kinds, factor=False, stochastic=False, copy=False):
         if j == 1:
             continue
         if kind == BF16:
-            store = [f"a{j}[q] = " + " | ".join(
-                f"(uint64({bf16(j, e, stochastic)}) << uint64({16 * e}))" for e in range(4))]
+            store = [f"a{j}[q] = " + word_pack16(bf16(j, e, stochastic) for e in range(4))]
         else:
-            store = [f"a{j}[uint64(2) * q{off}] = (uint64(as_uint(w{j}[{e}])) | "
-                     f"(uint64(as_uint(w{j}[{e + 1}])) << uint64(32)))"
-                     for off, e in (("", 0), (" + uint64(1)", 2))]
+            store = [f"a{j}[uint64(2) * q] = {word_pack(f'w{j}[0]', f'w{j}[1]')}",
+                     f"a{j}[uint64(2) * q + uint64(1)] = {word_pack(f'w{j}[2]', f'w{j}[3]')}"]
         pad = "        " if j < 2 else "            "
         lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in store]
     if copy:
-        lines.append("        pc[q] = " + " | ".join(
-            f"(uint64({bf16(0, e, False)}) << uint64({16 * e}))" for e in range(4)))
+        lines.append("        pc[q] = " + word_pack16(bf16(0, e, False) for e in range(4)))
     return "\n".join(lines) + "\n"
 
 

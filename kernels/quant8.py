@@ -316,16 +316,28 @@ def _each(E, body, stride="unt"):
 WORD = 4            # elements per word of the neighbouring layout (a uint32 of codes)
 
 
-def _lo(x):
+# source snippets of the word layouts (here and ``kernels.cuda.quad_source``): a 64-bit word's
+# first and second float32, two float32 packed into one, a word's bfloat16 number ``k`` as
+# float32, four bfloat16 bit patterns (source expressions) packed into one word
+def word_lo(x):
     return f"from_uint(uint32({x} & uint64(0xFFFFFFFF)), float32(0))"
 
 
-def _hi(x):
+def word_hi(x):
     return f"from_uint(uint32({x} >> uint64(32)), float32(0))"
 
 
-def _pack(a, b):
+def word_pack(a, b):
     return f"(uint64(as_uint({a})) | (uint64(as_uint({b})) << uint64(32)))"
+
+
+def word_bf16(x, k):
+    return (f"from_uint(uint32(({x} >> uint64({16 * k})) & uint64(0xFFFF)) << uint32(16), "
+            f"float32(0))")
+
+
+def word_pack16(parts):
+    return " | ".join(f"(uint64({v}) << uint64({16 * k}))" for k, v in enumerate(parts))
 
 
 def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False,
@@ -394,8 +406,8 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
                        f" * sd{j}" for e in range(WORD)]
             continue
         words_in = [f"x = aw{j}[uint64(2) * qw]", f"y = aw{j}[uint64(2) * qw + uint64(1)]",
-                    f"w{j}[0] = {_lo('x')}", f"w{j}[1] = {_hi('x')}",
-                    f"w{j}[2] = {_lo('y')}", f"w{j}[3] = {_hi('y')}"]
+                    f"w{j}[0] = {word_lo('x')}", f"w{j}[1] = {word_hi('x')}",
+                    f"w{j}[2] = {word_lo('y')}", f"w{j}[3] = {word_hi('y')}"]
         if j < 2:
             loads.append(f"                w{j}[@E] = a{j}[i]")
             wloads += ["            " + line for line in words_in]
@@ -408,9 +420,9 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
         if not quantized[j] and j != 1:
             stores += ([f"                a{j}[i] = w{j}[@E]"] if j < 2 else
                        [f"                if has{j}:", f"                    a{j}[i] = w{j}[@E]"])
-            words_out = [f"aw{j}[uint64(2) * qw] = {_pack(f'w{j}[0]', f'w{j}[1]')}",
+            words_out = [f"aw{j}[uint64(2) * qw] = {word_pack(f'w{j}[0]', f'w{j}[1]')}",
                          f"aw{j}[uint64(2) * qw + uint64(1)] = "
-                         f"{_pack(f'w{j}[2]', f'w{j}[3]')}"]
+                         f"{word_pack(f'w{j}[2]', f'w{j}[3]')}"]
             wstores += (["            " + line for line in words_out] if j < 2 else
                         [f"            if has{j}:", *("                " + line
                                                       for line in words_out)])
@@ -418,8 +430,8 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
         params.append("pc")
         wparams.append("pcw")
         stores.append("                pc[i] = f32_to_bf16(w0[@E])")
-        wstores.append("            pcw[qw] = " + " | ".join(
-            f"(uint64(f32_to_bf16(w0[{e}])) << uint64({16 * e}))" for e in range(WORD)))
+        wstores.append("            pcw[qw] = " + word_pack16(
+            f"f32_to_bf16(w0[{e}])" for e in range(WORD)))
     red = []
     for k, j in enumerate(q):
         red += [f"        m = {utype}(0)",

@@ -65,7 +65,8 @@ made (the first step on a set of device buffers); buffers whose arrays do not st
 boundary keep the strided layout. Measured on an H200 (``bench/gpu_report.py OUT layouts``,
 2026-11-27, GPU time per step, float32 parameters): Adam 1e8 719.9 us with words against
 1181.8 us strided (float32 state 694.2 us), 1e7 76.7 against 123.0 us (72.0 us); the other
-optimizers at 1e7 0.92-0.99x float32 state's time with words, 0.55-0.90x strided.
+optimizers at 1e7 0.92-0.99x float32 state's speed with words, 0.55-0.90x strided (LAMB,
+whose timed steps include host round trips, aside).
 
 ``CUDA_FAST_LAUNCH``: launch fastopt's CUDA kernels without numba-cuda's per-call argument
 handling once a kernel's argument list has been checked against numba-cuda's own
@@ -99,7 +100,7 @@ one-element launch. The same bits. Measured on an H200 (``bench/gpu_report.py OU
 GPU time per step, float32 parameters, bfloat16 state): Adam 1e8 488.1 us against 557.4 us in
 pairs (float32 state 694.2 us: 1.42x against 1.25x), 1e7 53.4 against 60.8 us (72.0 us:
 1.35x against 1.18x); the other optimizers at 1e7 1.19-1.40x float32 state's speed (pairs
-1.15-1.23x). Stochastic rounding (each element's hash index ``4q + e``) and the param copy
+1.15-1.23x; LAMB, whose timed steps include host round trips, aside). Stochastic rounding (each element's hash index ``4q + e``) and the param copy
 (one 64-bit word of four) joined this layout after that device session: the same bits as one
 element per access in the simulator, not yet timed or run on a GPU.
 

@@ -182,7 +182,9 @@ def chunk_sum_of_squares(x, chunk, out):
     in order, then the 256 partial sums are combined in a fixed tree. Blocks take chunks in a
     grid-stride loop, so the result does not depend on the grid size. A thread loads eight of
     its elements before adding them (in the same order): eight loads in flight, not one (the
-    pass ran at ~1.7 TB/s on an H200 with one)."""
+    pass ran at ~1.7 TB/s on an H200 with one). With :func:`finish_sum_of_squares`, the
+    two-launch form of the pass: steps launch :func:`sum_of_squares` (both in one), which
+    tests hold to these two kernels' bits."""
     sh = cuda.shared.array(NORM_THREADS, float64)
     chunk_sums(x, chunk, out, sh, cuda.threadIdx.x)
 

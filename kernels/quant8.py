@@ -349,8 +349,8 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
     coalesced across the threads), or, with ``words`` (float32, 4 elements per thread), the
     four neighbours ``4t .. 4t + 3``, read and written as words: its parameters and every other
     float32 array as two 64-bit words, its codes of each 8-bit state as one 32-bit word (a
-    third of the memory instructions; on an H200, Adam at 1e8: 638-667 us against 1169 us
-    strided, ``bench/gpu_probes/q8_words.py``). The word views come after the arrays and the
+    third of the memory instructions; on an H200, Adam at 1e8: 719.9 us against 1181.8 us
+    strided, ``bench/figures/gpu_layouts_h200.txt``). The word views come after the arrays and the
     param copy (``aw<j>``: ``uint64`` of a float32 array's first ``4 * (n // 4)`` elements;
     ``cw<j>``: ``uint32`` of an 8-bit array's codes; ``pcw``: ``uint64`` of the copy); a
     thread whose four elements are not all inside the buffer takes them one by one.

@@ -9,7 +9,7 @@ from fastopt.scaling import LossScaler, grad_norm, grad_norm_reference
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [0, 1, 7, 4095, 4096, 4097, 300_001])
+@pytest.mark.parametrize("n", [0, 1, 7, 4095, 4096, 4097, 16_384, 36_871, 300_001])
 def test_grad_norm_is_bitwise_its_reference_for_any_thread_count(n, dtype, monkeypatch):
     g = np.random.default_rng(n).standard_normal(n).astype(dtype)
     want = grad_norm_reference(g)
@@ -75,16 +75,18 @@ def test_loss_scaler_state_and_errors():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_all_finite_finds_every_non_finite_element(dtype, monkeypatch):
     """The finiteness pass of skip_nonfinite without clipping: any inf/NaN at any position
-    (vector body, tail of a chunk, last chunk), serial and parallel; huge finite values are
-    finite (their squares would overflow the norm)."""
+    (vector body, tail of a chunk, each of the chunks read side by side, a full chunk after
+    them, last chunk), serial and parallel; huge finite values are finite (their squares
+    would overflow the norm)."""
     from fastopt import config
     from fastopt.scaling import all_finite
-    n = 3 * 4096 + 77
+    n = 9 * 4096 + 77
     g = np.random.default_rng(0).standard_normal(n).astype(dtype)
     for threshold in (1 << 30, 16):
         monkeypatch.setattr(config, "PARALLEL_THRESHOLD", threshold)
         assert all_finite(g) and all_finite(g.reshape(1, -1)) and all_finite(g[:0])
-        for pos in (0, 1, 63, 64, 4095, 4096, n - 78, n - 1):
+        for pos in (0, 1, 63, 64, 4095, 4096, 2 * 4096 + 9, 4 * 4096 - 1, 7 * 4096 + 100,
+                    8 * 4096, n - 78, n - 1):
             for bad in (np.nan, np.inf, -np.inf):
                 h = g.copy()
                 h[pos] = bad

@@ -1,0 +1,42 @@
+"""CPU probe: the cost of ``skip_nonfinite`` and of ``max_grad_norm`` over a plain Adam step
+(float32, 1e7 parameters by default), as the medians of per-round ratios over many interleaved
+rounds. ``fastopt.loopbench`` (``python -m fastopt bench``) times each case for a quarter
+second and divides medians, which on a VM whose bandwidth drifts by ~10% within a minute
+moves the ratios by several percent from run to run; comparing within each round holds
+steadier. To compare two versions, run this in alternating processes on both checkouts.
+
+    python bench/cpu_probes/loop_ratios.py [n] [rounds]      (from the repository root)
+"""
+import sys
+import time
+
+import numpy as np
+
+import fastopt
+
+
+def main(n=10_000_000, rounds=60):
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    bufs = {k: fastopt.AdamBuffers.zeros(p.copy(), g.copy()) for k in ("plain", "skip", "clip")}
+    steps = {"plain": lambda: fastopt.adam_step(bufs["plain"], lr=1e-3),
+             "skip": lambda: fastopt.adam_step(bufs["skip"], lr=1e-3, skip_nonfinite=True),
+             "clip": lambda: fastopt.adam_step(bufs["clip"], lr=1e-3, max_grad_norm=1.0)}
+    for f in steps.values():
+        f()
+        f()
+    times = {k: [] for k in steps}
+    for _ in range(rounds):
+        for k, f in steps.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    plain = np.array(times["plain"])
+    print(f"n={n}, {rounds} rounds: plain step {np.median(plain) * 1e3:.2f} ms; "
+          + ", ".join(f"{k} {np.median(np.array(times[k]) / plain):.3f}x"
+                      for k in ("skip", "clip")))
+
+
+if __name__ == "__main__":
+    main(*(int(a) for a in sys.argv[1:3]))

@@ -7,12 +7,15 @@ steadier. To compare two versions, run this in alternating processes on both che
 
     python bench/cpu_probes/loop_ratios.py [n] [rounds]      (from the repository root)
 """
+import os
 import sys
-import time
 
 import numpy as np
 
 import fastopt
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rounds import interleaved  # noqa: E402
 
 
 def main(n=10_000_000, rounds=60):
@@ -23,15 +26,7 @@ def main(n=10_000_000, rounds=60):
     steps = {"plain": lambda: fastopt.adam_step(bufs["plain"], lr=1e-3),
              "skip": lambda: fastopt.adam_step(bufs["skip"], lr=1e-3, skip_nonfinite=True),
              "clip": lambda: fastopt.adam_step(bufs["clip"], lr=1e-3, max_grad_norm=1.0)}
-    for f in steps.values():
-        f()
-        f()
-    times = {k: [] for k in steps}
-    for _ in range(rounds):
-        for k, f in steps.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
+    times = interleaved(steps, rounds)
     plain = np.array(times["plain"])
     print(f"n={n}, {rounds} rounds: plain step {np.median(plain) * 1e3:.2f} ms; "
           + ", ".join(f"{k} {np.median(np.array(times[k]) / plain):.3f}x"

@@ -5,14 +5,17 @@ of quarter-second timings).
 
     python bench/cpu_probes/state_ratio.py [n] [rounds]      (from the repository root)
 """
+import os
 import sys
-import time
 
 import numpy as np
 
 import fastopt
 from fastopt._step import step
 from fastopt.adam import SPEC
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from rounds import interleaved  # noqa: E402
 
 
 def main(n=10_000_000, rounds=40):
@@ -24,15 +27,7 @@ def main(n=10_000_000, rounds=40):
     for parallel in (True, False):
         steps = {k: (lambda b=b: step(SPEC, b, lr=1e-3, parallel=parallel))
                  for k, b in bufs.items()}
-        for f in steps.values():
-            f()
-            f()
-        times = {k: [] for k in steps}
-        for _ in range(rounds):
-            for k, f in steps.items():
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
+        times = interleaved(steps, rounds)
         ratio = np.array(times["float32"]) / np.array(times["bfloat16"])
         print(f"{'parallel' if parallel else 'serial'}: float32 state "
               f"{np.median(times['float32']) * 1e3:.2f} ms, bfloat16 state "

@@ -46,7 +46,7 @@ assert TABLE == quantization.UNSIGNED.mid.shape[0]
 
 
 def _device(fn):
-    return fn if SIM else cuda.jit(device=True)(fn)
+    return cuda.jit(device=True)(fn)
 
 
 @_device
@@ -72,66 +72,74 @@ def _scale_inv(scale):
     return inv
 
 
-@_device
-def _block(b, tid, pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc, sh, row, nxt):
-    """Quantization block ``b``: thread ``tid`` steps elements ``256 b + 4 tid .. + 3``."""
-    w0 = uint64(128) * uint64(b) + uint64(2 * tid)        # (unsigned: no wraparound checks)
-    c = uint64(64) * uint64(b) + uint64(tid)
-    w1 = w0 + uint64(1)
-    pa, pb, ga, gb = pw[w0], pw[w1], gw[w0], gw[w1]
-    wm, wv = cm[c], cv[c]
-    s_m, s_v = sm[b], sv[b]
-    p0, m0, v0, _ = ELEM(LO(pa), LO(ga), _decode(wm, 0, vm, s_m), _decode(wv, 0, vv, s_v),
-                         float32(0), sc, False, False, False, False, False)
-    p1, m1, v1, _ = ELEM(HI(pa), HI(ga), _decode(wm, 1, vm, s_m), _decode(wv, 1, vv, s_v),
-                         float32(0), sc, False, False, False, False, False)
-    p2, m2, v2, _ = ELEM(LO(pb), LO(gb), _decode(wm, 2, vm, s_m), _decode(wv, 2, vv, s_v),
-                         float32(0), sc, False, False, False, False, False)
-    p3, m3, v3, _ = ELEM(HI(pb), HI(gb), _decode(wm, 3, vm, s_m), _decode(wv, 3, vv, s_v),
-                         float32(0), sc, False, False, False, False, False)
-    pw[w0] = PACK(p0, p1)
-    pw[w1] = PACK(p2, p3)
-    am = max(max(AS_UINT(m0) & MAG, AS_UINT(m1) & MAG), max(AS_UINT(m2) & MAG,
-                                                            AS_UINT(m3) & MAG))
-    av = max(max(AS_UINT(v0) & MAG, AS_UINT(v1) & MAG), max(AS_UINT(v2) & MAG,
-                                                            AS_UINT(v3) & MAG))
-    cuda.atomic.max(sh, row, am)
-    cuda.atomic.max(sh, row + 1, av)
-    if tid == 0:
-        sh[nxt] = uint32(0)
-        sh[nxt + 1] = uint32(0)
-    cuda.syncthreads()
-    scale_m = float32(FROM_UINT(sh[row], float32(0)))
-    scale_v = float32(FROM_UINT(sh[row + 1], float32(0)))
-    if tid == 0:
-        sm[b] = scale_m
-        sv[b] = scale_v
-    inv = _scale_inv(scale_m)
-    cm[c] = (_encode(m0, inv, fm, dm) | (_encode(m1, inv, fm, dm) << uint32(8))
-             | (_encode(m2, inv, fm, dm) << uint32(16)) | (_encode(m3, inv, fm, dm) << uint32(24)))
-    inv = _scale_inv(scale_v)
-    cv[c] = (_encode(v0, inv, fv, dv) | (_encode(v1, inv, fv, dv) << uint32(8))
-             | (_encode(v2, inv, fv, dv) << uint32(16)) | (_encode(v3, inv, fv, dv) << uint32(24)))
+def make_blocks(encode):
+    """The grid-stride loop over quantization blocks with ``encode(x, inv, first, mid)`` as
+    the per-value encoder (``first``: whatever table that encoder reads)."""
+    @_device
+    def block(b, tid, pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc, sh, row, nxt):
+        """Quantization block ``b``: thread ``tid`` steps elements ``256 b + 4 tid .. + 3``."""
+        w0 = uint64(128) * uint64(b) + uint64(2 * tid)        # (unsigned: no wraparound checks)
+        c = uint64(64) * uint64(b) + uint64(tid)
+        w1 = w0 + uint64(1)
+        pa, pb, ga, gb = pw[w0], pw[w1], gw[w0], gw[w1]
+        wm, wv = cm[c], cv[c]
+        s_m, s_v = sm[b], sv[b]
+        p0, m0, v0, _ = ELEM(LO(pa), LO(ga), _decode(wm, 0, vm, s_m), _decode(wv, 0, vv, s_v),
+                             float32(0), sc, False, False, False, False, False)
+        p1, m1, v1, _ = ELEM(HI(pa), HI(ga), _decode(wm, 1, vm, s_m), _decode(wv, 1, vv, s_v),
+                             float32(0), sc, False, False, False, False, False)
+        p2, m2, v2, _ = ELEM(LO(pb), LO(gb), _decode(wm, 2, vm, s_m), _decode(wv, 2, vv, s_v),
+                             float32(0), sc, False, False, False, False, False)
+        p3, m3, v3, _ = ELEM(HI(pb), HI(gb), _decode(wm, 3, vm, s_m), _decode(wv, 3, vv, s_v),
+                             float32(0), sc, False, False, False, False, False)
+        pw[w0] = PACK(p0, p1)
+        pw[w1] = PACK(p2, p3)
+        am = max(max(AS_UINT(m0) & MAG, AS_UINT(m1) & MAG), max(AS_UINT(m2) & MAG,
+                                                                AS_UINT(m3) & MAG))
+        av = max(max(AS_UINT(v0) & MAG, AS_UINT(v1) & MAG), max(AS_UINT(v2) & MAG,
+                                                                AS_UINT(v3) & MAG))
+        cuda.atomic.max(sh, row, am)
+        cuda.atomic.max(sh, row + 1, av)
+        if tid == 0:
+            sh[nxt] = uint32(0)
+            sh[nxt + 1] = uint32(0)
+        cuda.syncthreads()
+        scale_m = float32(FROM_UINT(sh[row], float32(0)))
+        scale_v = float32(FROM_UINT(sh[row + 1], float32(0)))
+        if tid == 0:
+            sm[b] = scale_m
+            sv[b] = scale_v
+        inv = _scale_inv(scale_m)
+        cm[c] = (encode(m0, inv, fm, dm) | (encode(m1, inv, fm, dm) << uint32(8))
+                 | (encode(m2, inv, fm, dm) << uint32(16))
+                 | (encode(m3, inv, fm, dm) << uint32(24)))
+        inv = _scale_inv(scale_v)
+        cv[c] = (encode(v0, inv, fv, dv) | (encode(v1, inv, fv, dv) << uint32(8))
+                 | (encode(v2, inv, fv, dv) << uint32(16))
+                 | (encode(v3, inv, fv, dv) << uint32(24)))
+
+    @_device
+    def blocks(pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc):
+        """The block's quantization blocks (grid-stride), the absmax rows cleared first."""
+        tid = cuda.threadIdx.x
+        sh = cuda.shared.array(6, uint32)
+        if tid == 0:
+            for k in range(6):
+                sh[k] = uint32(0)
+        cuda.syncthreads()
+        row = 0
+        for b in range(cuda.blockIdx.x, sm.shape[0], cuda.gridDim.x):
+            nxt = row + 2 if row < 4 else 0
+            block(b, tid, pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc, sh, row, nxt)
+            row = nxt
+    return blocks
+
+
+_blocks = make_blocks(_encode)
 
 
 def _jit(fn):
     return cuda.jit(fn) if SIM else cuda.jit(fn, lto=False, launch_bounds=(THREADS, 16))
-
-
-@_device
-def _blocks(pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc):
-    """The block's quantization blocks (grid-stride), the absmax rows cleared first."""
-    tid = cuda.threadIdx.x
-    sh = cuda.shared.array(6, uint32)
-    if tid == 0:
-        for k in range(6):
-            sh[k] = uint32(0)
-    cuda.syncthreads()
-    row = 0
-    for b in range(cuda.blockIdx.x, sm.shape[0], cuda.gridDim.x):
-        nxt = row + 2 if row < 4 else 0
-        _block(b, tid, pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc, sh, row, nxt)
-        row = nxt
 
 
 @_jit
@@ -140,20 +148,25 @@ def words_global(pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc):
     _blocks(pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc)
 
 
+@_device
+def fill(dst, src):
+    """Copy ``src`` to ``dst``, the block's threads side by side (the caller's barrier
+    follows)."""
+    for k in range(cuda.threadIdx.x, src.shape[0], cuda.blockDim.x):
+        dst[k] = src[k]
+
+
 @_jit
 def words_shared(pw, gw, cm, sm, vm, fm, dm, cv, sv, vv, fv, dv, sc):
     """Neighbouring elements, the value and midpoint tables copied to shared memory."""
-    tid = cuda.threadIdx.x
     tvm = cuda.shared.array(256, float32)
     tvv = cuda.shared.array(256, float32)
     tdm = cuda.shared.array(TABLE, float32)
     tdv = cuda.shared.array(TABLE, float32)
-    for k in range(tid, 256, cuda.blockDim.x):
-        tvm[k] = vm[k]
-        tvv[k] = vv[k]
-    for k in range(tid, TABLE, cuda.blockDim.x):
-        tdm[k] = dm[k]
-        tdv[k] = dv[k]
+    fill(tvm, vm)
+    fill(tvv, vv)
+    fill(tdm, dm)
+    fill(tdv, dv)
     _blocks(pw, gw, cm, sm, tvm, fm, tdm, cv, sv, tvv, fv, tdv, sc)   # (its barrier first)
 
 
@@ -163,13 +176,14 @@ def _tables(name):
             cuda.to_device(qm.mid.astype(np.float32)))
 
 
-def _args(b):
-    """The hand kernels' arguments over device buffers ``b`` (their arrays as words)."""
+def _args(b, tables=_tables):
+    """The hand kernels' arguments over device buffers ``b`` (their arrays as words), each
+    state's map tables from ``tables(state name)``."""
     a = b.arrays()
     return (a["param"].view(np.uint64), a["grad"].view(np.uint64),
-            a["exp_avg"].view(np.uint32), b.state_absmax["exp_avg"], *_tables("exp_avg"),
+            a["exp_avg"].view(np.uint32), b.state_absmax["exp_avg"], *tables("exp_avg"),
             a["exp_avg_sq"].view(np.uint32), b.state_absmax["exp_avg_sq"],
-            *_tables("exp_avg_sq"), tuple(SPEC.kernel_scalars(HP, 1, np.float32)))
+            *tables("exp_avg_sq"), tuple(SPEC.kernel_scalars(HP, 1, np.float32)))
 
 
 def host_bits(b):
@@ -210,7 +224,10 @@ def against_products(gpu_time, rows, label, host, p, g):
               flush=True)
 
 
-def main(sizes):
+def main(sizes, kernels=None):
+    """Bits and GPU time of ``kernels`` (``(kernel, tables)`` pairs, ``tables`` as in
+    :func:`_args`; by default this probe's two) against the product kernel."""
+    kernels = kernels or ((words_global, _tables), (words_shared, _tables))
     grid_cap = 8 if SIM else 64 * cuda.get_current_device().MULTIPROCESSOR_COUNT
     gpu_time = gpu_timer()
     for n in sizes:
@@ -226,9 +243,9 @@ def main(sizes):
         want = host_bits(ref)
         grid = min(grid_cap, n // 256)
         rows = {}
-        for kernel in (words_global, words_shared):
+        for kernel, tables in kernels:
             b = fastopt.to_device(host)
-            args = _args(b)
+            args = _args(b, tables)
             with ck.exact():        # (compiled as fastopt's kernels are: no contraction)
                 kernel[grid, THREADS](*args)
             print(f"n={n}: {kernel.__name__}: the product kernel's bits: "

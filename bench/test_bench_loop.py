@@ -39,8 +39,9 @@ def test_parallel_rows_are_compared_with_the_parallel_step(monkeypatch):
     """At the MLP's size the table also has the parallel plain and grouped steps (the size
     steps serially by default, under the benchmarks' policy too), each parallel row's ratio
     taken against the parallel plain step."""
-    monkeypatch.setattr(loopbench, "time_interleaved",
-                        lambda fns, min_time: [float(i + 1) for i in range(len(fns))])
+    monkeypatch.setattr(loopbench, "interleaved_rounds",
+                        lambda fns, min_time: [[float(i + 1), 2.0 * (i + 1), 3.0 * (i + 1)]
+                                               for i in range(len(fns))])
     rows = loopbench.measure(sizes=(B.MLP_SIZE,))
     by = {r["case"]: r for r in rows}
     parallel = by[loopbench.PARALLEL_PLAIN]
@@ -51,3 +52,10 @@ def test_parallel_rows_are_compared_with_the_parallel_step(monkeypatch):
         assert r["vs_plain_step"] == r["seconds"] / base["seconds"]
     assert parallel["vs_plain_step"] == 1.0 and parallel is not rows[0]
     assert loopbench.PARALLEL_PLAIN not in loopbench.cases(10)
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    """A ratio compares two cases within each round (the machine's speed drifts between
+    rounds): the median of the per-round ratios, not the ratio of the medians."""
+    a, b = [1.0, 10.0, 100.0], [1.0, 5.0, 200.0]          # per-round ratios 1, 2, 0.5
+    assert B.round_ratio(a, b) == 1.0 and np.median(a) / np.median(b) == 2.0

@@ -331,6 +331,20 @@ def time_interleaved(fns, min_time=0.2, min_rounds=5):
     ~``min_time / 5``), so that every function is measured in the same moments: the VM's
     memory bandwidth drifts by ~10 %, and a reference timed at another moment gave ratios
     that meant nothing (a "roofline fraction" of 2.99)."""
+    return [float(np.median(x)) for x in interleaved_rounds(fns, min_time, min_rounds)]
+
+
+def round_ratio(a, b):
+    """The median over rounds of ``a[r] / b[r]`` (per-round seconds of two functions timed
+    in the same rounds, :func:`interleaved_rounds`): steadier than the ratio of the medians
+    where the machine's speed drifts between rounds, since both sides of a round's ratio
+    share its moment."""
+    return float(np.median(np.asarray(a) / np.asarray(b)))
+
+
+def interleaved_rounds(fns, min_time=0.2, min_rounds=5):
+    """Seconds per call of each of ``fns`` in each round of :func:`time_interleaved` (a list
+    per function, one entry per round)."""
     inner = []
     for fn in fns:
         fn()
@@ -346,7 +360,7 @@ def time_interleaved(fns, min_time=0.2, min_rounds=5):
             for _ in range(k):
                 fn()
             out.append((time.perf_counter() - t0) / k)
-    return [float(np.median(x)) for x in samples]
+    return samples
 
 
 def run_bench(quick=False, impls=IMPLEMENTATIONS, show_progress=None, min_time=None):
@@ -490,7 +504,8 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
     """float32 vs bfloat16 vs 8-bit optimizer state, per optimizer and size: the serial and the
     parallel CPU kernels with each state precision, all timed interleaved (each checked
     against the reference with the same precision first). Rows: optimizer, size, state,
-    parallel, seconds, speedup over float32 state, state bytes."""
+    parallel, seconds (median), speedup over float32 state (median of the per-round ratios,
+    :func:`round_ratio`), state bytes."""
     rows = []
     for name in names:
         spec = registry.get(name)
@@ -513,11 +528,12 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
                     runners.append((dict(optimizer=name, size=peer_n, state=label,
                                          parallel=True, state_bytes=nbytes),
                                     types.SimpleNamespace(step=step)))
-            times = time_interleaved([r.step for _, r in runners], min_time=min_time)
-            base = {row["parallel"]: t for (row, _), t in zip(runners, times)
+            rounds = interleaved_rounds([r.step for _, r in runners], min_time=min_time)
+            base = {row["parallel"]: t for (row, _), t in zip(runners, rounds)
                     if row["state"] == "float32"}
-            for (row, _), t in zip(runners, times):
-                row.update(seconds=t, speedup_vs_float32_state=base[row["parallel"]] / t)
+            for (row, _), t in zip(runners, rounds):
+                row.update(seconds=float(np.median(t)),
+                           speedup_vs_float32_state=round_ratio(base[row["parallel"]], t))
                 rows.append(row)
             for label, why in skipped:
                 rows.append(dict(optimizer=name, size=n, state=label, parallel=True,

@@ -5,7 +5,7 @@ step and the unfused ways (``np.linalg.norm`` + a scaling pass + the step; torch
 ``python -m fastopt bench`` prints these rows; ``bench/test_bench_loop.py`` checks them."""
 import numpy as np
 
-from .benchmarks import MLP_SIZE, format_seconds, time_interleaved
+from .benchmarks import MLP_SIZE, format_seconds, interleaved_rounds, round_ratio
 
 MAX_NORM = 1.0
 PARALLEL = ", parallel"                # rows of parallel steps, compared with PARALLEL_PLAIN
@@ -98,19 +98,19 @@ def cases(n, seed=0):
 
 
 def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
-    """One row per (size, case): median seconds and the ratio to fastopt's plain step."""
+    """One row per (size, case): median seconds and the ratio to fastopt's plain step (the
+    median of the per-round ratios: :func:`fastopt.benchmarks.round_ratio`)."""
     rows = []
     for n in sizes:
         named = cases(n)
-        times = time_interleaved(list(named.values()), min_time=min_time)
-        by_name = dict(zip(named, times))
-        base = times[0]
-        clip = times[1]
-        for name, t in zip(named, times):
-            plain = by_name[PARALLEL_PLAIN] if name.endswith(PARALLEL) else base
-            row = dict(size=n, case=name, seconds=t, vs_plain_step=t / plain)
+        rounds = dict(zip(named, interleaved_rounds(list(named.values()), min_time=min_time)))
+        base, clip = list(rounds.values())[:2]
+        for name, r in rounds.items():
+            plain = rounds[PARALLEL_PLAIN] if name.endswith(PARALLEL) else base
+            row = dict(size=n, case=name, seconds=float(np.median(r)),
+                       vs_plain_step=round_ratio(r, plain))
             if name.startswith("torch clip"):
-                row["vs_fused_clip"] = t / clip
+                row["vs_fused_clip"] = round_ratio(r, clip)
             rows.append(row)
     return rows
 

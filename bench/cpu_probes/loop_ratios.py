@@ -1,9 +1,9 @@
 """CPU probe: the cost of ``skip_nonfinite`` and of ``max_grad_norm`` over a plain Adam step
 (float32, 1e7 parameters by default), as the medians of per-round ratios over many interleaved
-rounds. ``fastopt.loopbench`` (``python -m fastopt bench``) times each case for a quarter
-second and divides medians, which on a VM whose bandwidth drifts by ~10% within a minute
-moves the ratios by several percent from run to run; comparing within each round holds
-steadier. To compare two versions, run this in alternating processes on both checkouts.
+rounds: the three steps alone, one call each per round, where ``fastopt.loopbench``
+(``python -m fastopt bench``) times nine cases for a quarter second each (on a VM whose
+bandwidth drifts by ~10% within a minute its ratios moved by several percent from run to run).
+To compare two versions, run this in alternating processes on both checkouts.
 
     python bench/cpu_probes/loop_ratios.py [n] [rounds]      (from the repository root)
 """

@@ -1,7 +1,7 @@
 """CPU probe: Adam with bfloat16 state against float32 state (float32 parameters, 1e7 by
 default), serial and parallel kernels, as medians of per-round ratios over many interleaved
-rounds (steadier on a drifting VM than ``fastopt.benchmarks.state_precision_rows``' medians
-of quarter-second timings).
+rounds, the two states alone (``fastopt.benchmarks.state_precision_rows`` times six kernels
+and the peers for a quarter second each).
 
     python bench/cpu_probes/state_ratio.py [n] [rounds]      (from the repository root)
 """

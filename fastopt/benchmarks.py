@@ -328,9 +328,11 @@ def _plan(quick):
 
 def time_interleaved(fns, min_time=0.2, min_rounds=5):
     """Median seconds per call of each of ``fns``, timed in round-robin batches (each batch
-    ~``min_time / 5``), so that every function is measured in the same moments: the VM's
-    memory bandwidth drifts by ~10 %, and a reference timed at another moment gave ratios
-    that meant nothing (a "roofline fraction" of 2.99)."""
+    ~``min_time / 20``: many short rounds), so that every function is measured in the same
+    moments: the VM's memory bandwidth drifts by ~10 %, and a reference timed at another
+    moment gave ratios that meant nothing (a "roofline fraction" of 2.99). With batches of
+    ``min_time / 5`` a 1e7 Adam step ran 7 calls per batch and the training-loop table got
+    5-7 rounds, whose ratios scattered (10 groups 0.85-1.03x the plain step)."""
     return [float(np.median(x)) for x in interleaved_rounds(fns, min_time, min_rounds)]
 
 
@@ -350,7 +352,7 @@ def interleaved_rounds(fns, min_time=0.2, min_rounds=5):
         fn()
         t0 = time.perf_counter()
         fn()
-        inner.append(max(1, int(min_time / 5 / max(time.perf_counter() - t0, 1e-7))))
+        inner.append(max(1, int(min_time / 20 / max(time.perf_counter() - t0, 1e-7))))
     samples = [[] for _ in fns]
     start = time.perf_counter()
     while (len(samples[0]) < min_rounds

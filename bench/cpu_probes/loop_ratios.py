@@ -7,15 +7,12 @@ To compare two versions, run this in alternating processes on both checkouts.
 
     python bench/cpu_probes/loop_ratios.py [n] [rounds]      (from the repository root)
 """
-import os
 import sys
 
 import numpy as np
 
 import fastopt
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rounds import interleaved  # noqa: E402
+from fastopt.benchmarks import interleaved_rounds, round_ratio
 
 
 def main(n=10_000_000, rounds=60):
@@ -26,10 +23,9 @@ def main(n=10_000_000, rounds=60):
     steps = {"plain": lambda: fastopt.adam_step(bufs["plain"], lr=1e-3),
              "skip": lambda: fastopt.adam_step(bufs["skip"], lr=1e-3, skip_nonfinite=True),
              "clip": lambda: fastopt.adam_step(bufs["clip"], lr=1e-3, max_grad_norm=1.0)}
-    times = interleaved(steps, rounds)
-    plain = np.array(times["plain"])
-    print(f"n={n}, {rounds} rounds: plain step {np.median(plain) * 1e3:.2f} ms; "
-          + ", ".join(f"{k} {np.median(np.array(times[k]) / plain):.3f}x"
+    times = dict(zip(steps, interleaved_rounds(list(steps.values()), 0, rounds)))
+    print(f"n={n}, {rounds} rounds: plain step {np.median(times['plain']) * 1e3:.2f} ms; "
+          + ", ".join(f"{k} {round_ratio(times[k], times['plain']):.3f}x"
                       for k in ("skip", "clip")))
 
 

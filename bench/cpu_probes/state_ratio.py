@@ -5,17 +5,14 @@ and the peers for a quarter second each).
 
     python bench/cpu_probes/state_ratio.py [n] [rounds]      (from the repository root)
 """
-import os
 import sys
 
 import numpy as np
 
 import fastopt
+from fastopt.benchmarks import interleaved_rounds
 from fastopt._step import step
 from fastopt.adam import SPEC
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from rounds import interleaved  # noqa: E402
 
 
 def main(n=10_000_000, rounds=40):
@@ -27,7 +24,7 @@ def main(n=10_000_000, rounds=40):
     for parallel in (True, False):
         steps = {k: (lambda b=b: step(SPEC, b, lr=1e-3, parallel=parallel))
                  for k, b in bufs.items()}
-        times = interleaved(steps, rounds)
+        times = dict(zip(steps, interleaved_rounds(list(steps.values()), 0, rounds)))
         ratio = np.array(times["float32"]) / np.array(times["bfloat16"])
         print(f"{'parallel' if parallel else 'serial'}: float32 state "
               f"{np.median(times['float32']) * 1e3:.2f} ms, bfloat16 state "

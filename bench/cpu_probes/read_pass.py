@@ -25,6 +25,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastopt import _threads
+from fastopt.benchmarks import interleaved_rounds
 from fastopt.kernels.reductions import all_finite, chunked_sum_of_squares
 
 N = 10_000_000
@@ -83,16 +84,6 @@ def read_prefetch(u, tasks, ahead):
     return out.sum()
 
 
-def median_ms(fn, rounds=ROUNDS):
-    fn()
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
-
-
 def main():
     g = np.random.default_rng(0).standard_normal(N).astype(np.float32)
     u = g.view(np.uint32)
@@ -106,14 +97,8 @@ def main():
              "norm pass, 1 chunk at once": lambda: norm(g, 4095)}
     for ahead in (256, 1024, 4096):
         cases[f"read + prefetch {ahead} ahead"] = lambda a=ahead: read_prefetch(u, 2, a)
-    for f in cases.values():
-        f()
-    times = {k: [] for k in cases}
-    for _ in range(ROUNDS):                     # interleaved: the VM's bandwidth drifts
-        for k, f in cases.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t0)
+    # interleaved, one call each per round: the VM's bandwidth drifts
+    times = dict(zip(cases, interleaved_rounds(list(cases.values()), 0, ROUNDS)))
     print(f"1. / 2. passes over {mb:.0f} MB (medians of {ROUNDS} interleaved rounds):")
     for k, v in times.items():
         t = float(np.median(v))

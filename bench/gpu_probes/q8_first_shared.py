@@ -22,7 +22,9 @@ earlier kernels.
 
 Without a GPU (2026-11-27): the check passes for both maps (and reports a corrupted entry);
 in the simulator the kernel gives the product kernel's bits (512 elements); the encoder
-compiles to PTX with no float64 instruction. Its speed is unknown until a device session.
+compiled to PTX (sm_90) with no float64 instruction while its index formula was written in it;
+that formula, now one function (:func:`index`) shared with the CPU check, compiles so too. Its
+speed is unknown until a device session.
 """
 import os
 import sys
@@ -36,7 +38,7 @@ from fastopt.kernels.precision import _u32_as_f32
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import q8_words as W  # noqa: E402
 
-E_HI = 0x3F80                      # the cell of 1.0 (magnitudes 1 .. 1 + 127/128 * 2**-7 ...)
+E_HI = 0x3F80                      # the cell of 1.0 (magnitudes in [1, 1 + 2**-7))
 E_LO = (127 - 22) << 7             # the cell of 2**-22 (below the maps' first midpoints)
 SPAN = E_HI - E_LO + 2             # entries per sign: below E_LO, E_LO .. E_HI, above E_HI
 SMALL = 2 * SPAN                   # entries of a compressed table (both signs)
@@ -55,8 +57,9 @@ def compressed_first(qmap):
     return out
 
 
-@njit(inline="always", error_model="numpy")
-def _index(cell):
+def index(cell):
+    """The compressed table's entry for a value's cell (its float32 bits' top 16), the one
+    formula of the CPU check (:func:`_index`) and the kernel's encoder."""
     sign = cell >> np.uint32(15)
     em = cell & np.uint32(0x7FFF)
     if em > np.uint32(E_HI):
@@ -66,6 +69,10 @@ def _index(cell):
     else:
         t = em - np.uint32(E_LO)
     return sign * np.uint32(SPAN) + t
+
+
+_index = njit(inline="always", error_model="numpy")(index)
+_index_device = W._device(index)
 
 
 @njit(parallel=True, error_model="numpy")
@@ -115,11 +122,7 @@ def check_compressed():
 @W._device
 def _encode_compressed(x, inv, small, mid):
     y = x * inv
-    cell = W.AS_UINT(float32(y)) >> uint32(16)
-    em = cell & uint32(0x7FFF)
-    t = uint32(SPAN - 1) if em > uint32(E_HI) else (
-        uint32(0) if em <= uint32(E_LO) else em - uint32(E_LO))
-    code = uint32(small[(cell >> uint32(15)) * uint32(SPAN) + t])
+    code = uint32(small[_index_device(W.AS_UINT(float32(y)) >> uint32(16))])
     if mid[code] < y:
         code += uint32(1)
     return code

@@ -488,8 +488,8 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
 
     def build(kernels, kinds, scaled, par, table):
         items, bstarts = quant8.block_items(segments, kinds, n, block)
-        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par, copy),
-                items, bstarts)
+        return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par, copy,
+                                      _q8_table(dtype)), items, bstarts)
 
     def call(work, table, par, rows_now, t, scaled):
         if prepass is not None:
@@ -511,11 +511,19 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
 Q8_CHUNKS_PER_THREAD = 8     # runs of blocks per thread in a parallel 8-bit step
 
 
+def _q8_table(dtype):
+    """Whether the block drivers of ``dtype`` encode with the one-read table
+    (``fastopt.quantization.encode_table``: float32 only, as the table compares float32
+    bits)."""
+    return np.dtype(dtype) == np.float32
+
+
 def _q8_args(spec, arrays, dtype, scales):
     """``(quantized, args)`` for a block driver (``kernels.quant8``): per array of the record,
     whether it is 8-bit state, and the driver's arguments (each 8-bit array as codes, scales,
-    map values, first table, midpoints; a missing array as a placeholder; then the param copy
-    when there is one)."""
+    map values, first table (float32: the one-read encoding table, :func:`_q8_table`; the
+    LAMB pre-pass does not read it), midpoints; a missing array as a placeholder; then the
+    param copy when there is one)."""
     from . import quantization
     st = np.dtype(dtype).type
     ph = placeholder(dtype)
@@ -526,8 +534,8 @@ def _q8_args(spec, arrays, dtype, scales):
         a = arrays.get(name)
         if name in scales:
             qm = quantization.qmap_for(spec.kernel, name)
-            args += [a.reshape(-1), scales[name], qm.values.astype(st), qm.first,
-                     qm.mid.astype(st)]
+            args += [a.reshape(-1), scales[name], qm.values.astype(st),
+                     qm.table if _q8_table(dtype) else qm.first, qm.mid.astype(st)]
         else:
             args.append(ph if a is None else a.reshape(-1))
     if arrays.get("param_copy") is not None:
@@ -562,7 +570,8 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
         drv = drivers.get(key)
         if drv is None:
             body = cpu.family(spec.kernel, scaled).get(False, **options)
-            drv = drivers[key] = quant8.driver(body, len(names), quantized, par, copy)
+            drv = drivers[key] = quant8.driver(body, len(names), quantized, par, copy,
+                                               _q8_table(dtype))
         if par and not _threads.READY:
             _threads.ensure_pool()
         packed = _pack(spec, hp_now, t, scalars, scaled_scalars, factor)

@@ -27,8 +27,18 @@ table ``first`` indexed by the top 16 bits of the value as float32 (sign, expone
 bits) gives the number of midpoints below the smallest value of that cell; at most
 ``CELL_MIDS`` (1 for these maps) midpoints fall inside a cell, so
 ``code = first[cell] + (mid[first[cell]] < x)``: one table read and one comparison, no search.
-The kernels (``kernels/quant8.py``) and this module's NumPy reference use the same tables and
-operations, so they agree bit for bit (codes, scales and parameters).
+This module's NumPy reference computes codes this way (:func:`quantize_values`), and so do the
+CUDA kernels and the CPU kernels on float64 state.
+
+The CPU kernels on float32 state fold the two reads into one (:func:`encode_table`): inside a
+cell the values share their top 16 bits, so ``mid[first[cell]] < x`` is a comparison of the
+low 16 bits of ``x`` against a threshold, reversed in negative cells (larger bits, smaller
+value). ``table[cell]`` (uint32) holds the base code (bits 0-7), the threshold ``t`` (bits
+8-23) and a flip bit (24), and ``code = base + ((low16(x) ^ (0xFFFF if flip else 0)) > t)``:
+one table read per value, the rest integer arithmetic that vectorizes. It equals
+:func:`quantize_values` for all 2**32 float32 bit patterns, both maps (checked exhaustively
+once, ``bench/cpu_probes/encode_table_check.py``; the tests check every cell's ends and
+every midpoint's neighbours, where the two step functions could differ).
 
 Small buffers: a buffer of fewer than ``min_8bit_size`` elements (default 4096, bitsandbytes'
 rule per tensor; here per buffer) keeps its state in the parameter's dtype: the scales and the
@@ -82,6 +92,49 @@ def _tables(qmap, keep_positive=False):
     return padded, first.astype(np.uint8), k
 
 
+def encode_table(first, mid):
+    """The one-read encoding table over float32 cells (module doc): ``first[cell] | t << 8 |
+    flip << 24``, where ``code = first[cell] + ((low16(x) ^ (0xFFFF * flip)) > t)`` equals
+    ``first[cell] + (mid[first[cell]] < x)`` for every float32 ``x`` of the cell."""
+    cells = np.arange(1 << 16, dtype=np.int64)
+    m = mid[first.astype(np.int64)].astype(np.float32)
+    mb = m.view(np.uint32).astype(np.int64)         # the midpoint's bits
+    lb = cells << 16                                # the bits of the cell's low16 = 0 value
+    negative = cells >= 0x8000
+    special = (cells & 0x7F80) == 0x7F80            # exponent all ones: inf and NaNs
+    t = np.full(1 << 16, 0xFFFF, np.int64)          # 0xFFFF: no value of the cell is above m
+    flip = negative.copy()
+    with np.errstate(invalid="ignore"):
+        # positive cell: bits grow with the value; m >= the cell's smallest value, so x > m
+        # exactly for low16 > bits(m) - lb (m beyond the cell: never)
+        pos = ~negative & ~special & (m > 0) & np.isfinite(m)
+        t[pos] = np.minimum(mb[pos] - lb[pos], 0xFFFF)
+        # negative cell: bits grow as the value falls; with m in the cell (bits(m) = lb + d),
+        # x > m exactly for low16 < d, i.e. low16 ^ 0xFFFF > 0xFFFF - d (m above the cell:
+        # never; m >= the cell's smallest value, so never below it)
+        neg = negative & ~special & (m < 0) & (mb > lb) & (mb <= lb + 0xFFFF)
+        t[neg] = 0xFFFF - (mb[neg] - lb[neg])
+        assert not np.any(negative & ~special & (m < 0) & (mb > lb + 0xFFFF))
+        assert np.all(mb[pos] >= lb[pos])
+        # the +inf cell: low16 0 is +inf (above any finite m), the rest NaN (never above)
+        inf = 0x7F80
+        flip[inf] = True
+        t[inf] = 0xFFFE if np.isfinite(m[inf]) else 0xFFFF
+    table = first.astype(np.int64) | (t << 8) | (flip.astype(np.int64) << 24)
+    return table.astype(np.uint32)
+
+
+def encode_with_table(x, table):
+    """Codes of float32 ``x`` through :func:`encode_table`'s table (the CPU kernels'
+    arithmetic, for tests)."""
+    xb = np.asarray(x, np.float32).view(np.uint32)
+    tv = table[xb >> np.uint32(16)]
+    flip = (np.uint32(0) - ((tv >> np.uint32(24)) & np.uint32(1))) & np.uint32(0xFFFF)
+    key = (xb & np.uint32(0xFFFF)) ^ flip
+    up = key > ((tv >> np.uint32(8)) & np.uint32(0xFFFF))
+    return ((tv & np.uint32(0xFF)) + up).astype(np.uint8)
+
+
 class QMap:
     """One dynamic map with its lookup tables (see the module doc)."""
 
@@ -92,6 +145,7 @@ class QMap:
         # step): in the unsigned map no positive value rounds to 0
         self.mid, self.first, self.cell_mids = _tables(self.values, keep_positive=not signed)
         self.zero_code = int(np.flatnonzero(self.values == 0)[0])
+        self.table = encode_table(self.first, self.mid)
 
     def __repr__(self):
         return f"<QMap {'signed' if self.signed else 'unsigned'}: 256 values>"
@@ -142,7 +196,7 @@ def quantize(w, block, qmap):
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         inv = np.where(s == 0, s, w.dtype.type(1) / np.where(s == 0, 1, s))
         inv = np.where(np.isinf(inv), w.dtype.type(0), inv)     # absmax < 1 / FLT_MAX: zeros
-    x = w * np.repeat(inv, block)[:w.shape[0]]
+        x = w * np.repeat(inv, block)[:w.shape[0]]      # (an inf block: inf * 0 is NaN, code 0)
     return quantize_values(x, qmap), scales
 
 

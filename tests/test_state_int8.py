@@ -50,6 +50,54 @@ def test_codes_are_the_nearest_map_entry(dtype):
         assert np.all(qm.values[Q.quantize_values(qm.values.astype(dtype), qm)] == qm.values)
 
 
+def test_the_one_read_table_gives_the_reference_codes():
+    """The CPU kernels' float32 encoder (one table read per value, integer arithmetic:
+    ``quantization.encode_table``) against the reference's first table and comparison. In a
+    cell both are step functions of the low 16 bits with at most one step, the reference's at
+    a midpoint: they are equal on the whole cell when they agree at its ends and next to every
+    midpoint, which is what is checked (all 2**32 values once:
+    bench/cpu_probes/encode_table_check.py)."""
+    cells = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    ends = np.concatenate([cells | np.uint32(low) for low in (0, 1, 0xFFFE, 0xFFFF)])
+    for qm in (Q.SIGNED, Q.UNSIGNED):
+        m = qm.mid[np.isfinite(qm.mid)].view(np.uint32).astype(np.int64)
+        near = (m[:, None] + np.arange(-2, 3)[None, :]).ravel()
+        near = np.concatenate([near, near ^ (1 << 31)]).astype(np.uint32)
+        x = np.concatenate([ends, near]).view(np.float32)
+        assert np.array_equal(Q.encode_with_table(x, qm.table), Q.quantize_values(x, qm)), qm
+    # a wrong threshold is caught: one cell's step moved by one
+    spoiled = Q.SIGNED.table.copy()
+    c = int(Q.SIGNED.mid[100].view(np.uint32)) >> 16
+    spoiled[c] += np.uint32(1 << 8)
+    x = np.concatenate([ends, near]).view(np.float32)
+    assert not np.array_equal(Q.encode_with_table(x, spoiled), Q.quantize_values(x, Q.SIGNED))
+
+
+@pytest.mark.parametrize("signed", [True, False])
+def test_the_cpu_float32_encoder_on_special_values(signed):
+    """The block encoder of the CPU kernels (absmax, scale, codes; the one-read table) on
+    blocks of 61 values (a partial group of eight) with zeros of both signs, subnormals,
+    inf and NaN: the reference's codes and scales."""
+    from fastopt.kernels.quant8 import quantize_block_t
+    qm = Q.SIGNED if signed else Q.UNSIGNED
+    rng = np.random.default_rng(3)
+    k = 61
+    blocks = [rng.standard_normal(k) * 10.0 ** rng.integers(-30, 30, k) for _ in range(3)]
+    blocks[0][:6] = [0.0, -0.0, 1e-45, -1e-45, 1e-39, 3e38]
+    blocks[1][7] = np.inf
+    blocks[2][9] = np.nan
+    w = np.concatenate(blocks).astype(np.float32)
+    if not signed:
+        w = np.abs(w)
+    codes = np.zeros(w.size, np.uint8)
+    xf = np.empty(k, np.float32)
+    scales = [quantize_block_t(w[b * k:(b + 1) * k], k, codes, b * k, qm.table, xf,
+                               xf.view(np.uint32)) for b in range(3)]
+    ref_codes, ref_scales = Q.quantize(w, k, qm)
+    assert np.array_equal(codes, ref_codes)
+    assert_bitwise(np.array(scales, np.float32), ref_scales, "scales")
+
+
 def test_a_block_whose_inverse_absmax_overflows_is_stored_as_zeros():
     # float32 state of absmax ~1e-40 (second moments of a long-dead parameter decay there):
     # 1 / absmax is inf, and inf / NaN products would take the wrong end of the map (+absmax

@@ -160,10 +160,9 @@ def abs_max32(typingctx, w, k):
         def scalar(j):
             x = builder.and_(builder.load(builder.gep(data, [j])), _const(i32, 0x7FFFFFFF))
             builder.store(builder.call(smax, [builder.load(out), x]), out)
-        _vec_loop(builder, k, vector, lambda j: None)
-        builder.store(builder.call(reduce, [builder.load(acc)]), out)
-        _vec_loop(builder, k, lambda j: None, scalar)
-        return builder.bitcast(builder.load(out), ir.FloatType())
+        _vec_loop(builder, k, vector, scalar)
+        lanes = builder.call(reduce, [builder.load(acc)])
+        return builder.bitcast(builder.call(smax, [lanes, builder.load(out)]), ir.FloatType())
     return types.float32(w, k), codegen
 
 
@@ -276,7 +275,7 @@ def quantize_block_t(w, k, codes, lo, table, xf, xb):
     scaled values (``xf``, viewed as bits ``xb``: eight lanes), then per eight values eight
     table reads and the codes in eight lanes (:func:`table_encode`). Against
     :func:`quantize_block` (two dependent reads per value, one value at a time) on the 2-core
-    Zen 3 VM: 0.45 vs 1.4-1.9 ns per value in L1; the 8-bit steps of Adam, RMSprop and
+    Zen 3 VM: 0.45 vs 1.4-2.0 ns per value in L1; the 8-bit steps of Adam, RMSprop and
     Momentum 1.39-1.68x as fast with this encoder alone (``bench/cpu_probes/q8_encoders.py``,
     1e5 serial and 1e7 parallel)."""
     scale = abs_max32(w, k)

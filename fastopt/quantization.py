@@ -35,10 +35,11 @@ cell the values share their top 16 bits, so ``mid[first[cell]] < x`` is a compar
 low 16 bits of ``x`` against a threshold, reversed in negative cells (larger bits, smaller
 value). ``table[cell]`` (uint32) holds the base code (bits 0-7), the threshold ``t`` (bits
 8-23) and a flip bit (24), and ``code = base + ((low16(x) ^ (0xFFFF if flip else 0)) > t)``:
-one table read per value, the rest integer arithmetic that vectorizes. It equals
-:func:`quantize_values` for all 2**32 float32 bit patterns, both maps (checked exhaustively
-once, ``bench/cpu_probes/encode_table_check.py``; the tests check every cell's ends and
-every midpoint's neighbours, where the two step functions could differ).
+one table read per value, the rest integer arithmetic that vectorizes. The kernels' encoder
+(``kernels.quant8.encode_bits``) equals :func:`quantize_values` for all 2**32 float32 bit
+patterns, both maps (checked exhaustively, ``bench/cpu_probes/encode_table_check.py``; the
+tests check every cell's ends and every midpoint's neighbours, where the two step functions
+could differ).
 
 Small buffers: a buffer of fewer than ``min_8bit_size`` elements (default 4096, bitsandbytes'
 rule per tensor; here per buffer) keeps its state in the parameter's dtype: the scales and the
@@ -122,17 +123,6 @@ def encode_table(first, mid):
         t[inf] = 0xFFFE if np.isfinite(m[inf]) else 0xFFFF
     table = first.astype(np.int64) | (t << 8) | (flip.astype(np.int64) << 24)
     return table.astype(np.uint32)
-
-
-def encode_with_table(x, table):
-    """Codes of float32 ``x`` through :func:`encode_table`'s table (the CPU kernels'
-    arithmetic, for tests)."""
-    xb = np.asarray(x, np.float32).view(np.uint32)
-    tv = table[xb >> np.uint32(16)]
-    flip = (np.uint32(0) - ((tv >> np.uint32(24)) & np.uint32(1))) & np.uint32(0xFFFF)
-    key = (xb & np.uint32(0xFFFF)) ^ flip
-    up = key > ((tv >> np.uint32(8)) & np.uint32(0xFFFF))
-    return ((tv & np.uint32(0xFF)) + up).astype(np.uint8)
 
 
 class QMap:

@@ -267,6 +267,14 @@ def table_encode(typingctx, xb, table, k, codes, lo):
     return types.none(xb, table, k, codes, lo), codegen
 
 
+@njit(error_model="numpy", cache=True)
+def encode_bits(xb, table, codes):
+    """``codes[j]``: the code of the float32 value with bits ``xb[j]`` through the one-read
+    table, by the kernels' own encoder (:func:`table_encode`); for the tests and
+    ``bench/cpu_probes/encode_table_check.py``, which compare it with the reference's codes."""
+    table_encode(xb, table, xb.shape[0], codes, 0)
+
+
 @njit(**INLINE)
 def quantize_block_t(w, k, codes, lo, table, xf, xb):
     """:func:`quantize_block` for float32 with the one-read table

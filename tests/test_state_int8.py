@@ -52,25 +52,34 @@ def test_codes_are_the_nearest_map_entry(dtype):
 
 def test_the_one_read_table_gives_the_reference_codes():
     """The CPU kernels' float32 encoder (one table read per value, integer arithmetic:
-    ``quantization.encode_table``) against the reference's first table and comparison. In a
-    cell both are step functions of the low 16 bits with at most one step, the reference's at
-    a midpoint: they are equal on the whole cell when they agree at its ends and next to every
-    midpoint, which is what is checked (all 2**32 values once:
+    ``quantization.encode_table``, run by the kernels' own code) against the reference's first
+    table and comparison. In a cell both are step functions of the low 16 bits with at most
+    one step, the reference's at a midpoint: they are equal on the whole cell when they agree
+    at its ends and next to every midpoint, which is what is checked (all 2**32 values:
     bench/cpu_probes/encode_table_check.py)."""
+    from fastopt.kernels.quant8 import encode_bits
+
+    def codes(bits, table):
+        out = np.empty(bits.size, np.uint8)
+        encode_bits(bits, table, out)
+        return out
+
     cells = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
     ends = np.concatenate([cells | np.uint32(low) for low in (0, 1, 0xFFFE, 0xFFFF)])
     for qm in (Q.SIGNED, Q.UNSIGNED):
         m = qm.mid[np.isfinite(qm.mid)].view(np.uint32).astype(np.int64)
         near = (m[:, None] + np.arange(-2, 3)[None, :]).ravel()
         near = np.concatenate([near, near ^ (1 << 31)]).astype(np.uint32)
-        x = np.concatenate([ends, near]).view(np.float32)
-        assert np.array_equal(Q.encode_with_table(x, qm.table), Q.quantize_values(x, qm)), qm
+        bits = np.concatenate([ends, near])
+        assert np.array_equal(codes(bits, qm.table), Q.quantize_values(bits.view(np.float32),
+                                                                         qm)), qm
     # a wrong threshold is caught: one cell's step moved by one
     spoiled = Q.SIGNED.table.copy()
     c = int(Q.SIGNED.mid[100].view(np.uint32)) >> 16
     spoiled[c] += np.uint32(1 << 8)
-    x = np.concatenate([ends, near]).view(np.float32)
-    assert not np.array_equal(Q.encode_with_table(x, spoiled), Q.quantize_values(x, Q.SIGNED))
+    bits = np.concatenate([ends, near])
+    assert not np.array_equal(codes(bits, spoiled),
+                              Q.quantize_values(bits.view(np.float32), Q.SIGNED))
 
 
 @pytest.mark.parametrize("signed", [True, False])

@@ -30,4 +30,5 @@ if __name__ == "__main__":
     for qm in (Q.SIGNED, Q.UNSIGNED):
         t = time.perf_counter()
         bad = mismatches(qm)
-        print(f"{qm}: {bad} mismatches over 2**32 float32 values ({time.perf_counter() - t:.0f} s)")
+        took = time.perf_counter() - t
+        print(f"{qm}: {bad} mismatches over 2**32 float32 values ({took:.0f} s)")

@@ -127,14 +127,31 @@ def bf16_to_f32(b):
     return _u32_as_f32(np.uint32(b) << np.uint32(16))
 
 
+@intrinsic
+def _bf16_nearest(typingctx, x):
+    """float32 -> bfloat16 bits, nearest, ties to even; NaN: its top half, made quiet. In
+    32-bit integer arithmetic and a 32-bit select, truncated once: Numba's own integer
+    arithmetic widens uint32 to 64 bits, which the vectorizer then carries in 64-bit lanes.
+    (No wraparound: a non-NaN float32's bits are at most 0xFF800000.)"""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        hi = builder.lshr(u, ir.Constant(i32, 16))
+        bias = builder.add(ir.Constant(i32, 0x7FFF), builder.and_(hi, ir.Constant(i32, 1)))
+        nearest = builder.lshr(builder.add(u, bias), ir.Constant(i32, 16))
+        quiet = builder.or_(hi, ir.Constant(i32, 0x40))
+        nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.trunc(builder.select(nan, quiet, nearest), ir.IntType(16))
+    return types.uint16(x), codegen
+
+
 @njit(inline="always", error_model="numpy")
 def f32_to_bf16(x):
     """float32 ``x`` rounded to the nearest bfloat16, ties to even, as bits (NaN: quiet)."""
-    u = _f32_as_u32(x)
-    if x != x:
-        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
-    return np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))))
-                     >> np.uint32(16))
+    return _bf16_nearest(x)
 
 
 def word_lo(w):

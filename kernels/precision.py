@@ -191,15 +191,34 @@ def splitmix64(x):
     return z ^ (z >> np.uint64(31))
 
 
+@intrinsic
+def _bf16_add_truncate(typingctx, x, r):
+    """float32 ``x`` plus ``r`` (< 2**16) at its bits, truncated to bfloat16 bits; NaN: its
+    top half, made quiet. In 32-bit arithmetic (a non-NaN float32's bits plus ``r`` stay below
+    2**32) and a 32-bit select, truncated once, as :func:`_bf16_nearest`."""
+    if x != types.float32 or not isinstance(r, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        u = builder.bitcast(args[0], i32)
+        add = args[1]
+        if r.bitwidth > 32:
+            add = builder.trunc(add, i32)
+        elif r.bitwidth < 32:
+            add = builder.zext(add, i32)
+        rounded = builder.lshr(builder.add(u, add), ir.Constant(i32, 16))
+        quiet = builder.or_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 0x40))
+        nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.trunc(builder.select(nan, quiet, rounded), ir.IntType(16))
+    return types.uint16(x, r), codegen
+
+
 @njit(inline="always", error_model="numpy")
 def f32_to_bf16_stochastic(x, key, index):
     """float32 ``x`` rounded to bfloat16 stochastically: the top 16 bits of
     ``splitmix64(key + index)`` added to its bits, then truncated (NaN: quiet)."""
-    u = _f32_as_u32(x)
-    if x != x:
-        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
-    r = splitmix64(key + np.uint64(index)) >> np.uint64(48)
-    return np.uint16((np.uint64(u) + r) >> np.uint64(16))
+    return _bf16_add_truncate(x, splitmix64(key + np.uint64(index)) >> np.uint64(48))
 
 
 @overload(operator.getitem)

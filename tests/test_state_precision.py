@@ -83,6 +83,25 @@ def test_the_kernel_rounding_is_the_reference_rounding():
     assert_bitwise(back, precision.from_bfloat16(out))
 
 
+
+def test_the_kernel_stochastic_rounding_is_the_reference_rounding():
+    from numba import njit
+    from fastopt.kernels.precision import f32_to_bf16_stochastic
+
+    @njit
+    def rounded(x, key, out):
+        for i in range(x.shape[0]):
+            out[i] = f32_to_bf16_stochastic(x[i], key, i)
+    rng = np.random.default_rng(2)
+    edges = np.array([0x7F800000, 0xFF800000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF,
+                      0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F0001, 0x3F80FFFF, 0, 0x80000000], np.uint32)
+    x = np.concatenate([edges, rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64)
+                        .astype(np.uint32)]).view(np.float32)
+    out = np.empty(x.size, np.uint16)
+    for key in (0, 2 ** 64 - 5, int(rng.integers(0, 2 ** 63))):
+        rounded(x, np.uint64(key), out)
+        assert_bitwise(out, precision.to_bfloat16_stochastic(x, key))
+
 def _pair(spec, combo, n, shape=None, seed=0):
     kw = full_kwargs(spec, **combo)
     rng = np.random.default_rng(seed)

@@ -1,0 +1,186 @@
+"""CPU probe: random CPU-vs-NumPy parity cases (fuzzing) over every registered optimizer, its
+option combinations, float32/float64, state precision (float, bfloat16 nearest or stochastic,
+8-bit with random block sizes), clipping / unscaling / skipping, random parameter groups,
+sizes around block and vector boundaries, serial / parallel / default threads, and gradients
+with NaN, inf, huge and subnormal values; 4 steps per case. Every array, scale, step count,
+``found_inf``, ``skipped_steps`` and ``grad_norm`` must be bitwise equal (NaN's sign and
+payload excepted, README "Guarantees"); a step that raises must raise the same error type on
+both backends and write nothing. Prints each failure and a running count.
+
+    python bench/cpu_probes/fuzz_parity.py [seconds] [seed]     (from the repository root)
+"""
+import os
+import sys
+import time
+import traceback
+import warnings
+
+import numpy as np
+
+import fastopt
+from fastopt import registry, testinfo
+from fastopt._step import step
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+                                "tests"))
+from helpers import full_kwargs, state_options, bits  # noqa: E402
+
+
+def assert_bitwise(a, b, what=""):
+    a, b = np.ascontiguousarray(a).ravel(), np.ascontiguousarray(b).ravel()
+    same = bits(a) == bits(b)
+    if a.dtype.kind == "f":
+        same |= np.isnan(a) & np.isnan(b)
+    elif a.dtype == np.uint16:       # bfloat16 bits: any NaN equals any NaN
+        def nan(x):
+            return ((x & 0x7F80) == 0x7F80) & ((x & 0x7F) != 0)
+        same |= nan(a) & nan(b)
+    if not same.all():
+        i = np.flatnonzero(~same)[0]
+        raise AssertionError(f"{what}: {(~same).sum()} differ, first at {i}: "
+                             f"{a[i]!r} != {b[i]!r}")
+
+
+SPECS = list(registry.REGISTRY.values())
+SIZES = [1, 7, 63, 64, 65, 255, 256, 257, 1000, 4097, 70001, 140_000]
+
+
+def rand_grad(rng, n, dtype, special):
+    g = rng.standard_normal(n) * 10.0 ** rng.integers(-6, 3)
+    g[::7] = 0.0
+    if special == "nan":
+        g[rng.integers(0, n)] = np.nan
+    elif special == "inf":
+        g[rng.integers(0, n)] = -np.inf if rng.random() < .5 else np.inf
+    elif special == "huge":
+        g[rng.integers(0, n)] = 3e38 if dtype == np.float32 else 1e300
+    elif special == "tiny":
+        g[: max(1, n // 3)] *= 1e-40
+    with np.errstate(over="ignore"):
+        return g.astype(dtype)
+
+
+def groups_for(rng, spec, n):
+    reals = [h for h in spec.hypers if h.kind == "real"]
+    k = int(rng.integers(1, 4))
+    cuts = sorted(set(int(c) for c in rng.integers(0, n + 1, size=2 * k)))
+    gs = []
+    for a, b in zip(cuts[0::2], cuts[1::2]):
+        if b <= a:
+            continue
+        d = {"range": (a, b)}
+        for h in rng.choice(reals, size=min(2, len(reals)), replace=False):
+            v = h.default
+            if h.name == "weight_decay":
+                v = float(rng.choice([0.0, 0.01, 0.1]))
+            elif h.high is not None and h.high <= 1.0:
+                v = float(rng.choice([0.5, 0.8, 0.95])) if h.name != "dampening" else 0.1
+            elif v and v > 0:
+                v = v * float(rng.choice([0.5, 2.0]))
+            else:
+                continue
+            d[h.name] = v
+        gs.append(d)
+    return fastopt.Groups(n, gs) if gs else None
+
+
+def snapshot(b):
+    return ({k: a.copy() for k, a in b.arrays().items()},
+            {k: a.copy() for k, a in (b.state_absmax or {}).items()}, b.step)
+
+
+def one(case, rng):
+    spec = SPECS[rng.integers(len(SPECS))]
+    combos = testinfo.option_combinations(spec)
+    combo = combos[rng.integers(len(combos))]
+    dtype = [np.float32, np.float64][rng.integers(2)]
+    n = int(SIZES[rng.integers(len(SIZES))])
+    prec = ["none", "bfloat16", "bfloat16-sr", "int8"][rng.integers(4)]
+    kw = full_kwargs(spec, **combo)
+    zk = dict(state_options(spec, combo))
+    if prec.startswith("bfloat16"):
+        dtype = np.float32                      # (bfloat16 state needs float32 parameters)
+        zk.update(state_dtype="bfloat16", stochastic_rounding=prec.endswith("sr"),
+                  seed=int(rng.integers(0, 1000)))
+    elif prec == "int8":
+        zk.update(state_dtype="int8", block_size=int(rng.choice([32, 64, 100, 256])),
+                  min_8bit_size=int(rng.choice([0, 0, 500])))
+    loop = {}
+    if rng.random() < .5:
+        loop["max_grad_norm"] = float(rng.choice([1e-3, 1.0, 1e3]))
+    if rng.random() < .3:
+        loop["grad_scale"] = float(rng.choice([2.0 ** 16, 0.5, 3.0]))
+    if rng.random() < .4:
+        loop["skip_nonfinite"] = True
+    groups = groups_for(rng, spec, n) if (rng.random() < .35 and spec.name != "lamb") else None
+    parallel = [None, True, False][rng.integers(3)]
+    p0 = rng.standard_normal(n).astype(dtype)
+    desc = (f"#{case} {spec.name} {combo} {np.dtype(dtype).name} n={n} {prec} {zk} loop={loop} "
+            f"groups={None if groups is None else groups!r} parallel={parallel}")
+    try:
+        a = spec.buffers_cls.zeros(p0.copy(), np.zeros_like(p0), **zk)
+        b = spec.buffers_cls.zeros(p0.copy(), np.zeros_like(p0), **zk)
+    except Exception as e:
+        return f"SETUP {type(e).__name__}: {str(e)[:60]}", None
+    for s in range(4):
+        special = rng.choice(["none", "none", "nan", "inf", "huge", "tiny"])
+        g = rand_grad(rng, n, dtype, special)
+        a.grad[...] = g
+        b.grad[...] = g
+        ea = eb = None
+        sa = snapshot(a)
+        try:
+            step(spec, a, backend="cpu", parallel=parallel, groups=groups, **loop, **kw)
+        except Exception as e:
+            ea = e
+        try:
+            step(spec, b, backend="numpy", groups=groups, **loop, **kw)
+        except Exception as e:
+            eb = e
+        if (ea is None) != (eb is None) or (ea is not None and type(ea) != type(eb)):
+            return "EXC-MISMATCH", f"{desc} step{s} {special}: cpu={ea!r} numpy={eb!r}"
+        if ea is not None:
+            now = snapshot(a)
+            for k in sa[0]:
+                if sa[0][k].tobytes() != now[0][k].tobytes():
+                    return "WRITE-ON-RAISE", f"{desc} step{s} {k}"
+            return f"raised {type(ea).__name__}", None
+        try:
+            assert a.step == b.step, f"step {a.step} != {b.step}"
+            for k, x in a.arrays().items():
+                if k != "grad":
+                    assert_bitwise(x, b.arrays()[k], k)
+            for k, x in (a.state_absmax or {}).items():
+                assert_bitwise(x, b.state_absmax[k], "absmax " + k)
+            assert bool(a.found_inf) == bool(b.found_inf), "found_inf"
+            assert a.skipped_steps == b.skipped_steps, "skipped"
+            ga, gb = a.grad_norm, b.grad_norm
+            assert (ga is None and gb is None) or np.array_equal(
+                np.float64(ga), np.float64(gb), equal_nan=True), f"norm {ga} {gb}"
+        except AssertionError as e:
+            return "MISMATCH", f"{desc} step{s} {special}: {e}"
+    return "ok", None
+
+
+def main(seconds, seed):
+    warnings.simplefilter("ignore", RuntimeWarning)    # the reference's NaN/inf arithmetic
+    rng = np.random.default_rng(seed)
+    t0, case, counts = time.time(), 0, {}
+    while time.time() - t0 < seconds:
+        case += 1
+        try:
+            kind, detail = one(case, rng)
+        except Exception:
+            kind, detail = "CRASH", traceback.format_exc()[-1500:]
+        key = kind.split(":")[0][:60]
+        counts[key] = counts.get(key, 0) + 1
+        if detail or kind.startswith("SETUP"):
+            print(kind, detail, flush=True)
+        if case % 25 == 0:
+            print(f"[{time.time()-t0:.0f}s] {case} cases {counts}", flush=True)
+    print("DONE", case, counts, flush=True)
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    main(float(a[0]) if a else 600.0, int(a[1]) if len(a) > 1 else 0)

@@ -83,7 +83,6 @@ def test_the_kernel_rounding_is_the_reference_rounding():
     assert_bitwise(back, precision.from_bfloat16(out))
 
 
-
 def test_the_kernel_stochastic_rounding_is_the_reference_rounding():
     from numba import njit
     from fastopt.kernels.precision import f32_to_bf16_stochastic
@@ -101,6 +100,7 @@ def test_the_kernel_stochastic_rounding_is_the_reference_rounding():
     for key in (0, 2 ** 64 - 5, int(rng.integers(0, 2 ** 63))):
         rounded(x, np.uint64(key), out)
         assert_bitwise(out, precision.to_bfloat16_stochastic(x, key))
+
 
 def _pair(spec, combo, n, shape=None, seed=0):
     kw = full_kwargs(spec, **combo)

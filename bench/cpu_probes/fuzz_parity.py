@@ -141,6 +141,11 @@ def one(case, rng):
             return "EXC-MISMATCH", f"{desc} step{s} {special}: cpu={ea!r} numpy={eb!r}"
         if ea is not None:
             now = snapshot(a)
+            if now[2] != sa[2]:
+                return "WRITE-ON-RAISE", f"{desc} step{s} the step count"
+            for k in sa[1]:
+                if sa[1][k].tobytes() != now[1][k].tobytes():
+                    return "WRITE-ON-RAISE", f"{desc} step{s} scales of {k}"
             for k in sa[0]:
                 if sa[0][k].tobytes() != now[0][k].tobytes():
                     return "WRITE-ON-RAISE", f"{desc} step{s} {k}"

@@ -127,24 +127,32 @@ def bf16_to_f32(b):
     return _u32_as_f32(np.uint32(b) << np.uint32(16))
 
 
+def _bf16_bits(builder, x, bias):
+    """The IR of the bfloat16 rounding shared by both modes: ``(bits(x) + bias(hi)) >> 16``
+    (``hi`` is ``bits(x) >> 16``), or for NaN ``hi | 0x40`` (made quiet), in 32-bit integer
+    arithmetic with a 32-bit select, truncated once to 16 bits. Numba's own integer arithmetic
+    widens ``uint32`` to 64 bits, which the vectorizer then carries in 64-bit lanes and packs
+    each branch separately. (No wraparound: a non-NaN float32's bits are at most 0xFF800000,
+    and the bias is below 2**16.)"""
+    i32 = ir.IntType(32)
+    u = builder.bitcast(x, i32)
+    hi = builder.lshr(u, ir.Constant(i32, 16))
+    rounded = builder.lshr(builder.add(u, bias(hi)), ir.Constant(i32, 16))
+    quiet = builder.or_(hi, ir.Constant(i32, 0x40))
+    nan = builder.fcmp_unordered("uno", x, x)
+    return builder.trunc(builder.select(nan, quiet, rounded), ir.IntType(16))
+
+
 @intrinsic
 def _bf16_nearest(typingctx, x):
-    """float32 -> bfloat16 bits, nearest, ties to even; NaN: its top half, made quiet. In
-    32-bit integer arithmetic and a 32-bit select, truncated once: Numba's own integer
-    arithmetic widens uint32 to 64 bits, which the vectorizer then carries in 64-bit lanes.
-    (No wraparound: a non-NaN float32's bits are at most 0xFF800000.)"""
+    """float32 -> bfloat16 bits, nearest, ties to even (bias ``0x7FFF + (hi & 1)``)."""
     if x != types.float32:
         return None
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
-        u = builder.bitcast(args[0], i32)
-        hi = builder.lshr(u, ir.Constant(i32, 16))
-        bias = builder.add(ir.Constant(i32, 0x7FFF), builder.and_(hi, ir.Constant(i32, 1)))
-        nearest = builder.lshr(builder.add(u, bias), ir.Constant(i32, 16))
-        quiet = builder.or_(hi, ir.Constant(i32, 0x40))
-        nan = builder.fcmp_unordered("uno", args[0], args[0])
-        return builder.trunc(builder.select(nan, quiet, nearest), ir.IntType(16))
+        return _bf16_bits(builder, args[0], lambda hi: builder.add(
+            ir.Constant(i32, 0x7FFF), builder.and_(hi, ir.Constant(i32, 1))))
     return types.uint16(x), codegen
 
 
@@ -193,24 +201,19 @@ def splitmix64(x):
 
 @intrinsic
 def _bf16_add_truncate(typingctx, x, r):
-    """float32 ``x`` plus ``r`` (< 2**16) at its bits, truncated to bfloat16 bits; NaN: its
-    top half, made quiet. In 32-bit arithmetic (a non-NaN float32's bits plus ``r`` stay below
-    2**32) and a 32-bit select, truncated once, as :func:`_bf16_nearest`."""
+    """float32 -> bfloat16 bits with ``r`` (an integer below 2**16) as the bias: stochastic
+    rounding."""
     if x != types.float32 or not isinstance(r, types.Integer):
         return None
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
-        u = builder.bitcast(args[0], i32)
         add = args[1]
         if r.bitwidth > 32:
             add = builder.trunc(add, i32)
         elif r.bitwidth < 32:
             add = builder.zext(add, i32)
-        rounded = builder.lshr(builder.add(u, add), ir.Constant(i32, 16))
-        quiet = builder.or_(builder.lshr(u, ir.Constant(i32, 16)), ir.Constant(i32, 0x40))
-        nan = builder.fcmp_unordered("uno", args[0], args[0])
-        return builder.trunc(builder.select(nan, quiet, rounded), ir.IntType(16))
+        return _bf16_bits(builder, args[0], lambda hi: add)
     return types.uint16(x, r), codegen
 
 

@@ -201,18 +201,13 @@ def splitmix64(x):
 
 @intrinsic
 def _bf16_add_truncate(typingctx, x, r):
-    """float32 -> bfloat16 bits with ``r`` (an integer below 2**16) as the bias: stochastic
+    """float32 -> bfloat16 bits with ``r`` (a uint64 below 2**16) as the bias: stochastic
     rounding."""
-    if x != types.float32 or not isinstance(r, types.Integer):
+    if x != types.float32 or r != types.uint64:
         return None
 
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-        add = args[1]
-        if r.bitwidth > 32:
-            add = builder.trunc(add, i32)
-        elif r.bitwidth < 32:
-            add = builder.zext(add, i32)
+        add = builder.trunc(args[1], ir.IntType(32))
         return _bf16_bits(builder, args[0], lambda hi: add)
     return types.uint16(x, r), codegen
 

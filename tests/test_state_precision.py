@@ -59,6 +59,18 @@ def test_to_bfloat16_is_round_to_nearest_even():
     assert np.isnan(f[~finite & ((b & 0x7F) != 0)]).all()
 
 
+def _with_edges(rng):
+    """200,000 random float32 bit patterns after the edges of the kernels' 32-bit rounding
+    arithmetic: +-inf, the NaNs next to them and at the top (whose rounding would carry into
+    the sign), the largest finite (rounds to inf), ties both ways, a carry into the exponent."""
+    edges = np.array([0x7F800000, 0xFF800000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF,
+                      0x7FC00000, 0xFFBFFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x7F7F0001,
+                      0x3F808000, 0x3F818000, 0x3F808001, 0x3F80FFFF, 0x00008000, 0x80018000,
+                      0, 0x80000000], np.uint32)
+    x = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)
+    return np.concatenate([edges, x]).view(np.float32)
+
+
 def test_the_kernel_rounding_is_the_reference_rounding():
     from numba import njit
     from fastopt.kernels.precision import bf16_to_f32, f32_to_bf16
@@ -69,14 +81,7 @@ def test_the_kernel_rounding_is_the_reference_rounding():
             out[i] = f32_to_bf16(x[i])
             back[i] = bf16_to_f32(out[i])
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)
-    # the edges of the 32-bit arithmetic: +-inf, the NaNs next to them and at the top (whose
-    # rounding would carry into the sign), the largest finite (rounds to inf), ties both ways
-    edges = np.array([0x7F800000, 0xFF800000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF,
-                      0x7FC00000, 0xFFBFFFFF, 0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F8000, 0x3F808000,
-                      0x3F818000, 0x3F808001, 0x00008000, 0x80018000, 0, 0x80000000],
-                     np.uint32)
-    x = np.concatenate([edges, x]).view(np.float32)
+    x = _with_edges(rng)
     out, back = np.empty(x.size, np.uint16), np.empty(x.size, np.float32)
     both(x, out, back)
     assert_bitwise(out, precision.to_bfloat16(x))
@@ -92,10 +97,7 @@ def test_the_kernel_stochastic_rounding_is_the_reference_rounding():
         for i in range(x.shape[0]):
             out[i] = f32_to_bf16_stochastic(x[i], key, i)
     rng = np.random.default_rng(2)
-    edges = np.array([0x7F800000, 0xFF800000, 0x7F800001, 0xFF800001, 0x7FFFFFFF, 0xFFFFFFFF,
-                      0x7F7FFFFF, 0xFF7FFFFF, 0x7F7F0001, 0x3F80FFFF, 0, 0x80000000], np.uint32)
-    x = np.concatenate([edges, rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64)
-                        .astype(np.uint32)]).view(np.float32)
+    x = _with_edges(rng)
     out = np.empty(x.size, np.uint16)
     for key in (0, 2 ** 64 - 5, int(rng.integers(0, 2 ** 63))):
         rounded(x, np.uint64(key), out)

@@ -17,8 +17,15 @@ then one call of the fastopt step function over the arena, with the parameter gr
 ``zero_grad(set_to_none=True)`` (torch's default) drops the gradient views, as torch does; the
 next backward allocates fresh gradients, and ``step()`` copies them into the arena and attaches
 the views again (one copy of the gradients per step; ``zero_grad(set_to_none=False)`` zeroes
-the arena in place and needs no copy; both measured in the README, "For torch users"). A parameter whose gradient is ``None`` at ``step()`` is left untouched, state included,
-as torch does.
+the arena in place and needs no copy; both measured in the README, "For torch users"). A
+parameter whose gradient is ``None`` at ``step()`` is left untouched, state included, as torch
+does.
+
+``state_dtype="bfloat16"`` (float32 parameters on the CPU) keeps the state in bfloat16, half
+the bytes, rounded to nearest even or, with ``stochastic_rounding=True``, from a hash of
+(``seed``, step, element index) (README, "Compressed optimizer state"); ``self.state[p]`` and
+``state_dict()`` hold it as ``torch.bfloat16`` tensors (views of the arena's bits), and
+``load_state_dict`` copies those bits as they are and refuses state of another precision.
 
 ``state_dict()`` is torch's format (``state[i]`` with ``"step"`` and torch's state names), and
 ``load_state_dict`` accepts a state dict saved from the torch optimizer of the same name (and
@@ -68,7 +75,21 @@ class _FastoptOptimizer(torch.optim.Optimizer):
     _fixed = {}
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, max_grad_norm=None, **kwargs):
+    def __init__(self, params, max_grad_norm=None, state_dtype=None, stochastic_rounding=False,
+                 seed=0, **kwargs):
+        where = f"fastopt.torch.{type(self).__name__}"
+        if state_dtype == "int8":
+            raise NotImplementedError(f"{where}: state_dtype='int8' is not in the torch front "
+                                      f"end yet (its per-block scales do not follow parameter "
+                                      f"boundaries); use fastopt.<Optimizer>Buffers.zeros(..., "
+                                      f"state_dtype='int8') and the step functions")
+        if state_dtype not in (None, "bfloat16"):
+            raise ValueError(f"{where}: state_dtype must be None (the parameters' dtype) or "
+                             f"'bfloat16', got {state_dtype!r}")
+        if stochastic_rounding and state_dtype != "bfloat16":
+            raise ValueError(f"{where}: stochastic_rounding needs state_dtype='bfloat16'")
+        self._state_kw = ({} if state_dtype is None else dict(
+            state_dtype=state_dtype, stochastic_rounding=bool(stochastic_rounding), seed=seed))
         for flag in ("foreach", "fused"):       # every fastopt step is one fused pass
             kwargs.pop(flag, None)
         for flag in ("capturable", "differentiable"):
@@ -120,7 +141,17 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if len(devices) > 1:
             raise ValueError(f"{where}: all parameters must be on one device, got "
                              f"{sorted(map(str, devices))}")
-        return dtypes.pop(), devices.pop()
+        dtype, device = dtypes.pop(), devices.pop()
+        if self._state_kw:
+            if dtype != torch.float32:
+                raise TypeError(f"{where}: bfloat16 state needs float32 parameters, got "
+                                f"{dtype}")
+            if device.type != "cpu":
+                raise NotImplementedError(f"{where}: bfloat16 state on {device.type} "
+                                          f"parameters is not in the torch front end yet (not "
+                                          f"run on a GPU); fastopt's step functions take it "
+                                          f"on CUDA arrays")
+        return dtype, device
 
     def _build(self):
         """(Re)build the arenas and the fastopt buffers from ``param_groups``; the values of
@@ -159,7 +190,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             self._ranges.append((off, off + k))
             off += k
         hps = [self._hyper(g) for g in self.param_groups]
-        options = self._state_options(hps)
+        options = dict(self._state_options(hps), **self._state_kw)
         b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
         previous = {}
         if old is not None:
@@ -351,10 +382,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return loss
 
     def _tensor(self, name):
-        """A torch view of the buffers' array ``name`` (host or device), zero-copy."""
+        """A torch view of the buffers' array ``name`` (host or device), zero-copy; bfloat16
+        state (``uint16`` bits) as a ``torch.bfloat16`` tensor over the same bytes."""
         a = getattr(self._buffers, name)
         if isinstance(a, np.ndarray):
-            return torch.from_numpy(a)
+            t = torch.from_numpy(a)
+            return t.view(torch.bfloat16) if a.dtype == np.uint16 else t
         return torch.as_tensor(a, device=self._flat_p.device)
 
     def _save(self, params):
@@ -406,7 +439,40 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 st["step"] = torch.tensor(float(self._buffers.step))
         return sd
 
+    def _given_state(self, state_dict):
+        """``{param: its state as given}``, before torch's ``load_state_dict`` casts floating
+        state to the parameter's dtype (torch's own mapping: saved ids to parameters in group
+        order); empty where the groups do not match (torch's checks then say so)."""
+        try:
+            saved = [i for g in state_dict["param_groups"] for i in g["params"]]
+            given = state_dict["state"]
+        except (KeyError, TypeError):
+            return {}
+        params = [p for g in self.param_groups for p in g["params"]]
+        if len(saved) != len(params):
+            return {}
+        return {p: given[i] for i, p in zip(saved, params) if isinstance(given.get(i), dict)}
+
+    def _check_state_precision(self, given):
+        """A state dict's state must have this optimizer's state precision: bfloat16 state
+        is not rounded from float state on load, nor widened from it (refused before any
+        write, as fastopt's checkpoints do)."""
+        bf16 = bool(self._state_kw)
+        fields = set(self._buffers.state_fields)
+        for st in given.values():
+            for f, t in st.items():
+                if (f in fields and isinstance(t, torch.Tensor) and t.is_floating_point()
+                        and (t.dtype == torch.bfloat16) != bf16):
+                    raise ValueError(
+                        f"fastopt.torch.{type(self).__name__}.load_state_dict: the state dict "
+                        f"holds {f!r} as {t.dtype} but this optimizer keeps "
+                        f"{'bfloat16' if bf16 else 'full-precision'} state; fastopt does not "
+                        f"convert state precision on load (construct the optimizer with "
+                        f"state_dtype={'None' if bf16 else repr('bfloat16')})")
+
     def load_state_dict(self, state_dict):
+        given = self._given_state(state_dict)
+        self._check_state_precision(given)
         super().load_state_dict(state_dict)          # torch's checks, groups, casts
         loaded = {p: dict(self.state[p]) for p in self._slices if self.state.get(p)}
         steps = {float(s["step"]) for s in loaded.values() if "step" in s}
@@ -425,7 +491,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             for f in b.state_fields:
                 if getattr(b, f) is None or f not in st or st[f] is None:
                     continue
-                self._tensor(f)[lo:hi].copy_(st[f].detach().reshape(-1))
+                src = st[f]
+                if self._state_kw and p in given and f in given[p]:
+                    src = given[p][f]            # the bfloat16 bits as given, not torch's cast
+                self._tensor(f)[lo:hi].copy_(src.detach().reshape(-1))
         if b.step:
             self._expose_state()
 

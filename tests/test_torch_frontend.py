@@ -1,7 +1,8 @@
 """fastopt.torch (issue 14): torch.optim-compatible optimizers on fastopt's kernels, against
 torch.optim itself: the torch MLP trained on MNIST with two parameter groups and a scheduler,
 zero_grad in both modes, parameters without gradients, state dicts both ways, GradScaler,
-clipping, errors. Skipped when torch is not installed."""
+clipping, bfloat16 state (against the flat step functions, through state dicts), errors.
+Skipped when torch is not installed."""
 import numpy as np
 import pytest
 
@@ -279,6 +280,19 @@ def test_add_param_group_keeps_state():
     assert ours._buffers.step == 6 and len(ours._slices) == 2
 
 
+def _lockstep(model, opt, b, steps, dtype, flat_step):
+    """``steps`` minibatches: ``opt`` steps the model, ``flat_step()`` steps the flat buffers
+    ``b`` with the same gradient; returns the model's parameters, flattened."""
+    for i in range(steps):
+        x, y = batch(i, dtype)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        b.grad[...] = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
+        opt.step()
+        flat_step()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+
+
 def test_lion_and_lamb_equal_the_flat_step_functions():
     import fastopt
     for cls, fn, kw in ((ft.Lion, fastopt.lion_step, dict(lr=1e-3, weight_decay=0.1)),
@@ -289,14 +303,8 @@ def test_lion_and_lamb_equal_the_flat_step_functions():
         hp = dict(kw)
         b = opt._spec.buffers_cls.zeros(flat0.copy(), np.zeros_like(flat0))
         sizes = [p.numel() for p in model.parameters()]
-        for i in range(5):
-            x, y = batch(i, torch.float64)
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            b.grad[...] = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
-            opt.step()
-            fn(b, **hp, **({"layout": sizes} if cls is ft.LAMB else {}))
-        ours = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy()
+        ours = _lockstep(model, opt, b, 5, torch.float64, lambda: fn(
+            b, **hp, **({"layout": sizes} if cls is ft.LAMB else {})))
         np.testing.assert_array_equal(ours, b.param)
 
 
@@ -335,3 +343,113 @@ def test_groups_must_agree_on_compile_time_options_and_sparse_grads_are_refused(
     with pytest.raises(TypeError, match="sparse"):
         opt2.step()
     assert ft.Adam([torch.nn.Parameter(torch.ones(2))], foreach=True, fused=True)   # ignored
+
+
+# ---------------------------------------------------------------- bfloat16 state
+BF16_CASES = [(ft.Adam, "adam_step", dict(lr=1e-3), {}, {}),
+              (ft.AdamW, "adam_step", dict(lr=1e-3, weight_decay=0.01),
+               dict(decoupled_weight_decay=True), dict(stochastic_rounding=True, seed=7)),
+              (ft.RMSprop, "rmsprop_step", dict(lr=1e-3, momentum=0.5, centered=True),
+               dict(alpha=0.99), {})]
+
+
+@pytest.mark.parametrize("cls,step_name,kw,extra,rounding", BF16_CASES,
+                         ids=["Adam", "AdamW-stochastic", "RMSprop-centered-momentum"])
+def test_bfloat16_state_equals_the_flat_step_function_bitwise(cls, step_name, kw, extra,
+                                                               rounding):
+    import fastopt
+    model = mlp(torch.float32)
+    flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy()
+    opt = cls(model.parameters(), state_dtype="bfloat16", **rounding, **kw)
+    ref = opt._spec.buffers_cls.zeros(flat0.copy(), np.zeros_like(flat0), state_dtype="bfloat16",
+                                      **rounding, **{k: v for k, v in kw.items()
+                                                     if k in ("momentum", "centered")})
+    ours = _lockstep(model, opt, ref, 6, torch.float32,
+                     lambda: getattr(fastopt, step_name)(ref, **kw, **extra))
+    np.testing.assert_array_equal(ours, ref.param)
+    fields = [f for f in ref.state_fields if getattr(ref, f) is not None]
+    assert fields
+    for f in fields:
+        assert getattr(opt._buffers, f).dtype == np.uint16
+        np.testing.assert_array_equal(getattr(opt._buffers, f), getattr(ref, f))
+        p = next(iter(model.parameters()))
+        st = opt.state[p][f]
+        assert st.dtype == torch.bfloat16 and st.shape == p.shape
+        np.testing.assert_array_equal(st.reshape(-1).view(torch.int16).numpy().view(np.uint16),
+                                      getattr(ref, f)[:p.numel()])
+
+
+def _bf16_run(opt, model, steps, start=0):
+    for i in range(start, start + steps):
+        x, y = batch(i, torch.float32)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_bfloat16_state_dict_round_trips_bitwise_and_other_precisions_are_refused():
+    import io
+    model = mlp(torch.float32)
+    opt = ft.AdamW(groups(model, 1e-3), lr=1e-3, state_dtype="bfloat16",
+                   stochastic_rounding=True, seed=3)
+    _bf16_run(opt, model, 3)
+    first = opt._buffers.exp_avg[0]
+    opt._buffers.exp_avg[0] = 0x7FC5      # a NaN's payload must survive the round trip
+    f = io.BytesIO()
+    torch.save(opt.state_dict(), f)
+    f.seek(0)
+    saved = torch.load(f)
+    assert all(st["exp_avg"].dtype == torch.bfloat16 for st in saved["state"].values())
+    again = mlp(torch.float32)
+    again.load_state_dict(model.state_dict())
+    resumed = ft.AdamW(groups(again, 1e-3), lr=1e-3, state_dtype="bfloat16",
+                       stochastic_rounding=True, seed=3)
+    resumed.load_state_dict(saved)
+    for name in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(getattr(resumed._buffers, name),
+                                      getattr(opt._buffers, name))
+    assert resumed._buffers.exp_avg[0] == 0x7FC5
+    opt._buffers.exp_avg[0] = resumed._buffers.exp_avg[0] = first   # (else NaN everywhere)
+    _bf16_run(opt, model, 2, 3)
+    _bf16_run(resumed, again, 2, 3)
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+    # another precision either way: refused, nothing written
+    full = mlp(torch.float32)
+    plain = ft.AdamW(groups(full, 1e-3), lr=1e-3)
+    _bf16_run(plain, full, 1)
+    for target, sd in ((plain, saved), (resumed, plain.state_dict())):
+        before = {k: a.copy() for k, a in target._buffers.arrays().items()}
+        with pytest.raises(ValueError, match="does not convert state precision"):
+            target.load_state_dict(sd)
+        for k, a in target._buffers.arrays().items():
+            np.testing.assert_array_equal(a, before[k])
+
+
+def test_bfloat16_state_survives_add_param_group():
+    a = torch.nn.Parameter(torch.randn(4000))
+    b = torch.nn.Parameter(torch.randn(300))
+    opt = ft.Adam([a], lr=0.05, state_dtype="bfloat16")
+    for _ in range(2):
+        opt.zero_grad()
+        (a ** 2).sum().backward()
+        opt.step()
+    kept = opt._buffers.exp_avg_sq.copy()
+    opt.add_param_group({"params": [b], "lr": 0.01})
+    assert opt._buffers.exp_avg_sq.dtype == np.uint16
+    np.testing.assert_array_equal(opt._buffers.exp_avg_sq[:4000], kept)
+    assert not opt._buffers.exp_avg_sq[4000:].any()
+
+
+@pytest.mark.parametrize("kw,error,match", [
+    (dict(state_dtype="int8"), NotImplementedError, "int8"),
+    (dict(state_dtype="float16"), ValueError, "state_dtype"),
+    (dict(stochastic_rounding=True), ValueError, "stochastic_rounding"),
+    (dict(state_dtype="bfloat16", dtype=torch.float64), TypeError, "float32 parameters"),
+])
+def test_bad_state_precision_is_refused_before_the_parameters_move(kw, error, match):
+    p = torch.nn.Parameter(torch.ones(5, dtype=kw.pop("dtype", torch.float32)))
+    where = p.data_ptr()
+    with pytest.raises(error, match=match):
+        ft.Adam([p], **kw)
+    assert p.data_ptr() == where and p.grad is None

@@ -449,7 +449,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         except (KeyError, TypeError):
             return {}
         params = [p for g in self.param_groups for p in g["params"]]
-        if len(saved) != len(params):
+        if not isinstance(given, dict) or len(saved) != len(params):
             return {}
         return {p: given[i] for i, p in zip(saved, params) if isinstance(given.get(i), dict)}
 

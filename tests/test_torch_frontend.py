@@ -346,33 +346,31 @@ def test_groups_must_agree_on_compile_time_options_and_sparse_grads_are_refused(
 
 
 # ---------------------------------------------------------------- bfloat16 state
-BF16_CASES = [(ft.Adam, "adam_step", dict(lr=1e-3), {}, {}),
-              (ft.AdamW, "adam_step", dict(lr=1e-3, weight_decay=0.01),
-               dict(decoupled_weight_decay=True), dict(stochastic_rounding=True, seed=7)),
-              (ft.RMSprop, "rmsprop_step", dict(lr=1e-3, momentum=0.5, centered=True),
-               dict(alpha=0.99), {})]
-
-
-@pytest.mark.parametrize("cls,step_name,kw,extra,rounding", BF16_CASES,
-                         ids=["Adam", "AdamW-stochastic", "RMSprop-centered-momentum"])
-def test_bfloat16_state_equals_the_flat_step_function_bitwise(cls, step_name, kw, extra,
-                                                               rounding):
-    import fastopt
+@pytest.mark.parametrize("name", ft.__all__)
+def test_bfloat16_state_equals_the_flat_step_function_bitwise(name):
+    """Every optimizer of the front end with bfloat16 state (stochastic rounding for every
+    other one): the parameters and the state bits of the flat step function on
+    ``Buffers.zeros(..., state_dtype="bfloat16")`` given the keywords the front end hands
+    it, and ``opt.state`` as ``torch.bfloat16`` views of those bits."""
+    i = ft.__all__.index(name)
+    cls = getattr(ft, name)
+    rounding = dict(stochastic_rounding=True, seed=i) if i % 2 else {}
+    extra = dict(momentum=0.5) if name in ("SGD", "RMSprop") else {}
     model = mlp(torch.float32)
     flat0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().copy()
-    opt = cls(model.parameters(), state_dtype="bfloat16", **rounding, **kw)
+    opt = cls(model.parameters(), state_dtype="bfloat16", **rounding, **extra)
+    kw = opt._step_kwargs()
     ref = opt._spec.buffers_cls.zeros(flat0.copy(), np.zeros_like(flat0), state_dtype="bfloat16",
-                                      **rounding, **{k: v for k, v in kw.items()
-                                                     if k in ("momentum", "centered")})
-    ours = _lockstep(model, opt, ref, 6, torch.float32,
-                     lambda: getattr(fastopt, step_name)(ref, **kw, **extra))
+                                      **rounding, **opt._state_options([opt._hyper(
+                                          opt.param_groups[0])]))
+    ours = _lockstep(model, opt, ref, 4, torch.float32, lambda: opt._spec.step_fn(ref, **kw))
     np.testing.assert_array_equal(ours, ref.param)
     fields = [f for f in ref.state_fields if getattr(ref, f) is not None]
     assert fields
+    p = next(iter(model.parameters()))
     for f in fields:
         assert getattr(opt._buffers, f).dtype == np.uint16
         np.testing.assert_array_equal(getattr(opt._buffers, f), getattr(ref, f))
-        p = next(iter(model.parameters()))
         st = opt.state[p][f]
         assert st.dtype == torch.bfloat16 and st.shape == p.shape
         np.testing.assert_array_equal(st.reshape(-1).view(torch.int16).numpy().view(np.uint16),

@@ -26,6 +26,12 @@ the bytes, rounded to nearest even or, with ``stochastic_rounding=True``, from a
 (``seed``, step, element index) (README, "Compressed optimizer state"); ``self.state[p]`` and
 ``state_dict()`` hold it as ``torch.bfloat16`` tensors (views of the arena's bits), and
 ``load_state_dict`` copies those bits as they are and refuses state of another precision.
+``state_dtype="int8"`` (float32 or float64 parameters on the CPU; ``block_size``,
+``min_8bit_size`` as for ``Buffers.zeros``) keeps block-wise 8-bit state: each parameter starts
+on a block boundary of the arena (zeros between parameters), so its codes and its blocks'
+scales are its own; ``self.state[p]`` holds the codes (``torch.uint8``, the parameter's shape),
+``<name>_absmax`` (the float32 scales of its blocks) and ``block_size``, and state dicts
+round-trip them bit for bit.
 
 ``state_dict()`` is torch's format (``state[i]`` with ``"step"`` and torch's state names), and
 ``load_state_dict`` accepts a state dict saved from the torch optimizer of the same name (and
@@ -38,6 +44,7 @@ ignored (every step is fused); ``capturable`` / ``differentiable`` are refused.
 Parameters on a CUDA device step through the CUDA kernels on ``__cuda_array_interface__``
 views of the arenas (not testable without a GPU; the simulator cannot take torch tensors).
 """
+import numbers
 from itertools import chain
 
 import numpy as np
@@ -76,20 +83,28 @@ class _FastoptOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, max_grad_norm=None, state_dtype=None, stochastic_rounding=False,
-                 seed=0, **kwargs):
+                 seed=0, block_size=256, min_8bit_size=4096, **kwargs):
         where = f"fastopt.torch.{type(self).__name__}"
-        if state_dtype == "int8":
-            raise NotImplementedError(f"{where}: state_dtype='int8' is not in the torch front "
-                                      f"end yet (its per-block scales do not follow parameter "
-                                      f"boundaries); use fastopt.<Optimizer>Buffers.zeros(..., "
-                                      f"state_dtype='int8') and the step functions")
-        if state_dtype not in (None, "bfloat16"):
-            raise ValueError(f"{where}: state_dtype must be None (the parameters' dtype) or "
-                             f"'bfloat16', got {state_dtype!r}")
+        if state_dtype not in (None, "bfloat16", "int8"):
+            raise ValueError(f"{where}: state_dtype must be None (the parameters' dtype), "
+                             f"'bfloat16' or 'int8', got {state_dtype!r}")
         if stochastic_rounding and state_dtype != "bfloat16":
             raise ValueError(f"{where}: stochastic_rounding needs state_dtype='bfloat16'")
-        self._state_kw = ({} if state_dtype is None else dict(
-            state_dtype=state_dtype, stochastic_rounding=bool(stochastic_rounding), seed=seed))
+        for name, value, low, default in (("block_size", block_size, 1, 256),
+                                          ("min_8bit_size", min_8bit_size, 0, 4096)):
+            if (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)
+                    or value < low):
+                raise ValueError(f"{where}: {name} must be an int >= {low}, got {value!r}")
+            if state_dtype != "int8" and value != default:
+                raise ValueError(f"{where}: {name} needs state_dtype='int8'")
+        if state_dtype == "bfloat16":
+            self._state_kw = dict(state_dtype=state_dtype,
+                                  stochastic_rounding=bool(stochastic_rounding), seed=seed)
+        elif state_dtype == "int8":
+            self._state_kw = dict(state_dtype=state_dtype, block_size=int(block_size),
+                                  min_8bit_size=int(min_8bit_size))
+        else:
+            self._state_kw = {}
         for flag in ("foreach", "fused"):       # every fastopt step is one fused pass
             kwargs.pop(flag, None)
         for flag in ("capturable", "differentiable"):
@@ -142,12 +157,13 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: all parameters must be on one device, got "
                              f"{sorted(map(str, devices))}")
         dtype, device = dtypes.pop(), devices.pop()
-        if self._state_kw:
-            if dtype != torch.float32:
+        kind = self._state_kw.get("state_dtype")
+        if kind is not None:
+            if kind == "bfloat16" and dtype != torch.float32:
                 raise TypeError(f"{where}: bfloat16 state needs float32 parameters, got "
                                 f"{dtype}")
             if device.type != "cpu":
-                raise NotImplementedError(f"{where}: bfloat16 state on {device.type} "
+                raise NotImplementedError(f"{where}: {kind} state on {device.type} "
                                           f"parameters is not in the torch front end yet (not "
                                           f"run on a GPU); fastopt's step functions take it "
                                           f"on CUDA arrays")
@@ -155,25 +171,36 @@ class _FastoptOptimizer(torch.optim.Optimizer):
 
     def _build(self):
         """(Re)build the arenas and the fastopt buffers from ``param_groups``; the values of
-        parameters, gradients and state already held are carried over."""
+        parameters, gradients and state already held are carried over. With 8-bit state every
+        parameter starts on a block boundary (zeros between them), so no block spans two
+        parameters: each parameter's codes and scales are its own."""
         params = self._params()
         dtype, device = self._check_params(params)
         old = self._buffers
         old_slices = getattr(self, "_slices", {})
-        n = sum(p.numel() for p in params)
-        flat_p = torch.empty(n, dtype=dtype, device=device)
+        align = self._state_kw.get("block_size", 1)
+        slices, ranges, layout, off = {}, [], [], 0
+        for g in self.param_groups:
+            start = off
+            for p in g["params"]:
+                lo = -(-off // align) * align
+                if lo > off:
+                    layout.append(lo - off)         # padding: a "tensor" of zeros for LAMB
+                slices[p] = (lo, lo + p.numel())
+                layout.append(p.numel())
+                off = lo + p.numel()
+            ranges.append((start, off))
+        n = off
+        flat_p = torch.zeros(n, dtype=dtype, device=device)
         flat_g = torch.zeros(n, dtype=dtype, device=device)
-        slices, off = {}, 0
         for p in params:
-            k = p.numel()
-            slices[p] = (off, off + k)
-            flat_p[off:off + k].copy_(p.detach().reshape(-1))
+            lo, hi = slices[p]
+            flat_p[lo:hi].copy_(p.detach().reshape(-1))
             if p.grad is not None:
                 if p.grad.is_sparse:
                     raise TypeError(f"fastopt.torch.{type(self).__name__}: sparse gradients "
                                     f"are not supported")
-                flat_g[off:off + k].copy_(p.grad.detach().reshape(-1))
-            off += k
+                flat_g[lo:hi].copy_(p.grad.detach().reshape(-1))
         views = []
         with torch.no_grad():
             for p in params:
@@ -183,38 +210,69 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 views.append([p, p.grad])
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
         self._views = views          # [param, its gradient view]: p.grad is it until replaced
-        self._ranges = []
-        off = 0
-        for g in self.param_groups:
-            k = sum(p.numel() for p in g["params"])
-            self._ranges.append((off, off + k))
-            off += k
+        self._ranges = ranges
         hps = [self._hyper(g) for g in self.param_groups]
         options = dict(self._state_options(hps), **self._state_kw)
         b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
-        previous = {}
-        if old is not None:
-            previous = {f: self._tensor(f) for f in old.state_fields
-                        if getattr(old, f) is not None}
         self._buffers = b
         if old is not None:
             b.step = old.step
-            for f, prev in previous.items():
-                if getattr(b, f) is None:
-                    continue
-                new = self._tensor(f)
-                for p, (lo, hi) in old_slices.items():
-                    if p in slices:
-                        nlo, nhi = slices[p]
-                        new[nlo:nhi].copy_(prev[lo:hi])
+            self._carry_state(old, old_slices)
         self._groups_cache = (None, None)
         self._kw_cache = (None, None, False)
         self._exposed = False
         self._step_tensor = torch.tensor(float(b.step))
-        self._layout = [p.numel() for p in params] if self._spec.kernel.norm_names else None
+        self._layout = layout if self._spec.kernel.norm_names else None
         self.state.clear()
         if b.step:
             self._expose_state()
+
+    def _blocks(self, p):
+        """The 8-bit blocks of parameter ``p`` (a range of block indices)."""
+        lo, hi = self._slices[p]
+        block = self._buffers.block_size
+        return lo // block, -(-hi // block)
+
+    def _carry_state(self, old, old_slices):
+        """Copy the state of the parameters ``old`` held into the new buffers: as it is when
+        both keep the same precision (8-bit codes with their blocks' scales: parameters start
+        on block boundaries in both arenas), else through its values (an arena that grew past
+        ``min_8bit_size`` quantizes the full-precision state it had)."""
+        from . import quantization as q
+        b = self._buffers
+        same = b.state_dtype == old.state_dtype
+        for f in b.state_fields:
+            new, prev = getattr(b, f), getattr(old, f)
+            if new is None or prev is None:
+                continue
+            pairs = [(old_slices[p], self._slices[p]) for p in old_slices if p in self._slices]
+            if same:
+                dst, src = self._tensor(f), self._as_tensor(prev)
+                for (lo, hi), (nlo, nhi) in pairs:
+                    dst[nlo:nhi].copy_(src[lo:hi])
+                if b.state_absmax is not None:
+                    block = b.block_size
+                    for (lo, hi), (nlo, nhi) in pairs:
+                        b.state_absmax[f][nlo // block:-(-nhi // block)] = \
+                            old.state_absmax[f][lo // block:-(-hi // block)]
+                continue
+            qmap = q.qmap_for(self._spec.kernel, f)
+
+            def values(buffers, a):
+                if buffers.state_absmax is None:
+                    return np.array(a, dtype=buffers.dtype)
+                return q.dequantize(a, buffers.state_absmax[f], buffers.block_size, qmap,
+                                    buffers.dtype)
+            work = values(b, new)
+            was = values(old, prev)
+            for (lo, hi), (nlo, nhi) in pairs:
+                work[nlo:nhi] = was[lo:hi]
+            if b.state_absmax is None:
+                new[...] = work
+            else:
+                codes, scales = q.quantize(work, b.block_size, qmap)
+                new[...] = codes
+                b.state_absmax[f][...] = scales
 
     @staticmethod
     def _host(t):
@@ -384,24 +442,39 @@ class _FastoptOptimizer(torch.optim.Optimizer):
     def _tensor(self, name):
         """A torch view of the buffers' array ``name`` (host or device), zero-copy; bfloat16
         state (``uint16`` bits) as a ``torch.bfloat16`` tensor over the same bytes."""
-        a = getattr(self._buffers, name)
+        return self._as_tensor(getattr(self._buffers, name))
+
+    def _as_tensor(self, a):
         if isinstance(a, np.ndarray):
             t = torch.from_numpy(a)
             return t.view(torch.bfloat16) if a.dtype == np.uint16 else t
         return torch.as_tensor(a, device=self._flat_p.device)
 
     def _save(self, params):
-        names = [n for n in self._buffers.arrays() if n != "grad"]
+        """Copies of what a step would change for ``params`` (their elements of every array
+        but the gradient; with 8-bit state, their blocks' scales too)."""
+        b = self._buffers
+        names = [n for n in b.arrays() if n != "grad"]
         out = []
         for p in params:
             lo, hi = self._slices[p]
-            out.append((lo, hi, {n: self._tensor(n)[lo:hi].clone() for n in names}))
+            arrays = {n: self._tensor(n)[lo:hi].clone() for n in names}
+            scales = {}
+            if b.state_absmax is not None:
+                blo, bhi = self._blocks(p)
+                scales = {f: s[blo:bhi].copy() for f, s in b.state_absmax.items()}
+            out.append((lo, hi, arrays, scales))
         return out
 
     def _restore(self, saved):
-        for lo, hi, arrays in saved:
+        b = self._buffers
+        for lo, hi, arrays, scales in saved:
             for n, a in arrays.items():
                 self._tensor(n)[lo:hi].copy_(a)
+            if scales:
+                block = b.block_size
+                for f, s in scales.items():
+                    b.state_absmax[f][lo // block:lo // block + s.shape[0]] = s
 
     # ------------------------------------------------------------------ state
     def _state_tensor(self, name, p):
@@ -420,6 +493,11 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             st = self.state[p]
             for f in fields:
                 st[f] = self._state_tensor(f, p)
+            if b.state_absmax is not None:         # 8-bit: the scales of p's own blocks
+                blo, bhi = self._blocks(p)
+                for f in fields:
+                    st[f + "_absmax"] = torch.from_numpy(b.state_absmax[f][blo:bhi])
+                st["block_size"] = b.block_size
             st["step"] = self._step_tensor
         self._exposed = True
 
@@ -454,21 +532,55 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return {p: given[i] for i, p in zip(saved, params) if isinstance(given.get(i), dict)}
 
     def _check_state_precision(self, given):
-        """A state dict's state must have this optimizer's state precision: bfloat16 state
-        is not rounded from float state on load, nor widened from it (refused before any
+        """A state dict's state must have this optimizer's state precision: bfloat16 and 8-bit
+        state are not rounded from float state on load, nor widened from it, and 8-bit state
+        must come with its scales in blocks of this optimizer's size (refused before any
         write, as fastopt's checkpoints do)."""
-        bf16 = bool(self._state_kw)
-        fields = set(self._buffers.state_fields)
-        for st in given.values():
-            for f, t in st.items():
-                if (f in fields and isinstance(t, torch.Tensor) and t.is_floating_point()
-                        and (t.dtype == torch.bfloat16) != bf16):
+        b = self._buffers
+        where = f"fastopt.torch.{type(self).__name__}.load_state_dict"
+        held = b.state_dtype if b.state_dtype in ("bfloat16", "int8") else "full-precision"
+        fields = [f for f in b.state_fields if getattr(b, f) is not None]
+
+        def kind(t):
+            if not isinstance(t, torch.Tensor):
+                return None
+            if t.dtype == torch.bfloat16:
+                return "bfloat16"
+            if t.dtype == torch.uint8:
+                return "int8"
+            return "full-precision" if t.is_floating_point() else None
+
+        for p, st in given.items():
+            for f in fields:
+                got = kind(st.get(f))
+                if got is None:
+                    continue
+                if got != held or (held != "int8" and f + "_absmax" in st):
+                    hint = {"full-precision": "None", "bfloat16": "'bfloat16'",
+                            "int8": "'int8'"}[got]
+                    note = ("; an arena of fewer than min_8bit_size elements keeps "
+                            "full-precision state" if "int8" in (got, held) else "")
                     raise ValueError(
-                        f"fastopt.torch.{type(self).__name__}.load_state_dict: the state dict "
-                        f"holds {f!r} as {t.dtype} but this optimizer keeps "
-                        f"{'bfloat16' if bf16 else 'full-precision'} state; fastopt does not "
-                        f"convert state precision on load (construct the optimizer with "
-                        f"state_dtype={'None' if bf16 else repr('bfloat16')})")
+                        f"{where}: the state dict holds {f!r} as {got} state but this "
+                        f"optimizer keeps {held} state; fastopt does not convert state "
+                        f"precision on load (construct the optimizer with state_dtype={hint}"
+                        f"{note})")
+                if held != "int8":
+                    continue
+                blo, bhi = self._blocks(p)
+                scales = st.get(f + "_absmax")
+                problem = None
+                if st.get("block_size") != b.block_size:
+                    problem = (f"blocks of {st.get('block_size')!r} elements, this optimizer "
+                               f"{b.block_size}")
+                elif st[f].numel() != p.numel():
+                    problem = f"{st[f].numel()} codes for a parameter of {p.numel()} elements"
+                elif (not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32
+                      or scales.numel() != bhi - blo):
+                    problem = (f"{f + '_absmax'!r} must be {bhi - blo} float32 scales, got "
+                               f"{_describe(scales)}")
+                if problem:
+                    raise ValueError(f"{where}: 8-bit state {f!r}: {problem}")
 
     def load_state_dict(self, state_dict):
         given = self._given_state(state_dict)
@@ -493,10 +605,19 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                     continue
                 src = st[f]
                 if self._state_kw and p in given and f in given[p]:
-                    src = given[p][f]            # the bfloat16 bits as given, not torch's cast
+                    src = given[p][f]            # the bits as given, not torch's cast
                 self._tensor(f)[lo:hi].copy_(src.detach().reshape(-1))
+                if b.state_absmax is not None:
+                    blo, bhi = self._blocks(p)
+                    b.state_absmax[f][blo:bhi] = given[p][f + "_absmax"].detach().numpy()
         if b.step:
             self._expose_state()
+
+
+def _describe(t):
+    if isinstance(t, torch.Tensor):
+        return f"{t.numel()} {str(t.dtype).replace('torch.', '')}"
+    return "nothing" if t is None else type(t).__name__
 
 
 def _optimizer(name, fastopt_name, defaults, fixed=None, doc=""):

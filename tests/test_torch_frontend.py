@@ -1,7 +1,8 @@
 """fastopt.torch (issue 14): torch.optim-compatible optimizers on fastopt's kernels, against
 torch.optim itself: the torch MLP trained on MNIST with two parameter groups and a scheduler,
 zero_grad in both modes, parameters without gradients, state dicts both ways, GradScaler,
-clipping, bfloat16 state (against the flat step functions, through state dicts), errors.
+clipping, bfloat16 and 8-bit state (against the flat step functions, through state dicts),
+errors.
 Skipped when torch is not installed."""
 import numpy as np
 import pytest
@@ -385,18 +386,42 @@ def _bf16_run(opt, model, steps, start=0):
         opt.step()
 
 
-def test_bfloat16_state_dict_round_trips_bitwise_and_other_precisions_are_refused():
+def _through_torch_save(opt):
     import io
+    f = io.BytesIO()
+    torch.save(opt.state_dict(), f)
+    f.seek(0)
+    return torch.load(f)
+
+
+def _continue_alike(opt, model, resumed, again):
+    """Two more steps of both optimizers: the two models stay bit for bit the same."""
+    _bf16_run(opt, model, 2, 3)
+    _bf16_run(resumed, again, 2, 3)
+    for p, q in zip(model.parameters(), again.parameters()):
+        assert torch.equal(p, q)
+
+
+def _refused_before_any_write(target, sd, match):
+    b = target._buffers
+    before = {k: a.copy() for k, a in b.arrays().items()}
+    scales = {k: a.copy() for k, a in (b.state_absmax or {}).items()}
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(sd)
+    for k, a in b.arrays().items():
+        np.testing.assert_array_equal(a, before[k])
+    for k, a in (b.state_absmax or {}).items():
+        np.testing.assert_array_equal(a, scales[k])
+
+
+def test_bfloat16_state_dict_round_trips_bitwise_and_other_precisions_are_refused():
     model = mlp(torch.float32)
     opt = ft.AdamW(groups(model, 1e-3), lr=1e-3, state_dtype="bfloat16",
                    stochastic_rounding=True, seed=3)
     _bf16_run(opt, model, 3)
     first = opt._buffers.exp_avg[0]
     opt._buffers.exp_avg[0] = 0x7FC5      # a NaN's payload must survive the round trip
-    f = io.BytesIO()
-    torch.save(opt.state_dict(), f)
-    f.seek(0)
-    saved = torch.load(f)
+    saved = _through_torch_save(opt)
     assert all(st["exp_avg"].dtype == torch.bfloat16 for st in saved["state"].values())
     again = mlp(torch.float32)
     again.load_state_dict(model.state_dict())
@@ -408,20 +433,13 @@ def test_bfloat16_state_dict_round_trips_bitwise_and_other_precisions_are_refuse
                                       getattr(opt._buffers, name))
     assert resumed._buffers.exp_avg[0] == 0x7FC5
     opt._buffers.exp_avg[0] = resumed._buffers.exp_avg[0] = first   # (else NaN everywhere)
-    _bf16_run(opt, model, 2, 3)
-    _bf16_run(resumed, again, 2, 3)
-    for p, q in zip(model.parameters(), again.parameters()):
-        assert torch.equal(p, q)
+    _continue_alike(opt, model, resumed, again)
     # another precision either way: refused, nothing written
     full = mlp(torch.float32)
     plain = ft.AdamW(groups(full, 1e-3), lr=1e-3)
     _bf16_run(plain, full, 1)
     for target, sd in ((plain, saved), (resumed, plain.state_dict())):
-        before = {k: a.copy() for k, a in target._buffers.arrays().items()}
-        with pytest.raises(ValueError, match="does not convert state precision"):
-            target.load_state_dict(sd)
-        for k, a in target._buffers.arrays().items():
-            np.testing.assert_array_equal(a, before[k])
+        _refused_before_any_write(target, sd, "does not convert state precision")
 
 
 def test_bfloat16_state_survives_add_param_group():
@@ -440,8 +458,12 @@ def test_bfloat16_state_survives_add_param_group():
 
 
 @pytest.mark.parametrize("kw,error,match", [
-    (dict(state_dtype="int8"), NotImplementedError, "int8"),
     (dict(state_dtype="float16"), ValueError, "state_dtype"),
+    (dict(state_dtype="int8", block_size=0), ValueError, "block_size must be an int >= 1"),
+    (dict(state_dtype="int8", min_8bit_size=True), ValueError, "min_8bit_size must be"),
+    (dict(block_size=128), ValueError, "block_size needs state_dtype='int8'"),
+    (dict(state_dtype="int8", stochastic_rounding=True), ValueError, "stochastic_rounding"),
+    (dict(state_dtype="int8", dtype=torch.float16), TypeError, "float32 or float64"),
     (dict(stochastic_rounding=True), ValueError, "stochastic_rounding"),
     (dict(state_dtype="bfloat16", dtype=torch.float64), TypeError, "float32 parameters"),
 ])
@@ -451,3 +473,156 @@ def test_bad_state_precision_is_refused_before_the_parameters_move(kw, error, ma
     with pytest.raises(error, match=match):
         ft.Adam([p], **kw)
     assert p.data_ptr() == where and p.grad is None
+
+
+# ---------------------------------------------------------------- 8-bit state
+def _q8_lockstep(model, opt, ref, steps, dtype):
+    """``steps`` minibatches: ``opt`` steps the model, the flat step function steps ``ref``
+    (buffers of the front end's padded layout) with the same gradient at the same offsets."""
+    kw = opt._step_kwargs()
+    for i in range(steps):
+        x, y = batch(i, dtype)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        for p in model.parameters():
+            lo, hi = opt._slices[p]
+            ref.grad[lo:hi] = p.grad.reshape(-1).numpy()
+        opt.step()
+        opt._spec.step_fn(ref, **kw)
+
+
+@pytest.mark.parametrize("name", ft.__all__)
+def test_8bit_state_equals_the_flat_step_function_bitwise(name):
+    """Every optimizer of the front end with 8-bit state (float64 parameters and two
+    parameter groups for every other one): parameters, codes and scales equal the flat step
+    function's on ``Buffers.zeros(..., state_dtype="int8")`` of the front end's arena (each
+    parameter starting on a block boundary) given the keywords the front end hands it; and
+    ``opt.state[p]`` holds views of ``p``'s codes and of its own blocks' scales."""
+    i = ft.__all__.index(name)
+    cls = getattr(ft, name)
+    dtype = torch.float64 if i % 2 else torch.float32
+    extra = dict(momentum=0.5) if name in ("SGD", "RMSprop") else {}
+    model = mlp(dtype)
+    params = groups(model, cls._defaults["lr"]) if i % 2 else model.parameters()
+    opt = cls(params, state_dtype="int8", block_size=128, **extra)
+    assert opt._buffers.state_dtype == "int8"
+    flat = opt._flat_p.numpy()
+    assert not any(lo % 128 for lo, hi in opt._slices.values())
+    assert all(flat[j] == 0 for j in range(flat.shape[0])
+               if not any(lo <= j < hi for lo, hi in opt._slices.values()))
+    hps = [opt._hyper(g) for g in opt.param_groups]
+    ref = opt._spec.buffers_cls.zeros(flat.copy(), np.zeros_like(flat), state_dtype="int8",
+                                      block_size=128, **opt._state_options(hps))
+    _q8_lockstep(model, opt, ref, 4, dtype)
+    np.testing.assert_array_equal(flat, ref.param)
+    fields = [f for f in ref.state_fields if getattr(ref, f) is not None]
+    assert fields
+    for f in fields:
+        np.testing.assert_array_equal(getattr(opt._buffers, f), getattr(ref, f))
+        np.testing.assert_array_equal(opt._buffers.state_absmax[f], ref.state_absmax[f])
+    for p in model.parameters():
+        lo, hi = opt._slices[p]
+        st = opt.state[p]
+        assert st["block_size"] == 128
+        for f in fields:
+            assert st[f].dtype == torch.uint8 and st[f].shape == p.shape
+            np.testing.assert_array_equal(st[f].reshape(-1).numpy(), getattr(ref, f)[lo:hi])
+            np.testing.assert_array_equal(st[f + "_absmax"].numpy(),
+                                          ref.state_absmax[f][lo // 128:-(-hi // 128)])
+
+
+def test_8bit_state_dict_round_trips_bitwise_and_other_precisions_are_refused():
+    model = mlp(torch.float32)
+    opt = ft.AdamW(groups(model, 1e-3), lr=1e-3, state_dtype="int8")
+    _bf16_run(opt, model, 3)
+    saved = _through_torch_save(opt)
+    assert all(st["exp_avg"].dtype == torch.uint8 for st in saved["state"].values())
+    again = mlp(torch.float32)
+    again.load_state_dict(model.state_dict())
+    resumed = ft.AdamW(groups(again, 1e-3), lr=1e-3, state_dtype="int8")
+    resumed.load_state_dict(saved)
+    for name in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(getattr(resumed._buffers, name),
+                                      getattr(opt._buffers, name))
+        np.testing.assert_array_equal(resumed._buffers.state_absmax[name],
+                                      opt._buffers.state_absmax[name])
+    _continue_alike(opt, model, resumed, again)
+    # another precision, another block size, missing or wrong scales: refused, nothing written
+    full = mlp(torch.float32)
+    plain = ft.AdamW(groups(full, 1e-3), lr=1e-3)
+    _bf16_run(plain, full, 1)
+    half = ft.AdamW(groups(mlp(torch.float32), 1e-3), lr=1e-3, state_dtype="bfloat16")
+    other = ft.AdamW(groups(mlp(torch.float32), 1e-3), lr=1e-3, state_dtype="int8",
+                     block_size=128)
+    no_scales = opt.state_dict()
+    short = opt.state_dict()
+    for sd, cut in ((no_scales, None), (short, slice(1, None))):
+        sd["state"] = {k: dict(v) for k, v in sd["state"].items()}
+        st = sd["state"][0]
+        st["exp_avg_absmax"] = None if cut is None else st["exp_avg_absmax"][cut]
+    cases = [(plain, saved, "does not convert state precision"),
+             (half, saved, "does not convert state precision"),
+             (resumed, plain.state_dict(), "does not convert state precision"),
+             (other, saved, "blocks of 256 elements, this optimizer 128"),
+             (resumed, no_scales, "must be 307 float32 scales, got nothing"),
+             (resumed, short, "must be 307 float32 scales, got 306 float32")]
+    for target, sd, match in cases:
+        _refused_before_any_write(target, sd, match)
+
+
+def test_8bit_state_leaves_a_parameter_without_gradient_alone():
+    """The parameter's codes and its blocks' scales are restored after the step (its blocks
+    are its own: parameters start on block boundaries)."""
+    used = torch.nn.Parameter(torch.randn(5000))
+    unused = torch.nn.Parameter(torch.randn(300))
+    opt = ft.Adam([used, unused], lr=0.1, weight_decay=0.1, state_dtype="int8")
+    for i in range(4):
+        opt.zero_grad()
+        loss = (used ** 2).sum()
+        if i < 2:
+            loss = loss + (unused ** 3).sum()
+        loss.backward()
+        opt.step()
+        if i == 1:
+            start = unused.detach().clone()
+            kept = {k: t.clone() for k, t in opt.state[unused].items()
+                    if isinstance(t, torch.Tensor) and k != "step"}
+            assert kept["exp_avg"].any()
+    assert torch.equal(unused.detach(), start)
+    for k, t in kept.items():
+        assert torch.equal(opt.state[unused][k], t), k
+
+
+def test_8bit_state_survives_add_param_group_also_past_min_8bit_size():
+    """An arena below ``min_8bit_size`` keeps float32 state; a group that takes it past the
+    size quantizes that state; a later group keeps every code and scale as it was."""
+    from fastopt import quantization as q
+    a = torch.nn.Parameter(torch.randn(3000))
+    b = torch.nn.Parameter(torch.randn(2000))
+    c = torch.nn.Parameter(torch.randn(700))
+    opt = ft.Adam([a], lr=0.05, state_dtype="int8")
+
+    def run(params):
+        for _ in range(2):
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in params).backward()
+            opt.step()
+    run([a])
+    assert opt._buffers.state_dtype == "float32"
+    was = {f: getattr(opt._buffers, f).copy() for f in ("exp_avg", "exp_avg_sq")}
+    opt.add_param_group({"params": [b], "lr": 0.01})
+    assert opt._buffers.state_dtype == "int8" and opt._slices[b] == (3072, 5072)
+    for f, qmap in (("exp_avg", q.SIGNED), ("exp_avg_sq", q.UNSIGNED)):
+        codes, scales = q.quantize(np.concatenate([was[f], np.zeros(2072, np.float32)]), 256,
+                                   qmap)
+        np.testing.assert_array_equal(getattr(opt._buffers, f), codes)
+        np.testing.assert_array_equal(opt._buffers.state_absmax[f], scales)
+    run([a, b])
+    kept = {f: (getattr(opt._buffers, f).copy(), opt._buffers.state_absmax[f].copy())
+            for f in ("exp_avg", "exp_avg_sq")}
+    opt.add_param_group({"params": [c]})
+    assert opt._slices[c] == (5120, 5820) and opt._buffers.step == 4
+    for f, (codes, scales) in kept.items():
+        np.testing.assert_array_equal(getattr(opt._buffers, f)[:5072], codes)
+        np.testing.assert_array_equal(opt._buffers.state_absmax[f][:20], scales)
+    run([a, b, c])

@@ -118,7 +118,8 @@ def kernel_args(sources, copy, ph, seed=None, offset=0, lo=None, hi=None, flatte
         v = kernel_view(cut(a), seed, offset + (lo or 0))
         if j == 0 and copy is not None:
             from .kernels.precision import ParamWithCopy
-            v = ParamWithCopy(v, cut(copy))
+            half = copy.dtype == np.float16
+            v = ParamWithCopy(v, cut(copy).view(np.uint16) if half else cut(copy), half)
         out.append(v)
     return out
 
@@ -444,9 +445,13 @@ def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
 
 
 def _write_copy(arrays):
-    """The NumPy reference's param copy: the new parameters rounded to bfloat16."""
+    """The NumPy reference's param copy: the new parameters rounded to bfloat16, or to
+    float16 by NumPy's own conversion."""
     copy = arrays.get("param_copy")
-    if copy is not None:
+    if copy is not None and copy.dtype == np.float16:
+        with np.errstate(over="ignore"):
+            copy[...] = arrays["param"].astype(np.float16)
+    elif copy is not None:
         from .precision import to_bfloat16
         copy[...] = to_bfloat16(arrays["param"])
 
@@ -478,7 +483,7 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
     from .kernels import quant8
     n = int(arrays["param"].size)
     quantized, args = _q8_args(spec, arrays, dtype, scales)
-    copy = arrays.get("param_copy") is not None
+    copy = _q8_copy(arrays)
     prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     of_row = None
     if prepass is not None:     # a value per segment (LAMB's trust ratio): a row per segment
@@ -539,8 +544,14 @@ def _q8_args(spec, arrays, dtype, scales):
         else:
             args.append(ph if a is None else a.reshape(-1))
     if arrays.get("param_copy") is not None:
-        args.append(arrays["param_copy"].reshape(-1))
+        args.append(arrays["param_copy"].reshape(-1).view(np.uint16))   # (float16: its bits)
     return quantized, args
+
+
+def _q8_copy(arrays):
+    """A block driver's ``copy``: False, True (bfloat16 bits) or ``"float16"``."""
+    copy = arrays.get("param_copy")
+    return False if copy is None else ("float16" if copy.dtype == np.float16 else True)
 
 
 def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
@@ -553,7 +564,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     n = int(arrays["param"].size)
     names = spec.kernel.arrays
     quantized, args = _q8_args(spec, arrays, dtype, scales)
-    copy = arrays.get("param_copy") is not None
+    copy = _q8_copy(arrays)
     prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     drivers = {}
     scalars = spec.kernel_scalars(hp, 1, st)

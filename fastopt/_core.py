@@ -113,9 +113,9 @@ def check_group(named, owner):
 
 def check_param_copy(copy, named, owner):
     """Validate ``buffers.param_copy`` against the validated arrays ``named``: a ``uint16``
-    array (bfloat16 bits) of the parameter's shape, on the parameter's side (host or the same
-    CUDA device), C-contiguous, writable, sharing memory with none of them; the parameter
-    float32."""
+    array (bfloat16 bits) or a ``float16`` array of the parameter's shape, on
+    the parameter's side (host or the same CUDA device), C-contiguous, writable, sharing
+    memory with none of them; the parameter float32."""
     param = named["param"]
     if is_cuda_array(copy) or is_cuda_array(param):
         if not (is_cuda_array(copy) and is_cuda_array(param)):
@@ -125,19 +125,22 @@ def check_param_copy(copy, named, owner):
         from ._cuda_backend import _interface, check_device_group
         cdt = np.dtype(_interface(copy, f"{owner}.param_copy")["typestr"])
         pdt = np.dtype(_interface(param, f"{owner}.param")["typestr"])
-        if cdt != np.uint16:
-            raise TypeError(f"{owner}.param_copy must be a uint16 array of bfloat16 bits, got "
-                            f"dtype {cdt}")
+        if cdt not in (np.uint16, np.float16):
+            raise TypeError(f"{owner}.param_copy must be a uint16 array of bfloat16 bits or a "
+                            f"float16 array, got dtype {cdt}")
         if pdt != np.float32:
-            raise TypeError(f"{owner}.param_copy (bfloat16) needs float32 parameters, got "
+            kind = "float16" if cdt == np.float16 else "bfloat16"
+            raise TypeError(f"{owner}.param_copy ({kind}) needs float32 parameters, got "
                             f"{pdt}")
         check_device_group(dict(named, param_copy=copy), owner)   # shape, layout, overlap
         return copy
-    if not isinstance(copy, np.ndarray) or copy.dtype != np.uint16:
+    if not isinstance(copy, np.ndarray) or copy.dtype not in (np.uint16, np.float16):
         raise TypeError(f"{owner}.param_copy must be a numpy uint16 array of bfloat16 bits "
-                        f"(fastopt.to_bfloat16 makes one), got {_describe(copy)}")
+                        f"(fastopt.to_bfloat16 makes one) or a float16 array, got "
+                        f"{_describe(copy)}")
     if param.dtype != np.float32:
-        raise TypeError(f"{owner}.param_copy (bfloat16) needs float32 parameters, got "
+        kind = "float16" if copy.dtype == np.float16 else "bfloat16"
+        raise TypeError(f"{owner}.param_copy ({kind}) needs float32 parameters, got "
                         f"{param.dtype}")
     if copy.shape != param.shape:
         raise ValueError(f"{owner}.param_copy has shape {copy.shape} but {owner}.param has "

@@ -114,6 +114,7 @@ def check_device_group(named, owner):
         dtype = np.dtype(cai["typestr"])
         # bfloat16 state (uint16 bits) or 8-bit state (uint8 codes)
         bits = name not in ("param", "grad") and dtype in (np.uint16, np.uint8)
+        bits = bits or (name == "param_copy" and dtype == np.float16)    # (checked before)
         if dtype not in (np.float32, np.float64) and not bits:
             raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64"
                             + (" (and uint16 for bfloat16 state, uint8 for 8-bit state)"
@@ -137,7 +138,8 @@ def check_device_group(named, owner):
             raise TypeError(f"{owner}.{name} holds bfloat16 state (uint16 bits) but "
                             f"{owner}.param has dtype {dtype0}; bfloat16 state needs float32 "
                             f"parameters")
-        if dtype != dtype0 and dtype not in (np.uint16, np.uint8):
+        if dtype != dtype0 and dtype not in (np.uint16, np.uint8) and not (
+                name == "param_copy" and dtype == np.float16):
             raise TypeError(f"{owner}.{name} has dtype {dtype} but {owner}.param has dtype "
                             f"{dtype0}; all buffers must share one dtype")
         if shape != shape0:
@@ -234,6 +236,19 @@ def _placeholder(cuda, dtype):
     return _PLACEHOLDERS[key]
 
 
+def _device_copy(arrays):
+    """``(copy, kind)``: the param copy as a flat ``uint16`` device view (a float16 copy's bits)
+    or None, and its kind (``kernels.record.copy_kind``: False, True for bfloat16 bits,
+    ``"float16"``)."""
+    copy = arrays.get("param_copy")
+    if copy is None:
+        return None, False
+    d = as_device_array(copy).reshape(-1)
+    if np.dtype(d.dtype) == np.float16:
+        return d.view(np.uint16), "float16"
+    return d, True
+
+
 def cuda_runner(spec, arrays, dtype, hp, seed=None):
     """``run(t)`` for one validated step on device arrays. The flat device views are made
     once: the step driver re-validates when an array's pointer, shape or strides change.
@@ -251,8 +266,8 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
     compiled = {}
     bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
     bf16 = any(bits)
-    copy = arrays.get("param_copy")
-    copy = () if copy is None else (as_device_array(copy).reshape(-1),)
+    copy, kind = _device_copy(arrays)
+    copy = () if copy is None else (copy,)
     views = bf16 or bool(copy)       # the kernel of bfloat16 views and/or a param copy
     if views:
         from .precision import rounding_key
@@ -262,12 +277,12 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
             if pairs:
                 return kernels.get_factor(spec.kernel, options, pairs=pairs)
             return kernels.get_factor(spec.kernel, options, bits if views else None,
-                                      seed is not None, bool(copy))
+                                      seed is not None, kind)
         if pairs:
             return kernels.get_pairs(spec.kernel, scaled, pairs, **options)
         if views:
             return kernels.get_bf16(spec.kernel, scaled, options, bits, seed is not None,
-                                    bool(copy))
+                                    kind)
         return kernels.get(spec.kernel, scaled, **options)
 
     pre = None
@@ -285,7 +300,7 @@ def cuda_runner(spec, arrays, dtype, hp, seed=None):
         wide.append(_Wide(lambda: config.CUDA_PAIRS and config.CUDA_QUADS, qviews, n // 4,
                           qtail, n - n % 4, qcopy_tail, {},
                           lambda scaled, options: kernels.get_quads(
-                              spec.kernel, scaled, qkinds, options, stochastic, bool(copy)),
+                              spec.kernel, scaled, qkinds, options, stochastic, kind),
                           quad_more))
     if seed is None and not copy:
         words = _pair_words(cuda, kernels, spec, args, ph, dtype)
@@ -453,8 +468,9 @@ def _q8_device_args(spec, arrays, dtype, scales):
                      cuda.to_device(qm.mid.astype(st))]
         else:
             args.append(ph if a is None else as_device_array(a).reshape(-1))
-    if arrays.get("param_copy") is not None:
-        args.append(as_device_array(arrays["param_copy"]).reshape(-1))
+    copy = _device_copy(arrays)[0]
+    if copy is not None:
+        args.append(copy)
     return args, tuple(quantized)
 
 
@@ -504,7 +520,7 @@ def cuda_q8_runner(spec, arrays, dtype, hp, block, scales):
     compiled = {}
 
     per, nt = q8_threads(block)
-    copy = arrays.get("param_copy") is not None
+    copy = _device_copy(arrays)[1]
     words = _q8_words(args, quantized, dtype, per, copy)
 
     def make(scaled, options):
@@ -553,7 +569,7 @@ def cuda_q8_grouped_runner(spec, arrays, dtype, rows, segments, block, scales):
     args, quantized = _q8_device_args(spec, arrays, dtype, scales)
     nb = -(-int(np.prod(arrays["param"].shape)) // block)
     per, nt = q8_threads(block)
-    copy = arrays.get("param_copy") is not None
+    copy = _device_copy(arrays)[1]
     words = _q8_words(args, quantized, dtype, per, copy)
 
     def make_run(rows, segments, prepass=None):
@@ -708,7 +724,7 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
     args = tuple(flat.get(n, ph) for n in spec.kernel.arrays)
     n = args[0].shape[0]
     bits = tuple(np.dtype(a.dtype) == np.uint16 for a in args)
-    copy = flat.get("param_copy")
+    copy, kind = _device_copy(arrays)
     views = any(bits) or copy is not None
     pc = () if copy is None else (copy,)
 
@@ -726,8 +742,7 @@ def cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed=None):
         def get_kernel(scaled, option_sets):
             return kernels.get_grouped(spec.kernel, scaled, option_sets,
                                        None if len(rows) > GROUPED_MAX_ROWS else len(rows),
-                                       bits if views else None, seed is not None,
-                                       copy is not None)
+                                       bits if views else None, seed is not None, kind)
         return _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass,
                            lambda segs: cuda_tiles(segs, n, blocks, threads))
 

@@ -31,7 +31,7 @@ import numpy as np
 from numba import cuda, float64, int32
 
 from .decorators import bind
-from .record import DEVICE_FACTOR
+from .record import DEVICE_FACTOR, copy_kind
 
 _device = {}
 
@@ -563,7 +563,7 @@ def get_grouped(record, scaled, option_sets, n_rows, bits=None, stochastic=False
     """The ``cuda.jit`` grouped kernel of ``record`` (lazy, one per tuple of option sets,
     number of rows and state format)."""
     key = ("grouped", record, scaled, n_rows, None if bits is None else tuple(bits),
-           bool(stochastic), bool(copy)) + tuple(tuple(sorted(o.items()))
+           bool(stochastic), copy_kind(copy)) + tuple(tuple(sorted(o.items()))
                                                 for o in option_sets)
     return _lazy(key, lambda: python_grouped_kernel(record, scaled, option_sets, n_rows, bits,
                                                     stochastic, copy))
@@ -587,7 +587,7 @@ def _wrapped_args(n_arrays, bits, stochastic, copy):
     args = [f"view(a{j}, key, offset, {bool(stochastic)!r})" if bits[j] else f"a{j}"
             for j in range(n_arrays)]
     if copy:
-        args[0] = "pcopy(a0, pc)"
+        args[0] = f"pcopy(a0, pc, {copy == 'float16'!r})"
     return params, args
 
 
@@ -623,8 +623,8 @@ def python_bf16_kernel(record, scaled, options, bits, stochastic, copy=False):
 def get_bf16(record, scaled, options, bits, stochastic, copy=False):
     """The ``cuda.jit`` kernel of ``record`` on bfloat16 state and/or with a param copy (lazy,
     one per combination)."""
-    key = ("bf16", record, bool(scaled), tuple(bits), bool(stochastic), bool(copy)) + tuple(
-        sorted(options.items()))
+    key = ("bf16", record, bool(scaled), tuple(bits), bool(stochastic),
+           copy_kind(copy)) + tuple(sorted(options.items()))
     return _lazy(key, lambda: python_bf16_kernel(record, scaled, options, bits, stochastic,
                                                  copy))
 
@@ -663,7 +663,7 @@ def get_factor(record, options, bits=None, stochastic=False, copy=False, pairs=N
     :func:`get_bf16`; ``pairs``: on words of two elements of these kinds)."""
     pairs = tuple(pairs) if pairs else None
     key = ("factor", record, None if bits is None else tuple(bits), bool(stochastic),
-           bool(copy), pairs) + tuple(sorted(options.items()))
+           copy_kind(copy), pairs) + tuple(sorted(options.items()))
     return _lazy(key, lambda: python_factor_kernel(record, options, bits, stochastic, copy,
                                                    pairs))
 
@@ -768,12 +768,13 @@ def python_q8_kernel(record, scaled, options, quantized, dtype_name, option_sets
             bodies[f"body{q}"] = _q8_body(record, scaled, opts, unpack)
     mag = (np.uint32(0x7FFFFFFF) if dtype_name == "float32"
            else np.uint64(0x7FFFFFFFFFFFFFFF))
-    from .precision import f32_to_bf16
+    from .precision import f32_to_bf16, f32_to_f16
     src = quant8.cuda_source(len(record.arrays), quantized, dtype_name,
                              0 if option_sets is None else len(option_sets), per_thread, copy,
                              words)
     return _define(src, "q8_kernel",
                    f"q8_{record.name}", cuda=cuda, math=math, f32_to_bf16=f32_to_bf16,
+                   f32_to_f16=f32_to_f16,
                    float32=float32,
                    float64=float64, int64=int64, uint8=uint8, uint32=uint32, uint64=uint64,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
@@ -803,7 +804,7 @@ def get_q8(record, scaled, options, quantized, dtype_name, per_thread=1, copy=Fa
     ``threads`` per block and ``min_threads`` per multiprocessor: its launch bounds,
     :func:`_q8_jit`)."""
     key = ("q8", record, bool(scaled), tuple(quantized), dtype_name,
-           int(per_thread), bool(copy), bool(words)) + tuple(sorted(options.items()))
+           int(per_thread), copy_kind(copy), bool(words)) + tuple(sorted(options.items()))
     return _lazy_q8(key, threads, min_threads, lambda: python_q8_kernel(
         record, scaled, options, quantized, dtype_name, per_thread=per_thread, copy=copy,
         words=words))
@@ -815,7 +816,7 @@ def get_q8_grouped(record, scaled, option_sets, n_rows, quantized, dtype_name, p
     option sets, number of rows and combination). ``n_rows=None``: the rows of scalars come
     in a 1-D device array (any number of them) instead of a tuple passed with the launch."""
     key = ("q8grouped", record, bool(scaled), n_rows, tuple(quantized), dtype_name,
-           int(per_thread), bool(copy), bool(words)) + tuple(tuple(sorted(o.items()))
+           int(per_thread), copy_kind(copy), bool(words)) + tuple(tuple(sorted(o.items()))
                                                              for o in option_sets)
     return _lazy_q8(key, threads, min_threads, lambda: python_q8_kernel(
         record, scaled, None, quantized, dtype_name, option_sets, n_rows or 0, per_thread,
@@ -884,7 +885,9 @@ def quad_source(kinds, factor=False, stochastic=False, copy=False):
                      f"a{j}[uint64(2) * q + uint64(1)] = {word_pack(f'w{j}[2]', f'w{j}[3]')}"]
         pad = "        " if j < 2 else "            "
         lines += ([] if j < 2 else [f"        if has{j}:"]) + [pad + s for s in store]
-    if copy:
+    if copy == "float16":
+        lines.append("        pc[q] = " + word_pack16(f"f32_to_f16(w0[{e}])" for e in range(4)))
+    elif copy:
         lines.append("        pc[q] = " + word_pack16(bf16(0, e, False) for e in range(4)))
     return "\n".join(lines) + "\n"
 
@@ -896,7 +899,7 @@ def python_quad_kernel(record, scaled, kinds, options, stochastic=False, copy=Fa
     from numba import float32, uint32, uint64
 
     from . import quant8
-    from .precision import f32_to_bf16, f32_to_bf16_stochastic
+    from .precision import f32_to_bf16, f32_to_bf16_stochastic, f32_to_f16
     from .record import _define
     sim = numba_config.ENABLE_CUDASIM
     factor = scaled == DEVICE_FACTOR
@@ -904,7 +907,7 @@ def python_quad_kernel(record, scaled, kinds, options, stochastic=False, copy=Fa
     return _define(quad_source(tuple(kinds), factor, stochastic, copy), "quad_kernel",
                    f"quads_{record.name}", cuda=cuda, body=body, float32=float32,
                    uint32=uint32, uint64=uint64, f32_to_bf16=f32_to_bf16,
-                   f32_to_bf16_stochastic=f32_to_bf16_stochastic,
+                   f32_to_bf16_stochastic=f32_to_bf16_stochastic, f32_to_f16=f32_to_f16,
                    as_uint=quant8.sim_as_uint if sim else quant8.as_uint,
                    from_uint=quant8.sim_from_uint if sim else quant8.from_uint)
 
@@ -913,6 +916,6 @@ def get_quads(record, scaled, kinds, options, stochastic=False, copy=False):
     """The ``cuda.jit`` kernel of ``record`` on words of four elements (lazy, one per
     combination)."""
     key = ("quads", record, scaled if scaled == DEVICE_FACTOR else bool(scaled),
-           tuple(kinds), bool(stochastic), bool(copy)) + tuple(sorted(options.items()))
+           tuple(kinds), bool(stochastic), copy_kind(copy)) + tuple(sorted(options.items()))
     return _lazy(key, lambda: python_quad_kernel(record, scaled, kinds, options,
                                                  stochastic, copy))

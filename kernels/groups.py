@@ -113,7 +113,8 @@ def cuda_source(n_arrays, n_kinds, bits=None, stochastic=False, copy=False):
     work in a small segment: 40 segments of 1e7 elements took 8.6x a plain step on an H100.)
     ``bits[j]``: array ``j`` holds bfloat16 state, passed to the body as a bfloat16 view
     (``view``, rounding from ``key`` and the element's index in the arena, ``offset + lo +
-    i``); ``copy``: the parameter wrapped with its bfloat16 copy ``pc`` (``pcopy``); both then
+    i``); ``copy``: the parameter wrapped with its copy ``pc`` (``pcopy``: bfloat16 bits, or
+    float16 bits with ``copy="float16"``); both then
     come before ``tiles``: ``grouped(a0, .., [pc,] key, offset, tiles, rows)``."""
     params = ", ".join(f"a{j}" for j in range(n_arrays))
     wrap = None
@@ -121,7 +122,7 @@ def cuda_source(n_arrays, n_kinds, bits=None, stochastic=False, copy=False):
         wrap = [f"view({{}}, key, offset + lo, {bool(stochastic)!r})" if bits and bits[j]
                 else None for j in range(n_arrays)]
         if copy:
-            wrap[0] = "pcopy({}, pc[lo:hi])"
+            wrap[0] = f"pcopy({{}}, pc[lo:hi], {copy == 'float16'!r})"
         params += (", pc" if copy else "") + ", key, offset"
     lines = [f"def grouped({params}, tiles, rows):",
              "    for s in range(cuda.blockIdx.x, tiles.shape[0], cuda.gridDim.x):",

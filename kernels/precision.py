@@ -1,4 +1,5 @@
-"""Compressed optimizer state inside the CPU kernels: bfloat16.
+"""Compressed optimizer state inside the CPU kernels: bfloat16 (and the float16 bits of a
+param copy, :func:`f32_to_f16`).
 
 A bfloat16 state array is stored as ``uint16`` bit patterns (the upper half of a float32;
 NumPy has no bfloat16). The kernels receive it wrapped in :class:`BF16Bits`, a Numba type
@@ -162,6 +163,41 @@ def f32_to_bf16(x):
     return _bf16_nearest(x)
 
 
+@intrinsic
+def _f16_nearest(typingctx, x):
+    """float32 -> IEEE half-precision (float16) bits, nearest, ties to even, in 32-bit integer
+    arithmetic and selects (F. Giesen's ``float_to_half_fast3_rtne``): below 2**-14 the
+    magnitude plus 0.5 leaves its rounded subnormal bits at the bottom (one IEEE addition);
+    in the normal range the exponent is rebiased and ``0xFFF + odd`` rounds the 13 dropped
+    bits; from 2**16 up inf; NaN stays NaN, made quiet (the top 10 payload bits kept)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        c = lambda v: ir.Constant(i32, v)                        # noqa: E731
+        u = builder.bitcast(args[0], i32)
+        sign = builder.and_(builder.lshr(u, c(16)), c(0x8000))
+        a = builder.and_(u, c(0x7FFFFFFF))
+        half = builder.fadd(builder.bitcast(a, ir.FloatType()), ir.Constant(ir.FloatType(), 0.5))
+        sub = builder.sub(builder.bitcast(half, i32), c(0x3F000000))
+        odd = builder.and_(builder.lshr(a, c(13)), c(1))
+        normal = builder.lshr(builder.add(builder.add(a, c(0xC8000FFF)), odd), c(13))
+        nan = builder.or_(c(0x7E00), builder.and_(builder.lshr(a, c(13)), c(0x3FF)))
+        big = builder.select(builder.icmp_unsigned(">", a, c(0x7F800000)), nan, c(0x7C00))
+        small = builder.select(builder.icmp_unsigned("<", a, c(0x38800000)), sub, normal)
+        out = builder.select(builder.icmp_unsigned(">=", a, c(0x47800000)), big, small)
+        return builder.trunc(builder.or_(out, sign), ir.IntType(16))
+    return types.uint16(x), codegen
+
+
+@njit(inline="always", error_model="numpy")
+def f32_to_f16(x):
+    """float32 ``x`` rounded to the nearest float16, ties to even, as bits (overflow: inf; NaN:
+    quiet). NumPy's ``astype(np.float16)`` is the reference."""
+    return _f16_nearest(x)
+
+
 def word_lo(w):
     """The first element of a word of two (inside a kernel): a ``uint64`` word's first float32,
     a ``uint32`` word's first bfloat16 as float32 (exact). Elements are little-endian: element
@@ -248,25 +284,29 @@ def _setitem(a, i, v):
 # ---------------------------------------------------------------- a low-precision param copy
 class ParamWithCopy:
     """The parameter as the kernels see it when the buffers have a ``param_copy``: ``param``
-    (float32, 1-D) and ``copy`` (bfloat16 bits, ``uint16``, 1-D). Writing element ``i``
-    writes ``param[i]`` and ``copy[i]`` (rounded to nearest even), in the same pass."""
-    __slots__ = ("param", "copy")
+    (float32, 1-D) and ``copy`` (``uint16``, 1-D: bfloat16 bits, or with ``half`` float16
+    bits). Writing element ``i`` writes ``param[i]`` and ``copy[i]`` (rounded to nearest
+    even), in the same pass."""
+    __slots__ = ("param", "copy", "half")
 
-    def __init__(self, param, copy):
+    def __init__(self, param, copy, half=False):
         self.param = param
         self.copy = copy
+        self.half = bool(half)
 
 
 class ParamCopyType(types.Type):
-    def __init__(self, param_type, copy_type):
+    def __init__(self, param_type, copy_type, half=False):
         self.param_type = param_type
         self.copy_type = copy_type
-        super().__init__(name=f"ParamWithCopy({param_type}, {copy_type})")
+        self.half = bool(half)
+        kind = "float16" if half else "bfloat16"
+        super().__init__(name=f"ParamWithCopy({param_type}, {copy_type}, {kind})")
 
 
 @typeof_impl.register(ParamWithCopy)
 def _typeof_copy(val, c):
-    return ParamCopyType(typeof(val.param), typeof(val.copy))
+    return ParamCopyType(typeof(val.param), typeof(val.copy), val.half)
 
 
 @register_model(ParamCopyType)
@@ -326,6 +366,13 @@ def _copy_getitem(a, i):
 @overload(operator.setitem)
 def _copy_setitem(a, i, v):
     if isinstance(a, ParamCopyType) and isinstance(i, types.Integer):
+        if a.half:
+            def impl_half(a, i, v):
+                x = np.float32(v)
+                a.param[i] = x
+                a.copy[i] = f32_to_f16(x)
+            return impl_half
+
         def impl(a, i, v):
             x = np.float32(v)
             a.param[i] = x
@@ -354,28 +401,31 @@ def bf16_view(typingctx, bits, key, offset, stochastic):
 
 
 @intrinsic
-def param_with_copy(typingctx, param, copy):
-    """The parameter with its bfloat16 copy (:class:`ParamWithCopy`'s type) inside a CUDA
-    kernel: writing element ``i`` writes ``param[i]`` and ``copy[i]`` (rounded to nearest
-    even). No reference counting (CUDA kernels run without NRT)."""
+def param_with_copy(typingctx, param, copy, half):
+    """The parameter with its copy (:class:`ParamWithCopy`'s type) inside a CUDA kernel:
+    writing element ``i`` writes ``param[i]`` and ``copy[i]`` (rounded to nearest even, to
+    bfloat16 bits, or with ``half``, a compile-time boolean, to float16 bits). No reference
+    counting (CUDA kernels run without NRT)."""
     if not (isinstance(param, types.Array) and param.dtype == types.float32
-            and isinstance(copy, types.Array) and copy.dtype == types.uint16):
+            and isinstance(copy, types.Array) and copy.dtype == types.uint16
+            and isinstance(half, types.BooleanLiteral)):
         return None
-    ret = ParamCopyType(param, copy)
+    ret = ParamCopyType(param, copy, half.literal_value)
 
     def codegen(context, builder, sig, args):
         s = cgutils.create_struct_proxy(ret)(context, builder)
         s.param = args[0]
         s.copy = args[1]
         return s._getvalue()
-    return ret(param, copy), codegen
+    return ret(param, copy, half), codegen
 
 
 class SimParamCopy:
-    """What :func:`param_with_copy` gives a kernel under Numba's CUDA simulator."""
+    """What :func:`param_with_copy` gives a kernel under Numba's CUDA simulator (a float16
+    copy through the CPU kernels' :func:`f32_to_f16`)."""
 
-    def __init__(self, param, copy):
-        self.param, self.copy = param, copy
+    def __init__(self, param, copy, half=False):
+        self.param, self.copy, self.half = param, copy, half
         self.shape = param.shape
         self.dtype = param.dtype
 
@@ -385,7 +435,10 @@ class SimParamCopy:
     def __setitem__(self, i, v):
         x = np.float32(v)
         self.param[i] = x
-        SimBF16(self.copy, 0, 0, False)[i] = x
+        if self.half:
+            self.copy[i] = f32_to_f16(x)
+        else:
+            SimBF16(self.copy, 0, 0, False)[i] = x
 
 
 class SimBF16:

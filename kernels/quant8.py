@@ -33,7 +33,8 @@ from numba.extending import (intrinsic, make_attribute_wrapper, models, overload
                              register_model)
 
 from .decorators import compile_generated
-from .precision import _f32_as_u32, f32_to_bf16
+from .precision import _f32_as_u32, f32_to_bf16, f32_to_f16
+from .record import copy_kind
 from .reductions import TASKS
 
 INLINE = dict(error_model="numpy", inline="always", fastmath=False)
@@ -312,6 +313,15 @@ def copy_block(p, pc, lo, hi):
         y[j] = f32_to_bf16(x[j])
 
 
+@njit(**INLINE)
+def copy_block_half(p, pc, lo, hi):
+    """:func:`copy_block` to float16 bits (nearest, ties to even)."""
+    x = p[lo:hi]
+    y = pc[lo:hi]
+    for j in range(hi - lo):
+        y[j] = f32_to_f16(x[j])
+
+
 _drivers = {}
 _lock = threading.Lock()
 
@@ -334,8 +344,9 @@ def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False, table=False):
     block, the block's *pieces* (``items[bstarts[b]:bstarts[b + 1]]``, rows ``(lo, hi, row,
     kind)`` in buffer order, :func:`block_items`) between the dequantization and the
     quantization, each with the serial kernel of its kind and its row of the scalar table.
-    ``copy``: the driver takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
-    writes the block's new parameters to it (rounded to nearest even) while they are in L1.
+    ``copy``: the driver takes ``pc`` after the arrays, the parameter's bfloat16 copy (or with
+    ``copy="float16"`` its float16 copy's bits), and writes the block's new parameters to it
+    (rounded to nearest even) while they are in L1.
     ``table``: float32 buffers, each 8-bit array's ``f<j>`` is the one-read encoding table
     (:func:`quantize_block_t`, one scratch row per thread) instead of the first-midpoint
     table."""
@@ -358,7 +369,8 @@ def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False, table=False):
             body_args.append(f"a{j}[lo:hi]" if not n_kinds else f"a{j}[lo + u:lo + e]")
     if copy:
         params.append("pc")
-        quant.append("            copy_block(a0, pc, lo, hi)")
+        writer = "copy_block_half" if copy == "float16" else "copy_block"
+        quant.append(f"            {writer}(a0, pc, lo, hi)")
     if n_kinds:
         head = f"def q8_grouped({', '.join(params)}, table, items, bstarts, block, chunks):"
         calls = ["            for it in range(bstarts[b], bstarts[b + 1]):",
@@ -397,7 +409,8 @@ def _compile(key, src, name, parallel, bodies):
             if fn is None:
                 scope = dict(np=np, prange=prange, dequantize_block=dequantize_block,
                              quantize_block=quantize_block, quantize_block_t=quantize_block_t,
-                             copy_block=copy_block, **bodies)
+                             copy_block=copy_block, copy_block_half=copy_block_half,
+                             **bodies)
                 fn = _drivers[key] = compile_generated(src, name, scope, parallel,
                                                        tuple(bodies.values()))
     return fn
@@ -409,7 +422,7 @@ def driver(body, n_arrays, quantized, parallel, copy=False, table=False):
     (``table``: the one-read encoding table), midpoints>, [param copy,] scalars, block,
     chunks)``. Compiled on first use and cached on disk (it calls a kernel chosen at run
     time: ``kernels.decorators.compile_generated``)."""
-    return _compile((body, tuple(quantized), bool(parallel), bool(copy), bool(table)),
+    return _compile((body, tuple(quantized), bool(parallel), copy_kind(copy), bool(table)),
                     _source(n_arrays, quantized, parallel, copy=copy, table=table), "q8_driver",
                     parallel, dict(body=body))
 
@@ -419,7 +432,7 @@ def grouped_driver(bodies, n_arrays, quantized, parallel, copy=False, table=Fals
     per kind): ``driver(<arrays as for driver>, [param copy,] table, items, bstarts, block,
     chunks)``; row ``r`` of ``table`` is the packed scalars of row ``r`` of the groups."""
     bodies = tuple(bodies)
-    return _compile(("grouped", bodies, tuple(quantized), bool(parallel), bool(copy),
+    return _compile(("grouped", bodies, tuple(quantized), bool(parallel), copy_kind(copy),
                      bool(table)),
                     _source(n_arrays, quantized, parallel, len(bodies), copy, table),
                     "q8_grouped", parallel, {f"body{q}": b for q, b in enumerate(bodies)})
@@ -647,9 +660,10 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
     if copy:
         params.append("pc")
         wparams.append("pcw")
-        stores.append("                pc[i] = f32_to_bf16(w0[@E])")
+        to = "f32_to_f16" if copy == "float16" else "f32_to_bf16"
+        stores.append(f"                pc[i] = {to}(w0[@E])")
         wstores.append("            pcw[qw] = " + word_pack16(
-            f"f32_to_bf16(w0[{e}])" for e in range(WORD)))
+            f"{to}(w0[{e}])" for e in range(WORD)))
     red = []
     for k, j in enumerate(q):
         red += [f"        m = {utype}(0)",

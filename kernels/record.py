@@ -44,6 +44,12 @@ import inspect
 DEVICE_FACTOR = "device"
 
 
+def copy_kind(copy):
+    """A kernel's param copy, normalized (part of its cache key): False (none), True (bfloat16
+    bits) or ``"float16"`` (float16 bits)."""
+    return "float16" if copy == "float16" else bool(copy)
+
+
 class KernelRecordError(TypeError):
     """A kernel record whose names do not match its per-element function or body."""
 

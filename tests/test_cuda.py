@@ -442,13 +442,15 @@ def _bf16_kernel_ptx(spec, combo, bits, stochastic, copy, no_driver_device):
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
-@pytest.mark.parametrize("state_bits", [False, True], ids=["float32-state", "bfloat16-state"])
-def test_param_copy_kernel_compiles_to_ptx(state_bits, no_driver_device):
-    """Adam writing a bfloat16 param copy in its own kernel: 16-bit stores of the copy next to
-    the float32 parameter stores, float32 math only, no fused multiply-add."""
+@pytest.mark.parametrize("state_bits,copy", [(False, True), (True, True),
+                                             (False, "float16")],
+                         ids=["float32-state", "bfloat16-state", "float16-copy"])
+def test_param_copy_kernel_compiles_to_ptx(state_bits, copy, no_driver_device):
+    """Adam writing a bfloat16 (or float16) param copy in its own kernel: 16-bit stores of the
+    copy next to the float32 parameter stores, float32 math only, no fused multiply-add."""
     spec = fastopt.registry.get("adam")
     n = len(spec.kernel.arrays)
-    _bf16_kernel_ptx(spec, {}, (False, False) + (state_bits,) * (n - 2), False, True,
+    _bf16_kernel_ptx(spec, {}, (False, False) + (state_bits,) * (n - 2), False, copy,
                      no_driver_device)
 
 
@@ -473,9 +475,11 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
     u16 = types.Array(types.uint16, 1, "C")
     u32 = types.Array(types.uint32, 1, "C")
     u64 = types.Array(types.uint64, 1, "C")
-    for copy, words in itertools.product((False, True), (False, True)):
-        # (with and without a bfloat16 param copy written next to the parameter; strided or
-        # four neighbours per thread as words, their word views after the arrays and copy)
+    copies = (False, True, "float16") if spec.name == "adam" else (False, True)
+    for copy, words in itertools.product(copies, (False, True)):
+        # (with and without a bfloat16 (Adam: or float16) param copy written next to the
+        # parameter; strided or four neighbours per thread as words, their word views after
+        # the arrays and copy)
         kernel = ck.python_q8_kernel(spec.kernel, False, spec.options(hp, 2),
                                      (False, False) + (True,) * (n - 2), "float32",
                                      per_thread=4, copy=copy, words=words)
@@ -483,7 +487,7 @@ def test_8bit_state_kernel_compiles_to_ptx(spec, no_driver_device):
         with ck.exact():
             ptx, _ = cuda.compile_ptx(kernel, sig[:-1] + ((u16,) if copy else ()) + views
                                       + sig[-1:], cc=(8, 0))
-        assert ("st.global.u16" in ptx) == copy
+        assert ("st.global.u16" in ptx) == bool(copy)
         if words:       # the word path: 64-bit words of float32 and of the copy, 32-bit codes
             for op in ("ld.global.u64", "st.global.u64", "ld.global.u32", "st.global.u32"):
                 assert op in ptx, op

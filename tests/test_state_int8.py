@@ -311,7 +311,7 @@ def _unchanged(b, snap):
         np.float64)), TypeError, "float32"),
     (lambda b: setattr(b, "block_size", 0), ValueError, "block_size"),
     (lambda b: setattr(b, "state_absmax", None), TypeError, "state_absmax"),
-    (lambda b: setattr(b, "param_copy", np.zeros(5000, np.float16)), TypeError,
+    (lambda b: setattr(b, "param_copy", np.zeros(5000, np.int16)), TypeError,
      "param_copy"),
 ])
 def test_a_bad_8bit_step_writes_nothing(spoil, error, match):
@@ -380,23 +380,27 @@ def test_8bit_groups_with_the_calls_values_step_as_no_groups():
         _assert_same(a, b, f"parallel={parallel}")
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "groups"])
-def test_8bit_state_writes_the_param_copy_in_the_same_pass(grouped):
-    # the block driver writes the block's new parameters, rounded to bfloat16, to param_copy
-    # while they are in L1; the NumPy reference rounds the whole parameter after its step
+@pytest.mark.parametrize("grouped,kind", [(False, "bfloat16"), (True, "bfloat16"),
+                                          (False, "float16"), (True, "float16")],
+                         ids=["plain", "groups", "plain-float16", "groups-float16"])
+def test_8bit_state_writes_the_param_copy_in_the_same_pass(grouped, kind):
+    # the block driver writes the block's new parameters, rounded to bfloat16 (or float16), to
+    # param_copy while they are in L1; the NumPy reference rounds the whole parameter after
+    # its step
     spec = next(s for s in EIGHT_BIT if s.name == "adam")
     n = 3001
     groups = (fastopt.Groups(n, [{"range": (100, 1234), "lr": 1e-2, "weight_decay": 0.1}])
               if grouped else None)
     kw, (a, b), rng = _pair(spec, {}, n, np.float32, seed=10)
     for x in (a, b):
-        x.param_copy = np.zeros(n, np.uint16)
+        x.param_copy = np.zeros(n, np.uint16 if kind == "bfloat16" else np.float16)
     for _ in range(3):
         g = rng.standard_normal(n).astype(np.float32)
         for x, backend in ((a, "cpu"), (b, "numpy")):
             x.grad[...] = g
             _step.step(spec, x, backend=backend, parallel=True, groups=groups, **kw)
-        assert_bitwise(a.param_copy, fastopt.to_bfloat16(a.param), "param_copy")
+        assert_bitwise(a.param_copy, fastopt.to_bfloat16(a.param) if kind == "bfloat16"
+                       else a.param.astype(np.float16), "param_copy")
     _assert_same(a, b, "param_copy")
     assert_bitwise(a.param_copy, b.param_copy, "param_copy")
 

@@ -332,12 +332,15 @@ def test_stochastic_rounding_options_are_checked_and_the_seed_is_checkpointed(tm
 # ------------------------------------------------------------------ param_copy
 # the copy is written by the parameter's item write, shared by every optimizer: a sample
 # (two moments, momentum-only state, a pre-pass, a sign update)
-@pytest.mark.parametrize("spec", [s for s in SPECS if s.name in ("adam", "sgd", "lamb", "lion")],
-                         ids=lambda s: s.name)
-def test_param_copy_is_written_in_the_same_step(spec):
-    """A bfloat16 copy of the parameter (a low-precision model's weights) written by the step
-    itself: CPU == NumPy bitwise, equal to rounding the new parameter, with groups, N-D
-    arrays and bfloat16 state."""
+COPY_CASES = [(s, kind) for s in SPECS if s.name in ("adam", "sgd", "lamb", "lion")
+              for kind in ("bfloat16", "float16")]
+
+
+@pytest.mark.parametrize("spec,kind", COPY_CASES, ids=[f"{s.name}-{k}" for s, k in COPY_CASES])
+def test_param_copy_is_written_in_the_same_step(spec, kind):
+    """A bfloat16 or float16 copy of the parameter (a low-precision model's weights) written
+    by the step itself: CPU == NumPy bitwise, equal to rounding the new parameter (float16:
+    NumPy's own conversion), with groups, N-D arrays and bfloat16 state."""
     kw = full_kwargs(spec, **combos(spec)[-1])
     rng = np.random.default_rng(9)
     for shape, sd, groups in [((70_001,), None, None), ((30, 40), "bfloat16", None),
@@ -348,7 +351,7 @@ def test_param_copy_is_written_in_the_same_step(spec):
         for _ in range(2):
             b = spec.buffers_cls.zeros(p.copy(), np.zeros(shape, np.float32), state_dtype=sd,
                                        **state_options(spec, kw))
-            b.param_copy = np.zeros(shape, np.uint16)
+            b.param_copy = np.zeros(shape, np.uint16 if kind == "bfloat16" else np.float16)
             bs.append(b)
         for _ in range(3):
             g = rng.standard_normal(shape).astype(np.float32)
@@ -356,7 +359,8 @@ def test_param_copy_is_written_in_the_same_step(spec):
                 b.grad[...] = g
                 _step.step(spec, b, backend=backend, groups=groups, **kw)
         assert_bitwise(bs[0].param_copy, bs[1].param_copy)
-        assert_bitwise(bs[0].param_copy, precision.to_bfloat16(bs[0].param))
+        assert_bitwise(bs[0].param_copy, precision.to_bfloat16(bs[0].param)
+                       if kind == "bfloat16" else bs[0].param.astype(np.float16))
         for name, x in bs[0].arrays().items():
             assert_bitwise(x, bs[1].arrays()[name], name)
 
@@ -365,7 +369,8 @@ def test_param_copy_is_validated_and_can_be_attached_or_dropped():
     p = np.ones(10, np.float32)
     b = fastopt.AdamBuffers.zeros(p, np.full(10, 0.5, np.float32))
     snap = (p.copy(), b.exp_avg.copy(), b.step)
-    for bad, error, match in [(np.zeros(10, np.float16), TypeError, "uint16"),
+    for bad, error, match in [(np.zeros(10, np.int16), TypeError, "uint16 array of bfloat16 "
+                                                              "bits .* or a float16 array"),
                               (np.zeros(9, np.uint16), ValueError, "shape"),
                               (np.zeros(20, np.uint16)[::2], ValueError, "C-contiguous"),
                               (p.view(np.uint16)[:10], ValueError, "share memory")]:
@@ -379,6 +384,41 @@ def test_param_copy_is_validated_and_can_be_attached_or_dropped():
     fastopt.adam_step(b)                       # ...is rebuilt when one is attached
     assert_bitwise(copy, precision.to_bfloat16(p))
     d = fastopt.AdamBuffers.zeros(np.ones(4), np.ones(4))
-    d.param_copy = np.zeros(4, np.uint16)
-    with pytest.raises(TypeError, match="needs float32 parameters"):
-        fastopt.adam_step(d)
+    for kind in (np.uint16, np.float16):
+        d.param_copy = np.zeros(4, kind)
+        with pytest.raises(TypeError, match="needs float32 parameters"):
+            fastopt.adam_step(d)
+        assert (d.param == 1).all() and d.step == 0
+
+
+def test_float16_rounding_equals_numpy_on_every_exponent_and_rounding_case():
+    """The kernels' float32 -> float16 conversion (``kernels.precision.f32_to_f16``) against
+    NumPy's ``astype(np.float16)``: every float32 whose low 16 bits are one of the patterns
+    where rounding decides (0, the tie, either side of it, all ones, ...) for all 2**16 high
+    halves (every sign and exponent: zeros, float32 and float16 subnormals, the overflow
+    edge, inf, NaN), plus a million random patterns; bit for bit, NaN as (quiet) NaN.
+    ``bench/cpu_probes/f16_rounding_check.py`` runs all 2**32 patterns."""
+    from numba import njit
+
+    from fastopt.kernels.precision import f32_to_f16
+
+    @njit(error_model="numpy")
+    def convert(x, out):
+        for i in range(x.shape[0]):
+            out[i] = f32_to_f16(x[i])
+    lows = np.array([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x3000, 0x7FFF, 0x8000,
+                     0xF000, 0xFFFF], np.uint32)
+    hi = np.arange(1 << 16, dtype=np.uint32) << np.uint32(16)
+    u = (hi[:, None] | lows[None, :]).reshape(-1)
+    u = np.concatenate([u, np.random.default_rng(3).integers(0, 1 << 32, 1_000_000,
+                                                             dtype=np.uint64).astype(np.uint32)])
+    x = u.view(np.float32)
+    out = np.empty(x.shape[0], np.uint16)
+    convert(x, out)
+    with np.errstate(over="ignore", invalid="ignore"):
+        ref = x.astype(np.float16).view(np.uint16)
+    nan = np.isnan(x)
+    assert np.array_equal(out[~nan], ref[~nan])
+    got = out[nan]
+    assert np.all((got & 0x7C00) == 0x7C00) and np.all(got & 0x0200)      # quiet NaNs
+    assert np.array_equal(got >> 15, (u[nan] >> 31).astype(np.uint16))     # sign kept

@@ -864,10 +864,21 @@ def test_8bit_groups_with_more_rows_than_a_launch_takes_match_the_cpu():
     _same_8bit_state(registry.get("adam"), host, back)
 
 
-@pytest.mark.parametrize("state", [None, "bfloat16"], ids=["float32-state", "bfloat16-state"])
-def test_param_copy_on_the_device_matches_the_cpu(state):
-    """A bfloat16 param copy on the device, written by the step's own kernel (the parameter
-    wrapped with its copy), with and without groups (one launch): the CPU's
+def _copy_of(param, kind):
+    """The param copy of ``kind`` ("bfloat16": bits, "float16") of ``param``."""
+    return fastopt.to_bfloat16(param) if kind == "bfloat16" else param.astype(np.float16)
+
+
+COPY_CASES = [(None, "bfloat16"), ("bfloat16", "bfloat16"), (None, "float16"),
+              ("bfloat16", "float16")]
+
+
+@pytest.mark.parametrize("state,kind", COPY_CASES,
+                         ids=[f"{s or 'float32'}-state-{k}-copy" for s, k in COPY_CASES])
+def test_param_copy_on_the_device_matches_the_cpu(state, kind):
+    """A bfloat16 or float16 param copy on the device, written by the step's own kernel (the
+    parameter wrapped with its copy; with bfloat16 state four elements per thread, the
+    copy's four values one 64-bit word), with and without groups (one launch): the CPU's
     parameters, state and copy; ``to_device`` / ``to_host`` carry the copy."""
     n = 3 * config.CUDA_THREADS_PER_BLOCK + 5
     rng = np.random.default_rng(15)
@@ -875,13 +886,14 @@ def test_param_copy_on_the_device_matches_the_cpu(state):
                                              "weight_decay": 0.1}])):
         host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
                                          np.zeros(n, np.float32), state_dtype=state)
-        host.param_copy = fastopt.to_bfloat16(host.param)
+        host.param_copy = _copy_of(host.param, kind)
         dev = fastopt.to_device(host)
         assert dev.param_copy is not None
         back = _step_both(registry.step_function(registry.get("adam")),
                           dict(lr=1e-3, groups=groups), host, dev, rng, 2)
+        assert back.param_copy.dtype == host.param_copy.dtype
         assert np.array_equal(back.param_copy, host.param_copy)
-        assert np.array_equal(back.param_copy, fastopt.to_bfloat16(back.param))
+        assert np.array_equal(back.param_copy, _copy_of(back.param, kind))
         for name, a in host.arrays().items():
             worst = int(_ulp_diff(a, back.arrays()[name]).max()) if a.dtype != np.uint16 else \
                 int(np.abs(a.astype(np.int64) - back.arrays()[name].astype(np.int64)).max())
@@ -905,10 +917,11 @@ def test_param_copy_refusals_on_the_device_write_nothing():
         assert back.step == 0 and np.all(back.param == 1) and not np.any(back.param_copy)
 
 
-def test_8bit_state_with_a_param_copy_on_the_device_matches_the_cpu():
-    """8-bit state with a bfloat16 param copy on the device, with and without groups: each
-    thread writes its new parameters' copy after the body; the CPU's codes, scales,
-    parameters and copy."""
+@pytest.mark.parametrize("kind", ["bfloat16", "float16"])
+def test_8bit_state_with_a_param_copy_on_the_device_matches_the_cpu(kind):
+    """8-bit state with a bfloat16 or float16 param copy on the device, with and without
+    groups: each thread writes its new parameters' copy after the body; the CPU's codes,
+    scales, parameters and copy."""
     n = 45 if not REAL_GPU else 100_003
     block = 32 if not REAL_GPU else 256
     rng = np.random.default_rng(16)
@@ -917,12 +930,12 @@ def test_8bit_state_with_a_param_copy_on_the_device_matches_the_cpu():
         host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
                                          np.zeros(n, np.float32), state_dtype="int8",
                                          block_size=block, min_8bit_size=0)
-        host.param_copy = fastopt.to_bfloat16(host.param)
+        host.param_copy = _copy_of(host.param, kind)
         dev = fastopt.to_device(host)
         back = _step_both(registry.step_function(registry.get("adam")),
                           dict(lr=1e-3, groups=groups), host, dev, rng, 2)
         assert np.array_equal(back.param_copy, host.param_copy)
-        assert np.array_equal(back.param_copy, fastopt.to_bfloat16(back.param))
+        assert np.array_equal(back.param_copy, _copy_of(back.param, kind))
         for name, a in host.arrays().items():
             assert np.array_equal(a, back.arrays()[name]), name
         for name, a in host.state_absmax.items():

@@ -539,7 +539,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         b = self._buffers
         where = f"fastopt.torch.{type(self).__name__}.load_state_dict"
         held = b.state_dtype if b.state_dtype in ("bfloat16", "int8") else "full-precision"
-        fields = [f for f in b.state_fields if getattr(b, f) is not None]
+        fields = b.state_fields      # (all: the loaded groups may ask for more, e.g. amsgrad)
 
         def kind(t):
             if not isinstance(t, torch.Tensor):

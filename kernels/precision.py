@@ -169,7 +169,8 @@ def _f16_nearest(typingctx, x):
     arithmetic and selects (F. Giesen's ``float_to_half_fast3_rtne``): below 2**-14 the
     magnitude plus 0.5 leaves its rounded subnormal bits at the bottom (one IEEE addition);
     in the normal range the exponent is rebiased and ``0xFFF + odd`` rounds the 13 dropped
-    bits; from 2**16 up inf; NaN stays NaN, made quiet (the top 10 payload bits kept)."""
+    bits (from 65520 up the rounding carries into inf; from 2**16 up inf directly); NaN stays
+    NaN, made quiet (the top 10 payload bits kept)."""
     if x != types.float32:
         return None
 

@@ -332,8 +332,10 @@ def test_stochastic_rounding_options_are_checked_and_the_seed_is_checkpointed(tm
 # ------------------------------------------------------------------ param_copy
 # the copy is written by the parameter's item write, shared by every optimizer: a sample
 # (two moments, momentum-only state, a pre-pass, a sign update)
+# float16 copies on two of them (the same item write, another conversion)
 COPY_CASES = [(s, kind) for s in SPECS if s.name in ("adam", "sgd", "lamb", "lion")
-              for kind in ("bfloat16", "float16")]
+              for kind in ("bfloat16", "float16") if kind == "bfloat16" or s.name in ("adam",
+                                                                                   "lamb")]
 
 
 @pytest.mark.parametrize("spec,kind", COPY_CASES, ids=[f"{s.name}-{k}" for s, k in COPY_CASES])

@@ -570,6 +570,29 @@ def test_8bit_state_dict_round_trips_bitwise_and_other_precisions_are_refused():
         _refused_before_any_write(target, sd, match)
 
 
+def test_8bit_state_dict_asking_for_more_state_loads_and_is_checked_first():
+    """A state dict whose groups ask for state this optimizer did not allocate (amsgrad's
+    maximum) loads with its codes and scales; with those scales missing it is refused before
+    any write."""
+    a = torch.nn.Parameter(torch.randn(5000))
+    opt = ft.Adam([a], lr=0.01, amsgrad=True, state_dtype="int8")
+    for _ in range(2):
+        opt.zero_grad()
+        (a ** 2).sum().backward()
+        opt.step()
+    other = ft.Adam([torch.nn.Parameter(a.detach().clone())], lr=0.01, state_dtype="int8")
+    assert other._buffers.max_exp_avg_sq is None
+    other.load_state_dict(opt.state_dict())
+    np.testing.assert_array_equal(other._buffers.max_exp_avg_sq, opt._buffers.max_exp_avg_sq)
+    np.testing.assert_array_equal(other._buffers.state_absmax["max_exp_avg_sq"],
+                                  opt._buffers.state_absmax["max_exp_avg_sq"])
+    bad = opt.state_dict()
+    bad["state"] = {k: dict(v) for k, v in bad["state"].items()}
+    del bad["state"][0]["max_exp_avg_sq_absmax"]
+    third = ft.Adam([torch.nn.Parameter(a.detach().clone())], lr=0.01, state_dtype="int8")
+    _refused_before_any_write(third, bad, "'max_exp_avg_sq_absmax' must be 20 float32 scales")
+
+
 def test_8bit_state_leaves_a_parameter_without_gradient_alone():
     """The parameter's codes and its blocks' scales are restored after the step (its blocks
     are its own: parameters start on block boundaries)."""

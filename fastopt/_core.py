@@ -244,7 +244,8 @@ class Buffers:
     found_inf = _LastStep("found_inf", False)
     skipped_steps = 0       # steps skipped by skip_nonfinite
     rounding_seed = None    # bfloat16 state: None rounds to nearest, an int stochastically
-    param_copy = None       # bfloat16 bits (uint16) of the parameter, written by every step
+    param_copy = None       # bfloat16 bits (uint16) or float16 copy of the parameter, written
+                            # by every step
     state_absmax = None     # 8-bit state: {field: float32 scale per block}
     block_size = None       # 8-bit state: elements per block
 

@@ -179,7 +179,7 @@ def _copy_buffers(buffers, move):
     arrays = {n: move(a) for n, a in buffers.arrays().items()}
     p, g = arrays.pop("param"), arrays.pop("grad")
     out = type(buffers)(p, g, step=buffers.step, **arrays)
-    if buffers.param_copy is not None:                  # the bfloat16 copy of the weights
+    if buffers.param_copy is not None:        # the bfloat16 or float16 copy of the weights
         out.param_copy = move(buffers.param_copy)
     out.rounding_seed = buffers.rounding_seed          # bfloat16 state's stochastic rounding
     if getattr(buffers, "state_absmax", None) is not None:       # 8-bit state: its scales

@@ -25,7 +25,7 @@ MLP_SIZE = int(sum(np.prod(s) for s in MLP_SHAPES))          # 109,810
 
 SIZES = (1_000, 100_000, MLP_SIZE, 1_000_000, 10_000_000)
 IMPLEMENTATIONS = ("blog", "numpy", "cpu-serial", "cpu-parallel", "cuda",
-                   "torch-forloop", "torch-foreach", "torch-fused")
+                   "torch-forloop", "torch-foreach", "torch-fused", "optax")
 CHECK_STEPS = 3
 
 
@@ -196,6 +196,53 @@ class _TorchRunner(Runner):
         return np.concatenate([p.detach().numpy().ravel() for p in self.ps])
 
 
+class _OptaxRunner(Runner):
+    """optax's transformation of the same formula (``testinfo``'s ``optax`` entry), its
+    update and ``apply_updates`` in one ``jax.jit`` with the parameters and the state donated
+    (XLA may update them in place), on JAX's CPU device with XLA's own threads; parameters
+    as the workload's tensors (the MLP's ten, or one array). Each step waits for its result."""
+
+    def __init__(self, w):
+        super().__init__(w)
+        peer = testinfo.info(w.spec).optax
+        got = None if peer is None else peer(w.hp)
+        if got is None:
+            raise Unavailable(f"optax has no {w.spec.name} here")
+        if isinstance(got, str):
+            raise Unavailable(got)
+        try:
+            import jax
+            import optax
+        except ImportError as e:
+            raise Unavailable(f"optax is not installed ({e})") from None
+        if np.dtype(w.dtype) != np.float32 and not jax.config.jax_enable_x64:
+            raise Unavailable("JAX computes in float32 unless jax_enable_x64 is set")
+        name, kw = got
+        try:
+            tx = getattr(optax, name)(**kw)
+        except (AttributeError, TypeError) as e:
+            raise Unavailable(f"optax {optax.__version__}: optax.{name}: {e}") from None
+        self.jax = jax
+
+        def update(params, state, grads):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+        self.update = jax.jit(update, donate_argnums=(0, 1))
+        self.p = [jax.numpy.asarray(a) for a in w.split(w.param0.copy())]
+        self.state = tx.init(self.p)
+        self.set_grad(w.grads[0])
+
+    def set_grad(self, g):
+        self.g = [self.jax.numpy.asarray(a) for a in self.w.split(np.ascontiguousarray(g))]
+
+    def step(self):
+        self.p, self.state = self.update(self.p, self.state, self.g)
+        self.jax.block_until_ready(self.p)
+
+    def params(self):
+        return np.concatenate([np.asarray(a).ravel() for a in self.p])
+
+
 def make_runner(impl, w):
     """Build ``impl`` for workload ``w``; raises :class:`Unavailable` with a reason."""
     if impl == "blog":
@@ -212,6 +259,8 @@ def make_runner(impl, w):
         return _cuda_runner(w)
     if impl.startswith("torch-"):
         return _TorchRunner(w, impl.split("-", 1)[1])
+    if impl == "optax":
+        return _OptaxRunner(w)
     raise ValueError(f"unknown implementation {impl!r}")
 
 
@@ -410,7 +459,7 @@ def _add_speedups(rows):
     for r in rows:
         if r["status"] != "ok":
             continue
-        for peer in ("blog", "torch-fused", "numpy"):
+        for peer in ("blog", "torch-fused", "optax", "numpy"):
             other = index.get((r["optimizer"], r["size"], r["dtype"], peer))
             if other is not None:
                 r[f"speedup_vs_{peer.replace('-', '_')}"] = other["seconds"] / r["seconds"]
@@ -424,23 +473,26 @@ def _add_speedups(rows):
 def format_table(rows):
     lines = [f"{'optimizer':<9} {'size':>10} {'dtype':<7} {'implementation':<14} "
              f"{'time':>10} {'GB/s':>7} {'roofline':>8} {'vs blog':>8} {'vs torch':>8} "
-             f"{'ceiling':>8}"]
+             f"{'vs optax':>8} {'ceiling':>8}"]
     for r in rows:
         if r["status"] != "ok":
             continue
         ts = format_seconds(r["seconds"])
         vs_blog = r.get("speedup_vs_blog")
         vs_torch = r.get("speedup_vs_torch_fused")
+        vs_optax = r.get("speedup_vs_optax")
         ceiling = r.get("blog_over_traffic_equal")
         lines.append(
             f"{r['optimizer']:<9} {r['size']:>10} {r['dtype']:<7} {r['impl']:<14} {ts:>10} "
             f"{r['gb_per_s']:7.2f} {r['roofline_fraction']:8.2f} "
             f"{(f'{vs_blog:7.1f}x' if vs_blog else '-'):>8} "
             f"{(f'{vs_torch:7.2f}x' if vs_torch else '-'):>8} "
+            f"{(f'{vs_optax:7.2f}x' if vs_optax else '-'):>8} "
             f"{(f'{ceiling:7.1f}x' if ceiling else '-'):>8}")
-    lines.append("roofline: traffic-equal kernel time / this time; ceiling: blog class time / "
-                 "traffic-equal kernel time, the 'vs blog' that a kernel moving the same bytes "
-                 "with no arithmetic would reach")
+    lines.append("roofline: traffic-equal kernel time / this time; vs torch: torch.optim "
+                 "fused; vs optax: optax jitted, parameters and state donated; ceiling: blog "
+                 "class time / traffic-equal kernel time, the 'vs blog' that a kernel moving "
+                 "the same bytes with no arithmetic would reach")
     return "\n".join(lines)
 
 

@@ -1,7 +1,8 @@
 """Benchmarks of the training-loop options inside the step (README "Training-loop options"):
 clipping, non-finite skipping and parameter groups fused into one step, against fastopt's plain
 step and the unfused ways (``np.linalg.norm`` + a scaling pass + the step; torch's
-``clip_grad_norm_`` + ``Adam(fused=True)``), Adam float32, timed interleaved in one run.
+``clip_grad_norm_`` + ``Adam(fused=True)``; optax's ``clip_by_global_norm`` chained before
+``adamw``, jitted), Adam float32, timed interleaved in one run.
 ``python -m fastopt bench`` prints these rows; ``bench/test_bench_loop.py`` checks them."""
 import numpy as np
 
@@ -76,10 +77,17 @@ def cases(n, seed=0):
         np.multiply(g, np.float32(min(1.0, MAX_NORM / (norm + 1e-6))), out=scaled)
         fastopt.adam_step(unfused, decoupled_weight_decay=True)
     out["np.linalg.norm + scale + fastopt step"] = numpy_clip
+    _torch_cases(p, g, out)
+    _optax_cases(p, g, out)
+    return out
+
+
+def _torch_cases(p, g, out):
+    """torch's fused AdamW alone and after ``clip_grad_norm_`` (when torch is installed)."""
     try:
         import torch
     except ImportError:
-        return out
+        return
     import numba
     torch.set_num_threads(numba.get_num_threads())
     tp = torch.nn.Parameter(torch.from_numpy(p.copy()))
@@ -94,7 +102,36 @@ def cases(n, seed=0):
         opt.step()
     out["torch AdamW(fused)"] = opt_plain.step
     out["torch clip_grad_norm_ + AdamW(fused)"] = torch_clip
-    return out
+
+
+def _optax_cases(p, g, out):
+    """optax's adamw alone and chained after ``clip_by_global_norm`` (when optax is
+    installed): the update and ``apply_updates`` in one ``jax.jit`` with the parameters and
+    the state donated; each call waits for its result."""
+    try:
+        import jax
+        import optax
+    except ImportError:
+        return
+    grads = jax.numpy.asarray(g)
+
+    def runner(tx):
+        def update(params, state):
+            updates, state = tx.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+        step = jax.jit(update, donate_argnums=(0, 1))
+        params = jax.numpy.asarray(p.copy())
+        box = [params, tx.init(params)]
+
+        def run():
+            box[0], box[1] = step(*box)
+            jax.block_until_ready(box[0])
+        run.tx = tx                                       # for the tests' check
+        return run
+    adamw = optax.adamw(1e-3, weight_decay=0.0)
+    out["optax adamw (jit)"] = runner(adamw)
+    out["optax clip_by_global_norm + adamw (jit)"] = runner(
+        optax.chain(optax.clip_by_global_norm(MAX_NORM), adamw))
 
 
 def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
@@ -109,7 +146,7 @@ def measure(sizes=(MLP_SIZE, 10_000_000), min_time=0.25):
             plain = rounds[PARALLEL_PLAIN] if name.endswith(PARALLEL) else base
             row = dict(size=n, case=name, seconds=float(np.median(r)),
                        vs_plain_step=round_ratio(r, plain))
-            if name.startswith("torch clip"):
+            if name.startswith(("torch clip", "optax clip")):
                 row["vs_fused_clip"] = round_ratio(r, clip)
             rows.append(row)
     return rows

@@ -8,10 +8,11 @@ settings that solve the convergence problems (``tuned``), the torch peer (``torc
 (torch.optim class name, or a dotted name such as "pytorch_optimizer.Lion", kwargs[,
 attributes to set on the peer instance])`` or ``None`` where torch has no such formula), the
 hyperparameter values under which that peer computes this optimizer's formula
-(``peer_settings``: the benchmarks' workloads and the parity test use them) and the blog's
-class (``blog``: ``(class name in fastopt.blog, equivalent step kwargs)``). Every field is
-optional: an optimizer with no entry, or with no torch or blog peer, is tested and benchmarked
-with what it has.
+(``peer_settings``: the benchmarks' workloads and the parity test use them), the blog's
+class (``blog``: ``(class name in fastopt.blog, equivalent step kwargs)``) and the optax peer
+(``optax``: ``hp -> (optax function name, kwargs)``, or a string saying why optax has no such
+formula for these settings). Every field is optional: an optimizer with no entry, or with no
+torch, optax or blog peer, is tested and benchmarked with what it has.
 """
 import dataclasses
 
@@ -39,6 +40,26 @@ class OptimizerInfo:
     # float64, so chains of square roots round differently from a GPU's sqrtf)
     simulator_ulp: int = 2
     peer_settings: dict = dataclasses.field(default_factory=dict)
+    optax: object = None
+
+
+def _plain(hp, *names):
+    """A reason string when one of the options ``names`` (weight decay, maximize, ...) is
+    set: the optax peers below are mapped for the plain update only (what the benchmarks'
+    workloads run); ``None`` when none is set."""
+    on = [n for n in names if hp.get(n)]
+    return f"no optax mapping here with {', '.join(on)} set" if on else None
+
+
+def _optax_adam(hp):
+    why = _plain(hp, "amsgrad", "maximize", "eps_hat") or (
+        _plain(hp, "weight_decay") if not hp["decoupled_weight_decay"] else None)
+    if why:
+        return why
+    kw = dict(learning_rate=hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"])
+    if hp["decoupled_weight_decay"]:
+        return "adamw", dict(kw, weight_decay=hp["weight_decay"])
+    return "adam", kw
 
 
 def _adam_torch(hp):
@@ -57,6 +78,7 @@ INFO = {
         bad_inputs=(BadInput(dict(amsgrad=True), ValueError, "max_exp_avg_sq"),),
         tuned=dict(lr=0.01),
         torch=_adam_torch,
+        optax=_optax_adam,
         blog=("Adam", dict(lr=0.01, beta1=0.9, beta2=0.999, eps=1e-7, eps_hat=True)),
     ),
     "rmsprop": OptimizerInfo(
@@ -70,11 +92,18 @@ INFO = {
                                           momentum=hp["momentum"], centered=hp["centered"],
                                           maximize=hp["maximize"])),
         blog=("RMSprop", dict(lr=0.01, alpha=0.99, eps=1e-8)),
+        # eps_in_sqrt=False: eps after the square root, as torch and fastopt
+        optax=lambda hp: _plain(hp, "weight_decay", "momentum", "centered", "maximize") or (
+            "rmsprop", dict(learning_rate=hp["lr"], decay=hp["alpha"], eps=hp["eps"],
+                            eps_in_sqrt=False)),
     ),
     "momentum": OptimizerInfo(
         option_grid=dict(momentum=[0.0, 0.9]),
         tuned=dict(lr=0.001, momentum=0.9),
         blog=("Momentum", dict(lr=0.01, momentum=0.9)),
+        # optax's trace t = g + momentum * t, update -lr * t: the blog's v = -lr * t
+        optax=lambda hp: ("sgd", dict(learning_rate=hp["lr"],
+                                      momentum=hp["momentum"] or None)),
     ),
     "sgd": OptimizerInfo(
         option_grid=dict(momentum=[0.0, 0.9], dampening=[0.0, 0.5], weight_decay=[0.0, 0.01],
@@ -91,6 +120,9 @@ INFO = {
                                       weight_decay=hp["weight_decay"], nesterov=hp["nesterov"],
                                       maximize=hp["maximize"])),
         blog=("mini_SGD", dict(lr=0.01)),
+        optax=lambda hp: _plain(hp, "weight_decay", "dampening", "maximize") or (
+            "sgd", dict(learning_rate=hp["lr"], momentum=hp["momentum"] or None,
+                        nesterov=hp["nesterov"])),
     ),
     "adagrad": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.01], lr_decay=[0.0, 0.01],
@@ -101,6 +133,8 @@ INFO = {
                                           initial_accumulator_value=hp[
                                               "initial_accumulator_value"],
                                           eps=hp["eps"], maximize=hp["maximize"])),
+        optax=lambda hp: "optax's adagrad adds eps under the square root (torch and "
+                         "fastopt: after it)",
     ),
     "adadelta": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.01], maximize=[False, True]),
@@ -112,6 +146,8 @@ INFO = {
         torch=lambda hp: ("Adadelta", dict(lr=hp["lr"], rho=hp["rho"], eps=hp["eps"],
                                            weight_decay=hp["weight_decay"],
                                            maximize=hp["maximize"])),
+        optax=lambda hp: _plain(hp, "weight_decay", "maximize") or (
+            "adadelta", dict(learning_rate=hp["lr"], rho=hp["rho"], eps=hp["eps"])),
     ),
     "adamax": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.01], maximize=[False, True]),
@@ -119,6 +155,9 @@ INFO = {
         torch=lambda hp: ("Adamax", dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                                          eps=hp["eps"], weight_decay=hp["weight_decay"],
                                          maximize=hp["maximize"])),
+        optax=lambda hp: _plain(hp, "weight_decay", "maximize") or (
+            "adamax", dict(learning_rate=hp["lr"], b1=hp["beta1"], b2=hp["beta2"],
+                           eps=hp["eps"])),
     ),
     "nadam": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.01], decoupled_weight_decay=[False, True],
@@ -129,6 +168,8 @@ INFO = {
                                         momentum_decay=hp["momentum_decay"],
                                         decoupled_weight_decay=hp["decoupled_weight_decay"],
                                         maximize=hp["maximize"])),
+        optax=lambda hp: "optax's nadam has no momentum-decay schedule (torch's and "
+                         "fastopt's mu_t = beta1 * (1 - 0.5 * 0.96**(t * momentum_decay)))",
     ),
     "radam": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.01], decoupled_weight_decay=[False, True],
@@ -138,10 +179,15 @@ INFO = {
                                         eps=hp["eps"], weight_decay=hp["weight_decay"],
                                         decoupled_weight_decay=hp["decoupled_weight_decay"],
                                         maximize=hp["maximize"])),
+        optax=lambda hp: _plain(hp, "weight_decay", "maximize") or (
+            "radam", dict(learning_rate=hp["lr"], b1=hp["beta1"], b2=hp["beta2"],
+                          eps=hp["eps"], threshold=5.0)),
     ),
     "nesterov": OptimizerInfo(
         tuned=dict(lr=0.0005, momentum=0.9),
         blog=None,
+        optax=lambda hp: "fastopt's Nesterov is the textbook's (p += momentum**2 * v_new - "
+                         "(1 + momentum) * lr * g), not optax's nesterov SGD",
     ),
     "lion": OptimizerInfo(
         option_grid=dict(weight_decay=[0.0, 0.1], maximize=[False, True]),
@@ -151,6 +197,9 @@ INFO = {
                           dict(lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
                                weight_decay=hp["weight_decay"], weight_decouple=True,
                                maximize=hp["maximize"])),
+        optax=lambda hp: _plain(hp, "maximize") or (
+            "lion", dict(learning_rate=hp["lr"], b1=hp["beta1"], b2=hp["beta2"],
+                         weight_decay=hp["weight_decay"])),
     ),
 }
 
@@ -167,6 +216,18 @@ def _lamb_torch(hp):
             dict(clamp=float("inf")))
 
 
+def _lamb_optax(hp):
+    # optax.lamb bias-corrects both moments and adds nothing to the update's norm in the
+    # trust ratio: fastopt's LAMB with bias_correction=True and trust_eps=0
+    if not hp["bias_correction"] or hp["trust_eps"] != 0:
+        return ("optax's lamb always bias-corrects its moments and adds no eps to the "
+                "update's norm (fastopt: bias_correction=True, trust_eps=0; the benchmarks' "
+                "LAMB has pytorch-optimizer's settings)")
+    return _plain(hp, "weight_decay", "maximize") or (
+        "lamb", dict(learning_rate=hp["lr"], b1=hp["beta1"], b2=hp["beta2"], eps=hp["eps"],
+                     weight_decay=0.0))
+
+
 INFO["lamb"] = OptimizerInfo(
     option_grid=dict(weight_decay=[0.0, 0.01], bias_correction=[True, False],
                      maximize=[False, True]),
@@ -174,6 +235,7 @@ INFO["lamb"] = OptimizerInfo(
     tuned=dict(lr=0.0015),
     torch=_lamb_torch,
     peer_settings=dict(bias_correction=False, trust_eps=1e-6),
+    optax=_lamb_optax,
 )
 
 _EMPTY = OptimizerInfo()

@@ -204,6 +204,22 @@ def _cmd_download(args):
     return 0
 
 
+PEERS = ("torch", "pytorch-optimizer", "jax", "optax", "bitsandbytes", "torchao", "deepspeed")
+
+
+def _peer_versions():
+    """``{distribution: version}`` of the installed peers the benchmarks may time (read from
+    the installed metadata, without importing them)."""
+    from importlib import metadata
+    out = {}
+    for name in PEERS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def _cmd_bench(args):
     import json
     import platform
@@ -250,11 +266,7 @@ def _cmd_bench(args):
             "python": platform.python_version(), "numpy": np.__version__,
             "numba": numba.__version__, "quick": args.quick,
             "thread_wait": config.thread_wait()}
-    try:
-        import torch
-        meta["torch"] = torch.__version__
-    except ImportError:
-        pass
+    meta.update(_peer_versions())
     path = os.path.join(args.out, "bench.json")
     with open(path, "w") as f:
         json.dump({"meta": meta, "rows": rows, "loop_option_rows": loop_rows,

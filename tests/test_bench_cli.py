@@ -1,11 +1,12 @@
 """``python -m fastopt bench``: runs, checks every implementation, writes table, JSON and plot
 (on small cases, so that the default test run stays fast)."""
 import json
+from importlib import metadata
 
 import numpy as np
 
 from fastopt import benchmarks, registry, testinfo
-from fastopt.__main__ import main
+from fastopt.__main__ import PEERS, main
 
 
 def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_wait_policy):
@@ -19,6 +20,12 @@ def test_cli_bench_writes_table_json_and_plot(tmp_path, capsys, monkeypatch, no_
 
     result = json.loads((out / "bench.json").read_text())
     assert result["meta"]["thread_wait"] == {"OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": "1000"}
+    for name in PEERS:                  # the installed peers' versions, and only theirs
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = None
+        assert result["meta"].get(name) == version, name
     rows = result["rows"]
     ok = {(r["optimizer"], r["size"], r["dtype"], r["impl"]) for r in rows
           if r["status"] == "ok"}

@@ -129,3 +129,21 @@ def test_adam8bit_peer(benchmark, peer, n):
     benchmark.name = peer
     benchmark.extra_info.update(state_bytes=state_bytes, size=size)
     benchmark(step)
+
+
+@pytest.mark.parametrize("n", [pytest.param(B.MLP_SIZE, id=str(B.MLP_SIZE)),
+                               pytest.param(10_000_000, marks=[pytest.mark.slow],
+                                            id="10000000")])
+def test_optax_bf16_peer(benchmark, n):
+    """optax's Adam with a bfloat16 first moment (``optax.adam(mu_dtype=bfloat16)``, jitted,
+    parameters and state donated), in the same group as fastopt's Adam state rows; skipped
+    with the reason when optax does not import. Optional: ``pip install ".[optax]"``."""
+    skipped = []
+    found = B._optax_bf16_peer(n, skipped)
+    if not found:
+        pytest.skip(skipped[0][1])
+    label, step, state_bytes, size = found[0]
+    benchmark.group = f"adam|{n}|state"
+    benchmark.name = label
+    benchmark.extra_info.update(state_bytes=state_bytes, size=size)
+    benchmark(step)

@@ -559,7 +559,8 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
     parallel CPU kernels with each state precision, all timed interleaved (each checked
     against the reference with the same precision first). Rows: optimizer, size, state,
     parallel, seconds (median), speedup over float32 state (median of the per-round ratios,
-    :func:`round_ratio`), state bytes."""
+    :func:`round_ratio`), state bytes. Adam's rows also time the peers that run here (the
+    8-bit peers, and optax's Adam with a bfloat16 first moment), or say why they did not."""
     rows = []
     for name in names:
         spec = registry.get(name)
@@ -578,7 +579,8 @@ def state_precision_rows(names=("adam", "rmsprop", "momentum"), sizes=(MLP_SIZE,
                                          parallel=parallel, state_bytes=int(state_bytes)), r))
             skipped = []
             if name == "adam":
-                for label, step, nbytes, peer_n in _adam8bit_peers(n, skipped):
+                for label, step, nbytes, peer_n in (_adam8bit_peers(n, skipped)
+                                                    + _optax_bf16_peer(n, skipped)):
                     runners.append((dict(optimizer=name, size=peer_n, state=label,
                                          parallel=True, state_bytes=nbytes),
                                     types.SimpleNamespace(step=step)))
@@ -635,6 +637,40 @@ def _adam8bit_peers(n, skipped, seed=0):
             continue
         out.append((label, opt.step, state_bytes, size))
     return out
+
+
+OPTAX_BF16 = "optax Adam, bf16 mu"
+
+
+def _optax_bf16_peer(n, skipped, seed=0):
+    """``[(label, step, state bytes, size)]``: optax's Adam with its first moment in bfloat16
+    (``optax.adam(mu_dtype=jnp.bfloat16)``; the second stays float32: optax has no option for
+    it), jitted with the parameters and the state donated, as :class:`_OptaxRunner`; or ``[]``
+    with ``(label, why)`` in ``skipped`` when optax does not import."""
+    try:
+        import jax
+        import optax
+    except ImportError as e:
+        skipped.append((OPTAX_BF16, f"optax is not installed ({e})"))
+        return []
+    rng = np.random.default_rng(seed)
+    tx = optax.adam(1e-3, mu_dtype=jax.numpy.bfloat16)
+    grads = jax.numpy.asarray(rng.standard_normal(n).astype(np.float32))
+
+    def update(params, state):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    jitted = jax.jit(update, donate_argnums=(0, 1))
+    params = jax.numpy.asarray(rng.standard_normal(n).astype(np.float32))
+    box = [params, tx.init(params)]
+
+    def step():
+        box[0], box[1] = jitted(*box)
+        jax.block_until_ready(box[0])
+    step()
+    step.box = box                                      # for the tests
+    nbytes = sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(box[1]) if a.ndim > 0)
+    return [(OPTAX_BF16, step, nbytes, n)]
 
 
 def format_state_table(rows):

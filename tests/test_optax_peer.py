@@ -118,3 +118,33 @@ def test_the_loop_tables_optax_rows_step_as_fastopt(clip):
     np.testing.assert_allclose(np.asarray(params), b.param, rtol=1e-5, atol=1e-7)
     if clip:        # the clip changed the result: this check can tell
         assert not np.allclose(unclipped.param, b.param, rtol=1e-4, atol=1e-6)
+
+
+def test_without_optax_the_bfloat16_state_peer_says_why(monkeypatch):
+    monkeypatch.setitem(sys.modules, "optax", None)
+    skipped = []
+    assert B._optax_bf16_peer(1000, skipped) == []
+    assert skipped and skipped[0][0] == B.OPTAX_BF16 and "not installed" in skipped[0][1]
+
+
+def test_the_bfloat16_state_peer_is_adam_with_a_bfloat16_first_moment():
+    """The state-precision table's optax row (``benchmarks._optax_bf16_peer``): optax's Adam
+    with mu in bfloat16 and nu in float32, its first step (taken when it is built) within
+    bfloat16 rounding of fastopt's float32 Adam step on the same data."""
+    pytest.importorskip("optax")
+    import fastopt
+    n = 1000
+    skipped = []
+    [(label, step, nbytes, size)] = B._optax_bf16_peer(n, skipped)
+    assert not skipped and label == B.OPTAX_BF16 and size == n
+    params, (adam, _) = step.box
+    assert (str(adam.mu.dtype), str(adam.nu.dtype)) == ("bfloat16", "float32")
+    assert nbytes == n * (2 + 4)
+    rng = np.random.default_rng(0)          # the peer's data: the gradient, then the params
+    g = rng.standard_normal(n).astype(np.float32)
+    p = rng.standard_normal(n).astype(np.float32)
+    b = fastopt.AdamBuffers.zeros(p.copy(), g.copy())
+    fastopt.adam_step(b, lr=1e-3)
+    # first step: m_hat = g (bfloat16 in optax: 2**-8 relative), update ~ lr * sign(g)
+    np.testing.assert_allclose(np.asarray(params), b.param, rtol=0, atol=1e-5)
+    assert np.abs(b.param - p).max() > 5e-4

@@ -61,6 +61,26 @@ def test_the_optax_peer_computes_fastopts_formula(spec, n):
     assert not np.array_equal(runner.params(), runner.w.param0)        # it moved
 
 
+OPTION_CASES = [("adam", dict(decoupled_weight_decay=True, weight_decay=0.01)),
+                ("sgd", dict(momentum=0.9)),
+                ("sgd", dict(momentum=0.9, nesterov=True)),
+                ("lion", dict(weight_decay=0.1, lr=0.01))]     # lr: a decay the check sees
+
+
+@pytest.mark.parametrize("name,options", OPTION_CASES,
+                         ids=[f"{n}-" + "-".join(f"{k}={v}" for k, v in o.items())
+                              for n, o in OPTION_CASES])
+def test_the_optax_peer_maps_options_too(name, options):
+    """The mappings beyond the workloads' settings: AdamW's decay, SGD's momentum and
+    Nesterov momentum, Lion's decay."""
+    pytest.importorskip("optax")
+    spec = registry.get(name)
+    w = B.Workload(spec, B.MLP_SIZE, np.float32)
+    w.kwargs = dict(w.kwargs, **options)
+    w.hp = spec.validate(w.kwargs)
+    B.check_runner(B.make_runner("optax", w), steps=5)
+
+
 @pytest.mark.parametrize("n", [1000, B.MLP_SIZE])
 def test_optax_lamb_is_fastopts_with_bias_correction_and_no_trust_eps(n):
     pytest.importorskip("optax")

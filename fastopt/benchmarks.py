@@ -196,6 +196,26 @@ class _TorchRunner(Runner):
         return np.concatenate([p.detach().numpy().ravel() for p in self.ps])
 
 
+def optax_stepper(tx, params):
+    """``(step, box)`` for the optax peers: ``step(grads)`` runs one update of the optax
+    transformation ``tx`` and ``optax.apply_updates`` in one ``jax.jit`` with the parameters
+    and the state donated (XLA may update them in place) and waits for the result; ``box``
+    holds the current ``[params, state]``."""
+    import jax
+    import optax
+
+    def update(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+    jitted = jax.jit(update, donate_argnums=(0, 1))
+    box = [params, tx.init(params)]
+
+    def step(grads):
+        box[0], box[1] = jitted(box[0], box[1], grads)
+        jax.block_until_ready(box[0])
+    return step, box
+
+
 class _OptaxRunner(Runner):
     """optax's transformation of the same formula (``testinfo``'s ``optax`` entry), its
     update and ``apply_updates`` in one ``jax.jit`` with the parameters and the state donated
@@ -222,25 +242,19 @@ class _OptaxRunner(Runner):
             tx = getattr(optax, name)(**kw)
         except (AttributeError, TypeError) as e:
             raise Unavailable(f"optax {optax.__version__}: optax.{name}: {e}") from None
-        self.jax = jax
-
-        def update(params, state, grads):
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-        self.update = jax.jit(update, donate_argnums=(0, 1))
-        self.p = [jax.numpy.asarray(a) for a in w.split(w.param0.copy())]
-        self.state = tx.init(self.p)
+        self.asarray = jax.numpy.asarray
+        self.optax_step, self.box = optax_stepper(
+            tx, [self.asarray(a) for a in w.split(w.param0.copy())])
         self.set_grad(w.grads[0])
 
     def set_grad(self, g):
-        self.g = [self.jax.numpy.asarray(a) for a in self.w.split(np.ascontiguousarray(g))]
+        self.g = [self.asarray(a) for a in self.w.split(np.ascontiguousarray(g))]
 
     def step(self):
-        self.p, self.state = self.update(self.p, self.state, self.g)
-        self.jax.block_until_ready(self.p)
+        self.optax_step(self.g)
 
     def params(self):
-        return np.concatenate([np.asarray(a).ravel() for a in self.p])
+        return np.concatenate([np.asarray(a).ravel() for a in self.box[0]])
 
 
 def make_runner(impl, w):
@@ -656,17 +670,11 @@ def _optax_bf16_peer(n, skipped, seed=0):
     rng = np.random.default_rng(seed)
     tx = optax.adam(1e-3, mu_dtype=jax.numpy.bfloat16)
     grads = jax.numpy.asarray(rng.standard_normal(n).astype(np.float32))
-
-    def update(params, state):
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-    jitted = jax.jit(update, donate_argnums=(0, 1))
-    params = jax.numpy.asarray(rng.standard_normal(n).astype(np.float32))
-    box = [params, tx.init(params)]
+    optax_step, box = optax_stepper(tx, jax.numpy.asarray(
+        rng.standard_normal(n).astype(np.float32)))
 
     def step():
-        box[0], box[1] = jitted(*box)
-        jax.block_until_ready(box[0])
+        optax_step(grads)
     step()
     step.box = box                                      # for the tests
     nbytes = sum(int(a.nbytes) for a in jax.tree_util.tree_leaves(box[1]) if a.ndim > 0)

@@ -6,7 +6,8 @@ step and the unfused ways (``np.linalg.norm`` + a scaling pass + the step; torch
 ``python -m fastopt bench`` prints these rows; ``bench/test_bench_loop.py`` checks them."""
 import numpy as np
 
-from .benchmarks import MLP_SIZE, format_seconds, interleaved_rounds, round_ratio
+from .benchmarks import (MLP_SIZE, format_seconds, interleaved_rounds, optax_stepper,
+                         round_ratio)
 
 MAX_NORM = 1.0
 PARALLEL = ", parallel"                # rows of parallel steps, compared with PARALLEL_PLAIN
@@ -106,8 +107,7 @@ def _torch_cases(p, g, out):
 
 def _optax_cases(p, g, out):
     """optax's adamw alone and chained after ``clip_by_global_norm`` (when optax is
-    installed): the update and ``apply_updates`` in one ``jax.jit`` with the parameters and
-    the state donated; each call waits for its result."""
+    installed), each a :func:`fastopt.benchmarks.optax_stepper` on the same gradient."""
     try:
         import jax
         import optax
@@ -116,16 +116,10 @@ def _optax_cases(p, g, out):
     grads = jax.numpy.asarray(g)
 
     def runner(tx):
-        def update(params, state):
-            updates, state = tx.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
-        step = jax.jit(update, donate_argnums=(0, 1))
-        params = jax.numpy.asarray(p.copy())
-        box = [params, tx.init(params)]
+        step, _ = optax_stepper(tx, jax.numpy.asarray(p.copy()))
 
         def run():
-            box[0], box[1] = step(*box)
-            jax.block_until_ready(box[0])
+            step(grads)
         run.tx = tx                                       # for the tests' check
         return run
     adamw = optax.adamw(1e-3, weight_decay=0.0)

@@ -91,6 +91,15 @@ def compiled_entry(dispatcher, args):
     return dispatcher.overloads[sig].entry_point
 
 
+def param_copy_kind(copy):
+    """A param copy's kind as the kernels take it (``kernels.record.copy_kind``): False (no
+    copy), True (bfloat16 bits, ``uint16``) or ``"float16"`` (passed as its ``uint16`` bits);
+    host or device arrays."""
+    if copy is None:
+        return False
+    return "float16" if np.dtype(copy.dtype) == np.float16 else True
+
+
 def kernel_view(a, seed=None, offset=0, key=0):
     """What a CPU kernel receives for host array ``a`` (1-D): the array itself, or for
     bfloat16 state (``uint16`` bits) a ``kernels.precision.BF16Bits`` over it (stochastic
@@ -118,8 +127,8 @@ def kernel_args(sources, copy, ph, seed=None, offset=0, lo=None, hi=None, flatte
         v = kernel_view(cut(a), seed, offset + (lo or 0))
         if j == 0 and copy is not None:
             from .kernels.precision import ParamWithCopy
-            half = copy.dtype == np.float16
-            v = ParamWithCopy(v, cut(copy).view(np.uint16) if half else cut(copy), half)
+            half = param_copy_kind(copy) == "float16"
+            v = ParamWithCopy(v, cut(copy).view(np.uint16), half)
         out.append(v)
     return out
 
@@ -448,10 +457,11 @@ def _write_copy(arrays):
     """The NumPy reference's param copy: the new parameters rounded to bfloat16, or to
     float16 by NumPy's own conversion."""
     copy = arrays.get("param_copy")
-    if copy is not None and copy.dtype == np.float16:
+    kind = param_copy_kind(copy)
+    if kind == "float16":
         with np.errstate(over="ignore"):
             copy[...] = arrays["param"].astype(np.float16)
-    elif copy is not None:
+    elif kind:
         from .precision import to_bfloat16
         copy[...] = to_bfloat16(arrays["param"])
 
@@ -483,7 +493,7 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
     from .kernels import quant8
     n = int(arrays["param"].size)
     quantized, args = _q8_args(spec, arrays, dtype, scales)
-    copy = _q8_copy(arrays)
+    copy = param_copy_kind(arrays.get("param_copy"))
     prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     of_row = None
     if prepass is not None:     # a value per segment (LAMB's trust ratio): a row per segment
@@ -548,12 +558,6 @@ def _q8_args(spec, arrays, dtype, scales):
     return quantized, args
 
 
-def _q8_copy(arrays):
-    """A block driver's ``copy``: False, True (bfloat16 bits) or ``"float16"``."""
-    copy = arrays.get("param_copy")
-    return False if copy is None else ("float16" if copy.dtype == np.float16 else True)
-
-
 def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     """A CPU step on 8-bit state: the record's serial kernel body inside a block driver
     (``kernels.quant8``): per block, dequantize into an L1 row, update, quantize back."""
@@ -564,7 +568,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     n = int(arrays["param"].size)
     names = spec.kernel.arrays
     quantized, args = _q8_args(spec, arrays, dtype, scales)
-    copy = _q8_copy(arrays)
+    copy = param_copy_kind(arrays.get("param_copy"))
     prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     drivers = {}
     scalars = spec.kernel_scalars(hp, 1, st)

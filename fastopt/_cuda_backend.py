@@ -9,6 +9,7 @@ import typing
 import numpy as np
 
 from . import config
+from ._backends import param_copy_kind
 from ._launch import Launcher
 from .kernels.record import DEVICE_FACTOR
 
@@ -244,9 +245,8 @@ def _device_copy(arrays):
     if copy is None:
         return None, False
     d = as_device_array(copy).reshape(-1)
-    if np.dtype(d.dtype) == np.float16:
-        return d.view(np.uint16), "float16"
-    return d, True
+    kind = param_copy_kind(d)
+    return (d.view(np.uint16) if kind == "float16" else d), kind
 
 
 def cuda_runner(spec, arrays, dtype, hp, seed=None):

@@ -1,6 +1,7 @@
 """CPU probe: random CPU-vs-NumPy parity cases (fuzzing) over every registered optimizer, its
 option combinations, float32/float64, state precision (float, bfloat16 nearest or stochastic,
-8-bit with random block sizes), clipping / unscaling / skipping, random parameter groups,
+8-bit with random block sizes), a bfloat16 or float16 ``param_copy`` of float32 parameters,
+clipping / unscaling / skipping, random parameter groups,
 sizes around block and vector boundaries, serial / parallel / default threads, and gradients
 with NaN, inf, huge and subnormal values; 4 steps per case. Every array, scale, step count,
 ``found_inf``, ``skipped_steps`` and ``grad_norm`` must be bitwise equal (NaN's sign and
@@ -84,8 +85,16 @@ def groups_for(rng, spec, n):
     return fastopt.Groups(n, gs) if gs else None
 
 
+def with_copy(b):
+    """``b.arrays()`` and the param copy when there is one."""
+    arrays = b.arrays()
+    if b.param_copy is not None:
+        arrays["param_copy"] = b.param_copy
+    return arrays
+
+
 def snapshot(b):
-    return ({k: a.copy() for k, a in b.arrays().items()},
+    return ({k: a.copy() for k, a in with_copy(b).items()},
             {k: a.copy() for k, a in (b.state_absmax or {}).items()}, b.step)
 
 
@@ -122,6 +131,10 @@ def one(case, rng):
         b = spec.buffers_cls.zeros(p0.copy(), np.zeros_like(p0), **zk)
     except Exception as e:
         return f"SETUP {type(e).__name__}: {str(e)[:60]}", None
+    if dtype == np.float32 and rng.random() < .3:
+        kind = [np.uint16, np.float16][rng.integers(2)]
+        a.param_copy, b.param_copy = np.zeros(n, kind), np.zeros(n, kind)
+        desc += f" param_copy={np.dtype(kind).name}"
     for s in range(4):
         special = rng.choice(["none", "none", "nan", "inf", "huge", "tiny"])
         g = rand_grad(rng, n, dtype, special)
@@ -152,9 +165,9 @@ def one(case, rng):
             return f"raised {type(ea).__name__}", None
         try:
             assert a.step == b.step, f"step {a.step} != {b.step}"
-            for k, x in a.arrays().items():
+            for k, x in with_copy(a).items():
                 if k != "grad":
-                    assert_bitwise(x, b.arrays()[k], k)
+                    assert_bitwise(x, with_copy(b)[k], k)
             for k, x in (a.state_absmax or {}).items():
                 assert_bitwise(x, b.state_absmax[k], "absmax " + k)
             assert bool(a.found_inf) == bool(b.found_inf), "found_inf"

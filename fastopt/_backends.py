@@ -12,6 +12,7 @@ import numpy as np
 
 from . import _threads, config
 from ._spec import distinct
+from .kernels.record import param_copy_kind
 
 BACKENDS = ("numpy", "cpu", "cuda")
 
@@ -89,15 +90,6 @@ def compiled_entry(dispatcher, args):
     if sig not in dispatcher.overloads:
         dispatcher.compile(sig)
     return dispatcher.overloads[sig].entry_point
-
-
-def param_copy_kind(copy):
-    """A param copy's kind as the kernels take it (``kernels.record.copy_kind``): False (no
-    copy), True (bfloat16 bits, ``uint16``) or ``"float16"`` (passed as its ``uint16`` bits);
-    host or device arrays."""
-    if copy is None:
-        return False
-    return "float16" if np.dtype(copy.dtype) == np.float16 else True
 
 
 def kernel_view(a, seed=None, offset=0, key=0):

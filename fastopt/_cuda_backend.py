@@ -9,9 +9,8 @@ import typing
 import numpy as np
 
 from . import config
-from ._backends import param_copy_kind
 from ._launch import Launcher
-from .kernels.record import DEVICE_FACTOR
+from .kernels.record import DEVICE_FACTOR, param_copy_kind
 
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '
                  '(and an NVIDIA GPU with its driver, or NUMBA_ENABLE_CUDASIM=1 for the '

@@ -37,6 +37,8 @@ is built, so that a mismatch is an error, never a silent reordering):
 import dataclasses
 import inspect
 
+import numpy as np
+
 
 # ``scaled`` of a kernel whose gradient factor stays on the device (a clipped CUDA step's, read
 # from a one-element array after the scalars, ``kernels.cuda``), where ``True`` passes it as the
@@ -48,6 +50,15 @@ def copy_kind(copy):
     """A kernel's param copy, normalized (part of its cache key): False (none), True (bfloat16
     bits) or ``"float16"`` (float16 bits)."""
     return "float16" if copy == "float16" else bool(copy)
+
+
+def param_copy_kind(copy):
+    """The :func:`copy_kind` of a param copy array (host or device): False (no copy), True
+    (bfloat16 bits, ``uint16``) or ``"float16"`` (passed to the kernels as its ``uint16``
+    bits)."""
+    if copy is None:
+        return False
+    return "float16" if np.dtype(copy.dtype) == np.float16 else True
 
 
 class KernelRecordError(TypeError):

@@ -59,3 +59,84 @@ def test_ratios_are_medians_of_per_round_ratios():
     rounds): the median of the per-round ratios, not the ratio of the medians."""
     a, b = [1.0, 10.0, 100.0], [1.0, 5.0, 200.0]          # per-round ratios 1, 2, 0.5
     assert B.round_ratio(a, b) == 1.0 and np.median(a) / np.median(b) == 2.0
+
+
+def test_the_peer_rows_name_the_fused_row_they_compute():
+    """Each peer row's extra ratio is against the fastopt row that computes the same thing."""
+    assert loopbench.FUSED == {loopbench.TORCH_CLIP: loopbench.CLIP,
+                               loopbench.OPTAX_CLIP: loopbench.CLIP,
+                               loopbench.TORCH_AMP: loopbench.AMP,
+                               loopbench.OPTAX_SKIP: loopbench.SKIP}
+    assert {loopbench.CLIP, loopbench.SKIP, loopbench.AMP} <= set(NAMES)
+
+
+def test_the_grad_scaler_rows_step_alike():
+    """The loss-scaling rows: fastopt's fused unscale + skip with its ``LossScaler`` and
+    torch's ``GradScaler`` driving ``AdamW(fused=True)`` skip the same steps (scripted inf
+    and NaN in the scaled gradient), back off to the same scales and give the same
+    parameters. The gradients are ~1e-8 before scaling, where Adam's eps makes the update
+    depend on the unscaling (checked: stepping the scaled gradient differs)."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import fastopt
+    cases = loopbench.cases(5000)
+    ours, theirs = cases[loopbench.AMP], cases[loopbench.TORCH_AMP]
+    b, tp = ours.buffers, theirs.param
+    unscaled = fastopt.AdamBuffers.zeros(b.param.copy(), np.empty_like(b.grad))
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        g = (rng.standard_normal(5000) * 1e-8).astype(np.float32)
+        scaled = g * np.float32(ours.scaler.scale)
+        if i in (2, 5):
+            scaled[i] = np.inf if i == 2 else np.nan
+        b.grad[...] = scaled
+        tp.grad.copy_(torch.from_numpy(scaled))
+        ours()
+        theirs()
+        assert theirs.scaler.get_scale() == ours.scaler.scale, i
+        if i not in (2, 5):
+            unscaled.grad[...] = scaled
+            fastopt.adam_step(unscaled, decoupled_weight_decay=True)
+    assert b.skipped_steps == 2 and b.step == 6 and ours.scaler.scale == 2.0 ** 14
+    np.testing.assert_allclose(b.param, tp.detach().numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(unscaled.param, b.param, rtol=1e-4, atol=1e-6)
+
+
+def test_a_settling_function_gets_an_untimed_pause_after_its_batch():
+    """``interleaved_rounds`` waits ``fn.settle_s`` (or, for a bound method, its instance's)
+    after each batch of ``fn`` before the next function's batch, outside both timings: the
+    optax peers set it (XLA's runtime is still busy for a few ms after a jitted call returns
+    and slowed whatever was timed next)."""
+    import time
+    log = []
+
+    def a():
+        log.append(("a", time.perf_counter()))
+    a.settle_s = 0.03
+
+    class Runner:
+        settle_s = 0.0
+
+        def step(self):
+            log.append(("b", time.perf_counter()))
+    b = Runner().step
+    assert B.settle_time(a) == 0.03 and B.settle_time(b) == 0.0
+    assert B.settle_time(lambda: None) == 0.0
+    Runner.settle_s = 0.02
+    assert B.settle_time(b) == 0.02
+    Runner.settle_s = 0.0
+    t = B.interleaved_rounds([a, b], min_time=0.0, min_rounds=3)
+    assert all(len(x) == 3 for x in t) and max(t[0]) < 0.03
+    timed = log[4:]                                     # after the two calls each to size batches
+    gaps = [(x[0], y[1] - x[1]) for x, y in zip(timed, timed[1:])]
+    assert all(gap >= 0.03 for who, gap in gaps if who == "a"), gaps
+    assert all(gap < 0.03 for who, gap in gaps if who == "b"), gaps
+
+
+def test_the_optax_rows_settle():
+    pytest.importorskip("optax")
+    for name in (loopbench.OPTAX_CLIP, loopbench.OPTAX_SKIP, "optax adamw (jit)"):
+        assert B.settle_time(loopbench.cases(10)[name]) == B.JAX_SETTLE_S > 0
+    [(_, step, _, _)] = B._optax_bf16_peer(10, [])
+    assert B.settle_time(step) == B.JAX_SETTLE_S
+    runner = B.make_runner("optax", B.Workload(B.registry.get("adam"), 10, np.float32))
+    assert B.settle_time(runner.step) == B.JAX_SETTLE_S

@@ -140,6 +140,34 @@ def test_the_loop_tables_optax_rows_step_as_fastopt(clip):
         assert not np.allclose(unclipped.param, b.param, rtol=1e-4, atol=1e-6)
 
 
+def test_the_loop_tables_apply_if_finite_row_skips_as_fastopt():
+    """The training-loop table's ``apply_if_finite(adamw)`` row drops the steps whose gradient
+    holds an inf or a NaN, leaving the parameters and Adam's state (its step count too) as
+    they were, as fastopt's ``skip_nonfinite`` does: the same parameters after six steps, two
+    of them skipped (a step taken on such a gradient would make them NaN)."""
+    optax = pytest.importorskip("optax")
+    import jax.numpy as jnp
+    import fastopt
+    from fastopt import loopbench
+    tx = loopbench.cases(10)[loopbench.OPTAX_SKIP].tx
+    rng = np.random.default_rng(2)
+    n = 5000
+    p = rng.standard_normal(n).astype(np.float32)
+    b = fastopt.AdamBuffers.zeros(p.copy(), np.empty_like(p))
+    params = jnp.asarray(p)
+    state = tx.init(params)
+    for i in range(6):
+        g = rng.standard_normal(n).astype(np.float32)
+        if i in (1, 4):
+            g[i] = np.nan if i == 1 else -np.inf
+        updates, state = tx.update(jnp.asarray(g), state, params)
+        params = optax.apply_updates(params, updates)
+        b.grad[...] = g
+        fastopt.adam_step(b, decoupled_weight_decay=True, skip_nonfinite=True)
+    assert b.skipped_steps == 2 and int(state.total_notfinite) == 2
+    np.testing.assert_allclose(np.asarray(params), b.param, rtol=1e-5, atol=1e-7)
+
+
 def test_without_optax_the_bfloat16_state_peer_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "optax", None)
     skipped = []

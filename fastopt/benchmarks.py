@@ -196,11 +196,12 @@ class _TorchRunner(Runner):
         return np.concatenate([p.detach().numpy().ravel() for p in self.ps])
 
 
-# XLA's CPU runtime is still busy for a few ms after a jitted call has returned: at 1e7 the
-# case timed right after an optax batch ran 1.2-1.3x slower (fastopt's plain Adam step 6.95-7.06
-# ms against 5.5-5.8 ms after other cases; two runs, 2026-11-29), which made the ratios against
-# it wrong (skip 1.06-1.13x instead of 1.21-1.24x). A pause this long, untimed, after every
-# optax batch (``settle_s``, :func:`interleaved_rounds`) removed it in the same runs.
+# The case timed right after an optax batch ran slower: at 1e7 fastopt's plain Adam step took
+# 6.65-7.06 ms there against 5.2-6.1 ms after other cases or a pause (three runs, 2026-11-29),
+# which made the ratios against it wrong (skip 1.06-1.15x instead of 1.21-1.27x). A 5 or 20 ms
+# pause, untimed, after the optax batch removed it in the same runs (``settle_s``,
+# :func:`interleaved_rounds`). Why (XLA's runtime still at work after the call returned, or its
+# memory) was not profiled.
 JAX_SETTLE_S = 0.01
 
 

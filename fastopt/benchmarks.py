@@ -359,13 +359,14 @@ def traffic_runner(w, parallel=True):
                                              with_d=n_arrays > 3, with_e=n_arrays > 4)
     s = w.dtype(0.0)
     if w.spec.kernel.norm_names:       # the pre-pass: one more read of every array
-        from .kernels.reductions import chunked_sum_of_squares
+        from .kernels.reductions import chunked_sum_of_squares, n_tasks
         read = chunked_sum_of_squares(parallel)
         used = arrays[:n_arrays]
 
         def run():
+            tasks = n_tasks(parallel)
             for a in used:
-                read(a, config.NORM_CHUNK)
+                read(a, config.NORM_CHUNK, tasks)
             kernel(*arrays, s)
     else:
         def run():

@@ -136,13 +136,14 @@ def sum_of_squares(x):
     if n == 0:
         return 0.0
     parallel = n >= config.PARALLEL_THRESHOLD
-    fn = _KERNELS.get(parallel)
-    if fn is None:
-        from .kernels.reductions import chunked_sum_of_squares
-        fn = _KERNELS[parallel] = chunked_sum_of_squares(parallel)
+    pair = _KERNELS.get(parallel)
+    if pair is None:
+        from .kernels.reductions import chunked_sum_of_squares, n_tasks
+        pair = _KERNELS[parallel] = (chunked_sum_of_squares(parallel), n_tasks)
     if parallel and not _threads.READY:
         _threads.ensure_pool()
-    return fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK)
+    fn, tasks = pair
+    return fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK, tasks(parallel))
 
 
 _FINITE = {}
@@ -157,13 +158,14 @@ def all_finite(x):
     if n == 0:
         return True
     parallel = n >= FINITE_PARALLEL_FACTOR * config.PARALLEL_THRESHOLD
-    fn = _FINITE.get(parallel)
-    if fn is None:
-        from .kernels.reductions import all_finite as compiled
-        fn = _FINITE[parallel] = compiled(parallel)
+    pair = _FINITE.get(parallel)
+    if pair is None:
+        from .kernels.reductions import all_finite as compiled, n_tasks
+        pair = _FINITE[parallel] = (compiled(parallel), n_tasks)
     if parallel and not _threads.READY:
         _threads.ensure_pool()
-    total = fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK)
+    fn, tasks = pair
+    total = fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK, tasks(parallel))
     return total == total
 
 

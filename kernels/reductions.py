@@ -9,12 +9,14 @@ The eight lanes are one LLVM vector ``<8 x double>`` (:func:`_lanes8`, an intrin
 ``fadd`` (no fast-math flag, so LLVM may not reassociate), which the backend lowers to SIMD
 instructions. Written as eight scalar accumulators the same arithmetic does not vectorize
 (LLVM's SLP vectorizer does not start from loop-carried values): 2.5 ms instead of 0.73 ms
-for 1e7 float32 values on 2 threads. A parallel task sums ``STREAMS`` neighbouring chunks side
-by side (:func:`_streams_sum`: the same lanes in the same order per chunk, so the same bits),
-which keeps more reads from memory in flight than one chunk at a time.
+for 1e7 float32 values on 2 threads. Each thread takes one run of consecutive chunks and sums
+``STREAMS`` of them side by side, one from each quarter of the run (:func:`_streams_sum`: the
+same lanes in the same order per chunk, so the same bits), which keeps more reads from memory
+in flight than one chunk at a time and overlaps the chunks' chains of additions.
 """
 import numpy as np
 from llvmlite import ir
+from numba import get_num_threads
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -42,6 +44,28 @@ def _lane_items(builder, acc):
     lanes = builder.load(acc)
     return [builder.extract_element(lanes, ir.Constant(ir.IntType(32), j))
             for j in range(LANES)]
+
+
+def _sum_rows(context, builder, aryty, data, rows, init, offset_of):
+    """Codegen: ``len(init) // 8`` accumulators of eight float64 lanes, set from ``init``'s
+    items; at each of ``rows`` steps (``col`` = 8 x the step) accumulator ``q`` adds the
+    squares of the eight values at element offset ``offset_of(q, col)``. Returns the lanes'
+    items, accumulator by accumulator."""
+    vec = ir.VectorType(ir.DoubleType(), LANES)
+    accs = []
+    for q in range(len(init) // LANES):
+        v0 = ir.Constant(vec, ir.Undefined)
+        for j in range(LANES):
+            v0 = builder.insert_element(v0, init[LANES * q + j], ir.Constant(ir.IntType(32), j))
+        accs.append(cgutils.alloca_once_value(builder, v0))
+    with cgutils.for_range(builder, rows) as loop:
+        col = builder.mul(loop.index, ir.Constant(rows.type, LANES))
+        for q, acc in enumerate(accs):
+            _add_squares(context, builder, aryty, data, offset_of(q, col), acc)
+    items = []
+    for acc in accs:
+        items += _lane_items(builder, acc)
+    return items
 
 
 @intrinsic
@@ -102,25 +126,11 @@ def _lanes8_rows(typingctx, table, k, rows, init):
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
-        rows = args[2]
-        start = cgutils.unpack_tuple(builder, args[3])
         ncols = cgutils.unpack_tuple(builder, ary.shape)[1]
-        vec = ir.VectorType(ir.DoubleType(), LANES)
-        accs = []
-        for q in range(n_rows):
-            v0 = ir.Constant(vec, ir.Undefined)
-            for j in range(LANES):
-                v0 = builder.insert_element(v0, start[LANES * q + j],
-                                            ir.Constant(ir.IntType(32), j))
-            accs.append(cgutils.alloca_once_value(builder, v0))
-        with cgutils.for_range(builder, rows) as loop:
-            col = builder.mul(loop.index, ir.Constant(ncols.type, LANES))
-            for q, acc in enumerate(accs):
-                offset = builder.add(builder.mul(ir.Constant(ncols.type, q), ncols), col)
-                _add_squares(context, builder, aryty, ary.data, offset, acc)
-        items = []
-        for acc in accs:
-            items += _lane_items(builder, acc)
+        items = _sum_rows(context, builder, aryty, ary.data, args[2],
+                          cgutils.unpack_tuple(builder, args[3]),
+                          lambda q, col: builder.add(builder.mul(ir.Constant(ncols.type, q),
+                                                                 ncols), col))
         return context.make_tuple(builder, ret, items)
 
     return ret(table, k, rows, init), codegen
@@ -146,33 +156,72 @@ STREAMS = 4        # chunks a task reads side by side (four streams from memory 
 _ZEROS = (0.0,) * (LANES * STREAMS)
 
 
+@intrinsic
+def _lanes8_at(typingctx, x, starts, rows, init):
+    """:func:`_lanes8` of ``k`` runs of ``x`` side by side: run ``q`` is ``x[starts[q]:
+    starts[q] + 8 * rows]`` (``starts``: a tuple of ``k`` integers), its eight lane sums
+    continue from ``init[8q .. 8q + 7]`` and are returned in the same layout (``8 * k``
+    float64). Each lane of each run is summed in element order, so every run's sums are the
+    bits :func:`_lanes8` gives it alone; the runs' independent accumulators let the processor
+    overlap their additions, and each run is a stream of its own from memory. ``x``: a 1-D
+    C-contiguous float32 or float64 array (the caller checks the bounds)."""
+    if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
+            and x.dtype in (types.float32, types.float64)
+            and isinstance(starts, types.UniTuple) and isinstance(starts.dtype, types.Integer)
+            and isinstance(init, types.UniTuple) and init.count == LANES * starts.count):
+        return None
+    k = starts.count
+    ret = types.UniTuple(types.float64, LANES * k)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        at = [context.cast(builder, a, signature.args[1].dtype, types.intp)
+              for a in cgutils.unpack_tuple(builder, args[1])]
+        rows = context.cast(builder, args[2], signature.args[2], types.intp)
+        items = _sum_rows(context, builder, aryty, ary.data, rows,
+                          cgutils.unpack_tuple(builder, args[3]),
+                          lambda q, col: builder.add(at[q], col))
+        return context.make_tuple(builder, ret, items)
+
+    return ret(x, starts, rows, init), codegen
+
+
 @njit(error_model="numpy", inline="always")
-def _streams_sum(x, c0, chunk, partial):
-    """``partial[c0 + q]`` = :func:`_chunk_sum` of chunk ``c0 + q``, ``q < STREAMS``, the
-    chunks full and ``chunk`` a multiple of 8: their lanes accumulated side by side
-    (:func:`_lanes8_rows` over the chunks as the rows of a table), each lane of each chunk in
-    element order, so every chunk's sum is the same bits as alone. Four streams from memory
-    instead of one: a thread keeps more reads in flight (the norm of 1e7 float32 on 2 threads
-    of a Zen 3 VM: 1.28-1.58 ms -> 0.91-1.34 ms, ``bench/cpu_probes/read_pass.py``)."""
-    t = x[c0 * chunk:(c0 + STREAMS) * chunk].reshape(STREAMS, chunk)
-    s = _lanes8_rows(t, STREAMS, chunk // LANES, _ZEROS)
-    for q in range(STREAMS):
-        partial[c0 + q] = _tree8(s, q * LANES)
+def _streams_sum(x, c0, rows, chunk, partial):
+    """``partial[c]`` = :func:`_chunk_sum` of each of the ``STREAMS * rows`` full chunks from
+    ``c0`` (``chunk`` a multiple of 8): the run split into ``STREAMS`` runs of ``rows``
+    chunks, read side by side (:func:`_lanes8_at`: stream ``q`` takes chunk ``c0 + q * rows
+    + i`` at step ``i``, each chunk's lanes from zero and in element order, so every chunk's
+    sum is the same bits as alone). Four long streams from memory instead of one keep more
+    reads in flight, and four independent chains of additions hide their latency."""
+    for i in range(rows):
+        s = _lanes8_at(x, ((c0 + i) * chunk, (c0 + rows + i) * chunk,
+                           (c0 + 2 * rows + i) * chunk, (c0 + 3 * rows + i) * chunk),
+                       chunk // LANES, _ZEROS)
+        for q in range(STREAMS):
+            partial[c0 + q * rows + i] = _tree8(s, q * LANES)
 
 
-def _per_chunk_sum(x, chunk):
+def _per_chunk_sum(x, chunk, tasks):
     """``_chunk_op`` (bound per use: :func:`_twin`) of each chunk, the results added in
-    chunk order. Full chunks go ``STREAMS`` at a time to ``_streams_op`` (the same sums, read
-    side by side) when ``chunk`` is a multiple of 8; the rest one by one."""
+    chunk order. The chunks are handed out as ``tasks`` runs of consecutive chunks (the
+    callers pass the thread count: :func:`n_tasks`; the parallel loop then gives each thread
+    one); a run's full chunks go to ``_streams_op`` (the
+    same sums, ``STREAMS`` long streams read side by side) when ``chunk`` is a multiple of 8,
+    the rest one by one. Which run or thread computes a chunk changes none of its bits."""
     n = x.shape[0]
     n_chunks = (n + chunk - 1) // chunk
     partial = np.empty(n_chunks, np.float64)
-    runs = (n // chunk) // STREAMS if chunk % LANES == 0 else 0
-    for r in prange(runs + n_chunks - runs * STREAMS):
-        if r < runs:
-            _streams_op(x, r * STREAMS, chunk, partial)
-        else:
-            c = r + runs * (STREAMS - 1)
+    n_full = n // chunk if chunk % LANES == 0 else 0
+    per = max(1, (n_chunks + tasks - 1) // max(1, tasks))
+    for t in prange((n_chunks + per - 1) // per):
+        c0 = t * per
+        c1 = min(n_chunks, c0 + per)
+        rows = max(0, min(c1, n_full) - c0) // STREAMS
+        if rows > 0:
+            _streams_op(x, c0, rows, chunk, partial)
+        for c in range(c0 + STREAMS * rows, c1):
             start = c * chunk
             partial[c] = _chunk_op(x, start, min(n, start + chunk))
     total = 0.0
@@ -197,8 +246,17 @@ def _twin(name, chunk_op, streams_op, parallel):
     return fn
 
 
+def n_tasks(parallel):
+    """The runs of chunks to hand out in a pass: one per thread (Numba's current thread
+    count) for a parallel twin, one for a serial one. (Read inside the compiled pass, the
+    thread count is a pointer into the threading layer, which Numba cannot cache.)"""
+    return get_num_threads() if parallel else 1
+
+
 def chunked_sum_of_squares(parallel):
-    """The compiled reduction (serial or ``parallel=True`` twin; both give the same bits)."""
+    """The compiled reduction (serial or ``parallel=True`` twin; both give the same bits):
+    ``fn(x, chunk, tasks)``, ``tasks`` from :func:`n_tasks` (any count gives the same
+    bits)."""
     return _twin("squares", _chunk_sum, _streams_sum, parallel)
 
 
@@ -394,50 +452,16 @@ def _zero_products(typingctx, x, start, rows):
     return x.dtype(x, start, rows), codegen
 
 
-@intrinsic
-def _zero_products_rows(typingctx, table, k, rows):
-    """The sum of ``x * 0`` over the first ``rows * w`` columns of the first ``k`` rows of
-    ``table`` (2-D C-contiguous float; ``w``: 64 bytes of elements; ``k`` a compile-time
-    constant), in the table's dtype: NaN if any of them is inf or NaN, else a zero. One vector
-    accumulator per row, the rows read side by side (``k`` streams from memory)."""
-    if not (isinstance(table, types.Array) and table.ndim == 2 and table.layout == "C"
-            and table.dtype in (types.float32, types.float64)
-            and isinstance(k, types.IntegerLiteral)):
-        return None
-    n_rows = k.literal_value
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        rows = args[2]
-        ncols = cgutils.unpack_tuple(builder, ary.shape)[1]
-        vec, width, accs = _zero_accs(context, builder, aryty, n_rows)
-        with cgutils.for_range(builder, rows) as loop:
-            col = builder.mul(loop.index, ir.Constant(ncols.type, width))
-            for q, acc in enumerate(accs):
-                offset = builder.add(builder.mul(ir.Constant(ncols.type, q), ncols), col)
-                _add_zero_products(builder, aryty, builder.gep(ary.data, [offset]), vec, acc)
-        return _accs_total(builder, accs)
-
-    return table.dtype(table, k, rows), codegen
-
-
 @njit(error_model="numpy", inline="always")
-def _streams_zero_products(x, c0, chunk, partial):
-    """:func:`_chunk_zero_products` of the ``STREAMS`` full chunks from ``c0``, read side by
-    side (as the norm's :func:`_streams_sum`), the answer in ``partial[c0]`` and zeros in the
-    other chunks' places (a NaN anywhere makes the total NaN, whatever the order)."""
-    t = x[c0 * chunk:(c0 + STREAMS) * chunk].reshape(STREAMS, chunk)
-    w = 64 // x.itemsize
-    rows = chunk // w
-    acc = _zero_products_rows(t, STREAMS, rows)
-    for q in range(STREAMS):
-        r = t[q]
-        for i in range(rows * w, chunk):
-            acc += r[i] * 0
-    partial[c0] = np.float64(acc)
-    for q in range(1, STREAMS):
-        partial[c0 + q] = 0.0
+def _streams_zero_products(x, c0, rows, chunk, partial):
+    """:func:`_chunk_zero_products` of the ``STREAMS * rows`` full chunks from ``c0`` read as
+    one run (one stream from memory, four vector accumulators), the answer in ``partial[c0]``
+    and zeros in the other chunks' places (a NaN anywhere makes the total NaN, whatever the
+    order). Read as ``STREAMS`` streams side by side (the norm's way) the pass over 1e7
+    float32 took 0.97-1.09 ms on 2 threads of the Zen 4 VM, as one run 0.70-0.84 ms."""
+    partial[c0] = _chunk_zero_products(x, c0 * chunk, (c0 + STREAMS * rows) * chunk)
+    for c in range(c0 + 1, c0 + STREAMS * rows):
+        partial[c] = 0.0
 
 
 @njit(error_model="numpy", inline="always")
@@ -453,6 +477,6 @@ def _chunk_zero_products(x, start, end):
 
 
 def all_finite(parallel):
-    """The compiled finiteness pass (serial or ``parallel=True`` twin): ``fn(x, chunk)`` is a
-    zero when no element of ``x`` (1-D, C-contiguous, float) is inf or NaN, else NaN."""
+    """The compiled finiteness pass (serial or ``parallel=True`` twin): ``fn(x, chunk,
+    tasks)`` is a zero when no element of ``x`` (1-D, C-contiguous, float) is inf or NaN, else NaN."""
     return _twin("finite", _chunk_zero_products, _streams_zero_products, parallel)

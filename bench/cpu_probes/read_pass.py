@@ -4,10 +4,11 @@ finiteness or norm pass before the update) be made cheaper than one more read of
 Prints, for a 1e7 float32 gradient (40 MB) on this machine's threads:
 
 1. the read bandwidth of a plain vectorized read (an integer sum of the bits) on 1 and 2
-   threads, next to fastopt's finiteness and norm passes (``kernels.reductions``, parallel)
-   as they run (four neighbouring chunks of 4096 read side by side) and one chunk at a time
+   threads, next to fastopt's finiteness and norm passes (``kernels.reductions``, parallel,
+   one run of chunks per thread) as they run (chunks of 4096: the norm reads its run as four
+   long streams side by side, the finiteness pass as one stream) and one chunk at a time
    (the same compiled passes called with a chunk of 4095, not a multiple of 8, which takes the
-   one-chunk path: the time of the passes before the side-by-side reads);
+   one-chunk path);
 2. the same read with a software prefetch (``llvm.prefetch``, one per 64-byte line) at a few
    distances ahead;
 3. whether the tail of the gradient is still in the last-level cache right after a full pass
@@ -26,7 +27,7 @@ from numba.extending import intrinsic
 
 from fastopt import _threads
 from fastopt.benchmarks import interleaved_rounds
-from fastopt.kernels.reductions import all_finite, chunked_sum_of_squares
+from fastopt.kernels.reductions import all_finite, chunked_sum_of_squares, n_tasks
 
 N = 10_000_000
 ROUNDS = 15
@@ -90,11 +91,12 @@ def main():
     mb = g.nbytes / 1e6
     _threads.ensure_pool()
     finite, norm = all_finite(True), chunked_sum_of_squares(True)
+    tasks = n_tasks(True)
     cases = {"read, 1 thread": lambda: read(u, 1), "read, 2 threads": lambda: read(u, 2),
-             "finiteness pass, 4 chunks at once": lambda: finite(g, 4096),
-             "finiteness pass, 1 chunk at once": lambda: finite(g, 4095),
-             "norm pass, 4 chunks at once": lambda: norm(g, 4096),
-             "norm pass, 1 chunk at once": lambda: norm(g, 4095)}
+             "finiteness pass, as it runs": lambda: finite(g, 4096, tasks),
+             "finiteness pass, 1 chunk at once": lambda: finite(g, 4095, tasks),
+             "norm pass, as it runs": lambda: norm(g, 4096, tasks),
+             "norm pass, 1 chunk at once": lambda: norm(g, 4095, tasks)}
     for ahead in (256, 1024, 4096):
         cases[f"read + prefetch {ahead} ahead"] = lambda a=ahead: read_prefetch(u, 2, a)
     # interleaved, one call each per round: the VM's bandwidth drifts

@@ -248,8 +248,7 @@ def table_encode(typingctx, xb, table, k, codes, lo):
         return None
 
     def codegen(context, builder, sig, args):
-        i32, i8, i64 = ir.IntType(32), ir.IntType(8), ir.IntType(64)
-        vec, vec8 = ir.VectorType(i32, _V), ir.VectorType(i8, _V)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
         x_data, t_data, c_data = (
             context.make_array(sig.args[q])(context, builder, args[q]).data for q in (0, 1, 3))
         k = context.cast(builder, args[2], sig.args[2], types.int64)
@@ -259,23 +258,32 @@ def table_encode(typingctx, xb, table, k, codes, lo):
         def entry(x):
             cell = builder.zext(builder.lshr(x, _const(i32, 16)), i64)
             return builder.load(builder.gep(t_data, [cell]))
-
-        def vector(j):
-            t = ir.Constant(vec, ir.Undefined)
-            for e in range(_V):
-                x = builder.load(builder.gep(x_data, [builder.add(j, ir.Constant(i64, e))]))
-                t = builder.insert_element(t, entry(x), ir.Constant(i32, e))
-            code = _table_code(builder, _load(builder, x_data, j, vec, 4), t, vec)
-            builder.store(builder.trunc(code, vec8),
-                          builder.bitcast(builder.gep(c_data, [j]), vec8.as_pointer()), align=1)
-
-        def scalar(j):
-            x = builder.load(builder.gep(x_data, [j]))
-            builder.store(builder.trunc(_table_code(builder, x, entry(x), i32), i8),
-                          builder.gep(c_data, [j]))
-        _vec_loop(builder, k, vector, scalar)
+        encode_loop(builder, x_data, c_data, k, entry, _table_code)
         return context.get_dummy_value()
     return types.none(xb, table, k, codes, lo), codegen
+
+
+def encode_loop(builder, x_data, c_data, k, entry, code_of):
+    """Codegen: ``c_data[j]`` for j < k from the value bits ``x_data[j]`` (i32 pointers): per
+    eight values, eight scalar table reads ``entry(x)`` (an i32 each) gathered into a vector,
+    then ``code_of(builder, x, t, ty)`` in eight lanes (one value at a time for the rest)."""
+    i32, i8, i64 = ir.IntType(32), ir.IntType(8), ir.IntType(64)
+    vec, vec8 = ir.VectorType(i32, _V), ir.VectorType(i8, _V)
+
+    def vector(j):
+        t = ir.Constant(vec, ir.Undefined)
+        for e in range(_V):
+            x = builder.load(builder.gep(x_data, [builder.add(j, ir.Constant(i64, e))]))
+            t = builder.insert_element(t, entry(x), ir.Constant(i32, e))
+        code = code_of(builder, _load(builder, x_data, j, vec, 4), t, vec)
+        builder.store(builder.trunc(code, vec8),
+                      builder.bitcast(builder.gep(c_data, [j]), vec8.as_pointer()), align=1)
+
+    def scalar(j):
+        x = builder.load(builder.gep(x_data, [j]))
+        builder.store(builder.trunc(code_of(builder, x, entry(x), i32), i8),
+                      builder.gep(c_data, [j]))
+    _vec_loop(builder, k, vector, scalar)
 
 
 @njit(error_model="numpy", cache=True)

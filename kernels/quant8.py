@@ -433,7 +433,7 @@ def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False, table=False):
                 "            lo = b * block",
                 "            hi = min(n, be * block)",
                 "            k = hi - lo",
-                *(each + deq if deq else [])]
+                *each, *deq]
     lines = [head,
              "    n = a0.shape[0]",
              "    nb = (n + block - 1) // block",

@@ -129,24 +129,30 @@ def grad_norm(g):
 _KERNELS = {}
 
 
+def _run_pass(name, x, parallel):
+    """The compiled pass ``kernels.reductions.<name>`` (its serial or parallel twin, made on
+    first use: nothing compiles at import) over ``x`` in chunks of ``NORM_CHUNK``, one run of
+    chunks per thread (the thread count read at each call)."""
+    run = _KERNELS.get((name, parallel))
+    if run is None:
+        from .kernels import reductions
+        compiled, n_tasks = getattr(reductions, name)(parallel), reductions.n_tasks
+
+        def run(flat):
+            return compiled(flat, NORM_CHUNK, n_tasks(parallel))
+        _KERNELS[name, parallel] = run
+    if parallel and not _threads.READY:
+        _threads.ensure_pool()
+    return run(x if x.ndim == 1 else x.reshape(-1))
+
+
 def sum_of_squares(x):
     """The sum of squares of a validated C-contiguous host array (no checks: the step
     driver's norm pass calls it on the gradient it has validated)."""
     n = x.size
     if n == 0:
         return 0.0
-    parallel = n >= config.PARALLEL_THRESHOLD
-    pair = _KERNELS.get(parallel)
-    if pair is None:
-        from .kernels.reductions import chunked_sum_of_squares, n_tasks
-        pair = _KERNELS[parallel] = (chunked_sum_of_squares(parallel), n_tasks)
-    if parallel and not _threads.READY:
-        _threads.ensure_pool()
-    fn, tasks = pair
-    return fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK, tasks(parallel))
-
-
-_FINITE = {}
+    return _run_pass("chunked_sum_of_squares", x, n >= config.PARALLEL_THRESHOLD)
 
 
 def all_finite(x):
@@ -157,15 +163,8 @@ def all_finite(x):
     n = x.size
     if n == 0:
         return True
-    parallel = n >= FINITE_PARALLEL_FACTOR * config.PARALLEL_THRESHOLD
-    pair = _FINITE.get(parallel)
-    if pair is None:
-        from .kernels.reductions import all_finite as compiled, n_tasks
-        pair = _FINITE[parallel] = (compiled(parallel), n_tasks)
-    if parallel and not _threads.READY:
-        _threads.ensure_pool()
-    fn, tasks = pair
-    total = fn(x if x.ndim == 1 else x.reshape(-1), NORM_CHUNK, tasks(parallel))
+    total = _run_pass("all_finite", x,
+                      n >= FINITE_PARALLEL_FACTOR * config.PARALLEL_THRESHOLD)
     return total == total
 
 

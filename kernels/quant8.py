@@ -355,7 +355,7 @@ def _kind_calls(n_kinds, body_args, row, indent):
 # 8-bit state in blocks of 256, 2 threads of the Zen 4 VM, the driver compiled with groups of
 # 1 block, 1024, 2048 and 4096 elements and timed interleaved in one process (40 rounds, two
 # runs, 2026-11-29): Adam 11.0-11.1 ms block by block, 10.1-10.3 ms with 4096 (1.06-1.09x),
-# Adadelta 1.04-1.07x; but the one-state RMSprop and Momentum 0.91-1.03x (groups of 1024 or
+# Adadelta 1.07x (one run); but the one-state RMSprop and Momentum 0.90-1.03x (groups of 1024 or
 # 2048 slower, of 4096 about even), so a driver with one 8-bit array goes block by block.
 GROUP_ELEMENTS = 4096
 

@@ -9,7 +9,8 @@
 
 On construction every parameter is moved into one flat arena (``param.data`` becomes a view of
 it: ``model.state_dict()``, ``named_parameters()`` and hooks keep working) and each gradient is
-made a view of one flat gradient arena, so autograd accumulates into it in place. A step is
+made a view of one flat gradient arena (a gradient that appears later, at the first ``step()``
+that finds it), so autograd accumulates into it in place. A step is
 then one call of the fastopt step function over the arena, with the parameter groups as
 :class:`fastopt.Groups` ranges (per-group real hyperparameters; ``lr_scheduler`` writes
 ``group["lr"]`` and the next step reads it).
@@ -18,8 +19,9 @@ then one call of the fastopt step function over the arena, with the parameter gr
 next backward allocates fresh gradients, and ``step()`` copies them into the arena and attaches
 the views again (one copy of the gradients per step; ``zero_grad(set_to_none=False)`` zeroes
 the arena in place and needs no copy; both measured in the README, "For torch users"). A
-parameter whose gradient is ``None`` at ``step()`` is left untouched, state included, as torch
-does.
+parameter whose gradient is ``None`` at ``step()`` is left untouched, state included, and adds
+nothing to the norm of ``max_grad_norm``, as torch does; its gradient stays ``None`` (neither
+construction nor ``zero_grad(set_to_none=False)`` gives it one).
 
 ``state_dtype="bfloat16"`` (float32 parameters on the CPU) keeps the state in bfloat16, half
 the bytes, rounded to nearest even or, with ``stochastic_rounding=True``, from a hash of
@@ -206,10 +208,13 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             for p in params:
                 lo, hi = slices[p]
                 p.data = flat_p[lo:hi].view_as(p)
-                p.grad = flat_g[lo:hi].view_as(p)
-                views.append([p, p.grad])
+                view = flat_g[lo:hi].view_as(p)
+                if p.grad is not None:      # a None gradient stays None, as in torch
+                    p.grad = view
+                views.append((p, view, p.data_ptr()))
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
-        self._views = views          # [param, its gradient view]: p.grad is it until replaced
+        self._views = views          # (param, its gradient view, where its values live);
+        #                              p.grad is the view when not None
         self._ranges = ranges
         hps = [self._hyper(g) for g in self.param_groups]
         options = dict(self._state_options(hps), **self._state_kw)
@@ -355,10 +360,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         """Gradients into the arena (those autograd allocated after ``zero_grad(set_to_none=
         True)``, or any a caller assigned), views attached again. Returns the parameters
         without a gradient. The common case (``p.grad`` is still the view) costs one identity
-        test per parameter."""
+        test per parameter, and one pointer comparison: a parameter whose values were moved out
+        of the arena (``p.data = ...``, ``model.double()``, ``model.to(...)`` after building the
+        optimizer) is refused before any parameter or state is written (the step would update
+        the arena while the model reads other memory)."""
         missing = None
-        for item in self._views:
-            p, view = item
+        for p, view, ptr in self._views:
+            if p.data_ptr() != ptr:
+                self._moved(p)
             g = p.grad
             if g is view:
                 continue
@@ -378,15 +387,28 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             p.grad = view
         return missing or ()
 
+    def _moved(self, p):
+        where = f"fastopt.torch.{type(self).__name__}"
+        i = next(i for i, q in enumerate(self._params()) if q is p)
+        arena = self._flat_p
+        now = (f"{p.dtype} on {p.device}" if (p.dtype, p.device) != (arena.dtype, arena.device)
+               else "another tensor")
+        raise RuntimeError(
+            f"{where}: parameter {i} (shape {tuple(p.shape)}) no longer lives in the "
+            f"optimizer's arena ({arena.dtype} on {arena.device}); its values are now {now} "
+            f"(p.data = ..., or the model moved or converted after the optimizer was built). "
+            f"Nothing was stepped. Build the optimizer after model.to(...) / .double(), and "
+            f"set values in place (with torch.no_grad(): p.copy_(new)).")
+
     def zero_grad(self, set_to_none=True):
         if set_to_none:
-            for p, _ in self._views:
+            for p, _, _ in self._views:
                 p.grad = None
         else:
             self._flat_g.zero_()            # one fill of the arena
-            for p, view in self._views:
-                if p.grad is not view:
-                    p.grad = view
+            for p, view, _ in self._views:
+                if p.grad is not None and p.grad is not view:
+                    p.grad = view           # (a None gradient stays None, as in torch)
 
     def step(self, closure=None):
         """One fused step over the arena. (torch wraps ``step`` for the profiler and its step
@@ -431,6 +453,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
         if missing:
+            for p in missing:               # an earlier gradient left in the arena must not
+                lo, hi = self._slices[p]    # enter the norm of max_grad_norm
+                self._flat_g[lo:hi].zero_()
             saved = self._save(missing)
             self._spec.step_fn(self._buffers, **kwargs)
             self._restore(saved)

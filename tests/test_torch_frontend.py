@@ -139,9 +139,15 @@ def test_parameters_are_views_of_one_arena_and_the_model_keeps_working():
         assert torch.equal(p.detach(), before[n])               # values carried over
         lo, _ = opt._slices[p]
         assert p.data_ptr() == base + lo * 4
-        assert p.grad is not None and p.grad.data_ptr() == opt._flat_g.data_ptr() + lo * 4
+        assert p.grad is None                                   # as torch: no gradient yet
     x, y = batch(0, torch.float32)
+    torch.nn.functional.cross_entropy(model(x), y).backward()   # fresh gradients
+    opt.step()                                                  # copied into the arena
+    for p in model.parameters():
+        lo, _ = opt._slices[p]
+        assert p.grad.data_ptr() == opt._flat_g.data_ptr() + lo * 4
     opt.zero_grad(set_to_none=False)
+    assert not opt._flat_g.any()
     torch.nn.functional.cross_entropy(model(x), y).backward()   # accumulates into the arena
     assert opt._flat_g.abs().sum() > 0
     opt.step()
@@ -186,6 +192,93 @@ def test_a_parameter_without_gradient_is_left_alone():
             assert not opt._buffers.exp_avg_sq[lo:hi].any()
         outs.append(used.detach().clone())
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-14)
+
+
+def _two_params(seed=1):
+    torch.manual_seed(seed)
+    return (torch.nn.Parameter(torch.randn(50, dtype=torch.float64)),
+            torch.nn.Parameter(torch.randn(30, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("name,kw", [("AdamW", dict(lr=0.1, weight_decay=0.1)),
+                                     ("SGD", dict(lr=0.1, momentum=0.9, weight_decay=0.1))])
+@pytest.mark.parametrize("set_to_none", [True, False])
+def test_a_parameter_that_never_gets_a_gradient_keeps_grad_none(name, kw, set_to_none):
+    """As in torch: construction does not give a parameter a gradient (before, every ``.grad``
+    became a zero view of the arena at construction, and a loop calling ``zero_grad`` after
+    ``step`` decayed a parameter that never had a gradient on its first step), and
+    ``zero_grad(set_to_none=False)`` leaves a ``None`` gradient ``None`` (a frozen parameter,
+    ``requires_grad=False``, in the optimizer: it was decayed on every step)."""
+    outs = []
+    for cls in (getattr(torch.optim, name), getattr(ft, name)):
+        used, unused = _two_params()
+        frozen = torch.nn.Parameter(torch.randn(20, dtype=torch.float64),
+                                    requires_grad=False)
+        start = unused.detach().clone(), frozen.detach().clone()
+        opt = cls([used, unused, frozen], **kw)
+        assert unused.grad is None and frozen.grad is None
+        for i in range(4):
+            (used ** 2).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=set_to_none)
+            assert unused.grad is None and frozen.grad is None
+        assert torch.equal(unused.detach(), start[0])
+        assert torch.equal(frozen.detach(), start[1])
+        outs.append(used.detach().clone())
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("move", ["data", "double"])
+def test_a_parameter_moved_out_of_the_arena_is_refused_before_any_write(move):
+    """``p.data = ...`` or ``model.double()`` after building the optimizer leaves the arena
+    behind: the step used to update the arena while the model read the new tensor (training
+    silently stopped; ``double()`` failed in torch's gradient assignment). Now a clear error,
+    nothing written; converting to what the model already is stays fine."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    opt = ft.Adam(model.parameters(), lr=0.1)
+    model.to("cpu").float().to(torch.float32)           # no-ops: nothing moves
+    for _ in range(2):
+        opt.zero_grad()
+        model(torch.randn(5, 3)).sum().backward()
+        opt.step()
+    if move == "data":
+        model[1].weight.data = model[1].weight.data.clone()
+    else:
+        model.double()
+    opt.zero_grad()
+    model(torch.randn(5, 3, dtype=model[0].weight.dtype)).sum().backward()
+    arrays = (opt._flat_p.numpy(), opt._buffers.exp_avg, opt._buffers.exp_avg_sq)
+    before = [a.copy() for a in arrays]
+    first = "parameter 2 .*another tensor" if move == "data" else "parameter 0 .*float64"
+    with pytest.raises(RuntimeError, match=first.replace(" .*", " .*no longer lives in .*")):
+        opt.step()
+    assert all(np.array_equal(a, b) for a, b in zip(before, arrays))
+    assert opt._buffers.step == 2
+
+
+def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm():
+    """``max_grad_norm`` clips by the norm of the gradients the step has: a parameter whose
+    gradient is ``None`` now (it had one before, which the arena still held) adds nothing, as
+    ``clip_grad_norm_`` over the parameters with a gradient, then torch's Adam."""
+    outs = []
+    for fused in (False, True):
+        used, dropped = _two_params()
+        opt = ft.Adam([used, dropped], lr=0.1, max_grad_norm=1.0) if fused else \
+            torch.optim.Adam([used, dropped], lr=0.1)
+        for i in range(3):
+            opt.zero_grad()
+            loss = 10 * (used ** 2).sum()
+            if i == 0:
+                loss = loss + 100 * (dropped ** 2).sum()
+            loss.backward()
+            if not fused:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in (used, dropped) if p.grad is not None], 1.0)
+            opt.step()
+        assert dropped.grad is None
+        outs.append((used.detach().clone(), dropped.detach().clone()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name,kw", [PEERS[0], PEERS[3], PEERS[5], PEERS[9]],

@@ -47,6 +47,7 @@ Parameters on a CUDA device step through the CUDA kernels on ``__cuda_array_inte
 views of the arenas (not testable without a GPU; the simulator cannot take torch tensors).
 """
 import numbers
+from collections import defaultdict
 from itertools import chain
 
 import numpy as np
@@ -126,6 +127,33 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             self._hyper(group)              # every group's values checked now, as torch does
         self._build()
+
+    # ------------------------------------------------------------------ copy, pickle
+    def __getstate__(self):
+        """``copy.deepcopy`` and pickling: the groups (with their parameters), the fastopt
+        options of the constructor and a state dict; :meth:`__setstate__` builds a new arena
+        around the parameters the copy holds (the model's copies when both are copied
+        together, ``copy.deepcopy((model, opt))``), so the copy steps on its own."""
+        return {"defaults": self.defaults, "param_groups": self.param_groups,
+                "_fastopt": dict(state_dict=self.state_dict(), state_kw=dict(self._state_kw),
+                                 max_grad_norm=self._max_grad_norm)}
+
+    def __setstate__(self, state):
+        if "_fastopt" not in state:         # torch's load_state_dict sets state and groups
+            return super().__setstate__(state)
+        state = dict(state)
+        fastopt_state = state.pop("_fastopt")
+        had_flag = "differentiable" in state["defaults"]
+        super().__setstate__(state)
+        if not had_flag:                    # (torch's __setstate__ adds it; we refuse it)
+            self.defaults.pop("differentiable", None)
+        self.state = defaultdict(dict)
+        self._spec = registry.get(self._name)
+        self._state_kw = fastopt_state["state_kw"]
+        self._max_grad_norm = fastopt_state["max_grad_norm"]
+        self._buffers = None
+        self._build()
+        self.load_state_dict(fastopt_state["state_dict"])
 
     # ------------------------------------------------------------------ arenas
     def add_param_group(self, param_group):

@@ -4,6 +4,9 @@ zero_grad in both modes, parameters without gradients, state dicts both ways, Gr
 clipping, bfloat16 and 8-bit state (against the flat step functions, through state dicts),
 errors.
 Skipped when torch is not installed."""
+import copy
+import io
+
 import numpy as np
 import pytest
 
@@ -254,6 +257,58 @@ def test_a_parameter_moved_out_of_the_arena_is_refused_before_any_write(move):
         opt.step()
     assert all(np.array_equal(a, b) for a, b in zip(before, arrays))
     assert opt._buffers.step == 2
+
+
+@pytest.mark.parametrize("kw", [{}, dict(state_dtype="bfloat16", stochastic_rounding=True),
+                                dict(state_dtype="int8", min_8bit_size=0, block_size=64),
+                                dict(max_grad_norm=0.1)],
+                         ids=["float32", "bfloat16-sr", "int8", "clip"])
+def test_deepcopy_and_pickle_of_model_and_optimizer_continue_the_same_training(kw):
+    """``copy.deepcopy((model, opt))`` and ``torch.save((model, opt))`` / ``torch.load``: the
+    copy gets its own arena around the copied parameters and trains on exactly as the
+    original does (before: ``AttributeError``, torch's ``__getstate__`` left the arena out)."""
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(20, 40), torch.nn.Tanh(),
+                                   torch.nn.Linear(40, 1))
+    x, y = torch.randn(16, 20), torch.randn(16, 1)
+
+    def train(model, opt, steps=3):
+        for _ in range(steps):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    model = net()
+    opt = ft.AdamW(model.parameters(), lr=0.01, **kw)
+    train(model, opt)
+    copied = copy.deepcopy((model, opt))
+    buf = io.BytesIO()
+    torch.save((model, opt), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    want = train(model, opt)
+    for m, o in (copied, loaded):
+        assert o._flat_p.data_ptr() != opt._flat_p.data_ptr()
+        assert all(p.data_ptr() == o._flat_p.data_ptr() + o._slices[p][0] * 4
+                   for p in m.parameters())
+        assert o._buffers.state_dtype == opt._buffers.state_dtype
+        assert torch.equal(train(m, o), want)
+
+
+def test_deepcopy_of_the_optimizer_alone_leaves_the_original_alone():
+    used, other = _two_params()
+    opt = ft.Adam([used, other], lr=0.1)
+    (used.sum() + other.sum()).backward()
+    opt.step()
+    before = used.detach().clone()
+    twin = copy.deepcopy(opt)
+    for p in twin._params():
+        p.grad = torch.ones_like(p)
+    twin.step()
+    assert torch.equal(used.detach(), before)
+    assert twin._buffers.step == 2 and opt._buffers.step == 1
 
 
 def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm():

@@ -61,6 +61,32 @@ class _BlogOptimizer:
         self._layout = None
         self._fused_key = None
 
+    def __getstate__(self):
+        """``copy.deepcopy`` / pickle. In fused mode the per-array buffers are views of the
+        flat ones, which a copy would turn into separate arrays (and the remembered array ids
+        would name the original's arrays): they are made again from the copied flat buffers.
+        Copy the optimizer together with the network (``copy.deepcopy((net, opt))``) so that
+        the copy's arenas are the network's."""
+        state = dict(self.__dict__, _fused_key=None)
+        if self._flat is not None:
+            state["_per_key"] = {k: b.param.shape for k, b in self._per_key.items()}
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        flat = self._flat
+        if flat is None:
+            return
+        arrays = {f: getattr(flat, f) for f in ("param", "grad") + tuple(flat.state_fields)
+                  if getattr(flat, f) is not None}
+        per_key = {}
+        for name, shape in self._per_key.items():
+            off, size = self._layout[name], int(np.prod(shape, dtype=np.int64))
+            views = {f: a[off:off + size].reshape(shape) for f, a in arrays.items()}
+            per_key[name] = self._spec.buffers_cls(**views)
+            per_key[name].step = flat.step
+        self._per_key = per_key
+
     # hyperparameters for the fastopt step, from the blog's attributes
     def _hyper(self):
         raise NotImplementedError

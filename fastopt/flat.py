@@ -25,6 +25,9 @@ class FlatParams:
         ((9,), (2, 3))
         >>> fp.params["b"][:] = 1.0; fp.param[-3:]
         array([1., 1., 1.], dtype=float32)
+
+    ``copy.deepcopy`` and pickling keep the structure: the copy's tensors are views of the
+    copy's arenas.
     """
 
     def __init__(self, spec, dtype=None):
@@ -63,6 +66,16 @@ class FlatParams:
         self.grads = self._views(self.grad)
         for name, value in values.items():
             self.params[name][...] = value
+
+    def __getstate__(self):
+        # copy.deepcopy and pickle copy arrays one by one, so a copied view would no longer be
+        # a view of the copied arena: keep the arenas and the layout, make the views again
+        return {k: v for k, v in self.__dict__.items() if k not in ("params", "grads")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.params = self._views(self.param)
+        self.grads = self._views(self.grad)
 
     def _views(self, arena):
         return {name: arena[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)

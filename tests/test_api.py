@@ -150,6 +150,25 @@ def test_flat_params_from_arrays_and_fused_step():
     np.testing.assert_array_equal(fp.params["b1"], arrays["b1"])  # zero grad, no change
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_flat_params_copies_keep_their_views(how):
+    """A copied FlatParams' tensors are views of the copy's arenas (numpy copies a view as a
+    separate array: before, the copy's ``params`` no longer tiled its ``param``)."""
+    import copy
+    import pickle
+    fp = fastopt.FlatParams({"W": (3, 4), "b": 4}, dtype=np.float64)
+    fp.param[:] = np.arange(16)
+    fp.grad[:] = 1.0
+    twin = copy.deepcopy(fp) if how == "deepcopy" else pickle.loads(pickle.dumps(fp))
+    assert not np.shares_memory(twin.param, fp.param)
+    for name in fp:
+        assert np.shares_memory(twin.params[name], twin.param)
+        assert np.shares_memory(twin.grads[name], twin.grad)
+        assert np.array_equal(twin.params[name], fp.params[name])
+    twin.params["b"][:] = -1.0
+    assert np.array_equal(twin.param[12:], [-1.0] * 4) and fp.param[12] == 12.0
+
+
 @pytest.mark.parametrize("bad,err", [({}, TypeError), ({"a": (2, -1)}, ValueError),
                                      ({1: (2,)}, TypeError)])
 def test_flat_params_rejects(bad, err):

@@ -73,3 +73,34 @@ def test_nesterov_step_is_registered_and_converges():
         g[...] = x
         fastopt.nesterov_step(b, lr=0.05)
     assert np.abs(x).max() < 1e-6
+
+
+@pytest.mark.parametrize("name", compat.__all__)
+def test_a_copy_of_network_and_optimizer_trains_on_as_the_original(name):
+    """``copy.deepcopy((net, opt))`` of the blog's classes on the MLP's arena: the copy steps
+    its own arena, fused, bitwise as the original (before: the copy's per-array state were
+    separate arrays and the network's views did not tile its arena)."""
+    import copy
+    net = MLP(dtype=np.float64, seed=1)
+    opt = getattr(compat, name)()
+    rng = np.random.default_rng(3)
+    grads = [{k: rng.standard_normal(v.shape) for k, v in net.params.items()}
+             for _ in range(4)]
+
+    def step(n, o, g):
+        for k, v in g.items():
+            n.grads[k][...] = v
+        o.update(n.params, n.grads)
+    for g in grads[:2]:
+        step(net, opt, g)
+    net2, opt2 = copy.deepcopy((net, opt))
+    for g in grads[2:]:
+        step(net, opt, g)
+        step(net2, opt2, g)
+    assert opt2._flat is not None and opt2._flat.param is net2.flat.param
+    assert np.array_equal(net.flat.param, net2.flat.param)
+    assert not np.shares_memory(net.flat.param, net2.flat.param)
+    for k, b in opt2._per_key.items():          # the per-array views see the copy's state
+        for f in b.state_fields:
+            if getattr(b, f) is not None:
+                assert np.shares_memory(getattr(b, f), getattr(opt2._flat, f)), (k, f)

@@ -65,6 +65,21 @@ class Schedule:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{self.name}({args})"
 
+    def __reduce__(self):
+        # pickle (multiprocessing, saved configs): this module's schedules are made again
+        # from their arguments; a schedule of the caller's own function pickles that function
+        if self.name in __all__ and self.name != "Schedule":
+            return (_make, (self.name, dict(self.params)))
+        return (_custom, (self.name, self._fn, dict(self.params)))
+
+
+def _make(name, params):
+    return globals()[name](**params)
+
+
+def _custom(name, fn, params):
+    return Schedule(name, fn, **params)
+
 
 def constant(value):
     value = _real("value", value)
@@ -115,6 +130,8 @@ def cosine(value, total, floor=0.0, warmup=0, warmup_start_factor=1.0 / 3):
     total = _count("total", total)
     floor = _real("floor", floor)
     warmup = _count("warmup", warmup, low=0)
+    warmup_start_factor = _real("warmup_start_factor", warmup_start_factor, low=0.0, high=1.0,
+                                low_open=True)
     ramp = linear_warmup(value, warmup, warmup_start_factor) if warmup else None
 
     def fn(t):
@@ -122,7 +139,8 @@ def cosine(value, total, floor=0.0, warmup=0, warmup_start_factor=1.0 / 3):
             return ramp(t)
         s = min(t - warmup, total)
         return floor + (value - floor) * (1.0 + math.cos(math.pi * s / total)) / 2.0
-    return Schedule("cosine", fn, value=value, total=total, floor=floor, warmup=warmup)
+    return Schedule("cosine", fn, value=value, total=total, floor=floor, warmup=warmup,
+                    warmup_start_factor=warmup_start_factor)
 
 
 def polynomial(value, total, power=1.0):
@@ -167,6 +185,8 @@ def warmup_stable_decay(value, warmup, stable, decay, floor=0.0, warmup_start_fa
     stable = _count("stable", stable, low=0)
     decay = _count("decay", decay)
     floor = _real("floor", floor)
+    warmup_start_factor = _real("warmup_start_factor", warmup_start_factor, low=0.0, high=1.0,
+                                low_open=True)
     ramp = linear_warmup(value, warmup, warmup_start_factor) if warmup else None
 
     def fn(t):
@@ -177,4 +197,4 @@ def warmup_stable_decay(value, warmup, stable, decay, floor=0.0, warmup_start_fa
             return value
         return value + (floor - value) * min(s, decay) / decay
     return Schedule("warmup_stable_decay", fn, value=value, warmup=warmup, stable=stable,
-                    decay=decay, floor=floor)
+                    decay=decay, floor=floor, warmup_start_factor=warmup_start_factor)

@@ -117,6 +117,12 @@ class Groups:
         self._repr = [f"{{{lab}" + "".join(f", {k}={v!r}" for k, v in vals.items()) + "}"
                       for lab, vals in zip(labels, values)]
 
+    def __reduce__(self):
+        # pickle and deepcopy (a saved config, another process): the read-only group values
+        # (MappingProxyType, which does not pickle) travel as dicts
+        return (_rebuild, (self.size, [dict(g) for g in self.groups], self.ranges,
+                           self.segments, self._repr))
+
     @staticmethod
     def _ranges(i, sel, value, size, names):
         if sel == "params":
@@ -152,3 +158,10 @@ class Groups:
 
     def __repr__(self):
         return f"Groups(size={self.size}, groups=[{', '.join(self._repr)}])"
+
+
+def _rebuild(size, groups, ranges, segments, rep):
+    out = Groups.__new__(Groups)
+    out.size, out.ranges, out.segments, out._repr = size, ranges, segments, rep
+    out.groups = tuple(types.MappingProxyType(g) for g in groups)
+    return out

@@ -368,3 +368,24 @@ def test_option_combinations_compile_under_distinct_names():
                 fn = fam.get(par, **dict(zip(fam.option_names, values)))
                 names.add(fn.py_func.__qualname__)
         assert len(names) == 2 * min(8, len(combos_seen)), spec.name
+
+
+def test_groups_pickle_and_deep_copy():
+    """A Groups object travels to another process or into a saved config (its read-only group
+    values did not pickle before) and steps exactly as the original."""
+    import copy
+    import pickle
+    fp = fastopt.FlatParams({"W": (4, 5), "b": (5,)})
+    groups = fastopt.Groups(fp, [{"params": ["W"], "weight_decay": 0.1},
+                                 {"params": ["b"], "lr": fastopt.schedules.cosine(0.1, 10)}])
+    for twin in (pickle.loads(pickle.dumps(groups)), copy.deepcopy(groups)):
+        assert repr(twin) == repr(groups)
+        assert twin.segments == groups.segments and twin.ranges == groups.ranges
+        with pytest.raises(TypeError):
+            twin.groups[0]["lr"] = 1.0                  # still read-only
+        a, b = (fastopt.AdamBuffers.zeros(np.ones(25, np.float32),
+                                          np.full(25, 0.5, np.float32)) for _ in range(2))
+        for _ in range(3):
+            fastopt.adam_step(a, lr=1e-2, groups=groups)
+            fastopt.adam_step(b, lr=1e-2, groups=twin)
+        assert np.array_equal(a.param, b.param)

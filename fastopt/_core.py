@@ -423,8 +423,14 @@ class Buffers:
 
     def __repr__(self):
         state = ", ".join(f for f in self.state_fields if getattr(self, f) is not None)
+        kind, extra = self.state_dtype, ""  # compressed state says so, with its options
+        if kind == "bfloat16":
+            rounding = ", stochastic rounding" if self.rounding_seed is not None else ""
+            extra = f", state_dtype=bfloat16{rounding}"
+        elif kind == "int8":
+            extra = f", state_dtype=int8, blocks of {self.block_size}"
         return (f"{type(self).__name__}(shape={tuple(self.param.shape)}, dtype={self.dtype}, "
-                f"step={self.step}, state=[{state}])")
+                f"step={self.step}, state=[{state}]{extra})")
 
 
 # ----------------------------------------------------------------------------- scalars

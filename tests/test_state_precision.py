@@ -424,3 +424,18 @@ def test_float16_rounding_equals_numpy_on_every_exponent_and_rounding_case():
     got = out[nan]
     assert np.all((got & 0x7C00) == 0x7C00) and np.all(got & 0x0200)      # quiet NaNs
     assert np.array_equal(got >> 15, (u[nan] >> 31).astype(np.uint16))     # sign kept
+
+
+def test_the_repr_says_the_state_precision():
+    """A printed buffers object says when its state is compressed (before, an 8-bit or
+    bfloat16 state looked like full precision)."""
+    p, g = np.zeros(5000, np.float32), np.ones(5000, np.float32)
+    assert "state_dtype" not in repr(fastopt.AdamBuffers.zeros(p.copy(), g))
+    assert repr(fastopt.AdamBuffers.zeros(p.copy(), g, state_dtype="bfloat16")).endswith(
+        "state=[exp_avg, exp_avg_sq], state_dtype=bfloat16)")
+    assert "bfloat16, stochastic rounding)" in repr(fastopt.AdamBuffers.zeros(
+        p.copy(), g, state_dtype="bfloat16", stochastic_rounding=True))
+    assert "state_dtype=int8, blocks of 128)" in repr(fastopt.RMSpropBuffers.zeros(
+        p.copy(), g, state_dtype="int8", block_size=128))
+    small = fastopt.AdamBuffers.zeros(p[:100].copy(), g[:100], state_dtype="int8")
+    assert "state_dtype" not in repr(small)          # below min_8bit_size: full precision

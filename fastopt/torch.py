@@ -47,6 +47,7 @@ Parameters on a CUDA device step through the CUDA kernels on ``__cuda_array_inte
 views of the arenas (not testable without a GPU; the simulator cannot take torch tensors).
 """
 import numbers
+import warnings
 from collections import defaultdict
 from itertools import chain
 
@@ -123,6 +124,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._spec = registry.get(self._name)
         self._buffers = None
         self._max_grad_norm = max_grad_norm
+        self._lag = {}              # param -> steps it sat out (no gradient), until a warning
+        self._lag_matters = False   # (known once a scalar was seen to depend on the count)
         super().__init__(params, defaults)
         for group in self.param_groups:
             self._hyper(group)              # every group's values checked now, as torch does
@@ -151,6 +154,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._spec = registry.get(self._name)
         self._state_kw = fastopt_state["state_kw"]
         self._max_grad_norm = fastopt_state["max_grad_norm"]
+        self._lag, self._lag_matters = {}, False
         self._buffers = None
         self._build()
         self.load_state_dict(fastopt_state["state_dict"])
@@ -161,6 +165,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if self._buffers is not None:       # (torch's __init__ adds the first groups)
             self._hyper(self.param_groups[-1])
             self._build()
+            if self._lag is not None and self._buffers.step:
+                for p in self.param_groups[-1]["params"]:   # torch counts their steps from 0
+                    self._lag[p] = self._buffers.step
 
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
@@ -480,6 +487,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         kwargs = self._step_kwargs()
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
+        if self._lag is not None and (missing or self._lag):
+            self._count_lag(missing)
         if missing:
             for p in missing:               # an earlier gradient left in the arena must not
                 lo, hi = self._slices[p]    # enter the norm of max_grad_norm
@@ -491,6 +500,47 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             self._spec.step_fn(self._buffers, **kwargs)
         self._expose_state()
         return loss
+
+    def _count_lag(self, missing):
+        """torch counts each parameter's steps (those in which it has a gradient); the arena
+        has one count. Parameters that sat out steps are tracked, and the first time one of
+        them is stepped while its own count would change its update (the bias corrections of
+        Adam, NAdam, RAdam, Adamax, LAMB; Adagrad's ``lr_decay``: the optimizer's scalars at
+        its own count differ from those at the arena's), a ``RuntimeWarning`` says so, once
+        per optimizer; then the tracking stops. It stops at once where no scalar depends on
+        the count (RMSprop, SGD, Lion, Adadelta, Adagrad without ``lr_decay``)."""
+        spec, lag, t = self._spec, self._lag, self._buffers.step + 1
+
+        def hps():
+            return [spec.validate(dict(spec.defaults, **self._hyper(g)))
+                    for g in self.param_groups]
+        if not self._lag_matters:          # once: does any scalar depend on the count?
+            if all(spec.scalars(hp, 1) == spec.scalars(hp, 2) == spec.scalars(hp, 1000)
+                   for hp in hps()):
+                self._lag = None
+                return
+            self._lag_matters = True
+        off = {id(p) for p in missing}
+        for p in missing:
+            lag[p] = lag.get(p, 0) + 1
+        late = [p for p in lag if id(p) not in off]
+        if not late:
+            return
+        group_of = {id(q): hp for g, hp in zip(self.param_groups, hps()) for q in g["params"]}
+        differ = [p for p in late
+                  if spec.scalars(group_of[id(p)], t - lag[p]) != spec.scalars(group_of[id(p)], t)]
+        if not differ:
+            return
+        i = next(i for i, q in enumerate(self._params()) if q is differ[0])
+        warnings.warn(
+            f"fastopt.torch.{type(self).__name__}: {len(differ)} parameter(s) (the first: "
+            f"parameter {i}, shape {tuple(differ[0].shape)}) are stepped after sitting out "
+            f"steps without a gradient (or after add_param_group). torch.optim would use "
+            f"their own step count ({t - lag[differ[0]]}), fastopt's arena uses one count for "
+            f"all ({t}), so their update differs from torch's (bias corrections). Give "
+            f"parameters that start or pause later an optimizer of their own.",
+            RuntimeWarning, stacklevel=4)
+        self._lag = None
 
     def _tensor(self, name):
         """A torch view of the buffers' array ``name`` (host or device), zero-copy; bfloat16
@@ -647,6 +697,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                              f"arena steps them together")
         self.state.clear()
         self._buffers = None
+        self._lag, self._lag_matters = {}, False     # the loaded counts are all equal
         self._build()                                # state options of the loaded groups
         self._exposed = False
         b = self._buffers

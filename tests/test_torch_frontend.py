@@ -311,6 +311,48 @@ def test_deepcopy_of_the_optimizer_alone_leaves_the_original_alone():
     assert twin._buffers.step == 2 and opt._buffers.step == 1
 
 
+@pytest.mark.parametrize("name,kw,warns", [("Adam", dict(lr=0.1), True),
+                                           ("NAdam", dict(lr=0.1), True),
+                                           ("Adagrad", dict(lr=0.1, lr_decay=0.1), True),
+                                           ("Adagrad", dict(lr=0.1), False),
+                                           ("RMSprop", dict(lr=0.1), False),
+                                           ("SGD", dict(lr=0.1, momentum=0.9), False)])
+@pytest.mark.parametrize("how", ["late gradient", "add_param_group"])
+def test_a_parameter_behind_the_arenas_step_count_is_warned_about(name, kw, warns, how):
+    """torch counts each parameter's steps, the arena one count for all: where that changes
+    the update (bias corrections, Adagrad's lr_decay) the first such step warns, once."""
+    import warnings
+    used, late = _two_params()
+    opt = getattr(ft, name)([used] if how == "add_param_group" else [used, late], **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for i in range(5):
+            if i == 2 and how == "add_param_group":
+                opt.add_param_group({"params": [late]})
+            opt.zero_grad()
+            loss = (used ** 2).sum() + ((late ** 2).sum() if i >= 2 else 0)
+            loss.backward()
+            opt.step()
+    found = [w for w in caught if issubclass(w.category, RuntimeWarning)
+             and "step count (1)" in str(w.message) and "(3)" in str(w.message)]
+    assert len(found) == (1 if warns else 0), [str(w.message) for w in caught]
+    if warns:
+        assert found[0].filename == __file__          # points at the caller's step()
+
+
+def test_no_warning_when_every_parameter_keeps_the_arenas_count():
+    import warnings
+    used, frozen = _two_params()
+    frozen.requires_grad_(False)
+    opt = ft.Adam([used, frozen], lr=0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(4):
+            opt.zero_grad()
+            (used ** 2).sum().backward()
+            opt.step()
+
+
 def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm():
     """``max_grad_norm`` clips by the norm of the gradients the step has: a parameter whose
     gradient is ``None`` now (it had one before, which the arena still held) adds nothing, as
@@ -431,9 +473,13 @@ def test_add_param_group_keeps_state():
         for opt, ps in ((ours, [a, b]), (theirs, [ref_a, ref_b])):
             opt.zero_grad()
             sum((p ** 2).sum() for p in ps).backward()
-            opt.step()
+            if opt is ours and i == 3:
+                with pytest.warns(RuntimeWarning, match=r"own step count \(1\)"):
+                    opt.step()
+            else:
+                opt.step()
     # (torch keeps a per-parameter step: b starts at step 1; fastopt has one step per arena,
-    # so the added group continues the arena's count: documented)
+    # so the added group continues the arena's count: documented, and warned about)
     torch.testing.assert_close(a.detach(), ref_a.detach(), rtol=1e-12, atol=1e-14)
     assert ours._buffers.step == 6 and len(ours._slices) == 2
 
@@ -786,7 +832,11 @@ def test_8bit_state_survives_add_param_group_also_past_min_8bit_size():
         for _ in range(2):
             opt.zero_grad()
             sum((p ** 2).sum() for p in params).backward()
-            opt.step()
+            if len(params) == 2 and opt._buffers.step == 2:     # b joins at the arena's 3
+                with pytest.warns(RuntimeWarning, match=r"own step count \(1\)"):
+                    opt.step()
+            else:
+                opt.step()
     run([a])
     assert opt._buffers.state_dtype == "float32"
     was = {f: getattr(opt._buffers, f).copy() for f in ("exp_avg", "exp_avg_sq")}

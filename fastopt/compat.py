@@ -74,18 +74,8 @@ class _BlogOptimizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        flat = self._flat
-        if flat is None:
-            return
-        arrays = {f: getattr(flat, f) for f in ("param", "grad") + tuple(flat.state_fields)
-                  if getattr(flat, f) is not None}
-        per_key = {}
-        for name, shape in self._per_key.items():
-            off, size = self._layout[name], int(np.prod(shape, dtype=np.int64))
-            views = {f: a[off:off + size].reshape(shape) for f, a in arrays.items()}
-            per_key[name] = self._spec.buffers_cls(**views)
-            per_key[name].step = flat.step
-        self._per_key = per_key
+        if self._flat is not None:
+            self._per_key = self._views_of(self._flat, self._layout, self._per_key)
 
     # hyperparameters for the fastopt step, from the blog's attributes
     def _hyper(self):
@@ -105,15 +95,26 @@ class _BlogOptimizer:
         if p_arena and g_arena and p_arena[1] == g_arena[1]:
             flat = self._zeros(p_arena[0], g_arena[0])
             layout = p_arena[1]
-            state = {f: getattr(flat, f) for f in flat.state_fields
-                     if getattr(flat, f) is not None}
-            per_key = {}
-            for name, p in params.items():
-                off = layout[name]
-                views = {f: a[off:off + p.size].reshape(p.shape) for f, a in state.items()}
-                per_key[name] = self._spec.buffers_cls(p, grads[name], **views)
-            return flat, per_key, layout
+            return flat, self._views_of(flat, layout, params, grads), layout
         return None, {k: self._zeros(params[k], grads[k]) for k in params}, None
+
+    def _views_of(self, flat, layout, params, grads=None):
+        """``{name: Buffers}`` over the flat state, each holding ``params[name]`` and
+        ``grads[name]`` (the caller's views of the arenas), or, with ``grads`` None, views of
+        ``flat``'s own arenas in the shapes of ``params`` (name -> shape)."""
+        state = {f: getattr(flat, f) for f in flat.state_fields if getattr(flat, f) is not None}
+        if grads is None:
+            state.update(param=flat.param, grad=flat.grad)
+        per_key = {}
+        for name, p in params.items():
+            shape = p if grads is None else p.shape
+            off, size = layout[name], int(np.prod(shape, dtype=np.int64))
+            views = {f: a[off:off + size].reshape(shape) for f, a in state.items()}
+            if grads is not None:
+                views.update(param=p, grad=grads[name])
+            per_key[name] = self._spec.buffers_cls(**views)
+            per_key[name].step = flat.step
+        return per_key
 
     def update(self, params, grads):
         """Update every array in ``params`` in place from ``grads`` (dicts of arrays).

@@ -311,16 +311,19 @@ def test_deepcopy_of_the_optimizer_alone_leaves_the_original_alone():
     assert twin._buffers.step == 2 and opt._buffers.step == 1
 
 
-@pytest.mark.parametrize("name,kw,warns", [("Adam", dict(lr=0.1), True),
-                                           ("NAdam", dict(lr=0.1), True),
-                                           ("Adagrad", dict(lr=0.1, lr_decay=0.1), True),
-                                           ("Adagrad", dict(lr=0.1), False),
-                                           ("RMSprop", dict(lr=0.1), False),
-                                           ("SGD", dict(lr=0.1, momentum=0.9), False)])
+# whose update depends on a parameter's own step count (with their defaults)
+COUNTED = {"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "LAMB"}
+LATE_CASES = [(name, dict(lr=0.1), name in COUNTED) for name in sorted(ft.__all__)] + [
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1), True), ("SGD", dict(lr=0.1, momentum=0.9), False)]
+
+
+@pytest.mark.parametrize("name,kw,warns", LATE_CASES,
+                         ids=[f"{n}-{'-'.join(map(str, kw.values()))}" for n, kw, _ in LATE_CASES])
 @pytest.mark.parametrize("how", ["late gradient", "add_param_group"])
 def test_a_parameter_behind_the_arenas_step_count_is_warned_about(name, kw, warns, how):
     """torch counts each parameter's steps, the arena one count for all: where that changes
-    the update (bias corrections, Adagrad's lr_decay) the first such step warns, once."""
+    the update (bias corrections, Adagrad's lr_decay) the first such step warns, once; every
+    optimizer of the front end is expected one way or the other."""
     import warnings
     used, late = _two_params()
     opt = getattr(ft, name)([used] if how == "add_param_group" else [used, late], **kw)

@@ -154,7 +154,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._spec = registry.get(self._name)
         self._state_kw = fastopt_state["state_kw"]
         self._max_grad_norm = fastopt_state["max_grad_norm"]
-        self._lag, self._lag_matters = {}, False
         self._buffers = None
         self._build()
         self.load_state_dict(fastopt_state["state_dict"])
@@ -339,8 +338,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return out
 
     # ------------------------------------------------------------------ hyperparameters
-    def _hyper(self, group):
-        """fastopt's hyperparameters for a torch parameter group (validated)."""
+    def _hyper(self, group, full=False):
+        """fastopt's hyperparameters for a torch parameter group (validated): those the group
+        sets, or with ``full`` all of them (the defaults filled in, as the step sees them)."""
         hp = dict(self._fixed)
         for key, value in group.items():
             if key == "betas":
@@ -349,8 +349,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             elif key in self._defaults and key not in ("params",):
                 hp[key] = _real(value, key)
         hp = {k: v for k, v in hp.items() if k in {h.name for h in self._spec.hypers}}
-        self._spec.validate(dict(self._spec.defaults, **hp))
-        return hp
+        validated = self._spec.validate(dict(self._spec.defaults, **hp))
+        return validated if full else hp
 
     def _step_kwargs(self):
         """The step function's keywords from ``param_groups``, recomputed when any group value
@@ -512,8 +512,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         spec, lag, t = self._spec, self._lag, self._buffers.step + 1
 
         def hps():
-            return [spec.validate(dict(spec.defaults, **self._hyper(g)))
-                    for g in self.param_groups]
+            return [self._hyper(g, full=True) for g in self.param_groups]
         if not self._lag_matters:          # once: does any scalar depend on the count?
             if all(spec.scalars(hp, 1) == spec.scalars(hp, 2) == spec.scalars(hp, 1000)
                    for hp in hps()):
@@ -609,8 +608,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             self._expose_state()
             if self._name == "nadam":
                 from .reference import mu_product
-                hp = self._spec.validate(dict(self._spec.defaults,
-                                              **self._hyper(self.param_groups[0])))
+                hp = self._hyper(self.param_groups[0], full=True)
                 mu = mu_product(hp, self._buffers.step)[2]
                 for p in self._slices:
                     self.state[p]["mu_product"] = torch.tensor(float(mu))

@@ -11,7 +11,7 @@ dtype or writability change).
 import numpy as np
 
 from . import _threads, config
-from ._spec import distinct
+from ._spec import distinct, own_step, settled_step
 from .kernels.record import param_copy_kind
 
 BACKENDS = ("numpy", "cpu", "cuda")
@@ -71,10 +71,12 @@ def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
         given = arrays if factor is None else dict(arrays, grad=arrays["grad"] * st(factor))
         if bits:
             from .precision import numpy_step, rounding_key
-            numpy_step(spec.reference, given, hp_now, t, st, offset=offset,
+            # (a grouped row's own step count for the formulas; the rounding stream is keyed
+            # by the buffers' step)
+            numpy_step(spec.reference, given, hp_now, own_step(hp_now, t), st, offset=offset,
                        key=None if seed is None else rounding_key(seed, t))
         else:
-            spec.reference(given, hp_now, t, st)
+            spec.reference(given, hp_now, own_step(hp_now, t), st)
         if copy is not None:
             _write_copy(dict(arrays, param_copy=copy))
     return run
@@ -175,9 +177,10 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel, seed=None, offset=0):
     kernels = {}
     # the packed scalars, refilled at each call (a step runs under its buffers' lock); the
     # scaled kernels take one more: the gradient factor
-    scalars = spec.kernel_scalars(hp, 1, st)
+    scalars = spec.kernel_scalars(dict(hp), 1, st)     # (the array; dict: not a row behind)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
     prepass = _cpu_prepass(spec) if spec.kernel.norm_names else None
+    behind = 1 - own_step(hp, 1)            # a grouped row's steps_behind (else 0)
 
     def run(t, hp_now=None, factor=None):
         """Step ``t``; ``hp_now``: this step's hyperparameters when schedules set them;
@@ -188,16 +191,17 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel, seed=None, offset=0):
         scaled = factor is not None
         if hp_now is None and not scaled:
             hp_now = hp
-            key = (par, t == 1)                     # the common call: the shortest key
+            key = (par, t - behind == 1)            # the common call: the shortest key
         else:       # a schedule may move a value across an option (e.g. weight_decay 0 -> x)
             hp_now = hp if hp_now is None else hp_now
-            key = (par, t == 1, scaled) + tuple(spec.options(hp_now, t).items())
+            key = (par, own_step(hp_now, t) == 1, scaled) + tuple(
+                spec.step_options(hp_now, t).items())
         kernel = kernels.get(key)
         if kernel is None:
             fam = families.get(scaled)
             if fam is None:
                 fam = families[scaled] = cpu.family(spec.kernel, scaled)
-            options = spec.options(hp_now, t)
+            options = spec.step_options(hp_now, t)
             kernel = fam.get(par, **options)
             typed = kernel_args(sources, copy, ph, seed, flatten=True)
             if bits:
@@ -385,12 +389,13 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
               True: np.zeros((len(rows), n_scalars + 1), st)}
     plans, built = {}, {}
     rows_distinct = distinct(rows)     # the rows of a step without schedules, every step
+    settled = settled_step(rows)
 
     def plan(rows_now, t, scaled, par):
         fam = cpu.family(spec.kernel, scaled)
         kernels, kinds = [], []
         for lo, hi, r in segments:
-            kernel = fam.get(False, **spec.options(rows_now[r], t))
+            kernel = fam.get(False, **spec.step_options(rows_now[r], t))
             if kernel not in kernels:
                 kernels.append(kernel)
             kinds.append(kernels.index(kernel))
@@ -406,10 +411,10 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
         scaled = factor is not None
         par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
         if rows_now is None:       # no schedules: the options depend on t only via t == 1
-            rows_now = rows
+            rows_now = rows        # (each row's own t: :func:`settled_step`)
             # (the work is cut for the thread count of the first call: elements are
             # independent, so another count changes no bit, only the balance)
-            key = (t == 1, scaled, par)
+            key = (min(t, settled), scaled, par)
             work = plans.get(key)
             if work is None:
                 work = plans[key] = plan(rows, t, scaled, par)
@@ -501,7 +506,7 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
     def call(work, table, par, rows_now, t, scaled):
         if prepass is not None:
             for i, (lo, hi, _) in enumerate(segments):
-                prepass(table[i], rows_now[i], t, spec.options(rows_now[i], t), scaled, par,
+                prepass(table[i], rows_now[i], t, spec.step_options(rows_now[i], t), scaled, par,
                         lo, hi)
         driver, items, bstarts = work
         chunks = numba.get_num_threads() * Q8_CHUNKS_PER_THREAD if par else 1
@@ -563,7 +568,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
     copy = param_copy_kind(arrays.get("param_copy"))
     prepass = _q8_prepass(spec, quantized, args[:-1] if copy else args, block)
     drivers = {}
-    scalars = spec.kernel_scalars(hp, 1, st)
+    scalars = spec.kernel_scalars(dict(hp), 1, st)     # (the array; dict: not a row behind)
     scaled_scalars = np.empty(scalars.shape[0] + 1, st)
 
     def run(t, hp_now=None, factor=None):
@@ -572,7 +577,7 @@ def _q8_cpu_runner(spec, arrays, dtype, hp, parallel, block, scales):
         hp_now = hp if hp_now is None else hp_now
         par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
         scaled = factor is not None
-        options = spec.options(hp_now, t)
+        options = spec.step_options(hp_now, t)
         key = (par, scaled) + tuple(options.items())
         drv = drivers.get(key)
         if drv is None:

@@ -10,6 +10,7 @@ import numpy as np
 
 from . import config
 from ._launch import Launcher
+from ._spec import settled_step
 from .kernels.record import DEVICE_FACTOR, param_copy_kind
 
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '
@@ -437,7 +438,7 @@ def _launch_parts(spec, hp, t, factor, st, compiled, make):
     the buffer dtype (a tuple travels with the launch; an array would be copied to the device),
     with the gradient factor last when there is one (a float; a device array: ``scaled`` is
     :data:`DEVICE_FACTOR` and the kernel takes the array before the scalars)."""
-    options = spec.options(hp, t)
+    options = spec.step_options(hp, t)
     scaled = factor is not None
     if scaled and not isinstance(factor, (float, np.floating)):
         scaled = DEVICE_FACTOR            # a device array: the kernel reads the factor there
@@ -823,11 +824,12 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
     cuda = _cuda()
     st = np.dtype(dtype).type
     plans = {}
+    settled = settled_step(rows)
 
     def plan(rows_now, t, scaled):
         option_sets, kinds = [], []
         for _, _, r in segments:
-            options = spec.options(rows_now[r], t)
+            options = spec.step_options(rows_now[r], t)
             if options not in option_sets:
                 option_sets.append(options)
             kinds.append(option_sets.index(options))
@@ -849,10 +851,11 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         if on_device:                # the kernel reads it after each row's scalars
             scaled = DEVICE_FACTOR
         if rows_now is None:         # no schedules: the options depend on t only via t == 1
-            rows_now = rows
-            work = plans.get((t == 1, scaled))
+            rows_now = rows          # (each row's own t: _spec.settled_step)
+            key = (min(t, settled), scaled)
+            work = plans.get(key)
             if work is None:
-                work = plans[(t == 1, scaled)] = plan(rows, t, scaled)
+                work = plans[key] = plan(rows, t, scaled)
         else:
             work = plan(rows_now, t, scaled)
         kernel, segs = work

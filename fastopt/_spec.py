@@ -30,6 +30,30 @@ def distinct(items):
     return unique, which
 
 
+class Behind(dict):
+    """The hyperparameters of a grouped step's row whose group counts ``behind`` fewer steps
+    than its buffers (``fastopt.Groups``' ``steps_behind``): at the buffers' step ``t`` its
+    scalars, options and reference step are those of step ``t - behind`` (:func:`own_step`).
+    Made by the step driver after validation (``_step._Rows.at``); a plain dict otherwise."""
+    __slots__ = ("behind",)
+
+    def __init__(self, hp, behind):
+        super().__init__(hp)
+        self.behind = behind
+
+
+def own_step(hp, t):
+    """The step count the formulas of ``hp`` see at the buffers' step ``t``."""
+    return t - hp.behind if type(hp) is Behind else t
+
+
+def settled_step(rows):
+    """The first step of the buffers from which every row of ``rows`` is past its own first
+    step: the options (which depend on the step only through ``t == 1``) are then those of
+    every later step; before it, each step's own (a plan cached by ``min(t, settled)``)."""
+    return 2 + max((hp.behind for hp in rows if type(hp) is Behind), default=0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Hyper:
     """One hyperparameter: ``kind`` is ``"real"`` (with an interval) or ``"flag"``."""
@@ -191,7 +215,8 @@ class OptimizerSpec:
         """Write the kernel's scalars for step ``t`` into ``out`` (an array of the buffer
         dtype, as :meth:`kernel_scalars` packs them; the names were checked when the step was
         prepared)."""
-        out[:] = self._pick_scalars(self.scalars(hp, t))
+        out[:] = self._pick_scalars(self.scalars(hp, t - hp.behind if type(hp) is Behind
+                                                 else t))     # (own_step, inlined)
         return out
 
     def fill_scalar_rows(self, hps, t, out, unique_which=None):
@@ -203,16 +228,22 @@ class OptimizerSpec:
         pick, scalars = self._pick_scalars, self.scalars
         unique, which = distinct(hps) if unique_which is None else unique_which
         if len(unique) == len(hps):
-            out[:] = [pick(scalars(hp, t)) for hp in hps]
+            out[:] = [pick(scalars(hp, own_step(hp, t))) for hp in hps]
         else:
-            out[:] = np.array([pick(scalars(hp, t)) for hp in unique], out.dtype)[which]
+            out[:] = np.array([pick(scalars(hp, own_step(hp, t))) for hp in unique],
+                              out.dtype)[which]
         return out
+
+    def step_options(self, hp, t):
+        """The kernel's options for ``hp`` at the buffers' step ``t`` (a grouped row's at its
+        own step, :func:`own_step`)."""
+        return self.options(hp, own_step(hp, t))
 
     def option_kinds(self, hps, t):
         """``{options: [i, ...]}``: the rows ``hps[i]`` of each distinct option combination at
         step ``t`` (the options of each distinct set computed once), the rows in order."""
         unique, which = distinct(hps)
-        options = [tuple(self.options(hp, t).items()) for hp in unique]
+        options = [tuple(self.step_options(hp, t).items()) for hp in unique]
         kinds = {}
         for i, j in enumerate(which):
             kinds.setdefault(options[j], []).append(i)
@@ -227,7 +258,8 @@ class OptimizerSpec:
         with floats when there is one segment in all."""
         sums = np.asarray(sums, np.float64).reshape(len(hps), -1)
         if len(hps) == 1:           # one tensor: floats
-            for name, value in self.segment_scalars(hps[0], t, tuple(sums[0].tolist())).items():
+            for name, value in self.segment_scalars(hps[0], own_step(hps[0], t),
+                                                    tuple(sums[0].tolist())).items():
                 out[0, self._scalar_index[name]] = value
             return out
         unique, which = distinct(hps)
@@ -240,7 +272,7 @@ class OptimizerSpec:
             parts = [(hp, order[cuts[j]:cuts[j + 1]]) for j, hp in enumerate(unique)]
         index = self._scalar_index
         for hp, members in parts:
-            values = self.segment_scalars(hp, t, tuple(sums[members].T))
+            values = self.segment_scalars(hp, own_step(hp, t), tuple(sums[members].T))
             for name, value in values.items():
                 out[members, index[name]] = value
         return out
@@ -248,7 +280,7 @@ class OptimizerSpec:
     def kernel_scalars(self, hp, t, scalar_type):
         """The kernel's scalars packed in one 1-D array of the buffer dtype, in the kernel
         record's order, each computed in float64 and rounded once."""
-        named = self.scalars(hp, t)
+        named = self.scalars(hp, own_step(hp, t))
         try:
             return np.array(self._pick_scalars(named), dtype=scalar_type)
         except KeyError:

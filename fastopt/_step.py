@@ -28,6 +28,7 @@ import numpy as np
 from . import _backends, config, scaling
 from ._core import (check_8bit_scales, check_flag, check_group, check_param_copy, check_real,
                     check_step, is_cuda_array)
+from ._spec import Behind
 
 
 def _device_key(a):
@@ -72,7 +73,7 @@ class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
                  "schedules", "template", "dtype", "checked_loop", "rows", "seed", "copy",
-                 "q8", "norm")
+                 "q8", "norm", "behind")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
                  template=None, dtype=None, checked_loop=None, rows=None):
@@ -80,6 +81,7 @@ class Prepared:
         self.schedules, self.template, self.dtype = schedules, template, dtype
         self.checked_loop = checked_loop
         self.rows = rows        # a grouped step: its _Rows
+        self.behind = 0 if rows is None else rows.max_behind    # its groups' steps_behind
         self.seed = None        # the buffers' rounding_seed it was built for (set by _validate)
         self.copy = None        # and their param_copy
         self.q8 = None          # and their 8-bit state: (block_size, ((field, scales), ...))
@@ -162,10 +164,10 @@ def _checked_hp(spec, hyper, dtype, t):
 class _Rows:
     """The hyperparameter rows of a grouped step: one per distinct set of values (the groups',
     and the call's own for elements in no group), and the segments ``(lo, hi, row)``."""
-    __slots__ = ("templates", "labels", "schedules", "static", "segments")
+    __slots__ = ("templates", "labels", "schedules", "static", "segments", "behind")
 
     def __init__(self, spec, groups, hyper, n, split=()):
-        from .groups import Groups
+        from .groups import STEPS_BEHIND, Groups
         if groups is None:
             groups = Groups(n, [])
         elif not isinstance(groups, Groups):
@@ -175,20 +177,23 @@ class _Rows:
             raise ValueError(f"{spec.step_name}(): the groups cover a buffer of {groups.size} "
                              f"elements but the parameter has {n}")
         kinds = {h.name: h.kind for h in spec.hypers}
-        self.templates, self.labels, index = [], [], {}
+        self.templates, self.labels, self.behind, index = [], [], [], {}
 
-        def row(template, label):
-            key = tuple((k, type(v), id(v) if callable(v) else v)
-                        for k, v in template.items())
+        def row(template, label, behind=0):
+            key = (behind,) + tuple((k, type(v), id(v) if callable(v) else v)
+                                    for k, v in template.items())
             r = index.get(key)
             if r is None:
                 r = index[key] = len(self.templates)
                 self.templates.append(template)
                 self.labels.append(label)
+                self.behind.append(behind)
             return r
 
         group_rows = []
         for g, values in enumerate(groups.groups):
+            behind = values.get(STEPS_BEHIND, 0)
+            values = {k: v for k, v in values.items() if k != STEPS_BEHIND}
             for k in values:
                 if k not in kinds:
                     raise TypeError(f"{spec.step_name}(): group {g} sets {k!r}, which is not "
@@ -197,7 +202,7 @@ class _Rows:
                 if kinds[k] != "real":
                     raise TypeError(f"{spec.step_name}(): group {g} sets the boolean option "
                                     f"{k!r}; options apply to the whole step")
-            group_rows.append(row(dict(hyper, **values), f"group {g}"))
+            group_rows.append(row(dict(hyper, **values), f"group {g}", behind))
         segments, pos = [], 0
         for lo, hi, g in groups.segments + ((n, n, None),):
             if lo > pos:
@@ -229,20 +234,37 @@ class _Rows:
         self.static = None
 
     def at(self, spec, step, dtype):
-        """Each row's hyperparameters at ``step``, validated (errors name the group)."""
+        """Each row's hyperparameters at ``step``, validated (errors name the group); a row of
+        a group with ``steps_behind`` as a :class:`fastopt._spec.Behind` (its own count)."""
         out = []
         for r, (template, schedules) in enumerate(zip(self.templates, self.schedules)):
             if not schedules and self.static is not None:
                 out.append(self.static[r])
                 continue
+            behind = self.behind[r]
             try:
-                out.append(_checked_hp(spec, _evaluate(template, schedules, step), dtype,
-                                       step + 1))
+                hp = _checked_hp(spec, _evaluate(template, schedules, step), dtype,
+                                 step + 1 - behind)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"{spec.step_name}(): {self.labels[r]}: {e}") from None
+            out.append(Behind(hp, behind) if behind else hp)
         if self.static is None:
             self.static = out
         return out
+
+    @property
+    def max_behind(self):
+        return max(self.behind)
+
+    def check_step(self, spec, step):
+        """A group with ``steps_behind=k`` has its own count ``step - k`` (> 0 at the buffers'
+        ``step``, the steps taken before this one); raises ValueError before any write."""
+        for r, k in enumerate(self.behind):
+            if k > step:
+                raise ValueError(f"{spec.step_name}(): {self.labels[r]} has steps_behind={k} "
+                                 f"but the buffers have taken {step} step(s); a group's own "
+                                 f"count (the buffers' step - steps_behind) cannot be "
+                                 f"negative")
 
     @property
     def scheduled(self):
@@ -343,6 +365,7 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
         arrays = dict(arrays, param_copy=check_param_copy(copy, arrays, owner))
     hp = _checked_hp(spec, hyper, dtype, step + 1)
     if rows is not None:
+        rows.check_step(spec, step)
         row_hps = rows.at(spec, step, dtype)
     on_device = is_cuda_array(arrays["param"])
     name = _backends.choose(backend, on_device)
@@ -456,6 +479,8 @@ def run_step(spec, buffers, backend, hyper, parallel=None, loop=NO_LOOP, groups=
         step = buffers.step
         t = (step if type(step) is int and step >= 0
              else check_step(step, type(buffers).__name__)) + 1
+        if t <= prep.behind:             # a group's own count would be 0
+            prep.rows.check_step(spec, t - 1)
         if prep.checked_loop is None and prep.schedules is None:
             prep.run(t)
         elif prep.checked_loop is None:
@@ -482,6 +507,8 @@ def prepare_step(spec, buffers, backend, hyper, parallel=None):
     any of them."""
     prep = prepare(spec, buffers, backend, hyper, parallel)
     t = check_step(buffers.step, type(buffers).__name__) + 1
+    if t <= prep.behind:
+        prep.rows.check_step(spec, t - 1)
     hp = None if prep.schedules is None else prep.scheduled_hp(t - 1)
 
     def run():

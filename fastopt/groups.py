@@ -25,6 +25,7 @@ import numpy as np
 from .flat import FlatParams
 
 _SELECTORS = ("params", "range", "ranges")
+STEPS_BEHIND = "steps_behind"
 
 
 def _index(value, what):
@@ -44,7 +45,10 @@ class Groups:
             ``"ranges"``) and any real hyperparameters (``lr``, ``weight_decay``, betas...):
             numbers or schedules (callables ``schedule(step) -> float``). Boolean options
             (``amsgrad``, ``nesterov``...) cannot differ between groups: they choose the
-            compiled kernel and apply to the whole step.
+            compiled kernel and apply to the whole step. ``"steps_behind": k`` (an int >= 0)
+            gives the group its own step count, the buffers' less ``k``: its elements are
+            stepped as their slice alone would be at that count (bias corrections, first-step
+            options; schedules and stochastic rounding still follow the buffers' step).
 
     Raises ``TypeError``/``ValueError`` for unknown tensor names, ranges outside the buffer,
     groups that overlap, boolean values. Whether each name is a real hyperparameter of the
@@ -85,6 +89,14 @@ class Groups:
                 if not isinstance(key, str) or not key.isidentifier():
                     raise TypeError(f"Groups: group {i} sets {key!r}, which is not a "
                                     f"hyperparameter name")
+                if key == STEPS_BEHIND:
+                    value = _index(value, f"group {i}: steps_behind")
+                    if value < 0:
+                        raise ValueError(f"Groups: group {i}: steps_behind must be >= 0, got "
+                                         f"{value}")
+                    if value:
+                        hyper[key] = value
+                    continue
                 if isinstance(value, (bool, np.bool_)):
                     raise TypeError(f"Groups: group {i} sets the boolean option {key!r}; "
                                     f"options choose the compiled kernel and apply to the "

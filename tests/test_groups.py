@@ -129,6 +129,105 @@ def test_grouped_step_equals_stepping_each_slice(spec, combo, loop, dtype):
                     assert_bitwise(x.arrays()[k], arr, f"{spec.name} step {c.step} {k}")
 
 
+BEHIND = [2, 0, 1]          # steps_behind of each group of RANGES (the gaps: 0)
+
+
+def lagged_groups(values):
+    return fastopt.Groups(N, [dict(ranges=r, steps_behind=k, **v)
+                              for r, v, k in zip(RANGES, values, BEHIND)])
+
+
+def lagged_slices(spec, b, kw, values, backend):
+    """The reference of a step with ``lagged_groups``: each segment stepped on its own at its
+    group's own count (the buffers' step less its steps_behind)."""
+    lag = {(lo, hi): k for r, k in zip(RANGES, BEHIND) for lo, hi in r}
+    step = b.step
+    for lo, hi, v in segments(values):
+        arrays = {k: a[lo:hi] for k, a in b.arrays().items()}
+        part = type(b)(arrays.pop("param"), arrays.pop("grad"), step=step - lag.get((lo, hi), 0),
+                       **arrays)
+        step_fn(spec)(part, **dict(kw, **v), backend=backend)
+    b.step = step + 1
+
+
+LAG_CASES = [(s, c, dt) for s in SPECS
+             for c, dt in zip(combos(s), itertools.cycle([np.float64, np.float32]))]
+
+
+@pytest.mark.parametrize("spec,combo,dtype", LAG_CASES, ids=[
+    f"{s.name}-{'-'.join(f'{k}={v}' for k, v in c.items())}-{np.dtype(d).name}"
+    for s, c, d in LAG_CASES])
+def test_groups_steps_behind_step_each_slice_at_its_own_count(spec, combo, dtype):
+    """``steps_behind=k``: the group's elements are stepped as their slice alone would be at
+    the buffers' step less k (bias corrections, first-step options: a group 2 behind takes its
+    own first step at the buffers' third), CPU (one call) and NumPy alike."""
+    kw = full_kwargs(spec, **combo)
+    values = group_values(spec, combo)
+    plain, lagged = groups_for(values), lagged_groups(values)
+    a, b, c = (make(spec, combo, dtype) for _ in range(3))
+    rng = np.random.default_rng(5)
+    for i in range(5):
+        new_grad(a, rng)
+        b.grad[...] = a.grad
+        c.grad[...] = a.grad
+        groups = plain if i < 2 else lagged
+        step_fn(spec)(a, **kw, groups=groups, backend="cpu")
+        step_fn(spec)(b, **kw, groups=groups, backend="numpy")
+        if i < 2:
+            by_slices(spec, c, kw, values, {}, "numpy")
+        else:
+            lagged_slices(spec, c, kw, values, "numpy")
+        for x in (a, b):
+            assert x.step == c.step
+            for k, arr in c.arrays().items():
+                if k != "grad":
+                    assert_bitwise(x.arrays()[k], arr, f"{spec.name} step {c.step} {k}")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_steps_behind_with_schedules_and_clipping(spec):
+    """A lagging group under the per-step paths (a scheduled value, clipping): the same bits on
+    the CPU and in NumPy; a schedule is evaluated at the buffers' step (torch's schedulers
+    set one value for every parameter), only the optimizer's own formulas count behind."""
+    kw = full_kwargs(spec)
+    lr = kw.get("lr", 1e-3)
+    sched = schedules.linear_warmup(lr, 4)
+    values = [dict(v, lr=sched) if "lr" in kw else v for v in group_values(spec, {})]
+    groups = lagged_groups(values)
+    a, b = make(spec, {}, np.float32), make(spec, {}, np.float32)
+    a.step = b.step = 2
+    rng = np.random.default_rng(6)
+    for _ in range(3):
+        new_grad(a, rng)
+        b.grad[...] = a.grad
+        for x, backend in ((a, "cpu"), (b, "numpy")):
+            step_fn(spec)(x, **kw, groups=groups, max_grad_norm=0.5, backend=backend)
+        for k in a.arrays():
+            assert_bitwise(a.arrays()[k], b.arrays()[k], f"{spec.name} {k}")
+
+
+def test_steps_behind_beyond_the_buffers_count_is_refused_before_any_write():
+    spec = fastopt.registry.get("adam")
+    b = make(spec, {}, np.float32)
+    new_grad(b, np.random.default_rng(7))
+    groups = fastopt.Groups(N, [{"range": (0, 10), "steps_behind": 2}])
+    fastopt.adam_step(b)
+    snap = snapshot(b)
+    for _ in range(2):      # the full validation, then the prepared step of the same call
+        with pytest.raises(ValueError, match="group 0 has steps_behind=2 but the buffers have "
+                                             "taken 1 step"):
+            fastopt.adam_step(b, groups=groups)
+        assert_unchanged(b, snap)
+    fastopt.adam_step(b, groups=fastopt.Groups(N, [{"range": (0, 10), "steps_behind": 1}]))
+    assert b.step == 2
+    b.step = 1
+    with pytest.raises(ValueError, match="steps_behind=2"):     # the cached step, too
+        fastopt.adam_step(b, groups=groups)
+    b.step = 2
+    fastopt.adam_step(b, groups=groups)
+    assert b.step == 3
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
 def test_parallel_segments_equal_serial(spec, monkeypatch):
     kw = full_kwargs(spec)
@@ -197,6 +296,14 @@ BAD_GROUPS = [
     (lambda fp: fastopt.Groups(fp, [{"lr": 0.1}]), ValueError, "exactly one of"),
     (lambda fp: fastopt.Groups(fp, {"params": ["W1"]}), TypeError, "list of dicts"),
     (lambda fp: fastopt.Groups(fp.size, [{"range": (1.0, 3)}]), TypeError, "must be an int"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "steps_behind": -1}]), ValueError,
+     "steps_behind must be >= 0"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "steps_behind": 1.0}]), TypeError,
+     "steps_behind must be an int"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "steps_behind": True}]), TypeError,
+     "steps_behind must be an int"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "steps_behind": lambda t: 1}]),
+     TypeError, "steps_behind must be an int"),
 ]
 
 

@@ -359,6 +359,28 @@ def test_groups_with_8bit_state_cpu_equals_numpy(spec):
     assert a.state_dtype == "int8"
 
 
+@pytest.mark.parametrize("spec", EIGHT_BIT, ids=lambda s: s.name)
+def test_8bit_groups_steps_behind_cpu_equals_numpy(spec):
+    """Groups counting their own steps (``steps_behind``) on 8-bit state: the block driver gives
+    each piece its group's scalars at its own count, as the reference does (one group takes its
+    own first step at the buffers' third; a quantization block holds pieces of two counts)."""
+    combo = combos(spec)[-1]
+    n = 1500
+    first, second = _group_values(spec)
+    groups = fastopt.Groups(n, [dict(range=(0, 700), steps_behind=2, **first),
+                                dict(range=(730, 1333), steps_behind=1, **second)])
+    layout = dict(layout=[600, 900]) if spec.kernel.norm_names else {}
+    kw, (a, b), rng = _pair(spec, combo, n, np.float32, seed=8)
+    a.step = b.step = 2
+    for step in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        for x, backend in ((a, "cpu"), (b, "numpy")):
+            x.grad[...] = g
+            _step.step(spec, x, backend=backend, parallel=step == 2, groups=groups,
+                       max_grad_norm=1.0 if step == 1 else None, **layout, **kw)
+    _assert_same(a, b, f"{spec.name} grouped, steps behind")
+
+
 def test_8bit_groups_with_the_calls_values_step_as_no_groups():
     # the block cutting itself changes nothing: groups that repeat the call's values give the
     # ungrouped step's codes, scales and parameters bit for bit (parallel: threads take runs of

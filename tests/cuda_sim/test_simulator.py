@@ -527,6 +527,56 @@ def test_a_grouped_step_reads_a_clip_factor_left_on_the_device(k, monkeypatch):
     assert not np.array_equal(a.param, p0)
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.name)
+def test_groups_steps_behind_on_the_device_match_the_cpu(spec):
+    """Groups with their own step counts (``steps_behind``) in one launch: each row's scalars
+    and kernel at its group's count (a group 2 behind takes its first step at the buffers'
+    third), as the CPU's one call gives them (float32, within the simulator's bound)."""
+    kw = dict(spec.defaults, **testinfo.option_combinations(spec)[-1])
+    n = 45 if not REAL_GPU else 100_003
+    groups = fastopt.Groups(n, [{"range": (5, 20), "steps_behind": 2},
+                                {"ranges": [(25, 31), (36, n)], "steps_behind": 1}])
+    if spec.kernel.norm_names:
+        kw["layout"] = [12, n - 12]
+    rng = np.random.default_rng(14)
+    host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(np.float32),
+                                  np.zeros(n, np.float32),
+                                  **spec.state_options(spec.validate(
+                                      {k: v for k, v in kw.items() if k != "layout"})))
+    host.step = 2
+    dev = fastopt.to_device(host)
+    back = _step_both(registry.step_function(spec), dict(kw, groups=groups), host, dev, rng, 2)
+    bound = testinfo.info(spec).simulator_ulp
+    if REAL_GPU and not spec.kernel.norm_names and not NVVM_CONTRACTION:
+        bound = 0
+    for name, a in host.arrays().items():
+        worst = int(_ulp_diff(a, back.arrays()[name]).max())
+        assert worst <= bound, f"{name}: {worst} ulp"
+
+
+@pytest.mark.parametrize("state", ["int8", "bfloat16"])
+def test_groups_steps_behind_on_compressed_device_state_match_the_cpu(state):
+    """The same on 8-bit state (one launch, a block per quantization block) and bfloat16
+    state with stochastic rounding (keyed by the buffers' step): the CPU's bits."""
+    n = 45
+    zeros = (dict(state_dtype="int8", block_size=32, min_8bit_size=0) if state == "int8"
+             else dict(state_dtype="bfloat16"))
+    groups = fastopt.Groups(n, [{"range": (5, 20), "lr": 2e-3, "steps_behind": 2},
+                                {"range": (25, n), "steps_behind": 1}])
+    rng = np.random.default_rng(15)
+    host = fastopt.AdamBuffers.zeros(rng.standard_normal(n).astype(np.float32),
+                                     np.zeros(n, np.float32), **zeros)
+    host.step = 2
+    if state == "bfloat16":
+        host.rounding_seed = 3
+    dev = fastopt.to_device(host)
+    back = _step_both(fastopt.adam_step, dict(groups=groups), host, dev, rng, 2)
+    for name, a in host.arrays().items():
+        assert _same_bits(a, back.arrays()[name]), name
+    for name, a in (host.state_absmax or {}).items():
+        assert np.array_equal(a, back.state_absmax[name]), f"scales of {name}"
+
+
 @pytest.mark.parametrize("grouped", [False, True], ids=["plain", "groups"])
 def test_8bit_steps_clip_with_the_hosts_factor_either_way(grouped, monkeypatch):
     """8-bit CUDA steps take a clipped step's factor from the host whatever

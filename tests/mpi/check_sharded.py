@@ -29,7 +29,7 @@ def grads(step, n, dtype):
             for k in range(size)]
 
 
-def run(name, kw, zeros, dtype, n=10_007, steps=6, **loop):
+def run(name, kw, zeros, dtype, n=10_007, steps=6, start=0, **loop):
     spec = registry.get(name)
     fn = registry.step_function(spec)
     p0 = np.random.default_rng(7).standard_normal(n).astype(dtype)
@@ -37,6 +37,7 @@ def run(name, kw, zeros, dtype, n=10_007, steps=6, **loop):
     g = np.empty(n, dtype)
     sh = ShardedStep(fn, p, g, **zeros)
     ref = spec.buffers_cls.zeros(p0.copy(), np.empty(n, dtype), **zeros)
+    sh.buffers.step = ref.step = start
     for step in range(steps):
         parts = grads(step, n, dtype)
         if loop.get("skip_nonfinite") and step == 2:
@@ -66,6 +67,11 @@ groups = fastopt.Groups(10_007, [{"range": (0, 3000), "lr": 1e-2},
 for dtype in (np.float32, np.float64):
     sh, ref = run("adam", dict(lr=lambda t: 1e-3 / (1 + t), groups=groups), {}, dtype)
     assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), ("groups", dtype)
+# groups with their own step counts (steps_behind travels with the cut groups)
+lagged = fastopt.Groups(10_007, [{"range": (0, 3000), "steps_behind": 2},
+                                 {"range": (4000, 10_007), "steps_behind": 1, "lr": 5e-4}])
+sh, ref = run("adam", dict(groups=lagged), {}, np.float32, start=2)
+assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), "steps_behind"
 
 # clipping: equal to rounding (the norm's chunks follow the shard boundaries)
 sh, ref = run("adam", dict(lr=1e-2), {}, np.float64, max_grad_norm=1.0)

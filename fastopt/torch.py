@@ -21,7 +21,9 @@ the views again (one copy of the gradients per step; ``zero_grad(set_to_none=Fal
 the arena in place and needs no copy; both measured in the README, "For torch users"). A
 parameter whose gradient is ``None`` at ``step()`` is left untouched, state included, and adds
 nothing to the norm of ``max_grad_norm``, as torch does; its gradient stays ``None`` (neither
-construction nor ``zero_grad(set_to_none=False)`` gives it one).
+construction nor ``zero_grad(set_to_none=False)`` gives it one). Each parameter counts its
+own steps, as in torch: one that sat steps out (or came with ``add_param_group``) is stepped in
+a group with ``steps_behind`` (``fastopt.Groups``), at its own count, in the same call.
 
 ``state_dtype="bfloat16"`` (float32 parameters on the CPU) keeps the state in bfloat16, half
 the bytes, rounded to nearest even or, with ``stochastic_rounding=True``, from a hash of
@@ -35,7 +37,8 @@ scales are its own; ``self.state[p]`` holds the codes (``torch.uint8``, the para
 ``<name>_absmax`` (the float32 scales of its blocks) and ``block_size``, and state dicts
 round-trip them bit for bit.
 
-``state_dict()`` is torch's format (``state[i]`` with ``"step"`` and torch's state names), and
+``state_dict()`` is torch's format (``state[i]`` with the parameter's own ``"step"`` and torch's
+state names; no entry for a parameter not stepped yet), and
 ``load_state_dict`` accepts a state dict saved from the torch optimizer of the same name (and
 the other way round): the state is copied into the arena. ``torch.amp.GradScaler`` works: the
 optimizer declares ``_step_supports_amp_scaling``, so the scaler hands over ``grad_scale`` and
@@ -47,7 +50,6 @@ Parameters on a CUDA device step through the CUDA kernels on ``__cuda_array_inte
 views of the arenas (not testable without a GPU; the simulator cannot take torch tensors).
 """
 import numbers
-import warnings
 from collections import defaultdict
 from itertools import chain
 
@@ -124,8 +126,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._spec = registry.get(self._name)
         self._buffers = None
         self._max_grad_norm = max_grad_norm
-        self._lag = {}              # param -> steps it sat out (no gradient), until a warning
-        self._lag_matters = False   # (known once a scalar was seen to depend on the count)
+        self._lag = {}              # param -> steps it sat out (torch counts each parameter's)
         super().__init__(params, defaults)
         for group in self.param_groups:
             self._hyper(group)              # every group's values checked now, as torch does
@@ -164,9 +165,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if self._buffers is not None:       # (torch's __init__ adds the first groups)
             self._hyper(self.param_groups[-1])
             self._build()
-            if self._lag is not None and self._buffers.step:
+            if self._buffers.step:
                 for p in self.param_groups[-1]["params"]:   # torch counts their steps from 0
                     self._lag[p] = self._buffers.step
+                    self._own_step(p)
 
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
@@ -261,6 +263,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._kw_cache = (None, None, False)
         self._exposed = False
         self._step_tensor = torch.tensor(float(b.step))
+        self._own_steps = {}         # a lagging parameter's own step tensor (its state's)
+        self._lag_cache = (None, None, None, None)
         self._layout = layout if self._spec.kernel.norm_names else None
         self.state.clear()
         if b.step:
@@ -375,8 +379,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                                      f"differ in {f!r}, a compile-time option of the kernel; "
                                      f"give every group the same value")
         kwargs = dict(first)
+        reals = self._reals = [{k: v for k, v in h.items() if k not in flags} for h in hps]
         if len(hps) > 1:
-            reals = [{k: v for k, v in h.items() if k not in flags} for h in hps]
             key = tuple(tuple(sorted(r.items())) for r in reals)
             cached_key, groups = self._groups_cache
             if cached_key != key:
@@ -487,8 +491,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         kwargs = self._step_kwargs()
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
-        if self._lag is not None and (missing or self._lag):
-            self._count_lag(missing)
+        if self._lag:
+            kwargs = self._behind(kwargs, missing)
         if missing:
             for p in missing:               # an earlier gradient left in the arena must not
                 lo, hi = self._slices[p]    # enter the norm of max_grad_norm
@@ -498,48 +502,88 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             self._restore(saved)
         else:
             self._spec.step_fn(self._buffers, **kwargs)
+        if missing or self._lag:
+            self._count_steps(missing)
         self._expose_state()
         return loss
 
-    def _count_lag(self, missing):
-        """torch counts each parameter's steps (those in which it has a gradient); the arena
-        has one count. Parameters that sat out steps are tracked, and the first time one of
-        them is stepped while its own count would change its update (the bias corrections of
-        Adam, NAdam, RAdam, Adamax, LAMB; Adagrad's ``lr_decay``: the optimizer's scalars at
-        its own count differ from those at the arena's), a ``RuntimeWarning`` says so, once
-        per optimizer; then the tracking stops. It stops at once where no scalar depends on
-        the count (RMSprop, SGD, Lion, Adadelta, Adagrad without ``lr_decay``)."""
-        spec, lag, t = self._spec, self._lag, self._buffers.step + 1
-
-        def hps():
-            return [self._hyper(g, full=True) for g in self.param_groups]
-        if not self._lag_matters:          # once: does any scalar depend on the count?
-            if all(spec.scalars(hp, 1) == spec.scalars(hp, 2) == spec.scalars(hp, 1000)
-                   for hp in hps()):
-                self._lag = None
-                return
-            self._lag_matters = True
+    def _behind(self, kwargs, missing):
+        """``kwargs`` with each stepped parameter's own step count: torch counts the steps of
+        each parameter (those in which it has a gradient), the arena counts its own. The
+        parameters that sat out steps (no gradient, or added with ``add_param_group``) form
+        groups of their own with ``steps_behind`` (``fastopt.Groups``): their bias corrections,
+        first-step options and ``lr_decay`` are those of their own count, as in torch. Only
+        where the optimizer's scalars or options depend on the count at all (not RMSprop, SGD
+        without momentum, Lion, Adadelta, Adagrad without ``lr_decay``); the groups are made
+        again only when the set of such parameters or their counts change."""
+        cache = self._lag_cache
+        if cache[0] is not kwargs:          # the groups' values changed (or the first time)
+            cache = self._lag_cache = (kwargs, self._count_matters(), None, None)
+        if not cache[1]:
+            return kwargs
         off = {id(p) for p in missing}
+        behind = tuple(sorted((self._slices[p][0], id(p), k) for p, k in self._lag.items()
+                              if id(p) not in off and self._slices[p][1] > self._slices[p][0]))
+        if not behind:
+            return kwargs
+        if cache[2] == behind:
+            return cache[3]
+        k_of = {i: k for _, i, k in behind}
+        groups = []
+        for g, (start, end), reals in zip(self.param_groups, self._ranges, self._reals):
+            rest, by_lag, pos = [], {}, start
+            for p in g["params"]:
+                k = k_of.get(id(p))
+                if k is None:
+                    continue
+                lo, hi = self._slices[p]
+                if lo > pos:
+                    rest.append((pos, lo))
+                by_lag.setdefault(k, []).append((lo, hi))
+                pos = hi
+            if end > pos:
+                rest.append((pos, end))
+            if rest:
+                groups.append(dict(reals, ranges=rest))
+            groups += [dict(reals, ranges=r, steps_behind=k) for k, r in by_lag.items()]
+        lagged = dict(kwargs, groups=Groups(self._buffers.size, groups))
+        self._lag_cache = (kwargs, True, behind, lagged)
+        return lagged
+
+    def _count_matters(self):
+        """Whether any group's scalars or options depend on the step count (then parameters
+        behind the arena's count step with their own)."""
+        spec = self._spec
+        for g in self.param_groups:
+            hp = self._hyper(g, full=True)
+            if (spec.scalars(hp, 1) != spec.scalars(hp, 2)
+                    or spec.scalars(hp, 2) != spec.scalars(hp, 1000)
+                    or spec.options(hp, 1) != spec.options(hp, 2)):
+                return True
+        return False
+
+    def _count_steps(self, missing):
+        """After a step: each parameter that sat it out is one more step behind the arena; the
+        own step tensors (``state[p]["step"]``) of those behind it follow their counts."""
+        lag, t = self._lag, self._buffers.step
+        off = set()
         for p in missing:
-            lag[p] = lag.get(p, 0) + 1
-        late = [p for p in lag if id(p) not in off]
-        if not late:
-            return
-        group_of = {id(q): hp for g, hp in zip(self.param_groups, hps()) for q in g["params"]}
-        differ = [p for p in late
-                  if spec.scalars(group_of[id(p)], t - lag[p]) != spec.scalars(group_of[id(p)], t)]
-        if not differ:
-            return
-        i = next(i for i, q in enumerate(self._params()) if q is differ[0])
-        warnings.warn(
-            f"fastopt.torch.{type(self).__name__}: {len(differ)} parameter(s) (the first: "
-            f"parameter {i}, shape {tuple(differ[0].shape)}) are stepped after sitting out "
-            f"steps without a gradient (or after add_param_group). torch.optim would use "
-            f"their own step count ({t - lag[differ[0]]}), fastopt's arena uses one count for "
-            f"all ({t}), so their update differs from torch's (bias corrections). Give "
-            f"parameters that start or pause later an optimizer of their own.",
-            RuntimeWarning, stacklevel=4)
-        self._lag = None
+            off.add(id(p))
+            lag[p] = k = lag.get(p, 0) + 1
+            if k == 1:
+                self._own_step(p)           # (made at its count, which a step left out keeps)
+        for p, k in lag.items():
+            if id(p) not in off:
+                self._own_step(p).fill_(float(t - k))
+
+    def _own_step(self, p):
+        """The step tensor of lagging parameter ``p`` (in its exposed state)."""
+        own = self._own_steps.get(p)
+        if own is None:
+            own = self._own_steps[p] = torch.tensor(float(self._buffers.step - self._lag[p]))
+            if self._exposed:
+                self.state[p]["step"] = own
+        return own
 
     def _tensor(self, name):
         """A torch view of the buffers' array ``name`` (host or device), zero-copy; bfloat16
@@ -585,7 +629,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
 
     def _expose_state(self):
         """``self.state[p]``: views of the arena's state under torch's names, made once; the
-        step count, one tensor shared by every parameter, updated in place."""
+        step count, one tensor shared by every parameter, updated in place (a parameter behind
+        the arena's count: its own, :meth:`_own_step`)."""
         b = self._buffers
         self._step_tensor.fill_(float(b.step))
         if self._exposed:
@@ -601,22 +646,36 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                     st[f + "_absmax"] = torch.from_numpy(b.state_absmax[f][blo:bhi])
                 st["block_size"] = b.block_size
             st["step"] = self._step_tensor
+        for p in self._lag:
+            self.state[p]["step"] = self._own_step(p)
         self._exposed = True
 
     def state_dict(self):
-        if self._buffers.step:
+        """torch's format: each parameter's state with its own step count (one step tensor
+        per parameter, as torch keeps them: torch increments each in place); a parameter
+        that has not been stepped yet has no state, as in torch."""
+        b = self._buffers
+        if b.step:
             self._expose_state()
+        sd = super().state_dict()
+        if not b.step:
+            return sd
+        state, counts = {}, {}
+        for i, (g, p) in enumerate((g, p) for g in self.param_groups for p in g["params"]):
+            st = sd["state"].get(i)
+            count = b.step - self._lag.get(p, 0)
+            if st is None or not count:
+                continue
+            # (a copy: torch's state_dict holds self.state's own dicts, whose step tensors
+            # must stay the ones the steps update)
+            st = state[i] = dict(st, step=torch.tensor(float(count)))
             if self._name == "nadam":
                 from .reference import mu_product
-                hp = self._hyper(self.param_groups[0], full=True)
-                mu = mu_product(hp, self._buffers.step)[2]
-                for p in self._slices:
-                    self.state[p]["mu_product"] = torch.tensor(float(mu))
-        sd = super().state_dict()
-        for st in sd["state"].values():      # one step tensor per parameter, as torch keeps
-            if "step" in st:                 # them (torch increments each in place)
-                st["step"] = torch.tensor(float(self._buffers.step))
-        return sd
+                key = (id(g), count)
+                if key not in counts:
+                    counts[key] = mu_product(self._hyper(g, full=True), count)[2]
+                st["mu_product"] = torch.tensor(float(counts[key]))
+        return dict(sd, state=state)
 
     def _given_state(self, state_dict):
         """``{param: its state as given}``, before torch's ``load_state_dict`` casts floating
@@ -688,18 +747,18 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._check_state_precision(given)
         super().load_state_dict(state_dict)          # torch's checks, groups, casts
         loaded = {p: dict(self.state[p]) for p in self._slices if self.state.get(p)}
-        steps = {float(s["step"]) for s in loaded.values() if "step" in s}
-        if len(steps) > 1:
-            raise ValueError(f"fastopt.torch.{type(self).__name__}.load_state_dict: the "
-                             f"parameters have different step counts {sorted(steps)}; one "
-                             f"arena steps them together")
+        # each parameter's own count: its "step" (torch's SGD keeps none: 1 where it has
+        # state), 0 without state; the arena counts the most, the others are behind it
+        counts = {p: (_count(s["step"], type(self).__name__) if "step" in s else 1)
+                  for p, s in loaded.items()}
         self.state.clear()
         self._buffers = None
-        self._lag, self._lag_matters = {}, False     # the loaded counts are all equal
         self._build()                                # state options of the loaded groups
         self._exposed = False
         b = self._buffers
-        b.step = int(steps.pop()) if steps else (1 if loaded else 0)
+        b.step = max(counts.values(), default=0)
+        self._lag = {p: b.step - counts.get(p, 0) for p in self._slices
+                     if b.step - counts.get(p, 0)}
         for p, st in loaded.items():
             lo, hi = self._slices[p]
             for f in b.state_fields:
@@ -714,6 +773,15 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                     b.state_absmax[f][blo:bhi] = given[p][f + "_absmax"].detach().numpy()
         if b.step:
             self._expose_state()
+
+
+def _count(step, name):
+    """A state dict's step count (a tensor or a number) as an int >= 0."""
+    value = float(step.item() if isinstance(step, torch.Tensor) else step)
+    if not (value >= 0 and value == int(value)):
+        raise ValueError(f"fastopt.torch.{name}.load_state_dict: a step count must be a "
+                         f"whole number >= 0, got {value!r}")
+    return int(value)
 
 
 def _describe(t):

@@ -314,46 +314,140 @@ def test_deepcopy_of_the_optimizer_alone_leaves_the_original_alone():
 # whose update depends on a parameter's own step count (with their defaults)
 COUNTED = {"Adam", "AdamW", "NAdam", "RAdam", "Adamax", "LAMB"}
 LATE_CASES = [(name, dict(lr=0.1), name in COUNTED) for name in sorted(ft.__all__)] + [
-    ("Adagrad", dict(lr=0.1, lr_decay=0.1), True), ("SGD", dict(lr=0.1, momentum=0.9), False)]
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1), True),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.5), True)]
+HOWS = ["late gradient", "pause", "add_param_group"]
 
 
-@pytest.mark.parametrize("name,kw,warns", LATE_CASES,
+def _late_loss(how, i, used, late):
+    """The loss of step ``i``: ``late`` joins at step 2 and, with ``pause``, sits out 4."""
+    if i < 2 or (how == "pause" and i == 4):
+        return (used ** 2).sum()
+    return (used ** 2).sum() + (late ** 3).sum()
+
+
+@pytest.mark.parametrize("name,kw,counted", LATE_CASES,
                          ids=[f"{n}-{'-'.join(map(str, kw.values()))}" for n, kw, _ in LATE_CASES])
-@pytest.mark.parametrize("how", ["late gradient", "add_param_group"])
-def test_a_parameter_behind_the_arenas_step_count_is_warned_about(name, kw, warns, how):
-    """torch counts each parameter's steps, the arena one count for all: where that changes
-    the update (bias corrections, Adagrad's lr_decay) the first such step warns, once; every
-    optimizer of the front end is expected one way or the other."""
+@pytest.mark.parametrize("how", HOWS)
+def test_a_parameter_behind_the_arenas_count_steps_with_its_own(name, kw, counted, how):
+    """torch counts each parameter's steps; the arena counts its own, and a parameter that sat
+    steps out (its first gradient late, a pause, ``add_param_group``) steps in a group with
+    ``steps_behind`` (its bias corrections, first-step options, ``lr_decay`` at its own count):
+    the same parameters as an optimizer of its own for each parameter, stepped only when it
+    has a gradient (torch's semantics, and torch's own result where torch has the optimizer),
+    every front-end optimizer; the state dict carries each parameter's count. Before, the
+    late parameter was stepped at the arena's count (a warning said so)."""
     import warnings
     used, late = _two_params()
+    ref_used, ref_late = (torch.nn.Parameter(p.detach().clone()) for p in (used, late))
     opt = getattr(ft, name)([used] if how == "add_param_group" else [used, late], **kw)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for i in range(5):
-            if i == 2 and how == "add_param_group":
-                opt.add_param_group({"params": [late]})
-            opt.zero_grad()
-            loss = (used ** 2).sum() + ((late ** 2).sum() if i >= 2 else 0)
-            loss.backward()
-            opt.step()
-    found = [w for w in caught if issubclass(w.category, RuntimeWarning)
-             and "step count (1)" in str(w.message) and "(3)" in str(w.message)]
-    assert len(found) == (1 if warns else 0), [str(w.message) for w in caught]
-    if warns:
-        assert found[0].filename == __file__          # points at the caller's step()
+    own = [getattr(ft, name)([ref_used], **kw), getattr(ft, name)([ref_late], **kw)]
+    peers = []
+    if hasattr(torch.optim, name):
+        torch_used, torch_late = (torch.nn.Parameter(p.detach().clone()) for p in (used, late))
+        peer = getattr(torch.optim, name)([torch_used] if how == "add_param_group"
+                                          else [torch_used, torch_late], **kw)
+        peers.append((peer, torch_used, torch_late))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for i in range(7):
+            for o, u, lt in [(opt, used, late)] + peers:
+                if i == 2 and how == "add_param_group":
+                    o.add_param_group({"params": [lt]})
+                o.zero_grad()
+                _late_loss(how, i, u, lt).backward()
+                o.step()
+            for o in own:
+                o.zero_grad()
+            _late_loss(how, i, ref_used, ref_late).backward()
+            own[0].step()
+            if ref_late.grad is not None:
+                own[1].step()
+    assert opt._buffers.step == 7
+    sd = opt.state_dict()
+    late_count = 4 if how == "pause" else 5
+    assert [float(s["step"]) for s in sd["state"].values()] == [7.0, late_count]
+    assert float(opt.state[late]["step"]) == late_count and float(opt.state[used]["step"]) == 7
+    tol = dict(rtol=1e-12, atol=1e-14)
+    for p, q in ((used, ref_used), (late, ref_late)):
+        torch.testing.assert_close(p.detach(), q.detach(), **tol)
+    for peer, u, lt in peers:
+        torch.testing.assert_close(used.detach(), u.detach(), **tol)
+        torch.testing.assert_close(late.detach(), lt.detach(), **tol)
+        if "step" in next(iter(peer.state.values()), {}):
+            assert [float(s["step"]) for s in peer.state_dict()["state"].values()] == \
+                [7.0, late_count]
+    # where the count matters, the late parameter's update differs from the arena count's
+    if counted:
+        arena = getattr(ft, name)([torch.nn.Parameter(late.detach().clone())], **kw)
+        assert opt._count_matters() and arena._count_matters()
+    else:
+        assert not opt._count_matters()
 
 
-def test_no_warning_when_every_parameter_keeps_the_arenas_count():
-    import warnings
+def test_frozen_parameters_change_no_groups_and_keep_no_state():
+    """A parameter that never gets a gradient (frozen) sits out every step: its count stays 0,
+    the state dict leaves it out as torch does, and the step keeps one prepared call (the
+    lagging parameters' groups are made again only when the stepped set changes)."""
     used, frozen = _two_params()
     frozen.requires_grad_(False)
     opt = ft.Adam([used, frozen], lr=0.1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for _ in range(4):
+    prepared = []
+    for _ in range(4):
+        opt.zero_grad()
+        (used ** 2).sum().backward()
+        opt.step()
+        prepared.append(opt._buffers._prepared)
+    assert prepared[1] is prepared[2] is prepared[3]
+    assert opt._lag[frozen] == 4 and float(opt.state[frozen]["step"]) == 0
+    assert list(opt.state_dict()["state"]) == [0]
+
+
+def test_state_dicts_with_unequal_step_counts_load_both_ways():
+    """torch's state dict with each parameter's count (one joined late, one never stepped)
+    continues in fastopt.torch on torch's trajectory, and fastopt's state dict in torch;
+    before, unequal counts were refused."""
+    def run(mod, steps, sd=None, at=0):
+        torch.manual_seed(3)
+        ps = [torch.nn.Parameter(torch.randn(n, dtype=torch.float64)) for n in (40, 30, 20)]
+        opt = mod.Adam(ps, lr=0.05, weight_decay=0.01)
+        if sd is not None:
+            with torch.no_grad():
+                for p, q in zip(ps, sd[1]):
+                    p.copy_(q)
+            opt.load_state_dict(sd[0])
+        for i in range(at, steps):
             opt.zero_grad()
-            (used ** 2).sum().backward()
+            loss = (ps[0] ** 2).sum() + ((ps[1] ** 3).sum() if i >= 2 else 0)
+            loss = loss + ((ps[2] ** 2).sum() if i >= 6 else 0)
+            loss.backward()
             opt.step()
+        return opt, ps
+    ref = run(torch.optim, 9)[1]
+    for first, second in ((torch.optim, ft), (ft, torch.optim)):
+        opt, ps = run(first, 5)
+        sd = opt.state_dict()
+        assert [float(s["step"]) for s in sd["state"].values()] == [5.0, 3.0]
+        resumed = run(second, 9, (copy.deepcopy(sd), [p.detach() for p in ps]), at=5)
+        for p, q in zip(ref, resumed[1]):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+        assert [float(s["step"]) for s in resumed[0].state_dict()["state"].values()] == \
+            [9.0, 7.0, 3.0]
+
+
+def test_the_state_keeps_counting_after_a_state_dict():
+    """``state_dict()`` copies each parameter's state entry: ``opt.state[p]["step"]`` stays
+    the tensor the steps update (before, the state dict replaced it with a copy that stopped
+    at the count it had)."""
+    used, late = _two_params()
+    opt = ft.Adam([used, late], lr=0.1)
+    for i in range(5):
+        if i == 2:
+            opt.state_dict()
+        opt.zero_grad()
+        _late_loss("late gradient", i, used, late).backward()
+        opt.step()
+    assert float(opt.state[used]["step"]) == 5 and float(opt.state[late]["step"]) == 3
 
 
 def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm():
@@ -476,15 +570,12 @@ def test_add_param_group_keeps_state():
         for opt, ps in ((ours, [a, b]), (theirs, [ref_a, ref_b])):
             opt.zero_grad()
             sum((p ** 2).sum() for p in ps).backward()
-            if opt is ours and i == 3:
-                with pytest.warns(RuntimeWarning, match=r"own step count \(1\)"):
-                    opt.step()
-            else:
-                opt.step()
-    # (torch keeps a per-parameter step: b starts at step 1; fastopt has one step per arena,
-    # so the added group continues the arena's count: documented, and warned about)
+            opt.step()
+    # (torch keeps a per-parameter step: b starts at step 1, and so does its group here)
     torch.testing.assert_close(a.detach(), ref_a.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(b.detach(), ref_b.detach(), rtol=1e-12, atol=1e-14)
     assert ours._buffers.step == 6 and len(ours._slices) == 2
+    assert float(ours.state[b]["step"]) == 3
 
 
 def _lockstep(model, opt, b, steps, dtype, flat_step):
@@ -835,11 +926,7 @@ def test_8bit_state_survives_add_param_group_also_past_min_8bit_size():
         for _ in range(2):
             opt.zero_grad()
             sum((p ** 2).sum() for p in params).backward()
-            if len(params) == 2 and opt._buffers.step == 2:     # b joins at the arena's 3
-                with pytest.warns(RuntimeWarning, match=r"own step count \(1\)"):
-                    opt.step()
-            else:
-                opt.step()
+            opt.step()                  # (b joins at the arena's 3, at its own 1)
     run([a])
     assert opt._buffers.state_dtype == "float32"
     was = {f: getattr(opt._buffers, f).copy() for f in ("exp_avg", "exp_avg_sq")}

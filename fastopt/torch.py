@@ -489,10 +489,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss                         # GradScaler: a step with infs is skipped
         kwargs = self._step_kwargs()
+        if self._lag:                       # (before grad_scale: kwargs cached as they are)
+            kwargs = self._behind(kwargs, missing)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
-        if self._lag:
-            kwargs = self._behind(kwargs, missing)
         if missing:
             for p in missing:               # an earlier gradient left in the arena must not
                 lo, hi = self._slices[p]    # enter the norm of max_grad_norm
@@ -745,6 +745,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         given = self._given_state(state_dict)
         self._check_state_precision(given)
+        for st in given.values():                    # (checked before anything is loaded)
+            if "step" in st:
+                _count(st["step"], type(self).__name__)
         super().load_state_dict(state_dict)          # torch's checks, groups, casts
         loaded = {p: dict(self.state[p]) for p in self._slices if self.state.get(p)}
         # each parameter's own count: its "step" (torch's SGD keeps none: 1 where it has

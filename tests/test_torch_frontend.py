@@ -435,6 +435,49 @@ def test_state_dicts_with_unequal_step_counts_load_both_ways():
             [9.0, 7.0, 3.0]
 
 
+def test_a_lagging_parameter_under_grad_scaler_keeps_one_prepared_step():
+    """With ``GradScaler`` (a ``grad_scale`` each step) and a parameter behind the arena's
+    count, the lagging groups are made once, not at every step (each new ``fastopt.Groups``
+    would validate the step again), and the result is torch's."""
+    outs = []
+    for mod in (torch.optim, ft):
+        used, late = _two_params()
+        opt = mod.Adam([used, late], lr=0.1)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10, growth_interval=100)
+        prepared = []
+        for i in range(6):
+            opt.zero_grad()
+            scaler.scale(_late_loss("late gradient", i, used, late)).backward()
+            scaler.step(opt)
+            scaler.update()
+            if mod is ft:
+                prepared.append(opt._buffers._prepared)
+        if mod is ft:
+            assert prepared[3] is prepared[4] is prepared[5]
+        outs.append((used.detach(), late.detach()))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 2.5, float("nan")])
+def test_a_state_dict_with_a_bad_step_count_is_refused_before_loading(bad):
+    used, late = _two_params()
+    opt = ft.Adam([used, late], lr=0.1)
+    for i in range(3):
+        opt.zero_grad()
+        _late_loss("late gradient", i, used, late).backward()
+        opt.step()
+    sd = opt.state_dict()
+    sd["state"][1]["step"] = torch.tensor(bad)
+    groups = copy.deepcopy(opt.param_groups)
+    before = {k: v.clone() for k, v in opt.state[late].items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="step count must be a whole number"):
+        opt.load_state_dict(sd)
+    assert opt.param_groups[0]["lr"] == groups[0]["lr"] and opt._buffers.step == 3
+    for k, v in before.items():
+        assert torch.equal(opt.state[late][k], v), k
+
+
 def test_the_state_keeps_counting_after_a_state_dict():
     """``state_dict()`` copies each parameter's state entry: ``opt.state[p]["step"]`` stays
     the tensor the steps update (before, the state dict replaced it with a copy that stopped

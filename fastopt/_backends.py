@@ -11,7 +11,8 @@ dtype or writability change).
 import numpy as np
 
 from . import _threads, config
-from ._spec import distinct, own_step, settled_step
+from ._rows import own_step, settled_step
+from ._spec import distinct
 from .kernels.record import param_copy_kind
 
 BACKENDS = ("numpy", "cpu", "cuda")

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import config
 from ._launch import Launcher
-from ._spec import settled_step
+from ._rows import settled_step
 from .kernels.record import DEVICE_FACTOR, param_copy_kind
 
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '

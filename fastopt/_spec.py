@@ -14,6 +14,7 @@ import operator
 import numpy as np
 
 from ._core import check_flag, check_real
+from ._rows import Behind, own_step
 
 
 def distinct(items):
@@ -28,30 +29,6 @@ def distinct(items):
         if len(unique) == first[id(x)]:
             unique.append(x)
     return unique, which
-
-
-class Behind(dict):
-    """The hyperparameters of a grouped step's row whose group counts ``behind`` fewer steps
-    than its buffers (``fastopt.Groups``' ``steps_behind``): at the buffers' step ``t`` its
-    scalars, options and reference step are those of step ``t - behind`` (:func:`own_step`).
-    Made by the step driver after validation (``_step._Rows.at``); a plain dict otherwise."""
-    __slots__ = ("behind",)
-
-    def __init__(self, hp, behind):
-        super().__init__(hp)
-        self.behind = behind
-
-
-def own_step(hp, t):
-    """The step count the formulas of ``hp`` see at the buffers' step ``t``."""
-    return t - hp.behind if type(hp) is Behind else t
-
-
-def settled_step(rows):
-    """The first step of the buffers from which every row of ``rows`` is past its own first
-    step: the options (which depend on the step only through ``t == 1``) are then those of
-    every later step; before it, each step's own (a plan cached by ``min(t, settled)``)."""
-    return 2 + max((hp.behind for hp in rows if type(hp) is Behind), default=0)
 
 
 @dataclasses.dataclass(frozen=True)

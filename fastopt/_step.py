@@ -28,7 +28,7 @@ import numpy as np
 from . import _backends, config, scaling
 from ._core import (check_8bit_scales, check_flag, check_group, check_param_copy, check_real,
                     check_step, is_cuda_array)
-from ._spec import Behind
+from ._rows import Behind
 
 
 def _device_key(a):
@@ -235,7 +235,7 @@ class _Rows:
 
     def at(self, spec, step, dtype):
         """Each row's hyperparameters at ``step``, validated (errors name the group); a row of
-        a group with ``steps_behind`` as a :class:`fastopt._spec.Behind` (its own count)."""
+        a group with ``steps_behind`` as a :class:`fastopt._rows.Behind` (its own count)."""
         out = []
         for r, (template, schedules) in enumerate(zip(self.templates, self.schedules)):
             if not schedules and self.static is not None:

@@ -1,7 +1,7 @@
 """CPU probe: random CPU-vs-NumPy parity cases (fuzzing) over every registered optimizer, its
 option combinations, float32/float64, state precision (float, bfloat16 nearest or stochastic,
 8-bit with random block sizes), a bfloat16 or float16 ``param_copy`` of float32 parameters,
-clipping / unscaling / skipping, random parameter groups,
+clipping / unscaling / skipping, random parameter groups (some with ``steps_behind``),
 sizes around block and vector boundaries, serial / parallel / default threads, and gradients
 with NaN, inf, huge and subnormal values; 4 steps per case. Every array, scale, step count,
 ``found_inf``, ``skipped_steps`` and ``grad_norm`` must be bitwise equal (NaN's sign and
@@ -81,6 +81,8 @@ def groups_for(rng, spec, n):
             else:
                 continue
             d[h.name] = v
+        if rng.random() < .4:
+            d["steps_behind"] = int(rng.integers(1, 4))     # its own count (may exceed .step)
         gs.append(d)
     return fastopt.Groups(n, gs) if gs else None
 
@@ -131,6 +133,9 @@ def one(case, rng):
         b = spec.buffers_cls.zeros(p0.copy(), np.zeros_like(p0), **zk)
     except Exception as e:
         return f"SETUP {type(e).__name__}: {str(e)[:60]}", None
+    if groups is not None and rng.random() < .7:
+        a.step = b.step = int(rng.integers(1, 4))       # (steps_behind needs steps taken)
+        desc += f" step={a.step}"
     if dtype == np.float32 and rng.random() < .3:
         kind = [np.uint16, np.float16][rng.integers(2)]
         a.param_copy, b.param_copy = np.zeros(n, kind), np.zeros(n, kind)

@@ -168,7 +168,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             if self._buffers.step:
                 for p in self.param_groups[-1]["params"]:   # torch counts their steps from 0
                     self._lag[p] = self._buffers.step
-                    self._own_step(p)
+                    self._set_step(p, self._own_step(p))
+                self._lag_version += 1
 
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
@@ -263,7 +264,13 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._kw_cache = (None, None, False)
         self._exposed = False
         self._step_tensor = torch.tensor(float(b.step))
-        self._own_steps = {}         # a lagging parameter's own step tensor (its state's)
+        # the step tensors of parameters behind the arena's count (state[p]["step"]): one per
+        # lag shared by the parameters stepped with it, and a fixed one each while a
+        # parameter sits steps out; and the stepped lagging parameters, kept while no lag
+        # changes (_stepping)
+        self._counters, self._resting, self._joined = {}, {}, None
+        self._stepping_cache = (None, None)
+        self._lag_version = getattr(self, "_lag_version", 0) + 1
         self._lag_cache = (None, None, None, None)
         self._layout = layout if self._spec.kernel.norm_names else None
         self.state.clear()
@@ -489,8 +496,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss                         # GradScaler: a step with infs is skipped
         kwargs = self._step_kwargs()
+        stepping = None
         if self._lag:                       # (before grad_scale: kwargs cached as they are)
-            kwargs = self._behind(kwargs, missing)
+            stepping = self._stepping(missing)
+            kwargs = self._behind(kwargs, stepping[0])
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
         if missing:
@@ -502,12 +511,29 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             self._restore(saved)
         else:
             self._spec.step_fn(self._buffers, **kwargs)
-        if missing or self._lag:
-            self._count_steps(missing)
+        if missing or stepping:
+            self._count_steps(missing, stepping)
         self._expose_state()
         return loss
 
-    def _behind(self, kwargs, missing):
+    def _stepping(self, missing):
+        """``(key, by_lag)``: the parameters behind the arena's count that have a gradient now,
+        ``key`` a tuple ``((lo, id(p), lag), ...)`` and ``by_lag`` ``{lag: [p, ...]}``; reused
+        while no parameter is missing and no lag changed."""
+        version, made = self._stepping_cache
+        if not missing and version == self._lag_version:
+            return made
+        off = {id(p) for p in missing}
+        on = sorted(((self._slices[p][0], id(p), k), p) for p, k in self._lag.items()
+                    if id(p) not in off)
+        by_lag = {}
+        for (_, _, k), p in on:
+            by_lag.setdefault(k, []).append(p)
+        made = (tuple(key for key, _ in on), by_lag)
+        self._stepping_cache = (None if missing else self._lag_version, made)
+        return made
+
+    def _behind(self, kwargs, stepping):
         """``kwargs`` with each stepped parameter's own step count: torch counts the steps of
         each parameter (those in which it has a gradient), the arena counts its own. The
         parameters that sat out steps (no gradient, or added with ``add_param_group``) form
@@ -519,16 +545,11 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         cache = self._lag_cache
         if cache[0] is not kwargs:          # the groups' values changed (or the first time)
             cache = self._lag_cache = (kwargs, self._count_matters(), None, None)
-        if not cache[1]:
+        if not cache[1] or not stepping:
             return kwargs
-        off = {id(p) for p in missing}
-        behind = tuple(sorted((self._slices[p][0], id(p), k) for p, k in self._lag.items()
-                              if id(p) not in off and self._slices[p][1] > self._slices[p][0]))
-        if not behind:
-            return kwargs
-        if cache[2] == behind:
+        if cache[2] == stepping:
             return cache[3]
-        k_of = {i: k for _, i, k in behind}
+        k_of = {i: k for _, i, k in stepping}
         groups = []
         for g, (start, end), reals in zip(self.param_groups, self._ranges, self._reals):
             rest, by_lag, pos = [], {}, start
@@ -537,6 +558,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 if k is None:
                     continue
                 lo, hi = self._slices[p]
+                if hi == lo:
+                    continue
                 if lo > pos:
                     rest.append((pos, lo))
                 by_lag.setdefault(k, []).append((lo, hi))
@@ -547,7 +570,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 groups.append(dict(reals, ranges=rest))
             groups += [dict(reals, ranges=r, steps_behind=k) for k, r in by_lag.items()]
         lagged = dict(kwargs, groups=Groups(self._buffers.size, groups))
-        self._lag_cache = (kwargs, True, behind, lagged)
+        self._lag_cache = (kwargs, True, stepping, lagged)
         return lagged
 
     def _count_matters(self):
@@ -562,28 +585,48 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 return True
         return False
 
-    def _count_steps(self, missing):
-        """After a step: each parameter that sat it out is one more step behind the arena; the
-        own step tensors (``state[p]["step"]``) of those behind it follow their counts."""
+    def _count_steps(self, missing, stepping):
+        """After a step: each parameter that sat it out is one more step behind the arena (its
+        count, kept in a step tensor of its own while it rests, does not change); the
+        parameters stepped behind the arena's count share one step tensor per lag, set to
+        their count (one ``fill_`` per lag and step, not per parameter)."""
         lag, t = self._lag, self._buffers.step
-        off = set()
-        for p in missing:
-            off.add(id(p))
-            lag[p] = k = lag.get(p, 0) + 1
-            if k == 1:
-                self._own_step(p)           # (made at its count, which a step left out keeps)
-        for p, k in lag.items():
-            if id(p) not in off:
-                self._own_step(p).fill_(float(t - k))
+        if missing:
+            for p in missing:
+                lag[p] = k = lag.get(p, 0) + 1
+                if p not in self._resting:
+                    self._resting[p] = own = torch.tensor(float(t - k))
+                    self._set_step(p, own)
+            self._lag_version += 1
+        if not stepping or not stepping[0]:
+            return
+        key, by_lag = stepping
+        for k in by_lag:
+            self._counter(k)
+        if key != self._joined:             # parameters back from a rest join their lag's
+            for k, ps in by_lag.items():
+                for p in ps:
+                    self._resting.pop(p, None)
+                    self._set_step(p, self._counters[k])
+            self._joined = key
+
+    def _counter(self, k):
+        """The step tensor shared by the parameters ``k`` steps behind that are not resting,
+        set to their count (every parameter that holds it has lag ``k``)."""
+        c = self._counters.get(k)
+        if c is None:
+            c = self._counters[k] = torch.tensor(0.0)
+        c.fill_(float(self._buffers.step - k))
+        return c
 
     def _own_step(self, p):
-        """The step tensor of lagging parameter ``p`` (in its exposed state)."""
-        own = self._own_steps.get(p)
-        if own is None:
-            own = self._own_steps[p] = torch.tensor(float(self._buffers.step - self._lag[p]))
-            if self._exposed:
-                self.state[p]["step"] = own
-        return own
+        """The step tensor of parameter ``p``, behind the arena's count."""
+        own = self._resting.get(p)
+        return own if own is not None else self._counter(self._lag[p])
+
+    def _set_step(self, p, tensor):
+        if self._exposed:
+            self.state[p]["step"] = tensor
 
     def _tensor(self, name):
         """A torch view of the buffers' array ``name`` (host or device), zero-copy; bfloat16

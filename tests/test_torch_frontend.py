@@ -385,6 +385,52 @@ def test_a_parameter_behind_the_arenas_count_steps_with_its_own(name, kw, counte
         assert not opt._count_matters()
 
 
+@pytest.mark.parametrize("name,kw", [("Adam", dict(lr=0.05, weight_decay=0.01)),
+                                     ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.3)),
+                                     ("RMSprop", dict(lr=0.01))])
+def test_parameters_with_gradients_on_random_steps_follow_torch(name, kw):
+    """Eight parameters, each with a gradient on random steps of 14 (some from the start, some
+    late, pausing, two added by ``add_param_group``), a state dict and a deep copy on the way:
+    the parameters, every ``state[p]["step"]`` and the state dict's counts are torch's
+    (the lagging parameters share one step tensor per lag, and have their own while they
+    rest)."""
+    rng = np.random.default_rng(21)
+    has = rng.random((14, 8)) < 0.6
+    torch.manual_seed(4)
+    start = [torch.randn(n, dtype=torch.float64) for n in (5, 7, 3, 9, 4, 6, 8, 2)]
+    runs = []
+    for mod in (torch.optim, ft):
+        ps = [torch.nn.Parameter(x.clone()) for x in start]
+        opt = getattr(mod, name)(ps[:6], **kw)
+        for i in range(14):
+            if i == 5:
+                opt.add_param_group({"params": ps[6:], "lr": 0.02})
+            if i == 8:
+                opt.state_dict()
+            if i == 10 and mod is ft:           # (a copy with its own arena and parameters)
+                ps, opt = copy.deepcopy((ps, opt))
+            opt.zero_grad()
+            live = [j for j in range(8) if has[i, j] and (j < 6 or i >= 5)]
+            if not live:
+                continue
+            sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
+            opt.step()
+        runs.append((ps, opt))
+    (ref, theirs), (ours, mine) = runs
+    for j, (a, b) in enumerate(zip(ref, ours)):
+        torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-12, atol=1e-14,
+                                   msg=f"parameter {j}")
+    counts = [int(sum(has[i, j] and (j < 6 or i >= 5) for i in range(14))) for j in range(8)]
+    own = [float(mine.state[p]["step"]) for p in ours]
+    assert own == [float(c) for c in counts]
+    sd = mine.state_dict()
+    assert {i: float(st["step"]) for i, st in sd["state"].items()} == \
+        {j: float(c) for j, c in enumerate(counts) if c}
+    if "step" in next(iter(theirs.state.values()), {}):
+        assert [float(theirs.state[p]["step"]) for p in ref if theirs.state.get(p)] == \
+            [float(c) for c in counts if c]
+
+
 def test_frozen_parameters_change_no_groups_and_keep_no_state():
     """A parameter that never gets a gradient (frozen) sits out every step: its count stays 0,
     the state dict leaves it out as torch does, and the step keeps one prepared call (the

@@ -14,7 +14,7 @@ import operator
 import numpy as np
 
 from ._core import check_flag, check_real
-from ._rows import Behind, own_step
+from ._rows import own_step
 
 
 def distinct(items):
@@ -192,8 +192,7 @@ class OptimizerSpec:
         """Write the kernel's scalars for step ``t`` into ``out`` (an array of the buffer
         dtype, as :meth:`kernel_scalars` packs them; the names were checked when the step was
         prepared)."""
-        out[:] = self._pick_scalars(self.scalars(hp, t - hp.behind if type(hp) is Behind
-                                                 else t))     # (own_step, inlined)
+        out[:] = self._pick_scalars(self.scalars(hp, own_step(hp, t)))
         return out
 
     def fill_scalar_rows(self, hps, t, out, unique_which=None):

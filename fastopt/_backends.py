@@ -423,7 +423,7 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
             work = plan(rows_now, t, scaled, par)
         table = tables[scaled]
         spec.fill_scalar_rows(rows_now, t, table[:, :n_scalars],
-                              rows_distinct if rows_now is rows else None)
+                              rows_distinct if rows_now is rows else None, settled > 2)
         if scaled:
             table[:, n_scalars] = factor
         if par and not _threads.READY:

@@ -859,7 +859,7 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
         else:
             work = plan(rows_now, t, scaled)
         kernel, segs = work
-        packed = _rows(spec, rows_now, t, st, None if on_device else factor)
+        packed = _rows(spec, rows_now, t, st, None if on_device else factor, settled > 2)
         if prepass is not None:
             packed = prepass(packed, rows_now, t, scaled)
         if on_device:
@@ -869,13 +869,13 @@ def _one_launch(spec, dtype, rows, segments, n, get_kernel, launch, prepass=None
     return run
 
 
-def _rows(spec, hps, t, st, factor=None):
+def _rows(spec, hps, t, st, factor=None, lagging=True):
     """The rows of packed scalars of ``hps`` at step ``t`` as a 2-D array of ``st`` (the
     gradient factor last in each row when given; ``spec.fill_scalar_rows`` computes each
     distinct row once: a row per tensor repeats its group's, :func:`_row_per_segment`)."""
     k = len(spec.kernel.scalars)
     out = np.empty((len(hps), k + (factor is not None)), st)
-    spec.fill_scalar_rows(hps, t, out[:, :k])
+    spec.fill_scalar_rows(hps, t, out[:, :k], lagging=lagging)
     if factor is not None:
         out[:, k] = factor
     return out

@@ -391,8 +391,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             key = tuple(tuple(sorted(r.items())) for r in reals)
             cached_key, groups = self._groups_cache
             if cached_key != key:
-                groups = Groups(self._buffers.size, [
-                    dict(r, range=rng) for r, rng in zip(reals, self._ranges)])
+                groups = self._groups({})
                 self._groups_cache = (key, groups)
             kwargs["groups"] = groups
         if self._layout is not None:
@@ -549,7 +548,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             return kwargs
         if cache[2] == stepping:
             return cache[3]
-        k_of = {i: k for _, i, k in stepping}
+        lagged = dict(kwargs, groups=self._groups({i: k for _, i, k in stepping}))
+        self._lag_cache = (kwargs, True, stepping, lagged)
+        return lagged
+
+    def _groups(self, k_of):
+        """The ``fastopt.Groups`` of the torch parameter groups (their ranges of the arena,
+        their real hyperparameters), each parameter ``id(p)`` in ``k_of`` cut out into a group
+        with ``steps_behind=k_of[id(p)]``."""
         groups = []
         for g, (start, end), reals in zip(self.param_groups, self._ranges, self._reals):
             rest, by_lag, pos = [], {}, start
@@ -569,9 +575,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             if rest:
                 groups.append(dict(reals, ranges=rest))
             groups += [dict(reals, ranges=r, steps_behind=k) for k, r in by_lag.items()]
-        lagged = dict(kwargs, groups=Groups(self._buffers.size, groups))
-        self._lag_cache = (kwargs, True, stepping, lagged)
-        return lagged
+        return Groups(self._buffers.size, groups)
 
     def _count_matters(self):
         """Whether any group's scalars or options depend on the step count (then parameters

@@ -7,8 +7,10 @@
         loss_fn(model(x), y).backward()
         opt.step()                                              # one fused launch, whole model
 
-On construction every parameter is moved into one flat arena (``param.data`` becomes a view of
-it: ``model.state_dict()``, ``named_parameters()`` and hooks keep working) and each gradient is
+On construction every parameter that requires a gradient (or has one) is moved into one flat
+arena (``param.data`` becomes a view of it: ``model.state_dict()``, ``named_parameters()`` and
+hooks keep working; a frozen parameter stays outside, with no state and no cost, until it has
+a gradient: then it comes in, as with ``add_param_group``) and each gradient is
 made a view of one flat gradient arena (a gradient that appears later, at the first ``step()``
 that finds it), so autograd accumulates into it in place. A step is
 then one call of the fastopt step function over the arena, with the parameter groups as
@@ -68,6 +70,7 @@ __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "
            "Lion", "LAMB"]
 
 _BETAS = ("beta1", "beta2")
+_RUNS = 4       # more runs of parameters without a gradient than this: saved through an index
 
 
 def _real(value, name):
@@ -126,7 +129,11 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._spec = registry.get(self._name)
         self._buffers = None
         self._max_grad_norm = max_grad_norm
-        self._lag = {}              # param -> steps it sat out (torch counts each parameter's)
+        # torch counts each parameter's steps (those in which it has a gradient), the arena
+        # its own: _lag holds how many steps behind the arena a parameter stepped now is, and
+        # _rest the count of each parameter that sat the last step out (fixed while it rests;
+        # its lag grows by one a step, at no cost); _rest_key: the ids of those parameters
+        self._lag, self._rest, self._rest_key = {}, {}, ()
         super().__init__(params, defaults)
         for group in self.param_groups:
             self._hyper(group)              # every group's values checked now, as torch does
@@ -161,15 +168,19 @@ class _FastoptOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ arenas
     def add_param_group(self, param_group):
+        """torch's ``add_param_group``; a group refused (a value out of range, a parameter of
+        another dtype or device, a sparse gradient) leaves the optimizer as it was."""
+        n = len(self.param_groups)
         super().add_param_group(param_group)
-        if self._buffers is not None:       # (torch's __init__ adds the first groups)
+        if self._buffers is None:           # (torch's __init__ adds the first groups)
+            return
+        try:
             self._hyper(self.param_groups[-1])
-            self._build()
-            if self._buffers.step:
-                for p in self.param_groups[-1]["params"]:   # torch counts their steps from 0
-                    self._lag[p] = self._buffers.step
-                    self._set_step(p, self._own_step(p))
-                self._lag_version += 1
+            self._check_params(self._params())
+        except BaseException:
+            del self.param_groups[n:]
+            raise
+        self._build()                       # (torch counts the new parameters' steps from 0)
 
     def _params(self):
         return [p for g in self.param_groups for p in g["params"]]
@@ -189,6 +200,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                                 f"{p.dtype}")
             if p.is_sparse:
                 raise TypeError(f"{where}: sparse parameters are not supported")
+            if p.grad is not None and p.grad.is_sparse:
+                raise TypeError(f"{where}: sparse gradients are not supported")
         if len(dtypes) > 1:
             raise TypeError(f"{where}: all parameters must share one dtype (one flat "
                             f"arena), got {sorted(map(str, dtypes))}")
@@ -208,20 +221,29 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                                           f"on CUDA arrays")
         return dtype, device
 
-    def _build(self):
+    def _build(self, include=()):
         """(Re)build the arenas and the fastopt buffers from ``param_groups``; the values of
         parameters, gradients and state already held are carried over. With 8-bit state every
         parameter starts on a block boundary (zeros between them), so no block spans two
-        parameters: each parameter's codes and scales are its own."""
+        parameters: each parameter's codes and scales are its own. A parameter that does not
+        require a gradient and has none (frozen) stays outside the arena, with no state and
+        no cost, until it has a gradient (``_outside``; those in ``include``, with loaded
+        state, come in); one that was in stays in."""
         params = self._params()
         dtype, device = self._check_params(params)
         old = self._buffers
         old_slices = getattr(self, "_slices", {})
+        inside = {id(p) for p in params if p.requires_grad or p.grad is not None
+                  or p in old_slices or p in include}
+        self._outside = [p for p in params if id(p) not in inside]
+        params = [p for p in params if id(p) in inside]
         align = self._state_kw.get("block_size", 1)
         slices, ranges, layout, off = {}, [], [], 0
         for g in self.param_groups:
             start = off
             for p in g["params"]:
+                if id(p) not in inside:
+                    continue
                 lo = -(-off // align) * align
                 if lo > off:
                     layout.append(lo - off)         # padding: a "tensor" of zeros for LAMB
@@ -235,10 +257,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         for p in params:
             lo, hi = slices[p]
             flat_p[lo:hi].copy_(p.detach().reshape(-1))
-            if p.grad is not None:
-                if p.grad.is_sparse:
-                    raise TypeError(f"fastopt.torch.{type(self).__name__}: sparse gradients "
-                                    f"are not supported")
+            if p.grad is not None:          # (not sparse: _check_params)
                 flat_g[lo:hi].copy_(p.grad.detach().reshape(-1))
         views = []
         with torch.no_grad():
@@ -252,6 +271,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
         self._views = views          # (param, its gradient view, where its values live);
         #                              p.grad is the view when not None
+        self._order = {id(p): i for i, (p, _, _) in enumerate(views)}
+        self._resting_cache = None
+        self._quiet = None
         self._ranges = ranges
         hps = [self._hyper(g) for g in self.param_groups]
         options = dict(self._state_options(hps), **self._state_kw)
@@ -262,18 +284,28 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             self._carry_state(old, old_slices)
         self._groups_cache = (None, None)
         self._kw_cache = (None, None, False)
-        self._exposed = False
         self._step_tensor = torch.tensor(float(b.step))
         # the step tensors of parameters behind the arena's count (state[p]["step"]): one per
         # lag shared by the parameters stepped with it, and a fixed one each while a
         # parameter sits steps out; and the stepped lagging parameters, kept while no lag
         # changes (_stepping)
         self._counters, self._resting, self._joined = {}, {}, None
+        for p, count in getattr(self, "_rest", {}).items():    # resting: a lag again
+            if b.step - count:
+                self._lag[p] = b.step - count
+        self._rest, self._rest_key = {}, ()
+        if old is not None and b.step:      # new in the arena: torch counts from 0
+            for p in params:
+                if p not in old_slices:
+                    self._lag.setdefault(p, b.step)
+        if hasattr(self, "_lag"):
+            self._lag = {p: k for p, k in self._lag.items() if p in slices}
         self._stepping_cache = (None, None)
         self._lag_version = getattr(self, "_lag_version", 0) + 1
         self._lag_cache = (None, None, None, None)
         self._layout = layout if self._spec.kernel.norm_names else None
         self.state.clear()
+        self._unshown = set(slices)     # parameters not stepped yet: no self.state[p] (torch)
         if b.step:
             self._expose_state()
 
@@ -446,6 +478,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             f"set values in place (with torch.no_grad(): p.copy_(new)).")
 
     def zero_grad(self, set_to_none=True):
+        for p in self._outside:             # (outside the arena: torch's way)
+            if p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
         if set_to_none:
             for p, _, _ in self._views:
                 p.grad = None
@@ -487,6 +525,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self._outside and any(p.grad is not None for p in self._outside):
+            self._build()                   # a frozen parameter has a gradient: it comes in
         missing = self._sync_grads()
         if len(missing) == len(self._views):
             return loss
@@ -495,41 +535,117 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if found_inf is not None and float(found_inf) != 0:
             return loss                         # GradScaler: a step with infs is skipped
         kwargs = self._step_kwargs()
+        where = self._resting_elements(missing) if missing else None
+        key = where[0] if missing else ()
+        if key != self._rest_key:
+            self._settle(missing, key)
         stepping = None
         if self._lag:                       # (before grad_scale: kwargs cached as they are)
-            stepping = self._stepping(missing)
+            stepping = self._stepping()
             kwargs = self._behind(kwargs, stepping[0])
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
         if missing:
-            for p in missing:               # an earlier gradient left in the arena must not
-                lo, hi = self._slices[p]    # enter the norm of max_grad_norm
-                self._flat_g[lo:hi].zero_()
-            saved = self._save(missing)
+            self._zero_grads(where)     # an earlier gradient left in the arena must not enter
+            saved = self._save(where)   # the norm of max_grad_norm nor the finiteness check
             self._spec.step_fn(self._buffers, **kwargs)
-            self._restore(saved)
+            self._restore(where, saved)
         else:
             self._spec.step_fn(self._buffers, **kwargs)
-        if missing or stepping:
-            self._count_steps(missing, stepping)
-        self._expose_state()
+        if stepping:
+            self._count_steps(stepping)
+        self._expose_state(key)
         return loss
 
-    def _stepping(self, missing):
-        """``(key, by_lag)``: the parameters behind the arena's count that have a gradient now,
-        ``key`` a tuple ``((lo, id(p), lag), ...)`` and ``by_lag`` ``{lag: [p, ...]}``; reused
-        while no parameter is missing and no lag changed."""
-        version, made = self._stepping_cache
-        if not missing and version == self._lag_version:
+    def _settle(self, missing, key):
+        """The parameters without a gradient now (``missing``, ids ``key``) rest: each keeps
+        its count (and a step tensor of its own with it, in ``state[p]["step"]``); those back
+        from a rest are behind the arena's count by the steps they sat out. Only when the set
+        changes: a frozen parameter costs nothing a step. (Counts are unchanged by this, so a
+        step that raises after it leaves them right.)"""
+        t, rest, lag = self._buffers.step, self._rest, self._lag
+        off = set(key)
+        for p in [p for p in rest if id(p) not in off]:
+            k = t - rest.pop(p)
+            if k:
+                lag[p] = k
+        for p in missing:
+            if p not in rest:
+                rest[p] = count = t - lag.pop(p, 0)
+                self._resting[p] = own = torch.tensor(float(count))
+                self._set_step(p, own)
+        self._rest_key = key
+        self._lag_version += 1
+
+    def _count_of(self, p):
+        """Parameter ``p``'s own step count (0 outside the arena)."""
+        if p not in self._slices:
+            return 0
+        count = self._rest.get(p)
+        return count if count is not None else self._buffers.step - self._lag.get(p, 0)
+
+    def _resting_elements(self, missing):
+        """The arena's elements of the parameters without a gradient, ``(key, runs, index,
+        blocks)``: ``runs`` the ranges of neighbouring such parameters merged (padding between
+        them included: it is zeros and stays so); with more than ``_RUNS`` runs, ``index`` the
+        elements as one index tensor and ``blocks`` (8-bit state) their blocks as an index
+        array, so that saving and restoring them costs a few operations however many
+        parameters sit the step out (frozen layers). Made again only when the set changes."""
+        key = tuple(map(id, missing))
+        made = self._resting_cache
+        if made is not None and made[0] == key:
             return made
-        off = {id(p) for p in missing}
-        on = sorted(((self._slices[p][0], id(p), k), p) for p, k in self._lag.items()
-                    if id(p) not in off)
+        order, runs, last = self._order, [], None
+        for p in missing:
+            i = order[id(p)]
+            lo, hi = self._slices[p]
+            if runs and i == last + 1:
+                runs[-1][1] = hi
+            else:
+                runs.append([lo, hi])
+            last = i
+        index = blocks = None
+        if len(runs) > _RUNS:
+            index = np.concatenate([np.arange(lo, hi) for lo, hi in runs])
+            if self._flat_p.device.type != "cpu":
+                index = torch.from_numpy(index).to(self._flat_p.device)
+            if self._buffers.state_absmax is not None:
+                size = self._buffers.block_size
+                blocks = np.concatenate([np.arange(lo // size, -(-hi // size))
+                                         for lo, hi in runs])
+        made = self._resting_cache = (key, [tuple(r) for r in runs], index, blocks)
+        return made
+
+    def _zero_grads(self, where):
+        _, runs, index, _ = where
+        g = self._arrays(["grad"])[0]
+        if index is not None:
+            g[index] = 0
+        else:
+            for lo, hi in runs:
+                g[lo:hi] = 0
+
+    def _arrays(self, names):
+        """The buffers' arrays ``names``: NumPy arrays on the host (a copy or a slice of one
+        costs less than torch's), torch views on a device."""
+        b = self._buffers
+        if self._flat_p.device.type == "cpu":
+            return [getattr(b, n) for n in names]
+        return [self._tensor(n) for n in names]
+
+    def _stepping(self):
+        """``(key, by_lag)``: the parameters behind the arena's count that have a gradient now
+        (those in ``_lag``: the resting ones are in ``_rest``), ``key`` a tuple ``((lo, id(p),
+        lag), ...)`` and ``by_lag`` ``{lag: [p, ...]}``; reused while no lag changed."""
+        version, made = self._stepping_cache
+        if version == self._lag_version:
+            return made
+        on = sorted(((self._slices[p][0], id(p), k), p) for p, k in self._lag.items())
         by_lag = {}
         for (_, _, k), p in on:
             by_lag.setdefault(k, []).append(p)
         made = (tuple(key for key, _ in on), by_lag)
-        self._stepping_cache = (None if missing else self._lag_version, made)
+        self._stepping_cache = (self._lag_version, made)
         return made
 
     def _behind(self, kwargs, stepping):
@@ -589,20 +705,11 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 return True
         return False
 
-    def _count_steps(self, missing, stepping):
-        """After a step: each parameter that sat it out is one more step behind the arena (its
-        count, kept in a step tensor of its own while it rests, does not change); the
-        parameters stepped behind the arena's count share one step tensor per lag, set to
-        their count (one ``fill_`` per lag and step, not per parameter)."""
-        lag, t = self._lag, self._buffers.step
-        if missing:
-            for p in missing:
-                lag[p] = k = lag.get(p, 0) + 1
-                if p not in self._resting:
-                    self._resting[p] = own = torch.tensor(float(t - k))
-                    self._set_step(p, own)
-            self._lag_version += 1
-        if not stepping or not stepping[0]:
+    def _count_steps(self, stepping):
+        """After a step: the parameters stepped behind the arena's count share one step tensor
+        per lag, set to their count (one ``fill_`` per lag and step, not per parameter); the
+        resting ones keep theirs (:meth:`_settle`)."""
+        if not stepping[0]:
             return
         key, by_lag = stepping
         for k in by_lag:
@@ -625,11 +732,11 @@ class _FastoptOptimizer(torch.optim.Optimizer):
 
     def _own_step(self, p):
         """The step tensor of parameter ``p``, behind the arena's count."""
-        own = self._resting.get(p)
+        own = self._resting.get(p) if p in self._rest else None
         return own if own is not None else self._counter(self._lag[p])
 
     def _set_step(self, p, tensor):
-        if self._exposed:
+        if p not in self._unshown:
             self.state[p]["step"] = tensor
 
     def _tensor(self, name):
@@ -643,47 +750,68 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             return t.view(torch.bfloat16) if a.dtype == np.uint16 else t
         return torch.as_tensor(a, device=self._flat_p.device)
 
-    def _save(self, params):
-        """Copies of what a step would change for ``params`` (their elements of every array
-        but the gradient; with 8-bit state, their blocks' scales too)."""
+    def _save(self, where):
+        """Copies of what a step would change in the elements ``where``
+        (:meth:`_resting_elements`): every array but the gradient, with 8-bit state the
+        scales of their blocks too."""
+        _, runs, index, blocks = where
         b = self._buffers
-        names = [n for n in b.arrays() if n != "grad"]
-        out = []
-        for p in params:
-            lo, hi = self._slices[p]
-            arrays = {n: self._tensor(n)[lo:hi].clone() for n in names}
-            scales = {}
-            if b.state_absmax is not None:
-                blo, bhi = self._blocks(p)
-                scales = {f: s[blo:bhi].copy() for f, s in b.state_absmax.items()}
-            out.append((lo, hi, arrays, scales))
-        return out
+        arrays = self._arrays([n for n in b.arrays() if n != "grad"])
+        if index is not None:
+            saved = [a[index] for a in arrays]
+        else:
+            saved = [[a[lo:hi].clone() if isinstance(a, torch.Tensor) else a[lo:hi].copy()
+                      for lo, hi in runs] for a in arrays]
+        scales = []
+        if b.state_absmax is not None:
+            for s in b.state_absmax.values():
+                if blocks is not None:
+                    scales.append(s[blocks])
+                else:
+                    size = b.block_size
+                    scales.append([s[lo // size:-(-hi // size)].copy() for lo, hi in runs])
+        return arrays, saved, scales
 
-    def _restore(self, saved):
+    def _restore(self, where, saved):
+        _, runs, index, blocks = where
+        arrays, values, scales = saved
+        for a, v in zip(arrays, values):
+            if index is not None:
+                a[index] = v
+            else:
+                for (lo, hi), part in zip(runs, v):
+                    a[lo:hi] = part
         b = self._buffers
-        for lo, hi, arrays, scales in saved:
-            for n, a in arrays.items():
-                self._tensor(n)[lo:hi].copy_(a)
-            if scales:
-                block = b.block_size
-                for f, s in scales.items():
-                    b.state_absmax[f][lo // block:lo // block + s.shape[0]] = s
+        for s, v in zip(b.state_absmax.values() if scales else (), scales):
+            if blocks is not None:
+                s[blocks] = v
+            else:
+                size = b.block_size
+                for (lo, hi), part in zip(runs, v):
+                    s[lo // size:-(-hi // size)] = part
 
     # ------------------------------------------------------------------ state
     def _state_tensor(self, name, p):
         lo, hi = self._slices[p]
         return self._tensor(name)[lo:hi].view_as(p)
 
-    def _expose_state(self):
-        """``self.state[p]``: views of the arena's state under torch's names, made once; the
-        step count, one tensor shared by every parameter, updated in place (a parameter behind
-        the arena's count: its own, :meth:`_own_step`)."""
+    def _expose_state(self, missing=None):
+        """``self.state[p]`` of each parameter stepped at least once: views of the arena's
+        state under torch's names, made once per parameter (a parameter not stepped yet has
+        none, as in torch); the step count, one tensor shared by every parameter, updated in
+        place (a parameter behind the arena's count: its own, :meth:`_own_step`). ``missing``:
+        the ids of the parameters the step just made left out (None: not after a step)."""
         b = self._buffers
         self._step_tensor.fill_(float(b.step))
-        if self._exposed:
+        if not self._unshown or (missing is not None and missing == self._quiet):
+            return
+        new = [p for p in self._unshown if self._count_of(p)]
+        if not new:
+            self._quiet = missing   # the same parameters missing again: none stepped
             return
         fields = [f for f in b.state_fields if getattr(b, f) is not None]
-        for p in self._slices:
+        for p in new:
+            self._unshown.discard(p)
             st = self.state[p]
             for f in fields:
                 st[f] = self._state_tensor(f, p)
@@ -692,10 +820,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 for f in fields:
                     st[f + "_absmax"] = torch.from_numpy(b.state_absmax[f][blo:bhi])
                 st["block_size"] = b.block_size
-            st["step"] = self._step_tensor
-        for p in self._lag:
-            self.state[p]["step"] = self._own_step(p)
-        self._exposed = True
+            st["step"] = (self._own_step(p) if p in self._lag or p in self._rest
+                          else self._step_tensor)
 
     def state_dict(self):
         """torch's format: each parameter's state with its own step count (one step tensor
@@ -710,7 +836,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         state, counts = {}, {}
         for i, (g, p) in enumerate((g, p) for g in self.param_groups for p in g["params"]):
             st = sd["state"].get(i)
-            count = b.step - self._lag.get(p, 0)
+            count = self._count_of(p)
             if st is None or not count:
                 continue
             # (a copy: torch's state_dict holds self.state's own dicts, whose step tensors
@@ -774,7 +900,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                         f"{note})")
                 if held != "int8":
                     continue
-                blo, bhi = self._blocks(p)
+                blocks = -(-p.numel() // b.block_size)  # (each parameter starts a block)
                 scales = st.get(f + "_absmax")
                 problem = None
                 if st.get("block_size") != b.block_size:
@@ -783,8 +909,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 elif st[f].numel() != p.numel():
                     problem = f"{st[f].numel()} codes for a parameter of {p.numel()} elements"
                 elif (not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32
-                      or scales.numel() != bhi - blo):
-                    problem = (f"{f + '_absmax'!r} must be {bhi - blo} float32 scales, got "
+                      or scales.numel() != blocks):
+                    problem = (f"{f + '_absmax'!r} must be {blocks} float32 scales, got "
                                f"{_describe(scales)}")
                 if problem:
                     raise ValueError(f"{where}: 8-bit state {f!r}: {problem}")
@@ -796,15 +922,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             if "step" in st:
                 _count(st["step"], type(self).__name__)
         super().load_state_dict(state_dict)          # torch's checks, groups, casts
-        loaded = {p: dict(self.state[p]) for p in self._slices if self.state.get(p)}
+        loaded = {p: dict(self.state[p]) for p in self._params() if self.state.get(p)}
         # each parameter's own count: its "step" (torch's SGD keeps none: 1 where it has
         # state), 0 without state; the arena counts the most, the others are behind it
         counts = {p: (_count(s["step"], type(self).__name__) if "step" in s else 1)
                   for p, s in loaded.items()}
         self.state.clear()
         self._buffers = None
-        self._build()                                # state options of the loaded groups
-        self._exposed = False
+        self._build(include=loaded)                  # state options of the loaded groups
         b = self._buffers
         b.step = max(counts.values(), default=0)
         self._lag = {p: b.step - counts.get(p, 0) for p in self._slices

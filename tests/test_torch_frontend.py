@@ -387,17 +387,18 @@ def test_a_parameter_behind_the_arenas_count_steps_with_its_own(name, kw, counte
 def test_parameters_with_gradients_on_random_steps_follow_torch(name, kw):
     """Eight parameters, each with a gradient on random steps of 14 (some from the start, some
     late, pausing, two added by ``add_param_group``), a state dict and a deep copy on the way:
-    the parameters, every ``state[p]["step"]`` and the state dict's counts are torch's
-    (the lagging parameters share one step tensor per lag, and have their own while they
-    rest)."""
+    the parameters, every ``state[p]["step"]``, the state dict's counts and which parameters
+    have an ``opt.state`` entry after each step are torch's (the lagging parameters share one
+    step tensor per lag, and have their own while they rest)."""
     rng = np.random.default_rng(21)
     has = rng.random((14, 8)) < 0.6
     torch.manual_seed(4)
     start = [torch.randn(n, dtype=torch.float64) for n in (5, 7, 3, 9, 4, 6, 8, 2)]
-    runs = []
+    runs, held = [], []
     for mod in (torch.optim, ft):
         ps = [torch.nn.Parameter(x.clone()) for x in start]
         opt = getattr(mod, name)(ps[:6], **kw)
+        held.append([])
         for i in range(14):
             if i == 5:
                 opt.add_param_group({"params": ps[6:], "lr": 0.02})
@@ -411,7 +412,9 @@ def test_parameters_with_gradients_on_random_steps_follow_torch(name, kw):
                 continue
             sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
             opt.step()
+            held[-1].append([j for j, p in enumerate(ps) if opt.state.get(p)])
         runs.append((ps, opt))
+    assert held[1] == held[0] and held[0][0] != list(range(6))
     (ref, theirs), (ours, mine) = runs
     for j, (a, b) in enumerate(zip(ref, ours)):
         torch.testing.assert_close(b.detach(), a.detach(), rtol=1e-12, atol=1e-14,
@@ -427,13 +430,14 @@ def test_parameters_with_gradients_on_random_steps_follow_torch(name, kw):
             [float(c) for c in counts if c]
 
 
-def test_frozen_parameters_change_no_groups_and_keep_no_state():
-    """A parameter that never gets a gradient (frozen) sits out every step: its count stays 0,
-    the state dict leaves it out as torch does, and the step keeps one prepared call (the
+def test_unused_parameters_change_no_groups_and_keep_no_state():
+    """A parameter that never gets a gradient (in the arena: it requires one, but the loss
+    does not use it) sits out every step: its count stays 0, it has no ``opt.state`` entry
+    and the state dict leaves it out, as in torch, and the step keeps one prepared call (the
     lagging parameters' groups are made again only when the stepped set changes)."""
-    used, frozen = _two_params()
-    frozen.requires_grad_(False)
-    opt = ft.Adam([used, frozen], lr=0.1)
+    used, unused = _two_params()
+    opt = ft.Adam([used, unused], lr=0.1)
+    assert unused in opt._slices
     prepared = []
     for _ in range(4):
         opt.zero_grad()
@@ -441,8 +445,63 @@ def test_frozen_parameters_change_no_groups_and_keep_no_state():
         opt.step()
         prepared.append(opt._buffers._prepared)
     assert prepared[1] is prepared[2] is prepared[3]
-    assert opt._lag[frozen] == 4 and float(opt.state[frozen]["step"]) == 0
+    assert opt._count_of(unused) == 0 and opt._count_of(used) == 4
+    assert unused not in opt.state and used in opt.state
     assert list(opt.state_dict()["state"]) == [0]
+
+
+@pytest.mark.parametrize("state_dtype", [None, "int8"])
+def test_a_frozen_parameter_stays_outside_the_arena_until_it_has_a_gradient(state_dtype):
+    """A parameter that does not require a gradient when the optimizer is built (a frozen
+    layer) stays out of the arena: no state, no elements stepped and restored, its values
+    where they were. Unfrozen, it comes in with its first gradient and steps from count 1:
+    bit for bit an optimizer of its own per parameter, torch's parameters and counts (float
+    state), and a state dict that holds a frozen parameter's state brings it into the arena
+    of a new optimizer."""
+    kw = dict(lr=0.05, weight_decay=0.01)
+    if state_dtype:
+        kw.update(state_dtype="int8", block_size=8, min_8bit_size=0)
+    torch.manual_seed(6)
+    start = [torch.randn(n) for n in (9, 20, 5)]
+    ps, own, ref = ([torch.nn.Parameter(x.clone()) for x in start] for _ in range(3))
+    ps[1].requires_grad_(False)
+    before = ps[1].data_ptr()
+    opt = ft.Adam(ps, **kw)
+    alone = [ft.Adam([q], **kw) for q in own]
+    theirs = torch.optim.Adam(ref, lr=0.05, weight_decay=0.01)
+    assert opt._buffers.size == (21 if state_dtype else 14)   # (9 and 5; blocks of 8)
+    assert ps[1] not in opt._slices and ps[1].data_ptr() == before
+    for i in range(6):
+        live = [0, 1, 2] if i >= 3 else [0, 2]
+        if i == 3:
+            ps[1].requires_grad_(True)
+        for o, qs, each in ((opt, ps, False), (theirs, ref, False), (alone, own, True)):
+            for j in live:
+                qs[j].grad = None
+            sum((qs[j] ** 2).sum() * (j + 1) for j in live).backward()
+            for j in (live if each else [None]):
+                o[j].step() if each else o.step()
+        if i == 2:
+            assert ps[1] not in opt.state and opt._outside == [ps[1]]
+            assert torch.equal(ps[1].detach(), start[1])
+    assert opt._outside == [] and ps[1] in opt._slices
+    for j in range(3):
+        assert torch.equal(ps[j].detach(), own[j].detach()), j
+        if not state_dtype:
+            torch.testing.assert_close(ps[j].detach(), ref[j].detach(), rtol=1e-5, atol=1e-6)
+    counts = [6.0, 3.0, 6.0]
+    for o in (opt, theirs):
+        assert [float(o.state_dict()["state"][i]["step"]) for i in range(3)] == counts
+    # a state dict with the frozen parameter's state: a new optimizer takes it in
+    fresh = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    fresh[1].requires_grad_(False)
+    again = ft.Adam(fresh, **kw)
+    assert fresh[1] not in again._slices
+    again.load_state_dict(opt.state_dict())
+    assert fresh[1] in again._slices
+    for k, v in opt.state[ps[1]].items():
+        got = again.state[fresh[1]][k]
+        assert torch.equal(got, v) if torch.is_tensor(v) else got == v, k
 
 
 def test_state_dicts_with_unequal_step_counts_load_both_ways():
@@ -535,27 +594,31 @@ def test_the_state_keeps_counting_after_a_state_dict():
     assert float(opt.state[used]["step"]) == 5 and float(opt.state[late]["step"]) == 3
 
 
-def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm():
+@pytest.mark.parametrize("dropped", [1, 6])
+def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm(dropped):
     """``max_grad_norm`` clips by the norm of the gradients the step has: a parameter whose
     gradient is ``None`` now (it had one before, which the arena still held) adds nothing, as
-    ``clip_grad_norm_`` over the parameters with a gradient, then torch's Adam."""
+    ``clip_grad_norm_`` over the parameters with a gradient, then torch's Adam (one such
+    parameter, and six between parameters with gradients: more runs than ``_RUNS``)."""
     outs = []
     for fused in (False, True):
-        used, dropped = _two_params()
-        opt = ft.Adam([used, dropped], lr=0.1, max_grad_norm=1.0) if fused else \
-            torch.optim.Adam([used, dropped], lr=0.1)
+        torch.manual_seed(2)
+        ps = [torch.nn.Parameter(torch.randn(5 + j, dtype=torch.float64))
+              for j in range(2 * dropped + 1)]
+        used, gone = ps[0::2], ps[1::2]
+        opt = ft.Adam(ps, lr=0.1, max_grad_norm=1.0) if fused else \
+            torch.optim.Adam(ps, lr=0.1)
         for i in range(3):
             opt.zero_grad()
-            loss = 10 * (used ** 2).sum()
+            loss = sum(10 * (p ** 2).sum() for p in used)
             if i == 0:
-                loss = loss + 100 * (dropped ** 2).sum()
+                loss = loss + sum(100 * (p ** 2).sum() for p in gone)
             loss.backward()
             if not fused:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for p in (used, dropped) if p.grad is not None], 1.0)
+                torch.nn.utils.clip_grad_norm_([p for p in ps if p.grad is not None], 1.0)
             opt.step()
-        assert dropped.grad is None
-        outs.append((used.detach().clone(), dropped.detach().clone()))
+        assert all(p.grad is None for p in gone)
+        outs.append([p.detach().clone() for p in ps])
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
@@ -661,6 +724,82 @@ def test_add_param_group_keeps_state():
     torch.testing.assert_close(b.detach(), ref_b.detach(), rtol=1e-12, atol=1e-14)
     assert ours._buffers.step == 6 and len(ours._slices) == 2
     assert float(ours.state[b]["step"]) == 3
+
+
+@pytest.mark.parametrize("state_dtype", [None, "bfloat16", "int8"])
+@pytest.mark.parametrize("resting", [(2, 3, 7, 8, 9), (1, 3, 5, 7, 9, 11)],
+                         ids=["2 runs", "6 runs"])
+def test_parameters_without_gradients_keep_every_bit(state_dtype, resting):
+    """Parameters that sit steps out (frozen for a while, in runs of neighbours saved as
+    slices, or in more runs than ``_RUNS``, saved through one index) keep their values and
+    state bit for bit (8-bit: codes and scales), and every parameter ends where an optimizer
+    of its own, stepped only when it has a gradient, puts it."""
+    kw = dict(lr=0.05, weight_decay=0.01)
+    if state_dtype:
+        kw["state_dtype"] = state_dtype
+    if state_dtype == "int8":
+        kw.update(block_size=8, min_8bit_size=0)
+    torch.manual_seed(5)
+    start = [torch.randn(n) for n in (5, 9, 16, 7, 3, 12, 8, 6, 11, 4, 10, 13)]
+    ps = [torch.nn.Parameter(x.clone()) for x in start]
+    own = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = ft.Adam(ps, **kw)
+    alone = [ft.Adam([q], **kw) for q in own]
+    for i in range(9):
+        live = [j for j in range(12) if not (3 <= i < 7 and j in resting)]
+        if i == 3:
+            kept = {j: {k: v.clone() if torch.is_tensor(v) else v
+                        for k, v in opt.state[ps[j]].items()} for j in resting}
+            values = {j: ps[j].detach().clone() for j in resting}
+        opt.zero_grad()
+        sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
+        opt.step()
+        for j in live:
+            alone[j].zero_grad()
+            ((own[j] ** 2).sum() * (j + 1)).backward()
+            alone[j].step()
+        if i == 6:                  # (before the rested parameters step again)
+            assert (opt._resting_cache[2] is None) == (len(resting) == 5)
+            for j in resting:
+                assert torch.equal(ps[j].detach(), values[j])
+                for k, v in kept[j].items():
+                    got = opt.state[ps[j]][k]
+                    assert torch.equal(got, v) if torch.is_tensor(v) else got == v, (j, k)
+    for j in range(12):
+        assert torch.equal(ps[j].detach(), own[j].detach()), j
+        for k, v in alone[j].state[own[j]].items():
+            got = opt.state[ps[j]][k]
+            assert torch.equal(got, v) if torch.is_tensor(v) else got == v, (j, k)
+
+
+@pytest.mark.parametrize("bad", ["dtype", "lr", "sparse gradient", "duplicate"])
+def test_a_refused_param_group_leaves_the_optimizer_as_it_was(bad):
+    """``add_param_group`` with a group fastopt cannot take raises and changes nothing: the
+    optimizer keeps its groups and steps on as one that never saw the group (before, the
+    group stayed in ``param_groups`` outside the arena and the next step failed)."""
+    runs = []
+    for tried in (False, True):
+        torch.manual_seed(0)
+        a = torch.nn.Parameter(torch.randn(6))
+        opt = ft.Adam([a], lr=0.1)
+        for i in range(4):
+            if i == 2 and tried:
+                extra = torch.nn.Parameter(torch.randn(3, dtype=torch.float64
+                                                       if bad == "dtype" else torch.float32))
+                group = {"params": [a if bad == "duplicate" else extra]}
+                if bad == "lr":
+                    group["lr"] = -1.0
+                if bad == "sparse gradient":
+                    extra.grad = torch.sparse_coo_tensor([[0]], [1.0], (3,))
+                with pytest.raises((TypeError, ValueError)):
+                    opt.add_param_group(group)
+                assert len(opt.param_groups) == 1
+            opt.zero_grad()
+            (a ** 2).sum().backward()
+            opt.step()
+        runs.append((a.detach().clone(), opt.state_dict()))
+    assert torch.equal(runs[0][0], runs[1][0])
+    assert runs[0][1]["param_groups"] == runs[1][1]["param_groups"]
 
 
 def _lockstep(model, opt, b, steps, dtype, flat_step):

@@ -97,6 +97,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if state_dtype not in (None, "bfloat16", "int8"):
             raise ValueError(f"{where}: state_dtype must be None (the parameters' dtype), "
                              f"'bfloat16' or 'int8', got {state_dtype!r}")
+        if max_grad_norm is not None:       # (checked now, as torch checks its arguments)
+            from ._step import check_loop
+            try:
+                max_grad_norm = check_loop((max_grad_norm, None, False))[0]
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{where}: {e}") from None
         if stochastic_rounding and state_dtype != "bfloat16":
             raise ValueError(f"{where}: stochastic_rounding needs state_dtype='bfloat16'")
         for name, value, low, default in (("block_size", block_size, 1, 256),
@@ -569,6 +575,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             k = t - rest.pop(p)
             if k:
                 lag[p] = k
+            else:                           # (a rest without a step: a step that raised)
+                self._resting.pop(p, None)
+                self._set_step(p, self._step_tensor)
         for p in missing:
             if p not in rest:
                 rest[p] = count = t - lag.pop(p, 0)

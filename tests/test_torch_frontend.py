@@ -430,6 +430,45 @@ def test_parameters_with_gradients_on_random_steps_follow_torch(name, kw):
             [float(c) for c in counts if c]
 
 
+def test_a_step_that_raises_changes_no_counts():
+    """A step whose kernel call raises (here: made to) after a parameter without a gradient
+    was set to rest changes no count: the parameter back with a gradient steps with the
+    arena's count and its ``state[p]["step"]`` follows it, as torch's that never saw the
+    failed step."""
+    class Failing:
+        def __init__(self, spec):
+            self.spec, self.fail = spec, True
+
+        def __getattr__(self, name):
+            return getattr(self.spec, name)
+
+        def step_fn(self, *args, **kwargs):
+            if self.fail:
+                self.fail = False
+                raise RuntimeError("interrupted")
+            return self.spec.step_fn(*args, **kwargs)
+
+    runs = []
+    for mod in (torch.optim, ft):
+        a, b = _two_params()
+        opt = mod.Adam([a, b], lr=0.1)
+        for i in range(4):
+            opt.zero_grad()
+            ((a ** 2).sum() + (0 if i == 1 else (b ** 2).sum())).backward()
+            if i == 1:
+                if mod is ft:
+                    opt._spec = Failing(opt._spec)
+                    with pytest.raises(RuntimeError, match="interrupted"):
+                        opt.step()
+                continue
+            opt.step()
+        runs.append((a, b, opt))
+    (a0, b0, theirs), (a1, b1, mine) = runs
+    assert float(mine.state[b1]["step"]) == float(mine.state[a1]["step"]) == 3
+    torch.testing.assert_close(b1.detach(), b0.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(a1.detach(), a0.detach(), rtol=1e-12, atol=1e-14)
+
+
 def test_unused_parameters_change_no_groups_and_keep_no_state():
     """A parameter that never gets a gradient (in the arena: it requires one, but the loss
     does not use it) sits out every step: its count stays 0, it has no ``opt.state`` entry
@@ -843,6 +882,10 @@ def test_lion_and_lamb_equal_the_flat_step_functions():
     (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], capturable=True),
      NotImplementedError, "capturable"),
     (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], lr=-1.0), ValueError, "lr"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], max_grad_norm=-1.0), ValueError,
+     "max_grad_norm"),
+    (lambda: ft.SGD([torch.nn.Parameter(torch.ones(3))], max_grad_norm="1"), TypeError,
+     "max_grad_norm"),
 ])
 def test_bad_construction_is_refused(make, error, match):
     with pytest.raises(error, match=match):
@@ -1170,3 +1213,81 @@ def test_8bit_state_survives_add_param_group_also_past_min_8bit_size():
         np.testing.assert_array_equal(getattr(opt._buffers, f)[:5072], codes)
         np.testing.assert_array_equal(opt._buffers.state_absmax[f][:20], scales)
     run([a, b, c])
+
+
+# ---------------------------------------------------------------- random training loops
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.data())
+def test_random_training_loops_follow_torch(data):
+    """Random training loops through the front end's bookkeeping (hypothesis, 30 examples):
+    parameters with and without gradients at each step, some frozen when the optimizer is
+    built, frozen and unfrozen on the way, groups added, ``zero_grad`` both ways, clipping,
+    state dicts loaded into a new optimizer and deep copies; after every step the parameters,
+    which parameters have state and their step counts are torch's (float64, 1e-10)."""
+    name, kw = data.draw(st.sampled_from(PEERS), label="optimizer")
+    total = 7
+    n0 = data.draw(st.integers(1, 4), label="parameters at construction")
+    sizes = data.draw(st.lists(st.integers(1, 6), min_size=total, max_size=total))
+    frozen = data.draw(st.lists(st.booleans(), min_size=total, max_size=total))
+    clip = data.draw(st.sampled_from([None, 0.5]), label="max_grad_norm")
+    plan = [dict(has=data.draw(st.lists(st.booleans(), min_size=total, max_size=total)),
+                 toggle=data.draw(st.none() | st.integers(0, total - 1)),
+                 add=data.draw(st.booleans()),
+                 again=data.draw(st.sampled_from([None, None, "state_dict", "deepcopy"])),
+                 to_none=data.draw(st.booleans()))
+            for _ in range(data.draw(st.integers(1, 8), label="steps"))]
+
+    def build(mod, ps, added):
+        opt = getattr(mod, name)(ps[:n0], **kw, **({"max_grad_norm": clip}
+                                                    if clip and mod is ft else {}))
+        for j in range(n0, added):
+            opt.add_param_group({"params": [ps[j]], "lr": kw["lr"] / (j + 1)})
+        return opt
+
+    def run(mod):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(n, dtype=torch.float64)) for n in sizes]
+        for p, f in zip(ps, frozen):
+            p.requires_grad_(not f)
+        added = n0
+        opt = build(mod, ps, added)
+        seen = []
+        for s in plan:
+            if s["toggle"] is not None:
+                p = ps[s["toggle"]]
+                p.requires_grad_(not p.requires_grad)
+            if s["add"] and added < total:
+                opt.add_param_group({"params": [ps[added]], "lr": kw["lr"] / (added + 1)})
+                added += 1
+            if s["again"] == "state_dict":
+                sd = opt.state_dict()
+                opt = build(mod, ps, added)
+                opt.load_state_dict(sd)
+            elif s["again"] == "deepcopy":
+                ps, opt = copy.deepcopy((ps, opt))
+            opt.zero_grad(set_to_none=s["to_none"])
+            live = [j for j in range(added) if s["has"][j] and ps[j].requires_grad]
+            if live:
+                sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
+            if clip and mod is torch.optim:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for p in ps[:added] if p.grad is not None], clip)
+            opt.step()
+            held = {j: opt.state[p] for j, p in enumerate(ps[:added]) if opt.state.get(p)}
+            seen.append(([p.detach().clone() for p in ps], set(held),
+                         {j: float(st_["step"]) for j, st_ in held.items() if "step" in st_}))
+        return seen
+
+    theirs, mine = run(torch.optim), run(ft)
+    for i, ((ref, ref_held, ref_counts), (ours, held, counts)) in enumerate(zip(theirs, mine)):
+        for j, (a, b) in enumerate(zip(ref, ours)):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12,
+                                       msg=lambda m: f"step {i}, parameter {j}: {m}")
+        if name != "Adagrad":               # (torch's Adagrad makes state at construction)
+            assert held == ref_held, i
+        assert {j: c for j, c in counts.items() if j in ref_counts} == \
+            {j: c for j, c in ref_counts.items() if j in held}, i

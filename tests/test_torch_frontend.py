@@ -634,11 +634,15 @@ def test_the_state_keeps_counting_after_a_state_dict():
 
 
 @pytest.mark.parametrize("dropped", [1, 6])
-def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm(dropped):
+@pytest.mark.parametrize("index", [False, True], ids=["slices", "index"])
+def test_a_gradient_that_went_none_does_not_enter_the_clipping_norm(dropped, index,
+                                                                    monkeypatch):
     """``max_grad_norm`` clips by the norm of the gradients the step has: a parameter whose
     gradient is ``None`` now (it had one before, which the arena still held) adds nothing, as
     ``clip_grad_norm_`` over the parameters with a gradient, then torch's Adam (one such
-    parameter, and six between parameters with gradients: more runs than ``_RUNS``)."""
+    parameter, and six between parameters with gradients; their elements zeroed as slices and
+    through one index)."""
+    monkeypatch.setattr(ft, "_INDEX_RUN", 10**9 if index else 0)
     outs = []
     for fused in (False, True):
         torch.manual_seed(2)
@@ -768,11 +772,14 @@ def test_add_param_group_keeps_state():
 @pytest.mark.parametrize("state_dtype", [None, "bfloat16", "int8"])
 @pytest.mark.parametrize("resting", [(2, 3, 7, 8, 9), (1, 3, 5, 7, 9, 11)],
                          ids=["2 runs", "6 runs"])
-def test_parameters_without_gradients_keep_every_bit(state_dtype, resting):
-    """Parameters that sit steps out (frozen for a while, in runs of neighbours saved as
-    slices, or in more runs than ``_RUNS``, saved through one index) keep their values and
-    state bit for bit (8-bit: codes and scales), and every parameter ends where an optimizer
-    of its own, stepped only when it has a gradient, puts it."""
+@pytest.mark.parametrize("index", [False, True], ids=["slices", "index"])
+def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index,
+                                                     monkeypatch):
+    """Parameters that sit steps out (without a gradient for a while, in runs of neighbours,
+    saved as slices or through one index) keep their values and state bit for bit (8-bit:
+    codes and scales), and every parameter ends where an optimizer of its own, stepped only
+    when it has a gradient, puts it."""
+    monkeypatch.setattr(ft, "_INDEX_RUN", 10**9 if index else 0)
     kw = dict(lr=0.05, weight_decay=0.01)
     if state_dtype:
         kw["state_dtype"] = state_dtype
@@ -798,7 +805,7 @@ def test_parameters_without_gradients_keep_every_bit(state_dtype, resting):
             ((own[j] ** 2).sum() * (j + 1)).backward()
             alone[j].step()
         if i == 6:                  # (before the rested parameters step again)
-            assert (opt._resting_cache[2] is None) == (len(resting) == 5)
+            assert (opt._resting_cache[2] is None) == (not index)
             for j in resting:
                 assert torch.equal(ps[j].detach(), values[j])
                 for k, v in kept[j].items():

@@ -742,8 +742,10 @@ def torch_mlp(dtype=None, device=None):
 def _torch_model(size):
     import torch
     torch.manual_seed(0)
-    if size == "mlp":
+    if size in ("mlp", "mlp-frozen"):
         model = torch_mlp()
+        if size == "mlp-frozen":            # fine-tuning: the first layer (71% of it) frozen
+            model[0].requires_grad_(False)
         x, y = torch.randn(128, BLOG_SIZES[0]), torch.randint(0, BLOG_SIZES[-1], (128,))
         return model, lambda: torch.nn.functional.cross_entropy(model(x), y)
     model = torch.nn.Linear(1000, 10000)           # 10,010,000 parameters in 2 tensors
@@ -767,12 +769,14 @@ def _torch_optimizer(mode, model):
     return torch.optim.Adam(model.parameters(), lr=1e-3, **flag)
 
 
-def torch_model_rows(sizes=("mlp", "1e7"), modes=TORCH_MODES, min_time=0.25):
+def torch_model_rows(sizes=("mlp", "mlp-frozen", "1e7"), modes=TORCH_MODES, min_time=0.25):
     """A torch model trained with ``fastopt.torch.Adam`` vs ``torch.optim.Adam`` (for-loop,
     foreach, fused) and DeepSpeed's CPU Adam when it is installed: the optimizer step alone and
     the whole iteration (zero_grad, forward, backward, step), all modes timed interleaved, same
-    thread count. ``mlp``: the 784-100-100-100-100-10 MLP at batch 128; ``1e7``: one Linear
-    1000 -> 10000. Rows: size, what, mode, seconds, speedup over torch's fused Adam."""
+    thread count. ``mlp``: the 784-100-100-100-100-10 MLP at batch 128; ``mlp-frozen``: the
+    same with its first layer frozen (``requires_grad=False``, all parameters given to the
+    optimizer, as in fine-tuning); ``1e7``: one Linear 1000 -> 10000. Rows: size, what, mode,
+    seconds, speedup over torch's fused Adam."""
     try:
         import torch
     except ImportError:
@@ -813,12 +817,13 @@ def torch_model_rows(sizes=("mlp", "1e7"), modes=TORCH_MODES, min_time=0.25):
 
 
 def format_torch_table(rows):
-    lines = [f"{'model':<6} {'what':<10} {'optimizer':<10} {'time':>11} {'vs torch fused':>15}"]
+    lines = [f"{'model':<10} {'what':<10} {'optimizer':<10} {'time':>11} "
+             f"{'vs torch fused':>15}"]
     for r in rows:
         if r["seconds"] is None:
-            lines.append(f"{r['size']:<6} {r['what']:<10} {r['mode']:<10} "
+            lines.append(f"{r['size']:<10} {r['what']:<10} {r['mode']:<10} "
                          f"unavailable: {r['note']}")
             continue
-        lines.append(f"{r['size']:<6} {r['what']:<10} {r['mode']:<10} "
+        lines.append(f"{r['size']:<10} {r['what']:<10} {r['mode']:<10} "
                      f"{r['seconds'] * 1e6:9.1f}us {r['speedup_vs_fused']:14.2f}x")
     return "\n".join(lines)

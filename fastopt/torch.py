@@ -278,6 +278,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                     p.grad = view
                 views.append((p, view, p.data_ptr()))
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
+        self._on_host = device.type == "cpu"
         self._views = views          # (param, its gradient view, where its values live);
         #                              p.grad is the view when not None
         self._order = {id(p): i for i, (p, _, _) in enumerate(views)}
@@ -619,7 +620,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         index = blocks = None
         if sum(hi - lo for lo, hi in runs) < _INDEX_RUN * len(runs):
             index = np.concatenate([np.arange(lo, hi) for lo, hi in runs])
-            if self._flat_p.device.type != "cpu":
+            if not self._on_host:
                 index = torch.from_numpy(index).to(self._flat_p.device)
             if self._buffers.state_absmax is not None:
                 size = self._buffers.block_size
@@ -641,7 +642,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         """The buffers' arrays ``names``: NumPy arrays on the host (a copy or a slice of one
         costs less than torch's), torch views on a device."""
         b = self._buffers
-        if self._flat_p.device.type == "cpu":
+        if self._on_host:
             return [getattr(b, n) for n in names]
         return [self._tensor(n) for n in names]
 

@@ -773,12 +773,14 @@ def test_add_param_group_keeps_state():
 @pytest.mark.parametrize("resting", [(2, 3, 7, 8, 9), (1, 3, 5, 7, 9, 11)],
                          ids=["2 runs", "6 runs"])
 @pytest.mark.parametrize("index", [False, True], ids=["slices", "index"])
-def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index,
+@pytest.mark.parametrize("host", [True, False], ids=["numpy", "torch"])
+def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index, host,
                                                      monkeypatch):
     """Parameters that sit steps out (without a gradient for a while, in runs of neighbours,
     saved as slices or through one index) keep their values and state bit for bit (8-bit:
     codes and scales), and every parameter ends where an optimizer of its own, stepped only
-    when it has a gradient, puts it."""
+    when it has a gradient, puts it. (``host=False``: the copies a device arena makes, torch
+    views and a torch index, run on the host's tensors.)"""
     monkeypatch.setattr(ft, "_INDEX_RUN", 10**9 if index else 0)
     kw = dict(lr=0.05, weight_decay=0.01)
     if state_dtype:
@@ -790,6 +792,7 @@ def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index
     ps = [torch.nn.Parameter(x.clone()) for x in start]
     own = [torch.nn.Parameter(x.clone()) for x in start]
     opt = ft.Adam(ps, **kw)
+    opt._on_host = host
     alone = [ft.Adam([q], **kw) for q in own]
     for i in range(9):
         live = [j for j in range(12) if not (3 <= i < 7 and j in resting)]
@@ -806,6 +809,8 @@ def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index
             alone[j].step()
         if i == 6:                  # (before the rested parameters step again)
             assert (opt._resting_cache[2] is None) == (not index)
+            if index:
+                assert isinstance(opt._resting_cache[2], np.ndarray if host else torch.Tensor)
             for j in resting:
                 assert torch.equal(ps[j].detach(), values[j])
                 for k, v in kept[j].items():

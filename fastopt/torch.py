@@ -315,7 +315,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._lag_cache = (None, None, None, None)
         self._layout = layout if self._spec.kernel.norm_names else None
         self.state.clear()
-        self._unshown = set(slices)     # parameters not stepped yet: no self.state[p] (torch)
+        # parameters not stepped yet: no self.state[p], as in torch; nor any parameter when
+        # the optimizer keeps no state (SGD without momentum: torch's keeps none)
+        self._stateless = all(getattr(b, f) is None for f in b.state_fields)
+        self._unshown = set() if self._stateless else set(slices)
         if b.step:
             self._expose_state()
 
@@ -749,7 +752,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return own if own is not None else self._counter(self._lag[p])
 
     def _set_step(self, p, tensor):
-        if p not in self._unshown:
+        if p not in self._unshown and not self._stateless:
             self.state[p]["step"] = tensor
 
     def _tensor(self, name):

@@ -366,8 +366,12 @@ def test_a_parameter_behind_the_arenas_count_steps_with_its_own(name, kw, counte
     assert opt._buffers.step == 7
     sd = opt.state_dict()
     late_count = 4 if how == "pause" else 5
-    assert [float(s["step"]) for s in sd["state"].values()] == [7.0, late_count]
-    assert float(opt.state[late]["step"]) == late_count and float(opt.state[used]["step"]) == 7
+    if name == "SGD" and not kw.get("momentum"):    # no state, as torch's SGD
+        assert sd["state"] == {} and not opt.state.get(late) and not opt.state.get(used)
+    else:
+        assert [float(s["step"]) for s in sd["state"].values()] == [7.0, late_count]
+        assert float(opt.state[late]["step"]) == late_count
+        assert float(opt.state[used]["step"]) == 7
     tol = dict(rtol=1e-12, atol=1e-14)
     for p, q in ((used, ref_used), (late, ref_late)):
         torch.testing.assert_close(p.detach(), q.detach(), **tol)
@@ -1238,19 +1242,22 @@ def test_random_training_loops_follow_torch(data):
     """Random training loops through the front end's bookkeeping (hypothesis, 30 examples):
     parameters with and without gradients at each step, some frozen when the optimizer is
     built, frozen and unfrozen on the way, groups added, ``zero_grad`` both ways, clipping,
-    state dicts loaded into a new optimizer and deep copies; after every step the parameters,
-    which parameters have state and their step counts are torch's (float64, 1e-10)."""
+    ``GradScaler`` with infinite gradients on some steps, state dicts loaded into a new
+    optimizer and deep copies; after every step the parameters, which parameters have state
+    and their step counts are torch's (float64, 1e-10)."""
     name, kw = data.draw(st.sampled_from(PEERS), label="optimizer")
     total = 7
     n0 = data.draw(st.integers(1, 4), label="parameters at construction")
     sizes = data.draw(st.lists(st.integers(1, 6), min_size=total, max_size=total))
     frozen = data.draw(st.lists(st.booleans(), min_size=total, max_size=total))
     clip = data.draw(st.sampled_from([None, 0.5]), label="max_grad_norm")
+    scaled = data.draw(st.booleans(), label="GradScaler")
     plan = [dict(has=data.draw(st.lists(st.booleans(), min_size=total, max_size=total)),
                  toggle=data.draw(st.none() | st.integers(0, total - 1)),
                  add=data.draw(st.booleans()),
                  again=data.draw(st.sampled_from([None, None, "state_dict", "deepcopy"])),
-                 to_none=data.draw(st.booleans()))
+                 to_none=data.draw(st.booleans()),
+                 inf=data.draw(st.booleans()) if scaled else False)
             for _ in range(data.draw(st.integers(1, 8), label="steps"))]
 
     def build(mod, ps, added):
@@ -1267,6 +1274,8 @@ def test_random_training_loops_follow_torch(data):
             p.requires_grad_(not f)
         added = n0
         opt = build(mod, ps, added)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 4, growth_interval=2,
+                                      enabled=scaled)
         seen = []
         for s in plan:
             if s["toggle"] is not None:
@@ -1284,18 +1293,29 @@ def test_random_training_loops_follow_torch(data):
             opt.zero_grad(set_to_none=s["to_none"])
             live = [j for j in range(added) if s["has"][j] and ps[j].requires_grad]
             if live:
-                sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
+                scaler.scale(sum((ps[j] ** 2).sum() * (j + 1) for j in live)).backward()
+                if s["inf"]:
+                    ps[live[0]].grad[0] = float("inf")
             if clip and mod is torch.optim:
+                if live:
+                    scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(
                     [p for p in ps[:added] if p.grad is not None], clip)
-            opt.step()
+            if live:
+                scaler.step(opt)
+                scaler.update()
+            else:                   # (no loss scaled: GradScaler refuses to step)
+                opt.step()
             held = {j: opt.state[p] for j, p in enumerate(ps[:added]) if opt.state.get(p)}
             seen.append(([p.detach().clone() for p in ps], set(held),
-                         {j: float(st_["step"]) for j, st_ in held.items() if "step" in st_}))
+                         {j: float(st_["step"]) for j, st_ in held.items() if "step" in st_},
+                         scaler.get_scale()))
         return seen
 
     theirs, mine = run(torch.optim), run(ft)
-    for i, ((ref, ref_held, ref_counts), (ours, held, counts)) in enumerate(zip(theirs, mine)):
+    for i, ((ref, ref_held, ref_counts, ref_scale), (ours, held, counts, scale)) in \
+            enumerate(zip(theirs, mine)):
+        assert scale == ref_scale, i
         for j, (a, b) in enumerate(zip(ref, ours)):
             torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12,
                                        msg=lambda m: f"step {i}, parameter {j}: {m}")

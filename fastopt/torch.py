@@ -574,8 +574,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         """The parameters without a gradient now (``missing``, ids ``key``) rest: each keeps
         its count (and a step tensor of its own with it, in ``state[p]["step"]``); those back
         from a rest are behind the arena's count by the steps they sat out. Only when the set
-        changes: a frozen parameter costs nothing a step. (Counts are unchanged by this, so a
-        step that raises after it leaves them right.)"""
+        changes: a parameter without a gradient step after step costs no bookkeeping. (Counts
+        are unchanged by this, so a step that raises after it leaves them right.)"""
         t, rest, lag = self._buffers.step, self._rest, self._lag
         off = set(key)
         for p in [p for p in rest if id(p) not in off]:

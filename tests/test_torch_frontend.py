@@ -1352,7 +1352,9 @@ def test_random_training_loops_equal_an_optimizer_per_parameter(data):
     (8-bit: codes and scales) bit for bit what an optimizer of its own gives it, stepped when
     it has a gradient (deep-copied with the others; never reloaded, so the state dicts' round
     trips lose nothing either)."""
-    name, kw = data.draw(st.sampled_from(PEERS), label="optimizer")
+    name, kw = data.draw(st.sampled_from(PEERS + [(n, dict(lr=1e-3)) for n in ft.__all__
+                                                  if not hasattr(torch.optim, n)]),
+                         label="optimizer")      # (and Lion, LAMB: torch has neither)
     precision = data.draw(st.sampled_from([{}, {"state_dtype": "bfloat16"},
                                            {"state_dtype": "int8", "block_size": 8,
                                             "min_8bit_size": 0}]), label="state")

@@ -816,7 +816,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         state under torch's names, made once per parameter (a parameter not stepped yet has
         none, as in torch); the step count, one tensor shared by every parameter, updated in
         place (a parameter behind the arena's count: its own, :meth:`_own_step`). ``missing``:
-        the ids of the parameters the step just made left out (None: not after a step)."""
+        the ids of the parameters the step just left out (None: not called after a step)."""
         b = self._buffers
         self._step_tensor.fill_(float(b.step))
         if not self._unshown or (missing is not None and missing == self._quiet):

@@ -1231,6 +1231,38 @@ def test_8bit_state_survives_add_param_group_also_past_min_8bit_size():
     run([a, b, c])
 
 
+def test_an_unfrozen_parameter_past_min_8bit_size_quantizes_as_add_param_group():
+    """A frozen parameter outside a float32-state arena, unfrozen, takes the arena past
+    ``min_8bit_size``: the state is quantized as when ``add_param_group`` brings it in at the
+    same step (the test above), parameters, codes and scales bit for bit."""
+    runs = []
+    for how in ("add_param_group", "unfreeze"):
+        torch.manual_seed(3)
+        a, b = torch.nn.Parameter(torch.randn(3000)), torch.nn.Parameter(torch.randn(2000))
+        if how == "unfreeze":
+            b.requires_grad_(False)
+        opt = ft.Adam([a] if how == "add_param_group" else [a, b], lr=0.05,
+                      state_dtype="int8")
+        for i in range(5):
+            if i == 2:
+                if how == "add_param_group":
+                    opt.add_param_group({"params": [b]})
+                else:
+                    b.requires_grad_(True)
+            opt.zero_grad()
+            sum((p ** 2).sum() for p in ([a, b] if i >= 2 else [a])).backward()
+            opt.step()
+            assert opt._buffers.state_dtype == ("int8" if i >= 2 else "float32")
+        runs.append((a, b, opt))
+    (a0, b0, o0), (a1, b1, o1) = runs
+    assert torch.equal(a0, a1) and torch.equal(b0, b1) and o1._slices == {a1: (0, 3000),
+                                                                         b1: (3072, 5072)}
+    for f in ("exp_avg", "exp_avg_sq"):
+        np.testing.assert_array_equal(getattr(o1._buffers, f), getattr(o0._buffers, f))
+        np.testing.assert_array_equal(o1._buffers.state_absmax[f], o0._buffers.state_absmax[f])
+    assert float(o1.state[b1]["step"]) == 3 and float(o1.state[a1]["step"]) == 5
+
+
 # ---------------------------------------------------------------- random training loops
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 

@@ -172,6 +172,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._state_kw = fastopt_state["state_kw"]
         self._max_grad_norm = fastopt_state["max_grad_norm"]
         self._buffers = None
+        self._lag, self._rest, self._rest_key = {}, {}, ()    # (the state dict sets them)
         self._build()
         self.load_state_dict(fastopt_state["state_dict"])
 
@@ -300,7 +301,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         # parameter sits steps out; and the stepped lagging parameters, kept while no lag
         # changes (_stepping)
         self._counters, self._resting, self._joined = {}, {}, None
-        for p, count in getattr(self, "_rest", {}).items():    # resting: a lag again
+        for p, count in self._rest.items():                   # resting: a lag again
             if b.step - count:
                 self._lag[p] = b.step - count
         self._rest, self._rest_key = {}, ()
@@ -308,8 +309,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             for p in params:
                 if p not in old_slices:
                     self._lag.setdefault(p, b.step)
-        if hasattr(self, "_lag"):
-            self._lag = {p: k for p, k in self._lag.items() if p in slices}
+        self._lag = {p: k for p, k in self._lag.items() if p in slices}
         self._stepping_cache = (None, None)
         self._lag_version = getattr(self, "_lag_version", 0) + 1
         self._lag_cache = (None, None, None, None)

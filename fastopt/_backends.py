@@ -246,17 +246,20 @@ class _cpu_prepass:
 
 # ---------------------------------------------------------------- parameter groups
 def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, seed=None,
-                   q8=None):
+                   q8=None, frozen=()):
     """``run(t, rows_now=None, factor=None)`` for one validated grouped step: ``rows`` are the
     groups' validated hyperparameters, ``segments`` ``((lo, hi, row), ...)`` the element
-    ranges (flat indices, in order, non-empty, not overlapping). Each segment is stepped
+    ranges (flat indices, in order, non-empty, not overlapping; elements in none, ``frozen``,
+    are not stepped: nothing of them is written). Each segment is stepped
     exactly as its slice alone would be: NumPy runs the reference per segment, the CPU one
     compiled call for all of them and CUDA one launch (``kernels/groups.py``; a pre-pass per
     segment, bfloat16 state or a param copy: one call per segment). ``q8``: ``(block_size,
     {field: scales})`` for 8-bit state."""
+    if not segments:                # every element frozen: nothing to step
+        return _nothing
     if q8 is not None:
         if backend == "numpy":
-            return _q8_numpy_grouped(spec, arrays, dtype, rows, segments, *q8)
+            return _q8_numpy_grouped(spec, arrays, dtype, rows, segments, *q8, frozen)
         if backend == "cpu":
             return _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, *q8)
         from ._cuda_backend import cuda_q8_grouped_runner
@@ -267,6 +270,10 @@ def grouped_runner(spec, backend, arrays, dtype, rows, segments, parallel=None, 
         return _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed)
     from ._cuda_backend import cuda_grouped_runner
     return cuda_grouped_runner(spec, arrays, dtype, rows, segments, seed)
+
+
+def _nothing(t, rows_now=None, factor=None):
+    pass
 
 
 def _numpy_grouped(spec, arrays, dtype, rows, segments, seed=None):
@@ -391,6 +398,7 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
     plans, built = {}, {}
     rows_distinct = distinct(rows)     # the rows of a step without schedules, every step
     settled = settled_step(rows)
+    stepped = sum(hi - lo for lo, hi, _ in segments)     # (frozen groups: fewer than n)
 
     def plan(rows_now, t, scaled, par):
         fam = cpu.family(spec.kernel, scaled)
@@ -410,7 +418,7 @@ def _one_call(spec, dtype, rows, segments, n, parallel, build, call, prepass=Non
         if n == 0:
             return
         scaled = factor is not None
-        par = n >= config.PARALLEL_THRESHOLD if parallel is None else parallel
+        par = stepped >= config.PARALLEL_THRESHOLD if parallel is None else parallel
         if rows_now is None:       # no schedules: the options depend on t only via t == 1
             rows_now = rows        # (each row's own t: :func:`settled_step`)
             # (the work is cut for the thread count of the first call: elements are
@@ -451,23 +459,30 @@ def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
     return run
 
 
-def _write_copy(arrays):
+def _write_copy(arrays, segments=None):
     """The NumPy reference's param copy: the new parameters rounded to bfloat16, or to
-    float16 by NumPy's own conversion."""
+    float16 by NumPy's own conversion (only the elements of ``segments`` ``((lo, hi, _),
+    ...)`` when given: a grouped step's, frozen groups left out)."""
     copy = arrays.get("param_copy")
     kind = param_copy_kind(copy)
-    if kind == "float16":
-        with np.errstate(over="ignore"):
-            copy[...] = arrays["param"].astype(np.float16)
-    elif kind:
-        from .precision import to_bfloat16
-        copy[...] = to_bfloat16(arrays["param"])
+    if not kind:
+        return
+    p, c = arrays["param"].reshape(-1), copy.reshape(-1)
+    for lo, hi in ([(0, p.shape[0])] if segments is None else
+                   [(lo, hi) for lo, hi, _ in segments]):
+        if kind == "float16":
+            with np.errstate(over="ignore"):
+                c[lo:hi] = p[lo:hi].astype(np.float16)
+        else:
+            from .precision import to_bfloat16
+            c[lo:hi] = to_bfloat16(p[lo:hi])
 
 
-def _q8_numpy_grouped(spec, arrays, dtype, rows, segments, block, scales):
+def _q8_numpy_grouped(spec, arrays, dtype, rows, segments, block, scales, frozen=()):
     """The NumPy reference of a grouped step on 8-bit state: the whole state dequantized,
     each segment's reference step on its slices (its row's hyperparameters), the state
-    quantized back in the buffer's blocks (a block may hold pieces of two groups)."""
+    quantized back in the buffer's blocks (a block may hold pieces of two groups) but for the
+    blocks of ``frozen`` ranges, left as they are."""
     from . import quantization
 
     plain = {k: a for k, a in arrays.items() if k != "param_copy"}
@@ -476,8 +491,8 @@ def _q8_numpy_grouped(spec, arrays, dtype, rows, segments, block, scales):
         def update(work):
             _per_segment(lambda a, hp, lo: _numpy_runner(spec, a, dtype, hp), work, rows,
                          segments)(t, rows_now, factor)
-        quantization.with_dequantized(plain, scales, spec.kernel, block, update)
-        _write_copy(arrays)
+        quantization.with_dequantized(plain, scales, spec.kernel, block, update, frozen)
+        _write_copy(arrays, segments)
     return run
 
 

@@ -164,10 +164,10 @@ def _checked_hp(spec, hyper, dtype, t):
 class _Rows:
     """The hyperparameter rows of a grouped step: one per distinct set of values (the groups',
     and the call's own for elements in no group), and the segments ``(lo, hi, row)``."""
-    __slots__ = ("templates", "labels", "schedules", "static", "segments", "behind")
+    __slots__ = ("templates", "labels", "schedules", "static", "segments", "behind", "frozen")
 
     def __init__(self, spec, groups, hyper, n, split=()):
-        from .groups import STEPS_BEHIND, Groups
+        from .groups import FROZEN, STEPS_BEHIND, Groups
         if groups is None:
             groups = Groups(n, [])
         elif not isinstance(groups, Groups):
@@ -192,6 +192,9 @@ class _Rows:
 
         group_rows = []
         for g, values in enumerate(groups.groups):
+            if values.get(FROZEN):
+                group_rows.append(None)     # not stepped: no row, no segment
+                continue
             behind = values.get(STEPS_BEHIND, 0)
             values = {k: v for k, v in values.items() if k != STEPS_BEHIND}
             for k in values:
@@ -203,13 +206,20 @@ class _Rows:
                     raise TypeError(f"{spec.step_name}(): group {g} sets the boolean option "
                                     f"{k!r}; options apply to the whole step")
             group_rows.append(row(dict(hyper, **values), f"group {g}", behind))
-        segments, pos = [], 0
+        segments, pos, frozen = [], 0, []
         for lo, hi, g in groups.segments + ((n, n, None),):
             if lo > pos:
                 segments.append((pos, lo, row(dict(hyper), "the call's values")))
             if hi > lo:
-                segments.append((lo, hi, group_rows[g]))
+                if g is not None and group_rows[g] is None:
+                    if frozen and frozen[-1][1] == lo:
+                        frozen[-1] = (frozen[-1][0], hi)
+                    else:
+                        frozen.append((lo, hi))
+                else:
+                    segments.append((lo, hi, group_rows[g]))
             pos = hi
+        self.frozen = tuple(frozen)         # the elements left out, merged ranges in order
         merged = []
         for seg in segments:
             if merged and merged[-1][2] == seg[2] and merged[-1][1] == seg[0]:
@@ -254,7 +264,7 @@ class _Rows:
 
     @property
     def max_behind(self):
-        return max(self.behind)
+        return max(self.behind, default=0)
 
     def check_step(self, spec, step):
         """A group with ``steps_behind=k`` has its own count ``step - k`` (> 0 at the buffers'
@@ -383,7 +393,7 @@ def _validate(spec, buffers, backend, hyper, parallel, values, loop=NO_LOOP, gro
         run = _backends.runner(spec, name, arrays, dtype, hp, parallel, seed)
     else:
         run = _backends.grouped_runner(spec, name, arrays, dtype, row_hps, rows.segments,
-                                       parallel, seed, q8=q8)
+                                       parallel, seed, q8=q8, frozen=rows.frozen)
         schedules = rows.schedules if rows.scheduled else None      # the rows' own
     prep = Prepared(spec, backend, parallel, values, arrays, run, schedules or None, template,
                     dtype, None if checked == NO_LOOP else checked, rows)
@@ -406,7 +416,20 @@ def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
     if seed is not None:
         raise ValueError(f"{owner}.rounding_seed is set but the state is 8-bit; stochastic "
                          f"rounding is for bfloat16 state")
-    return check_8bit_scales(buffers, arrays, owner)
+    out = check_8bit_scales(buffers, arrays, owner)
+    if rows is not None and rows.frozen:
+        block, n = buffers.block_size, buffers.size
+        for lo, hi in rows.frozen:
+            if lo % block or (hi % block and hi != n):
+                raise ValueError(f"{spec.step_name}(): a frozen group's elements [{lo}, {hi}) "
+                                 f"do not start and end on the 8-bit state's block boundaries "
+                                 f"(block_size={block}); a block's codes share one scale, so "
+                                 f"a block cannot be partly stepped and partly frozen")
+        if backend == "cuda":
+            raise NotImplementedError(f"{spec.step_name}(): frozen groups with 8-bit state "
+                                      f"are not supported on CUDA yet (the CPU and NumPy "
+                                      f"backends take them)")
+    return out
 
 
 def _loop_factor(buffers, checked, prep=None):

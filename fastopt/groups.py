@@ -26,6 +26,7 @@ from .flat import FlatParams
 
 _SELECTORS = ("params", "range", "ranges")
 STEPS_BEHIND = "steps_behind"
+FROZEN = "frozen"
 
 
 def _index(value, what):
@@ -49,6 +50,12 @@ class Groups:
             gives the group its own step count, the buffers' less ``k``: its elements are
             stepped as their slice alone would be at that count (bias corrections, first-step
             options; schedules and stochastic rounding still follow the buffers' step).
+            ``"frozen": True`` leaves the group's elements out of the step: nothing of them is
+            written (parameters, state, 8-bit codes and scales, a param copy), whatever their
+            gradient; it takes no other value. (The gradient's norm and finiteness check of
+            ``max_grad_norm``/``skip_nonfinite`` still read the whole gradient: leave a frozen
+            range's gradient at zero.) With 8-bit state a frozen range must start and end on
+            block boundaries (or at the buffer's end): a block's codes share one scale.
 
     Raises ``TypeError``/``ValueError`` for unknown tensor names, ranges outside the buffer,
     groups that overlap, boolean values. Whether each name is a real hyperparameter of the
@@ -89,6 +96,13 @@ class Groups:
                 if not isinstance(key, str) or not key.isidentifier():
                     raise TypeError(f"Groups: group {i} sets {key!r}, which is not a "
                                     f"hyperparameter name")
+                if key == FROZEN:
+                    if not isinstance(value, (bool, np.bool_)):
+                        raise TypeError(f"Groups: group {i}: frozen must be True or False, got "
+                                        f"{value!r}")
+                    if value:
+                        hyper[key] = True
+                    continue
                 if key == STEPS_BEHIND:
                     value = _index(value, f"group {i}: steps_behind")
                     if value < 0:
@@ -105,6 +119,10 @@ class Groups:
                     raise TypeError(f"Groups: group {i} sets {key}={value!r}; a group value "
                                     f"must be a real number or a schedule (a callable)")
                 hyper[key] = value
+            if hyper.get(FROZEN) and len(hyper) > 1:
+                others = sorted(k for k in hyper if k != FROZEN)
+                raise ValueError(f"Groups: group {i} is frozen (not stepped) and also sets "
+                                 f"{', '.join(others)}; a frozen group takes no other value")
             values.append(types.MappingProxyType(hyper))
         segments = []
         for i, rs in enumerate(ranges):

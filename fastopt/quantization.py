@@ -209,18 +209,24 @@ def numpy_step(reference, arrays, quantized, record, block, *args):
     with_dequantized(arrays, quantized, record, block, lambda work: reference(work, *args))
 
 
-def with_dequantized(arrays, quantized, record, block, update):
+def with_dequantized(arrays, quantized, record, block, update, frozen=()):
     """``update(work)`` on ``arrays`` with each 8-bit state array (``quantized``: ``{field:
     scales}``) replaced by its dequantized values, then those values quantized back (codes and
     scales written in place). ``update`` changes ``work``'s arrays in place (slices of them,
-    for a grouped step)."""
+    for a grouped step). ``frozen``: element ranges of whole blocks that the step leaves out;
+    their codes and scales are not written."""
     dtype = arrays["param"].dtype
     work = dict(arrays)
     for f in quantized:
         work[f] = dequantize(arrays[f].reshape(-1), quantized[f], block,
                              qmap_for(record, f), dtype).reshape(arrays[f].shape)
     update(work)
+    keep = np.ones(len(next(iter(quantized.values()))) if quantized else 0, bool)
+    for lo, hi in frozen:
+        keep[lo // block:-(-hi // block)] = False
     for f, scales in quantized.items():
         codes, new = quantize(work[f].reshape(-1), block, qmap_for(record, f))
-        arrays[f][...] = codes.reshape(arrays[f].shape)
-        scales[...] = new
+        flat = arrays[f].reshape(-1)
+        on = np.repeat(keep, block)[:flat.shape[0]]
+        flat[on] = codes[on]
+        scales[keep] = new[keep]

@@ -82,20 +82,38 @@ ALIGN = 16      # chunk boundaries fall on multiples of 16 elements (64 bytes of
 
 def cpu_items(segments, kinds, n, chunks):
     """``(items, starts)`` for :func:`cpu_source`: ``segments`` ``((lo, hi, row), ...)`` in
-    order covering ``[0, n)``, ``kinds[s]`` segment ``s``'s kind, cut at ``chunks`` equal
-    (aligned) element boundaries; ``starts[c]`` the first item of chunk ``c``."""
-    chunks = max(1, min(int(chunks), -(-n // ALIGN)))
-    per = -(-(-(-n // chunks)) // ALIGN) * ALIGN
+    order covering ``[0, n)`` but for frozen elements (no item), ``kinds[s]`` segment ``s``'s
+    kind, cut into ``chunks`` equal shares of the stepped elements at aligned boundaries (with
+    no frozen elements: ``chunks`` equal aligned element ranges); ``starts[c]`` the first item
+    of chunk ``c``."""
+    total = sum(hi - lo for lo, hi, _ in segments)
+    chunks = max(1, min(int(chunks), -(-total // ALIGN)))
+    per = -(-(-(-total // chunks)) // ALIGN) * ALIGN
+    # chunk c starts where the stepped elements before it reach c * per, rounded up to an
+    # aligned element (within its segment)
+    cuts, s, before = [0], 0, 0
+    for c in range(1, chunks):
+        want = c * per
+        while s < len(segments) and before + segments[s][1] - segments[s][0] <= want:
+            before += segments[s][1] - segments[s][0]
+            s += 1
+        if s == len(segments):
+            cuts.append(n)
+            continue
+        lo, hi, _ = segments[s]
+        cuts.append(min(hi, -(-(lo + want - before) // ALIGN) * ALIGN))
+    cuts.append(n)
     items, starts = [], [0]
     s = 0
     for c in range(chunks):
-        a, b = c * per, min(n, (c + 1) * per)
+        a, b = cuts[c], max(cuts[c], cuts[c + 1])
         while s < len(segments) and segments[s][1] <= a:
             s += 1
         j = s
         while j < len(segments) and segments[j][0] < b:
             lo, hi, row = segments[j]
-            items.append((max(lo, a), min(hi, b), row, kinds[j]))
+            if min(hi, b) > max(lo, a):
+                items.append((max(lo, a), min(hi, b), row, kinds[j]))
             j += 1
         starts.append(len(items))
     return (np.array(items, np.int64).reshape(-1, 4), np.array(starts, np.int64))
@@ -135,11 +153,13 @@ def cuda_source(n_arrays, n_kinds, bits=None, stochastic=False, copy=False):
 
 def cuda_tiles(segments, n, blocks, threads):
     """The tiles of :func:`cuda_source` for ``segments`` ``((lo, hi, row, kind), ...)``
-    covering ``[0, n)``: each segment cut from its start into tiles of one size, a multiple of
-    ``threads``, about ``n / blocks`` elements (at least ``threads``), so that ``blocks``
-    blocks get about one tile each. Elements are independent: how they are cut changes no
-    bit."""
-    tile = max(1, -(-(-(-n // max(1, blocks))) // threads)) * threads
+    covering ``[0, n)`` but for frozen elements (no tile): each segment cut from its start
+    into tiles of one size, a multiple of ``threads``, about ``stepped / blocks`` elements (at
+    least ``threads``; ``stepped`` the elements of the segments, ``n`` without frozen ones), so
+    that ``blocks`` blocks get about one tile each. Elements are independent: how they are cut
+    changes no bit."""
+    stepped = sum(int(s[1]) - int(s[0]) for s in segments)
+    tile = max(1, -(-(-(-stepped // max(1, blocks))) // threads)) * threads
     out = []
     for lo, hi, row, kind in segments:
         starts = np.arange(lo, hi, tile, dtype=np.int64)

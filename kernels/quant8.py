@@ -423,6 +423,8 @@ def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False, table=False):
     group = f"max(1, {GROUP_ELEMENTS} // block)" if sum(map(bool, quantized)) >= 2 else "1"
     if n_kinds:
         walk = ["        for b in range(b0, b1):",
+                "            if bstarts[b] == bstarts[b + 1]:",
+                "                continue           # a block of frozen elements: not touched",
                 "            lo = b * block",
                 "            hi = min(n, lo + block)",
                 "            k = hi - lo",
@@ -552,9 +554,9 @@ def prepass(norms, n_arrays, quantized, parallel):
 
 def block_items(segments, kinds, n, block):
     """``(items, bstarts)`` for :func:`grouped_driver`: ``segments`` ``((lo, hi, row), ...)``
-    in order covering ``[0, n)``, ``kinds[s]`` segment ``s``'s kind, cut at every block
-    boundary into items ``(lo, hi, row, kind)``; block ``b``'s items are
-    ``bstarts[b] .. bstarts[b + 1] - 1``."""
+    in order covering ``[0, n)`` but for frozen ranges of whole blocks, ``kinds[s]`` segment
+    ``s``'s kind, cut at every block boundary into items ``(lo, hi, row, kind)``; block
+    ``b``'s items are ``bstarts[b] .. bstarts[b + 1] - 1`` (none: the driver skips it)."""
     parts = []
     for (lo, hi, row), kind in zip(segments, kinds):
         if hi <= lo:

@@ -90,6 +90,8 @@ def by_slices(spec, b, kw, values, loop, backend):
         factor = inv * clip
     step = b.step
     for lo, hi, v in segments(values):
+        if v.get("frozen"):
+            continue
         arrays = {k: a[lo:hi] for k, a in b.arrays().items()}
         part = type(b)(arrays.pop("param"), arrays.pop("grad"), step=step, **arrays)
         if factor is not None and factor != 1.0:
@@ -110,23 +112,95 @@ CASES = [(s, c, loop, dt) for s in SPECS
 def test_grouped_step_equals_stepping_each_slice(spec, combo, loop, dtype):
     kw = full_kwargs(spec, **combo)
     values = group_values(spec, combo)
+    _against_slices(spec, combo, dtype, kw, loop, values, seed=1)
+
+
+def _against_slices(spec, combo, dtype, kw, loop, values, seed, frozen=None):
+    """Three steps of the grouped step (CPU, NumPy) against ``by_slices``, bit for bit;
+    ``frozen``: an element range whose bits (the gradient's too) no step changes."""
     groups = groups_for(values)
-    a = make(spec, combo, dtype)
-    b = make(spec, combo, dtype)
-    c = make(spec, combo, dtype)
-    rng = np.random.default_rng(1)
+    a, b, c = (make(spec, combo, dtype) for _ in range(3))
+    lo, hi = frozen or (0, 0)
+    rng = np.random.default_rng(seed)
     for _ in range(3):
         new_grad(a, rng)
         b.grad[...] = a.grad
         c.grad[...] = a.grad
+        kept = {k: x[lo:hi].copy() for k, x in a.arrays().items()}
         step_fn(spec)(a, **kw, **loop, groups=groups, backend="cpu")
         step_fn(spec)(b, **kw, **loop, groups=groups, backend="numpy")
         by_slices(spec, c, kw, values, loop, "numpy")
         for x in (a, b):
             assert x.step == c.step
             for k, arr in c.arrays().items():
+                assert_bitwise(x.arrays()[k][lo:hi], kept[k], f"{spec.name} frozen {k}")
                 if k != "grad":
                     assert_bitwise(x.arrays()[k], arr, f"{spec.name} step {c.step} {k}")
+
+
+FROZEN_CASES = [(s, c, loop, dt) for s in SPECS
+                for c, loop, dt in zip(combos(s)[-1:], [LOOPS[len(s.name) % 3]],
+                                       [[np.float32, np.float64][len(s.name) % 2]])]
+
+
+@pytest.mark.parametrize("spec,combo,loop,dtype", FROZEN_CASES, ids=[
+    f"{s.name}-{lp}-{np.dtype(d).name}" for s, _, lp, d in FROZEN_CASES])
+def test_a_frozen_group_is_left_out_of_the_step(spec, combo, loop, dtype):
+    """``"frozen": True``: the group's elements keep every bit (parameters, state) whatever
+    their gradient, and the other groups step as their slices alone would (CPU in one call,
+    NumPy), the norm of clipping over the whole gradient."""
+    kw = full_kwargs(spec, **combo)
+    values = group_values(spec, combo)
+    values[1] = {"frozen": True}
+    _against_slices(spec, combo, dtype, kw, loop, values, seed=2, frozen=RANGES[1][0])
+
+def test_a_frozen_group_on_bfloat16_state_with_a_param_copy():
+    """bfloat16 state with stochastic rounding (each element's rounding from its index) and a
+    float16 param copy: a frozen group keeps every bit, its copy included; the rest is the
+    reference's, bit for bit."""
+    rng = np.random.default_rng(9)
+    p0 = rng.standard_normal(N).astype(np.float32)
+    out = []
+    for backend in ("cpu", "numpy"):
+        b = fastopt.AdamBuffers.zeros(p0.copy(), np.zeros(N, np.float32),
+                                      state_dtype="bfloat16", stochastic_rounding=True, seed=3)
+        b.param_copy = np.zeros(N, np.float16)
+        groups = fastopt.Groups(N, [{"range": (100, 400), "frozen": True},
+                                    {"range": (600, 700), "lr": 1e-2}])
+        g = np.random.default_rng(4)
+        for _ in range(3):
+            b.grad[...] = g.standard_normal(N).astype(np.float32)
+            snap = snapshot(b)
+            fastopt.adam_step(b, groups=groups, weight_decay=0.1, backend=backend)
+            for k, (a, _, _) in snap[0].items():
+                assert_bitwise(b.arrays()[k][100:400], a[100:400], f"{backend} {k}")
+        assert np.all(b.param_copy[100:400] == 0) and np.all(b.param_copy[:100] != 0)
+        out.append(b)
+    for k, a in out[0].arrays().items():
+        assert_bitwise(a, out[1].arrays()[k], k)
+    assert_bitwise(out[0].param_copy, out[1].param_copy, "param_copy")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "numpy"])
+def test_every_element_frozen_steps_nothing_but_counts_the_step(backend):
+    spec = fastopt.registry.get("adam")
+    b = make(spec, {}, np.float32)
+    new_grad(b, np.random.default_rng(3))
+    snap = snapshot(b)
+    groups = fastopt.Groups(N, [{"range": (0, 400), "frozen": True},
+                                {"range": (400, N), "frozen": True}])
+    fastopt.adam_step(b, groups=groups, max_grad_norm=1.0, backend=backend)
+    assert b.step == 1 and b.grad_norm == grad_norm(b.grad)
+    b.step = 0
+    assert_unchanged(b, snap)
+
+
+def test_frozen_false_is_a_group_like_any_other():
+    a = fastopt.Groups(10, [{"range": (0, 5), "frozen": False, "lr": 0.5}])
+    b = fastopt.Groups(10, [{"range": (0, 5), "lr": 0.5}])
+    assert a.groups == b.groups and repr(a) == repr(b)
+    frozen = fastopt.Groups(10, [{"range": (0, 5), "frozen": True}])
+    assert "frozen=True" in repr(frozen)
 
 
 BEHIND = [2, 0, 1]          # steps_behind of each group of RANGES (the gaps: 0)
@@ -304,6 +378,12 @@ BAD_GROUPS = [
      "steps_behind must be an int"),
     (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "steps_behind": lambda t: 1}]),
      TypeError, "steps_behind must be an int"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "frozen": 1}]), TypeError,
+     "frozen must be True or False"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "frozen": True, "lr": 0.1}]),
+     ValueError, "frozen .* also sets lr"),
+    (lambda fp: fastopt.Groups(fp, [{"params": ["W1"], "frozen": True, "steps_behind": 2}]),
+     ValueError, "also sets steps_behind"),
 ]
 
 
@@ -400,6 +480,41 @@ def test_cpu_items_cover_every_element_once_in_equal_chunks():
             for c in range(len(starts) - 1):       # chunk c's items start on a boundary
                 if starts[c + 1] > starts[c]:
                     assert items[starts[c], 0] % ALIGN == 0 or items[starts[c], 0] == 0
+
+
+def test_cpu_items_and_cuda_tiles_leave_frozen_gaps_and_share_the_rest_equally():
+    """Segments with gaps (frozen elements): the CPU driver's items and the CUDA tiles cover
+    exactly the segments' elements; the CPU chunks hold equal shares of them (to within the
+    alignment: a frozen first layer does not leave a thread idle), the tiles' size follows the
+    stepped elements, not the buffer's."""
+    from fastopt.kernels.groups import ALIGN, cpu_items, cuda_tiles
+    rng = np.random.default_rng(7)
+    for n in (17, 1000, 109_810):
+        for _ in range(30):
+            every = _random_segments(rng, n)
+            keep = [s for s in every if rng.random() < 0.6] or every[:1]
+            segments = [(a, b, r) for a, b, r, _ in keep]
+            want = np.zeros(n, int)
+            for a, b, _ in segments:
+                want[a:b] = 1
+            total = int(want.sum())
+            chunks = int(rng.integers(1, 17))
+            items, starts = cpu_items(segments, [0] * len(segments), n, chunks)
+            got = np.zeros(n, int)
+            for lo, hi, _, _ in items.tolist():
+                got[lo:hi] += 1
+            assert np.array_equal(got, want)
+            shares = [int(sum(hi - lo for lo, hi, _, _ in items[starts[c]:starts[c + 1]]))
+                      for c in range(len(starts) - 1)]
+            per = -(-total // len(shares))
+            assert max(shares) <= per + 2 * ALIGN, (shares, per)
+            threads, blocks = 32, int(rng.integers(1, 600))
+            tiles = cuda_tiles(np.array(keep, np.int64), n, blocks, threads)
+            got = np.zeros(n, int)
+            for lo, hi, _, _ in tiles.tolist():
+                got[lo:hi] += 1
+            assert np.array_equal(got, want)
+            assert max(tiles[:, 1] - tiles[:, 0]) <= total / blocks + threads
 
 
 def test_cuda_tiles_cover_every_element_once_about_one_per_block():

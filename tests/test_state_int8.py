@@ -427,6 +427,49 @@ def test_8bit_state_writes_the_param_copy_in_the_same_pass(grouped, kind):
     assert_bitwise(a.param_copy, b.param_copy, "param_copy")
 
 
+@pytest.mark.parametrize("spec", EIGHT_BIT, ids=lambda s: s.name)
+def test_frozen_8bit_blocks_keep_every_bit_and_the_rest_equals_numpy(spec):
+    """Frozen groups of whole blocks (one inside, one at the buffer's odd end) on 8-bit state:
+    their codes, scales, parameters and param copy keep every bit, in the block driver (serial
+    and parallel) as in the NumPy reference, and everything else is bitwise the reference's;
+    a frozen range that cuts a block is refused before any write."""
+    combo = combos(spec)[-1]
+    n = 1000 + 37
+    first, second = _group_values(spec)
+    frozen = [(128, 448), (960, n)]
+    groups = fastopt.Groups(n, [dict(range=(0, 100), **first), dict(range=(448, 700), **second),
+                                {"ranges": frozen, "frozen": True}])
+    layout = dict(layout=[500, n - 500]) if spec.kernel.norm_names else {}
+    kw, (a, b), rng = _pair(spec, combo, n, np.float32, seed=11)
+    if spec.name == "adam":     # (a driver with a copy to compile: one optimizer, CI time)
+        for x in (a, b):
+            x.param_copy = np.zeros(n, np.uint16)
+    for step in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        snap = _snapshot(a)
+        copy = None if a.param_copy is None else a.param_copy.copy()
+        for x, backend in ((a, "cpu"), (b, "numpy")):
+            x.grad[...] = g
+            _step.step(spec, x, backend=backend, parallel=step == 1, groups=groups,
+                       max_grad_norm=1.0 if step == 2 else None, **layout, **kw)
+        _assert_same(a, b, f"{spec.name} frozen step {step}")
+        for lo, hi in frozen:
+            for name, v in snap[0].items():
+                if name != "grad":
+                    assert_bitwise(a.arrays()[name][lo:hi], v[lo:hi], f"{name} frozen")
+            for f, sc in snap[1].items():
+                assert_bitwise(a.state_absmax[f][lo // 64:-(-hi // 64)],
+                               sc[lo // 64:-(-hi // 64)], f"scales of {f}")
+            if copy is not None:
+                assert_bitwise(a.param_copy[lo:hi], copy[lo:hi], "param_copy")
+    assert not np.array_equal(a.param[100:128], snap[0]["param"][100:128])   # (stepped)
+    snap = _snapshot(a)
+    cut = fastopt.Groups(n, [{"range": (128, 450), "frozen": True}])
+    with pytest.raises(ValueError, match=r"frozen group's elements \[128, 450\) .* block"):
+        _step.step(spec, a, backend="cpu", groups=cut, **layout, **kw)
+    _unchanged(a, snap)
+
+
 def test_block_items_cover_the_buffer_once():
     from fastopt.kernels.quant8 import block_items
     rng = np.random.default_rng(8)

@@ -554,6 +554,50 @@ def test_groups_steps_behind_on_the_device_match_the_cpu(spec):
         assert worst <= bound, f"{name}: {worst} ulp"
 
 
+@pytest.mark.parametrize("name,state", [("adam", None), ("lamb", None), ("sgd", None),
+                                        ("adam", "bfloat16")])
+def test_a_frozen_group_on_the_device_keeps_every_bit(name, state):
+    """``"frozen": True`` on CUDA (no tiles for the group's elements; bfloat16 state: no call
+    for its segment): its parameters and state keep every bit, the rest is the CPU's (within
+    the simulator's bound); with 8-bit state the step refuses before any write."""
+    spec = registry.get(name)
+    kw = dict(spec.defaults, **testinfo.option_combinations(spec)[-1])
+    n = 45 if not REAL_GPU else 100_003
+    frozen = [(5, 20), (40, n)]
+    groups = fastopt.Groups(n, [{"ranges": frozen, "frozen": True}, {"range": (25, 31),
+                                                                      "lr": 1e-2}])
+    if spec.kernel.norm_names:
+        kw["layout"] = [12, n - 12]
+    hp = spec.validate({k: v for k, v in kw.items() if k != "layout"})
+    extra = {} if state is None else dict(state_dtype=state, stochastic_rounding=True)
+    rng = np.random.default_rng(15)
+    host = spec.buffers_cls.zeros(rng.standard_normal(n).astype(np.float32),
+                                  np.zeros(n, np.float32), **spec.state_options(hp), **extra)
+    start = {k: a.copy() for k, a in host.arrays().items()}
+    dev = fastopt.to_device(host)
+    back = _step_both(registry.step_function(spec), dict(kw, groups=groups), host, dev, rng, 2)
+    bound = testinfo.info(spec).simulator_ulp if state is None else 0
+    for k, a in host.arrays().items():
+        if k == "grad":
+            continue
+        for lo, hi in frozen:
+            assert np.array_equal(back.arrays()[k][lo:hi], start[k][lo:hi]), k
+        if state is None:
+            assert int(_ulp_diff(a, back.arrays()[k]).max()) <= bound, k
+        else:
+            assert np.array_equal(a, back.arrays()[k]), k
+    q8 = fastopt.to_device(fastopt.AdamBuffers.zeros(
+        np.ones(64, np.float32), np.ones(64, np.float32), state_dtype="int8", block_size=32,
+        min_8bit_size=0))
+    before = fastopt.to_host(q8)
+    with pytest.raises(NotImplementedError, match="frozen groups with 8-bit state"):
+        fastopt.adam_step(q8, groups=fastopt.Groups(64, [{"range": (0, 32), "frozen": True}]))
+    after = fastopt.to_host(q8)
+    assert after.step == before.step == 0
+    for k, a in before.arrays().items():
+        assert np.array_equal(a, after.arrays()[k]), k
+
+
 @pytest.mark.parametrize("state", ["int8", "bfloat16"])
 def test_groups_steps_behind_on_compressed_device_state_match_the_cpu(state):
     """The same on 8-bit state (one launch, a block per quantization block) and bfloat16

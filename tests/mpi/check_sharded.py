@@ -72,6 +72,12 @@ lagged = fastopt.Groups(10_007, [{"range": (0, 3000), "steps_behind": 2},
                                  {"range": (4000, 10_007), "steps_behind": 1, "lr": 5e-4}])
 sh, ref = run("adam", dict(groups=lagged), {}, np.float32, start=2)
 assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), "steps_behind"
+# a frozen group across the shard boundary (each rank leaves its part out)
+frozen = fastopt.Groups(10_007, [{"range": (4000, 6500), "frozen": True},
+                                 {"range": (0, 1000), "lr": 1e-2}])
+sh, ref = run("adam", dict(groups=frozen), {}, np.float32)
+assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), "frozen"
+assert np.array_equal(ref.exp_avg[4000:6500], np.zeros(2500, np.float32)), "frozen state"
 
 # clipping: equal to rounding (the norm's chunks follow the shard boundaries)
 sh, ref = run("adam", dict(lr=1e-2), {}, np.float64, max_grad_norm=1.0)

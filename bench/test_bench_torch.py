@@ -1,7 +1,8 @@
 """fastopt.torch vs torch.optim on a torch model (issue 14): the optimizer step alone and the
 whole training iteration (zero_grad, forward, backward, step) of the torch MLP
 784-100-100-100-100-10 at batch 128 (also with its first layer frozen: ``requires_grad=False``,
-every parameter given to the optimizer, as in fine-tuning), and the step of a 1e7-parameter
+every parameter given to the optimizer, as in fine-tuning; and frozen after a first step,
+``mlp-frozen-late``, where the layer keeps its state), and the step of a 1e7-parameter
 model (one Linear layer 1000 -> 10000: 10,010,000 parameters in 2 tensors), Adam in every torch mode and DeepSpeed's
 CPU Adam when ``deepspeed`` is installed (it compiles its C++ extension on first use: ~100 s
 here; not installed by CI), same thread count. Each case first checks that the optimizer takes
@@ -38,7 +39,7 @@ def _first_step(mode, size):
 
 
 @pytest.mark.parametrize("what", ["step", "iteration"])
-@pytest.mark.parametrize("size", ["mlp", "mlp-frozen",
+@pytest.mark.parametrize("size", ["mlp", "mlp-frozen", "mlp-frozen-late",
                                   pytest.param("1e7", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_model(benchmark, mode, size, what):
@@ -51,8 +52,7 @@ def test_torch_model(benchmark, mode, size, what):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
     model, loss = _model(size)
     opt = _optimizer(mode, model)
-    opt.zero_grad()
-    loss().backward()
+    B._torch_ready(size, model, opt, loss)
 
     def iteration():
         opt.zero_grad()

@@ -742,7 +742,7 @@ def torch_mlp(dtype=None, device=None):
 def _torch_model(size):
     import torch
     torch.manual_seed(0)
-    if size in ("mlp", "mlp-frozen"):
+    if size in ("mlp", "mlp-frozen", "mlp-frozen-late"):
         model = torch_mlp()
         if size == "mlp-frozen":            # fine-tuning: the first layer (71% of it) frozen
             model[0].requires_grad_(False)
@@ -751,6 +751,19 @@ def _torch_model(size):
     model = torch.nn.Linear(1000, 10000)           # 10,010,000 parameters in 2 tensors
     x, y = torch.randn(8, 1000), torch.randn(8, 10000)
     return model, lambda: ((model(x) - y) ** 2).mean()
+
+
+def _torch_ready(size, model, opt, loss):
+    """Gradients in place for timing ``opt.step``; ``mlp-frozen-late``: one step of the whole
+    MLP first, then its first layer frozen (``requires_grad_(False)``: fine-tuning that freezes
+    a layer after the optimizer was built, which keeps the layer's state)."""
+    opt.zero_grad()
+    loss().backward()
+    if size == "mlp-frozen-late":
+        opt.step()
+        model[0].requires_grad_(False)
+        opt.zero_grad()
+        loss().backward()
 
 
 def _torch_optimizer(mode, model):
@@ -769,13 +782,15 @@ def _torch_optimizer(mode, model):
     return torch.optim.Adam(model.parameters(), lr=1e-3, **flag)
 
 
-def torch_model_rows(sizes=("mlp", "mlp-frozen", "1e7"), modes=TORCH_MODES, min_time=0.25):
+def torch_model_rows(sizes=("mlp", "mlp-frozen", "mlp-frozen-late", "1e7"), modes=TORCH_MODES,
+                     min_time=0.25):
     """A torch model trained with ``fastopt.torch.Adam`` vs ``torch.optim.Adam`` (for-loop,
     foreach, fused) and DeepSpeed's CPU Adam when it is installed: the optimizer step alone and
     the whole iteration (zero_grad, forward, backward, step), all modes timed interleaved, same
     thread count. ``mlp``: the 784-100-100-100-100-10 MLP at batch 128; ``mlp-frozen``: the
     same with its first layer frozen (``requires_grad=False``, all parameters given to the
-    optimizer, as in fine-tuning); ``1e7``: one Linear 1000 -> 10000. Rows: size, what, mode,
+    optimizer, as in fine-tuning); ``mlp-frozen-late``: frozen after a first step of the whole
+    MLP (:func:`_torch_ready`); ``1e7``: one Linear 1000 -> 10000. Rows: size, what, mode,
     seconds, speedup over torch's fused Adam."""
     try:
         import torch
@@ -795,8 +810,7 @@ def torch_model_rows(sizes=("mlp", "mlp-frozen", "1e7"), modes=TORCH_MODES, min_
                 rows.append(dict(size=size, what="step", mode=mode, seconds=None,
                                  speedup_vs_fused=None, note=str(e)))
                 continue
-            opt.zero_grad()
-            loss().backward()
+            _torch_ready(size, model, opt, loss)
             built[mode] = (opt, loss)
 
         def iteration(opt, loss):
@@ -817,13 +831,13 @@ def torch_model_rows(sizes=("mlp", "mlp-frozen", "1e7"), modes=TORCH_MODES, min_
 
 
 def format_torch_table(rows):
-    lines = [f"{'model':<10} {'what':<10} {'optimizer':<10} {'time':>11} "
+    lines = [f"{'model':<15} {'what':<10} {'optimizer':<10} {'time':>11} "
              f"{'vs torch fused':>15}"]
     for r in rows:
         if r["seconds"] is None:
-            lines.append(f"{r['size']:<10} {r['what']:<10} {r['mode']:<10} "
+            lines.append(f"{r['size']:<15} {r['what']:<10} {r['mode']:<10} "
                          f"unavailable: {r['note']}")
             continue
-        lines.append(f"{r['size']:<10} {r['what']:<10} {r['mode']:<10} "
+        lines.append(f"{r['size']:<15} {r['what']:<10} {r['mode']:<10} "
                      f"{r['seconds'] * 1e6:9.1f}us {r['speedup_vs_fused']:14.2f}x")
     return "\n".join(lines)

@@ -21,7 +21,8 @@ then one call of the fastopt step function over the arena, with the parameter gr
 next backward allocates fresh gradients, and ``step()`` copies them into the arena and attaches
 the views again (one copy of the gradients per step; ``zero_grad(set_to_none=False)`` zeroes
 the arena in place and needs no copy; both measured in the README, "For torch users"). A
-parameter whose gradient is ``None`` at ``step()`` is left untouched, state included, and adds
+parameter whose gradient is ``None`` at ``step()`` is left untouched, state included (it sits
+the step out as a frozen group of ``fastopt.Groups``, at no cost), and adds
 nothing to the norm of ``max_grad_norm``, as torch does; its gradient stays ``None`` (neither
 construction nor ``zero_grad(set_to_none=False)`` gives it one). Each parameter counts its
 own steps, as in torch: one that sat steps out (or came with ``add_param_group``) is stepped in
@@ -70,9 +71,11 @@ __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "
            "Lion", "LAMB"]
 
 _BETAS = ("beta1", "beta2")
-# parameters without a gradient at a step, in runs shorter than this on average: saved and
-# restored through one index (a few calls however many runs), longer ones as slices (measured:
-# eight runs of 300 elements 38 vs 46 us a step, of 1,000 80 vs 52 us; README, "For torch users")
+# parameters without a gradient at a step, in runs shorter than this on average: their
+# gradients zeroed (and with 8-bit state on a device their values saved and restored) through
+# one index (a few calls however many runs), longer ones as slices (measured on the host, saved
+# and restored: eight runs of 300 elements 38 vs 46 us a step, of 1,000 80 vs 52 us; README,
+# "For torch users")
 _INDEX_RUN = 512
 
 
@@ -284,12 +287,16 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         #                              p.grad is the view when not None
         self._order = {id(p): i for i, (p, _, _) in enumerate(views)}
         self._resting_cache = None
+        self._frozen_cache = (None, None, None)
         self._quiet = None
         self._ranges = ranges
         hps = [self._hyper(g) for g in self.param_groups]
         options = dict(self._state_options(hps), **self._state_kw)
         b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
         self._buffers = b
+        # parameters without a gradient sit the step out as a frozen group (fastopt.Groups),
+        # but for 8-bit state on a device (no frozen groups on CUDA yet): saved and restored
+        self._freeze = self._on_host or b.state_absmax is None
         if old is not None:
             b.step = old.step
             self._carry_state(old, old_slices)
@@ -551,16 +558,24 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         where = self._resting_elements(missing) if missing else None
         key = where[0] if missing else ()
         if key != self._rest_key:
+            if missing and self._freeze:
+                # an earlier gradient left in the arena must not enter the norm of
+                # max_grad_norm nor the finiteness check: zeroed once, as nothing of the
+                # front end writes a resting parameter's part of the arena's gradient while it
+                # rests (its p.grad is None; a new gradient ends the rest: _sync_grads)
+                self._zero_grads(where)
             self._settle(missing, key)
         stepping = None
         if self._lag:                       # (before grad_scale: kwargs cached as they are)
             stepping = self._stepping()
             kwargs = self._behind(kwargs, stepping[0])
+        if missing and self._freeze:
+            kwargs = self._frozen(kwargs, where)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
-        if missing:
-            self._zero_grads(where)     # an earlier gradient left in the arena must not enter
-            saved = self._save(where)   # the norm of max_grad_norm nor the finiteness check
+        if missing and not self._freeze:
+            self._zero_grads(where)
+            saved = self._save(where)
             self._spec.step_fn(self._buffers, **kwargs)
             self._restore(where, saved)
         else:
@@ -605,8 +620,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         blocks)``: ``runs`` the ranges of neighbouring such parameters merged (padding between
         them included: it is zeros and stays so); where the runs are short (``_INDEX_RUN``),
         ``index`` the elements as one index array and ``blocks`` (8-bit state) their blocks,
-        so that saving and restoring them costs a few operations however many parameters sit
-        the step out. Made again only when the set changes."""
+        so that zeroing their gradients (and, where the step cannot leave them out, saving and
+        restoring them: :meth:`_save`) costs a few operations however many parameters sit the
+        step out. Made again only when the set changes."""
         key = tuple(map(id, missing))
         made = self._resting_cache
         if made is not None and made[0] == key:
@@ -631,6 +647,28 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                                          for lo, hi in runs])
         made = self._resting_cache = (key, [tuple(r) for r in runs], index, blocks)
         return made
+
+    def _frozen(self, kwargs, where):
+        """``kwargs`` with the resting parameters' elements (``where``'s runs, each run taken
+        to the next block boundary, padding only) as a frozen group (``fastopt.Groups``):
+        the step leaves them out, parameters and state; cut out of the groups ``kwargs``
+        already has. Made again only when the set or ``kwargs`` change."""
+        made = self._frozen_cache
+        if made[0] is kwargs and made[1] == where[0]:
+            return made[2]
+        n, align = self._buffers.size, self._state_kw.get("block_size", 1)
+        runs = [(lo, min(n, -(-hi // align) * align)) for lo, hi in where[1]]
+        groups = kwargs.get("groups")
+        out = []
+        if groups is not None:
+            for ranges, values in zip(groups.ranges, groups.groups):
+                left = _without(ranges, runs)
+                if left:
+                    out.append(dict(values, ranges=left))
+        out.append({"ranges": runs, "frozen": True})
+        frozen = dict(kwargs, groups=Groups(n, out))
+        self._frozen_cache = (kwargs, where[0], frozen)
+        return frozen
 
     def _zero_grads(self, where):
         _, runs, index, _ = where
@@ -964,6 +1002,23 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                     b.state_absmax[f][blo:bhi] = given[p][f + "_absmax"].detach().numpy()
         if b.step:
             self._expose_state()
+
+
+def _without(ranges, runs):
+    """The element ranges ``ranges`` less the sorted, disjoint ``runs``."""
+    out = []
+    for lo, hi in ranges:
+        for a, b in runs:
+            if b <= lo or a >= hi:
+                continue
+            if a > lo:
+                out.append((lo, a))
+            lo = max(lo, b)
+            if lo >= hi:
+                break
+        if hi > lo:
+            out.append((lo, hi))
+    return out
 
 
 def _count(step, name):

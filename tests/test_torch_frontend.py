@@ -773,18 +773,71 @@ def test_add_param_group_keeps_state():
     assert float(ours.state[b]["step"]) == 3
 
 
+def _step_beside(opt, ps, alone, own, live):
+    """One step of ``opt`` on the parameters ``live`` (the others without a gradient), and of
+    each live parameter's own optimizer (``alone[j]`` on ``own[j]``), the same loss."""
+    opt.zero_grad()
+    sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
+    opt.step()
+    for j in live:
+        alone[j].zero_grad()
+        ((own[j] ** 2).sum() * (j + 1)).backward()
+        alone[j].step()
+
+
+def _assert_like_alone(opt, ps, alone, own, what=""):
+    for j in range(len(ps)):
+        assert torch.equal(ps[j].detach(), own[j].detach()), (what, j)
+        for k, v in alone[j].state[own[j]].items():
+            got = opt.state[ps[j]][k]
+            assert torch.equal(got, v) if torch.is_tensor(v) else got == v, (what, j, k)
+
+
+def test_resting_parameters_are_cut_out_of_groups_and_lags():
+    """A parameter without a gradient in the middle of a parameter group (its group's range
+    split around it), a second parameter group with its own lr and in it a parameter stepped
+    behind the arena's count (its own group with steps_behind): every parameter where an Adam
+    of its own, stepped only when it has a gradient, puts it, bit for bit (8-bit state, blocks
+    of 8: the frozen run taken to its block's end)."""
+    assert ft._without([(0, 10), (20, 30)], [(2, 4), (6, 8), (25, 40)]) == \
+        [(0, 2), (4, 6), (8, 10), (20, 25)]
+    assert ft._without([(0, 10)], [(0, 10)]) == [] and ft._without([(5, 9)], []) == [(5, 9)]
+    for state in ({}, dict(state_dtype="int8", block_size=8, min_8bit_size=0)):
+        torch.manual_seed(3)
+        start = [torch.randn(n) for n in (5, 9, 6, 7, 3)]
+        ps = [torch.nn.Parameter(x.clone()) for x in start]
+        own = [torch.nn.Parameter(x.clone()) for x in start]
+        lrs = [0.05, 0.05, 0.05, 0.2, 0.2]
+        opt = ft.Adam([{"params": ps[:3]}, {"params": ps[3:], "lr": 0.2}], lr=0.05, **state)
+        alone = [ft.Adam([q], lr=lr, **state) for q, lr in zip(own, lrs)]
+        for i in range(6):
+            live = [j for j in range(5) if not (j == 1 and 1 <= i < 4)
+                    and not (j == 4 and i == 0)]
+            _step_beside(opt, ps, alone, own, live)
+            if i == 2:                  # p1 rests inside group 0, p4 steps one behind
+                groups = opt._frozen_cache[2]["groups"]
+                lo, hi = opt._slices[ps[1]]
+                split = [r for r in groups.ranges
+                         if len(r) == 2 and r[0][1] <= lo < hi <= r[1][0]]
+                assert split and any(g.get("frozen") for g in groups.groups)
+                assert any(g.get("steps_behind") == 1 for g in groups.groups)
+        _assert_like_alone(opt, ps, alone, own, state)
+
+
 @pytest.mark.parametrize("state_dtype", [None, "bfloat16", "int8"])
 @pytest.mark.parametrize("resting", [(2, 3, 7, 8, 9), (1, 3, 5, 7, 9, 11)],
                          ids=["2 runs", "6 runs"])
 @pytest.mark.parametrize("index", [False, True], ids=["slices", "index"])
-@pytest.mark.parametrize("host", [True, False], ids=["numpy", "torch"])
-def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index, host,
+@pytest.mark.parametrize("way", ["frozen", "saved-numpy", "saved-torch"])
+def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index, way,
                                                      monkeypatch):
     """Parameters that sit steps out (without a gradient for a while, in runs of neighbours,
-    saved as slices or through one index) keep their values and state bit for bit (8-bit:
-    codes and scales), and every parameter ends where an optimizer of its own, stepped only
-    when it has a gradient, puts it. (``host=False``: the copies a device arena makes, torch
-    views and a torch index, run on the host's tensors.)"""
+    their gradients zeroed as slices or through one index) keep their values and state bit for
+    bit (8-bit: codes and scales), and every parameter ends where an optimizer of its own,
+    stepped only when it has a gradient, puts it. ``frozen``: the step leaves them out (a
+    frozen group); ``saved``: stepped, then restored from copies (8-bit state on a device;
+    ``saved-torch``: the copies a device arena makes, torch views and a torch index, run on
+    the host's tensors)."""
     monkeypatch.setattr(ft, "_INDEX_RUN", 10**9 if index else 0)
     kw = dict(lr=0.05, weight_decay=0.01)
     if state_dtype:
@@ -796,7 +849,8 @@ def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index
     ps = [torch.nn.Parameter(x.clone()) for x in start]
     own = [torch.nn.Parameter(x.clone()) for x in start]
     opt = ft.Adam(ps, **kw)
-    opt._on_host = host
+    opt._freeze = way == "frozen"
+    opt._on_host = host = way != "saved-torch"
     alone = [ft.Adam([q], **kw) for q in own]
     for i in range(9):
         live = [j for j in range(12) if not (3 <= i < 7 and j in resting)]
@@ -804,15 +858,13 @@ def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index
             kept = {j: {k: v.clone() if torch.is_tensor(v) else v
                         for k, v in opt.state[ps[j]].items()} for j in resting}
             values = {j: ps[j].detach().clone() for j in resting}
-        opt.zero_grad()
-        sum((ps[j] ** 2).sum() * (j + 1) for j in live).backward()
-        opt.step()
-        for j in live:
-            alone[j].zero_grad()
-            ((own[j] ** 2).sum() * (j + 1)).backward()
-            alone[j].step()
+        _step_beside(opt, ps, alone, own, live)
         if i == 6:                  # (before the rested parameters step again)
             assert (opt._resting_cache[2] is None) == (not index)
+            frozen = opt._frozen_cache[2]
+            assert (frozen is not None) == (way == "frozen")
+            if frozen is not None:
+                assert any(g.get("frozen") for g in frozen["groups"].groups)
             if index:
                 assert isinstance(opt._resting_cache[2], np.ndarray if host else torch.Tensor)
             for j in resting:
@@ -820,11 +872,7 @@ def test_parameters_without_gradients_keep_every_bit(state_dtype, resting, index
                 for k, v in kept[j].items():
                     got = opt.state[ps[j]][k]
                     assert torch.equal(got, v) if torch.is_tensor(v) else got == v, (j, k)
-    for j in range(12):
-        assert torch.equal(ps[j].detach(), own[j].detach()), j
-        for k, v in alone[j].state[own[j]].items():
-            got = opt.state[ps[j]][k]
-            assert torch.equal(got, v) if torch.is_tensor(v) else got == v, (j, k)
+    _assert_like_alone(opt, ps, alone, own)
 
 
 @pytest.mark.parametrize("bad", ["dtype", "lr", "sparse gradient", "duplicate"])

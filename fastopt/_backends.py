@@ -517,16 +517,19 @@ def _q8_cpu_grouped(spec, arrays, dtype, rows, segments, parallel, block, scales
     def build(kernels, kinds, scaled, par, table):
         items, bstarts = quant8.block_items(segments, kinds, n, block)
         return (quant8.grouped_driver(kernels, len(spec.kernel.arrays), quantized, par, copy,
-                                      _q8_table(dtype)), items, bstarts)
+                                      _q8_table(dtype)), items, bstarts, {})
 
     def call(work, table, par, rows_now, t, scaled):
         if prepass is not None:
             for i, (lo, hi, _) in enumerate(segments):
                 prepass(table[i], rows_now[i], t, spec.step_options(rows_now[i], t), scaled, par,
                         lo, hi)
-        driver, items, bstarts = work
+        driver, items, bstarts, cuts = work
         chunks = numba.get_num_threads() * Q8_CHUNKS_PER_THREAD if par else 1
-        driver(*args, table, items, bstarts, block, chunks)
+        cut = cuts.get(chunks)
+        if cut is None:
+            cut = cuts[chunks] = quant8.block_cuts(bstarts, chunks)
+        driver(*args, table, items, bstarts, block, cut)
     run = _one_call(spec, dtype, rows, segments, n, parallel, build, call)
     if of_row is None:
         return run

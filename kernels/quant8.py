@@ -410,7 +410,7 @@ def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False, table=False):
         writer = "copy_block_half" if copy == "float16" else "copy_block"
         quant.append(f"            {writer}(a0, pc, lo, hi)")
     if n_kinds:
-        head = f"def q8_grouped({', '.join(params)}, table, items, bstarts, block, chunks):"
+        head = f"def q8_grouped({', '.join(params)}, table, items, bstarts, block, cuts):"
         calls = ["            for it in range(bstarts[b], bstarts[b + 1]):",
                  "                u = items[it, 0] - lo",
                  "                e = items[it, 1] - lo",
@@ -436,14 +436,20 @@ def _source(n_arrays, quantized, parallel, n_kinds=0, copy=False, table=False):
                 "            hi = min(n, be * block)",
                 "            k = hi - lo",
                 *each, *deq]
+    # the grouped driver's chunk ch: blocks cuts[ch] .. cuts[ch + 1] - 1 (block_cuts: equal
+    # shares of the blocks that have items); the ungrouped one's: equal runs of blocks
+    chunking = (["    for ch in {loop}(cuts.shape[0] - 1):".format(loop=loop),
+                 "        b0 = cuts[ch]",
+                 "        b1 = cuts[ch + 1]"] if n_kinds else
+                ["    per = (nb + chunks - 1) // chunks",
+                 f"    for ch in {loop}(chunks):",
+                 "        b0 = ch * per",
+                 "        b1 = min(nb, b0 + per)"])
     lines = [head,
              "    n = a0.shape[0]",
              "    nb = (n + block - 1) // block",
-             "    per = (nb + chunks - 1) // chunks",
              f"    group = {group}",
-             f"    for ch in {loop}(chunks):",
-             "        b0 = ch * per",
-             "        b1 = min(nb, b0 + per)",
+             *chunking,
              "        cast = np.empty(1, a0.dtype)",
              *setup,
              *walk,
@@ -550,6 +556,23 @@ def prepass(norms, n_arrays, quantized, parallel):
     return _compile(("norms", norms, tuple(quantized), bool(parallel)),
                     _prepass_source(n_arrays, quantized, parallel), "q8_norms", parallel,
                     dict(norms=norms, dequantize_range=dequantize_range))
+
+
+def block_cuts(bstarts, chunks):
+    """The grouped block driver's chunks (``cuts``, ``chunks + 1`` block indices): equal shares
+    of the blocks that have items (``bstarts``, :func:`block_items`), so that frozen blocks
+    (none) leave no thread idle; every block in one chunk. Where every block has items: the
+    equal runs ``min(nb, c * ceil(nb / chunks))``."""
+    nb = len(bstarts) - 1
+    busy = np.flatnonzero(np.diff(bstarts) > 0)
+    chunks = max(1, int(chunks))
+    per = max(1, -(-len(busy) // chunks))
+    cuts = np.full(chunks + 1, nb, np.int64)
+    for c in range(1, chunks):
+        if c * per < len(busy):
+            cuts[c] = busy[c * per]
+    cuts[0] = 0
+    return cuts
 
 
 def block_items(segments, kinds, n, block):

@@ -470,6 +470,31 @@ def test_frozen_8bit_blocks_keep_every_bit_and_the_rest_equals_numpy(spec):
     _unchanged(a, snap)
 
 
+def test_block_cuts_share_the_blocks_with_items_equally():
+    """The grouped block driver's chunks: every block in one chunk, in order; where every
+    block has items, the equal runs of blocks as before; with frozen blocks (no items) equal
+    shares of the others (a frozen first 70 % does not leave the first threads idle)."""
+    from fastopt.kernels.quant8 import block_cuts
+    rng = np.random.default_rng(9)
+    for _ in range(200):
+        nb = int(rng.integers(1, 400))
+        chunks = int(rng.integers(1, 40))
+        full = np.arange(nb + 1) * int(rng.integers(1, 4))
+        per = -(-nb // chunks)
+        assert np.array_equal(block_cuts(full, chunks),
+                              [min(nb, c * per) for c in range(chunks + 1)])
+        has = rng.random(nb) < rng.random()
+        has[int(rng.integers(0, nb))] = True
+        if rng.random() < 0.5:
+            has[:int(0.7 * nb)] = False
+            has[-1] = True
+        bstarts = np.concatenate([[0], np.cumsum(has)])
+        cuts = block_cuts(bstarts, chunks)
+        assert cuts[0] == 0 and cuts[-1] == nb and np.all(np.diff(cuts) >= 0)
+        shares = [int(has[a:b].sum()) for a, b in zip(cuts[:-1], cuts[1:])]
+        assert max(shares) == -(-int(has.sum()) // chunks)
+
+
 def test_block_items_cover_the_buffer_once():
     from fastopt.kernels.quant8 import block_items
     rng = np.random.default_rng(8)

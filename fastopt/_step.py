@@ -425,10 +425,6 @@ def _check_8bit(spec, buffers, arrays, owner, rows, seed, backend):
                                  f"do not start and end on the 8-bit state's block boundaries "
                                  f"(block_size={block}); a block's codes share one scale, so "
                                  f"a block cannot be partly stepped and partly frozen")
-        if backend == "cuda":
-            raise NotImplementedError(f"{spec.step_name}(): frozen groups with 8-bit state "
-                                      f"are not supported on CUDA yet (the CPU and NumPy "
-                                      f"backends take them)")
     return out
 
 

@@ -72,10 +72,9 @@ __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "
 
 _BETAS = ("beta1", "beta2")
 # parameters without a gradient at a step, in runs shorter than this on average: their
-# gradients zeroed (and with 8-bit state on a device their values saved and restored) through
-# one index (a few calls however many runs), longer ones as slices (measured on the host, saved
-# and restored: eight runs of 300 elements 38 vs 46 us a step, of 1,000 80 vs 52 us; README,
-# "For torch users")
+# gradients zeroed through one index (a few calls however many runs), longer ones as slices
+# (measured when their values and state were saved and restored that way each step: eight runs
+# of 300 elements 38 vs 46 us a step, of 1,000 80 vs 52 us)
 _INDEX_RUN = 512
 
 
@@ -294,9 +293,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         options = dict(self._state_options(hps), **self._state_kw)
         b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
         self._buffers = b
-        # parameters without a gradient sit the step out as a frozen group (fastopt.Groups),
-        # but for 8-bit state on a device (no frozen groups on CUDA yet): saved and restored
-        self._freeze = self._on_host or b.state_absmax is None
         if old is not None:
             b.step = old.step
             self._carry_state(old, old_slices)
@@ -558,7 +554,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         where = self._resting_elements(missing) if missing else None
         key = where[0] if missing else ()
         if key != self._rest_key:
-            if missing and self._freeze:
+            if missing:
                 # an earlier gradient left in the arena must not enter the norm of
                 # max_grad_norm nor the finiteness check: zeroed once, as nothing of the
                 # front end writes a resting parameter's part of the arena's gradient while it
@@ -569,17 +565,11 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if self._lag:                       # (before grad_scale: kwargs cached as they are)
             stepping = self._stepping()
             kwargs = self._behind(kwargs, stepping[0])
-        if missing and self._freeze:
+        if missing:                         # they sit the step out: a frozen group
             kwargs = self._frozen(kwargs, where)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
-        if missing and not self._freeze:
-            self._zero_grads(where)
-            saved = self._save(where)
-            self._spec.step_fn(self._buffers, **kwargs)
-            self._restore(where, saved)
-        else:
-            self._spec.step_fn(self._buffers, **kwargs)
+        self._spec.step_fn(self._buffers, **kwargs)
         if stepping:
             self._count_steps(stepping)
         self._expose_state(key)
@@ -616,13 +606,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return count if count is not None else self._buffers.step - self._lag.get(p, 0)
 
     def _resting_elements(self, missing):
-        """The arena's elements of the parameters without a gradient, ``(key, runs, index,
-        blocks)``: ``runs`` the ranges of neighbouring such parameters merged (padding between
-        them included: it is zeros and stays so); where the runs are short (``_INDEX_RUN``),
-        ``index`` the elements as one index array and ``blocks`` (8-bit state) their blocks,
-        so that zeroing their gradients (and, where the step cannot leave them out, saving and
-        restoring them: :meth:`_save`) costs a few operations however many parameters sit the
-        step out. Made again only when the set changes."""
+        """The arena's elements of the parameters without a gradient, ``(key, runs, index)``:
+        ``runs`` the ranges of neighbouring such parameters merged (padding between them
+        included: it is zeros and stays so); where the runs are short (``_INDEX_RUN``),
+        ``index`` the elements as one index array, so that zeroing their gradients costs a few
+        operations however many parameters sit the step out. Made again only when the set
+        changes."""
         key = tuple(map(id, missing))
         made = self._resting_cache
         if made is not None and made[0] == key:
@@ -636,16 +625,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             else:
                 runs.append([lo, hi])
             last = i
-        index = blocks = None
+        index = None
         if sum(hi - lo for lo, hi in runs) < _INDEX_RUN * len(runs):
             index = np.concatenate([np.arange(lo, hi) for lo, hi in runs])
             if not self._on_host:
                 index = torch.from_numpy(index).to(self._flat_p.device)
-            if self._buffers.state_absmax is not None:
-                size = self._buffers.block_size
-                blocks = np.concatenate([np.arange(lo // size, -(-hi // size))
-                                         for lo, hi in runs])
-        made = self._resting_cache = (key, [tuple(r) for r in runs], index, blocks)
+        made = self._resting_cache = (key, [tuple(r) for r in runs], index)
         return made
 
     def _frozen(self, kwargs, where):
@@ -671,7 +656,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return frozen
 
     def _zero_grads(self, where):
-        _, runs, index, _ = where
+        _, runs, index = where
         g = self._arrays(["grad"])[0]
         if index is not None:
             g[index] = 0
@@ -803,46 +788,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             t = torch.from_numpy(a)
             return t.view(torch.bfloat16) if a.dtype == np.uint16 else t
         return torch.as_tensor(a, device=self._flat_p.device)
-
-    def _save(self, where):
-        """Copies of what a step would change in the elements ``where``
-        (:meth:`_resting_elements`): every array but the gradient, with 8-bit state the
-        scales of their blocks too."""
-        _, runs, index, blocks = where
-        b = self._buffers
-        arrays = self._arrays([n for n in b.arrays() if n != "grad"])
-        if index is not None:
-            saved = [a[index] for a in arrays]
-        else:
-            saved = [[a[lo:hi].clone() if isinstance(a, torch.Tensor) else a[lo:hi].copy()
-                      for lo, hi in runs] for a in arrays]
-        scales = []
-        if b.state_absmax is not None:
-            for s in b.state_absmax.values():
-                if blocks is not None:
-                    scales.append(s[blocks])
-                else:
-                    size = b.block_size
-                    scales.append([s[lo // size:-(-hi // size)].copy() for lo, hi in runs])
-        return arrays, saved, scales
-
-    def _restore(self, where, saved):
-        _, runs, index, blocks = where
-        arrays, values, scales = saved
-        for a, v in zip(arrays, values):
-            if index is not None:
-                a[index] = v
-            else:
-                for (lo, hi), part in zip(runs, v):
-                    a[lo:hi] = part
-        b = self._buffers
-        for s, v in zip(b.state_absmax.values() if scales else (), scales):
-            if blocks is not None:
-                s[blocks] = v
-            else:
-                size = b.block_size
-                for (lo, hi), part in zip(runs, v):
-                    s[lo // size:-(-hi // size)] = part
 
     # ------------------------------------------------------------------ state
     def _state_tensor(self, name, p):

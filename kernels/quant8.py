@@ -678,7 +678,8 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
     nor stored. ``n_kinds`` > 0: a grouped step, ``kernel(<arrays>, segs, rows)``: each
     element's segment is found by a binary search over ``segs`` (rows ``(lo, hi, row,
     kind)`` in buffer order) and the body of the segment's kind runs with its row of scalars
-    (``(rows, row)``, ``kernels.groups.row_unpack_source``).
+    (``(rows, row)``, ``kernels.groups.row_unpack_source``); a block in no segment (frozen
+    elements, whole blocks) is skipped by every thread of its thread block.
     ``copy``: the kernel takes ``pc`` after the arrays, the parameter's bfloat16 copy, and
     writes each new parameter to it, rounded to nearest even."""
     E = int(per_thread)
@@ -771,7 +772,22 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
                 "        else:",
                 *("    " + line for line in _each(E, [f"                c{j}[i] = uint8(k@E)"],
                                                    stride))]
+    skip = []
     if n_kinds:
+        # a block whose first element is in no segment is frozen whole (frozen ranges are
+        # whole blocks: fastopt._step checks): not read, not written; the same for every
+        # thread of the block, so the barriers stay matched (the shared rows are untouched)
+        skip = ["        bi = int64(b) * int64(nt * " + str(E) + ")",
+                "        s0 = 0",
+                "        s1 = segs.shape[0] - 1",
+                "        while s0 < s1:",
+                "            mid = (s0 + s1 + 1) // 2",
+                "            if segs[mid, 0] <= bi:",
+                "                s0 = mid",
+                "            else:",
+                "                s1 = mid - 1",
+                "        if segs[s0, 0] > bi or segs[s0, 1] <= bi:",
+                "            continue"]
         call = ["                ii = int64(i)",
                 "                s0 = 0",
                 "                s1 = segs.shape[0] - 1",
@@ -820,6 +836,7 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
              f"    bs = nt * {E}",
              "    nb = (n + bs - 1) // bs",
              "    for b in range(cuda.blockIdx.x, nb, cuda.gridDim.x):",
+             *skip,
              f"        nxt = row + {nq} if row < {2 * nq} else 0",
              *first,
              *red,

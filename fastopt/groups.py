@@ -5,7 +5,8 @@ from a :class:`~fastopt.FlatParams`, or by index range) and gives each group its
 any real hyperparameter. Every step function takes ``groups=``; the step then runs in one
 call for the whole buffer (on the CPU one compiled call, ``kernels/groups.py``), each element
 with its group's values, and the result is bitwise the result of stepping each group's slice
-on its own. Elements in no group use the call's values.
+on its own. Elements in no group use the call's values; a group with ``"frozen": True`` is
+left out of the step (nothing of it written, no work).
 
 Example:
     >>> import numpy as np, fastopt

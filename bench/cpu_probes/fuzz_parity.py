@@ -1,7 +1,9 @@
 """CPU probe: random CPU-vs-NumPy parity cases (fuzzing) over every registered optimizer, its
 option combinations, float32/float64, state precision (float, bfloat16 nearest or stochastic,
 8-bit with random block sizes), a bfloat16 or float16 ``param_copy`` of float32 parameters,
-clipping / unscaling / skipping, random parameter groups (some with ``steps_behind``),
+clipping / unscaling / skipping, random parameter groups (some with ``steps_behind``, some
+frozen: their elements, copy and 8-bit blocks must keep every bit; ranges often on the 8-bit
+blocks' boundaries, else refused alike),
 sizes around block and vector boundaries, serial / parallel / default threads, and gradients
 with NaN, inf, huge and subnormal values; 4 steps per case. Every array, scale, step count,
 ``found_inf``, ``skipped_steps`` and ``grad_norm`` must be bitwise equal (NaN's sign and
@@ -61,13 +63,19 @@ def rand_grad(rng, n, dtype, special):
         return g.astype(dtype)
 
 
-def groups_for(rng, spec, n):
+def groups_for(rng, spec, n, block=None):
     reals = [h for h in spec.hypers if h.kind == "real"]
     k = int(rng.integers(1, 4))
     cuts = sorted(set(int(c) for c in rng.integers(0, n + 1, size=2 * k)))
     gs = []
     for a, b in zip(cuts[0::2], cuts[1::2]):
         if b <= a:
+            continue
+        if rng.random() < .25:                      # a frozen group
+            if block and rng.random() < .7:         # (inward to 8-bit blocks' boundaries)
+                a, b = -(-a // block) * block, (b if b == n else b // block * block)
+            if b > a:
+                gs.append({"range": (a, b), "frozen": True})
             continue
         d = {"range": (a, b)}
         for h in rng.choice(reals, size=min(2, len(reals)), replace=False):
@@ -123,7 +131,8 @@ def one(case, rng):
         loop["grad_scale"] = float(rng.choice([2.0 ** 16, 0.5, 3.0]))
     if rng.random() < .4:
         loop["skip_nonfinite"] = True
-    groups = groups_for(rng, spec, n) if (rng.random() < .35 and spec.name != "lamb") else None
+    groups = (groups_for(rng, spec, n, zk.get("block_size"))
+              if (rng.random() < .35 and spec.name != "lamb") else None)
     parallel = [None, True, False][rng.integers(3)]
     p0 = rng.standard_normal(n).astype(dtype)
     desc = (f"#{case} {spec.name} {combo} {np.dtype(dtype).name} n={n} {prec} {zk} loop={loop} "
@@ -169,6 +178,16 @@ def one(case, rng):
                     return "WRITE-ON-RAISE", f"{desc} step{s} {k}"
             return f"raised {type(ea).__name__}", None
         try:
+            for g, rs in (zip(groups.groups, groups.ranges) if groups is not None else ()):
+                if g.get("frozen"):
+                    lo, hi = rs[0]
+                    for k, x in with_copy(a).items():
+                        if k != "grad":
+                            assert_bitwise(x[lo:hi], sa[0][k][lo:hi], f"frozen {k}")
+                    for k, x in (a.state_absmax or {}).items():
+                        bs = a.block_size
+                        assert_bitwise(x[lo // bs:-(-hi // bs)], sa[1][k][lo // bs:-(-hi // bs)],
+                                       f"frozen scales of {k}")
             assert a.step == b.step, f"step {a.step} != {b.step}"
             for k, x in with_copy(a).items():
                 if k != "grad":

@@ -645,6 +645,19 @@ def word_pack16(parts):
     return " | ".join(f"(uint64({v}) << uint64({16 * k}))" for k, v in enumerate(parts))
 
 
+def _segment_of(index, indent):
+    """Source lines: ``s0`` = the last row of ``segs`` (rows ``(lo, hi, row, kind)`` in buffer
+    order) whose ``lo`` is at most element ``index`` (a binary search; 0 when none is)."""
+    return [indent + line for line in ("s0 = 0",
+                                       "s1 = segs.shape[0] - 1",
+                                       "while s0 < s1:",
+                                       "    mid = (s0 + s1 + 1) // 2",
+                                       f"    if segs[mid, 0] <= {index}:",
+                                       "        s0 = mid",
+                                       "    else:",
+                                       "        s1 = mid - 1")]
+
+
 def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=False,
                 words=False):
     """The CUDA kernel's source for 8-bit state: one thread block per block of the buffer
@@ -778,25 +791,11 @@ def cuda_source(n_arrays, quantized, dtype_name, n_kinds=0, per_thread=1, copy=F
         # whole blocks: fastopt._step checks): not read, not written; the same for every
         # thread of the block, so the barriers stay matched (the shared rows are untouched)
         skip = ["        bi = int64(b) * int64(nt * " + str(E) + ")",
-                "        s0 = 0",
-                "        s1 = segs.shape[0] - 1",
-                "        while s0 < s1:",
-                "            mid = (s0 + s1 + 1) // 2",
-                "            if segs[mid, 0] <= bi:",
-                "                s0 = mid",
-                "            else:",
-                "                s1 = mid - 1",
+                *_segment_of("bi", " " * 8),
                 "        if segs[s0, 0] > bi or segs[s0, 1] <= bi:",
                 "            continue"]
         call = ["                ii = int64(i)",
-                "                s0 = 0",
-                "                s1 = segs.shape[0] - 1",
-                "                while s0 < s1:",
-                "                    mid = (s0 + s1 + 1) // 2",
-                "                    if segs[mid, 0] <= ii:",
-                "                        s0 = mid",
-                "                    else:",
-                "                        s1 = mid - 1",
+                *_segment_of("ii", " " * 16),
                 "                kind = segs[s0, 3]",
                 "                sc = (rows, segs[s0, 2])"]
         call += _kind_calls(n_kinds, body_args, "sc", " " * 16)

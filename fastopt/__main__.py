@@ -243,8 +243,7 @@ def _cmd_bench(args):
     print(B.format_state_table(state_rows))
     print("\ntorch models (fastopt.torch.Adam vs torch.optim.Adam, DeepSpeed's CPU Adam if "
           "installed):")
-    torch_rows = B.torch_model_rows(sizes=("mlp", "mlp-frozen", "mlp-frozen-late") if args.quick
-                                    else ("mlp", "mlp-frozen", "mlp-frozen-late", "1e7"),
+    torch_rows = B.torch_model_rows(sizes=B.TORCH_SIZES[:-1] if args.quick else B.TORCH_SIZES,
                                     min_time=0.05 if args.quick else 0.25)
     print(B.format_torch_table(torch_rows) if torch_rows else "torch is not installed")
     loops = default_rows = []

@@ -726,6 +726,7 @@ def format_state_table(rows):
 
 # ---------------------------------------------------------------- torch front end
 TORCH_MODES = ("fastopt", "forloop", "foreach", "fused", "deepspeed")
+TORCH_SIZES = ("mlp", "mlp-frozen", "mlp-frozen-late", "1e7")     # (see torch_model_rows)
 
 
 def torch_mlp(dtype=None, device=None):
@@ -782,8 +783,7 @@ def _torch_optimizer(mode, model):
     return torch.optim.Adam(model.parameters(), lr=1e-3, **flag)
 
 
-def torch_model_rows(sizes=("mlp", "mlp-frozen", "mlp-frozen-late", "1e7"), modes=TORCH_MODES,
-                     min_time=0.25):
+def torch_model_rows(sizes=TORCH_SIZES, modes=TORCH_MODES, min_time=0.25):
     """A torch model trained with ``fastopt.torch.Adam`` vs ``torch.optim.Adam`` (for-loop,
     foreach, fused) and DeepSpeed's CPU Adam when it is installed: the optimizer step alone and
     the whole iteration (zero_grad, forward, backward, step), all modes timed interleaved, same

@@ -911,12 +911,19 @@ class DeviceNorm:
     buffers' (the factor's); ``pinned``: the host's copy of the sum in page-locked memory
     (made once per gradient; a one-off norm takes ordinary memory)."""
 
-    def __init__(self, g, chunk, dtype=np.float64, launch=None, pinned=True):
+    def __init__(self, g, chunk, dtype=np.float64, launch=None, pinned=True, frozen=None):
         cuda = _cuda()
         self.kernels = _kernels()
         self.x = as_device_array(g).reshape(-1)
         self.chunk = np.int64(chunk)
         self.chunks = -(-self.x.shape[0] // chunk)
+        self.frozen = ()
+        if frozen is not None:  # frozen groups' elements (a scaling.FrozenPlan of ``chunk``):
+            plan = frozen       # not read, counted as zeros
+            n = self.x.shape[0]     # (a last run [n, n): the array is never empty)
+            runs = np.concatenate((plan.runs, np.array([[n, n]], np.int64)))
+            self.frozen = tuple(cuda.to_device(np.ascontiguousarray(a))
+                                for a in (plan.kind, runs, plan.first.astype(np.int64)))
         self.partial = cuda.device_array(max(1, self.chunks), np.float64)
         self.sum = cuda.device_array(1, np.float64)
         self.fac = cuda.device_array(1, dtype)
@@ -928,6 +935,11 @@ class DeviceNorm:
 
     def _reduce(self, inv, max_norm, fac):
         k = self.kernels
+        if self.frozen:
+            self.launch(k.sum_of_squares_frozen, min(self.chunks, 8192), k.NORM_THREADS,
+                        self.x, self.chunk, self.partial, self.done, np.float64(inv),
+                        np.float64(max_norm), self.sum, fac, *self.frozen)
+            return
         self.launch(k.sum_of_squares, min(self.chunks, 8192), k.NORM_THREADS, self.x,
                     self.chunk, self.partial, self.done, np.float64(inv),
                     np.float64(max_norm), self.sum, fac)

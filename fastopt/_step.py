@@ -73,7 +73,7 @@ class Prepared:
     """One validated call of a step function on one buffers object."""
     __slots__ = ("spec", "backend", "parallel", "values", "types", "host", "device", "run",
                  "schedules", "template", "dtype", "checked_loop", "rows", "seed", "copy",
-                 "q8", "norm", "behind")
+                 "q8", "norm", "behind", "frozen")
 
     def __init__(self, spec, backend, parallel, values, arrays, run, schedules=None,
                  template=None, dtype=None, checked_loop=None, rows=None):
@@ -86,6 +86,7 @@ class Prepared:
         self.copy = None        # and their param_copy
         self.q8 = None          # and their 8-bit state: (block_size, ((field, scales), ...))
         self.norm = None        # a device gradient's norm pass (_cuda_backend.DeviceNorm)
+        self.frozen = None      # a host gradient's passes without frozen groups (FrozenPlan)
         self.values = values
         self.types = tuple(map(type, values))
         self.host, self.device = [], []
@@ -438,21 +439,28 @@ def _loop_factor(buffers, checked, prep=None):
     if max_norm is None and not skip:
         return inv
     g = buffers.grad
+    plan = None
+    if type(g) is np.ndarray and prep is not None and prep.rows is not None and prep.rows.frozen:
+        plan = prep.frozen          # frozen groups: their gradient is neither read nor counted
+        if plan is None:
+            plan = prep.frozen = scaling.FrozenPlan(buffers.size, prep.rows.frozen)
     if max_norm is None and inv <= 1.0 and type(g) is np.ndarray:
         # skip_nonfinite alone: only whether every element is finite (g / grad_scale cannot
         # overflow when grad_scale >= 1), a cheaper pass than the norm, which is not computed
         buffers.grad_norm = None
-        buffers.found_inf = not scaling.all_finite(g)
+        buffers.found_inf = not scaling.all_finite(g, plan)
         if buffers.found_inf:
             buffers.skipped_steps += 1
             return None
         return inv
     if type(g) is np.ndarray:               # validated by the step: no second check
-        norm = math.sqrt(scaling.sum_of_squares(g)) * inv
+        norm = math.sqrt(scaling.sum_of_squares(g, plan)) * inv
     elif prep is not None:                  # a device gradient (validated by the step)
         if prep.norm is None:               # its flat view and buffers, made once per call
             from ._cuda_backend import DeviceNorm
-            prep.norm = DeviceNorm(g, config.CUDA_NORM_CHUNK, prep.dtype)
+            frozen = None if prep.rows is None or not prep.rows.frozen else \
+                scaling.FrozenPlan(buffers.size, prep.rows.frozen, config.CUDA_NORM_CHUNK)
+            prep.norm = DeviceNorm(g, config.CUDA_NORM_CHUNK, prep.dtype, frozen=frozen)
         if (not skip and prep.norm.chunks and config.CUDA_DEVICE_CLIP
                 and getattr(prep.run, "device_factor", False)):
             # clipping without skipping: the factor is computed and read on the device, the

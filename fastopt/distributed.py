@@ -14,7 +14,8 @@ its gradient on its own part of the batch. :class:`ShardedStep` then
 shard (fastopt's fixed-order reduction) is all-gathered and added in rank order, the same on
 every rank; the clip factor then goes into the same one scalar as the division by N.
 ``skip_nonfinite`` skips the step on every rank when any rank's shard holds a NaN or inf (an
-all-reduce of one flag), so the ranks never diverge.
+all-reduce of one flag), so the ranks never diverge. Both leave the elements of frozen groups
+(``fastopt.Groups``) out, as a single process does.
 
 Determinism: with 2 ranks the summed gradient ``a + b`` is exact in either order and the
 division by 2 is exact, so the parameters after any number of steps are **bitwise equal** to
@@ -53,7 +54,7 @@ import numpy as np
 
 from . import registry
 from ._core import check_group
-from .scaling import grad_norm
+from .scaling import FrozenPlan, all_finite, sum_of_squares
 
 _MPI_TYPES = {np.dtype(np.float32): "FLOAT", np.dtype(np.float64): "DOUBLE"}
 
@@ -169,15 +170,16 @@ class ShardedStep:
                                       "implemented yet")
         if not self._agreed:
             self._check_agreement(hyper, max_grad_norm, skip_nonfinite)
+        frozen = None               # frozen groups: their gradient is neither read nor counted
         if hyper.get("groups") is not None:
-            hyper["groups"] = self._shard_groups(hyper["groups"])
+            hyper["groups"], frozen = self._shard_groups(hyper["groups"])
         t0 = time.perf_counter()
         self._reduce_scatter()
         n = self.size
         factor_scale = float(n)               # divide the summed gradient by N in the kernel
         comm = time.perf_counter() - t0
         if skip_nonfinite:
-            bad = int(not np.all(np.isfinite(self._shard_grad)))
+            bad = int(not all_finite(self._shard_grad, frozen)) if self._shard_grad.size else 0
             t1 = time.perf_counter()
             bad = self.comm.allreduce(bad, op=MPI.MAX)
             comm += time.perf_counter() - t1
@@ -188,7 +190,7 @@ class ShardedStep:
                 return False
             self.buffers.found_inf = False
         if max_grad_norm is not None:
-            part = grad_norm(self._shard_grad) ** 2 if self._shard_grad.size else 0.0
+            part = sum_of_squares(self._shard_grad, frozen) if self._shard_grad.size else 0.0
             t1 = time.perf_counter()
             parts = self.comm.allgather(float(part))
             comm += time.perf_counter() - t1
@@ -228,11 +230,13 @@ class ShardedStep:
         self._agreed = True
 
     def _shard_groups(self, groups):
-        """``groups`` (over the whole buffer) cut to this rank's shard, cached per object."""
+        """``groups`` (over the whole buffer) cut to this rank's shard, and the
+        :class:`fastopt.scaling.FrozenPlan` of its frozen ranges (None: none), cached per
+        object."""
         from .groups import Groups
         cached = getattr(self, "_groups_cache", None)
         if cached is not None and cached[0] is groups:
-            return cached[1]
+            return cached[1:]
         if not isinstance(groups, Groups) or groups.size != self.param.size:
             raise ValueError(f"ShardedStep: groups must be a fastopt.Groups over the whole "
                              f"buffer ({self.param.size} elements)")
@@ -243,8 +247,16 @@ class ShardedStep:
             if cut:
                 mine.append(dict(values, ranges=cut))
         shard = Groups(self.hi - self.lo, mine)
-        self._groups_cache = (groups, shard)
-        return shard
+        frozen = sorted(r for values in mine if values.get("frozen") for r in values["ranges"])
+        merged = []
+        for a, b in frozen:
+            if merged and merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], b)
+            else:
+                merged.append((a, b))
+        plan = FrozenPlan(shard.size, merged) if merged else None
+        self._groups_cache = (groups, shard, plan)
+        return shard, plan
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, directory):

@@ -53,10 +53,11 @@ class Groups:
             options; schedules and stochastic rounding still follow the buffers' step).
             ``"frozen": True`` leaves the group's elements out of the step: nothing of them is
             written (parameters, state, 8-bit codes and scales, a param copy), whatever their
-            gradient; it takes no other value. (The gradient's norm and finiteness check of
-            ``max_grad_norm``/``skip_nonfinite`` still read the whole gradient: leave a frozen
-            range's gradient at zero.) With 8-bit state a frozen range must start and end on
-            block boundaries (or at the buffer's end): a block's codes share one scale.
+            gradient; it takes no other value. The gradient's norm and finiteness check of
+            ``max_grad_norm``/``skip_nonfinite`` leave it out too (not read; the norm is the
+            one of the gradient with the frozen elements zero, bit for bit). With 8-bit state
+            a frozen range must start and end on block boundaries (or at the buffer's end): a
+            block's codes share one scale.
 
     Raises ``TypeError``/``ValueError`` for unknown tensor names, ranges outside the buffer,
     groups that overlap, boolean values. Whether each name is a real hyperparameter of the

@@ -146,26 +146,105 @@ def _run_pass(name, x, parallel):
     return run(x if x.ndim == 1 else x.reshape(-1))
 
 
-def sum_of_squares(x):
+def sum_of_squares(x, frozen=None):
     """The sum of squares of a validated C-contiguous host array (no checks: the step
-    driver's norm pass calls it on the gradient it has validated)."""
+    driver's norm pass calls it on the gradient it has validated). ``frozen``: a
+    :class:`FrozenPlan` of ``x``'s size, whose frozen elements are left out (the sum is the
+    one of ``x`` with them set to zero, bit for bit, and they are not read)."""
+    if frozen is not None:
+        return frozen.run("squares", x, config.PARALLEL_THRESHOLD)
     n = x.size
     if n == 0:
         return 0.0
     return _run_pass("chunked_sum_of_squares", x, n >= config.PARALLEL_THRESHOLD)
 
 
-def all_finite(x):
+def all_finite(x, frozen=None):
     """Whether every element of a validated C-contiguous host float array is finite (no
     inf, no NaN): the step's check for ``skip_nonfinite`` without clipping, one read of the
     gradient at the speed of memory (``kernels.reductions.all_finite``; the answer does not
-    depend on the order of the reads, so it is the same for any thread count)."""
+    depend on the order of the reads, so it is the same for any thread count). ``frozen``: a
+    :class:`FrozenPlan`: only the elements it does not freeze are checked (and read)."""
+    if frozen is not None:
+        total = frozen.run("finite", x, FINITE_PARALLEL_FACTOR * config.PARALLEL_THRESHOLD)
+        return total == total
     n = x.size
     if n == 0:
         return True
     total = _run_pass("all_finite", x,
                       n >= FINITE_PARALLEL_FACTOR * config.PARALLEL_THRESHOLD)
     return total == total
+
+
+class FrozenPlan:
+    """The reduction passes of a step with frozen groups (``fastopt.Groups``, ``"frozen":
+    True``) over its gradient of ``n`` elements: ``frozen`` the merged frozen ranges ``[lo,
+    hi)`` in order. The chunks are those of the whole gradient (``chunk`` elements from 0),
+    each all stepped, all frozen or mixed (``kernels.reductions``, "frozen elements left
+    out"), so the sums are those of the gradient with its frozen elements zero, and nothing of
+    them is read. Made once per validated step (kept in ``_step.Prepared``). The parallel
+    pass's tasks are equal shares of the stepped elements (made per thread count)."""
+
+    def __init__(self, n, frozen, chunk=NORM_CHUNK):
+        frozen = np.asarray(frozen, np.int64).reshape(-1, 2)
+        edges = np.concatenate(([0], frozen.reshape(-1), [n]))
+        runs = edges.reshape(-1, 2)
+        self.runs = np.ascontiguousarray(runs[runs[:, 1] > runs[:, 0]])
+        self.n, self.chunk = n, chunk
+        self.stepped = int((self.runs[:, 1] - self.runs[:, 0]).sum())
+        bounds = np.minimum(np.arange(-(-n // chunk) + 1, dtype=np.int64) * chunk, n)
+        before = self._stepped_before(bounds)           # stepped elements before each bound
+        count = np.diff(before)                         # ... in each chunk
+        self.kind = np.where(count == np.diff(bounds), 0,
+                             np.where(count == 0, 1, 2)).astype(np.int8)
+        self.first = np.searchsorted(self.runs[:, 1], bounds[:-1], side="right")
+        self.before = before
+        self._cuts = {}
+
+    def _stepped_before(self, at):
+        """The number of stepped elements before each position of ``at``."""
+        lo, hi = self.runs[:, 0], self.runs[:, 1]
+        full = np.concatenate(([0], np.cumsum(hi - lo)))
+        r = np.searchsorted(hi, at, side="right")       # runs ending at or before ``at``
+        part = np.clip(at - lo[np.minimum(r, len(lo) - 1)], 0, None) if len(lo) else 0
+        return full[r] + np.where(r < len(lo), part, 0)
+
+    def cuts(self, tasks):
+        """The chunk boundaries of ``tasks`` runs of chunks holding equal shares of the
+        stepped elements (a run may be empty)."""
+        out = self._cuts.get(tasks)
+        if out is None:
+            want = self.stepped * np.arange(1, tasks, dtype=np.int64) // tasks
+            inner = np.searchsorted(self.before, want, side="right") - 1
+            out = np.concatenate(([0], np.clip(inner, 0, self.kind.size),
+                                  [self.kind.size])).astype(np.int64)
+            self._cuts[tasks] = out = np.maximum.accumulate(out)
+        return out
+
+    def run(self, name, x, threshold):
+        """The pass ``name`` (``"squares"``, ``"finite"``) over ``x`` (``n`` elements);
+        parallel when the stepped elements reach ``threshold``."""
+        if self.stepped == 0:
+            return 0.0
+        from .kernels import reductions
+        parallel = self.stepped >= threshold
+        fn = _KERNELS.get((name, "frozen", parallel))
+        if fn is None:
+            fn = _KERNELS[name, "frozen", parallel] = reductions.frozen_pass(name, parallel)
+        if parallel and not _threads.READY:
+            _threads.ensure_pool()
+        x = x if x.ndim == 1 else x.reshape(-1)
+        return fn(x, self.chunk, self.cuts(reductions.n_tasks(parallel)), self.kind,
+                  self.runs, self.first)
+
+
+def sum_of_squares_frozen_reference(x, frozen):
+    """The NumPy reference of :func:`sum_of_squares` with ``frozen`` ranges ``[lo, hi)`` left
+    out: the reference sum of ``x`` with those elements set to zero."""
+    x = np.array(np.asarray(x).reshape(-1), dtype=np.float64)
+    for lo, hi in frozen:
+        x[lo:hi] = 0.0
+    return sum_of_squares_reference(x)
 
 
 # the finiteness pass goes parallel at this multiple of PARALLEL_THRESHOLD. Alone it is cheap

@@ -71,11 +71,6 @@ __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "
            "Lion", "LAMB"]
 
 _BETAS = ("beta1", "beta2")
-# parameters without a gradient at a step, in runs shorter than this on average: their
-# gradients zeroed through one index (a few calls however many runs), longer ones as slices
-# (measured when their values and state were saved and restored that way each step: eight runs
-# of 300 elements 38 vs 46 us a step, of 1,000 80 vs 52 us)
-_INDEX_RUN = 512
 
 
 def _real(value, name):
@@ -281,7 +276,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                     p.grad = view
                 views.append((p, view, p.data_ptr()))
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
-        self._on_host = device.type == "cpu"
         self._views = views          # (param, its gradient view, where its values live);
         #                              p.grad is the view when not None
         self._order = {id(p): i for i, (p, _, _) in enumerate(views)}
@@ -554,18 +548,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         where = self._resting_elements(missing) if missing else None
         key = where[0] if missing else ()
         if key != self._rest_key:
-            if missing:
-                # an earlier gradient left in the arena must not enter the norm of
-                # max_grad_norm nor the finiteness check: zeroed once, as nothing of the
-                # front end writes a resting parameter's part of the arena's gradient while it
-                # rests (its p.grad is None; a new gradient ends the rest: _sync_grads)
-                self._zero_grads(where)
             self._settle(missing, key)
         stepping = None
         if self._lag:                       # (before grad_scale: kwargs cached as they are)
             stepping = self._stepping()
             kwargs = self._behind(kwargs, stepping[0])
-        if missing:                         # they sit the step out: a frozen group
+        if missing:
+            # they sit the step out: a frozen group, whose gradient (an earlier one may be
+            # left in the arena) neither max_grad_norm's norm nor the finiteness check reads
             kwargs = self._frozen(kwargs, where)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
@@ -606,12 +596,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         return count if count is not None else self._buffers.step - self._lag.get(p, 0)
 
     def _resting_elements(self, missing):
-        """The arena's elements of the parameters without a gradient, ``(key, runs, index)``:
+        """The arena's elements of the parameters without a gradient, ``(key, runs)``:
         ``runs`` the ranges of neighbouring such parameters merged (padding between them
-        included: it is zeros and stays so); where the runs are short (``_INDEX_RUN``),
-        ``index`` the elements as one index array, so that zeroing their gradients costs a few
-        operations however many parameters sit the step out. Made again only when the set
-        changes."""
+        included: it is zeros and stays so). Made again only when the set changes."""
         key = tuple(map(id, missing))
         made = self._resting_cache
         if made is not None and made[0] == key:
@@ -625,12 +612,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             else:
                 runs.append([lo, hi])
             last = i
-        index = None
-        if sum(hi - lo for lo, hi in runs) < _INDEX_RUN * len(runs):
-            index = np.concatenate([np.arange(lo, hi) for lo, hi in runs])
-            if not self._on_host:
-                index = torch.from_numpy(index).to(self._flat_p.device)
-        made = self._resting_cache = (key, [tuple(r) for r in runs], index)
+        made = self._resting_cache = (key, [tuple(r) for r in runs])
         return made
 
     def _frozen(self, kwargs, where):
@@ -654,23 +636,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         frozen = dict(kwargs, groups=Groups(n, out))
         self._frozen_cache = (kwargs, where[0], frozen)
         return frozen
-
-    def _zero_grads(self, where):
-        _, runs, index = where
-        g = self._arrays(["grad"])[0]
-        if index is not None:
-            g[index] = 0
-        else:
-            for lo, hi in runs:
-                g[lo:hi] = 0
-
-    def _arrays(self, names):
-        """The buffers' arrays ``names``: NumPy arrays on the host (a copy or a slice of one
-        costs less than torch's), torch views on a device."""
-        b = self._buffers
-        if self._on_host:
-            return [getattr(b, n) for n in names]
-        return [self._tensor(n) for n in names]
 
     def _stepping(self):
         """``(key, by_lag)``: the parameters behind the arena's count that have a gradient now

@@ -137,38 +137,84 @@ def tree_sum(sh, tid, acc):
 
 
 @cuda.jit(device=True)
+def chunk_acc(x, start, end, tid):
+    """Thread ``tid``'s sum of squares (float64) of its elements ``start + tid``, ``start +
+    tid + NORM_THREADS``, ... below ``end``, in order, eight loads ahead of the additions."""
+    t = NORM_THREADS
+    acc = float64(0.0)
+    i = start + tid
+    while i + 7 * t < end:
+        v0 = float64(x[i])
+        v1 = float64(x[i + t])
+        v2 = float64(x[i + 2 * t])
+        v3 = float64(x[i + 3 * t])
+        v4 = float64(x[i + 4 * t])
+        v5 = float64(x[i + 5 * t])
+        v6 = float64(x[i + 6 * t])
+        v7 = float64(x[i + 7 * t])
+        acc += v0 * v0
+        acc += v1 * v1
+        acc += v2 * v2
+        acc += v3 * v3
+        acc += v4 * v4
+        acc += v5 * v5
+        acc += v6 * v6
+        acc += v7 * v7
+        i += 8 * t
+    while i < end:
+        v = float64(x[i])
+        acc += v * v
+        i += t
+    return acc
+
+
+@cuda.jit(device=True)
 def chunk_sums(x, chunk, out, sh, tid):
     """This block's chunks of :func:`chunk_sum_of_squares` (grid-stride), their sums in
     ``out``; every thread returns after the block's last barrier."""
     n = x.shape[0]
-    t = NORM_THREADS
+    for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        start = c * chunk
+        total = tree_sum(sh, tid, chunk_acc(x, start, min(n, start + chunk), tid))
+        if tid == 0:
+            out[c] = total
+        cuda.syncthreads()
+
+
+@cuda.jit(device=True)
+def mixed_acc(x, start, end, tid, runs, r):
+    """:func:`chunk_acc` of a chunk with frozen elements, counted as zeros: only the elements
+    inside the stepped runs ``runs[r:]`` (``(k, 2)`` int64, ``[lo, hi)`` in order) are read;
+    the same additions in the same order as over the gradient with the frozen elements zero
+    (``+ 0.0`` leaves a sum of squares as it is), so the same bits."""
+    acc = float64(0.0)
+    i = start + tid
+    while i < end:
+        while r < runs.shape[0] and runs[r, 1] <= i:
+            r += 1
+        v = float64(0.0)
+        if r < runs.shape[0] and runs[r, 0] <= i:
+            v = float64(x[i])
+        acc += v * v
+        i += NORM_THREADS
+    return acc
+
+
+@cuda.jit(device=True)
+def chunk_sums_frozen(x, chunk, out, sh, tid, kind, runs, first):
+    """:func:`chunk_sums` with frozen elements left out (``fastopt.scaling.FrozenPlan`` makes
+    the arrays): chunk ``c`` all stepped (``kind[c]`` 0) as there, all frozen (1) read not at
+    all (its sum 0.0), mixed (2) by :func:`mixed_acc` from the stepped run ``first[c]``."""
+    n = x.shape[0]
     for c in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
         start = c * chunk
         end = min(n, start + chunk)
+        k = kind[c]
         acc = float64(0.0)
-        i = start + tid
-        while i + 7 * t < end:
-            v0 = float64(x[i])
-            v1 = float64(x[i + t])
-            v2 = float64(x[i + 2 * t])
-            v3 = float64(x[i + 3 * t])
-            v4 = float64(x[i + 4 * t])
-            v5 = float64(x[i + 5 * t])
-            v6 = float64(x[i + 6 * t])
-            v7 = float64(x[i + 7 * t])
-            acc += v0 * v0
-            acc += v1 * v1
-            acc += v2 * v2
-            acc += v3 * v3
-            acc += v4 * v4
-            acc += v5 * v5
-            acc += v6 * v6
-            acc += v7 * v7
-            i += 8 * t
-        while i < end:
-            v = float64(x[i])
-            acc += v * v
-            i += NORM_THREADS
+        if k == 0:
+            acc = chunk_acc(x, start, end, tid)
+        elif k == 2:
+            acc = mixed_acc(x, start, end, tid, runs, first[c])
         total = tree_sum(sh, tid, acc)
         if tid == 0:
             out[c] = total
@@ -223,6 +269,26 @@ def finish_sum_of_squares(partial, inv, max_norm, total, factor):
     finish(acc, inv, max_norm, total, factor, sh, tid)
 
 
+@cuda.jit(device=True)
+def finish_last(out, done, inv, max_norm, total, factor, sh, last, tid):
+    """The end of :func:`sum_of_squares` after a block wrote its chunk sums: the block that
+    takes the last ticket adds them all up (:func:`finish`) and resets ``done``."""
+    cuda.threadfence()
+    if tid == 0:
+        ticket = cuda.atomic.add(done, 0, 1)
+        last[0] = 1 if ticket == cuda.gridDim.x - 1 else 0
+    cuda.syncthreads()
+    if last[0]:
+        acc = float64(0.0)
+        i = tid
+        while i < out.shape[0]:
+            acc += cuda.atomic.add(out, i, 0.0)   # (a read from L2: the sum as written)
+            i += NORM_THREADS
+        finish(acc, inv, max_norm, total, factor, sh, tid)
+        if tid == 0:
+            done[0] = 0
+
+
 @_kernel_jit
 def sum_of_squares(x, chunk, out, done, inv, max_norm, total, factor):
     """:func:`chunk_sum_of_squares` and :func:`finish_sum_of_squares` in one launch, the same
@@ -238,20 +304,20 @@ def sum_of_squares(x, chunk, out, done, inv, max_norm, total, factor):
     last = cuda.shared.array(1, int32)
     tid = cuda.threadIdx.x
     chunk_sums(x, chunk, out, sh, tid)
-    cuda.threadfence()
-    if tid == 0:
-        ticket = cuda.atomic.add(done, 0, 1)
-        last[0] = 1 if ticket == cuda.gridDim.x - 1 else 0
-    cuda.syncthreads()
-    if last[0]:
-        acc = float64(0.0)
-        i = tid
-        while i < out.shape[0]:
-            acc += cuda.atomic.add(out, i, 0.0)   # (a read from L2: the sum as written)
-            i += NORM_THREADS
-        finish(acc, inv, max_norm, total, factor, sh, tid)
-        if tid == 0:
-            done[0] = 0
+    finish_last(out, done, inv, max_norm, total, factor, sh, last, tid)
+
+
+@_kernel_jit
+def sum_of_squares_frozen(x, chunk, out, done, inv, max_norm, total, factor, kind, runs,
+                          first):
+    """:func:`sum_of_squares` of a step with frozen groups: their elements are not read and
+    count as zeros (:func:`chunk_sums_frozen`), so the result is the one of the gradient with
+    them set to zero, bit for bit."""
+    sh = cuda.shared.array(NORM_THREADS, float64)
+    last = cuda.shared.array(1, int32)
+    tid = cuda.threadIdx.x
+    chunk_sums_frozen(x, chunk, out, sh, tid, kind, runs, first)
+    finish_last(out, done, inv, max_norm, total, factor, sh, last, tid)
 
 
 NORMS_MAX = 4          # the most values a record's ``norms`` may return

@@ -203,6 +203,20 @@ def _streams_sum(x, c0, rows, chunk, partial):
             partial[c0 + q * rows + i] = _tree8(s, q * LANES)
 
 
+@njit(error_model="numpy", inline="always")
+def _stretch(x, c0, c1, chunk, partial, chunk_op, streams_op):
+    """``partial[c]`` for the chunks ``c0 .. c1 - 1`` of ``x``: the full ones in
+    ``STREAMS`` runs read side by side (``streams_op``), the rest one by one (``chunk_op``)."""
+    n = x.shape[0]
+    n_full = n // chunk if chunk % LANES == 0 else 0
+    rows = max(0, min(c1, n_full) - c0) // STREAMS
+    if rows > 0:
+        streams_op(x, c0, rows, chunk, partial)
+    for c in range(c0 + STREAMS * rows, c1):
+        start = c * chunk
+        partial[c] = chunk_op(x, start, min(n, start + chunk))
+
+
 def _per_chunk_sum(x, chunk, tasks):
     """``_chunk_op`` (bound per use: :func:`_twin`) of each chunk, the results added in
     chunk order. The chunks are handed out as ``tasks`` runs of consecutive chunks (the
@@ -213,17 +227,10 @@ def _per_chunk_sum(x, chunk, tasks):
     n = x.shape[0]
     n_chunks = (n + chunk - 1) // chunk
     partial = np.empty(n_chunks, np.float64)
-    n_full = n // chunk if chunk % LANES == 0 else 0
     per = max(1, (n_chunks + tasks - 1) // max(1, tasks))
     for t in prange((n_chunks + per - 1) // per):
         c0 = t * per
-        c1 = min(n_chunks, c0 + per)
-        rows = max(0, min(c1, n_full) - c0) // STREAMS
-        if rows > 0:
-            _streams_op(x, c0, rows, chunk, partial)
-        for c in range(c0 + STREAMS * rows, c1):
-            start = c * chunk
-            partial[c] = _chunk_op(x, start, min(n, start + chunk))
+        _stretch(x, c0, min(n_chunks, c0 + per), chunk, partial, _chunk_op, _streams_op)
     total = 0.0
     for c in range(n_chunks):
         total += partial[c]
@@ -244,6 +251,99 @@ def _twin(name, chunk_op, streams_op, parallel):
                     _chunk_op=chunk_op, _streams_op=streams_op)
         fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(twin)
     return fn
+
+
+# ------------------------------------------------- the passes with frozen elements left out
+# A step with frozen groups (``fastopt.Groups``, ``"frozen": True``) reads none of their
+# gradient: a chunk of the pass is all stepped (kind 0: the chunk operations above), all frozen
+# (kind 1: nothing read, its sum 0.0) or mixed (kind 2: ``_mixed_op`` over its stepped
+# elements alone, in the lanes and order of the whole chunk). A frozen element then counts as
+# a zero would: in a lane, + 0.0 leaves a sum of squares as it is (never -0.0), so the result
+# is the pass over the gradient with the frozen elements set to zero, bit for bit.
+_mixed_op = None
+
+
+@njit(error_model="numpy", inline="always")
+def _mixed_squares(x, start, end, runs, r):
+    """The sum of squares of chunk ``x[start:end]`` over the stepped runs ``runs[r:]`` (an
+    ``(k, 2)`` int64 array of ``[lo, hi)``, in order) that reach into it, each element in
+    its lane of the whole chunk (``(i - start) % 8``), in order: :func:`_chunk_sum` of the
+    chunk with its frozen elements zero."""
+    lanes = np.zeros(LANES, np.float64)
+    while r < runs.shape[0] and runs[r, 0] < end:
+        for i in range(max(start, runs[r, 0]), min(end, runs[r, 1])):
+            v = np.float64(x[i])
+            lanes[(i - start) % LANES] += v * v
+        r += 1
+    return _tree8(lanes, 0)
+
+
+@njit(error_model="numpy", inline="always")
+def _mixed_zero_products(x, start, end, runs, r):
+    """:func:`_chunk_zero_products` of the stepped elements of ``x[start:end]``."""
+    acc = 0.0
+    while r < runs.shape[0] and runs[r, 0] < end:
+        for i in range(max(start, runs[r, 0]), min(end, runs[r, 1])):
+            acc += np.float64(x[i] * 0)
+        r += 1
+    return acc
+
+
+def _per_chunk_sum_frozen(x, chunk, cuts, kind, runs, first):
+    """:func:`_per_chunk_sum` with the frozen elements left out: ``kind[c]`` says what chunk
+    ``c`` is (above), ``first[c]`` the first stepped run that ends after its start; the tasks
+    are the runs of chunks ``cuts[t] .. cuts[t + 1]`` (equal shares of the stepped elements,
+    made by the caller); a stretch of all-stepped chunks in a task goes to ``_streams_op``
+    (its full chunks) as in :func:`_per_chunk_sum`. Which task computes a chunk changes none
+    of its bits; the chunk sums are added in chunk order."""
+    n = x.shape[0]
+    n_chunks = kind.shape[0]
+    partial = np.zeros(n_chunks, np.float64)
+    for t in prange(cuts.shape[0] - 1):
+        c = cuts[t]
+        c1 = cuts[t + 1]
+        while c < c1:
+            k = kind[c]
+            if k == 0:
+                e = c + 1
+                while e < c1 and kind[e] == 0:
+                    e += 1
+                _stretch(x, c, e, chunk, partial, _chunk_op, _streams_op)
+                c = e
+            else:
+                if k == 2:
+                    start = c * chunk
+                    partial[c] = _mixed_op(x, start, min(n, start + chunk), runs, first[c])
+                c += 1
+    total = 0.0
+    for c in range(n_chunks):
+        total += partial[c]
+    return total
+
+
+def _twin_frozen(name, chunk_op, streams_op, mixed_op, parallel):
+    """:func:`_per_chunk_sum_frozen` over the three operations, compiled (serial or
+    ``parallel=True``)."""
+    key = (name + " frozen", bool(parallel))
+    fn = _compiled.get(key)
+    if fn is None:
+        from .decorators import bind
+        twin = bind(_per_chunk_sum_frozen,
+                    f"_{name}_frozen{'_parallel' if parallel else '_serial'}",
+                    _chunk_op=chunk_op, _streams_op=streams_op, _mixed_op=mixed_op)
+        fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(twin)
+    return fn
+
+
+def frozen_pass(name, parallel):
+    """The compiled pass ``name`` (``"squares"``: :func:`chunked_sum_of_squares`,
+    ``"finite"``: :func:`all_finite`) with frozen elements left out: ``fn(x, chunk, cuts,
+    kind, runs, first)`` (:func:`_per_chunk_sum_frozen`; ``fastopt.scaling.FrozenPlan``
+    makes the arrays)."""
+    if name == "squares":
+        return _twin_frozen(name, _chunk_sum, _streams_sum, _mixed_squares, parallel)
+    return _twin_frozen(name, _chunk_zero_products, _streams_zero_products,
+                        _mixed_zero_products, parallel)
 
 
 def n_tasks(parallel):

@@ -261,12 +261,14 @@ def test_finish_kernel_compiles_to_ptx(dtype, no_driver_device):
 
 
 @pytest.mark.skipif(not _nvvm_available(), reason="NVVM not available for compile_ptx")
+@pytest.mark.parametrize("frozen", [False, True], ids=["plain", "frozen"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_one_launch_norm_pass_compiles_to_ptx(dtype, no_driver_device):
-    """The norm pass in one launch (``kernels.cuda.sum_of_squares``): the chunk kernel's loads
-    and tree, a device-wide memory fence before each block's ticket (a global atomic add),
-    the chunk sums read back with float64 atomic adds, the finishing kernel's correctly
-    rounded square root and division, no contraction."""
+def test_one_launch_norm_pass_compiles_to_ptx(dtype, frozen, no_driver_device):
+    """The norm pass in one launch (``kernels.cuda.sum_of_squares``, and its twin for steps
+    with frozen groups, ``sum_of_squares_frozen``): the chunk kernel's loads and tree, a
+    device-wide memory fence before each block's ticket (a global atomic add), the chunk sums
+    read back with float64 atomic adds, the finishing kernel's correctly rounded square root
+    and division, no contraction."""
     from numba import cuda, types
     from fastopt.kernels import cuda as ck
     if not fastopt.cuda_available():
@@ -275,8 +277,13 @@ def test_one_launch_norm_pass_compiles_to_ptx(dtype, no_driver_device):
     f64 = types.Array(types.float64, 1, "C")
     sig = (types.Array(nb, 1, "C"), types.int64, f64, types.Array(types.int32, 1, "C"),
            types.float64, types.float64, f64, types.Array(nb, 1, "C"))
+    kernel = ck.sum_of_squares
+    if frozen:
+        sig += (types.Array(types.int8, 1, "C"), types.Array(types.int64, 2, "C"),
+                types.Array(types.int64, 1, "C"))
+        kernel = ck.sum_of_squares_frozen
     with ck.exact():
-        ptx, _ = cuda.compile_ptx(ck.sum_of_squares.py_func, sig, cc=(8, 0))
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
     assert f"ld.global.f{nb.bitwidth}" in ptx and "add.rn.f64" in ptx and "fma." not in ptx
     assert "membar.gl" in ptx or "fence.sc.gpu" in ptx or "fence.acq_rel.gpu" in ptx
     assert re.search(r"atom\.global\.add\.u32|atom\.global\.add\.s32", ptx)

@@ -103,3 +103,69 @@ def test_skip_alone_does_not_skip_a_finite_gradient_whose_norm_overflows():
     b = fastopt.SGDBuffers.zeros(p, g)
     fastopt.sgd_step(b, lr=1e-300, skip_nonfinite=True)
     assert b.step == 1 and not b.found_inf and np.all(b.param == -1.0)
+
+
+def _frozen_ranges(rng, n, k):
+    """Up to ``k`` disjoint, merged ranges ``[lo, hi)`` of ``[0, n)``, in order."""
+    edges = np.unique(rng.integers(0, n + 1, size=2 * k))
+    pairs = edges[:edges.size // 2 * 2].reshape(-1, 2)
+    return [(int(a), int(b)) for a, b in pairs if b > a]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_passes_leave_frozen_elements_out_bit_for_bit(dtype, monkeypatch):
+    """A step with frozen groups reads none of their gradient: the norm pass equals the
+    reference over the gradient with the frozen elements zero, bit for bit, serial and
+    parallel, any thread count (chunks all stepped, all frozen and mixed, the streams of a
+    task's stepped stretch, a last partial chunk); the finiteness pass sees a NaN or inf in a
+    stepped element only; nothing frozen equals the plain passes."""
+    from fastopt.scaling import (FrozenPlan, all_finite, sum_of_squares,
+                                 sum_of_squares_frozen_reference)
+    rng = np.random.default_rng(7)
+    sizes = [0, 5, 4096, 4097, 9 * 4096 + 77, 40 * 4096 + 1000]
+    for n in sizes + list(rng.integers(1, 200_000, size=6)):
+        n = int(n)
+        g = rng.standard_normal(n).astype(dtype)
+        layouts = [[], [(0, n)], _frozen_ranges(rng, n, 1), _frozen_ranges(rng, n, 3),
+                   _frozen_ranges(rng, n, 12)]
+        if n > 4 * 4096:
+            layouts.append([(100, 4096), (8192, 3 * 4096 + 5)])     # a chunk in between
+        layouts = [[(lo, hi) for lo, hi in f if hi > lo] for f in layouts]
+        for frozen in layouts:
+            plan = FrozenPlan(n, frozen)
+            h = g.copy()
+            for lo, hi in frozen:               # junk where nothing is read
+                h[lo:hi] = np.nan if hi - lo == 1 else 1e30
+                h[lo] = np.inf
+            want = sum_of_squares_frozen_reference(h, frozen)
+            for threshold in (1 << 62, 0):
+                monkeypatch.setattr(config, "PARALLEL_THRESHOLD", threshold)
+                for threads in (1, numba.config.NUMBA_NUM_THREADS):
+                    numba.set_num_threads(threads)
+                    assert sum_of_squares(h, plan) == want, (n, frozen, threshold, threads)
+                    assert all_finite(h, plan)
+                    if not frozen:
+                        assert sum_of_squares(h, plan) == sum_of_squares(h)
+                    stepped = [i for i in (0, n // 2, n - 1)
+                               if n and not any(lo <= i < hi for lo, hi in frozen)]
+                    for i in stepped:
+                        bad = h.copy()
+                        bad[i] = np.nan
+                        assert not all_finite(bad, plan)
+                        assert np.isnan(sum_of_squares(bad, plan))
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+
+
+def test_a_frozen_plan_shares_the_stepped_chunks_out_equally():
+    """The parallel pass's tasks hold equal shares of the stepped elements: with the first
+    70% frozen, two tasks both get stepped chunks (cut by element index, one would idle)."""
+    from fastopt.scaling import FrozenPlan
+    n = 1000 * 4096
+    plan = FrozenPlan(n, [(0, 700 * 4096 + 17)])
+    assert plan.stepped == n - (700 * 4096 + 17)
+    assert list(plan.kind[:700]) == [1] * 700 and plan.kind[700] == 2 and plan.kind[701] == 0
+    cuts = plan.cuts(2)
+    assert cuts[0] == 0 and cuts[-1] == 1000 and 849 <= cuts[1] <= 851
+    assert list(FrozenPlan(n, []).cuts(4)) == [0, 250, 500, 750, 1000]
+    every = FrozenPlan(n, [(0, n)])
+    assert list(every.kind) == [1] * 1000 and every.stepped == 0

@@ -392,6 +392,65 @@ def test_one_launch_norm_pass_gives_the_two_kernels_bits():
         assert 0 < want_f.copy_to_host()[0] < 0.5           # (the factor clips here)
 
 
+def test_the_device_norm_leaves_frozen_elements_out_bit_for_bit():
+    """The norm pass of a step with frozen groups on the device
+    (``kernels.cuda.sum_of_squares_frozen``): frozen elements (junk here: inf, NaN, 1e30)
+    are not read and count as zeros, so the sum and the clip factor are the plain pass's over
+    the gradient with them zero, bit for bit: chunks all stepped, all frozen and mixed (the
+    stepped runs found per thread), several chunks per block, launch after launch."""
+    from fastopt._cuda_backend import DeviceNorm
+    from fastopt.kernels import cuda as ck
+    from fastopt.scaling import FrozenPlan
+    rng = np.random.default_rng(19)
+    chunk = 2 * ck.NORM_THREADS
+    n = 9 * chunk + 11
+    g = (rng.standard_normal(n) * 2).astype(np.float32)
+    for frozen in ([(3, 5)], [(0, chunk), (2 * chunk + 7, 4 * chunk + 1), (n - 20, n)],
+                   [(5, n - 3)], [(0, n)]):
+        junk, zero = g.copy(), g.copy()
+        for lo, hi in frozen:
+            junk[lo:hi] = 1e30
+            junk[lo] = np.inf
+            junk[hi - 1] = np.nan
+            zero[lo:hi] = 0.0
+        mine = DeviceNorm(cuda.to_device(junk), chunk, np.float32,
+                          frozen=FrozenPlan(n, frozen, chunk))
+        plain = DeviceNorm(cuda.to_device(zero), chunk, np.float32)
+        for _ in range(2):
+            assert mine() == plain(), frozen
+            f, h = mine.factor(0.5, 1.0), plain.factor(0.5, 1.0)
+            assert f.copy_to_host().tobytes() == h.copy_to_host().tobytes()
+        assert np.isfinite(mine())
+
+
+def test_a_clipped_step_on_the_device_leaves_a_frozen_gradient_out():
+    """Clipping and skipping with a frozen group on the device: a NaN and large values in
+    the frozen gradient change nothing (the step is not skipped, the factor is the one of
+    the stepped gradient): the same bits as with that gradient zero."""
+    n = 300
+    frozen = fastopt.Groups(n, [{"range": (40, 200), "frozen": True}])
+    rng = np.random.default_rng(23)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = (rng.standard_normal(n) * 4).astype(np.float32)
+    junk = g.copy()
+    junk[40:200] = 1e6
+    junk[77] = np.nan
+    zero = g.copy()
+    zero[40:200] = 0.0
+    out = []
+    for grad in (junk, zero):
+        dev = fastopt.to_device(fastopt.AdamBuffers.zeros(p.copy(), grad))
+        for loop in (dict(max_grad_norm=0.5), dict(max_grad_norm=0.5, skip_nonfinite=True)):
+            fastopt.adam_step(dev, groups=frozen, **loop)
+            assert not dev.found_inf
+        out.append((fastopt.to_host(dev), dev.grad_norm))
+    (a, na), (b, nb) = out
+    assert na == nb and a.step == b.step == 2
+    for k in ("param", "exp_avg", "exp_avg_sq"):
+        assert a.arrays()[k].tobytes() == b.arrays()[k].tobytes(), k
+    assert not np.array_equal(a.param, p)
+
+
 @pytest.mark.parametrize("loop", [dict(grad_scale=1024.0), dict(max_grad_norm=0.5),
                                   dict(max_grad_norm=0.5, grad_scale=64.0,
                                        skip_nonfinite=True)], ids=str)

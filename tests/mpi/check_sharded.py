@@ -29,7 +29,7 @@ def grads(step, n, dtype):
             for k in range(size)]
 
 
-def run(name, kw, zeros, dtype, n=10_007, steps=6, start=0, **loop):
+def run(name, kw, zeros, dtype, n=10_007, steps=6, start=0, junk=None, **loop):
     spec = registry.get(name)
     fn = registry.step_function(spec)
     p0 = np.random.default_rng(7).standard_normal(n).astype(dtype)
@@ -40,6 +40,10 @@ def run(name, kw, zeros, dtype, n=10_007, steps=6, start=0, **loop):
     sh.buffers.step = ref.step = start
     for step in range(steps):
         parts = grads(step, n, dtype)
+        if junk is not None:            # a frozen range's gradient: never read
+            for part in parts:
+                part[junk[0]:junk[1]] = 1e30
+                part[junk[0]] = np.nan
         if loop.get("skip_nonfinite") and step == 2:
             parts[1][-5] = np.inf       # rank 1's gradient, in rank 1's shard after the sum
         g[...] = parts[rank]
@@ -78,6 +82,15 @@ frozen = fastopt.Groups(10_007, [{"range": (4000, 6500), "frozen": True},
 sh, ref = run("adam", dict(groups=frozen), {}, np.float32)
 assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), "frozen"
 assert np.array_equal(ref.exp_avg[4000:6500], np.zeros(2500, np.float32)), "frozen state"
+# ... whose gradient (NaN, 1e30) clipping's norm and the skip check leave out on every rank
+sh, ref = run("adam", dict(groups=frozen), {}, np.float64, junk=(4000, 6500), max_grad_norm=1.0)
+np.testing.assert_allclose(sh.param, ref.param, rtol=1e-12, atol=1e-14)
+assert np.isfinite(ref.grad_norm) and ref.grad_norm < 1e3, ref.grad_norm
+assert abs(sh.buffers.grad_norm - ref.grad_norm) <= 1e-12 * ref.grad_norm
+sh, ref = run("adam", dict(groups=frozen), {}, np.float32, junk=(4000, 6500),
+              skip_nonfinite=True)
+assert sh.buffers.skipped_steps == ref.skipped_steps == 1       # (step 2's inf, stepped)
+assert np.array_equal(sh.param.view(np.uint8), ref.param.view(np.uint8)), "frozen skip"
 
 # clipping: equal to rounding (the norm's chunks follow the shard boundaries)
 sh, ref = run("adam", dict(lr=1e-2), {}, np.float64, max_grad_norm=1.0)

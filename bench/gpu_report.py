@@ -24,8 +24,9 @@ prints its traceback and the others still run. What it measures (float32 unless 
    the host is the limit (Adam at the MLP's size and 1e6: timeline and host time per call);
 7. (by name) the launch sweep, a host profile, groups, compressed state, compressed state with
    groups, LAMB, ``paths``: fastopt's direct launch vs numba-cuda's, and ``layouts``: the word
-   layouts of bfloat16 and 8-bit state against the ones before them (see each section's
-   docstring).
+   layouts of bfloat16 and 8-bit state against the ones before them, and ``frozen``: frozen
+   groups on the device, bits and time, and fastopt.torch with a resting layer (see each
+   section's docstring).
 
 Times: CUDA events around ``reps`` back-to-back steps after warm-up, the median of 5 such
 repeats, per step; events measure the GPU's timeline, so host overhead between launches counts
@@ -943,6 +944,109 @@ def lamb_on_device(n=10_000_000):
     return out
 
 
+def _all_bits(b):
+    """Device buffers ``b``'s arrays and 8-bit scales on the host (name -> array)."""
+    out = {k: np.asarray(v.copy_to_host()) for k, v in b.arrays().items() if v.size}
+    out.update({"scale " + k: np.asarray(v.copy_to_host())
+                for k, v in (getattr(b, "state_absmax", None) or {}).items()})
+    return out
+
+
+def _split_bits(bits, cut, block):
+    """``bits`` (:func:`_all_bits`) cut at element ``cut``: (frozen part, stepped part); a
+    scale array is cut at block ``cut // block``."""
+    def at(k):
+        return cut // block if k.startswith("scale ") else cut
+    return ({k: v[:at(k)] for k, v in bits.items()}, {k: v[at(k):] for k, v in bits.items()})
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(
+        np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in a)
+
+
+def _frontend_run(device, steps=4):
+    """fastopt.torch.Adam over the MLP's parameters on ``device`` with gradients set from a
+    NumPy generator (the same on every device); the first layer (weight, bias) has no
+    gradient after the first step, so it rests in a frozen group. Returns the parameters
+    after the first step and at the end (NumPy)."""
+    import fastopt.torch as ft
+    model = B.torch_mlp(torch.float32, device)
+    opt = ft.Adam(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(1)
+    first = None
+    for s in range(steps):
+        for i, q in enumerate(model.parameters()):
+            draw = rng.standard_normal(tuple(q.shape)).astype(np.float32)
+            q.grad = None if s and i < 2 else torch.tensor(draw, device=device)
+        opt.step()
+        if first is None:
+            first = [q.detach().cpu().numpy().copy() for q in model.parameters()]
+    return first, [q.detach().cpu().numpy() for q in model.parameters()]
+
+
+@section("frozen")
+def frozen_on_device(n=100_000_000, share=0.7, steps=3):
+    """Frozen groups on the device (``{"frozen": True}``): Adam with float32 and 8-bit state at
+    ``n`` elements whose first ``share`` (cut on a quantization block's boundary) is frozen,
+    against the rest stepped alone and the whole buffer stepped: GPU time per step (the
+    kernels' own, :func:`gpu_time`) and, after ``steps`` steps, the bits (the stepped part
+    equals the rest stepped alone, parameters, state, codes and scales; the frozen part is
+    unchanged). Then fastopt.torch.Adam on the GPU with a resting layer: its bits kept and the
+    others against the same run on the CPU (ulp), and ``mlp-frozen-late`` (the MLP's first
+    layer frozen after a first step) vs the whole MLP and torch's fused Adam, per step (CUDA
+    events, host included: at this size the host is the limit)."""
+    out = {}
+    block = 256
+    cut = int(n * share) // block * block
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(n).astype(np.float32)
+    g = rng.standard_normal(n).astype(np.float32)
+    frozen = fastopt.Groups(n, [{"range": (0, cut), "frozen": True}])
+    for label, opts in (("float32 state", {}),
+                        ("8-bit state", dict(state_dtype="int8", block_size=block,
+                                             min_8bit_size=0))):
+        def make(lo=0):
+            return fastopt.to_device(fastopt.AdamBuffers.zeros(p[lo:].copy(), g[lo:].copy(),
+                                                               **opts))
+        part, alone = make(), make(cut)
+        before = _split_bits(_all_bits(part), cut, block)[0]
+        for _ in range(steps):
+            fastopt.adam_step(part, groups=frozen)
+            fastopt.adam_step(alone)
+        kept, stepped = _split_bits(_all_bits(part), cut, block)
+        row = {"frozen part unchanged": _same(kept, before),
+               "stepped part == rest alone, bitwise": _same(stepped, _all_bits(alone))}
+        whole, part = make(), make()
+        reps = reps_for(n)
+        row["whole buffer"] = gpu_time(lambda: fastopt.adam_step(whole), reps)
+        row[f"first {share:.0%} frozen"] = gpu_time(
+            lambda: fastopt.adam_step(part, groups=frozen), reps)
+        row["the rest alone"] = gpu_time(lambda: fastopt.adam_step(alone), reps)
+        out[label] = row
+        print(f"n={n}, {label}: " + ", ".join(
+            f"{k} {us(v) if isinstance(v, float) else v}" for k, v in row.items()), flush=True)
+
+    gpu_first, gpu_last = _frontend_run(DEV)
+    cpu_first, cpu_last = _frontend_run(torch.device("cpu"))
+    row = {"resting layer kept (GPU)": all(np.array_equal(a, b) for a, b in
+                                           zip(gpu_first[:2], gpu_last[:2])),
+           "largest ulp, GPU vs CPU": max(_ulp(a, b) for a, b in zip(gpu_last, cpu_last))}
+    for size in ("mlp", "mlp-frozen-late"):
+        for mode in ("fastopt", "fused"):
+            model = B.torch_mlp(torch.float32, DEV)
+            x = torch.randn(128, B.BLOG_SIZES[0], device=DEV)
+            y = torch.randint(0, B.BLOG_SIZES[-1], (128,), device=DEV)
+            opt = B._torch_optimizer(mode, model)
+            B._torch_ready(size, model, opt,
+                           lambda: torch.nn.functional.cross_entropy(model(x), y))
+            row[f"{size}, {mode}"] = event_time(opt.step, 200)
+    out["fastopt.torch"] = row
+    print("fastopt.torch on the GPU: " + ", ".join(
+        f"{k} {us(v) if isinstance(v, float) else v}" for k, v in row.items()), flush=True)
+    return out
+
+
 SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "every": every_optimizer, "pairs": pairs_vs_single, "pairs_host": pairs_host_bound,
             "bitwise": bitwise,
@@ -950,7 +1054,7 @@ SECTIONS = {"device": device_info, "adam": adam_vs_torch, "clip": clip_vs_torch,
             "host": host_profile, "groups": groups_on_device, "bf16": bf16_state_on_device,
             "state_groups": state_with_groups_on_device, "lamb": lamb_on_device,
             "layouts": wide_layouts,
-            "paths": launch_paths}
+            "paths": launch_paths, "frozen": frozen_on_device}
 
 
 def main(out, names=tuple(SECTIONS)):

@@ -2,8 +2,9 @@
 option combinations, float32/float64, state precision (float, bfloat16 nearest or stochastic,
 8-bit with random block sizes), a bfloat16 or float16 ``param_copy`` of float32 parameters,
 clipping / unscaling / skipping, random parameter groups (some with ``steps_behind``, some
-frozen: their elements, copy and 8-bit blocks must keep every bit; ranges often on the 8-bit
-blocks' boundaries, else refused alike),
+frozen: their elements, copy and 8-bit blocks must keep every bit, and their gradient, zero
+on the NumPy side only, must change nothing: the norm and the finiteness check leave it out;
+ranges often on the 8-bit blocks' boundaries, else refused alike),
 sizes around block and vector boundaries, serial / parallel / default threads, and gradients
 with NaN, inf, huge and subnormal values; 4 steps per case. Every array, scale, step count,
 ``found_inf``, ``skipped_steps`` and ``grad_norm`` must be bitwise equal (NaN's sign and
@@ -154,6 +155,10 @@ def one(case, rng):
         g = rand_grad(rng, n, dtype, special)
         a.grad[...] = g
         b.grad[...] = g
+        for gr, rs in (zip(groups.groups, groups.ranges) if groups is not None else ()):
+            if gr.get("frozen"):        # not read: the NumPy side's frozen gradient is zero
+                for lo, hi in rs:
+                    b.grad[lo:hi] = 0
         ea = eb = None
         sa = snapshot(a)
         try:

@@ -439,12 +439,13 @@ def _loop_factor(buffers, checked, prep=None):
     if max_norm is None and not skip:
         return inv
     g = buffers.grad
+    host = type(g) is np.ndarray or isinstance(g, np.ndarray)     # (np.memmap: a host array)
     plan = None
-    if type(g) is np.ndarray and prep is not None and prep.rows is not None and prep.rows.frozen:
+    if host and prep is not None and prep.rows is not None and prep.rows.frozen:
         plan = prep.frozen          # frozen groups: their gradient is neither read nor counted
         if plan is None:
             plan = prep.frozen = scaling.FrozenPlan(buffers.size, prep.rows.frozen)
-    if max_norm is None and inv <= 1.0 and type(g) is np.ndarray:
+    if max_norm is None and inv <= 1.0 and host:
         # skip_nonfinite alone: only whether every element is finite (g / grad_scale cannot
         # overflow when grad_scale >= 1), a cheaper pass than the norm, which is not computed
         buffers.grad_norm = None
@@ -453,7 +454,7 @@ def _loop_factor(buffers, checked, prep=None):
             buffers.skipped_steps += 1
             return None
         return inv
-    if type(g) is np.ndarray:               # validated by the step: no second check
+    if host:                                # validated by the step: no second check
         norm = math.sqrt(scaling.sum_of_squares(g, plan)) * inv
     elif prep is not None:                  # a device gradient (validated by the step)
         if prep.norm is None:               # its flat view and buffers, made once per call

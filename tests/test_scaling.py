@@ -169,3 +169,23 @@ def test_a_frozen_plan_shares_the_stepped_chunks_out_equally():
     assert list(FrozenPlan(n, []).cuts(4)) == [0, 250, 500, 750, 1000]
     every = FrozenPlan(n, [(0, n)])
     assert list(every.kind) == [1] * 1000 and every.stepped == 0
+
+
+@pytest.mark.parametrize("loop", [dict(max_grad_norm=0.5), dict(skip_nonfinite=True),
+                                  dict(max_grad_norm=0.5, grad_scale=4.0,
+                                       skip_nonfinite=True)], ids=str)
+def test_a_memmap_gradient_takes_the_host_passes(loop, tmp_path):
+    """A gradient in a ``np.memmap`` (an ndarray subclass) is a host array: clipping and the
+    finiteness check run on the CPU as for an ndarray, with the same bits (they took the
+    device path and raised without a GPU, 2026-11-29)."""
+    import fastopt
+    rng = np.random.default_rng(4)
+    values = (rng.standard_normal(5000) * 3).astype(np.float32)
+    g = np.memmap(tmp_path / "grad", dtype=np.float32, mode="w+", shape=values.shape)
+    g[:] = values
+    mapped = fastopt.AdamBuffers.zeros(np.ones(5000, np.float32), g)
+    plain = fastopt.AdamBuffers.zeros(np.ones(5000, np.float32), values.copy())
+    for b in (mapped, plain):
+        fastopt.adam_step(b, **loop)
+    assert mapped.param.tobytes() == plain.param.tobytes()
+    assert mapped.grad_norm == plain.grad_norm and mapped.found_inf == plain.found_inf

@@ -248,13 +248,7 @@ class ShardedStep:
                 mine.append(dict(values, ranges=cut))
         shard = Groups(self.hi - self.lo, mine)
         frozen = sorted(r for values in mine if values.get("frozen") for r in values["ranges"])
-        merged = []
-        for a, b in frozen:
-            if merged and merged[-1][1] == a:
-                merged[-1] = (merged[-1][0], b)
-            else:
-                merged.append((a, b))
-        plan = FrozenPlan(shard.size, merged) if merged else None
+        plan = FrozenPlan(shard.size, frozen) if frozen else None
         self._groups_cache = (groups, shard, plan)
         return shard, plan
 

@@ -178,8 +178,8 @@ def all_finite(x, frozen=None):
 
 class FrozenPlan:
     """The reduction passes of a step with frozen groups (``fastopt.Groups``, ``"frozen":
-    True``) over its gradient of ``n`` elements: ``frozen`` the merged frozen ranges ``[lo,
-    hi)`` in order. The chunks are those of the whole gradient (``chunk`` elements from 0),
+    True``) over its gradient of ``n`` elements: ``frozen`` the frozen ranges ``[lo, hi)``,
+    disjoint and in order (touching ones need not be merged). The chunks are those of the whole gradient (``chunk`` elements from 0),
     each all stepped, all frozen or mixed (``kernels.reductions``, "frozen elements left
     out"), so the sums are those of the gradient with its frozen elements zero, and nothing of
     them is read. Made once per validated step (kept in ``_step.Prepared``). The parallel

@@ -169,6 +169,10 @@ def test_a_frozen_plan_shares_the_stepped_chunks_out_equally():
     assert list(FrozenPlan(n, []).cuts(4)) == [0, 250, 500, 750, 1000]
     every = FrozenPlan(n, [(0, n)])
     assert list(every.kind) == [1] * 1000 and every.stepped == 0
+    touching = FrozenPlan(n, [(100, 5000), (5000, 9000), (20000, 20001), (20001, 30000)])
+    merged = FrozenPlan(n, [(100, 9000), (20000, 30000)])       # (the sharded step's ranges)
+    for k in ("runs", "kind", "first"):
+        assert np.array_equal(getattr(touching, k), getattr(merged, k)), k
 
 
 @pytest.mark.parametrize("loop", [dict(max_grad_norm=0.5), dict(skip_nonfinite=True),

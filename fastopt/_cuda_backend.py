@@ -909,7 +909,8 @@ class DeviceNorm:
     directly (``fastopt._launch``). Kept with the step's validation (``_step.Prepared``), so
     one buffers object's steps, which hold its lock, are its only users. ``dtype``: the
     buffers' (the factor's); ``pinned``: the host's copy of the sum in page-locked memory
-    (made once per gradient; a one-off norm takes ordinary memory)."""
+    (made once per gradient; a one-off norm takes ordinary memory); ``frozen``: a
+    ``fastopt.scaling.FrozenPlan`` of ``chunk`` (``kernels.cuda.sum_of_squares_frozen``)."""
 
     def __init__(self, g, chunk, dtype=np.float64, launch=None, pinned=True, frozen=None):
         cuda = _cuda()
@@ -917,13 +918,12 @@ class DeviceNorm:
         self.x = as_device_array(g).reshape(-1)
         self.chunk = np.int64(chunk)
         self.chunks = -(-self.x.shape[0] // chunk)
-        self.frozen = ()
-        if frozen is not None:  # frozen groups' elements (a scaling.FrozenPlan of ``chunk``):
-            plan = frozen       # not read, counted as zeros
+        self.frozen = ()        # frozen groups' elements: not read, counted as zeros
+        if frozen is not None:
             n = self.x.shape[0]     # (a last run [n, n): the array is never empty)
-            runs = np.concatenate((plan.runs, np.array([[n, n]], np.int64)))
+            runs = np.concatenate((frozen.runs, np.array([[n, n]], np.int64)))
             self.frozen = tuple(cuda.to_device(np.ascontiguousarray(a))
-                                for a in (plan.kind, runs, plan.first.astype(np.int64)))
+                                for a in (frozen.kind, runs, frozen.first.astype(np.int64)))
         self.partial = cuda.device_array(max(1, self.chunks), np.float64)
         self.sum = cuda.device_array(1, np.float64)
         self.fac = cuda.device_array(1, dtype)

@@ -240,15 +240,16 @@ def _per_chunk_sum(x, chunk, tasks):
 _chunk_op = _streams_op = None
 
 
-def _twin(name, chunk_op, streams_op, parallel):
-    """:func:`_per_chunk_sum` over ``chunk_op`` and ``streams_op``, compiled (serial or
-    ``parallel=True``)."""
+def _twin(name, parallel, driver=None, **ops):
+    """``driver`` (:func:`_per_chunk_sum` unless given) with the chunk operations ``ops``
+    bound in (``_chunk_op``, ``_streams_op``; ``_mixed_op`` for
+    :func:`_per_chunk_sum_frozen`), compiled (serial or ``parallel=True``), once per name."""
     key = (name, bool(parallel))
     fn = _compiled.get(key)
     if fn is None:
         from .decorators import bind
-        twin = bind(_per_chunk_sum, f"_{name}{'_parallel' if parallel else '_serial'}",
-                    _chunk_op=chunk_op, _streams_op=streams_op)
+        twin = bind(driver or _per_chunk_sum, f"_{name}{'_parallel' if parallel else '_serial'}",
+                    **ops)
         fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(twin)
     return fn
 
@@ -321,29 +322,17 @@ def _per_chunk_sum_frozen(x, chunk, cuts, kind, runs, first):
     return total
 
 
-def _twin_frozen(name, chunk_op, streams_op, mixed_op, parallel):
-    """:func:`_per_chunk_sum_frozen` over the three operations, compiled (serial or
-    ``parallel=True``)."""
-    key = (name + " frozen", bool(parallel))
-    fn = _compiled.get(key)
-    if fn is None:
-        from .decorators import bind
-        twin = bind(_per_chunk_sum_frozen,
-                    f"_{name}_frozen{'_parallel' if parallel else '_serial'}",
-                    _chunk_op=chunk_op, _streams_op=streams_op, _mixed_op=mixed_op)
-        fn = _compiled[key] = njit(parallel=bool(parallel), **KERNEL_OPTIONS)(twin)
-    return fn
-
-
 def frozen_pass(name, parallel):
     """The compiled pass ``name`` (``"squares"``: :func:`chunked_sum_of_squares`,
     ``"finite"``: :func:`all_finite`) with frozen elements left out: ``fn(x, chunk, cuts,
     kind, runs, first)`` (:func:`_per_chunk_sum_frozen`; ``fastopt.scaling.FrozenPlan``
     makes the arrays)."""
     if name == "squares":
-        return _twin_frozen(name, _chunk_sum, _streams_sum, _mixed_squares, parallel)
-    return _twin_frozen(name, _chunk_zero_products, _streams_zero_products,
-                        _mixed_zero_products, parallel)
+        ops = dict(_chunk_op=_chunk_sum, _streams_op=_streams_sum, _mixed_op=_mixed_squares)
+    else:
+        ops = dict(_chunk_op=_chunk_zero_products, _streams_op=_streams_zero_products,
+                   _mixed_op=_mixed_zero_products)
+    return _twin(name + "_frozen", parallel, _per_chunk_sum_frozen, **ops)
 
 
 def n_tasks(parallel):
@@ -357,7 +346,7 @@ def chunked_sum_of_squares(parallel):
     """The compiled reduction (serial or ``parallel=True`` twin; both give the same bits):
     ``fn(x, chunk, tasks)``, ``tasks`` from :func:`n_tasks` (any count gives the same
     bits)."""
-    return _twin("squares", _chunk_sum, _streams_sum, parallel)
+    return _twin("squares", parallel, _chunk_op=_chunk_sum, _streams_op=_streams_sum)
 
 
 # ---------------------------------------------------------------- per-segment pre-pass
@@ -581,4 +570,5 @@ def all_finite(parallel):
     """The compiled finiteness pass (serial or ``parallel=True`` twin): ``fn(x, chunk,
     tasks)`` is a zero when no element of ``x`` (1-D, C-contiguous, float) is inf or NaN,
     else NaN."""
-    return _twin("finite", _chunk_zero_products, _streams_zero_products, parallel)
+    return _twin("finite", parallel, _chunk_op=_chunk_zero_products,
+                 _streams_op=_streams_zero_products)

@@ -40,6 +40,14 @@ scales are its own; ``self.state[p]`` holds the codes (``torch.uint8``, the para
 ``<name>_absmax`` (the float32 scales of its blocks) and ``block_size``, and state dicts
 round-trip them bit for bit.
 
+``master_weights=True`` (bfloat16 or float16 parameters on the CPU) keeps float32 master
+weights in the arena the step works on; the parameters are views of a bfloat16 (float16)
+arena that the step writes, each element its new master rounded to nearest even (the flat
+API's ``param_copy``), and the gradients are widened into a float32 arena before each step.
+``self.state[p]["master_param"]`` is a float32 view of ``p``'s masters; state dicts carry
+them. A parameter changed in place (its version counter moved) enters the masters at the next
+step or ``state_dict()``, element by element (:meth:`_FastoptOptimizer._catch_up`).
+
 ``state_dict()`` is torch's format (``state[i]`` with the parameter's own ``"step"`` and torch's
 state names; no entry for a parameter not stepped yet), and
 ``load_state_dict`` accepts a state dict saved from the torch optimizer of the same name (and
@@ -71,6 +79,7 @@ __all__ = ["Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "
            "Lion", "LAMB"]
 
 _BETAS = ("beta1", "beta2")
+_LOW = (torch.bfloat16, torch.float16)      # parameters that take master_weights=True
 
 
 def _real(value, name):
@@ -92,8 +101,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, max_grad_norm=None, state_dtype=None, stochastic_rounding=False,
-                 seed=0, block_size=256, min_8bit_size=4096, **kwargs):
+                 seed=0, block_size=256, min_8bit_size=4096, master_weights=False, **kwargs):
         where = f"fastopt.torch.{type(self).__name__}"
+        if not isinstance(master_weights, (bool, np.bool_)):
+            raise TypeError(f"{where}: master_weights must be True or False, got "
+                            f"{master_weights!r}")
+        self._master = bool(master_weights)
         if state_dtype not in (None, "bfloat16", "int8"):
             raise ValueError(f"{where}: state_dtype must be None (the parameters' dtype), "
                              f"'bfloat16' or 'int8', got {state_dtype!r}")
@@ -153,7 +166,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         together, ``copy.deepcopy((model, opt))``), so the copy steps on its own."""
         return {"defaults": self.defaults, "param_groups": self.param_groups,
                 "_fastopt": dict(state_dict=self.state_dict(), state_kw=dict(self._state_kw),
-                                 max_grad_norm=self._max_grad_norm)}
+                                 max_grad_norm=self._max_grad_norm,
+                                 master_weights=self._master)}
 
     def __setstate__(self, state):
         if "_fastopt" not in state:         # torch's load_state_dict sets state and groups
@@ -168,6 +182,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._spec = registry.get(self._name)
         self._state_kw = fastopt_state["state_kw"]
         self._max_grad_norm = fastopt_state["max_grad_norm"]
+        self._master = fastopt_state.get("master_weights", False)
         self._buffers = None
         self._lag, self._rest, self._rest_key = {}, {}, ()    # (the state dict sets them)
         self._build()
@@ -202,9 +217,18 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             if p.is_complex():
                 raise TypeError(f"{where}: complex parameters are not supported (view them "
                                 f"as real with torch.view_as_real)")
-            if p.dtype not in (torch.float32, torch.float64):
+            if self._master:
+                if p.dtype not in _LOW:
+                    raise TypeError(f"{where}: master_weights=True keeps float32 master "
+                                    f"weights of bfloat16 or float16 parameters, got "
+                                    f"{p.dtype} (float32 and float64 parameters are their "
+                                    f"own master weights)")
+            elif p.dtype not in (torch.float32, torch.float64):
+                hint = ("; for bfloat16 or float16 parameters pass master_weights=True (the "
+                        "optimizer then keeps float32 master weights and writes the "
+                        "parameters rounded from them)" if p.dtype in _LOW else "")
                 raise TypeError(f"{where}: parameters must be float32 or float64, got "
-                                f"{p.dtype}")
+                                f"{p.dtype}{hint}")
             if p.is_sparse:
                 raise TypeError(f"{where}: sparse parameters are not supported")
             if p.grad is not None and p.grad.is_sparse:
@@ -216,9 +240,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{where}: all parameters must be on one device, got "
                              f"{sorted(map(str, devices))}")
         dtype, device = dtypes.pop(), devices.pop()
+        if self._master and device.type != "cpu":
+            raise NotImplementedError(f"{where}: master_weights on {device.type} parameters "
+                                      f"is not in the torch front end yet (not run on a "
+                                      f"GPU); fastopt's step functions take a param_copy on "
+                                      f"CUDA arrays")
         kind = self._state_kw.get("state_dtype")
         if kind is not None:
-            if kind == "bfloat16" and dtype != torch.float32:
+            if kind == "bfloat16" and dtype != torch.float32 and not self._master:
                 raise TypeError(f"{where}: bfloat16 state needs float32 parameters, got "
                                 f"{dtype}")
             if device.type != "cpu":
@@ -239,6 +268,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         params = self._params()
         dtype, device = self._check_params(params)
         old = self._buffers
+        if old is not None:
+            self._catch_up()                # (the masters carried over are the latest)
         old_slices = getattr(self, "_slices", {})
         inside = {id(p) for p in params if p.requires_grad or p.grad is not None
                   or p in old_slices or p in include}
@@ -259,23 +290,37 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 off = lo + p.numel()
             ranges.append((start, off))
         n = off
-        flat_p = torch.zeros(n, dtype=dtype, device=device)
-        flat_g = torch.zeros(n, dtype=dtype, device=device)
+        # the arenas the step works on (float32 master weights and gradients with
+        # master_weights), and those the model sees (the same ones without)
+        work = torch.float32 if self._master else dtype
+        flat_p = torch.zeros(n, dtype=work, device=device)
+        flat_g = torch.zeros(n, dtype=work, device=device)
+        flat_lp, flat_lg = ((torch.zeros(n, dtype=dtype, device=device),
+                             torch.zeros(n, dtype=dtype, device=device)) if self._master
+                            else (flat_p, flat_g))
+        masters = self._flat_p if self._master and old is not None else None
         for p in params:
             lo, hi = slices[p]
-            flat_p[lo:hi].copy_(p.detach().reshape(-1))
+            flat_lp[lo:hi].copy_(p.detach().reshape(-1))
+            if masters is not None and p in old_slices:         # the master as it was
+                olo, ohi = old_slices[p]
+                flat_p[lo:hi].copy_(masters[olo:ohi])
+            elif self._master:                                  # (widened: exact)
+                flat_p[lo:hi].copy_(flat_lp[lo:hi])
             if p.grad is not None:          # (not sparse: _check_params)
-                flat_g[lo:hi].copy_(p.grad.detach().reshape(-1))
+                flat_lg[lo:hi].copy_(p.grad.detach().reshape(-1))
         views = []
         with torch.no_grad():
             for p in params:
                 lo, hi = slices[p]
-                p.data = flat_p[lo:hi].view_as(p)
-                view = flat_g[lo:hi].view_as(p)
+                p.data = flat_lp[lo:hi].view_as(p)
+                view = flat_lg[lo:hi].view_as(p)
                 if p.grad is not None:      # a None gradient stays None, as in torch
                     p.grad = view
                 views.append((p, view, p.data_ptr()))
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
+        self._flat_lp, self._flat_lg = flat_lp, flat_lg
+        self._versions = [p._version for p in params]      # (master_weights: _catch_up)
         self._views = views          # (param, its gradient view, where its values live);
         #                              p.grad is the view when not None
         self._order = {id(p): i for i, (p, _, _) in enumerate(views)}
@@ -286,6 +331,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         hps = [self._hyper(g) for g in self.param_groups]
         options = dict(self._state_options(hps), **self._state_kw)
         b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
+        if self._master:        # the step writes the parameters rounded from the masters
+            b.param_copy = (flat_lp.view(torch.int16).numpy().view(np.uint16)
+                            if dtype == torch.bfloat16 else flat_lp.numpy())
         self._buffers = b
         if old is not None:
             b.step = old.step
@@ -314,7 +362,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self.state.clear()
         # parameters not stepped yet: no self.state[p], as in torch; nor any parameter when
         # the optimizer keeps no state (SGD without momentum: torch's keeps none)
-        self._stateless = all(getattr(b, f) is None for f in b.state_fields)
+        self._stateless = not self._master and all(getattr(b, f) is None
+                                                   for f in b.state_fields)
         self._unshown = set() if self._stateless else set(slices)
         if b.step:
             self._expose_state()
@@ -474,10 +523,29 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             p.grad = view
         return missing or ()
 
+    def _catch_up(self):
+        """``master_weights``: a parameter the caller changed in place since the optimizer
+        last wrote it (its version counter moved: ``p.copy_``, ``model.load_state_dict``,
+        ``torch.nn.init``, ``p[i] = x`` ...) brings its new values into the master weights:
+        each element that is no longer its master rounded to the parameter's dtype takes the
+        parameter's value (widened, exact); the others keep their master's lower bits. One
+        version read per parameter; nothing more unless one moved. (``p.data`` writes move no
+        counter: they are not seen.)"""
+        if not self._master:
+            return
+        seen = self._versions
+        for i, (p, _, _) in enumerate(self._views):
+            if p._version != seen[i]:
+                lo, hi = self._slices[p]
+                low, master = self._flat_lp[lo:hi], self._flat_p[lo:hi]
+                moved = low != master.to(low.dtype)
+                master[moved] = low[moved].to(master.dtype)
+                seen[i] = p._version
+
     def _moved(self, p):
         where = f"fastopt.torch.{type(self).__name__}"
         i = next(i for i, q in enumerate(self._params()) if q is p)
-        arena = self._flat_p
+        arena = self._flat_lp
         now = (f"{p.dtype} on {p.device}" if (p.dtype, p.device) != (arena.dtype, arena.device)
                else "another tensor")
         raise RuntimeError(
@@ -498,7 +566,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             for p, _, _ in self._views:
                 p.grad = None
         else:
-            self._flat_g.zero_()            # one fill of the arena
+            self._flat_lg.zero_()           # one fill of the arena
             for p, view, _ in self._views:
                 if p.grad is not None and p.grad is not view:
                     p.grad = view           # (a None gradient stays None, as in torch)
@@ -538,6 +606,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         if self._outside and any(p.grad is not None for p in self._outside):
             self._build()                   # a frozen parameter has a gradient: it comes in
         missing = self._sync_grads()
+        self._catch_up()
         if len(missing) == len(self._views):
             return loss
         found_inf = getattr(self, "found_inf", None)
@@ -559,6 +628,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             kwargs = self._frozen(kwargs, where)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
+        if self._master:                    # the gradients, widened (exact) for the step
+            self._flat_g.copy_(self._flat_lg)
         self._spec.step_fn(self._buffers, **kwargs)
         if stepping:
             self._count_steps(stepping)
@@ -784,6 +855,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 for f in fields:
                     st[f + "_absmax"] = torch.from_numpy(b.state_absmax[f][blo:bhi])
                 st["block_size"] = b.block_size
+            if self._master:
+                lo, hi = self._slices[p]
+                st["master_param"] = self._flat_p[lo:hi].view_as(p)
             st["step"] = (self._own_step(p) if p in self._lag or p in self._rest
                           else self._step_tensor)
 
@@ -792,6 +866,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         per parameter, as torch keeps them: torch increments each in place); a parameter
         that has not been stepped yet has no state, as in torch."""
         b = self._buffers
+        self._catch_up()
         if b.step:
             self._expose_state()
         sd = super().state_dict()
@@ -848,6 +923,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             return "full-precision" if t.is_floating_point() else None
 
         for p, st in given.items():
+            self._check_master(p, st.get("master_param"), where)
             for f in fields:
                 got = kind(st.get(f))
                 if got is None:
@@ -879,6 +955,24 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 if problem:
                     raise ValueError(f"{where}: 8-bit state {f!r}: {problem}")
 
+    def _check_master(self, p, master, where):
+        """A state dict's ``master_param`` (saved with ``master_weights=True``): float32
+        values of the parameter's shape, and only for an optimizer that keeps master weights
+        (elsewhere it would be dropped, and with it the bits the rounded parameter lacks)."""
+        if master is None:
+            return
+        if not self._master:
+            raise ValueError(f"{where}: the state dict holds float32 master weights "
+                             f"('master_param', saved with master_weights=True) but this "
+                             f"optimizer keeps none; load it into one built with "
+                             f"master_weights=True")
+        if (not isinstance(master, torch.Tensor) or master.dtype != torch.float32
+                or master.shape != p.shape):
+            got = (f"{master.dtype} of shape {tuple(master.shape)}"
+                   if isinstance(master, torch.Tensor) else type(master).__name__)
+            raise ValueError(f"{where}: 'master_param' must be float32 of the parameter's "
+                             f"shape {tuple(p.shape)}, got {got}")
+
     def load_state_dict(self, state_dict):
         given = self._given_state(state_dict)
         self._check_state_precision(given)
@@ -904,12 +998,15 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 if getattr(b, f) is None or f not in st or st[f] is None:
                     continue
                 src = st[f]
-                if self._state_kw and p in given and f in given[p]:
+                if (self._state_kw or self._master) and p in given and f in given[p]:
                     src = given[p][f]            # the bits as given, not torch's cast
                 self._tensor(f)[lo:hi].copy_(src.detach().reshape(-1))
                 if b.state_absmax is not None:
                     blo, bhi = self._blocks(p)
                     b.state_absmax[f][blo:bhi] = given[p][f + "_absmax"].detach().numpy()
+            master = given.get(p, {}).get("master_param")
+            if master is not None:           # (else the parameter's values, widened)
+                self._flat_p[lo:hi].copy_(master.detach().reshape(-1))
         if b.step:
             self._expose_state()
 

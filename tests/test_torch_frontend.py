@@ -1297,6 +1297,241 @@ def test_an_unfrozen_parameter_past_min_8bit_size_quantizes_as_add_param_group()
 from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
 
 
+# ---------------------------------------------------------------- master weights
+LOW = [torch.bfloat16, torch.float16]
+PRECISIONS = [{}, {"state_dtype": "bfloat16"}, {"state_dtype": "int8", "block_size": 128}]
+
+
+def _copy_bits(flat_lp):
+    """The low-precision arena as the flat API's ``param_copy`` holds it."""
+    if flat_lp.dtype == torch.bfloat16:
+        return flat_lp.view(torch.int16).numpy().view(np.uint16)
+    return flat_lp.numpy()
+
+
+def _master_lockstep(model, opt, ref, steps, dtype, start=0):
+    """``steps`` minibatches: ``opt`` steps the low-precision model, the flat step function
+    steps ``ref`` (float32 buffers of the front end's layout, with a param copy) with the
+    gradient widened to float32 at the same offsets."""
+    kw = opt._step_kwargs()
+    for i in range(start, start + steps):
+        x, y = batch(i, dtype)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x).float(), y).backward()
+        for p in model.parameters():
+            lo, hi = opt._slices[p]
+            ref.grad[lo:hi] = p.grad.reshape(-1).float().numpy()
+        opt.step()
+        opt._spec.step_fn(ref, **kw)
+
+
+def _master_reference(opt):
+    """Flat buffers as the front end's, at its masters, with a param copy of its kind."""
+    hps = [opt._hyper(g) for g in opt.param_groups]
+    flat = opt._flat_p.numpy()
+    options = {k: v for k, v in opt._state_kw.items()}
+    if options.get("state_dtype") == "int8":
+        options["min_8bit_size"] = 0
+    ref = opt._spec.buffers_cls.zeros(flat.copy(), np.zeros_like(flat),
+                                      **options, **opt._state_options(hps))
+    ref.param_copy = _copy_bits(opt._flat_lp).copy()
+    return ref
+
+
+def _assert_master_like(opt, ref, model):
+    np.testing.assert_array_equal(opt._flat_p.numpy(), ref.param)
+    np.testing.assert_array_equal(_copy_bits(opt._flat_lp), ref.param_copy)
+    for f in ref.state_fields:
+        if getattr(ref, f) is not None:
+            np.testing.assert_array_equal(getattr(opt._buffers, f), getattr(ref, f))
+            if ref.state_absmax is not None:
+                np.testing.assert_array_equal(opt._buffers.state_absmax[f],
+                                              ref.state_absmax[f])
+    for p in model.parameters():
+        lo, hi = opt._slices[p]
+        assert p.dtype == opt._flat_lp.dtype
+        assert torch.equal(p.detach().reshape(-1), opt._flat_lp[lo:hi])
+        assert torch.equal(opt.state[p]["master_param"].reshape(-1), opt._flat_p[lo:hi])
+
+
+@pytest.mark.parametrize("name", ft.__all__)
+def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
+    """Every optimizer of the front end on a bfloat16 (every other one: float16) MLP with
+    ``master_weights=True``, float32 / bfloat16 / 8-bit state in turn (two parameter groups
+    for every third): the float32 masters, the state and the model's parameters are bit for
+    bit the flat step function's on float32 buffers of the masters with a ``param_copy``,
+    given the widened gradients; then through ``torch.save`` into a new optimizer and a deep
+    copy, both continue bit for bit."""
+    i = ft.__all__.index(name)
+    cls, dtype, precision = getattr(ft, name), LOW[i % 2], PRECISIONS[i % 3]
+    extra = dict(momentum=0.5) if name in ("SGD", "RMSprop") else {}
+    model = mlp(dtype)
+    params = groups(model, cls._defaults["lr"]) if i % 3 == 1 else model.parameters()
+    opt = cls(params, master_weights=True, **precision, **extra)
+    ref = _master_reference(opt)
+    _master_lockstep(model, opt, ref, 3, dtype)
+    _assert_master_like(opt, ref, model)
+    if precision:
+        assert opt._buffers.state_dtype == precision["state_dtype"]
+    saved = _through_torch_save(opt)
+    assert all(st["master_param"].dtype == torch.float32 for st in saved["state"].values())
+    again = mlp(dtype)
+    again.load_state_dict(model.state_dict())
+    params = groups(again, cls._defaults["lr"]) if i % 3 == 1 else again.parameters()
+    resumed = cls(params, master_weights=True, **precision, **extra)
+    resumed.load_state_dict(saved)
+    copied, copied_opt = copy.deepcopy((model, opt))
+    _master_lockstep(model, opt, ref, 2, dtype, start=3)
+    _assert_master_like(opt, ref, model)
+    for other, other_opt in ((again, resumed), (copied, copied_opt)):
+        for k in range(3, 5):
+            x, y = batch(k, dtype)
+            other_opt.zero_grad()
+            torch.nn.functional.cross_entropy(other(x).float(), y).backward()
+            other_opt.step()
+        _assert_master_like(other_opt, ref, other)
+
+
+def test_master_weights_take_in_place_changes_of_the_parameters():
+    """A parameter changed in place after the optimizer was built (``load_state_dict`` of
+    pretrained weights, an element set) enters the masters at the next step: the changed
+    elements from the parameter, the others keep their masters' lower bits. A ``p.data``
+    write moves no version counter and is not seen (README)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 4).bfloat16()
+    pretrained = {k: v.clone() for k, v in torch.nn.Linear(6, 4).bfloat16().state_dict().items()}
+    opt = ft.SGD(model.parameters(), lr=0.0, master_weights=True)
+    model.load_state_dict(pretrained)
+    x = torch.randn(3, 6).bfloat16()
+    opt.zero_grad()
+    model(x).float().sum().backward()
+    opt.step()                      # lr 0: the parameters are the masters rounded
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, pretrained[k]), k
+    a = torch.nn.Parameter(torch.randn(6).bfloat16())
+    opt = ft.Adam([a], lr=1e-4, master_weights=True)
+    for _ in range(3):
+        opt.zero_grad()
+        (a.float() ** 2).sum().backward()
+        opt.step()
+    masters = opt._flat_p.clone()
+    assert not torch.equal(masters, a.detach().float())     # lower bits of their own
+    with torch.no_grad():
+        a[2] = 7.0
+    sd = opt.state_dict()                                    # (taken in here too)
+    assert sd["state"][0]["master_param"][2] == 7.0
+    keep = [0, 1, 3, 4, 5]
+    assert torch.equal(opt._flat_p[keep], masters[keep])
+    a.data[4] = 9.0                                          # not seen
+    opt.zero_grad()
+    (a.float() ** 2).sum().backward()
+    opt.step()
+    assert a[4] != 9.0
+
+
+def test_master_weights_under_grad_scaler_with_float16():
+    """float16 parameters with ``torch.amp.GradScaler``: the scaled gradient is unscaled
+    inside the step, a step with an inf is skipped (masters, state, parameters unchanged),
+    bit for bit the flat step with ``grad_scale`` (and no step where the scaler found one)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(300).half())
+    opt = ft.Adam([p], lr=1e-2, master_weights=True)
+    ref = _master_reference(opt)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 6, growth_interval=2)
+    scales = []
+    for i in range(5):
+        opt.zero_grad()
+        scaler.scale((p.float() ** 2).sum()).backward()
+        if i == 2:
+            p.grad[7] = float("inf")
+        scale = scaler.get_scale()
+        ref.grad[...] = p.grad.float().numpy()
+        scaler.step(opt)
+        scaler.update()
+        scales.append(scaler.get_scale())
+        if i != 2:
+            opt._spec.step_fn(ref, lr=1e-2, grad_scale=scale)
+        np.testing.assert_array_equal(opt._flat_p.numpy(), ref.param)
+        np.testing.assert_array_equal(_copy_bits(opt._flat_lp), ref.param_copy)
+    assert opt._buffers.step == 4 and scales[2] == scales[1] / 2
+
+
+def test_master_weights_are_state_also_where_the_optimizer_keeps_none():
+    """SGD without momentum keeps no state, but its masters are: ``opt.state[p]`` holds
+    ``master_param`` (and a step count) once stepped, and a state dict carries them, so a
+    reloaded optimizer continues bit for bit (from the parameters alone it would lose the
+    masters' lower bits)."""
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(50).bfloat16())
+    opt = ft.SGD([a], lr=1e-3, master_weights=True)
+    assert not opt.state
+    for _ in range(3):
+        opt.zero_grad()
+        (a.float() ** 2).sum().backward()
+        opt.step()
+    assert set(opt.state[a]) == {"master_param", "step"}
+    b = torch.nn.Parameter(a.detach().clone())
+    resumed = ft.SGD([b], lr=1e-3, master_weights=True)
+    resumed.load_state_dict(_through_torch_save(opt))
+    for o, p in ((opt, a), (resumed, b)):
+        for _ in range(3):
+            o.zero_grad()
+            (p.float() ** 2).sum().backward()
+            o.step()
+    assert torch.equal(resumed._flat_p, opt._flat_p) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3))], master_weights=True), TypeError,
+     "own master weights"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))]), TypeError,
+     "pass master_weights=True"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))],
+                     master_weights=1), TypeError, "True or False"),
+    (lambda: ft.Adam([torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16)),
+                      torch.nn.Parameter(torch.ones(3, dtype=torch.float16))],
+                     master_weights=True), TypeError, "one dtype"),
+])
+def test_master_weights_bad_construction_is_refused(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_master_weights_state_dicts_are_checked_before_any_write():
+    """A state dict with masters loads only into an optimizer that keeps them, and its
+    masters must be float32 of the parameter's shape: refused before any write. torch's
+    Adam takes such a state dict (an extra key), and its own state dict of a bfloat16 model
+    (bfloat16 state) loads into masters with bfloat16 state (its parameters' values as the
+    masters)."""
+    a = torch.nn.Parameter(torch.randn(10).bfloat16())
+    opt = ft.Adam([a], master_weights=True)
+    opt.zero_grad()
+    (a.float() ** 2).sum().backward()
+    opt.step()
+    sd = _through_torch_save(opt)
+    plain = ft.Adam([torch.nn.Parameter(torch.randn(10))])
+    _refused_before_any_write(plain, sd, "keeps none")
+    target = ft.Adam([torch.nn.Parameter(a.detach().clone())], master_weights=True)
+    masters = target._flat_p.clone()
+    for bad in (sd["state"][0]["master_param"].double(), sd["state"][0]["master_param"][:5]):
+        wrong = copy.deepcopy(sd)
+        wrong["state"][0]["master_param"] = bad
+        _refused_before_any_write(target, wrong, "'master_param' must be float32")
+        assert torch.equal(target._flat_p, masters)
+    torch_opt = torch.optim.Adam([torch.nn.Parameter(a.detach().clone())])
+    torch_opt.load_state_dict(sd)
+    q = torch.nn.Parameter(torch.randn(10).bfloat16())
+    theirs = torch.optim.Adam([q])
+    q.grad = torch.ones(10).bfloat16()
+    theirs.step()
+    mine = ft.Adam([torch.nn.Parameter(q.detach().clone())], master_weights=True,
+                   state_dtype="bfloat16")
+    mine.load_state_dict(theirs.state_dict())
+    p = next(iter(mine._slices))
+    assert torch.equal(mine.state[p]["exp_avg"], theirs.state[q]["exp_avg"])
+    assert torch.equal(mine.state[p]["master_param"], q.detach().float())
+
+
 LOOP_PARAMS = 7
 
 
@@ -1305,7 +1540,8 @@ def _draw_loop(data, scaled=False):
     parameters of ``sizes`` elements, the first ``n0`` given to the constructor, the others
     added as groups of their own on the way, ``frozen[j]`` at construction; per step the
     parameters with a gradient, one ``requires_grad`` flipped, a group added or not, a state
-    dict round trip or a deep copy, ``zero_grad``'s mode, an infinite gradient (``scaled``)."""
+    dict round trip or a deep copy, ``zero_grad``'s mode, an infinite gradient (``scaled``),
+    a parameter halved in place before the step (``edit``)."""
     total = LOOP_PARAMS
     n0 = data.draw(st.integers(1, 4), label="parameters at construction")
     sizes = data.draw(st.lists(st.integers(1, 12), min_size=total, max_size=total))
@@ -1315,7 +1551,8 @@ def _draw_loop(data, scaled=False):
                  add=data.draw(st.booleans()),
                  again=data.draw(st.sampled_from([None, None, "state_dict", "deepcopy"])),
                  to_none=data.draw(st.booleans()),
-                 inf=data.draw(st.booleans()) if scaled else False)
+                 inf=data.draw(st.booleans()) if scaled else False,
+                 edit=data.draw(st.none() | st.integers(0, total - 1)))
             for _ in range(data.draw(st.integers(1, 8), label="steps"))]
     return n0, sizes, frozen, plan
 
@@ -1328,8 +1565,9 @@ def test_random_training_loops_follow_torch(data):
     parameters with and without gradients at each step, some frozen when the optimizer is
     built, frozen and unfrozen on the way, groups added, ``zero_grad`` both ways, clipping,
     ``GradScaler`` with infinite gradients on some steps, state dicts loaded into a new
-    optimizer and deep copies; after every step the parameters, which parameters have state
-    and their step counts are torch's (float64, 1e-10; NAdam 1e-8, below)."""
+    optimizer and deep copies, a parameter halved in place; after every step the
+    parameters, which parameters have state and their step counts are torch's (float64,
+    1e-10; NAdam 1e-8, below)."""
     name, kw = data.draw(st.sampled_from(PEERS), label="optimizer")
     total = LOOP_PARAMS
     clip = data.draw(st.sampled_from([None, 0.5]), label="max_grad_norm")
@@ -1366,6 +1604,9 @@ def test_random_training_loops_follow_torch(data):
                 opt.load_state_dict(sd)
             elif s["again"] == "deepcopy":
                 ps, opt = copy.deepcopy((ps, opt))
+            if s["edit"] is not None:
+                with torch.no_grad():
+                    ps[s["edit"]].mul_(0.5)
             opt.zero_grad(set_to_none=s["to_none"])
             live = [j for j in range(added) if s["has"][j] and ps[j].requires_grad]
             if live:
@@ -1410,16 +1651,19 @@ def test_random_training_loops_follow_torch(data):
 @given(st.data())
 def test_random_training_loops_equal_an_optimizer_per_parameter(data):
     """The same random loops (no clipping: its norm spans the arena) with float32, bfloat16
-    (nearest) and 8-bit state (blocks of 8, every size 8-bit): each parameter and its state
+    (nearest) and 8-bit state (blocks of 8, every size 8-bit), and bfloat16 parameters with
+    master weights (float32 or 8-bit state): each parameter and its state (masters too)
     (8-bit: codes and scales) bit for bit what an optimizer of its own gives it, stepped when
     it has a gradient (deep-copied with the others; never reloaded, so the state dicts' round
     trips lose nothing either)."""
     name, kw = data.draw(st.sampled_from(PEERS + [(n, dict(lr=1e-3)) for n in ft.__all__
                                                   if not hasattr(torch.optim, n)]),
                          label="optimizer")      # (and Lion, LAMB: torch has neither)
-    precision = data.draw(st.sampled_from([{}, {"state_dtype": "bfloat16"},
-                                           {"state_dtype": "int8", "block_size": 8,
-                                            "min_8bit_size": 0}]), label="state")
+    q8 = {"state_dtype": "int8", "block_size": 8, "min_8bit_size": 0}
+    precision = data.draw(st.sampled_from([{}, {"state_dtype": "bfloat16"}, q8,
+                                           {"master_weights": True},
+                                           dict(q8, master_weights=True)]), label="state")
+    dtype = torch.bfloat16 if precision.get("master_weights") else torch.float32
     n0, sizes, frozen, plan = _draw_loop(data)
     total = LOOP_PARAMS
 
@@ -1433,7 +1677,7 @@ def test_random_training_loops_equal_an_optimizer_per_parameter(data):
         return opt
 
     torch.manual_seed(0)
-    start = [torch.randn(n) for n in sizes]
+    start = [torch.randn(n).to(dtype) for n in sizes]
     ps, own = ([torch.nn.Parameter(x.clone()) for x in start] for _ in range(2))
     for p, q, f in zip(ps, own, frozen):
         p.requires_grad_(not f)
@@ -1458,6 +1702,10 @@ def test_random_training_loops_equal_an_optimizer_per_parameter(data):
         elif s["again"] == "deepcopy":      # (a deep copy drops gradients: both sides)
             ps, opt = copy.deepcopy((ps, opt))
             own, alone = copy.deepcopy((own, alone))
+        if s["edit"] is not None:
+            with torch.no_grad():
+                ps[s["edit"]].mul_(0.5)
+                own[s["edit"]].mul_(0.5)
         for o, qs in [(opt, ps)] + [(a, [q]) for a, q in zip(alone, own)]:
             o.zero_grad(set_to_none=s["to_none"])
         for qs in (ps, own):

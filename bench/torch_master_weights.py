@@ -1,0 +1,105 @@
+"""fastopt.torch with ``master_weights=True``: what the float32 masters keep, and what the step
+costs, on bfloat16 parameters (2 threads).
+
+    python bench/torch_master_weights.py [n] [rounds]      (defaults 1e7, 15)
+
+1. *Accuracy*: 100 AdamW steps (lr 1e-4, weight decay 0.01) of 100,000 bfloat16 parameters
+   drawn from N(0, 1), with random gradients rounded to bfloat16: the share of elements that
+   moved from their start, and the share equal to a float32 run of torch's AdamW from the same
+   start on the same gradients, rounded to bfloat16 (what exact float32 training would
+   give a bfloat16 model). torch's fused AdamW on the bfloat16 parameters (no masters: every
+   step rounds the parameters, so updates below half a bfloat16 step are lost) against
+   fastopt.torch.AdamW with masters.
+2. *Cost*: one ``opt.step()`` over ``n`` parameters in two tensors (gradients set once), every
+   case timed in interleaved rounds: fastopt on a float32 model (the base of the ratios),
+   fastopt on a bfloat16 model with float32 masters (float32, bfloat16 and 8-bit state),
+   torch's fused AdamW on the bfloat16 parameters (no masters), and torch's fused AdamW on
+   float32 masters kept by hand (the gradients copied in, the parameters copied out).
+"""
+import sys
+
+import numpy as np
+import torch
+
+import fastopt.torch as ft
+from fastopt.benchmarks import interleaved_rounds
+
+
+def accuracy(n=100_000, steps=100):
+    torch.manual_seed(0)
+    start = torch.randn(n).bfloat16().float()
+    grads = [torch.randn(n).bfloat16() for _ in range(steps)]
+    runs = {}
+    for kind in ("float32", "torch fused AdamW, bfloat16", "fastopt AdamW, masters"):
+        if kind == "float32":
+            p = torch.nn.Parameter(start.clone())
+            opt = torch.optim.AdamW([p], lr=1e-4)
+        elif kind.startswith("torch"):
+            p = torch.nn.Parameter(start.bfloat16())
+            opt = torch.optim.AdamW([p], lr=1e-4, fused=True)
+        else:
+            p = torch.nn.Parameter(start.bfloat16())
+            opt = ft.AdamW([p], lr=1e-4, master_weights=True)
+        for g in grads:
+            opt.zero_grad()
+            p.grad = g.to(p.dtype)
+            opt.step()
+        runs[kind] = p.detach().float()
+    exact = runs.pop("float32").bfloat16().float()
+    print(f"{steps} AdamW steps, lr 1e-4, {n} bfloat16 parameters; the float32 run rounded "
+          f"to bfloat16 moved {float((exact != start).float().mean()):.1%} of them")
+    for kind, q in runs.items():
+        print(f"  {kind:28s} moved {float((q != start).float().mean()):6.1%}, equal to the "
+              f"float32 run rounded: {float((q == exact).float().mean()):7.3%}")
+
+
+def cost(n=10_000_000, rounds=15):
+    torch.set_num_threads(2)
+    sizes = (n * 3 // 5, n - n * 3 // 5)
+    torch.manual_seed(0)
+
+    def params(dtype):
+        ps = [torch.nn.Parameter(torch.randn(k).to(dtype)) for k in sizes]
+        for p in ps:
+            p.grad = (torch.randn(p.shape) * 1e-3).to(dtype)
+        return ps
+
+    low = torch.bfloat16
+    cases = {
+        "fastopt, float32 model": ft.AdamW(params(torch.float32), lr=1e-4).step,
+        "fastopt, masters": ft.AdamW(params(low), lr=1e-4, master_weights=True).step,
+        "fastopt, masters, bfloat16 state": ft.AdamW(params(low), lr=1e-4, master_weights=True,
+                                                     state_dtype="bfloat16").step,
+        "fastopt, masters, 8-bit state": ft.AdamW(params(low), lr=1e-4, master_weights=True,
+                                                  state_dtype="int8").step,
+        "torch fused, bfloat16 (no masters)": torch.optim.AdamW(params(low), lr=1e-4,
+                                                                fused=True).step,
+    }
+    lows = params(low)
+    masters = [torch.nn.Parameter(p.detach().float()) for p in lows]
+    for m in masters:
+        m.grad = torch.zeros_like(m)
+    by_hand = torch.optim.AdamW(masters, lr=1e-4, fused=True)
+
+    def torch_masters():
+        for m, p in zip(masters, lows):
+            m.grad.copy_(p.grad)
+        by_hand.step()
+        with torch.no_grad():
+            for m, p in zip(masters, lows):
+                p.copy_(m)
+
+    cases["torch fused, masters by hand"] = torch_masters
+    times = interleaved_rounds(list(cases.values()), 0, rounds)
+    base = np.array(times[0])
+    print(f"opt.step(), {n} parameters in two tensors, 2 threads, {rounds} interleaved rounds "
+          f"(medians; ratio: median of per-round ratios to the first row)")
+    for name, t in zip(cases, times):
+        print(f"  {name:36s} {np.median(t) * 1e3:8.3f} ms  "
+              f"{np.median(np.array(t) / base):.2f}x")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    accuracy()
+    cost(int(float(args[0])) if args else 10_000_000, int(args[1]) if len(args) > 1 else 15)

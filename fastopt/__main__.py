@@ -242,8 +242,9 @@ def _cmd_bench(args):
         min_time=0.05 if args.quick else 0.25)
     print(B.format_state_table(state_rows))
     print("\ntorch models (fastopt.torch.Adam vs torch.optim.Adam, DeepSpeed's CPU Adam if "
-          "installed):")
-    torch_rows = B.torch_model_rows(sizes=B.TORCH_SIZES[:-1] if args.quick else B.TORCH_SIZES,
+          "installed; -bf16: bfloat16 models, fastopt with master_weights=True, 'masters' "
+          "torch's fused Adam on float32 masters kept by hand):")
+    torch_rows = B.torch_model_rows(sizes=B.TORCH_QUICK if args.quick else B.TORCH_SIZES,
                                     min_time=0.05 if args.quick else 0.25)
     print(B.format_torch_table(torch_rows) if torch_rows else "torch is not installed")
     loops = default_rows = []

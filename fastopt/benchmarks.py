@@ -725,8 +725,9 @@ def format_state_table(rows):
 
 
 # ---------------------------------------------------------------- torch front end
-TORCH_MODES = ("fastopt", "forloop", "foreach", "fused", "deepspeed")
-TORCH_SIZES = ("mlp", "mlp-frozen", "mlp-frozen-late", "1e7")     # (see torch_model_rows)
+TORCH_MODES = ("fastopt", "forloop", "foreach", "fused", "deepspeed", "masters")
+TORCH_SIZES = ("mlp", "mlp-frozen", "mlp-frozen-late", "mlp-bf16", "1e7", "1e7-bf16")
+TORCH_QUICK = tuple(s for s in TORCH_SIZES if not s.startswith("1e7"))   # (bench --quick)
 
 
 def torch_mlp(dtype=None, device=None):
@@ -741,17 +742,50 @@ def torch_mlp(dtype=None, device=None):
 
 
 def _torch_model(size):
+    """``(model, loss)`` of a torch bench size; ``<size>-bf16``: the model in bfloat16 (the
+    loss taken in float32)."""
     import torch
     torch.manual_seed(0)
-    if size in ("mlp", "mlp-frozen", "mlp-frozen-late"):
-        model = torch_mlp()
-        if size == "mlp-frozen":            # fine-tuning: the first layer (71% of it) frozen
+    base = size[:-len("-bf16")] if size.endswith("-bf16") else size
+    dtype = torch.bfloat16 if base != size else torch.float32
+    if base in ("mlp", "mlp-frozen", "mlp-frozen-late"):
+        model = torch_mlp(dtype)
+        if base == "mlp-frozen":            # fine-tuning: the first layer (71% of it) frozen
             model[0].requires_grad_(False)
-        x, y = torch.randn(128, BLOG_SIZES[0]), torch.randint(0, BLOG_SIZES[-1], (128,))
-        return model, lambda: torch.nn.functional.cross_entropy(model(x), y)
-    model = torch.nn.Linear(1000, 10000)           # 10,010,000 parameters in 2 tensors
-    x, y = torch.randn(8, 1000), torch.randn(8, 10000)
-    return model, lambda: ((model(x) - y) ** 2).mean()
+        x, y = torch.randn(128, BLOG_SIZES[0]).to(dtype), torch.randint(0, BLOG_SIZES[-1],
+                                                                         (128,))
+        return model, lambda: torch.nn.functional.cross_entropy(model(x).float(), y)
+    model = torch.nn.Linear(1000, 10000).to(dtype)   # 10,010,000 parameters in 2 tensors
+    x, y = torch.randn(8, 1000).to(dtype), torch.randn(8, 10000)
+    return model, lambda: ((model(x).float() - y) ** 2).mean()
+
+
+class TorchMasters:
+    """torch's fused Adam on float32 master weights kept by hand for a bfloat16 model (the
+    bench's ``masters`` mode: what ``master_weights=True`` does, the way torch users write
+    it): each step copies the gradients into the masters' (widened), steps the masters and
+    copies them back into the parameters (rounded)."""
+
+    def __init__(self, model, lr=1e-3):
+        import torch
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.masters = [torch.nn.Parameter(p.detach().float()) for p in self.params]
+        for m in self.masters:
+            m.grad = torch.zeros_like(m)
+        self.opt = torch.optim.Adam(self.masters, lr=lr, fused=True)
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def step(self):
+        import torch
+        for m, p in zip(self.masters, self.params):
+            m.grad.copy_(p.grad)
+        self.opt.step()
+        with torch.no_grad():
+            for m, p in zip(self.masters, self.params):
+                p.copy_(m)
 
 
 def _torch_ready(size, model, opt, loss):
@@ -768,10 +802,17 @@ def _torch_ready(size, model, opt, loss):
 
 
 def _torch_optimizer(mode, model):
+    """The optimizer of bench mode ``mode`` for ``model``; a bfloat16 model's ``fastopt`` is
+    ``master_weights=True``, and only a bfloat16 model has the ``masters`` mode."""
     import torch
+    low = next(model.parameters()).dtype == torch.bfloat16
+    if mode == "masters":
+        if not low:
+            raise Unavailable("masters: for a bfloat16 model")
+        return TorchMasters(model)
     if mode == "fastopt":
         from .torch import Adam
-        return Adam(model.parameters(), lr=1e-3)
+        return Adam(model.parameters(), lr=1e-3, master_weights=low)
     if mode == "deepspeed":
         try:
             from deepspeed.ops.adam import DeepSpeedCPUAdam
@@ -790,7 +831,9 @@ def torch_model_rows(sizes=TORCH_SIZES, modes=TORCH_MODES, min_time=0.25):
     thread count. ``mlp``: the 784-100-100-100-100-10 MLP at batch 128; ``mlp-frozen``: the
     same with its first layer frozen (``requires_grad=False``, all parameters given to the
     optimizer, as in fine-tuning); ``mlp-frozen-late``: frozen after a first step of the whole
-    MLP (:func:`_torch_ready`); ``1e7``: one Linear 1000 -> 10000. Rows: size, what, mode,
+    MLP (:func:`_torch_ready`); ``1e7``: one Linear 1000 -> 10000; ``-bf16``: those models in
+    bfloat16, fastopt with ``master_weights=True``, torch's modes on the bfloat16 parameters
+    (no masters) and ``masters`` (:class:`TorchMasters`, only there). Rows: size, what, mode,
     seconds, speedup over torch's fused Adam."""
     try:
         import torch
@@ -803,6 +846,8 @@ def torch_model_rows(sizes=TORCH_SIZES, modes=TORCH_MODES, min_time=0.25):
     for size in sizes:
         built = {}
         for mode in modes:
+            if mode == "masters" and not size.endswith("-bf16"):
+                continue
             try:
                 model, loss = _torch_model(size)
                 opt = _torch_optimizer(mode, model)

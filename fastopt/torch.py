@@ -499,8 +499,12 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         test per parameter, and one pointer comparison: a parameter whose values were moved out
         of the arena (``p.data = ...``, ``model.double()``, ``model.to(...)`` after building the
         optimizer) is refused before any parameter or state is written (the step would update
-        the arena while the model reads other memory)."""
+        the arena while the model reads other memory). With ``master_weights`` such a gradient
+        is widened straight into the float32 gradient arena and left where it is (one copy;
+        ``zero_grad(set_to_none=False)`` attaches the views again), and :meth:`_widen` takes
+        the others from the views."""
         missing = None
+        self._widened = 0
         for p, view, ptr in self._views:
             if p.data_ptr() != ptr:
                 self._moved(p)
@@ -518,10 +522,31 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             if g.shape != p.shape:
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: a gradient of shape "
                                  f"{tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
+            if self._master:
+                lo, hi = self._slices[p]
+                self._flat_g[lo:hi].copy_(g.detach().reshape(-1))
+                self._widened += 1
+                continue
             if g.data_ptr() != view.data_ptr():
                 view.copy_(g.detach())
             p.grad = view
         return missing or ()
+
+    def _widen(self, n_missing):
+        """``master_weights``: the gradients held in the views widened (exact) into the
+        float32 gradient arena: the whole arena in one copy when every gradient is a view,
+        view by view when :meth:`_sync_grads` already widened some, nothing when it widened
+        them all."""
+        views = len(self._views) - n_missing - self._widened
+        if not views:
+            return
+        if not self._widened:
+            self._flat_g.copy_(self._flat_lg)
+            return
+        for p, view, _ in self._views:
+            if p.grad is view:
+                lo, hi = self._slices[p]
+                self._flat_g[lo:hi].copy_(view.reshape(-1))
 
     def _catch_up(self):
         """``master_weights``: a parameter the caller changed in place since the optimizer
@@ -628,8 +653,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             kwargs = self._frozen(kwargs, where)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
-        if self._master:                    # the gradients, widened (exact) for the step
-            self._flat_g.copy_(self._flat_lg)
+        if self._master:
+            self._widen(len(missing))
         self._spec.step_fn(self._buffers, **kwargs)
         if stepping:
             self._count_steps(stepping)

@@ -1392,6 +1392,29 @@ def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
         _assert_master_like(other_opt, ref, other)
 
 
+def test_master_weights_take_gradients_from_views_and_from_new_tensors():
+    """The widened gradient the step reads, whichever way the gradients came: new tensors
+    (after ``zero_grad()``, widened one by one), the arena's views (after
+    ``zero_grad(set_to_none=False)``, widened in one copy) and a mix of both; bit for bit the
+    flat step on those gradients widened by hand."""
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(40).bfloat16())
+    b = torch.nn.Parameter(torch.randn(25).bfloat16())
+    opt = ft.Adam([a, b], lr=1e-2, master_weights=True)
+    ref = _master_reference(opt)
+    for how in ("new", "views", "mixed", "views"):
+        opt.zero_grad(set_to_none=how == "new")
+        ((a.float() ** 2).sum() + (b.float() ** 3).sum()).backward()
+        if how == "mixed":
+            a.grad = torch.full_like(a, 0.5)            # a new tensor beside b's view
+        assert (b.grad is opt._views[1][1]) == (how != "new")
+        ref.grad[...] = torch.cat([a.grad.float(), b.grad.float()]).numpy()
+        opt.step()
+        opt._spec.step_fn(ref, lr=1e-2)
+        np.testing.assert_array_equal(opt._flat_p.numpy(), ref.param)
+        np.testing.assert_array_equal(_copy_bits(opt._flat_lp), ref.param_copy)
+
+
 def test_master_weights_take_in_place_changes_of_the_parameters():
     """A parameter changed in place after the optimizer was built (``load_state_dict`` of
     pretrained weights, an element set) enters the masters at the next step: the changed

@@ -1358,7 +1358,7 @@ def _assert_master_like(opt, ref, model):
 def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
     """Every optimizer of the front end on a bfloat16 (every other one: float16) MLP with
     ``master_weights=True``, float32 / bfloat16 / 8-bit state in turn (two parameter groups
-    for every third): the float32 masters, the state and the model's parameters are bit for
+    for every third, ``max_grad_norm`` for every other one): the float32 masters, the state and the model's parameters are bit for
     bit the flat step function's on float32 buffers of the masters with a ``param_copy``,
     given the widened gradients; then through ``torch.save`` into a new optimizer and a deep
     copy, both continue bit for bit."""
@@ -1367,10 +1367,12 @@ def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
     extra = dict(momentum=0.5) if name in ("SGD", "RMSprop") else {}
     model = mlp(dtype)
     params = groups(model, cls._defaults["lr"]) if i % 3 == 1 else model.parameters()
-    opt = cls(params, master_weights=True, **precision, **extra)
+    clip = dict(max_grad_norm=0.05) if i % 2 else {}
+    opt = cls(params, master_weights=True, **precision, **extra, **clip)
     ref = _master_reference(opt)
     _master_lockstep(model, opt, ref, 3, dtype)
     _assert_master_like(opt, ref, model)
+    assert not clip or opt._buffers.grad_norm > 0.05          # (it clipped)
     if precision:
         assert opt._buffers.state_dtype == precision["state_dtype"]
     saved = _through_torch_save(opt)
@@ -1378,7 +1380,7 @@ def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
     again = mlp(dtype)
     again.load_state_dict(model.state_dict())
     params = groups(again, cls._defaults["lr"]) if i % 3 == 1 else again.parameters()
-    resumed = cls(params, master_weights=True, **precision, **extra)
+    resumed = cls(params, master_weights=True, **precision, **extra, **clip)
     resumed.load_state_dict(saved)
     copied, copied_opt = copy.deepcopy((model, opt))
     _master_lockstep(model, opt, ref, 2, dtype, start=3)

@@ -43,10 +43,12 @@ round-trip them bit for bit.
 ``master_weights=True`` (bfloat16 or float16 parameters on the CPU) keeps float32 master
 weights in the arena the step works on; the parameters are views of a bfloat16 (float16)
 arena that the step writes, each element its new master rounded to nearest even (the flat
-API's ``param_copy``), and the gradients are widened into a float32 arena before each step.
-``self.state[p]["master_param"]`` is a float32 view of ``p``'s masters; state dicts carry
-them. A parameter changed in place (its version counter moved) enters the masters at the next
-step or ``state_dict()``, element by element (:meth:`_FastoptOptimizer._catch_up`).
+API's ``param_copy``), and the gradients are widened into a float32 arena before each step
+(a gradient autograd allocated straight from where it is, and it stays ``p.grad``; those in
+the views in one copy of the arena). ``self.state[p]["master_param"]`` is a float32 view of
+``p``'s masters; state dicts carry them. A parameter changed in place (its version counter
+moved) enters the masters at the next step or ``state_dict()``, element by element
+(:meth:`_FastoptOptimizer._catch_up`).
 
 ``state_dict()`` is torch's format (``state[i]`` with the parameter's own ``"step"`` and torch's
 state names; no entry for a parameter not stepped yet), and

@@ -1394,6 +1394,29 @@ def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
         _assert_master_like(other_opt, ref, other)
 
 
+@pytest.mark.parametrize("dtype", LOW, ids=["bfloat16", "float16"])
+def test_master_weights_keep_their_bits_through_a_change_that_changes_nothing(dtype):
+    """The in-place check compares each parameter with its master rounded by torch, the step
+    writes it rounded by fastopt's kernels: the two roundings agree, so a change that leaves
+    the values as they are (``p.mul_(1)`` moves the version counter) keeps every master, over
+    magnitudes from 1e-7 to 1e5 (float16: subnormals and overflow to inf included)."""
+    torch.manual_seed(0)
+    n = 20000
+    scale = torch.pow(10.0, torch.empty(n).uniform_(-7, 5))
+    p = torch.nn.Parameter((torch.randn(n) * scale).to(dtype))
+    opt = ft.SGD([p], lr=1e-3, momentum=0.9, master_weights=True)
+    for _ in range(3):
+        opt.zero_grad()
+        p.grad = (torch.randn(n) * scale * 0.1).to(dtype)
+        opt.step()
+    masters = opt._flat_p.clone()
+    assert not torch.equal(masters, p.detach().float())
+    with torch.no_grad():
+        p.mul_(1)
+    opt.state_dict()                                         # (takes changes in)
+    assert torch.equal(opt._flat_p, masters)
+
+
 def test_master_weights_take_gradients_from_views_and_from_new_tensors():
     """The widened gradient the step reads, whichever way the gradients came: new tensors
     (after ``zero_grad()``, widened one by one), the arena's views (after

@@ -1358,10 +1358,10 @@ def _assert_master_like(opt, ref, model):
 def test_master_weights_equal_the_flat_step_function_with_a_param_copy(name):
     """Every optimizer of the front end on a bfloat16 (every other one: float16) MLP with
     ``master_weights=True``, float32 / bfloat16 / 8-bit state in turn (two parameter groups
-    for every third, ``max_grad_norm`` for every other one): the float32 masters, the state and the model's parameters are bit for
-    bit the flat step function's on float32 buffers of the masters with a ``param_copy``,
-    given the widened gradients; then through ``torch.save`` into a new optimizer and a deep
-    copy, both continue bit for bit."""
+    for every third, ``max_grad_norm`` for every other one): the float32 masters, the state
+    and the model's parameters are bit for bit the flat step function's on float32 buffers
+    of the masters with a ``param_copy``, given the widened gradients; then through
+    ``torch.save`` into a new optimizer and a deep copy, both continue bit for bit."""
     i = ft.__all__.index(name)
     cls, dtype, precision = getattr(ft, name), LOW[i % 2], PRECISIONS[i % 3]
     extra = dict(momentum=0.5) if name in ("SGD", "RMSprop") else {}

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import fastopt.torch as ft
-from fastopt.benchmarks import interleaved_rounds
+from fastopt.benchmarks import TorchMasters, interleaved_rounds
 
 
 def accuracy(n=100_000, steps=100):
@@ -82,21 +82,8 @@ def cost(n=10_000_000, rounds=15):
         "torch fused, bfloat16 (no masters)": torch.optim.AdamW(params(low), lr=1e-4,
                                                                 fused=True).step,
     }
-    lows = params(low)
-    masters = [torch.nn.Parameter(p.detach().float()) for p in lows]
-    for m in masters:
-        m.grad = torch.zeros_like(m)
-    by_hand = torch.optim.AdamW(masters, lr=1e-4, fused=True)
-
-    def torch_masters():
-        for m, p in zip(masters, lows):
-            m.grad.copy_(p.grad)
-        by_hand.step()
-        with torch.no_grad():
-            for m, p in zip(masters, lows):
-                p.copy_(m)
-
-    cases["torch fused, masters by hand"] = torch_masters
+    cases["torch fused, masters by hand"] = TorchMasters(params(low), torch.optim.AdamW,
+                                                         lr=1e-4, fused=True).step
     times = interleaved_rounds(list(cases.values()), 0, rounds)
     base = np.array(times[0])
     print(f"opt.step(), {n} parameters in two tensors, 2 threads, {rounds} interleaved rounds "

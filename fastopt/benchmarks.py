@@ -761,18 +761,20 @@ def _torch_model(size):
 
 
 class TorchMasters:
-    """torch's fused Adam on float32 master weights kept by hand for a bfloat16 model (the
-    bench's ``masters`` mode: what ``master_weights=True`` does, the way torch users write
-    it): each step copies the gradients into the masters' (widened), steps the masters and
-    copies them back into the parameters (rounded)."""
+    """A torch optimizer on float32 master weights kept by hand for low-precision
+    parameters (the bench's ``masters`` mode, torch's fused Adam by default: what
+    ``master_weights=True`` does, the way torch users write it): each step copies the
+    gradients into the masters' (widened), steps the masters and copies them back into the
+    parameters (rounded). ``kwargs`` go to ``optimizer``."""
 
-    def __init__(self, model, lr=1e-3):
+    def __init__(self, params, optimizer=None, **kwargs):
         import torch
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.params = [p for p in params if p.requires_grad]
         self.masters = [torch.nn.Parameter(p.detach().float()) for p in self.params]
         for m in self.masters:
             m.grad = torch.zeros_like(m)
-        self.opt = torch.optim.Adam(self.masters, lr=lr, fused=True)
+        self.opt = (optimizer or torch.optim.Adam)(self.masters,
+                                                   **(kwargs or dict(lr=1e-3, fused=True)))
 
     def zero_grad(self):
         for p in self.params:
@@ -809,7 +811,7 @@ def _torch_optimizer(mode, model):
     if mode == "masters":
         if not low:
             raise Unavailable("masters: for a bfloat16 model")
-        return TorchMasters(model)
+        return TorchMasters(model.parameters())
     if mode == "fastopt":
         from .torch import Adam
         return Adam(model.parameters(), lr=1e-3, master_weights=low)

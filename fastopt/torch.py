@@ -995,10 +995,8 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                              f"master_weights=True")
         if (not isinstance(master, torch.Tensor) or master.dtype != torch.float32
                 or master.shape != p.shape):
-            got = (f"{master.dtype} of shape {tuple(master.shape)}"
-                   if isinstance(master, torch.Tensor) else type(master).__name__)
             raise ValueError(f"{where}: 'master_param' must be float32 of the parameter's "
-                             f"shape {tuple(p.shape)}, got {got}")
+                             f"shape {tuple(p.shape)}, got {_describe(master)}")
 
     def load_state_dict(self, state_dict):
         given = self._given_state(state_dict)

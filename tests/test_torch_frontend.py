@@ -1329,7 +1329,7 @@ def _master_reference(opt):
     """Flat buffers as the front end's, at its masters, with a param copy of its kind."""
     hps = [opt._hyper(g) for g in opt.param_groups]
     flat = opt._flat_p.numpy()
-    options = {k: v for k, v in opt._state_kw.items()}
+    options = dict(opt._state_kw)
     if options.get("state_dtype") == "int8":
         options["min_8bit_size"] = 0
     ref = opt._spec.buffers_cls.zeros(flat.copy(), np.zeros_like(flat),

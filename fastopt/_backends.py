@@ -16,6 +16,9 @@ from ._spec import distinct
 from .kernels.record import param_copy_kind
 
 BACKENDS = ("numpy", "cpu", "cuda")
+# host arrays the CPU kernels read through a view (kernel_view): bfloat16 bits (state or a
+# gradient) and a float16 gradient
+SIXTEEN = (np.dtype(np.uint16), np.dtype(np.float16))
 
 
 def choose(backend, on_device):
@@ -64,12 +67,12 @@ def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
     st = np.dtype(dtype).type
     copy = arrays.get("param_copy")
     arrays = {k: a for k, a in arrays.items() if k != "param_copy"}
-    bits = any(a.dtype == np.uint16 for a in arrays.values())     # bfloat16 state
+    bits = any(a.dtype == np.uint16 for k, a in arrays.items() if k != "grad")  # bfloat16 state
 
     def run(t, hp_now=None, factor=None):
         hp_now = hp if hp_now is None else hp_now
         # unscale x clip: one multiplication in the buffer dtype, as the kernel
-        given = arrays if factor is None else dict(arrays, grad=arrays["grad"] * st(factor))
+        given = _given(arrays, factor, st)
         if bits:
             from .precision import numpy_step, rounding_key
             # (a grouped row's own step count for the formulas; the rounding stream is keyed
@@ -81,6 +84,19 @@ def _numpy_runner(spec, arrays, dtype, hp, seed=None, offset=0):
         if copy is not None:
             _write_copy(dict(arrays, param_copy=copy))
     return run
+
+
+def _given(arrays, factor, st):
+    """The reference's arrays for one step: a low-precision gradient widened to float32
+    (exact, as the kernels read it: ``fastopt.scaling.widen_low``), then multiplied by the
+    gradient factor (unscale x clip) in the buffer dtype, as the kernels do, when there is
+    one."""
+    from .scaling import widen_low
+    g = arrays["grad"]
+    w = widen_low(g)
+    if factor is None:
+        return arrays if w is g else dict(arrays, grad=w)
+    return dict(arrays, grad=w * st(factor))
 
 
 def compiled_entry(dispatcher, args):
@@ -98,7 +114,13 @@ def compiled_entry(dispatcher, args):
 def kernel_view(a, seed=None, offset=0, key=0):
     """What a CPU kernel receives for host array ``a`` (1-D): the array itself, or for
     bfloat16 state (``uint16`` bits) a ``kernels.precision.BF16Bits`` over it (stochastic
-    rounding when ``seed`` is not None: element indices from ``offset``, ``key`` per step)."""
+    rounding when ``seed`` is not None: element indices from ``offset``, ``key`` per step).
+    A low-precision gradient reads the same way: bfloat16 bits through a ``BF16Bits`` (give
+    no ``seed``: it is never written), a float16 array through a ``kernels.precision.F16Bits``
+    over its bits."""
+    if a.dtype == np.float16:
+        from .kernels.precision import F16Bits
+        return F16Bits(a.view(np.uint16))
     if a.dtype != np.uint16:
         return a
     from .kernels.precision import BF16Bits
@@ -106,10 +128,11 @@ def kernel_view(a, seed=None, offset=0, key=0):
 
 
 def kernel_args(sources, copy, ph, seed=None, offset=0, lo=None, hi=None, flatten=False):
-    """The CPU kernel's array arguments for ``sources`` (the record's arrays, ``None`` for
-    unused state: ``ph``), optionally flattened and cut to ``[lo, hi)``: bfloat16 state as
-    :func:`kernel_view`, and the parameter wrapped with its ``param_copy`` (bfloat16 bits
-    written in the same pass, ``kernels.precision.ParamWithCopy``) when there is one."""
+    """The CPU kernel's array arguments for ``sources`` (the record's arrays, param and grad
+    first, ``None`` for unused state: ``ph``), optionally flattened and cut to ``[lo, hi)``:
+    bfloat16 state and a low-precision gradient as :func:`kernel_view`, and the parameter
+    wrapped with its ``param_copy`` (bfloat16 bits written in the same pass,
+    ``kernels.precision.ParamWithCopy``) when there is one."""
     def cut(a):
         if flatten:
             a = a.reshape(-1)
@@ -119,7 +142,7 @@ def kernel_args(sources, copy, ph, seed=None, offset=0, lo=None, hi=None, flatte
         if a is None:
             out.append(ph)
             continue
-        v = kernel_view(cut(a), seed, offset + (lo or 0))
+        v = kernel_view(cut(a), seed if j != 1 else None, offset + (lo or 0))
         if j == 0 and copy is not None:
             from .kernels.precision import ParamWithCopy
             half = param_copy_kind(copy) == "float16"
@@ -172,8 +195,9 @@ def _cpu_runner(spec, arrays, dtype, hp, parallel, seed=None, offset=0):
     flat = all(a is None or a.ndim == 1 for a in sources)
     copy = arrays.get("param_copy")
     static = kernel_args(sources, copy, ph, seed, offset)
-    # custom argument types (bfloat16 state, a param copy): call the compiled entry point
-    bits = copy is not None or any(a is not None and a.dtype == np.uint16 for a in sources)
+    # custom argument types (bfloat16 state, a low-precision gradient, a param copy): call
+    # the compiled entry point
+    bits = copy is not None or any(a is not None and a.dtype in SIXTEEN for a in sources)
     n = int(arrays["param"].size)
     kernels = {}
     # the packed scalars, refilled at each call (a step runs under its buffers' lock); the
@@ -307,12 +331,12 @@ ONE_CALL_PREPASS_MAX_MEAN = 1 << 18
 def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
     sources = [arrays.get(name) for name in spec.kernel.arrays]
     copy = arrays.get("param_copy")
-    bits = copy is not None or any(a is not None and a.dtype == np.uint16 for a in sources)
+    bits = copy is not None or any(a is not None and a.dtype in SIXTEEN for a in sources)
     n = int(arrays["param"].size)
     if bits or (spec.kernel.norm_names and n >= ONE_CALL_PREPASS_MAX_MEAN * len(segments)):
-        # bfloat16 state / a param copy (custom Numba types, not sliced inside a compiled
-        # driver), or a record with a pre-pass over large segments: each segment is its own
-        # step
+        # bfloat16 state / a low-precision gradient / a param copy (custom Numba types, not
+        # sliced inside a compiled driver), or a record with a pre-pass over large segments:
+        # each segment is its own step
         return _per_segment(
             lambda a, hp, lo: _cpu_runner(spec, a, dtype, hp, parallel, seed, lo), arrays,
             rows, segments)
@@ -452,7 +476,7 @@ def _q8_numpy_runner(spec, arrays, dtype, hp, parallel, block, scales):
 
     def run(t, hp_now=None, factor=None):
         hp_now = hp if hp_now is None else hp_now
-        given = plain if factor is None else dict(plain, grad=plain["grad"] * st(factor))
+        given = _given(plain, factor, st)
         quantization.numpy_step(spec.reference, given, scales, spec.kernel, block, hp_now, t,
                                 st)
         _write_copy(arrays)
@@ -567,6 +591,8 @@ def _q8_args(spec, arrays, dtype, scales):
             qm = quantization.qmap_for(spec.kernel, name)
             args += [a.reshape(-1), scales[name], qm.values.astype(st),
                      qm.table if _q8_table(dtype) else qm.first, qm.mid.astype(st)]
+        elif name == "grad":        # (a low-precision gradient: read through its view)
+            args.append(kernel_view(a.reshape(-1)))
         else:
             args.append(ph if a is None else a.reshape(-1))
     if arrays.get("param_copy") is not None:

@@ -17,6 +17,14 @@ import threading
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# a float32 parameter's gradient may also come in low precision, read widened (exactly) to
+# float32 by every step: bfloat16 (uint16 bit patterns, as bfloat16 state) or float16
+LOW_GRAD_DTYPES = (np.dtype(np.uint16), np.dtype(np.float16))
+
+
+def low_grad_name(dtype):
+    """``"bfloat16"`` or ``"float16"``: what a gradient of :data:`LOW_GRAD_DTYPES` holds."""
+    return "bfloat16" if np.dtype(dtype) == np.uint16 else "float16"
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -52,17 +60,22 @@ def _describe(a):
     return type(a).__name__
 
 
-def check_array(a, where, *, writable=True, bits=False):
+def check_array(a, where, *, writable=True, bits=False, low=False):
     """Validate one host array; returns it. Raises TypeError/ValueError naming ``where``.
-    ``bits``: bfloat16 state (``uint16`` bit patterns) is accepted too."""
+    ``bits``: bfloat16 state (``uint16`` bit patterns) is accepted too; ``low``: a
+    low-precision gradient (``uint16`` bfloat16 bits or ``float16``, :data:`LOW_GRAD_DTYPES`)
+    is."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{where} must be a numpy.ndarray (or a CUDA device array), "
                         f"got {_describe(a)}; fastopt never copies a buffer, so convert "
                         f"it yourself (np.ascontiguousarray(x, dtype=np.float32))")
-    if a.dtype not in FLOAT_DTYPES and not (bits and a.dtype in (np.uint16, np.uint8)):
+    if a.dtype not in FLOAT_DTYPES and not (bits and a.dtype in (np.uint16, np.uint8)) \
+            and not (low and a.dtype in LOW_GRAD_DTYPES):
         raise TypeError(f"{where} has dtype {a.dtype}; fastopt supports float32 and float64"
                         + (" (and uint16: bfloat16 state bits; uint8: 8-bit state codes)"
-                           if bits else ""))
+                           if bits else "")
+                        + (" (and, for float32 parameters, uint16: bfloat16 bits, or float16)"
+                           if low else ""))
     if not a.flags.c_contiguous:
         raise ValueError(f"{where} is not C-contiguous; fastopt updates buffers in place "
                          f"and never copies them (use np.ascontiguousarray before building "
@@ -87,8 +100,15 @@ def check_group(named, owner):
     check_array(first, f"{owner}.{first_name}")
     for name, a in items[1:]:
         state = name not in ("param", "grad")
-        check_array(a, f"{owner}.{name}", writable=(name != "grad"), bits=state)
-        if a.dtype == np.uint16:            # bfloat16 state (fastopt.precision)
+        check_array(a, f"{owner}.{name}", writable=(name != "grad"), bits=state,
+                    low=(name == "grad"))
+        if name == "grad" and a.dtype in LOW_GRAD_DTYPES:     # read widened by the step
+            if first.dtype != np.float32:
+                raise TypeError(f"{owner}.{name} is a {low_grad_name(a.dtype)} gradient but "
+                                f"{owner}.{first_name} has dtype {first.dtype}; a "
+                                f"low-precision gradient needs float32 parameters (master "
+                                f"weights)")
+        elif a.dtype == np.uint16:          # bfloat16 state (fastopt.precision)
             if first.dtype != np.float32:
                 raise TypeError(f"{owner}.{name} holds bfloat16 state (uint16 bits) but "
                                 f"{owner}.{first_name} has dtype {first.dtype}; bfloat16 "
@@ -310,7 +330,9 @@ class Buffers:
         ``state_dtype="int8"``: block-wise 8-bit state (float32 or float64 parameters, host
         arrays): ``uint8`` codes of the dynamic map plus a float32 absmax per ``block_size``
         elements (``buffers.state_absmax``, see :mod:`fastopt.quantization`); a buffer of fewer
-        than ``min_8bit_size`` elements keeps its state in the parameter's dtype."""
+        than ``min_8bit_size`` elements keeps its state in the parameter's dtype. The gradient
+        of float32 parameters (host arrays) may be bfloat16 bits (``uint16``) or ``float16``:
+        every step reads it widened to float32 (exact) in the same pass."""
         fields = cls.spec.allocation(options)
         check_group({"param": param, "grad": grad}, cls.__name__)
         if state_dtype is not None and not (isinstance(state_dtype, str)

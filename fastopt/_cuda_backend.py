@@ -116,6 +116,11 @@ def check_device_group(named, owner):
         # bfloat16 state (uint16 bits) or 8-bit state (uint8 codes)
         bits = name not in ("param", "grad") and dtype in (np.uint16, np.uint8)
         bits = bits or (name == "param_copy" and dtype == np.float16)    # (checked before)
+        if name == "grad" and dtype in (np.uint16, np.float16):
+            kind = "bfloat16" if dtype == np.uint16 else "float16"
+            raise NotImplementedError(
+                f"{where} is a {kind} gradient; the steps read low-precision gradients on the "
+                f"CPU only: on CUDA, widen it to a float32 gradient first")
         if dtype not in (np.float32, np.float64) and not bits:
             raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64"
                             + (" (and uint16 for bfloat16 state, uint8 for 8-bit state)"

@@ -115,13 +115,19 @@ class ShardedStep:
     """
 
     def __init__(self, step_fn, param, grad, comm=None, abort_on_error=True, **zeros_options):
+        check_group({"param": param, "grad": grad}, "ShardedStep")
+        if np.dtype(grad.dtype) != np.dtype(param.dtype):
+            raise TypeError(f"ShardedStep sums the gradients over the ranks (MPI reduce-"
+                            f"scatter) in the parameters' dtype; got a {grad.dtype} gradient "
+                            f"for {param.dtype} parameters: pass a {param.dtype} gradient "
+                            f"(the flat step functions read a bfloat16 or float16 gradient "
+                            f"on one process)")
         MPI = _mpi()
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         if abort_on_error:
             install_abort_hook(self.comm)
         self.spec = _spec_of(step_fn)
         self.step_fn = step_fn
-        check_group({"param": param, "grad": grad}, "ShardedStep")
         if param.ndim != 1:
             raise ValueError(f"ShardedStep takes flat 1-D buffers (a FlatParams arena), got "
                              f"shape {param.shape}")

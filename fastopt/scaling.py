@@ -82,8 +82,26 @@ class LossScaler:
 
 
 def _flat_float(g):
-    a = check_array(g, "the gradient", writable=False)
+    a = check_array(g, "the gradient", writable=False, low=True)
     return a.reshape(-1)
+
+
+def _passed(x):
+    """What the compiled passes read for the host array ``x``: itself, or a float16 array's
+    bits as ``int16`` (``kernels.reductions.READS``: Numba has no CPU float16 arrays; a
+    ``uint16`` array already is bfloat16 bits)."""
+    return x.view(np.int16) if x.dtype == np.float16 else x
+
+
+def widen_low(x):
+    """A host array's values as floats: a low-precision gradient (``uint16`` bfloat16 bits or
+    ``float16``) widened to float32 (exact), any other array as it is."""
+    if x.dtype == np.uint16:
+        from .precision import from_bfloat16
+        return from_bfloat16(x)
+    if x.dtype == np.float16:
+        return x.astype(np.float32)
+    return x
 
 
 def grad_norm_reference(g):
@@ -95,7 +113,7 @@ def sum_of_squares_reference(x):
     """The sum of squares (float64) of a 1-D float array in the order of the Numba reduction
     (``kernels.reductions``): chunks of ``NORM_CHUNK``, eight lanes each in order (with
     ``np.cumsum``), the lanes combined in a fixed tree, the chunk sums in order."""
-    x = np.asarray(x).reshape(-1).astype(np.float64)
+    x = widen_low(np.asarray(x).reshape(-1)).astype(np.float64)
     if x.size == 0:
         return 0.0
     sq = x * x
@@ -109,7 +127,8 @@ def sum_of_squares_reference(x):
 
 
 def grad_norm(g):
-    """The L2 norm of ``g`` (float32 or float64, any shape), deterministic (see the module
+    """The L2 norm of ``g`` (float32 or float64, any shape; or a low-precision gradient:
+    ``uint16`` bfloat16 bits or ``float16``, its float32 values), deterministic (see the module
     docstring), computed by a Numba kernel (parallel over chunks above
     ``fastopt.config.PARALLEL_THRESHOLD`` elements). A CUDA device array is reduced on the
     device, also deterministically but in another fixed order (equal to the CPU's norm to
@@ -143,7 +162,7 @@ def _run_pass(name, x, parallel):
         _KERNELS[name, parallel] = run
     if parallel and not _threads.READY:
         _threads.ensure_pool()
-    return run(x if x.ndim == 1 else x.reshape(-1))
+    return run(_passed(x if x.ndim == 1 else x.reshape(-1)))
 
 
 def sum_of_squares(x, frozen=None):
@@ -233,7 +252,7 @@ class FrozenPlan:
             fn = _KERNELS[name, "frozen", parallel] = reductions.frozen_pass(name, parallel)
         if parallel and not _threads.READY:
             _threads.ensure_pool()
-        x = x if x.ndim == 1 else x.reshape(-1)
+        x = _passed(x if x.ndim == 1 else x.reshape(-1))
         return fn(x, self.chunk, self.cuts(reductions.n_tasks(parallel)), self.kind,
                   self.runs, self.first)
 
@@ -241,7 +260,7 @@ class FrozenPlan:
 def sum_of_squares_frozen_reference(x, frozen):
     """The NumPy reference of :func:`sum_of_squares` with ``frozen`` ranges ``[lo, hi)`` left
     out: the reference sum of ``x`` with those elements set to zero."""
-    x = np.array(np.asarray(x).reshape(-1), dtype=np.float64)
+    x = np.array(widen_low(np.asarray(x).reshape(-1)), dtype=np.float64)
     for lo, hi in frozen:
         x[lo:hi] = 0.0
     return sum_of_squares_reference(x)

@@ -64,20 +64,24 @@ make_attribute_wrapper(BF16ArrayType, "key", "key")
 make_attribute_wrapper(BF16ArrayType, "offset", "offset")
 
 
-@unbox(BF16ArrayType)
-def _unbox(typ, obj, c):
+def _unbox_view(typ, obj, c, fields=()):
+    """Unbox a 16-bit view (:class:`BF16Bits`, :class:`F16Bits`): its ``bits`` array, then
+    each ``(name, type)`` of ``fields`` (integers)."""
     bits_obj = c.pyapi.object_getattr_string(obj, "bits")
     native = c.unbox(typ.bits_type, bits_obj)
     c.pyapi.decref(bits_obj)
     s = cgutils.create_struct_proxy(typ)(c.context, c.builder)
     s.bits = native.value
-    key_obj = c.pyapi.object_getattr_string(obj, "key")
-    s.key = c.unbox(types.uint64, key_obj).value
-    c.pyapi.decref(key_obj)
-    offset_obj = c.pyapi.object_getattr_string(obj, "offset")
-    s.offset = c.unbox(types.int64, offset_obj).value
-    c.pyapi.decref(offset_obj)
+    for name, ty in fields:
+        field_obj = c.pyapi.object_getattr_string(obj, name)
+        setattr(s, name, c.unbox(ty, field_obj).value)
+        c.pyapi.decref(field_obj)
     return NativeValue(s._getvalue(), is_error=native.is_error, cleanup=native.cleanup)
+
+
+@unbox(BF16ArrayType)
+def _unbox(typ, obj, c):
+    return _unbox_view(typ, obj, c, (("key", types.uint64), ("offset", types.int64)))
 
 
 @intrinsic
@@ -258,15 +262,22 @@ def f32_to_bf16_stochastic(x, key, index):
 
 @overload(operator.getitem)
 def _getitem(a, i):
+    """An element of a 16-bit view decoded to float32; a slice, a view of the same kind over
+    the slice of its bits (bfloat16: rounding to nearest on write)."""
     if isinstance(a, BF16ArrayType):
-        if isinstance(i, types.Integer):
-            def impl(a, i):
-                return bf16_to_f32(a.bits[i])
-            return impl
-        if isinstance(i, types.SliceType):
-            def impl_slice(a, i):
-                return _wrap(a.bits[i])
-            return impl_slice
+        decode, wrap = bf16_to_f32, _wrap
+    elif isinstance(a, F16ArrayType):       # (a float16 gradient, below)
+        decode, wrap = f16_to_f32, _wrap_f16
+    else:
+        return None
+    if isinstance(i, types.Integer):
+        def impl(a, i):
+            return decode(a.bits[i])
+        return impl
+    if isinstance(i, types.SliceType):
+        def impl_slice(a, i):
+            return wrap(a.bits[i])
+        return impl_slice
 
 
 @overload(operator.setitem)
@@ -280,6 +291,99 @@ def _setitem(a, i, v):
         def impl(a, i, v):
             a.bits[i] = f32_to_bf16(np.float32(v))
         return impl
+
+
+# ---------------------------------------------------------------- a float16 gradient
+def f16_widen_ir(builder, h):
+    """The IR of float16 bits ``h`` (an ``i16`` or a vector of them) widened to float32
+    (exact), in 32-bit integer arithmetic and selects (no half-precision instruction, so no
+    library call on a CPU without F16C): normal numbers rebiased, inf and NaN to exponent 255
+    (payload kept, as NumPy's ``astype(np.float32)``), zeros and subnormals as their
+    magnitude ``m * 2**-24`` (one exact conversion and product); the sign put back."""
+    vec = isinstance(h.type, ir.VectorType)
+    n = h.type.count if vec else None
+    i32 = ir.VectorType(ir.IntType(32), n) if vec else ir.IntType(32)
+    f32 = ir.VectorType(ir.FloatType(), n) if vec else ir.FloatType()
+
+    def c(v, ty=i32):
+        return ir.Constant(ty, [v] * n if vec else v)
+    u = builder.zext(h, i32)
+    sign = builder.shl(builder.and_(u, c(0x8000)), c(16))
+    em = builder.and_(u, c(0x7FFF))
+    shifted = builder.shl(em, c(13))
+    normal = builder.add(shifted, c(0x38000000))         # exponent + (127 - 15)
+    special = builder.add(shifted, c(0x70000000))        # 31 -> 255: inf, NaN
+    bits = builder.select(builder.icmp_unsigned(">=", em, c(0x7C00)), special, normal)
+    tiny = builder.fmul(builder.uitofp(em, f32), c(2.0 ** -24, f32))
+    small = builder.icmp_unsigned("<", em, c(0x400))
+    out = builder.select(small, builder.bitcast(tiny, i32), bits)
+    return builder.bitcast(builder.or_(out, sign), f32)
+
+
+@intrinsic
+def _f16_to_f32(typingctx, h):
+    if not (isinstance(h, types.Integer) and h.bitwidth == 16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return f16_widen_ir(builder, args[0])
+    return types.float32(h), codegen
+
+
+@njit(inline="always", error_model="numpy")
+def f16_to_f32(h):
+    """The float32 value of float16 bits ``h`` (exact; NumPy's ``astype(np.float32)``)."""
+    return _f16_to_f32(h)
+
+
+class F16Bits:
+    """A float16 gradient as the kernels see it (Numba has no CPU float16 arrays): ``bits``,
+    the 1-D C-contiguous ``uint16`` view of its values (kept, not copied). Reading element
+    ``i`` gives its float32 value (exact); nothing writes it."""
+    __slots__ = ("bits",)
+
+    def __init__(self, bits):
+        self.bits = bits
+
+
+class F16ArrayType(types.Type):
+    def __init__(self, bits_type):
+        self.bits_type = bits_type
+        super().__init__(name=f"F16Array({bits_type})")
+
+
+@typeof_impl.register(F16Bits)
+def _typeof_f16(val, c):
+    return F16ArrayType(typeof(val.bits))
+
+
+@register_model(F16ArrayType)
+class _F16Model(models.StructModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, [("bits", fe_type.bits_type)])
+
+
+make_attribute_wrapper(F16ArrayType, "bits", "bits")
+
+
+@unbox(F16ArrayType)
+def _unbox_f16(typ, obj, c):
+    return _unbox_view(typ, obj, c)
+
+
+@intrinsic
+def _wrap_f16(typingctx, bits):
+    """An F16Array over ``bits`` (a 1-D uint16 array) inside compiled code."""
+    if not (isinstance(bits, types.Array) and bits.dtype == types.uint16 and bits.ndim == 1):
+        return None
+    ret = F16ArrayType(bits)
+
+    def codegen(context, builder, sig, args):
+        s = cgutils.create_struct_proxy(ret)(context, builder)
+        s.bits = args[0]
+        context.nrt.incref(builder, bits, args[0])
+        return s._getvalue()
+    return ret(bits), codegen
 
 
 # ---------------------------------------------------------------- a low-precision param copy

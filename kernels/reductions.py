@@ -18,7 +18,7 @@ import numpy as np
 from llvmlite import ir
 from numba import get_num_threads, njit, prange, types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .decorators import KERNEL_OPTIONS
 
@@ -28,12 +28,60 @@ TASKS = 64          # the pre-pass's units of parallel work (runs of chunks)
 PIECE = 512         # the pre-pass's scratch table width (a multiple of 8)
 
 
+# The element types the passes read: float32 and float64, and a float32 parameter's
+# low-precision gradient as its 16-bit patterns: ``uint16`` holds bfloat16 bits and, by this
+# module's convention (``fastopt.scaling`` passes a float16 array's ``view(np.int16)``: Numba
+# has no CPU float16 arrays), ``int16`` float16 bits. Each value is widened to float32
+# exactly (:func:`_widen_ir`, :func:`widen`) before it is squared or checked, so a 16-bit
+# gradient's sums are the bits of its float32 values' sums.
+READS = (types.float32, types.float64, types.uint16, types.int16)
+
+
+def _widen_ir(builder, values, dtype):
+    """Codegen: ``values`` (a scalar or vector of ``dtype``) as floats: float32 and float64
+    as they are, bfloat16 bits (``uint16``) and float16 bits (``int16``) widened to float32."""
+    if dtype in (types.float32, types.float64):
+        return values
+    if dtype == types.int16:
+        from .precision import f16_widen_ir
+        return f16_widen_ir(builder, values)
+    vec = isinstance(values.type, ir.VectorType)
+    i32 = ir.VectorType(ir.IntType(32), values.type.count) if vec else ir.IntType(32)
+    f32 = ir.VectorType(ir.FloatType(), values.type.count) if vec else ir.FloatType()
+    sixteen = ir.Constant(i32, [16] * values.type.count if vec else 16)
+    return builder.bitcast(builder.shl(builder.zext(values, i32), sixteen), f32)
+
+
+def _float_ir(context, dtype):
+    """The LLVM float type the values of ``dtype`` are widened to (:func:`_widen_ir`)."""
+    return ir.DoubleType() if dtype == types.float64 else ir.FloatType()
+
+
+def widen(x):
+    """An element as a float (inside the passes): itself, or a 16-bit pattern's float32 value
+    (``uint16``: bfloat16, ``int16``: float16; see :data:`READS`)."""
+    raise NotImplementedError("widen runs inside compiled passes only")
+
+
+@overload(widen, inline="always")
+def _widen(x):
+    if isinstance(x, types.Float):
+        return lambda x: x
+    if x == types.uint16:
+        from .precision import bf16_to_f32
+        return lambda x: bf16_to_f32(x)
+    if x == types.int16:
+        from .precision import f16_to_f32
+        return lambda x: f16_to_f32(x)
+
+
 def _add_squares(context, builder, aryty, data, offset, acc):
     """Codegen: ``acc += x * x`` for the eight values of ``data`` at ``offset`` (one vector
     load, widened to float64; IEEE ``fmul`` and ``fadd``, no fast-math flag)."""
     vin = ir.VectorType(context.get_value_type(aryty.dtype), LANES)
     ptr = builder.bitcast(builder.gep(data, [offset]), vin.as_pointer())
-    values = builder.load(ptr, align=aryty.dtype.bitwidth // 8)
+    values = _widen_ir(builder, builder.load(ptr, align=aryty.dtype.bitwidth // 8),
+                       aryty.dtype)
     if aryty.dtype != types.float64:
         values = builder.fpext(values, ir.VectorType(ir.DoubleType(), LANES))
     builder.store(builder.fadd(builder.load(acc), builder.fmul(values, values)), acc)
@@ -72,9 +120,9 @@ def _lanes8(typingctx, x, start, end):
     """The eight lane sums of squares (float64) of ``x[start:end]``: lane ``j`` is
     ``x[start + j]**2 + x[start + 8 + j]**2 + ...``, summed in that order, the last, partial
     row of eight (if any) included. ``x``: a 1-D C-contiguous float32 or float64 array (the
-    caller checks the bounds)."""
+    caller checks the bounds; or a 16-bit gradient's bits, :data:`READS`)."""
     if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
-            and x.dtype in (types.float32, types.float64)):
+            and x.dtype in READS):
         return None
     ret = types.UniTuple(types.float64, LANES)
 
@@ -93,7 +141,8 @@ def _lanes8(typingctx, x, start, end):
         for j in range(LANES - 1):          # the partial row: lane j, if element j is there
             at = builder.add(last, ir.Constant(start.type, j))
             with builder.if_then(builder.icmp_signed("<", at, end)):
-                v = builder.load(builder.gep(ary.data, [at]))
+                v = _widen_ir(builder, builder.load(builder.gep(ary.data, [at])),
+                              aryty.dtype)
                 if aryty.dtype != types.float64:
                     v = builder.fpext(v, ir.DoubleType())
                 lanes = builder.load(acc)
@@ -164,9 +213,10 @@ def _lanes8_at(typingctx, x, starts, rows, init):
     float64). Each lane of each run is summed in element order, so every run's sums are the
     bits :func:`_lanes8` gives it alone; the runs' independent accumulators let the processor
     overlap their additions, and each run is a stream of its own from memory. ``x``: a 1-D
-    C-contiguous float32 or float64 array (the caller checks the bounds)."""
+    C-contiguous float32 or float64 array, or a 16-bit gradient's bits (:data:`READS`; the
+    caller checks the bounds)."""
     if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
-            and x.dtype in (types.float32, types.float64)
+            and x.dtype in READS
             and isinstance(starts, types.UniTuple) and isinstance(starts.dtype, types.Integer)
             and isinstance(init, types.UniTuple) and init.count == LANES * starts.count):
         return None
@@ -273,7 +323,7 @@ def _mixed_squares(x, start, end, runs, r):
     lanes = np.zeros(LANES, np.float64)
     while r < runs.shape[0] and runs[r, 0] < end:
         for i in range(max(start, runs[r, 0]), min(end, runs[r, 1])):
-            v = np.float64(x[i])
+            v = np.float64(widen(x[i]))
             lanes[(i - start) % LANES] += v * v
         r += 1
     return _tree8(lanes, 0)
@@ -285,7 +335,7 @@ def _mixed_zero_products(x, start, end, runs, r):
     acc = 0.0
     while r < runs.shape[0] and runs[r, 0] < end:
         for i in range(max(start, runs[r, 0]), min(end, runs[r, 1])):
-            acc += np.float64(x[i] * 0)
+            acc += np.float64(widen(x[i]) * 0)
         r += 1
     return acc
 
@@ -486,18 +536,21 @@ FINITE_ACCS = 4         # independent vector accumulators of the finiteness pass
 
 def _zero_accs(context, builder, aryty, k):
     """Codegen: ``(vec, width, accs)``: the vector type of 64 bytes of ``aryty``'s elements,
-    its width, and ``k`` accumulators of it set to zero."""
+    its width, and ``k`` accumulators set to zero, of floats of that width (the elements
+    widened, :func:`_widen_ir`)."""
     width = 64 // (aryty.dtype.bitwidth // 8)
     vec = ir.VectorType(context.get_value_type(aryty.dtype), width)
-    zero = ir.Constant(vec, [0.0] * width)
+    fvec = ir.VectorType(_float_ir(context, aryty.dtype), width)
+    zero = ir.Constant(fvec, [0.0] * width)
     return vec, width, [cgutils.alloca_once_value(builder, zero) for _ in range(k)]
 
 
 def _add_zero_products(builder, aryty, ptr, vec, acc):
-    """Codegen: ``acc += v * 0`` for the vector ``v`` of ``vec`` at element pointer ``ptr``."""
-    values = builder.load(builder.bitcast(ptr, vec.as_pointer()),
-                          align=aryty.dtype.bitwidth // 8)
-    zero = ir.Constant(vec, [0.0] * vec.count)
+    """Codegen: ``acc += v * 0`` for the vector ``v`` of ``vec`` at element pointer ``ptr``
+    (widened to floats first)."""
+    values = _widen_ir(builder, builder.load(builder.bitcast(ptr, vec.as_pointer()),
+                                             align=aryty.dtype.bitwidth // 8), aryty.dtype)
+    zero = ir.Constant(values.type, [0.0] * vec.count)
     builder.store(builder.fadd(builder.load(acc), builder.fmul(values, zero)), acc)
 
 
@@ -521,8 +574,9 @@ def _zero_products(typingctx, x, start, rows):
     independent vector accumulators run at the speed of memory where one chain of float64
     additions (the norm) waits on each addition's latency."""
     if not (isinstance(x, types.Array) and x.ndim == 1 and x.layout == "C"
-            and x.dtype in (types.float32, types.float64)):
+            and x.dtype in READS):
         return None
+    out = x.dtype if isinstance(x.dtype, types.Float) else types.float32
 
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
@@ -538,7 +592,7 @@ def _zero_products(typingctx, x, start, rows):
                 _add_zero_products(builder, aryty, ptr, vec, acc)
         return _accs_total(builder, accs)
 
-    return x.dtype(x, start, rows), codegen
+    return out(x, start, rows), codegen
 
 
 @njit(error_model="numpy", inline="always")
@@ -562,7 +616,7 @@ def _chunk_zero_products(x, start, end):
     rows = (end - start) // w
     acc = _zero_products(x, start, rows)
     for i in range(start + rows * w, end):
-        acc += x[i] * 0
+        acc += widen(x[i]) * 0
     return np.float64(acc)
 
 

@@ -43,9 +43,9 @@ round-trip them bit for bit.
 ``master_weights=True`` (bfloat16 or float16 parameters on the CPU) keeps float32 master
 weights in the arena the step works on; the parameters are views of a bfloat16 (float16)
 arena that the step writes, each element its new master rounded to nearest even (the flat
-API's ``param_copy``), and the gradients are widened into a float32 arena before each step
-(a gradient autograd allocated straight from where it is, and it stays ``p.grad``; those in
-the views in one copy of the arena). ``self.state[p]["master_param"]`` is a float32 view of
+API's ``param_copy``), and the step reads the gradients, views of a bfloat16 (float16)
+arena, widened to float32 (exactly) as it goes: no float32 copy of them is made, as for any
+low-precision gradient of the flat API. ``self.state[p]["master_param"]`` is a float32 view of
 ``p``'s masters; state dicts carry them. A parameter changed in place (its version counter
 moved) enters the masters at the next step or ``state_dict()``, element by element
 (:meth:`_FastoptOptimizer._catch_up`).
@@ -292,14 +292,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
                 off = lo + p.numel()
             ranges.append((start, off))
         n = off
-        # the arenas the step works on (float32 master weights and gradients with
-        # master_weights), and those the model sees (the same ones without)
+        # the parameter arena the step works on (float32 master weights with master_weights)
+        # and the one the model sees (the same one without); one gradient arena, in the
+        # parameters' dtype (with master_weights the step reads it widened, exactly)
         work = torch.float32 if self._master else dtype
         flat_p = torch.zeros(n, dtype=work, device=device)
-        flat_g = torch.zeros(n, dtype=work, device=device)
-        flat_lp, flat_lg = ((torch.zeros(n, dtype=dtype, device=device),
-                             torch.zeros(n, dtype=dtype, device=device)) if self._master
-                            else (flat_p, flat_g))
+        flat_g = torch.zeros(n, dtype=dtype, device=device)
+        flat_lp = torch.zeros(n, dtype=dtype, device=device) if self._master else flat_p
+        flat_lg = flat_g
         masters = self._flat_p if self._master and old is not None else None
         for p in params:
             lo, hi = slices[p]
@@ -332,10 +332,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         self._ranges = ranges
         hps = [self._hyper(g) for g in self.param_groups]
         options = dict(self._state_options(hps), **self._state_kw)
-        b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host(flat_g), **options)
+        b = self._spec.buffers_cls.zeros(self._host(flat_p), self._host_low(flat_g),
+                                         **options)
         if self._master:        # the step writes the parameters rounded from the masters
-            b.param_copy = (flat_lp.view(torch.int16).numpy().view(np.uint16)
-                            if dtype == torch.bfloat16 else flat_lp.numpy())
+            b.param_copy = self._host_low(flat_lp)
         self._buffers = b
         if old is not None:
             b.step = old.step
@@ -424,6 +424,14 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             return cuda.as_cuda_array(t)
         return t.numpy()
 
+    @classmethod
+    def _host_low(cls, t):
+        """:meth:`_host`, a bfloat16 host tensor as its ``uint16`` bits (NumPy has no
+        bfloat16; fastopt reads such a gradient and writes such a param copy as bits)."""
+        if t.dtype == torch.bfloat16 and t.device.type == "cpu":
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return cls._host(t)
+
     def _state_options(self, hps):
         """``Buffers.zeros`` options covering every group (a state array any group needs)."""
         out = {}
@@ -501,12 +509,9 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         test per parameter, and one pointer comparison: a parameter whose values were moved out
         of the arena (``p.data = ...``, ``model.double()``, ``model.to(...)`` after building the
         optimizer) is refused before any parameter or state is written (the step would update
-        the arena while the model reads other memory). With ``master_weights`` such a gradient
-        is widened straight into the float32 gradient arena and left where it is (one copy;
-        ``zero_grad(set_to_none=False)`` attaches the views again), and :meth:`_widen` takes
-        the others from the views."""
+        the arena while the model reads other memory). (With ``master_weights`` the gradient
+        arena holds the parameters' dtype too: the step reads it widened.)"""
         missing = None
-        self._widened = 0
         for p, view, ptr in self._views:
             if p.data_ptr() != ptr:
                 self._moved(p)
@@ -524,31 +529,10 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             if g.shape != p.shape:
                 raise ValueError(f"fastopt.torch.{type(self).__name__}: a gradient of shape "
                                  f"{tuple(g.shape)} for a parameter of shape {tuple(p.shape)}")
-            if self._master:
-                lo, hi = self._slices[p]
-                self._flat_g[lo:hi].copy_(g.detach().reshape(-1))
-                self._widened += 1
-                continue
             if g.data_ptr() != view.data_ptr():
                 view.copy_(g.detach())
             p.grad = view
         return missing or ()
-
-    def _widen(self, n_missing):
-        """``master_weights``: the gradients held in the views widened (exact) into the
-        float32 gradient arena: the whole arena in one copy when every gradient is a view,
-        view by view when :meth:`_sync_grads` already widened some, nothing when it widened
-        them all."""
-        views = len(self._views) - n_missing - self._widened
-        if not views:
-            return
-        if not self._widened:
-            self._flat_g.copy_(self._flat_lg)
-            return
-        for p, view, _ in self._views:
-            if p.grad is view:
-                lo, hi = self._slices[p]
-                self._flat_g[lo:hi].copy_(view.reshape(-1))
 
     def _catch_up(self):
         """``master_weights``: a parameter the caller changed in place since the optimizer
@@ -655,8 +639,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             kwargs = self._frozen(kwargs, where)
         if scale is not None:
             kwargs = dict(kwargs, grad_scale=float(scale))
-        if self._master:
-            self._widen(len(missing))
         self._spec.step_fn(self._buffers, **kwargs)
         if stepping:
             self._count_steps(stepping)

@@ -1418,10 +1418,11 @@ def test_master_weights_keep_their_bits_through_a_change_that_changes_nothing(dt
 
 
 def test_master_weights_take_gradients_from_views_and_from_new_tensors():
-    """The widened gradient the step reads, whichever way the gradients came: new tensors
-    (after ``zero_grad()``, widened one by one), the arena's views (after
-    ``zero_grad(set_to_none=False)``, widened in one copy) and a mix of both; bit for bit the
-    flat step on those gradients widened by hand."""
+    """The gradients the step reads (widened inside it), whichever way they came: new tensors
+    (after ``zero_grad()``, copied into the arena's bfloat16 views), the views themselves
+    (after ``zero_grad(set_to_none=False)``) and a mix of both; bit for bit the flat step on
+    those gradients widened by hand. The step's gradient is the bfloat16 arena itself (no
+    float32 copy of it), and after a step every gradient is its view again."""
     torch.manual_seed(0)
     a = torch.nn.Parameter(torch.randn(40).bfloat16())
     b = torch.nn.Parameter(torch.randn(25).bfloat16())
@@ -1436,6 +1437,9 @@ def test_master_weights_take_gradients_from_views_and_from_new_tensors():
         ref.grad[...] = torch.cat([a.grad.float(), b.grad.float()]).numpy()
         opt.step()
         opt._spec.step_fn(ref, lr=1e-2)
+        assert opt._buffers.grad.dtype == np.uint16
+        assert opt._buffers.grad.ctypes.data == opt._flat_lg.data_ptr()
+        assert a.grad is opt._views[0][1] and b.grad is opt._views[1][1]
         np.testing.assert_array_equal(opt._flat_p.numpy(), ref.param)
         np.testing.assert_array_equal(_copy_bits(opt._flat_lp), ref.param_copy)
 

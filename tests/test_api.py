@@ -116,11 +116,13 @@ def test_hyperparameters_are_cast_before_the_kernel(spec):
     from fastopt.kernels import cpu
     kernel = cpu.family(spec.kernel).get(False, **spec.options(hp, 2))
     assert kernel.signatures
-    from fastopt.kernels.precision import BF16ArrayType, ParamCopyType
+    from fastopt.kernels.precision import BF16ArrayType, F16ArrayType, ParamCopyType
+    views = (BF16ArrayType, F16ArrayType, ParamCopyType)
     for sig in kernel.signatures:
         # every argument, the packed scalars included, is an array of one dtype (bfloat16
-        # state and a param copy are their own types, over uint16 bits)
-        floats = [a for a in sig if not isinstance(a, (BF16ArrayType, ParamCopyType))]
+        # state, a bfloat16 or float16 gradient and a param copy are their own types, over
+        # uint16 bits)
+        floats = [a for a in sig if not isinstance(a, views)]
         assert all(isinstance(a, numba.types.Array) for a in floats), sig
         assert len({str(a.dtype) for a in floats}) == 1, sig
 

@@ -1,6 +1,7 @@
 """CPU probe: random CPU-vs-NumPy parity cases (fuzzing) over every registered optimizer, its
 option combinations, float32/float64, state precision (float, bfloat16 nearest or stochastic,
 8-bit with random block sizes), a bfloat16 or float16 ``param_copy`` of float32 parameters,
+a bfloat16 or float16 gradient of float32 parameters (read widened),
 clipping / unscaling / skipping, random parameter groups (some with ``steps_behind``, some
 frozen: their elements, copy and 8-bit blocks must keep every bit, and their gradient, zero
 on the NumPy side only, must change nothing: the norm and the finiteness check leave it out;
@@ -150,9 +151,17 @@ def one(case, rng):
         kind = [np.uint16, np.float16][rng.integers(2)]
         a.param_copy, b.param_copy = np.zeros(n, kind), np.zeros(n, kind)
         desc += f" param_copy={np.dtype(kind).name}"
+    low = None
+    if dtype == np.float32 and rng.random() < .3:
+        low = [np.uint16, np.float16][rng.integers(2)]
+        a.grad, b.grad = np.zeros(n, low), np.zeros(n, low)
+        desc += f" grad={np.dtype(low).name}"
     for s in range(4):
         special = rng.choice(["none", "none", "nan", "inf", "huge", "tiny"])
         g = rand_grad(rng, n, dtype, special)
+        if low is not None:
+            with np.errstate(over="ignore"):
+                g = fastopt.to_bfloat16(g) if low == np.uint16 else g.astype(np.float16)
         a.grad[...] = g
         b.grad[...] = g
         for gr, rs in (zip(groups.groups, groups.ranges) if groups is not None else ()):

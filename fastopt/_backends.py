@@ -331,12 +331,16 @@ ONE_CALL_PREPASS_MAX_MEAN = 1 << 18
 def _cpu_grouped(spec, arrays, dtype, rows, segments, parallel, seed=None):
     sources = [arrays.get(name) for name in spec.kernel.arrays]
     copy = arrays.get("param_copy")
-    bits = copy is not None or any(a is not None and a.dtype in SIXTEEN for a in sources)
+    # (a low-precision gradient's view is sliced inside the driver: it is only read; a slice
+    # of bfloat16 state would lose its stochastic rounding's key and offset, one of the
+    # parameter with its copy the copy)
+    bits = copy is not None or any(a is not None and a.dtype in SIXTEEN
+                                   for j, a in enumerate(sources) if j != 1)
     n = int(arrays["param"].size)
     if bits or (spec.kernel.norm_names and n >= ONE_CALL_PREPASS_MAX_MEAN * len(segments)):
-        # bfloat16 state / a low-precision gradient / a param copy (custom Numba types, not
-        # sliced inside a compiled driver), or a record with a pre-pass over large segments:
-        # each segment is its own step
+        # bfloat16 state / a param copy (custom Numba types, not sliced inside a compiled
+        # driver), or a record with a pre-pass over large segments: each segment is its own
+        # step
         return _per_segment(
             lambda a, hp, lo: _cpu_runner(spec, a, dtype, hp, parallel, seed, lo), arrays,
             rows, segments)

@@ -219,3 +219,32 @@ def test_what_cannot_take_a_low_precision_gradient_says_so_before_any_write():
     from fastopt.distributed import ShardedStep
     with pytest.raises(TypeError, match="ShardedStep sums the gradients"):
         ShardedStep(fastopt.adam_step, np.zeros(10, np.float32), np.zeros(10, np.uint16))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_grouped_steps_in_one_call_read_the_gradient_slices_widened(kind, name):
+    """With float state and no param copy a grouped step runs in one compiled call that
+    slices the gradient's view per piece (``kernels.groups``; LAMB's pre-pass over every
+    segment in one call): ten groups of two option kinds (weight decay on and off), serial
+    and parallel, equal the same steps on the widened gradient."""
+    spec = fastopt.registry.get("adam" if name == "adamw" else "lamb")
+    kw = dict(lr=1e-2, decoupled_weight_decay=True) if name == "adamw" else dict(lr=1e-2)
+    n = 20_000
+    edges = np.linspace(0, n, 11).astype(int)
+    groups = fastopt.Groups(n, [{"range": (int(a), int(b)), "weight_decay": 0.01 * (i % 2)}
+                                for i, (a, b) in enumerate(zip(edges[:-1], edges[1:]))])
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(n).astype(np.float32)
+    for parallel in (False, True):
+        a = spec.buffers_cls.zeros(p.copy(), np.zeros(n, np.uint16 if kind == "bfloat16"
+                                                      else np.float16))
+        b = spec.buffers_cls.zeros(p.copy(), np.zeros(n, np.float32))
+        for _ in range(3):
+            g = low(rng.standard_normal(n).astype(np.float32), kind)
+            a.grad[...] = g
+            b.grad[...] = widened(g)
+            _step.step(spec, a, parallel=parallel, groups=groups, max_grad_norm=10.0, **kw)
+            _step.step(spec, b, parallel=parallel, groups=groups, max_grad_norm=10.0, **kw)
+        assert_buffers_bitwise(a, b, f"{name} {kind} parallel={parallel}")
+        assert a.grad_norm == b.grad_norm

@@ -16,15 +16,9 @@ import threading
 
 import numpy as np
 
+from .kernels.record import LOW_GRAD_DTYPES, low_grad_name
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-# a float32 parameter's gradient may also come in low precision, read widened (exactly) to
-# float32 by every step: bfloat16 (uint16 bit patterns, as bfloat16 state) or float16
-LOW_GRAD_DTYPES = (np.dtype(np.uint16), np.dtype(np.float16))
-
-
-def low_grad_name(dtype):
-    """``"bfloat16"`` or ``"float16"``: what a gradient of :data:`LOW_GRAD_DTYPES` holds."""
-    return "bfloat16" if np.dtype(dtype) == np.uint16 else "float16"
 
 
 # ----------------------------------------------------------------------------- arrays

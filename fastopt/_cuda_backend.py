@@ -11,7 +11,7 @@ import numpy as np
 from . import config
 from ._launch import Launcher
 from ._rows import settled_step
-from .kernels.record import DEVICE_FACTOR, param_copy_kind
+from .kernels.record import DEVICE_FACTOR, LOW_GRAD_DTYPES, low_grad_name, param_copy_kind
 
 _INSTALL_HINT = ('CUDA support needs numba-cuda: pip install "fastopt[cuda]" '
                  '(and an NVIDIA GPU with its driver, or NUMBA_ENABLE_CUDASIM=1 for the '
@@ -116,11 +116,10 @@ def check_device_group(named, owner):
         # bfloat16 state (uint16 bits) or 8-bit state (uint8 codes)
         bits = name not in ("param", "grad") and dtype in (np.uint16, np.uint8)
         bits = bits or (name == "param_copy" and dtype == np.float16)    # (checked before)
-        if name == "grad" and dtype in (np.uint16, np.float16):
-            kind = "bfloat16" if dtype == np.uint16 else "float16"
+        if name == "grad" and dtype in LOW_GRAD_DTYPES:
             raise NotImplementedError(
-                f"{where} is a {kind} gradient; the steps read low-precision gradients on the "
-                f"CPU only: on CUDA, widen it to a float32 gradient first")
+                f"{where} is a {low_grad_name(dtype)} gradient; the steps read low-precision "
+                f"gradients on the CPU only: on CUDA, widen it to a float32 gradient first")
         if dtype not in (np.float32, np.float64) and not bits:
             raise TypeError(f"{where} has dtype {dtype}; fastopt supports float32 and float64"
                             + (" (and uint16 for bfloat16 state, uint8 for 8-bit state)"

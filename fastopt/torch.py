@@ -299,7 +299,6 @@ class _FastoptOptimizer(torch.optim.Optimizer):
         flat_p = torch.zeros(n, dtype=work, device=device)
         flat_g = torch.zeros(n, dtype=dtype, device=device)
         flat_lp = torch.zeros(n, dtype=dtype, device=device) if self._master else flat_p
-        flat_lg = flat_g
         masters = self._flat_p if self._master and old is not None else None
         for p in params:
             lo, hi = slices[p]
@@ -310,18 +309,18 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             elif self._master:                                  # (widened: exact)
                 flat_p[lo:hi].copy_(flat_lp[lo:hi])
             if p.grad is not None:          # (not sparse: _check_params)
-                flat_lg[lo:hi].copy_(p.grad.detach().reshape(-1))
+                flat_g[lo:hi].copy_(p.grad.detach().reshape(-1))
         views = []
         with torch.no_grad():
             for p in params:
                 lo, hi = slices[p]
                 p.data = flat_lp[lo:hi].view_as(p)
-                view = flat_lg[lo:hi].view_as(p)
+                view = flat_g[lo:hi].view_as(p)
                 if p.grad is not None:      # a None gradient stays None, as in torch
                     p.grad = view
                 views.append((p, view, p.data_ptr()))
         self._flat_p, self._flat_g, self._slices = flat_p, flat_g, slices
-        self._flat_lp, self._flat_lg = flat_lp, flat_lg
+        self._flat_lp = flat_lp
         self._versions = [p._version for p in params]      # (master_weights: _catch_up)
         self._views = views          # (param, its gradient view, where its values live);
         #                              p.grad is the view when not None
@@ -577,7 +576,7 @@ class _FastoptOptimizer(torch.optim.Optimizer):
             for p, _, _ in self._views:
                 p.grad = None
         else:
-            self._flat_lg.zero_()           # one fill of the arena
+            self._flat_g.zero_()           # one fill of the arena
             for p, view, _ in self._views:
                 if p.grad is not None and p.grad is not view:
                     p.grad = view           # (a None gradient stays None, as in torch)

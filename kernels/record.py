@@ -52,6 +52,17 @@ def copy_kind(copy):
     return "float16" if copy == "float16" else bool(copy)
 
 
+# a float32 parameter's gradient may also come in low precision, read widened (exactly) to
+# float32 by every step (the CPU kernels through a 16-bit view, ``kernels.precision``):
+# bfloat16 (uint16 bit patterns, as bfloat16 state) or float16
+LOW_GRAD_DTYPES = (np.dtype(np.uint16), np.dtype(np.float16))
+
+
+def low_grad_name(dtype):
+    """``"bfloat16"`` or ``"float16"``: what a gradient of :data:`LOW_GRAD_DTYPES` holds."""
+    return "bfloat16" if np.dtype(dtype) == np.uint16 else "float16"
+
+
 def param_copy_kind(copy):
     """The :func:`copy_kind` of a param copy array (host or device): False (no copy), True
     (bfloat16 bits, ``uint16``) or ``"float16"`` (passed to the kernels as its ``uint16``

@@ -1438,7 +1438,7 @@ def test_master_weights_take_gradients_from_views_and_from_new_tensors():
         opt.step()
         opt._spec.step_fn(ref, lr=1e-2)
         assert opt._buffers.grad.dtype == np.uint16
-        assert opt._buffers.grad.ctypes.data == opt._flat_lg.data_ptr()
+        assert opt._buffers.grad.ctypes.data == opt._flat_g.data_ptr()
         assert a.grad is opt._views[0][1] and b.grad is opt._views[1][1]
         np.testing.assert_array_equal(opt._flat_p.numpy(), ref.param)
         np.testing.assert_array_equal(_copy_bits(opt._flat_lp), ref.param_copy)
